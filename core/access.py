@@ -1,0 +1,83 @@
+"""Who may see what: the three roles and the one place that scopes querysets by user.
+
+Roles are Django groups (`admin`, `operator`, `analyst`) created by a migration; a superuser
+counts as admin. Operators see and change only the customers they own, admins everything, and
+analysts read aggregates only. Every endpoint scopes through `scope_customers` (or the scoping
+helpers built on it), so someone else's customer is simply not in the queryset: a 404.
+"""
+
+from django.db.models import QuerySet
+from django.utils.translation import gettext_lazy as _
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+
+ADMIN = "admin"
+OPERATOR = "operator"
+ANALYST = "analyst"
+ROLES = (ADMIN, OPERATOR, ANALYST)
+
+
+def user_role(user) -> str | None:
+    """The user's strongest role, or None for a user without one."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return None
+    if user.is_superuser:
+        return ADMIN
+    cached = getattr(user, "_crm_role", False)
+    if cached is not False:
+        return cached
+    names = set(user.groups.values_list("name", flat=True))
+    role = next((r for r in ROLES if r in names), None)
+    user._crm_role = role
+    return role
+
+
+def is_admin(user) -> bool:
+    return user_role(user) == ADMIN
+
+
+def can_see_customers(user) -> bool:
+    return user_role(user) in (ADMIN, OPERATOR)
+
+
+def scope_customers(queryset: QuerySet, user, *, owner_field: str = "owner") -> QuerySet:
+    """Restrict a queryset of customers (or rows reached through `owner_field`) to the user.
+
+    `owner_field` is the path from the queryset's model to the owning user, e.g. `"customer__owner"`
+    for events, so the same rule scopes every model that hangs off a customer.
+    """
+    role = user_role(user)
+    if role == ADMIN:
+        return queryset
+    if role == OPERATOR:
+        return queryset.filter(**{owner_field: user})
+    return queryset.none()
+
+
+class HasRole(BasePermission):
+    """Any of the three roles; the default for every endpoint."""
+
+    message = _("Your account has no role (admin, operator or analyst); ask an admin for one.")
+
+    def has_permission(self, request, view) -> bool:
+        return user_role(request.user) is not None
+
+
+class CustomerDataPermission(BasePermission):
+    """Admins and operators work with customer records; analysts see aggregates only."""
+
+    message = _("Analysts see aggregate figures only, not individual customers.")
+
+    def has_permission(self, request, view) -> bool:
+        return can_see_customers(request.user)
+
+
+class AdminWritePermission(BasePermission):
+    """Every role reads; only admins write (shared configuration such as channels)."""
+
+    message = _("Only admins may change this.")
+
+    def has_permission(self, request, view) -> bool:
+        role = user_role(request.user)
+        if role is None:
+            return False
+        return request.method in SAFE_METHODS or role == ADMIN

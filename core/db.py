@@ -1,0 +1,55 @@
+"""Set-based SQL the ORM cannot say in one statement."""
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.db import connection, models
+
+
+def insert_ignore_returning(
+    model: type[models.Model],
+    fields: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    returning: Sequence[str] = ("id",),
+    batch_size: int = 1000,
+) -> list[tuple]:
+    """`INSERT … ON CONFLICT DO NOTHING RETURNING …` for many rows at once.
+
+    Rows that hit any unique constraint (including one inserted by a concurrent transaction a
+    moment ago) are skipped, and only the rows actually written come back. That is what makes
+    ingestion idempotent under races: the database, not a prior SELECT, decides what is new.
+    Works on PostgreSQL and SQLite (≥ 3.35).
+    """
+    meta = model._meta
+    concrete = [meta.get_field(name) for name in fields]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in concrete)
+    ret = ", ".join(connection.ops.quote_name(meta.get_field(name).column) for name in returning)
+    table = connection.ops.quote_name(meta.db_table)
+    row_sql = "(" + ", ".join(["%s"] * len(concrete)) + ")"
+    out: list[tuple] = []
+    batch: list[Sequence[Any]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        params: list[Any] = []
+        for row in batch:
+            params.extend(f.get_db_prep_save(v, connection) for f, v in zip(concrete, row, strict=True))
+        sql = (
+            f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_sql] * len(batch))} "
+            f"ON CONFLICT DO NOTHING RETURNING {ret}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            out.extend(cursor.fetchall())
+        batch.clear()
+
+    # SQLite allows at most 32766 bound parameters in one statement.
+    per_batch = max(1, min(batch_size, 30000 // max(1, len(concrete))))
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= per_batch:
+            flush()
+    flush()
+    return out

@@ -1,0 +1,50 @@
+"""Read-side extension points of the customer resource.
+
+Lower apps add what they know about a customer — `tags` (tagging), `stages` (lifecycle) — and the
+filters that go with it (`?tag=`, `?stage=`), without crm importing them. A field extension
+prepares a queryset once (prefetch/annotate, so a list stays a fixed number of queries) and
+reads the value off each customer; a filter extension narrows a queryset.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import QuerySet
+
+from core.registry import Registry
+
+
+@dataclass(frozen=True)
+class FieldExtension:
+    name: str
+    prepare: Callable[[QuerySet], QuerySet]
+    value: Callable[[Any], Any]
+    empty: Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class FilterExtension:
+    name: str
+    apply: Callable[[QuerySet, list[str]], QuerySet]   # values of the (repeatable) parameter
+    help_text: str = ""
+
+
+customer_fields: Registry[FieldExtension] = Registry("customer_fields")
+customer_filters: Registry[FilterExtension] = Registry("customer_filters")
+
+# Fields the contract promises even before the app that fills them is installed.
+CONTRACT_FIELDS = {"tags": list, "stages": dict}
+
+
+def prepare_customers(queryset: QuerySet) -> QuerySet:
+    for extension in customer_fields:
+        queryset = extension.prepare(queryset)
+    return queryset
+
+
+def extension_values(customer) -> dict[str, Any]:
+    values = {name: make() for name, make in CONTRACT_FIELDS.items()}
+    for extension in customer_fields:
+        values[extension.name] = extension.value(customer)
+    return values

@@ -1,0 +1,272 @@
+"""Facts about customers: who they are, where they came from, what they did and bought."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from core.models import TimeStampedModel
+
+
+class Channel(TimeStampedModel):
+    """An acquisition channel; `code` is the WeCom `state` of a 渠道活码 or any short key."""
+
+    class Kind(models.TextChoices):
+        QR_CODE = "qr_code", _("QR code (渠道活码)")
+        STORE = "store", _("Store")
+        LIVESTREAM = "livestream", _("Livestream")
+        OFFICIAL_ACCOUNT = "official_account", _("Official account")
+        REFERRAL = "referral", _("Referral")
+        SOCIAL = "social", _("Social media")
+        ADS = "ads", _("Paid ads")
+        OTHER = "other", _("Other")
+
+    code = models.SlugField(_("code"), max_length=64, unique=True,
+                            help_text=_("The WeCom `state` of the QR code, or any short key."))
+    name = models.CharField(_("name"), max_length=100)
+    kind = models.CharField(_("kind"), max_length=32, choices=Kind.choices, default=Kind.OTHER)
+    cost = models.DecimalField(_("cost (CNY)"), max_digits=14, decimal_places=2,
+                               default=Decimal("0"), help_text=_("Spend on this channel, for ROI."))
+    description = models.TextField(_("description"), blank=True)
+    active = models.BooleanField(_("active"), default=True)
+
+    class Meta:
+        verbose_name = _("channel")
+        verbose_name_plural = _("channels")
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(cost__gte=0), name="crm_channel_cost_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code})"
+
+
+class Customer(TimeStampedModel):
+    class Gender(models.TextChoices):
+        MALE = "male", _("Male")
+        FEMALE = "female", _("Female")
+        UNKNOWN = "unknown", _("Unknown")
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", _("Active")
+        DELETED_US = "deleted_us", _("Deleted us")
+        REMOVED = "removed", _("Removed by staff")
+
+    external_id = models.CharField(
+        _("external id"), max_length=128, unique=True,
+        help_text=_("The WeCom external_userid or any external key."))
+    name = models.CharField(_("name"), max_length=100, blank=True)
+    phone = models.CharField(_("phone"), max_length=32, blank=True, db_index=True)
+    gender = models.CharField(_("gender"), max_length=8, choices=Gender.choices,
+                              default=Gender.UNKNOWN)
+    city = models.CharField(_("city"), max_length=64, blank=True)
+    channel = models.ForeignKey(Channel, verbose_name=_("channel"), null=True, blank=True,
+                                on_delete=models.SET_NULL, related_name="customers")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("owner"),
+                              on_delete=models.PROTECT, related_name="customers")
+    referred_by = models.ForeignKey("self", verbose_name=_("referred by"), null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="referrals")
+    joined_at = models.DateTimeField(
+        _("joined at"), default=timezone.now,
+        help_text=_("When the customer entered the private domain."))
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices,
+                              default=Status.ACTIVE)
+    status_changed_at = models.DateTimeField(_("status changed at"), null=True, blank=True)
+    opted_out = models.BooleanField(_("opted out"), default=False)
+    attributes = models.JSONField(_("attributes"), default=dict, blank=True)
+
+    # Aggregates, kept by the ingest services in the same transaction as the facts;
+    # `customer_aggregates_refresh` recomputes them from the facts for repair.
+    orders_count = models.PositiveIntegerField(_("paid orders"), default=0)
+    total_spent = models.DecimalField(_("total spent (CNY)"), max_digits=14, decimal_places=2,
+                                      default=Decimal("0"))
+    first_order_at = models.DateTimeField(_("first order at"), null=True, blank=True)
+    last_order_at = models.DateTimeField(_("last order at"), null=True, blank=True)
+    last_active_at = models.DateTimeField(
+        _("last active at"), null=True, blank=True,
+        help_text=_("Latest inbound interaction or paid order; our own messages do not count."))
+
+    class Meta:
+        verbose_name = _("customer")
+        verbose_name_plural = _("customers")
+        ordering = ["-joined_at", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "-joined_at"], name="crm_cust_owner_joined"),
+            models.Index(fields=["channel", "joined_at"], name="crm_cust_channel_joined"),
+            models.Index(fields=["status", "status_changed_at"], name="crm_cust_status"),
+            models.Index(fields=["joined_at"], name="crm_cust_joined"),
+            models.Index(fields=["last_active_at"], name="crm_cust_last_active"),
+            models.Index(fields=["referred_by"], name="crm_cust_referred_by",
+                         condition=Q(referred_by__isnull=False)),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(total_spent__gte=0),
+                                   name="crm_customer_total_spent_non_negative"),
+            models.CheckConstraint(condition=~Q(external_id=""),
+                                   name="crm_customer_external_id_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.external_id
+
+
+class Group(TimeStampedModel):
+    """A WeCom customer group (社群 / 客户群)."""
+
+    chat_id = models.CharField(_("external chat id"), max_length=128, unique=True)
+    name = models.CharField(_("name"), max_length=100, blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("owner"), null=True,
+                              blank=True, on_delete=models.SET_NULL, related_name="owned_groups")
+    notice = models.TextField(_("notice"), blank=True)
+    members = models.ManyToManyField(Customer, through="GroupMembership", related_name="groups")
+
+    class Meta:
+        verbose_name = _("group")
+        verbose_name_plural = _("groups")
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name or self.chat_id
+
+
+class GroupMembership(models.Model):
+    """One stay of a customer in a group; leaving closes it, re-joining opens a new one."""
+
+    group = models.ForeignKey(Group, verbose_name=_("group"), on_delete=models.CASCADE,
+                              related_name="memberships")
+    customer = models.ForeignKey(Customer, verbose_name=_("customer"), on_delete=models.CASCADE,
+                                 related_name="group_memberships")
+    joined_at = models.DateTimeField(_("joined at"))
+    left_at = models.DateTimeField(_("left at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("group membership")
+        verbose_name_plural = _("group memberships")
+        ordering = ["-joined_at"]
+        indexes = [
+            models.Index(fields=["customer", "group", "left_at"], name="crm_member_customer"),
+            models.Index(fields=["group", "left_at"], name="crm_member_group"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["group", "customer"], condition=Q(left_at__isnull=True),
+                                    name="crm_membership_one_open_per_group"),
+            models.CheckConstraint(condition=Q(left_at__isnull=True)
+                                   | Q(left_at__gte=models.F("joined_at")),
+                                   name="crm_membership_left_after_joined"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} in {self.group_id}"
+
+
+class Order(TimeStampedModel):
+    class Status(models.TextChoices):
+        PAID = "paid", _("Paid")
+        REFUNDED = "refunded", _("Refunded")
+
+    id = models.BigAutoField(primary_key=True)
+    customer = models.ForeignKey(Customer, verbose_name=_("customer"), on_delete=models.CASCADE,
+                                 related_name="orders")
+    source = models.CharField(_("source"), max_length=32,
+                              help_text=_("The shop system: youzan, weimob, store, manual, …"))
+    external_id = models.CharField(_("external id"), max_length=128)
+    amount = models.DecimalField(_("amount (CNY)"), max_digits=14, decimal_places=2)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices,
+                              default=Status.PAID)
+    placed_at = models.DateTimeField(_("placed at"))
+    refunded_at = models.DateTimeField(_("refunded at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("order")
+        verbose_name_plural = _("orders")
+        ordering = ["-placed_at", "-id"]
+        indexes = [
+            models.Index(fields=["customer", "status", "placed_at"], name="crm_order_customer"),
+            models.Index(fields=["placed_at"], name="crm_order_placed"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["source", "external_id"],
+                                    name="crm_order_unique_per_source"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="crm_order_amount_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.external_id}"
+
+
+class OrderItem(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    order = models.ForeignKey(Order, verbose_name=_("order"), on_delete=models.CASCADE,
+                              related_name="items")
+    sku = models.CharField(_("SKU"), max_length=64, blank=True)
+    name = models.CharField(_("name"), max_length=200, blank=True)
+    category = models.CharField(_("category"), max_length=64, blank=True)
+    quantity = models.PositiveIntegerField(_("quantity"), default=1)
+    price = models.DecimalField(_("price (CNY)"), max_digits=14, decimal_places=2,
+                                default=Decimal("0"))
+
+    class Meta:
+        verbose_name = _("order item")
+        verbose_name_plural = _("order items")
+        indexes = [models.Index(fields=["category", "order"], name="crm_item_category")]
+
+    def __str__(self) -> str:
+        return self.name or self.sku
+
+
+class Event(models.Model):
+    """Something a customer did or that happened to them, at its own time (`occurred_at`)."""
+
+    class Type(models.TextChoices):
+        FRIEND_ADDED = "friend_added", _("Added as a friend")
+        FRIEND_DELETED = "friend_deleted", _("Deleted or blocked us")
+        FRIEND_REMOVED = "friend_removed", _("Removed by staff")
+        MESSAGE_IN = "message_in", _("Message from the customer")
+        MESSAGE_OUT = "message_out", _("Message to the customer")
+        GROUP_JOINED = "group_joined", _("Joined a group")
+        GROUP_LEFT = "group_left", _("Left a group")
+        MOMENTS_INTERACTION = "moments_interaction", _("Moments like or comment")
+        LINK_CLICKED = "link_clicked", _("Clicked a link")
+        COUPON_REDEEMED = "coupon_redeemed", _("Redeemed a coupon")
+        SURVEY_ANSWERED = "survey_answered", _("Answered a survey")
+        REFERRAL = "referral", _("Referred a customer")
+        OPTED_OUT = "opted_out", _("Opted out")
+
+    id = models.BigAutoField(primary_key=True)
+    customer = models.ForeignKey(Customer, verbose_name=_("customer"), on_delete=models.CASCADE,
+                                 related_name="events")
+    type = models.CharField(_("type"), max_length=32, choices=Type.choices)
+    occurred_at = models.DateTimeField(_("occurred at"))
+    idempotency_key = models.CharField(_("idempotency key"), max_length=200, unique=True)
+    data = models.JSONField(_("data"), default=dict, blank=True)
+    received_at = models.DateTimeField(_("received at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
+        ordering = ["-occurred_at", "-id"]
+        indexes = [
+            models.Index(fields=["customer", "type", "occurred_at"], name="crm_event_customer"),
+            models.Index(fields=["type", "occurred_at"], name="crm_event_type"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} @ {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+# Events that show the customer is engaged: they move `last_active_at` (DESIGN §4).
+INBOUND_EVENT_TYPES = frozenset({
+    Event.Type.MESSAGE_IN, Event.Type.GROUP_JOINED, Event.Type.MOMENTS_INTERACTION,
+    Event.Type.LINK_CLICKED, Event.Type.COUPON_REDEEMED, Event.Type.SURVEY_ANSWERED,
+    Event.Type.REFERRAL,
+})
+# Events that change the relationship status, and the status each one leads to.
+STATUS_EVENT_TYPES = {
+    Event.Type.FRIEND_ADDED: Customer.Status.ACTIVE,
+    Event.Type.FRIEND_DELETED: Customer.Status.DELETED_US,
+    Event.Type.FRIEND_REMOVED: Customer.Status.REMOVED,
+}

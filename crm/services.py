@@ -1,0 +1,882 @@
+"""Every write to crm's facts: customers, events, orders, groups, imports, aggregates.
+
+Ingestion is set-based per batch: a handful of statements for a batch of up to 1000 items, no
+query per item. It is idempotent under races because the database decides what is new
+(`INSERT … ON CONFLICT DO NOTHING RETURNING`), and only newly stored facts have effects.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import (
+    BigIntegerField,
+    Case,
+    Count,
+    DateTimeField,
+    DecimalField,
+    F,
+    IntegerField,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, Greatest
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.translation import gettext as _
+
+from core import access
+from core.db import insert_ignore_returning
+from core.exceptions import ApplicationError
+from crm.hooks import notify_customers_touched
+from crm.models import (
+    INBOUND_EVENT_TYPES,
+    STATUS_EVENT_TYPES,
+    Channel,
+    Customer,
+    Event,
+    Group,
+    GroupMembership,
+    Order,
+    OrderItem,
+)
+
+logger = logging.getLogger(__name__)
+User = get_user_model()
+
+MAX_BATCH = 1000
+PROFILE_FIELDS = ("name", "phone", "city", "gender")
+
+
+# --- Reports --------------------------------------------------------------------------------
+
+@dataclass
+class IngestReport:
+    """The bulk-ingest answer of DESIGN §4: accepted, duplicates, per-item rejections."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, index: int, message: str) -> None:
+        self.rejected.append({"index": index, "message": message})
+
+    def as_dict(self) -> dict[str, Any]:
+        self.rejected.sort(key=lambda r: r["index"])
+        return {"accepted": self.accepted, "duplicates": self.duplicates,
+                "rejected": self.rejected, **self.extra}
+
+
+class ItemError(Exception):
+    """One item of a batch is invalid; the message names the field."""
+
+
+# --- Small parsers shared by the ingest paths --------------------------------------------------
+
+def parse_timestamp(value: Any, name: str, *, default_now: bool = False) -> datetime | None:
+    if value in (None, ""):
+        if default_now:
+            return timezone.now()
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = parse_datetime(value.strip())
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            day = None
+            try:
+                day = parse_date(value.strip())
+            except ValueError:
+                day = None
+            if day is None:
+                raise ItemError(_("%(name)s: not an ISO 8601 date-time: %(value)r")
+                                % {"name": name, "value": value})
+            parsed = datetime(day.year, day.month, day.day)
+    else:
+        raise ItemError(_("%(name)s: must be an ISO 8601 string") % {"name": name})
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, timezone.get_current_timezone())
+    return parsed
+
+
+def _text(item: dict, name: str, *, required: bool = False, max_length: int = 128,
+          prefix: str = "") -> str:
+    value = item.get(name)
+    label = f"{prefix}{name}"
+    if value is None or value == "":
+        if required:
+            raise ItemError(_("%(name)s: this field is required") % {"name": label})
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ItemError(_("%(name)s: must be a string") % {"name": label})
+    value = str(value).strip()
+    if required and not value:
+        raise ItemError(_("%(name)s: this field is required") % {"name": label})
+    if len(value) > max_length:
+        raise ItemError(_("%(name)s: at most %(n)d characters") % {"name": label, "n": max_length})
+    return value
+
+
+def _decimal(value: Any, name: str) -> Decimal:
+    if isinstance(value, bool) or value is None or value == "":
+        raise ItemError(_("%(name)s: this field is required") % {"name": name})
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ItemError(_("%(name)s: not a decimal number: %(value)r")
+                        % {"name": name, "value": value})
+    if not number.is_finite() or number < 0:
+        raise ItemError(_("%(name)s: must be a number at or above 0") % {"name": name})
+    if number != number.quantize(Decimal("0.01")) or number >= Decimal("1e12"):
+        raise ItemError(_("%(name)s: at most 12 digits before and 2 after the point")
+                        % {"name": name})
+    return number.quantize(Decimal("0.01"))
+
+
+def check_batch(items: Any) -> list[Any]:
+    """One object or a list of at most MAX_BATCH; anything else is a 400 for the whole request."""
+    if isinstance(items, dict):
+        return [items]
+    if not isinstance(items, list):
+        raise ApplicationError(_("Expected an object or a list of objects."))
+    if not items:
+        raise ApplicationError(_("The list is empty: send at least one item."))
+    if len(items) > MAX_BATCH:
+        raise ApplicationError(
+            _("Too many items: at most %(max)d per request, got %(n)d.")
+            % {"max": MAX_BATCH, "n": len(items)},
+            extra={"max": MAX_BATCH, "count": len(items)})
+    return items
+
+
+# --- Look-ups in bulk ------------------------------------------------------------------------
+
+def _customer_ids(external_ids: set[str], actor) -> dict[str, int]:
+    if not external_ids:
+        return {}
+    qs = access.scope_customers(Customer.objects.filter(external_id__in=external_ids), actor)
+    return dict(qs.values_list("external_id", "id"))
+
+
+def _users_by_username(usernames: set[str]) -> dict[str, int]:
+    if not usernames:
+        return {}
+    return dict(User.objects.filter(username__in=usernames, is_active=True)
+                .values_list("username", "id"))
+
+
+def channels_by_code(codes: set[str], *, create_missing: bool) -> dict[str, int]:
+    """Channel ids by code; unknown codes (a new WeCom `state`) are created when asked."""
+    if not codes:
+        return {}
+    found = dict(Channel.objects.filter(code__in=codes).values_list("code", "id"))
+    missing = codes - found.keys()
+    if missing and create_missing:
+        now = timezone.now()
+        Channel.objects.bulk_create(
+            [Channel(code=c, name=c, kind=Channel.Kind.OTHER, created_at=now, updated_at=now)
+             for c in sorted(missing)],
+            ignore_conflicts=True)
+        found.update(Channel.objects.filter(code__in=missing).values_list("code", "id"))
+    return found
+
+
+def _lock_customers(ids) -> None:
+    """Lock the customers' rows in id order, so concurrent batches never deadlock."""
+    if ids:
+        list(Customer.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+             .values_list("pk", flat=True))
+
+
+def _update_by_pk(field_name: str, values: dict[int, Any], output_field, **filters) -> int:
+    """One UPDATE that sets a different value per customer (CASE on the primary key)."""
+    if not values:
+        return 0
+    case = Case(*[When(pk=pk, then=Value(v, output_field=output_field))
+                  for pk, v in values.items()], output_field=output_field)
+    return Customer.objects.filter(pk__in=values.keys(), **filters).update(
+        **{field_name: case, "updated_at": timezone.now()})
+
+
+# --- Customers -------------------------------------------------------------------------------
+
+def customer_owner_for(*, actor, requested_owner=None):
+    """The owner of a customer an actor creates: operators own what they create."""
+    if requested_owner is None:
+        return actor
+    if access.user_role(actor) != access.ADMIN and requested_owner.pk != actor.pk:
+        raise ApplicationError(_("owner: operators can only create or keep customers they own."),
+                               extra={"field": "owner"})
+    return requested_owner
+
+
+@transaction.atomic
+def customer_create(*, actor, external_id: str, owner=None, **fields: Any) -> Customer:
+    customer = Customer(external_id=external_id,
+                        owner=customer_owner_for(actor=actor, requested_owner=owner), **fields)
+    if customer.status != Customer.Status.ACTIVE and customer.status_changed_at is None:
+        customer.status_changed_at = timezone.now()
+    customer.full_clean()
+    customer.save()
+    logger.info("crm.customer_created", extra={"customer_id": customer.pk})
+    notify_customers_touched([customer.pk])
+    return customer
+
+
+@transaction.atomic
+def customer_update(*, actor, customer: Customer, **fields: Any) -> Customer:
+    if "owner" in fields:
+        fields["owner"] = customer_owner_for(actor=actor, requested_owner=fields["owner"])
+    if "status" in fields and fields["status"] != customer.status:
+        customer.status_changed_at = timezone.now()
+    for name, value in fields.items():
+        setattr(customer, name, value)
+    customer.full_clean()
+    customer.save()
+    notify_customers_touched([customer.pk])
+    return customer
+
+
+@transaction.atomic
+def customer_delete(*, customer: Customer) -> None:
+    customer.delete()
+
+
+def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) -> int:
+    """Recompute every customer aggregate from the facts, set-based, in primary-key chunks.
+
+    Used for repair (`refresh_customer_aggregates`) and by order ingestion, where a refund can
+    move `last_order_at` backwards and only a recomputation is right. Returns rows updated.
+    """
+    paid = Order.objects.filter(customer=OuterRef("pk"), status=Order.Status.PAID)
+
+    def agg(expr):
+        return Subquery(paid.order_by().values("customer").annotate(v=expr).values("v")[:1])
+
+    last_event = Subquery(
+        Event.objects.filter(customer=OuterRef("pk"), type__in=INBOUND_EVENT_TYPES)
+        .order_by("-occurred_at").values("occurred_at")[:1])
+    dt = DateTimeField()
+    last_order = agg(Max("placed_at"))
+    values = {
+        "orders_count": Coalesce(agg(Count("id")), Value(0), output_field=IntegerField()),
+        "total_spent": Coalesce(agg(Sum("amount")), Value(Decimal("0")),
+                                output_field=DecimalField(max_digits=14, decimal_places=2)),
+        "first_order_at": agg(Min("placed_at")),
+        "last_order_at": last_order,
+        # GREATEST is NULL on SQLite when either side is; coalescing each side to the other
+        # gives the later of the two, or whichever exists, on both databases.
+        "last_active_at": Greatest(Coalesce(last_event, last_order, output_field=dt),
+                                   Coalesce(last_order, last_event, output_field=dt),
+                                   output_field=dt),
+    }
+    updated = 0
+    if customer_ids is not None:
+        ids = sorted(set(customer_ids))
+        for start in range(0, len(ids), chunk_size):
+            chunk = ids[start:start + chunk_size]
+            with transaction.atomic():
+                _lock_customers(chunk)
+                updated += Customer.objects.filter(pk__in=chunk).update(**values)
+        return updated
+    last_pk = 0
+    while True:
+        bounds = list(Customer.objects.filter(pk__gt=last_pk).order_by("pk")
+                      .values_list("pk", flat=True)[chunk_size - 1:chunk_size])
+        upper = bounds[0] if bounds else None
+        qs = Customer.objects.filter(pk__gt=last_pk)
+        if upper is not None:
+            qs = qs.filter(pk__lte=upper)
+        with transaction.atomic():
+            updated += qs.update(**values)
+        if upper is None:
+            return updated
+        last_pk = upper
+
+
+# --- Events ----------------------------------------------------------------------------------
+
+@dataclass
+class _EventItem:
+    index: int
+    customer: str
+    type: str
+    occurred_at: datetime
+    key: str
+    data: dict
+
+
+_EVENT_TYPES = set(Event.Type.values)
+
+
+def _parse_event(index: int, raw: Any) -> _EventItem:
+    if not isinstance(raw, dict):
+        raise ItemError(_("item is not an object"))
+    customer = _text(raw, "customer", required=True)
+    kind = _text(raw, "type", required=True, max_length=32)
+    if kind not in _EVENT_TYPES:
+        raise ItemError(_("type: unknown event type %(type)r; known: %(known)s")
+                        % {"type": kind, "known": ", ".join(sorted(_EVENT_TYPES))})
+    key = _text(raw, "idempotency_key", required=True, max_length=200)
+    occurred_at = parse_timestamp(raw.get("occurred_at"), "occurred_at", default_now=True)
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        raise ItemError(_("data: must be an object"))
+    if kind in (Event.Type.GROUP_JOINED, Event.Type.GROUP_LEFT):
+        _text(data, "group", required=True, prefix="data.")
+        _text(data, "name", max_length=100, prefix="data.")
+    elif kind == Event.Type.REFERRAL:
+        _text(data, "referred", required=True, prefix="data.")
+    elif kind == Event.Type.FRIEND_ADDED:
+        for name in ("owner", "channel", "name", "city"):
+            _text(data, name, max_length=150 if name == "owner" else 100, prefix="data.")
+        _text(data, "phone", max_length=32, prefix="data.")
+        gender = data.get("gender")
+        if gender not in (None, "") and gender not in Customer.Gender.values:
+            raise ItemError(_("data.gender: must be one of %(choices)s")
+                            % {"choices": ", ".join(Customer.Gender.values)})
+    return _EventItem(index, customer, kind, occurred_at, key, data)
+
+
+def _create_customers_from_friend_added(items: list[_EventItem], actor,
+                                        report: IngestReport) -> list[_EventItem]:
+    """Create the customers that `friend_added` events introduce; returns items rejected."""
+    first: dict[str, _EventItem] = {}
+    for item in sorted(items, key=lambda i: (i.occurred_at, i.index)):
+        first.setdefault(item.customer, item)
+    owners = _users_by_username({str(i.data["owner"]) for i in first.values()
+                                 if i.data.get("owner")})
+    channels = channels_by_code({str(i.data["channel"]) for i in first.values()
+                                 if i.data.get("channel")}, create_missing=True)
+    is_admin = access.user_role(actor) == access.ADMIN
+    rows, failed = [], []
+    now = timezone.now()
+    for ext, item in first.items():
+        owner_name = item.data.get("owner")
+        owner_id = actor.pk
+        if owner_name:
+            owner_id = owners.get(str(owner_name))
+            if owner_id is None:
+                report.reject(item.index, _("data.owner: unknown staff user %(name)r")
+                              % {"name": owner_name})
+                failed.append(item)
+                continue
+            if not is_admin and owner_id != actor.pk:
+                report.reject(item.index,
+                              _("data.owner: operators can only add customers they own"))
+                failed.append(item)
+                continue
+        attributes = item.data.get("attributes")
+        rows.append((
+            ext, str(item.data.get("name") or "")[:100], str(item.data.get("phone") or "")[:32],
+            item.data.get("gender") or Customer.Gender.UNKNOWN,
+            str(item.data.get("city") or "")[:64],
+            channels.get(str(item.data.get("channel") or "")), owner_id, item.occurred_at,
+            Customer.Status.ACTIVE, item.occurred_at, False,
+            attributes if isinstance(attributes, dict) else {}, 0, Decimal("0"), now, now,
+        ))
+    insert_ignore_returning(
+        Customer,
+        ("external_id", "name", "phone", "gender", "city", "channel", "owner", "joined_at",
+         "status", "status_changed_at", "opted_out", "attributes", "orders_count",
+         "total_spent", "created_at", "updated_at"),
+        rows)
+    return failed
+
+
+def _apply_status_events(items: list[_EventItem], ids: dict[str, int]) -> None:
+    """The latest relationship event per customer decides its status, unless an even later
+    change is already stored (events can arrive out of order)."""
+    latest: dict[int, _EventItem] = {}
+    for item in items:
+        pk = ids[item.customer]
+        if pk not in latest or item.occurred_at >= latest[pk].occurred_at:
+            latest[pk] = item
+    if not latest:
+        return
+    status_case = Case(*[When(pk=pk, then=Value(str(STATUS_EVENT_TYPES[i.type])))
+                         for pk, i in latest.items()])
+    at_case = Case(*[When(pk=pk, then=Value(i.occurred_at, output_field=DateTimeField()))
+                     for pk, i in latest.items()], output_field=DateTimeField())
+    Customer.objects.filter(pk__in=latest.keys()).filter(
+        Q(status_changed_at__isnull=True) | Q(status_changed_at__lte=at_case)
+    ).update(status=status_case, status_changed_at=at_case, updated_at=timezone.now())
+
+
+def _apply_group_events(items: list[_EventItem], ids: dict[str, int]) -> None:
+    """Fold join/leave events per (group, customer) in time order into membership rows."""
+    if not items:
+        return
+    names = {}
+    for item in items:
+        if item.data.get("name"):
+            names[str(item.data["group"])] = str(item.data["name"])[:100]
+    chat_ids = {str(i.data["group"]) for i in items}
+    now = timezone.now()
+    Group.objects.bulk_create(
+        [Group(chat_id=c, name=names.get(c, ""), created_at=now, updated_at=now)
+         for c in sorted(chat_ids)], ignore_conflicts=True)
+    groups = dict(Group.objects.filter(chat_id__in=chat_ids).values_list("chat_id", "id"))
+
+    by_pair: dict[tuple[int, int], list[_EventItem]] = defaultdict(list)
+    for item in items:
+        by_pair[(groups[str(item.data["group"])], ids[item.customer])].append(item)
+
+    closed, still_open = [], {}          # memberships fully inside this batch / left open
+    close_stored: dict[tuple[int, int], datetime] = {}   # close what the database holds open
+    for pair, events in by_pair.items():
+        open_since = None
+        for event in sorted(events, key=lambda e: (e.occurred_at, e.index)):
+            if event.type == Event.Type.GROUP_JOINED:
+                if open_since is None:
+                    open_since = event.occurred_at
+            elif open_since is not None:
+                closed.append((pair, open_since, event.occurred_at))
+                open_since = None
+            elif pair not in close_stored and not any(c[0] == pair for c in closed):
+                close_stored[pair] = event.occurred_at
+        if open_since is not None:
+            still_open[pair] = open_since
+
+    if close_stored:
+        stored = GroupMembership.objects.filter(
+            left_at__isnull=True, group_id__in={p[0] for p in close_stored},
+            customer_id__in={p[1] for p in close_stored})
+        updates = {m.pk: close_stored[(m.group_id, m.customer_id)] for m in stored.only(
+            "pk", "group_id", "customer_id", "joined_at")
+            if (m.group_id, m.customer_id) in close_stored
+            and m.joined_at <= close_stored[(m.group_id, m.customer_id)]}
+        if updates:
+            GroupMembership.objects.filter(pk__in=updates.keys()).update(left_at=Case(
+                *[When(pk=pk, then=Value(at, output_field=DateTimeField()))
+                  for pk, at in updates.items()], output_field=DateTimeField()))
+    GroupMembership.objects.bulk_create(
+        [GroupMembership(group_id=g, customer_id=c, joined_at=a, left_at=b)
+         for (g, c), a, b in closed]
+        + [GroupMembership(group_id=g, customer_id=c, joined_at=a)
+           for (g, c), a in still_open.items()],
+        ignore_conflicts=True)
+
+
+def _apply_referrals(items: list[_EventItem], ids: dict[str, int]) -> None:
+    referred = {str(i.data["referred"]): ids[i.customer] for i in
+                sorted(items, key=lambda i: (i.occurred_at, i.index), reverse=True)}
+    targets = dict(Customer.objects.filter(external_id__in=referred.keys(),
+                                           referred_by__isnull=True)
+                   .values_list("id", "external_id"))
+    values = {pk: referred[ext] for pk, ext in targets.items() if referred[ext] != pk}
+    _update_by_pk("referred_by_id", values, BigIntegerField(), referred_by__isnull=True)
+
+
+@transaction.atomic
+def events_ingest(*, items: Any, actor) -> IngestReport:
+    """Store a batch of events once each and apply their effects (DESIGN §4 `events/`)."""
+    started = time.monotonic()
+    raw_items = check_batch(items)
+    report = IngestReport()
+    valid: list[_EventItem] = []
+    seen_keys: set[str] = set()
+    for index, raw in enumerate(raw_items):
+        try:
+            item = _parse_event(index, raw)
+        except ItemError as exc:
+            report.reject(index, str(exc))
+            continue
+        if item.key in seen_keys:
+            report.duplicates += 1
+            continue
+        seen_keys.add(item.key)
+        valid.append(item)
+
+    ids = _customer_ids({i.customer for i in valid}, actor)
+    newcomers = [i for i in valid if i.customer not in ids and i.type == Event.Type.FRIEND_ADDED]
+    failed_ids: set[int] = set()
+    if newcomers:
+        failed = _create_customers_from_friend_added(newcomers, actor, report)
+        failed_ids = {i.index for i in failed}
+        ids.update(_customer_ids({i.customer for i in newcomers}, actor))
+    storable = []
+    for item in valid:
+        if item.index in failed_ids:
+            continue
+        if item.customer not in ids:
+            report.reject(item.index, _("customer: unknown customer %(id)r (send a friend_added "
+                                        "event or create the customer first)")
+                          % {"id": item.customer})
+            continue
+        storable.append(item)
+
+    now = timezone.now()
+    inserted = insert_ignore_returning(
+        Event, ("customer", "type", "occurred_at", "idempotency_key", "data", "received_at"),
+        [(ids[i.customer], i.type, i.occurred_at, i.key, i.data, now) for i in storable],
+        returning=("idempotency_key",))
+    new_keys = {row[0] for row in inserted}
+    new = [i for i in storable if i.key in new_keys]
+    report.accepted = len(new)
+    report.duplicates += len(storable) - len(new)
+    if new:
+        touched = {ids[i.customer] for i in new}
+        _lock_customers(touched)
+        last_active: dict[int, datetime] = {}
+        for item in new:
+            if item.type in INBOUND_EVENT_TYPES:
+                pk = ids[item.customer]
+                if pk not in last_active or item.occurred_at > last_active[pk]:
+                    last_active[pk] = item.occurred_at
+        if last_active:
+            dt = DateTimeField()
+            case = Case(*[When(pk=pk, then=Value(at, output_field=dt))
+                          for pk, at in last_active.items()], output_field=dt)
+            Customer.objects.filter(pk__in=last_active.keys()).update(
+                last_active_at=Greatest(Coalesce(F("last_active_at"), case, output_field=dt),
+                                        case, output_field=dt),
+                updated_at=now)
+        _apply_status_events([i for i in new if i.type in STATUS_EVENT_TYPES], ids)
+        opted = {ids[i.customer] for i in new if i.type == Event.Type.OPTED_OUT}
+        if opted:
+            Customer.objects.filter(pk__in=opted, opted_out=False).update(opted_out=True,
+                                                                          updated_at=now)
+        _apply_group_events([i for i in new if i.type in (Event.Type.GROUP_JOINED,
+                                                          Event.Type.GROUP_LEFT)], ids)
+        _apply_referrals([i for i in new if i.type == Event.Type.REFERRAL], ids)
+        notify_customers_touched(touched)
+    logger.info("crm.events_ingested", extra={
+        "accepted": report.accepted, "duplicates": report.duplicates,
+        "rejected": len(report.rejected), "ms": round((time.monotonic() - started) * 1000)})
+    return report
+
+
+# --- Orders ----------------------------------------------------------------------------------
+
+@dataclass
+class _OrderItem:
+    index: int
+    customer: str
+    source: str
+    external_id: str
+    amount: Decimal
+    status: str
+    placed_at: datetime
+    refunded_at: datetime | None
+    lines: list[dict]
+
+
+def _parse_order(index: int, raw: Any) -> _OrderItem:
+    if not isinstance(raw, dict):
+        raise ItemError(_("item is not an object"))
+    customer = _text(raw, "customer", required=True)
+    external_id = _text(raw, "external_id", required=True)
+    source = _text(raw, "source", required=True, max_length=32)
+    amount = _decimal(raw.get("amount"), "amount")
+    status = raw.get("status") or Order.Status.PAID
+    if status not in Order.Status.values:
+        raise ItemError(_("status: must be one of %(choices)s")
+                        % {"choices": ", ".join(Order.Status.values)})
+    placed_at = parse_timestamp(raw.get("placed_at"), "placed_at", default_now=True)
+    refunded_at = parse_timestamp(raw.get("refunded_at"), "refunded_at")
+    lines_raw = raw.get("items") or []
+    if not isinstance(lines_raw, list):
+        raise ItemError(_("items: must be a list"))
+    lines = []
+    for n, line in enumerate(lines_raw):
+        prefix = f"items[{n}]."
+        if not isinstance(line, dict):
+            raise ItemError(_("%(path)s: must be an object") % {"path": f"items[{n}]"})
+        quantity = line.get("quantity", 1)
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
+            raise ItemError(_("%(path)squantity: must be a whole number at or above 1")
+                            % {"path": prefix})
+        lines.append({
+            "sku": _text(line, "sku", max_length=64, prefix=prefix),
+            "name": _text(line, "name", max_length=200, prefix=prefix),
+            "category": _text(line, "category", max_length=64, prefix=prefix),
+            "quantity": quantity,
+            "price": _decimal(line.get("price", "0"), f"{prefix}price"),
+        })
+    return _OrderItem(index, customer, source, external_id, amount, status, placed_at,
+                      refunded_at, lines)
+
+
+@transaction.atomic
+def orders_ingest(*, items: Any, actor) -> IngestReport:
+    """Store orders once per (source, external_id); a repeated order with a new status is a
+    status change (a refund), counted as accepted; the same status again is a duplicate."""
+    raw_items = check_batch(items)
+    report = IngestReport()
+    parsed: list[_OrderItem] = []
+    for index, raw in enumerate(raw_items):
+        try:
+            parsed.append(_parse_order(index, raw))
+        except ItemError as exc:
+            report.reject(index, str(exc))
+
+    ids = _customer_ids({o.customer for o in parsed}, actor)
+    keys = {(o.source, o.external_id) for o in parsed}
+    stored = {
+        (o.source, o.external_id): o for o in Order.objects.filter(
+            source__in={k[0] for k in keys}, external_id__in={k[1] for k in keys})
+        .only("id", "source", "external_id", "status", "customer_id", "refunded_at")
+        if (o.source, o.external_id) in keys
+    } if keys else {}
+
+    to_insert: dict[tuple[str, str], _OrderItem] = {}
+    changes: dict[int, tuple[str, datetime | None]] = {}   # stored order id -> new status
+    state: dict[tuple[str, str], str] = {k: o.status for k, o in stored.items()}
+    touched: set[int] = set()
+    for item in parsed:
+        key = (item.source, item.external_id)
+        customer_id = ids.get(item.customer)
+        if customer_id is None:
+            report.reject(item.index, _("customer: unknown customer %(id)r") % {"id": item.customer})
+            continue
+        if key in stored and stored[key].customer_id != customer_id:
+            report.reject(item.index, _("customer: order %(source)s:%(id)s belongs to another "
+                                        "customer") % {"source": item.source,
+                                                       "id": item.external_id})
+            continue
+        refunded_at = (item.refunded_at or timezone.now()) if item.status == "refunded" else None
+        if key not in state:
+            state[key] = item.status
+            to_insert[key] = item
+            item.refunded_at = refunded_at
+            continue
+        if state[key] == item.status:
+            report.duplicates += 1
+            continue
+        state[key] = item.status
+        report.accepted += 1
+        touched.add(customer_id)
+        if key in to_insert:
+            to_insert[key].status = item.status
+            to_insert[key].refunded_at = refunded_at
+        else:
+            changes[stored[key].pk] = (item.status, refunded_at)
+
+    now = timezone.now()
+    inserted = insert_ignore_returning(
+        Order, ("customer", "source", "external_id", "amount", "status", "placed_at",
+                "refunded_at", "created_at", "updated_at"),
+        [(ids[o.customer], o.source, o.external_id, o.amount, o.status, o.placed_at,
+          o.refunded_at, now, now) for o in to_insert.values()],
+        returning=("id", "source", "external_id"))
+    new_ids = {(src, ext): pk for pk, src, ext in inserted}
+    report.accepted += len(new_ids)
+    report.duplicates += len(to_insert) - len(new_ids)
+    OrderItem.objects.bulk_create([
+        OrderItem(order_id=new_ids[key], **line)
+        for key, o in to_insert.items() if key in new_ids for line in o.lines
+    ], batch_size=1000)
+    touched |= {ids[o.customer] for key, o in to_insert.items() if key in new_ids}
+    if changes:
+        dt = DateTimeField()
+        Order.objects.filter(pk__in=changes.keys()).update(
+            status=Case(*[When(pk=pk, then=Value(s)) for pk, (s, _r) in changes.items()]),
+            refunded_at=Case(*[When(pk=pk, then=Value(r, output_field=dt))
+                               for pk, (_s, r) in changes.items()], output_field=dt),
+            updated_at=now)
+    if touched:
+        customer_aggregates_refresh(customer_ids=touched)
+        notify_customers_touched(touched)
+    logger.info("crm.orders_ingested", extra={"accepted": report.accepted,
+                                              "duplicates": report.duplicates,
+                                              "rejected": len(report.rejected)})
+    return report
+
+
+# --- CSV import -----------------------------------------------------------------------------
+
+IMPORT_COLUMNS = ("external_id", "name", "phone", "gender", "city", "channel", "owner",
+                  "joined_at", "status", "opted_out")
+_TRUE = {"1", "true", "yes", "y", "是", "t"}
+_FALSE = {"0", "false", "no", "n", "否", "f", ""}
+
+
+def _decode_csv(content: bytes) -> list[dict[str, str]]:
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApplicationError(_("The file is not UTF-8 text (byte %(pos)d); save it as CSV "
+                                 "UTF-8.") % {"pos": exc.start})
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise ApplicationError(_("The file is empty: the first row must name the columns."))
+    unknown = [h for h in header if h not in IMPORT_COLUMNS and not h.startswith("attributes.")]
+    if unknown:
+        raise ApplicationError(
+            _("Unknown column(s) %(cols)s; known columns: %(known)s and attributes.<key>.")
+            % {"cols": ", ".join(repr(u) for u in unknown), "known": ", ".join(IMPORT_COLUMNS)})
+    if "external_id" not in header:
+        raise ApplicationError(_("The header row has no external_id column."))
+    reader.fieldnames = header
+    return list(reader)
+
+
+@transaction.atomic
+def customers_import(*, content: bytes, actor, max_rows: int = 100_000) -> IngestReport:
+    """Create or update customers from a CSV file (header row of field names).
+
+    New external ids are created, known ones (that the actor may change) get the non-empty
+    cells of the row; a row repeating an external id of an earlier row is a duplicate.
+    """
+    rows = _decode_csv(content)
+    if len(rows) > max_rows:
+        raise ApplicationError(_("Too many rows: at most %(max)d per file, got %(n)d.")
+                               % {"max": max_rows, "n": len(rows)})
+    report = IngestReport()
+    owners = _users_by_username({r.get("owner", "").strip() for r in rows if r.get("owner")})
+    channels = channels_by_code({r.get("channel", "").strip() for r in rows if r.get("channel")},
+                                create_missing=False)
+    is_admin = access.user_role(actor) == access.ADMIN
+    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
+    for index, row in enumerate(rows):
+        line = index + 2  # the header is line 1
+        try:
+            values = _parse_import_row(row, owners, channels, actor, is_admin)
+        except ItemError as exc:
+            report.reject(index, _("line %(line)d: %(msg)s") % {"line": line, "msg": exc})
+            continue
+        if values["external_id"] in parsed:
+            report.duplicates += 1
+            continue
+        parsed[values["external_id"]] = (index, values)
+
+    existing = {c.external_id: c for c in Customer.objects.filter(external_id__in=parsed.keys())}
+    visible = set(access.scope_customers(Customer.objects.filter(pk__in=[
+        c.pk for c in existing.values()]), actor).values_list("pk", flat=True))
+    now = timezone.now()
+    to_update: list[Customer] = []
+    update_fields: set[str] = set()
+    new_rows = []
+    for ext, (index, values) in parsed.items():
+        customer = existing.get(ext)
+        if customer is None:
+            new_rows.append(values)
+            continue
+        if customer.pk not in visible:
+            report.reject(index, _("line %(line)d: external_id %(id)r belongs to another "
+                                   "owner's customer") % {"line": index + 2, "id": ext})
+            continue
+        for name, value in values.items():
+            if name == "attributes":
+                customer.attributes = {**(customer.attributes or {}), **value}
+            elif name != "external_id":
+                setattr(customer, name, value)
+            update_fields.add(name)
+        customer.updated_at = now
+        to_update.append(customer)
+    update_fields.discard("external_id")
+    if to_update and update_fields:
+        Customer.objects.bulk_update(to_update, sorted(update_fields | {"updated_at"}),
+                                     batch_size=500)
+    created = insert_ignore_returning(
+        Customer, ("external_id", "name", "phone", "gender", "city", "channel", "owner",
+                   "joined_at", "status", "status_changed_at", "opted_out", "attributes",
+                   "orders_count", "total_spent", "created_at", "updated_at"),
+        [(v["external_id"], v.get("name", ""), v.get("phone", ""),
+          v.get("gender", Customer.Gender.UNKNOWN), v.get("city", ""), v.get("channel_id"),
+          v.get("owner_id", actor.pk), v.get("joined_at") or now,
+          v.get("status", Customer.Status.ACTIVE), now if v.get("status") not in
+          (None, Customer.Status.ACTIVE) else None, v.get("opted_out", False),
+          v.get("attributes", {}), 0, Decimal("0"), now, now) for v in new_rows],
+        returning=("id",))
+    report.accepted = len(created) + len(to_update)
+    report.duplicates += len(new_rows) - len(created)
+    report.extra = {"created": len(created), "updated": len(to_update)}
+    notify_customers_touched([row[0] for row in created] + [c.pk for c in to_update])
+    return report
+
+
+def _parse_import_row(row: dict[str, str], owners, channels, actor, is_admin) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    cells = {k: (v or "").strip() for k, v in row.items() if k is not None}
+    values["external_id"] = _text(cells, "external_id", required=True)
+    for name, limit in (("name", 100), ("phone", 32), ("city", 64)):
+        if cells.get(name):
+            values[name] = _text(cells, name, max_length=limit)
+    if cells.get("gender"):
+        if cells["gender"] not in Customer.Gender.values:
+            raise ItemError(_("gender: must be one of %(choices)s")
+                            % {"choices": ", ".join(Customer.Gender.values)})
+        values["gender"] = cells["gender"]
+    if cells.get("status"):
+        if cells["status"] not in Customer.Status.values:
+            raise ItemError(_("status: must be one of %(choices)s")
+                            % {"choices": ", ".join(Customer.Status.values)})
+        values["status"] = cells["status"]
+    if cells.get("channel"):
+        if cells["channel"] not in channels:
+            raise ItemError(_("channel: unknown channel %(code)r") % {"code": cells["channel"]})
+        values["channel_id"] = channels[cells["channel"]]
+    if cells.get("owner"):
+        owner_id = owners.get(cells["owner"])
+        if owner_id is None:
+            raise ItemError(_("owner: unknown staff user %(name)r") % {"name": cells["owner"]})
+        if not is_admin and owner_id != actor.pk:
+            raise ItemError(_("owner: operators can only import customers they own"))
+        values["owner_id"] = owner_id
+    if cells.get("joined_at"):
+        values["joined_at"] = parse_timestamp(cells["joined_at"], "joined_at")
+    if "opted_out" in cells and cells["opted_out"] != "":
+        flag = cells["opted_out"].lower()
+        if flag not in _TRUE | _FALSE:
+            raise ItemError(_("opted_out: must be true or false"))
+        values["opted_out"] = flag in _TRUE
+    attributes = {k.removeprefix("attributes."): v for k, v in cells.items()
+                  if k.startswith("attributes.") and v != ""}
+    if attributes:
+        values["attributes"] = attributes
+    return values
+
+
+# --- Groups ---------------------------------------------------------------------------------
+
+def _check_group_owner(*, actor, group: Group | None, owner) -> None:
+    if access.user_role(actor) == access.ADMIN:
+        return
+    if group is not None and group.owner_id != actor.pk:
+        raise ApplicationError(_("Only the group's owner or an admin may change it."))
+    if owner is not None and owner.pk != actor.pk:
+        raise ApplicationError(_("owner: operators can only own groups themselves."),
+                               extra={"field": "owner"})
+
+
+@transaction.atomic
+def group_save(*, actor, group: Group | None, **fields: Any) -> Group:
+    """Create (group=None) or change a group; operators only their own."""
+    if group is None and "owner" not in fields:
+        fields["owner"] = actor
+    _check_group_owner(actor=actor, group=group, owner=fields.get("owner"))
+    group = group or Group()
+    for name, value in fields.items():
+        setattr(group, name, value)
+    group.full_clean()
+    group.save()
+    return group
+
+
+@transaction.atomic
+def group_delete(*, actor, group: Group) -> None:
+    _check_group_owner(actor=actor, group=group, owner=None)
+    group.delete()

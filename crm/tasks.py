@@ -1,0 +1,11 @@
+"""Celery entry points of crm; each calls one service."""
+
+from celery import shared_task
+
+from crm import services
+
+
+@shared_task(acks_late=True)
+def refresh_customer_aggregates(customer_ids: list[int] | None = None) -> int:
+    """Recompute customer aggregates from the facts (nightly repair, or for given ids)."""
+    return services.customer_aggregates_refresh(customer_ids=customer_ids)

@@ -1,0 +1,75 @@
+"""A customer's timeline: entries from every app, newest first.
+
+crm contributes events and orders; later apps (tag changes, stage transitions, messages)
+register their own source in `AppConfig.ready()`. A source answers the newest `limit` entries
+of one customer and how many it has in all, each entry a dict with `at`, `kind`, `title`, `data`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils.translation import gettext as _
+
+from core.registry import Registry
+
+Entry = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TimelineSource:
+    kind: str
+    entries: Callable[[int, int], list[Entry]]  # (customer_id, limit) -> newest first
+    count: Callable[[int], int]
+
+
+sources: Registry[TimelineSource] = Registry("timeline_sources")
+
+
+def _event_entries(customer_id: int, limit: int) -> list[Entry]:
+    from crm.models import Event
+
+    rows = (Event.objects.filter(customer_id=customer_id)
+            .order_by("-occurred_at", "-id")[:limit])
+    return [
+        {"at": e.occurred_at, "kind": "event", "type": e.type, "title": e.get_type_display(),
+         "data": {"id": e.id, **(e.data or {})}}
+        for e in rows
+    ]
+
+
+def _event_count(customer_id: int) -> int:
+    from crm.models import Event
+
+    return Event.objects.filter(customer_id=customer_id).count()
+
+
+def _order_entries(customer_id: int, limit: int) -> list[Entry]:
+    from crm.models import Order
+
+    rows = (Order.objects.filter(customer_id=customer_id).prefetch_related("items")
+            .order_by("-placed_at", "-id")[:limit])
+    out = []
+    for o in rows:
+        title = _("Order %(amount)s CNY (%(status)s)") % {
+            "amount": o.amount, "status": o.get_status_display()}
+        out.append({
+            "at": o.placed_at, "kind": "order", "type": o.status, "title": title,
+            "data": {"id": o.id, "source": o.source, "external_id": o.external_id,
+                     "amount": str(o.amount), "status": o.status,
+                     "items": [{"sku": i.sku, "name": i.name, "category": i.category,
+                                "quantity": i.quantity, "price": str(i.price)}
+                               for i in o.items.all()]},
+        })
+    return out
+
+
+def _order_count(customer_id: int) -> int:
+    from crm.models import Order
+
+    return Order.objects.filter(customer_id=customer_id).count()
+
+
+def register_builtin_sources() -> None:
+    sources.register("event", TimelineSource("event", _event_entries, _event_count))
+    sources.register("order", TimelineSource("order", _order_entries, _order_count))
