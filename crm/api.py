@@ -9,7 +9,6 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
-    extend_schema_view,
     inline_serializer,
 )
 from rest_framework import mixins, serializers, status, viewsets
@@ -182,14 +181,6 @@ class CustomerFilter(filters.FilterSet):
         return selectors.customer_search(queryset, value)
 
 
-@extend_schema_view(
-    list=extend_schema(parameters=[
-        OpenApiParameter("tag", str, many=True,
-                         description="Tag id or name (repeatable; all must match)."),
-        OpenApiParameter("stage", str, many=True,
-                         description="`model_key:stage_key`, e.g. `value:dormant`."),
-    ]),
-)
 class CustomerViewSet(viewsets.ModelViewSet):
     """Customers the signed-in user may see: operators their own, admins all."""
 

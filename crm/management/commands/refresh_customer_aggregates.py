@@ -1,0 +1,20 @@
+import time
+
+from django.core.management.base import BaseCommand
+from django.utils.translation import gettext as _
+
+from crm import services
+
+
+class Command(BaseCommand):
+    help = _("Recompute customer aggregates (orders, spend, last activity) from the facts.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--customer", type=int, action="append", dest="customers",
+                            help=_("Only this customer id (repeatable)."))
+
+    def handle(self, *args, customers=None, **options):
+        started = time.monotonic()
+        updated = services.customer_aggregates_refresh(customer_ids=customers)
+        self.stdout.write(_("Recomputed aggregates of %(n)d customers in %(s).1f s.")
+                          % {"n": updated, "s": time.monotonic() - started})
