@@ -9,4 +9,39 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute=17, hour=3),
         "options": {"expires": 6 * 3600},
     },
+    "crm-prune-touches": {
+        "task": "crm.tasks.prune_touches",
+        "schedule": crontab(minute=41),
+        "options": {"expires": 3000},
+    },
+    "tagging-run-due-rules": {
+        "task": "tagging.tasks.run_due_tag_rules",
+        "schedule": 300.0,
+        "options": {"expires": 280},
+    },
+    "tagging-touched-customers": {
+        "task": "tagging.tasks.tag_touched_customers",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
+    "tagging-expire-tags": {
+        "task": "tagging.tasks.expire_tags",
+        "schedule": 600.0,
+        "options": {"expires": 580},
+    },
+    "tagging-resume-bulk-jobs": {
+        "task": "tagging.tasks.resume_bulk_tag_jobs",
+        "schedule": 300.0,
+        "options": {"expires": 280},
+    },
+    "lifecycle-evaluate-due-models": {
+        "task": "lifecycle.tasks.evaluate_due_models",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "lifecycle-touched-customers": {
+        "task": "lifecycle.tasks.evaluate_touched_customers",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
 }

@@ -6,6 +6,8 @@ from rest_framework.routers import DefaultRouter
 
 from core.views import healthz
 from crm import api as crm_api
+from lifecycle import api as lifecycle_api
+from tagging import api as tagging_api
 
 router = DefaultRouter()
 router.register("customers", crm_api.CustomerViewSet, basename="customer")
@@ -13,9 +15,20 @@ router.register("events", crm_api.EventViewSet, basename="event")
 router.register("orders", crm_api.OrderViewSet, basename="order")
 router.register("channels", crm_api.ChannelViewSet, basename="channel")
 router.register("groups", crm_api.GroupViewSet, basename="group")
+router.register("tag-groups", tagging_api.TagGroupViewSet, basename="tag-group")
+router.register("tags", tagging_api.TagViewSet, basename="tag")
+router.register("tag-rules", tagging_api.TagRuleViewSet, basename="tag-rule")
+router.register("segments", tagging_api.SegmentViewSet, basename="segment")
+router.register("bulk-tag-jobs", tagging_api.BulkTagJobViewSet, basename="bulk-tag-job")
+router.register("stage-models", lifecycle_api.StageModelViewSet, basename="stage-model")
 
 urlpatterns = [
     path("api/v1/auth/token/", crm_api.TokenView.as_view(), name="api-token"),
+    path("api/v1/customers/bulk-tag/", tagging_api.BulkTagView.as_view(), name="bulk-tag"),
+    path("api/v1/customers/<int:pk>/tags/", tagging_api.CustomerTagsView.as_view(),
+         name="customer-tags"),
+    path("api/v1/customers/<int:pk>/stage/", lifecycle_api.CustomerStageView.as_view(),
+         name="customer-stage"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

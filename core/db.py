@@ -53,3 +53,47 @@ def insert_ignore_returning(
             flush()
     flush()
     return out
+
+
+def insert_from_select(
+    model: type[models.Model],
+    fields: Sequence[str],
+    select: models.QuerySet,
+    *,
+    returning: Sequence[str] = (),
+) -> list[tuple]:
+    """`INSERT INTO model (fields) SELECT … ON CONFLICT DO NOTHING [RETURNING …]`.
+
+    `select` is a `values_list(...)` queryset whose columns line up with `fields` (constants via
+    `annotate(x=Value(...))`). The rows never travel through Python; conflicts with any unique
+    constraint are skipped, so concurrent writers cannot duplicate a row.
+    """
+    meta = model._meta
+    columns = ", ".join(connection.ops.quote_name(meta.get_field(f).column) for f in fields)
+    table = connection.ops.quote_name(meta.db_table)
+    sql, params = select.query.sql_with_params()
+    # "WHERE 1=1" keeps SQLite from reading ON CONFLICT as part of the SELECT's join syntax.
+    statement = (f"INSERT INTO {table} ({columns}) SELECT * FROM ({sql}) AS src WHERE 1=1 "
+                 f"ON CONFLICT DO NOTHING")
+    if returning:
+        statement += " RETURNING " + ", ".join(
+            connection.ops.quote_name(meta.get_field(f).column) for f in returning)
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall() if returning else []
+
+
+def delete_returning(queryset: models.QuerySet, returning: Sequence[str]) -> list[tuple]:
+    """Delete the rows of `queryset` in one statement and answer the given columns of each.
+
+    Only what this statement deleted comes back, so two workers deleting at once never both
+    report (and record) the same row.
+    """
+    meta = queryset.model._meta
+    table = connection.ops.quote_name(meta.db_table)
+    pk = connection.ops.quote_name(meta.pk.column)
+    sql, params = queryset.values("pk").query.sql_with_params()
+    cols = ", ".join(connection.ops.quote_name(meta.get_field(f).column) for f in returning)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {table} WHERE {pk} IN ({sql}) RETURNING {cols}", params)
+        return cursor.fetchall()

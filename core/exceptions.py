@@ -54,7 +54,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound(_("Not found."))
     elif isinstance(exc, DjangoPermissionDenied):
-        exc = exceptions.PermissionDenied()
+        exc = exceptions.PermissionDenied(str(exc) or None)
 
     response = exception_handler(exc, context)
     if response is None:

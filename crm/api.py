@@ -1,5 +1,7 @@
 """REST API of crm (DESIGN §4): parse, call a service or selector, respond."""
 
+from datetime import UTC
+
 from django.contrib.auth import get_user_model
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -13,13 +15,14 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import access
 from core.exceptions import ApplicationError
 from core.pagination import PageNumberPagination
+from core.parsers import JSONParser
 from crm import extensions, selectors, services
 from crm.models import Channel, Customer, Event, Group, Order
 
@@ -27,6 +30,23 @@ User = get_user_model()
 
 
 # --- Serializers ----------------------------------------------------------------------------
+
+class CalendarDateTimeField(serializers.DateTimeField):
+    """A date-time within the years ingestion accepts. DRF's own field lets an OverflowError
+    escape (a 500) for `0001-01-01T00:00:00` read in a time zone east of UTC."""
+
+    def to_internal_value(self, value):
+        try:
+            parsed = super().to_internal_value(value)
+            year = parsed.astimezone(UTC).year
+        except OverflowError:
+            year = None
+        if year is None or not services.MIN_YEAR <= year <= services.MAX_YEAR:
+            raise serializers.ValidationError(
+                _("must be between the years %(min)d and %(max)d")
+                % {"min": services.MIN_YEAR, "max": services.MAX_YEAR})
+        return parsed
+
 
 class CustomerSerializer(serializers.ModelSerializer):
     channel = serializers.SlugRelatedField(
@@ -36,6 +56,8 @@ class CustomerSerializer(serializers.ModelSerializer):
         slug_field="username", queryset=User.objects.filter(is_active=True), required=False,
         help_text=gettext_lazy("Staff username; operators may only name themselves."))
     referred_by = serializers.SlugRelatedField(slug_field="external_id", read_only=True)
+    joined_at = CalendarDateTimeField(
+        required=False, help_text=gettext_lazy("When the customer entered the private domain."))
     tags = serializers.SerializerMethodField()
     stages = serializers.SerializerMethodField()
 
@@ -181,17 +203,32 @@ class CustomerFilter(filters.FilterSet):
         return selectors.customer_search(queryset, value)
 
 
+class ExtensionFilterBackend:
+    """The filters other apps add to the customer list (`tag`, `segment`, `stage`, …), each
+    repeatable, applied through `selectors.customer_list`'s extension filters."""
+
+    def filter_queryset(self, request, queryset, view):
+        values = {name: request.query_params.getlist(name)
+                  for name, _e in extensions.customer_filters.items()
+                  if name in request.query_params}
+        return selectors.customer_filter_extensions(queryset, values) if values else queryset
+
+    def get_schema_operation_parameters(self, view):
+        return [{"name": name, "required": False, "in": "query", "description": ext.help_text,
+                 "schema": {"type": "array", "items": {"type": "string"}}, "explode": True,
+                 "style": "form"} for name, ext in extensions.customer_filters.items()]
+
+
 class CustomerViewSet(viewsets.ModelViewSet):
     """Customers the signed-in user may see: operators their own, admins all."""
 
     serializer_class = CustomerSerializer
     permission_classes = [access.CustomerDataPermission]
     filterset_class = CustomerFilter
+    filter_backends = [filters.DjangoFilterBackend, ExtensionFilterBackend]
 
     def get_queryset(self):
-        extension_filters = {name: self.request.query_params.getlist(name)
-                             for name, _e in extensions.customer_filters.items()}
-        return selectors.customer_list(user=self.request.user, filters=extension_filters)
+        return selectors.customer_list(user=self.request.user)
 
     def perform_create(self, serializer):
         serializer.instance = services.customer_create(actor=self.request.user,

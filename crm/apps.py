@@ -7,6 +7,7 @@ class CrmConfig(AppConfig):
     verbose_name = _("Customers")
 
     def ready(self) -> None:
-        from crm import timeline
+        from crm import conditions, timeline
 
         timeline.register_builtin_sources()
+        conditions.register()

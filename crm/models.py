@@ -24,7 +24,7 @@ class Channel(TimeStampedModel):
         ADS = "ads", _("Paid ads")
         OTHER = "other", _("Other")
 
-    code = models.SlugField(_("code"), max_length=64, unique=True,
+    code = models.CharField(_("code"), max_length=64, unique=True,
                             help_text=_("The WeCom `state` of the QR code, or any short key."))
     name = models.CharField(_("name"), max_length=100)
     kind = models.CharField(_("kind"), max_length=32, choices=Kind.choices, default=Kind.OTHER)
@@ -270,3 +270,37 @@ STATUS_EVENT_TYPES = {
     Event.Type.FRIEND_DELETED: Customer.Status.DELETED_US,
     Event.Type.FRIEND_REMOVED: Customer.Status.REMOVED,
 }
+
+
+class CustomerTouch(models.Model):
+    """A customer whose facts changed; written in the ingest transaction.
+
+    Consumers (tag rules, lifecycle) each keep a cursor into this queue and re-evaluate just the
+    customers touched since, in batches — the incremental path, with the database as the truth.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    customer_id = models.BigIntegerField(_("customer id"))
+    at = models.DateTimeField(_("at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("customer touch")
+        verbose_name_plural = _("customer touches")
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} @ {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class TouchCursor(models.Model):
+    """How far one consumer has read the touch queue."""
+
+    consumer = models.CharField(_("consumer"), max_length=64, primary_key=True)
+    position = models.BigIntegerField(_("last touch id processed"), default=0)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("touch cursor")
+        verbose_name_plural = _("touch cursors")
+
+    def __str__(self) -> str:
+        return f"{self.consumer}@{self.position}"

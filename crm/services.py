@@ -13,11 +13,12 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import (
     BigIntegerField,
@@ -61,6 +62,8 @@ logger = logging.getLogger(__name__)
 User = get_user_model()
 
 MAX_BATCH = 1000
+MIN_YEAR, MAX_YEAR = 1900, 2999
+MAX_QUANTITY = 2_147_483_647  # the column is a PostgreSQL integer
 PROFILE_FIELDS = ("name", "phone", "city", "gender")
 
 
@@ -114,8 +117,17 @@ def parse_timestamp(value: Any, name: str, *, default_now: bool = False) -> date
             parsed = datetime(day.year, day.month, day.day)
     else:
         raise ItemError(_("%(name)s: must be an ISO 8601 string") % {"name": name})
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, timezone.get_current_timezone())
+    try:
+        if timezone.is_naive(parsed):
+            parsed = timezone.make_aware(parsed, timezone.get_current_timezone())
+        in_utc = parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        in_utc = None
+    # Years the database stores but Python cannot read back (0001 minus an offset) would turn
+    # every later read of the row into a server error; no CRM fact happened outside these.
+    if in_utc is None or not MIN_YEAR <= in_utc.year <= MAX_YEAR:
+        raise ItemError(_("%(name)s: must be between the years %(min)d and %(max)d")
+                        % {"name": name, "min": MIN_YEAR, "max": MAX_YEAR})
     return parsed
 
 
@@ -130,11 +142,35 @@ def _text(item: dict, name: str, *, required: bool = False, max_length: int = 12
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ItemError(_("%(name)s: must be a string") % {"name": label})
     value = str(value).strip()
+    if not _storable(value):
+        raise ItemError(_("%(name)s: must be text without NUL characters or lone surrogates")
+                        % {"name": label})
     if required and not value:
         raise ItemError(_("%(name)s: this field is required") % {"name": label})
     if len(value) > max_length:
         raise ItemError(_("%(name)s: at most %(n)d characters") % {"name": label, "n": max_length})
     return value
+
+
+def _storable(value: Any) -> bool:
+    """Whether PostgreSQL can store every string (key or value) of a JSON value: text and
+    jsonb refuse NUL, and a lone surrogate (`"\\ud800"` in JSON) is not UTF-8."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def _decimal(value: Any, name: str) -> Decimal:
@@ -147,7 +183,8 @@ def _decimal(value: Any, name: str) -> Decimal:
                         % {"name": name, "value": value})
     if not number.is_finite() or number < 0:
         raise ItemError(_("%(name)s: must be a number at or above 0") % {"name": name})
-    if number != number.quantize(Decimal("0.01")) or number >= Decimal("1e12"):
+    # The size first: quantizing a number too large for the context (1e30) raises.
+    if number >= Decimal("1e12") or number != number.quantize(Decimal("0.01")):
         raise ItemError(_("%(name)s: at most 12 digits before and 2 after the point")
                         % {"name": name})
     return number.quantize(Decimal("0.01"))
@@ -342,14 +379,16 @@ def _parse_event(index: int, raw: Any) -> _EventItem:
     data = raw.get("data") or {}
     if not isinstance(data, dict):
         raise ItemError(_("data: must be an object"))
+    if not _storable(data):
+        raise ItemError(_("data: must be text without NUL characters or lone surrogates"))
     if kind in (Event.Type.GROUP_JOINED, Event.Type.GROUP_LEFT):
         _text(data, "group", required=True, prefix="data.")
         _text(data, "name", max_length=100, prefix="data.")
     elif kind == Event.Type.REFERRAL:
         _text(data, "referred", required=True, prefix="data.")
     elif kind == Event.Type.FRIEND_ADDED:
-        for name in ("owner", "channel", "name", "city"):
-            _text(data, name, max_length=150 if name == "owner" else 100, prefix="data.")
+        for name, limit in (("owner", 150), ("channel", 64), ("name", 100), ("city", 100)):
+            _text(data, name, max_length=limit, prefix="data.")
         _text(data, "phone", max_length=32, prefix="data.")
         gender = data.get("gender")
         if gender not in (None, "") and gender not in Customer.Gender.values:
@@ -442,34 +481,43 @@ def _apply_group_events(items: list[_EventItem], ids: dict[str, int]) -> None:
     for item in items:
         by_pair[(groups[str(item.data["group"])], ids[item.customer])].append(item)
 
+    # The stays the database holds open for these pairs: a leave in the batch ends them, a
+    # join while one is open is a repeat, not a second stay (the customers are locked).
+    stored_open = {
+        (m.group_id, m.customer_id): m for m in GroupMembership.objects.filter(
+            left_at__isnull=True, group_id__in={p[0] for p in by_pair},
+            customer_id__in={p[1] for p in by_pair}).only("pk", "group_id", "customer_id",
+                                                           "joined_at")
+        if (m.group_id, m.customer_id) in by_pair}
+
     closed, still_open = [], {}          # memberships fully inside this batch / left open
-    close_stored: dict[tuple[int, int], datetime] = {}   # close what the database holds open
+    close_stored: dict[int, datetime] = {}   # stored open membership id -> its left_at
     for pair, events in by_pair.items():
-        open_since = None
+        stored = stored_open.get(pair)
+        open_since, in_stored = None, False
         for event in sorted(events, key=lambda e: (e.occurred_at, e.index)):
+            if stored is not None and not in_stored and event.occurred_at >= stored.joined_at:
+                # From here on the stored stay is the open one (an earlier join of the batch
+                # that is still open runs into it).
+                open_since, in_stored = stored.joined_at, True
             if event.type == Event.Type.GROUP_JOINED:
                 if open_since is None:
                     open_since = event.occurred_at
-            elif open_since is not None:
+            elif open_since is None:
+                continue                 # a leave with no stay to end
+            elif in_stored:
+                close_stored[stored.pk] = event.occurred_at
+                stored, open_since, in_stored = None, None, False
+            else:
                 closed.append((pair, open_since, event.occurred_at))
                 open_since = None
-            elif pair not in close_stored and not any(c[0] == pair for c in closed):
-                close_stored[pair] = event.occurred_at
-        if open_since is not None:
+        if open_since is not None and not in_stored and stored is None:
             still_open[pair] = open_since
 
     if close_stored:
-        stored = GroupMembership.objects.filter(
-            left_at__isnull=True, group_id__in={p[0] for p in close_stored},
-            customer_id__in={p[1] for p in close_stored})
-        updates = {m.pk: close_stored[(m.group_id, m.customer_id)] for m in stored.only(
-            "pk", "group_id", "customer_id", "joined_at")
-            if (m.group_id, m.customer_id) in close_stored
-            and m.joined_at <= close_stored[(m.group_id, m.customer_id)]}
-        if updates:
-            GroupMembership.objects.filter(pk__in=updates.keys()).update(left_at=Case(
-                *[When(pk=pk, then=Value(at, output_field=DateTimeField()))
-                  for pk, at in updates.items()], output_field=DateTimeField()))
+        GroupMembership.objects.filter(pk__in=close_stored.keys()).update(left_at=Case(
+            *[When(pk=pk, then=Value(at, output_field=DateTimeField()))
+              for pk, at in close_stored.items()], output_field=DateTimeField()))
     GroupMembership.objects.bulk_create(
         [GroupMembership(group_id=g, customer_id=c, joined_at=a, left_at=b)
          for (g, c), a, b in closed]
@@ -604,9 +652,10 @@ def _parse_order(index: int, raw: Any) -> _OrderItem:
         if not isinstance(line, dict):
             raise ItemError(_("%(path)s: must be an object") % {"path": f"items[{n}]"})
         quantity = line.get("quantity", 1)
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
-            raise ItemError(_("%(path)squantity: must be a whole number at or above 1")
-                            % {"path": prefix})
+        if (isinstance(quantity, bool) or not isinstance(quantity, int)
+                or not 1 <= quantity <= MAX_QUANTITY):
+            raise ItemError(_("%(path)squantity: must be a whole number from 1 to %(max)d")
+                            % {"path": prefix, "max": MAX_QUANTITY})
         lines.append({
             "sku": _text(line, "sku", max_length=64, prefix=prefix),
             "name": _text(line, "name", max_length=200, prefix=prefix),
@@ -644,13 +693,15 @@ def orders_ingest(*, items: Any, actor) -> IngestReport:
     changes: dict[int, tuple[str, datetime | None]] = {}   # stored order id -> new status
     state: dict[tuple[str, str], str] = {k: o.status for k, o in stored.items()}
     touched: set[int] = set()
+    key_owner: dict[tuple[str, str], int] = {}  # the customer an order key belongs to
     for item in parsed:
         key = (item.source, item.external_id)
         customer_id = ids.get(item.customer)
         if customer_id is None:
             report.reject(item.index, _("customer: unknown customer %(id)r") % {"id": item.customer})
             continue
-        if key in stored and stored[key].customer_id != customer_id:
+        if key_owner.setdefault(key, stored[key].customer_id if key in stored
+                                else customer_id) != customer_id:
             report.reject(item.index, _("customer: order %(source)s:%(id)s belongs to another "
                                         "customer") % {"source": item.source,
                                                        "id": item.external_id})
@@ -778,6 +829,10 @@ def customers_import(*, content: bytes, actor, max_rows: int = 100_000) -> Inges
             report.reject(index, _("line %(line)d: external_id %(id)r belongs to another "
                                    "owner's customer") % {"line": index + 2, "id": ext})
             continue
+        if values.get("status", customer.status) != customer.status:
+            # Like customer_update: a later event older than this change must not undo it.
+            customer.status_changed_at = now
+            update_fields.add("status_changed_at")
         for name, value in values.items():
             if name == "attributes":
                 customer.attributes = {**(customer.attributes or {}), **value}
@@ -845,6 +900,8 @@ def _parse_import_row(row: dict[str, str], owners, channels, actor, is_admin) ->
         values["opted_out"] = flag in _TRUE
     attributes = {k.removeprefix("attributes."): v for k, v in cells.items()
                   if k.startswith("attributes.") and v != ""}
+    if not _storable(attributes):
+        raise ItemError(_("attributes: must be text without NUL characters or lone surrogates"))
     if attributes:
         values["attributes"] = attributes
     return values
@@ -856,7 +913,7 @@ def _check_group_owner(*, actor, group: Group | None, owner) -> None:
     if access.user_role(actor) == access.ADMIN:
         return
     if group is not None and group.owner_id != actor.pk:
-        raise ApplicationError(_("Only the group's owner or an admin may change it."))
+        raise PermissionDenied(_("Only the group's owner or an admin may change it."))
     if owner is not None and owner.pk != actor.pk:
         raise ApplicationError(_("owner: operators can only own groups themselves."),
                                extra={"field": "owner"})

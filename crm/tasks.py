@@ -9,3 +9,11 @@ from crm import services
 def refresh_customer_aggregates(customer_ids: list[int] | None = None) -> int:
     """Recompute customer aggregates from the facts (nightly repair, or for given ids)."""
     return services.customer_aggregates_refresh(customer_ids=customer_ids)
+
+
+@shared_task(acks_late=True)
+def prune_touches() -> int:
+    """Drop touched-customer rows every consumer has read."""
+    from crm.hooks import touches_prune
+
+    return touches_prune()

@@ -6,4 +6,6 @@ app_name = "dashboard"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("customers/", views.customer_list, name="customer-list"),
+    path("customers/<int:pk>/", views.customer_detail, name="customer-detail"),
 ]

@@ -5,3 +5,14 @@ from django.utils.translation import gettext_lazy as _
 class LifecycleConfig(AppConfig):
     name = "lifecycle"
     verbose_name = _("Lifecycle")
+
+    def ready(self) -> None:
+        from core.conditions import register_field
+        from crm import extensions as crm_extensions
+        from crm import timeline
+        from lifecycle import conditions, extensions
+
+        register_field(conditions.FIELD)
+        crm_extensions.customer_fields.register("stages", extensions.STAGES_FIELD)
+        crm_extensions.customer_filters.register("stage", extensions.STAGE_FILTER)
+        timeline.sources.register("stage", extensions.TIMELINE)

@@ -5,3 +5,15 @@ from django.utils.translation import gettext_lazy as _
 class TaggingConfig(AppConfig):
     name = "tagging"
     verbose_name = _("Tags")
+
+    def ready(self) -> None:
+        from core.conditions import register_field
+        from crm import extensions as crm_extensions
+        from crm import timeline
+        from tagging import conditions, extensions
+
+        register_field(conditions.FIELD)
+        crm_extensions.customer_fields.register("tags", extensions.TAGS_FIELD)
+        crm_extensions.customer_filters.register("tag", extensions.TAG_FILTER)
+        crm_extensions.customer_filters.register("segment", extensions.SEGMENT_FILTER)
+        timeline.sources.register("tag", extensions.TIMELINE)

@@ -1,0 +1,343 @@
+"""The condition language: one JSON tree describing a set of customers, compiled into one `Q`.
+
+    {"all": [...]} | {"any": [...]} | {"not": node} | {"field": f, "op": o, "value": v, ...}
+
+Tag rules, stage entry rules, SOP filters, campaign audiences and segments all use it. Apps
+contribute fields in `AppConfig.ready()` (`register_field`); this module knows no app. Every
+field compiles to plain lookups or `Exists` / `IN (… GROUP BY … HAVING …)` subqueries, so each
+use is one set-based query on PostgreSQL and SQLite alike. A bad node is refused with its path:
+`all[2].op: unknown operator 'older_than'`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.translation import gettext as _
+
+from core.exceptions import ApplicationError
+from core.registry import Registry
+
+OPERATORS = (
+    "eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "between", "contains", "is_null",
+    "within_days", "older_than_days", "count_gte", "count_lte", "sum_gte",
+    "any", "all", "none",
+)
+MAX_DEPTH = 12
+MAX_NODES = 300
+
+
+class ConditionError(ApplicationError):
+    """A condition that cannot be compiled; `path` points at the bad node."""
+
+    def __init__(self, path: str, message: str, *, prefixed: bool = False) -> None:
+        full = f"{path}: {message}" if path and not prefixed else message
+        super().__init__(full, extra={"path": path})
+        self.path = path
+
+
+@dataclass
+class Leaf:
+    """A validated leaf, handed to its field's compiler."""
+
+    field: str
+    op: str
+    value: Any
+    params: dict[str, Any]
+    path: str
+    key: str = ""   # the part after the prefix, for prefix fields such as attributes.<key>
+
+
+@dataclass
+class Context:
+    """What a compilation may depend on besides the tree: the moment it is evaluated at, the
+    values of `{"threshold": name}` references, and the customers the result will be
+    intersected with. Fields restrict their subqueries to that scope (`scope()`), so evaluating
+    a chunk of customers or the few an event touched costs what those customers cost, not a pass
+    over every event."""
+
+    now: datetime = field(default_factory=timezone.now)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    customer_ids: list[int] | None = None
+    pk_range: tuple[int, int | None] | None = None   # (exclusive low, inclusive high or None)
+
+    def scope(self, rows, column: str = "customer_id"):
+        if self.customer_ids is not None:
+            rows = rows.filter(**{f"{column}__in": self.customer_ids})
+        if self.pk_range is not None:
+            low, high = self.pk_range
+            rows = rows.filter(**{f"{column}__gt": low})
+            if high is not None:
+                rows = rows.filter(**{f"{column}__lte": high})
+        return rows
+
+
+@dataclass(frozen=True)
+class ConditionField:
+    """A field of the language. `compile` turns a validated leaf into a `Q` on customers.
+
+    `params` lists the extra keys a leaf may carry (`type`, `within_days`, …) with a JSON
+    Schema each; `validate` checks the leaf further and may normalise `leaf.value`.
+    """
+
+    name: str
+    ops: tuple[str, ...]
+    compile: Callable[[Leaf, Context], Q]
+    description: str = ""
+    value_schema: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    validate: Callable[[Leaf], None] | None = None
+    prefix: bool = False      # name is a prefix: "attributes." matches "attributes.level"
+
+
+fields: Registry[ConditionField] = Registry("condition_fields")
+
+
+def register_field(spec: ConditionField) -> ConditionField:
+    return fields.register(spec.name, spec)
+
+
+def _lookup_field(name: str) -> tuple[ConditionField | None, str]:
+    spec = fields.get(name)
+    if spec is not None and not spec.prefix:
+        return spec, ""
+    for key, candidate in fields.items():
+        if candidate.prefix and name.startswith(key) and len(name) > len(key):
+            return candidate, name[len(key):]
+    return None, ""
+
+
+# --- Validation ----------------------------------------------------------------------------
+
+def _join(path: str, part: str) -> str:
+    if part.startswith("["):
+        return f"{path}{part}"
+    return f"{path}.{part}" if path else part
+
+
+def validate(tree: Any, *, thresholds: dict[str, Any] | None = None) -> Any:
+    """Check a whole tree; raise ConditionError naming the first bad node's path. Threshold
+    references are checked against `thresholds` when given."""
+    if thresholds is not None:
+        tree = resolve_thresholds(tree, thresholds)
+    counter = [0]
+    _validate(tree, "", 0, counter)
+    return tree
+
+
+def _validate(node: Any, path: str, depth: int, counter: list[int]) -> None:
+    counter[0] += 1
+    if counter[0] > MAX_NODES:
+        raise ConditionError(path, _("too many nodes (at most %(n)d)") % {"n": MAX_NODES})
+    if depth > MAX_DEPTH:
+        raise ConditionError(path, _("nested too deeply (at most %(n)d levels)")
+                             % {"n": MAX_DEPTH})
+    if not isinstance(node, dict):
+        raise ConditionError(path, _("must be an object"))
+    groups = [k for k in ("all", "any", "not") if k in node]
+    if groups:
+        if len(node) != 1:
+            raise ConditionError(path, _("a group node has exactly one key (all, any or not)"))
+        key = groups[0]
+        child = node[key]
+        if key == "not":
+            _validate(child, _join(path, "not"), depth + 1, counter)
+            return
+        if not isinstance(child, list) or not child:
+            raise ConditionError(_join(path, key), _("must be a non-empty list"))
+        for index, item in enumerate(child):
+            _validate(item, f"{_join(path, key)}[{index}]", depth + 1, counter)
+        return
+    _to_leaf(node, path)
+
+
+def _to_leaf(node: dict, path: str) -> Leaf:
+    if "field" not in node:
+        raise ConditionError(path, _("expected 'all', 'any', 'not' or a leaf with 'field'"))
+    name = node["field"]
+    if not isinstance(name, str):
+        raise ConditionError(_join(path, "field"), _("must be a string"))
+    spec, key = _lookup_field(name)
+    if spec is None:
+        raise ConditionError(_join(path, "field"), _("unknown field %(name)r; known: %(known)s")
+                             % {"name": name, "known": ", ".join(known_field_names())})
+    op = node.get("op")
+    if op not in OPERATORS:
+        raise ConditionError(_join(path, "op"), _("unknown operator %(op)r") % {"op": op})
+    if op not in spec.ops:
+        raise ConditionError(_join(path, "op"), _("operator %(op)r does not apply to field "
+                                                  "%(field)r; use one of %(ops)s")
+                             % {"op": op, "field": name, "ops": ", ".join(spec.ops)})
+    allowed = {"field", "op", "value", *spec.params}
+    for extra in node:
+        if extra not in allowed:
+            raise ConditionError(_join(path, extra), _("unexpected key for field %(field)r")
+                                 % {"field": name})
+    params = {k: node[k] for k in spec.params if k in node}
+    leaf = Leaf(field=name, op=op, value=node.get("value"), params=params, path=path, key=key)
+    for pname in ("within_days",):
+        if pname in params:
+            params[pname] = days_value(params[pname], _join(path, pname))
+    if spec.validate:
+        spec.validate(leaf)
+    return leaf
+
+
+def known_field_names() -> list[str]:
+    return sorted(f"{name}<key>" if spec.prefix else name for name, spec in fields.items())
+
+
+# --- Compilation ---------------------------------------------------------------------------
+
+def compile_condition(tree: Any, *, now: datetime | None = None,
+                      thresholds: dict[str, Any] | None = None,
+                      customer_ids: list[int] | None = None,
+                      pk_range: tuple[int, int | None] | None = None) -> Q:
+    """The `Q` selecting the customers the tree describes (validates first).
+
+    `customer_ids` / `pk_range` promise that the caller intersects the result with those
+    customers; subqueries are restricted to them. `thresholds` resolves `{"threshold": name}`.
+    """
+    ctx = Context(now=now or timezone.now(), thresholds=thresholds or {},
+                  customer_ids=customer_ids, pk_range=pk_range)
+    tree = resolve_thresholds(tree, ctx.thresholds)
+    validate(tree)
+    return _compile(tree, "", ctx)
+
+
+def threshold_names(tree: Any) -> set[str]:
+    """Names of the thresholds a tree refers to."""
+    found: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if set(node) == {"threshold"} and isinstance(node["threshold"], str):
+                found.add(node["threshold"])
+            else:
+                stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def resolve_thresholds(tree: Any, thresholds: dict[str, Any], path: str = "") -> Any:
+    """A copy of the tree with every `{"threshold": name}` replaced by its value."""
+    if isinstance(tree, dict):
+        if set(tree) == {"threshold"}:
+            name = tree["threshold"]
+            if not isinstance(name, str) or name not in thresholds:
+                raise ConditionError(path, _("unknown threshold %(name)r; the model has: "
+                                             "%(known)s") % {"name": name, "known":
+                                                             ", ".join(sorted(thresholds)) or "-"})
+            return thresholds[name]
+        return {k: resolve_thresholds(v, thresholds, _join(path, k)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [resolve_thresholds(v, thresholds, f"{path}[{i}]") for i, v in enumerate(tree)]
+    return tree
+
+
+def _compile(node: dict, path: str, ctx: Context) -> Q:
+    if "all" in node:
+        q = Q()
+        for index, child in enumerate(node["all"]):
+            q &= _compile(child, f"{_join(path, 'all')}[{index}]", ctx)
+        return q
+    if "any" in node:
+        q = Q(pk__in=[])
+        for index, child in enumerate(node["any"]):
+            q |= _compile(child, f"{_join(path, 'any')}[{index}]", ctx)
+        return q
+    if "not" in node:
+        return ~_compile(node["not"], _join(path, "not"), ctx)
+    leaf = _to_leaf(node, path)
+    spec, _key = _lookup_field(leaf.field)
+    return spec.compile(leaf, ctx)
+
+
+# --- Value helpers fields share ------------------------------------------------------------
+
+def days_value(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 36500:
+        raise ConditionError(path, _("must be a whole number of days between 0 and 36500"))
+    return value
+
+
+def number_value(value: Any, path: str) -> Decimal:
+    if isinstance(value, bool) or value is None:
+        raise ConditionError(path, _("must be a number"))
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ConditionError(path, _("must be a number"))
+    if not number.is_finite():
+        raise ConditionError(path, _("must be a number"))
+    return number
+
+
+def datetime_value(value: Any, path: str) -> datetime:
+    if isinstance(value, str):
+        parsed = None
+        try:
+            parsed = parse_datetime(value)
+            if parsed is None:
+                day = parse_date(value)
+                if day is not None:
+                    parsed = datetime(day.year, day.month, day.day)
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            if timezone.is_naive(parsed):
+                parsed = timezone.make_aware(parsed, timezone.get_current_timezone())
+            return parsed
+    raise ConditionError(path, _("must be an ISO 8601 date or date-time"))
+
+
+def list_value(value: Any, path: str, *, allow_empty: bool = False) -> list:
+    if not isinstance(value, list) or (not value and not allow_empty):
+        raise ConditionError(path, _("must be a non-empty list"))
+    if len(value) > 1000:
+        raise ConditionError(path, _("at most 1000 values"))
+    return value
+
+
+def since(ctx: Context, days: int) -> datetime:
+    return ctx.now - timedelta(days=days)
+
+
+# --- JSON Schema ---------------------------------------------------------------------------
+
+def json_schema() -> dict[str, Any]:
+    """The language as JSON Schema (draft 2020-12 style, as OpenAPI 3.1 embeds it)."""
+    leaves = []
+    for name, spec in fields.items():
+        props: dict[str, Any] = {
+            "field": ({"type": "string", "pattern": f"^{name.replace('.', '[.]')}.+$"}
+                      if spec.prefix else {"type": "string", "enum": [name]}),
+            "op": {"type": "string", "enum": list(spec.ops)},
+            "value": spec.value_schema or {},
+        }
+        props.update(spec.params)
+        leaves.append({"type": "object", "title": name, "description": spec.description,
+                       "required": ["field", "op"], "properties": props,
+                       "additionalProperties": False})
+    node = {"$ref": "#/components/schemas/Condition"}
+    return {
+        "description": "A condition on customers: all / any / not groups and field leaves.",
+        "oneOf": [
+            {"type": "object", "title": "all", "required": ["all"], "additionalProperties": False,
+             "properties": {"all": {"type": "array", "minItems": 1, "items": node}}},
+            {"type": "object", "title": "any", "required": ["any"], "additionalProperties": False,
+             "properties": {"any": {"type": "array", "minItems": 1, "items": node}}},
+            {"type": "object", "title": "not", "required": ["not"], "additionalProperties": False,
+             "properties": {"not": node}},
+            *leaves,
+        ],
+    }

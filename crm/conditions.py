@@ -1,0 +1,327 @@
+"""The condition fields crm contributes: customer attributes, channel, owner, events, orders and
+group membership. Registered in `CrmConfig.ready()`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.db.models import Count, Exists, F, OuterRef, Q, Sum
+from django.utils.translation import gettext as _
+
+from core.conditions import (
+    ConditionError,
+    ConditionField,
+    Context,
+    Leaf,
+    datetime_value,
+    days_value,
+    list_value,
+    number_value,
+    register_field,
+    since,
+)
+
+STRING_OPS = ("eq", "ne", "in", "not_in", "contains", "is_null")
+CHOICE_OPS = ("eq", "ne", "in", "not_in")
+BOOL_OPS = ("eq", "ne")
+NUMBER_OPS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "between")
+DATETIME_OPS = ("gt", "gte", "lt", "lte", "between", "within_days", "older_than_days", "is_null")
+ATTRIBUTE_OPS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "between", "contains",
+                 "is_null")
+_ATTRIBUTE_KEY = re.compile(r"^[\w\-]{1,64}$")
+
+
+def _path(leaf: Leaf, key: str = "value") -> str:
+    return f"{leaf.path}.{key}" if leaf.path else key
+
+
+def _scalar_validator(kind: str, choices: tuple[str, ...] = ()):
+    def coerce(value: Any, path: str) -> Any:
+        if kind in ("str", "attribute") and isinstance(value, str):
+            if len(value) > 500:
+                raise ConditionError(path, _("at most 500 characters"))
+            return value
+        if kind == "attribute" and isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        if kind == "choice":
+            if value not in choices:
+                raise ConditionError(path, _("must be one of %(choices)s")
+                                     % {"choices": ", ".join(choices)})
+            return value
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConditionError(path, _("must be true or false"))
+            return value
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConditionError(path, _("must be a whole number"))
+            return value
+        if kind == "decimal":
+            return number_value(value, path)
+        if kind == "datetime":
+            return datetime_value(value, path)
+        raise ConditionError(path, _("must be a string") if kind == "str"
+                             else _("must be a string or a number"))
+
+    def validate(leaf: Leaf) -> None:
+        path = _path(leaf)
+        op = leaf.op
+        if op in ("in", "not_in"):
+            leaf.value = [coerce(v, f"{path}[{i}]")
+                          for i, v in enumerate(list_value(leaf.value, path))]
+        elif op == "between":
+            pair = list_value(leaf.value, path)
+            if len(pair) != 2:
+                raise ConditionError(path, _("between takes a list of two values [low, high]"))
+            leaf.value = [coerce(pair[0], f"{path}[0]"), coerce(pair[1], f"{path}[1]")]
+        elif op == "is_null":
+            if not isinstance(leaf.value, bool):
+                raise ConditionError(path, _("must be true or false"))
+        elif op in ("within_days", "older_than_days"):
+            leaf.value = days_value(leaf.value, path)
+        elif op == "contains":
+            if not isinstance(leaf.value, str) or not leaf.value:
+                raise ConditionError(path, _("must be a non-empty string"))
+        else:
+            leaf.value = coerce(leaf.value, path)
+
+    return validate
+
+
+def _scalar_compiler(lookup: str, *, blank_is_null: bool = False):
+    def compile_leaf(leaf: Leaf, ctx: Context) -> Q:
+        op, value = leaf.op, leaf.value
+        if op == "eq":
+            return Q(**{lookup: value})
+        if op == "ne":
+            return ~Q(**{lookup: value})
+        if op == "in":
+            return Q(**{f"{lookup}__in": value})
+        if op == "not_in":
+            return ~Q(**{f"{lookup}__in": value})
+        if op in ("gt", "gte", "lt", "lte"):
+            return Q(**{f"{lookup}__{op}": value})
+        if op == "between":
+            return Q(**{f"{lookup}__gte": value[0], f"{lookup}__lte": value[1]})
+        if op == "contains":
+            return Q(**{f"{lookup}__icontains": value})
+        if op == "within_days":
+            return Q(**{f"{lookup}__gte": since(ctx, value)})
+        if op == "older_than_days":     # N days ago or earlier (at least N days old)
+            return Q(**{f"{lookup}__lte": since(ctx, value)})
+        if op == "is_null":
+            empty = Q(**{f"{lookup}__isnull": True})
+            if blank_is_null:
+                empty |= Q(**{lookup: ""})
+            return empty if value else ~empty
+        raise ConditionError(leaf.path, _("unsupported operator"))  # unreachable: validated
+
+    return compile_leaf
+
+
+def _scalar(name: str, lookup: str, kind: str, ops: tuple[str, ...], description: str,
+            choices: tuple[str, ...] = (), schema: dict | None = None) -> ConditionField:
+    return ConditionField(
+        name=name, ops=ops, description=description,
+        compile=_scalar_compiler(lookup, blank_is_null=kind == "str"),
+        validate=_scalar_validator(kind, choices),
+        value_schema=schema or {})
+
+
+def _attribute_compile(leaf: Leaf, ctx: Context) -> Q:
+    return _scalar_compiler(f"attributes__{leaf.key}")(leaf, ctx)
+
+
+def _attribute_validate(leaf: Leaf) -> None:
+    if not _ATTRIBUTE_KEY.match(leaf.key) or "__" in leaf.key:
+        raise ConditionError(_path(leaf, "field"), _("attribute keys are 1-64 letters, digits, "
+                                                     "'_' or '-'"))
+    _scalar_validator("attribute")(leaf)
+
+
+# --- Events ---------------------------------------------------------------------------------
+
+def _count_validate(leaf: Leaf) -> None:
+    value = leaf.value
+    if leaf.op == "sum_gte":
+        leaf.value = number_value(value, _path(leaf))
+    elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConditionError(_path(leaf), _("must be a whole number at or above 0"))
+    if "since_joined" in leaf.params and not isinstance(leaf.params["since_joined"], bool):
+        raise ConditionError(_path(leaf, "since_joined"), _("must be true or false"))
+
+
+def _counted(rows, leaf: Leaf, measure, exists_ok: bool) -> Q:
+    """Customers whose rows' count (or sum) reaches / stays under the leaf's value.
+
+    `count_gte 1` is an EXISTS; larger thresholds are `pk IN (SELECT customer … GROUP BY customer
+    HAVING …)`, which the database answers with one pass over the matching rows.
+    """
+    value = leaf.value
+    if leaf.op == "count_lte":
+        return ~_counted(rows, Leaf(leaf.field, "count_gte", value + 1, leaf.params, leaf.path),
+                         measure, exists_ok)
+    if value <= 0:
+        return Q(pk__isnull=False)
+    if leaf.op == "count_gte" and value == 1 and exists_ok:
+        return Q(Exists(rows.filter(customer=OuterRef("pk"))))
+    grouped = (rows.order_by().values("customer_id").annotate(m=measure)
+               .filter(m__gte=value).values("customer_id"))
+    return Q(pk__in=grouped)
+
+
+def _event_validate(leaf: Leaf) -> None:
+    from crm.models import Event
+
+    kinds = leaf.params.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        kinds = list_value(kinds, _path(leaf, "type"))
+        for index, kind in enumerate(kinds):
+            if kind not in Event.Type.values:
+                raise ConditionError(f"{_path(leaf, 'type')}[{index}]" if len(kinds) > 1
+                                     else _path(leaf, "type"),
+                                     _("unknown event type %(type)r") % {"type": kind})
+        leaf.params["type"] = kinds
+    _count_validate(leaf)
+
+
+def _event_compile(leaf: Leaf, ctx: Context) -> Q:
+    from crm.models import Event
+
+    rows = ctx.scope(Event.objects.all())
+    if leaf.params.get("type"):
+        rows = rows.filter(type__in=leaf.params["type"])
+    if leaf.params.get("within_days") is not None:
+        rows = rows.filter(occurred_at__gte=since(ctx, leaf.params["within_days"]))
+    if leaf.params.get("since_joined"):
+        rows = rows.filter(occurred_at__gte=F("customer__joined_at"))
+    return _counted(rows, leaf, Count("id"), exists_ok=not leaf.params.get("since_joined"))
+
+
+# --- Orders ---------------------------------------------------------------------------------
+
+def _order_validate(leaf: Leaf) -> None:
+    category = leaf.params.get("category")
+    if category is not None:
+        category = [category] if isinstance(category, str) else category
+        leaf.params["category"] = [str(c) for c in list_value(category, _path(leaf, "category"))]
+    _count_validate(leaf)
+
+
+def _order_compile(leaf: Leaf, ctx: Context) -> Q:
+    from crm.models import Order, OrderItem
+
+    rows = ctx.scope(Order.objects.filter(status=Order.Status.PAID))
+    if leaf.params.get("within_days") is not None:
+        rows = rows.filter(placed_at__gte=since(ctx, leaf.params["within_days"]))
+    if leaf.params.get("since_joined"):
+        rows = rows.filter(placed_at__gte=F("customer__joined_at"))
+    if leaf.params.get("category"):
+        rows = rows.filter(Exists(OrderItem.objects.filter(
+            order=OuterRef("pk"), category__in=leaf.params["category"])))
+    measure = Sum("amount") if leaf.op == "sum_gte" else Count("id")
+    if leaf.op == "sum_gte":
+        leaf = Leaf(leaf.field, "count_gte", leaf.value, leaf.params, leaf.path)
+        if leaf.value <= 0:
+            return Q(pk__isnull=False)
+        return _counted(rows, leaf, measure, exists_ok=False)
+    return _counted(rows, leaf, measure, exists_ok=not leaf.params.get("since_joined"))
+
+
+# --- Groups ---------------------------------------------------------------------------------
+
+def _group_validate(leaf: Leaf) -> None:
+    if "ever" in leaf.params and not isinstance(leaf.params["ever"], bool):
+        raise ConditionError(_path(leaf, "ever"), _("must be true or false"))
+    if leaf.op == "count_gte":
+        _count_validate(leaf)
+        return
+    value = leaf.value
+    if value is None:
+        leaf.value = []
+        return
+    value = [value] if isinstance(value, str) else value
+    leaf.value = [str(v) for v in list_value(value, _path(leaf), allow_empty=True)]
+
+
+def _group_compile(leaf: Leaf, ctx: Context) -> Q:
+    from crm.models import GroupMembership
+
+    rows = ctx.scope(GroupMembership.objects.all())
+    if not leaf.params.get("ever"):
+        rows = rows.filter(left_at__isnull=True)
+    if leaf.op == "count_gte":
+        return _counted(rows, leaf, Count("group_id", distinct=True), exists_ok=True)
+    if leaf.value:
+        rows = rows.filter(group__chat_id__in=leaf.value)
+    q = Q(Exists(rows.filter(customer=OuterRef("pk"))))
+    return q if leaf.op == "in" else ~q
+
+
+def register() -> None:
+    from crm.models import Customer, Event
+
+    str_schema = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                            {"type": "boolean"}]}
+    num_schema = {"oneOf": [{"type": "number"}, {"type": "string"},
+                            {"type": "array", "items": {"oneOf": [{"type": "number"}, {"type": "string"}]}}]}
+    dt_schema = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer"},
+                           {"type": "boolean"},
+                           {"type": "array", "items": {"type": "string"}}]}
+    for name in ("external_id", "name", "phone", "city"):
+        register_field(_scalar(name, name, "str", STRING_OPS,
+                               _("The customer's %(field)s.") % {"field": name}, schema=str_schema))
+    register_field(_scalar("channel", "channel__code", "str", STRING_OPS,
+                           _("Acquisition channel code."), schema=str_schema))
+    register_field(_scalar("owner", "owner__username", "str", CHOICE_OPS,
+                           _("Owning staff member's username."), schema=str_schema))
+    register_field(_scalar("gender", "gender", "choice", CHOICE_OPS, _("Gender."),
+                           tuple(Customer.Gender.values), schema=str_schema))
+    register_field(_scalar("status", "status", "choice", CHOICE_OPS,
+                           _("Relationship status."), tuple(Customer.Status.values),
+                           schema=str_schema))
+    register_field(_scalar("opted_out", "opted_out", "bool", BOOL_OPS, _("Opted out."),
+                           schema={"type": "boolean"}))
+    register_field(_scalar("orders_count", "orders_count", "int", NUMBER_OPS,
+                           _("Paid orders, lifetime."), schema=num_schema))
+    register_field(_scalar("total_spent", "total_spent", "decimal", NUMBER_OPS,
+                           _("Paid spend net of refunds, lifetime (CNY)."), schema=num_schema))
+    for name in ("joined_at", "last_active_at", "first_order_at", "last_order_at",
+                 "status_changed_at"):
+        register_field(_scalar(name, name, "datetime", DATETIME_OPS,
+                               _("Date-time %(field)s; within_days / older_than_days take days.")
+                               % {"field": name}, schema=dt_schema))
+    register_field(ConditionField(
+        name="attributes.", prefix=True, ops=ATTRIBUTE_OPS, compile=_attribute_compile,
+        validate=_attribute_validate, description=_("A key of the customer's attributes."),
+        value_schema={}))
+    days = {"type": "integer", "minimum": 0}
+    register_field(ConditionField(
+        name="event", ops=("count_gte", "count_lte"), compile=_event_compile,
+        validate=_event_validate,
+        description=_("How many events (of `type`) the customer has, within `within_days` or "
+                      "since joining."),
+        value_schema={"type": "integer", "minimum": 0},
+        params={"type": {"oneOf": [{"type": "string", "enum": list(Event.Type.values)},
+                                   {"type": "array", "items": {"type": "string"}}]},
+                "within_days": days, "since_joined": {"type": "boolean"}}))
+    register_field(ConditionField(
+        name="order", ops=("count_gte", "count_lte", "sum_gte"), compile=_order_compile,
+        validate=_order_validate,
+        description=_("Paid orders: count or sum, within `within_days` or since joining, "
+                      "optionally of a `category`."),
+        value_schema={"type": "number", "minimum": 0},
+        params={"within_days": days, "since_joined": {"type": "boolean"},
+                "category": {"oneOf": [{"type": "string"},
+                                       {"type": "array", "items": {"type": "string"}}]}}))
+    register_field(ConditionField(
+        name="group", ops=("in", "not_in", "count_gte"), compile=_group_compile,
+        validate=_group_validate,
+        description=_("Membership of groups (chat ids; empty or null = any group), now or "
+                      "`ever`."),
+        value_schema={"nullable": True,
+                      "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                                {"type": "integer"}]},
+        params={"ever": {"type": "boolean"}}))

@@ -1,0 +1,74 @@
+"""What lifecycle adds to crm's customer resource: the `stages` field, the `?stage=model:stage`
+filter and stage transitions in the timeline."""
+
+from django.db.models import Exists, OuterRef, Prefetch
+from django.utils.translation import gettext as _
+
+from core.exceptions import ApplicationError
+from crm.extensions import FieldExtension, FilterExtension
+from crm.timeline import TimelineSource
+
+
+def _prepare(queryset):
+    from lifecycle.models import CustomerStage
+
+    return queryset.prefetch_related(Prefetch(
+        "customer_stages",
+        queryset=CustomerStage.objects.select_related("model", "stage").order_by(
+            "model__order", "model__key"),
+        to_attr="_stages"))
+
+
+def _value(customer) -> dict[str, str]:
+    return {cs.model.key: cs.stage.key for cs in getattr(customer, "_stages", [])}
+
+
+STAGES_FIELD = FieldExtension("stages", _prepare, _value, dict)
+
+
+def _filter(queryset, values: list[str]):
+    from lifecycle.models import CustomerStage
+
+    for value in values:
+        model_key, sep, stage_keys = value.partition(":")
+        if not sep or not model_key or not stage_keys:
+            raise ApplicationError(_("stage: use model_key:stage_key, e.g. value:dormant "
+                                     "(several stages: value:dormant,churn)"))
+        queryset = queryset.filter(Exists(CustomerStage.objects.filter(
+            customer=OuterRef("pk"), model__key=model_key,
+            stage__key__in=stage_keys.split(","))))
+    return queryset
+
+
+STAGE_FILTER = FilterExtension(
+    "stage", _filter, "`model_key:stage_key` (e.g. `value:dormant`; repeatable).")
+
+
+def _timeline_entries(customer_id: int, limit: int):
+    from lifecycle.models import StageTransition
+
+    rows = (StageTransition.objects.filter(customer_id=customer_id)
+            .select_related("model", "from_stage", "to_stage", "actor")
+            .order_by("-at", "-id")[:limit])
+    out = []
+    for t in rows:
+        to_name = t.to_stage.name if t.to_stage else t.to_key
+        from_name = t.from_stage.name if t.from_stage else (t.from_key or "—")
+        out.append({
+            "at": t.at, "kind": "stage", "type": t.source,
+            "title": _("%(model)s: %(from)s → %(to)s") % {"model": t.model.name,
+                                                          "from": from_name, "to": to_name},
+            "data": {"model": t.model.key, "from": t.from_key or None, "to": t.to_key,
+                     "source": t.source, "reason": t.reason, "win_back": t.win_back,
+                     "backward": t.backward, "by": t.actor.username if t.actor else None},
+        })
+    return out
+
+
+def _timeline_count(customer_id: int) -> int:
+    from lifecycle.models import StageTransition
+
+    return StageTransition.objects.filter(customer_id=customer_id).count()
+
+
+TIMELINE = TimelineSource("stage", _timeline_entries, _timeline_count)

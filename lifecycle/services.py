@@ -1,0 +1,458 @@
+"""Stage evaluation, manual moves, stage deletion and simulation — all set-based.
+
+Evaluating a model is, per chunk of customers (by primary key), one statement that computes
+every customer's target stage — a CASE over the stages' entry conditions in precedence order,
+compiled by the condition language — compares it with the stored stage, and writes only what
+changed: on PostgreSQL the upsert of the current stage and the insert of the transitions are one
+statement (data-modifying CTEs), on SQLite two. The upsert only moves a customer whose stored
+stage is still the one the run read (compare-and-set), and transitions are written only for the
+rows the upsert changed, so two evaluations at once cannot record a move twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import (
+    BigIntegerField,
+    Case,
+    Count,
+    DateTimeField,
+    F,
+    IntegerField,
+    OuterRef,
+    Subquery,
+    Value,
+    When,
+)
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from core import access, conditions
+from core.exceptions import ApplicationError
+from crm.models import Customer
+from lifecycle import hooks
+from lifecycle.models import (
+    CustomerStage,
+    Stage,
+    StageModel,
+    StageTransition,
+    TransitionSource,
+)
+
+logger = logging.getLogger(__name__)
+CHUNK = 100_000
+
+
+@dataclass
+class Evaluation:
+    model: str
+    evaluated: int = 0
+    changed: int = 0
+    moves: Counter = field(default_factory=Counter)      # (from_key, to_key) -> n
+    duration_ms: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "changed": self.changed, "duration_ms": self.duration_ms,
+                "moves": [{"from": f or None, "to": t, "count": n}
+                          for (f, t), n in sorted(self.moves.items(), key=lambda m: -m[1])]}
+
+
+# --- The target-stage computation -----------------------------------------------------------
+
+def _stages(model: StageModel) -> list[Stage]:
+    return list(model.stages.all().order_by("position"))
+
+
+def validate_stage_condition(*, model: StageModel, condition: Any,
+                             thresholds: dict | None = None) -> None:
+    """A stage's condition must compile with the model's thresholds (a 400 with the path)."""
+    if condition is None:
+        return
+    conditions.validate(condition, thresholds=model.thresholds if thresholds is None
+                        else thresholds)
+
+
+def _target_case(stages: list[Stage], ctx: dict[str, Any]) -> Case:
+    """CASE over the stages' conditions in precedence order → the winning stage's position;
+    the stage without a condition is the fallback."""
+    whens = [
+        When(conditions.compile_condition(stage.condition, **ctx), then=Value(stage.position))
+        for stage in sorted(stages, key=lambda s: (s.precedence, s.position))
+        if stage.condition is not None
+    ]
+    fallback = next((s.position for s in stages if s.condition is None), None)
+    return Case(*whens, default=Value(fallback, output_field=IntegerField()),
+                output_field=IntegerField())
+
+
+def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
+                 thresholds: dict[str, Any], customer_ids: list[int] | None,
+                 pk_range: tuple[int, int | None] | None,
+                 respect_locks: bool = True) -> tuple[str, list]:
+    """SQL answering (customer_id, current_id, final_id) for every customer of the scope whose
+    stage should change; `final_id` honours monotonic models and manual locks."""
+    ctx = {"now": now, "thresholds": thresholds, "customer_ids": customer_ids,
+           "pk_range": pk_range}
+    stored = CustomerStage.objects.filter(customer=OuterRef("pk"), model=model)
+    customers = Customer.objects.all()
+    if customer_ids is not None:
+        customers = customers.filter(pk__in=customer_ids)
+    if pk_range is not None:
+        customers = customers.filter(pk__gt=pk_range[0])
+        if pk_range[1] is not None:
+            customers = customers.filter(pk__lte=pk_range[1])
+    inner = customers.order_by().annotate(
+        _target=_target_case(stages, ctx),
+        _current=Subquery(stored.values("stage_id")[:1], output_field=BigIntegerField()),
+        _locked=Subquery(stored.values("locked_until")[:1], output_field=DateTimeField()),
+    ).values_list("pk", "_target", "_current", "_locked")
+    inner_sql, params = inner.query.sql_with_params()
+
+    # The inner query computes each customer's target once; the fence (OFFSET 0) keeps the
+    # planner from inlining that CASE — and every subquery in it — wherever the outer query
+    # mentions it.
+    fence = " OFFSET 0" if connection.vendor == "postgresql" else " LIMIT -1 OFFSET 0"
+    position_of = " ".join(f"WHEN {s.pk} THEN {s.position}" for s in stages)
+    id_at = " ".join(f"WHEN {s.position} THEN {s.pk}" for s in stages)
+    current_pos = f"(CASE t._current {position_of} END)"
+    final_pos = "t._target"
+    if model.monotonic:
+        final_pos = f"(CASE WHEN {current_pos} > t._target THEN {current_pos} ELSE t._target END)"
+    sql = (
+        f"SELECT customer_id, current_id, final_id FROM ("
+        f"SELECT t.pk AS customer_id, t._current AS current_id, "
+        f"(CASE {final_pos} {id_at} END) AS final_id, t._locked AS locked_until "
+        f"FROM ({inner_sql}{fence}) AS t) AS f "
+        f"WHERE f.final_id IS NOT NULL AND (f.current_id IS NULL OR f.current_id <> f.final_id)"
+    )
+    params = list(params)
+    if respect_locks:
+        sql += " AND (f.locked_until IS NULL OR f.locked_until <= %s)"
+        params.append(connection.ops.adapt_datetimefield_value(now))
+    return sql, list(params)
+
+
+# --- Applying changes -----------------------------------------------------------------------
+
+def _apply(model: StageModel, stages: list[Stage], changes_sql: str, params: list, *,
+           now: datetime, source: str, reason: str = "", actor=None) -> list[tuple[int, int]]:
+    """Move the customers the changes SQL lists and record each move; returns
+    (customer_id, to_stage_id) for the moves actually made."""
+    at = connection.ops.adapt_datetimefield_value(now)
+    cs = CustomerStage._meta.db_table
+    tr = StageTransition._meta.db_table
+    st = Stage._meta.db_table
+    actor_id = actor.pk if actor else None
+    if connection.vendor == "postgresql":
+        sql = (
+            f"WITH ch AS MATERIALIZED ({changes_sql}), "
+            f"up AS (INSERT INTO {cs} (customer_id, model_id, stage_id, entered_at, source, "
+            f"locked_until) SELECT customer_id, %s, final_id, %s, %s, NULL FROM ch "
+            f"ON CONFLICT (customer_id, model_id) DO UPDATE SET stage_id = EXCLUDED.stage_id, "
+            f"entered_at = EXCLUDED.entered_at, source = EXCLUDED.source, locked_until = NULL "
+            f"WHERE {cs}.stage_id IS DISTINCT FROM EXCLUDED.stage_id "
+            f"AND ({cs}.locked_until IS NULL OR {cs}.locked_until <= %s) "
+            f"RETURNING customer_id, stage_id) "
+            f"INSERT INTO {tr} (customer_id, model_id, from_stage_id, to_stage_id, from_key, "
+            f"to_key, at, source, reason, actor_id, win_back, backward) "
+            f"SELECT up.customer_id, %s, ch.current_id, up.stage_id, COALESCE(fs.key, ''), "
+            f"ts.key, %s, %s, %s, CAST(%s AS integer), "
+            f"(COALESCE(fs.win_back_from, FALSE) AND NOT ts.win_back_from), "
+            f"(fs.position IS NOT NULL AND ts.position < fs.position) "
+            f"FROM up JOIN ch ON ch.customer_id = up.customer_id "
+            f"JOIN {st} ts ON ts.id = up.stage_id LEFT JOIN {st} fs ON fs.id = ch.current_id "
+            f"RETURNING customer_id, to_stage_id"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*params, model.pk, at, source, at, model.pk, at, source, reason,
+                                 actor_id])
+            return cursor.fetchall()
+    with connection.cursor() as cursor:
+        cursor.execute(changes_sql, params)
+        rows = cursor.fetchall()
+    if not rows:
+        return []
+    by_id = {s.pk: s for s in stages}
+    CustomerStage.objects.bulk_create(
+        [CustomerStage(customer_id=c, model=model, stage_id=to, entered_at=now, source=source,
+                       locked_until=None) for c, _from, to in rows],
+        update_conflicts=True, unique_fields=["customer", "model"],
+        update_fields=["stage", "entered_at", "source", "locked_until"], batch_size=2000)
+    StageTransition.objects.bulk_create([
+        _transition(model, c, by_id.get(frm), by_id[to], now=now, source=source, reason=reason,
+                    actor=actor) for c, frm, to in rows], batch_size=2000)
+    return [(c, to) for c, _from, to in rows]
+
+
+def _transition(model, customer_id, from_stage, to_stage, *, now, source, reason="",
+                actor=None) -> StageTransition:
+    """The one constructor of a transition row."""
+    return StageTransition(
+        customer_id=customer_id, model=model, from_stage=from_stage, to_stage=to_stage,
+        from_key=from_stage.key if from_stage else "", to_key=to_stage.key, at=now,
+        source=source, reason=reason[:500], actor=actor,
+        win_back=bool(from_stage and from_stage.win_back_from and not to_stage.win_back_from),
+        backward=bool(from_stage and to_stage.position < from_stage.position))
+
+
+def _announce(model: StageModel, stages: list[Stage], moved: list[tuple[int, int]],
+              now: datetime, source: str) -> None:
+    """Tell the registered transition hooks who entered which stage."""
+    if not moved:
+        return
+    keys = {s.pk: s.key for s in stages}
+    entered: dict[int, list[int]] = defaultdict(list)
+    for customer_id, stage_id in moved:
+        entered[stage_id].append(customer_id)
+    for stage_id, customer_ids in entered.items():
+        hooks.stage_entered(hooks.StageEntry(model=model.key, stage=keys[stage_id], at=now,
+                                             source=source, customer_ids=customer_ids))
+
+
+# --- Evaluation -----------------------------------------------------------------------------
+
+def _pk_ranges(customer_ids: list[int] | None, chunk: int):
+    if customer_ids is not None:
+        for start in range(0, len(customer_ids), chunk):
+            yield sorted(customer_ids)[start:start + chunk], None
+        return
+    low = 0
+    while True:
+        bound = list(Customer.objects.filter(pk__gt=low).order_by("pk")
+                     .values_list("pk", flat=True)[chunk - 1:chunk])
+        high = bound[0] if bound else None
+        yield None, (low, high)
+        if high is None:
+            return
+        low = high
+
+
+def stage_model_evaluate(*, model: StageModel, customer_ids: list[int] | None = None,
+                         now: datetime | None = None, chunk_size: int = CHUNK,
+                         source: str = TransitionSource.RULE) -> Evaluation | None:
+    """Move every customer (or the given ones) to the stage the model's rules say.
+
+    Returns what moved, or None when another worker is evaluating this model right now.
+    """
+    started = time.monotonic()
+    now = now or timezone.now()
+    result = Evaluation(model=model.key)
+    with transaction.atomic():
+        locked = (StageModel.objects.select_for_update(skip_locked=True)
+                  .filter(pk=model.pk, active=True).first())
+        if locked is None:
+            return None
+        model = locked
+        stages = _stages(model)
+        keys = {s.pk: s.key for s in stages}
+        for ids, pk_range in _pk_ranges(customer_ids, chunk_size):
+            sql, params = _changes_sql(model, stages, now=now, thresholds=model.thresholds,
+                                       customer_ids=ids, pk_range=pk_range)
+            moved = _apply(model, stages, sql, params, now=now, source=source)
+            result.changed += len(moved)
+            _announce(model, stages, moved, now, source)
+            if moved:
+                # the from side of each move, for the report (few rows once models settle)
+                froms = dict(StageTransition.objects.filter(
+                    model=model, at=now, customer_id__in=[c for c, _s in moved]
+                ).values_list("customer_id", "from_key"))
+                for customer_id, stage_id in moved:
+                    result.moves[(froms.get(customer_id, ""), keys[stage_id])] += 1
+        if customer_ids is None:
+            StageModel.objects.filter(pk=model.pk).update(last_evaluated_at=now)
+    result.duration_ms = round((time.monotonic() - started) * 1000)
+    logger.info("lifecycle.evaluated", extra={"model": model.key, "changed": result.changed,
+                                              "ms": result.duration_ms})
+    return result
+
+
+def stage_models_evaluate(*, keys: list[str] | None = None, customer_ids: list[int] | None = None,
+                          due_only: bool = False, now: datetime | None = None
+                          ) -> list[Evaluation]:
+    now = now or timezone.now()
+    models = StageModel.objects.filter(active=True).order_by("order", "key")
+    if keys:
+        models = models.filter(key__in=keys)
+    results = []
+    for model in models:
+        if due_only and model.last_evaluated_at and (
+                now - model.last_evaluated_at).total_seconds() < model.interval_minutes * 60 - 30:
+            continue
+        result = stage_model_evaluate(model=model, customer_ids=customer_ids, now=now)
+        if result is not None:
+            results.append(result)
+    return results
+
+
+def stage_models_evaluate_touched(customer_ids: list[int]) -> int:
+    """The incremental path: re-evaluate every active model for these customers."""
+    return sum(r.changed for r in stage_models_evaluate(customer_ids=customer_ids))
+
+
+# --- Manual moves ---------------------------------------------------------------------------
+
+@transaction.atomic
+def customer_stage_move(*, customer: Customer, model: StageModel, stage: Stage, reason: str,
+                        actor) -> StageTransition:
+    """Put a customer in a stage by hand; evaluation leaves them there for the model's lock
+    period. In a monotonic model only an admin may move a customer back."""
+    if stage.model_id != model.pk:
+        raise ApplicationError(_("stage: %(stage)r is not a stage of model %(model)r")
+                               % {"stage": stage.key, "model": model.key})
+    if not reason or not reason.strip():
+        raise ApplicationError(_("reason: say why the customer is moved"))
+    now = timezone.now()
+    current = (CustomerStage.objects.select_for_update().select_related("stage")
+               .filter(customer=customer, model=model).first())
+    from_stage = current.stage if current else None
+    if from_stage and from_stage.pk == stage.pk and current.locked_until:
+        raise ApplicationError(_("stage: the customer is already in %(stage)r")
+                               % {"stage": stage.name})
+    backward = bool(from_stage and stage.position < from_stage.position)
+    if backward and model.monotonic and not access.is_admin(actor):
+        raise ApplicationError(
+            _("stage: %(model)s only moves forward; only an admin may move a customer back from "
+              "%(from)s to %(to)s") % {"model": model.name, "from": from_stage.name,
+                                       "to": stage.name})
+    locked_until = now + timedelta(days=model.lock_days) if model.lock_days else None
+    CustomerStage.objects.update_or_create(
+        customer=customer, model=model,
+        defaults={"stage": stage, "entered_at": now if from_stage != stage else
+                  current.entered_at, "source": TransitionSource.MANUAL,
+                  "locked_until": locked_until})
+    transition = _transition(model, customer.pk, from_stage, stage, now=now,
+                             source=TransitionSource.MANUAL, reason=reason.strip(), actor=actor)
+    transition.save()
+    if from_stage != stage:
+        _announce(model, [stage], [(customer.pk, stage.pk)], now, TransitionSource.MANUAL)
+    return transition
+
+
+@transaction.atomic
+def customer_stage_unlock(*, customer: Customer, model: StageModel) -> bool:
+    return bool(CustomerStage.objects.filter(customer=customer, model=model,
+                                             locked_until__isnull=False)
+                .update(locked_until=None))
+
+
+# --- Models and stages ----------------------------------------------------------------------
+
+@transaction.atomic
+def stage_model_save(*, model: StageModel | None, stages: list[dict] | None = None,
+                     **fields: Any) -> StageModel:
+    """Create or change a model and (when given) its whole list of stages. Stages are matched by
+    key: new keys are created, missing ones must be deleted with `stage_delete` first (their
+    customers need a destination)."""
+    model = model or StageModel()
+    for name, value in fields.items():
+        setattr(model, name, value)
+    if not isinstance(model.thresholds, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool)
+            for v in model.thresholds.values()):
+        raise ApplicationError(_("thresholds: an object of numbers, e.g. {\"dormant_days\": 30}"))
+    model.full_clean()
+    model.save()
+    if stages is None:
+        stages = [{"key": s.key, "name": s.name, "description": s.description,
+                   "position": s.position, "precedence": s.precedence, "color": s.color,
+                   "condition": s.condition, "win_back_from": s.win_back_from}
+                  for s in model.stages.all()]
+    existing = {s.key: s for s in model.stages.all()}
+    keys = [s["key"] for s in stages]
+    if len(set(keys)) != len(keys):
+        raise ApplicationError(_("stages: each stage key appears once"))
+    missing = set(existing) - set(keys)
+    if missing:
+        raise ApplicationError(
+            _("stages: %(keys)s would be dropped; delete a stage with its own endpoint, which "
+              "asks where its customers go") % {"keys": ", ".join(sorted(missing))})
+    if sum(1 for s in stages if s.get("condition") is None) > 1:
+        raise ApplicationError(_("stages: at most one stage may have no condition (the "
+                                 "fallback)"))
+    # Positions are unique: park the old ones out of the way before writing the new ones.
+    Stage.objects.filter(model=model).update(position=F("position") + 10_000)
+    for index, data in enumerate(stages):
+        try:
+            validate_stage_condition(model=model, condition=data.get("condition"))
+        except conditions.ConditionError as exc:
+            raise ApplicationError(f"stages[{index}].condition.{exc.message}"
+                                   if exc.path else f"stages[{index}].condition: {exc.message}",
+                                   extra={"stage": data["key"]})
+        stage = existing.get(data["key"]) or Stage(model=model, key=data["key"])
+        for name in ("name", "description", "precedence", "color", "condition",
+                     "win_back_from"):
+            if name in data:
+                setattr(stage, name, data[name])
+        stage.position = data.get("position", index)
+        stage.full_clean(exclude=["model"])
+        stage.save()
+    return model
+
+
+@transaction.atomic
+def stage_delete(*, stage: Stage, move_to: Stage, actor) -> int:
+    """Delete a stage after moving its customers to `move_to`, each move recorded."""
+    if move_to.model_id != stage.model_id or move_to.pk == stage.pk:
+        raise ApplicationError(_("move_to: choose another stage of the same model"))
+    model = stage.model
+    now = timezone.now()
+    moving = list(CustomerStage.objects.filter(model=model, stage=stage)
+                  .values_list("customer_id", flat=True))
+    StageTransition.objects.bulk_create([
+        _transition(model, c, stage, move_to, now=now, source=TransitionSource.SYSTEM,
+                    reason=_("stage %(stage)s deleted") % {"stage": stage.name}, actor=actor)
+        for c in moving], batch_size=5000)
+    CustomerStage.objects.filter(model=model, stage=stage).update(stage=move_to, entered_at=now,
+                                                                  source=TransitionSource.SYSTEM)
+    StageTransition.objects.filter(from_stage=stage).update(from_stage=None)
+    StageTransition.objects.filter(to_stage=stage).update(to_stage=None)
+    stage.delete()
+    _announce(model, [move_to], [(c, move_to.pk) for c in moving], now, TransitionSource.SYSTEM)
+    return len(moving)
+
+
+# --- Simulation -----------------------------------------------------------------------------
+
+def stage_model_simulate(*, model: StageModel, thresholds: dict[str, Any]) -> dict[str, Any]:
+    """Per-stage counts now and under the proposed thresholds, and the from→to matrix — with
+    the same rules, locks and monotonicity as evaluation, and without writing anything."""
+    unknown = set(thresholds) - set(model.thresholds)
+    if unknown:
+        raise ApplicationError(_("thresholds: unknown %(names)s; the model has %(known)s")
+                               % {"names": ", ".join(sorted(unknown)),
+                                  "known": ", ".join(sorted(model.thresholds)) or "-"})
+    for name, value in thresholds.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ApplicationError(_("thresholds.%(name)s: must be a number") % {"name": name})
+    proposal = {**model.thresholds, **thresholds}
+    stages = _stages(model)
+    keys = {s.pk: s.key for s in stages}
+    now_counts = Counter({keys[sid]: n for sid, n in CustomerStage.objects.filter(model=model)
+                         .values_list("stage_id").annotate(n=Count("id"))})
+    sql, params = _changes_sql(model, stages, now=timezone.now(), thresholds=proposal,
+                               customer_ids=None, pk_range=None)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT current_id, final_id, COUNT(*) FROM ({sql}) AS moves "
+                       f"GROUP BY current_id, final_id", params)
+        moves = cursor.fetchall()
+    proposed = Counter(now_counts)
+    matrix = []
+    for current_id, final_id, n in moves:
+        if current_id is not None:
+            proposed[keys[current_id]] -= n
+        proposed[keys[final_id]] += n
+        matrix.append({"from": keys.get(current_id), "to": keys[final_id], "count": n})
+    matrix.sort(key=lambda m: -m["count"])
+    return {
+        "model": model.key, "thresholds": proposal,
+        "stages": [{"stage": s.key, "now": now_counts.get(s.key, 0),
+                    "proposed": proposed.get(s.key, 0)} for s in stages],
+        "moves": matrix,
+    }

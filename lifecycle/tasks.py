@@ -1,0 +1,23 @@
+"""Celery entry points of lifecycle; each calls one service."""
+
+from celery import shared_task
+
+from crm.hooks import touched_customers_process
+from lifecycle import services
+
+
+@shared_task(acks_late=True)
+def evaluate_due_models() -> int:
+    """Beat, every minute: evaluate the models whose interval (15 min by default) has passed."""
+    return sum(r.changed for r in services.stage_models_evaluate(due_only=True))
+
+
+@shared_task(acks_late=True)
+def evaluate_model(key: str) -> int:
+    return sum(r.changed for r in services.stage_models_evaluate(keys=[key]))
+
+
+@shared_task(acks_late=True)
+def evaluate_touched_customers() -> int | None:
+    """Beat, every 30 s: re-evaluate the customers whose events or orders arrived."""
+    return touched_customers_process("lifecycle", services.stage_models_evaluate_touched)

@@ -1,0 +1,464 @@
+"""Every write of tags: manual and bulk tagging, rules, expiry, renaming, merging, deleting.
+
+All of it is set-based: a tag is added to a whole set of customers with one
+`INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING`, removed with one `DELETE … RETURNING`, and
+the history rows follow from what those statements report — so two writers at once can neither
+duplicate a tag nor record the same change twice. Rules never touch a manual tag.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import (
+    BigIntegerField,
+    CharField,
+    Count,
+    DateTimeField,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Q,
+    Value,
+)
+from django.db.models.functions import Cast
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from core import conditions
+from core.db import delete_returning, insert_from_select
+from core.exceptions import ApplicationError
+from crm.models import Customer
+from tagging.models import (
+    BulkTagJob,
+    CustomerTag,
+    Tag,
+    TagChange,
+    TagGroup,
+    TagRule,
+    TagRuleRun,
+    TagSource,
+)
+
+logger = logging.getLogger(__name__)
+SYNC_BATCH = 5_000   # a bulk change this large or smaller runs in the request
+
+
+# --- Resolving tags by id or name -----------------------------------------------------------
+
+def tags_resolve(refs: Iterable[int | str], *, path: str = "tags") -> list[Tag]:
+    """Tags named by id or name; a name two groups share is a 400 that asks for the id."""
+    refs = list(refs)
+    if not isinstance(refs, list):
+        raise ApplicationError(_("%(path)s: must be a list") % {"path": path})
+    ids = {r for r in refs if isinstance(r, int) and not isinstance(r, bool)}
+    names = {str(r).strip() for r in refs if isinstance(r, str)}
+    if len(ids) + len(names) < len(set(map(str, refs))):
+        bad = [r for r in refs if not isinstance(r, int | str) or isinstance(r, bool)]
+        if bad:
+            raise ApplicationError(_("%(path)s: tags are named by id or name, got %(bad)r")
+                                   % {"path": path, "bad": bad[0]})
+    found = list(Tag.objects.select_related("group").filter(Q(pk__in=ids) | Q(name__in=names)))
+    by_id = {t.pk: t for t in found}
+    by_name: dict[str, list[Tag]] = {}
+    for tag in found:
+        by_name.setdefault(tag.name, []).append(tag)
+    out: list[Tag] = []
+    for ref in refs:
+        if isinstance(ref, int):
+            tag = by_id.get(ref)
+            if tag is None:
+                raise ApplicationError(_("%(path)s: unknown tag id %(id)d") % {"path": path,
+                                                                               "id": ref})
+        else:
+            matches = by_name.get(str(ref).strip(), [])
+            if not matches:
+                raise ApplicationError(_("%(path)s: unknown tag %(name)r") % {"path": path,
+                                                                              "name": ref})
+            if len(matches) > 1:
+                raise ApplicationError(
+                    _("%(path)s: the name %(name)r is used in groups %(groups)s; name the tag "
+                      "by its id instead") % {"path": path, "name": ref,
+                                              "groups": ", ".join(t.group.name for t in matches)},
+                    extra={"ids": [t.pk for t in matches]})
+            tag = matches[0]
+        if tag not in out:
+            out.append(tag)
+    return out
+
+
+# --- The set-based core ---------------------------------------------------------------------
+
+@dataclass
+class Change:
+    added: int = 0
+    removed: int = 0
+
+
+def _write_history(rows: list[tuple[int, int]], *, action: str, source: str, actor, rule,
+                   now: datetime) -> None:
+    tags = {t.pk: t for t in Tag.objects.select_related("group")
+            .filter(pk__in={r[1] for r in rows})}
+    TagChange.objects.bulk_create([
+        TagChange(customer_id=customer_id, tag_id=tag_id, tag_name=tags[tag_id].name,
+                  group_name=tags[tag_id].group.name, action=action, source=source,
+                  actor=actor, rule=rule, at=now)
+        for customer_id, tag_id in rows], batch_size=5000)
+
+
+_HISTORY_COLUMNS = ("customer_id", "tag_id", "tag_name", "group_name", "action", "source",
+                    "rule_id", "actor_id", "at")
+
+
+def _history_sql(written: str) -> str:
+    """INSERT of one history row per (customer_id, tag_id) pair the CTE `written` produced."""
+    return (
+        f"INSERT INTO {TagChange._meta.db_table} ({', '.join(_HISTORY_COLUMNS)}) "
+        f"SELECT w.customer_id, w.tag_id, t.name, g.name, %s, %s, CAST(%s AS bigint), "
+        f"CAST(%s AS integer), %s "
+        f"FROM {written} w JOIN {Tag._meta.db_table} t ON t.id = w.tag_id "
+        f"JOIN {TagGroup._meta.db_table} g ON g.id = t.group_id"
+    )
+
+
+def _constants(action: str, source: str, actor, rule, now: datetime) -> list:
+    return [action, source, rule.pk if rule else None, actor.pk if actor else None, now]
+
+
+def _remove(rows_qs, *, action: str, source: str, actor=None, rule: TagRule | None = None,
+            now: datetime) -> int:
+    """Delete the CustomerTag rows of the queryset and record each removal: one statement on
+    PostgreSQL (a data-modifying CTE), two on SQLite."""
+    consts = _constants(action, source, actor, rule, now)
+    if connection.vendor == "postgresql":
+        sql, params = rows_qs.order_by().values("pk").query.sql_with_params()
+        statement = (f"WITH w AS (DELETE FROM {CustomerTag._meta.db_table} WHERE id IN ({sql}) "
+                     f"RETURNING customer_id, tag_id) " + _history_sql("w"))
+        with connection.cursor() as cursor:
+            cursor.execute(statement, [*params, *consts])
+            return cursor.rowcount
+    removed = delete_returning(rows_qs, ("customer", "tag"))
+    if removed:
+        _write_history(removed, action=action, source=source, actor=actor, rule=rule, now=now)
+    return len(removed)
+
+
+_TAG_FIELDS = ("customer", "tag", "exclusive_group", "source", "rule", "added_by", "added_at",
+               "expires_at")
+
+
+def _insert(select, *, source: str, actor, rule, now: datetime) -> int:
+    """INSERT … SELECT the CustomerTag rows `select` yields, skipping conflicts, and record each
+    row actually written: one statement on PostgreSQL, two on SQLite."""
+    consts = _constants(TagChange.Action.ADDED, source, actor, rule, now)
+    if connection.vendor == "postgresql":
+        sql, params = select.query.sql_with_params()
+        columns = ", ".join(CustomerTag._meta.get_field(f).column for f in _TAG_FIELDS)
+        statement = (f"WITH w AS (INSERT INTO {CustomerTag._meta.db_table} ({columns}) "
+                     f"SELECT * FROM ({sql}) AS src ON CONFLICT DO NOTHING "
+                     f"RETURNING customer_id, tag_id) " + _history_sql("w"))
+        with connection.cursor() as cursor:
+            cursor.execute(statement, [*params, *consts])
+            return cursor.rowcount
+    rows = insert_from_select(CustomerTag, _TAG_FIELDS, select, returning=("customer", "tag"))
+    if rows:
+        _write_history(rows, action=TagChange.Action.ADDED, source=source, actor=actor,
+                       rule=rule, now=now)
+    return len(rows)
+
+
+def _add(customers, tag: Tag, *, source: str, actor=None, rule: TagRule | None = None,
+         expires_at: datetime | None = None, now: datetime) -> int:
+    """Give `tag` to every customer of the queryset that lacks it; in an exclusive group, the
+    customer's other tag of the group is replaced — unless it is manual and this is a rule."""
+    group = tag.group
+    if group.exclusive:
+        others = CustomerTag.objects.filter(exclusive_group=group, customer__in=customers
+                                            ).exclude(tag=tag)
+        if source == TagSource.RULE:
+            others = others.exclude(source=TagSource.MANUAL)
+        _remove(others, action=TagChange.Action.REPLACED, source=source, actor=actor, rule=rule,
+                now=now)
+    lacking = customers.exclude(Exists(CustomerTag.objects.filter(customer=OuterRef("pk"),
+                                                                  tag=tag)))
+    def const(value, field):
+        # Cast even non-NULL constants: PostgreSQL types a bare NULL in a subquery as text.
+        return Cast(Value(value, output_field=field), output_field=field)
+
+    select = lacking.annotate(
+        _tag=const(tag.pk, BigIntegerField()),
+        _group=const(group.pk if group.exclusive else None, BigIntegerField()),
+        _source=const(source, CharField()),
+        _rule=const(rule.pk if rule else None, BigIntegerField()),
+        _by=const(actor.pk if actor else None, IntegerField()),
+        _at=const(now, DateTimeField()),
+        _expires=const(expires_at, DateTimeField()),
+    ).order_by().values_list("pk", "_tag", "_group", "_source", "_rule", "_by", "_at",
+                             "_expires")
+    return _insert(select, source=source, actor=actor, rule=rule, now=now)
+
+
+def _check_exclusive(tags: list[Tag]) -> None:
+    seen: dict[int, Tag] = {}
+    for tag in tags:
+        if tag.group.exclusive:
+            if tag.group_id in seen:
+                raise ApplicationError(
+                    _("add: %(a)r and %(b)r are in the exclusive group %(group)r; a customer "
+                      "holds only one of them") % {"a": seen[tag.group_id].name, "b": tag.name,
+                                                   "group": tag.group.name})
+            seen[tag.group_id] = tag
+
+
+@transaction.atomic
+def customers_tags_change(*, customers, add: list[Tag], remove: list[Tag], actor,
+                          source: str = TagSource.MANUAL,
+                          expires_at: datetime | None = None) -> Change:
+    """Add and remove tags for a set of customers (a queryset), as one person's decision.
+
+    A manual add of a tag the customer already holds from a rule makes it manual, so a `sync`
+    rule will not take it away again.
+    """
+    _check_exclusive(add)
+    overlap = {t.pk for t in add} & {t.pk for t in remove}
+    if overlap:
+        raise ApplicationError(_("A tag cannot be added and removed at once."))
+    now = timezone.now()
+    change = Change()
+    if remove:
+        change.removed = _remove(CustomerTag.objects.filter(customer__in=customers, tag__in=remove),
+                                 action=TagChange.Action.REMOVED, source=source, actor=actor,
+                                 now=now)
+    for tag in add:
+        change.added += _add(customers, tag, source=source, actor=actor, expires_at=expires_at,
+                             now=now)
+        if source == TagSource.MANUAL:
+            CustomerTag.objects.filter(customer__in=customers, tag=tag).exclude(
+                source=TagSource.MANUAL).update(source=TagSource.MANUAL, rule=None,
+                                                added_by=actor)
+    return change
+
+
+# --- Rules ----------------------------------------------------------------------------------
+
+def _rule_condition(rule: TagRule, now: datetime, customer_ids: list[int] | None) -> Q:
+    """The rule's own condition, and in an exclusive group: not matched by a rule of higher
+    priority of the same group, and not holding a manual tag of the group."""
+    q = conditions.compile_condition(rule.condition, now=now, customer_ids=customer_ids)
+    group = rule.tag.group
+    if group.exclusive:
+        higher = (TagRule.objects.filter(tag__group=group, active=True)
+                  .filter(Q(priority__lt=rule.priority)
+                          | Q(priority=rule.priority, pk__lt=rule.pk))
+                  .exclude(pk=rule.pk))
+        for other in higher:
+            q &= ~conditions.compile_condition(other.condition, now=now,
+                                               customer_ids=customer_ids)
+        q &= ~Q(Exists(CustomerTag.objects.filter(customer=OuterRef("pk"), exclusive_group=group,
+                                                  source=TagSource.MANUAL)))
+    return q
+
+
+def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
+                 customer_ids: list[int] | None = None) -> TagRuleRun | None:
+    """Run one rule: tag who matches, and in `sync` mode untag whom this rule tagged and who no
+    longer matches. With `customer_ids` only those customers are evaluated (incremental).
+
+    Returns the run record, or None when another worker is running this rule right now. A run
+    that changes nothing writes no tag and no history; an incremental run that changes nothing
+    leaves no run record either.
+    """
+    started = time.monotonic()
+    now = timezone.now()
+    with transaction.atomic():
+        locked = TagRule.objects.select_for_update(skip_locked=True).filter(pk=rule.pk).first()
+        if locked is None:
+            return None
+        rule = (TagRule.objects.select_related("tag__group").get(pk=rule.pk))
+        q = _rule_condition(rule, now, customer_ids)
+        scope = Customer.objects.all()
+        if customer_ids is not None:
+            scope = scope.filter(pk__in=customer_ids)
+        matching = scope.filter(q)
+        matched = matching.count()
+        added = _add(matching, rule.tag, source=TagSource.RULE, rule=rule, now=now)
+        removed = 0
+        if rule.mode == TagRule.Mode.SYNC:
+            stale = CustomerTag.objects.filter(tag=rule.tag, rule=rule, source=TagSource.RULE,
+                                               customer__in=scope).exclude(
+                Exists(matching.filter(pk=OuterRef("customer_id"))))
+            removed = _remove(stale, action=TagChange.Action.REMOVED, source=TagSource.RULE,
+                              rule=rule, now=now)
+        run = TagRuleRun(rule=rule, trigger=trigger, started_at=now, matched=matched, added=added,
+                         removed=removed,
+                         duration_ms=round((time.monotonic() - started) * 1000),
+                         scope_size=len(customer_ids) if customer_ids is not None else None)
+        if customer_ids is None or added or removed:
+            run.save()
+        if customer_ids is None:
+            TagRule.objects.filter(pk=rule.pk).update(last_run_at=now)
+    logger.info("tagging.rule_run", extra={"rule": rule.pk, "matched": matched, "added": added,
+                                            "removed": removed, "ms": run.duration_ms})
+    return run
+
+
+def tag_rules_run_due(*, now: datetime | None = None, force: bool = False) -> list[TagRuleRun]:
+    """Run every active rule whose interval has passed (all of them with `force`)."""
+    now = now or timezone.now()
+    runs = []
+    for rule in TagRule.objects.filter(active=True).select_related("tag__group").order_by(
+            "priority", "pk"):
+        due = (rule.last_run_at is None
+               or (now - rule.last_run_at).total_seconds() >= rule.interval_minutes * 60 - 30)
+        if force or due:
+            run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.SCHEDULE)
+            if run is not None:
+                runs.append(run)
+    return runs
+
+
+def tag_rules_run_for_customers(customer_ids: list[int]) -> int:
+    """Re-evaluate every active rule for just these customers (new events or orders)."""
+    changed = 0
+    for rule in TagRule.objects.filter(active=True).order_by("priority", "pk"):
+        run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
+                           customer_ids=customer_ids)
+        if run is not None:
+            changed += run.added + run.removed
+    return changed
+
+
+# --- Expiry, rename, merge, delete ----------------------------------------------------------
+
+@transaction.atomic
+def tags_expire(*, now: datetime | None = None) -> int:
+    """Remove every tag whose expiry has passed (tags must stay fresh)."""
+    now = now or timezone.now()
+    return _remove(CustomerTag.objects.filter(expires_at__lte=now),
+                   action=TagChange.Action.EXPIRED, source=TagSource.SYNC, now=now)
+
+
+@transaction.atomic
+def tag_merge(*, source: Tag, target: Tag, actor) -> Change:
+    """Move every holder of `source` to `target`, then delete `source`; history keeps both."""
+    if source.pk == target.pk:
+        raise ApplicationError(_("into: a tag cannot be merged into itself."))
+    now = timezone.now()
+    holders = Customer.objects.filter(Exists(CustomerTag.objects.filter(
+        customer=OuterRef("pk"), tag=source)))
+    added = _add(holders, target, source=TagSource.MANUAL, actor=actor, now=now)
+    removed = _remove(CustomerTag.objects.filter(tag=source), action=TagChange.Action.MERGED,
+                      source=TagSource.MANUAL, actor=actor, now=now)
+    TagRule.objects.filter(tag=source).update(tag=target)
+    source.delete()
+    return Change(added=added, removed=removed)
+
+
+@transaction.atomic
+def tag_delete(*, tag: Tag, actor) -> int:
+    """Delete a tag; each holder's history records that it went and why."""
+    removed = _remove(CustomerTag.objects.filter(tag=tag), action=TagChange.Action.DELETED,
+                      source=TagSource.MANUAL, actor=actor, now=timezone.now())
+    tag.delete()
+    return removed
+
+
+@transaction.atomic
+def tag_group_save(*, group: TagGroup | None, **fields) -> TagGroup:
+    group = group or TagGroup()
+    becoming_exclusive = fields.get("exclusive") and not group.exclusive
+    for name, value in fields.items():
+        setattr(group, name, value)
+    group.full_clean()
+    if becoming_exclusive and group.pk:
+        clash = (CustomerTag.objects.filter(tag__group=group).values("customer_id")
+                 .annotate(n=Count("id")).filter(n__gt=1).exists())
+        if clash:
+            raise ApplicationError(_("exclusive: some customers hold several tags of this group; "
+                                     "remove the extra tags first."))
+    group.save()
+    CustomerTag.objects.filter(tag__group=group).update(
+        exclusive_group=group if group.exclusive else None)
+    return group
+
+
+# --- Bulk jobs ------------------------------------------------------------------------------
+
+def bulk_tag_start(*, actor, customers, add: list[Tag], remove: list[Tag],
+                   condition=None, customer_ids=None) -> tuple[BulkTagJob, Change | None]:
+    """Small sets are changed at once; larger ones become a background job with progress."""
+    _check_exclusive(add)
+    total = customers.count()
+    job = BulkTagJob(actor=actor, add=[t.pk for t in add], remove=[t.pk for t in remove],
+                     condition=condition, customer_ids=customer_ids, total=total)
+    if total <= SYNC_BATCH:
+        change = customers_tags_change(customers=customers, add=add, remove=remove, actor=actor)
+        job.status = BulkTagJob.Status.DONE
+        job.processed, job.added, job.removed = total, change.added, change.removed
+        job.save()
+        return job, change
+    job.save()
+    from tagging.tasks import run_bulk_tag_job
+
+    transaction.on_commit(lambda: run_bulk_tag_job.delay(job.pk))
+    return job, None
+
+
+def bulk_tag_job_run(*, job_id: int) -> BulkTagJob:
+    """Work through the job in primary-key chunks, committing progress after each. Each chunk
+    locks the job row and reads its progress afresh, so a job resumed by the sweeper while a
+    slow worker still runs it is never processed twice, and a job whose worker died resumes
+    where it stopped."""
+    from crm.selectors import customer_list
+
+    job = BulkTagJob.objects.select_related("actor").get(pk=job_id)
+    add = list(Tag.objects.select_related("group").filter(pk__in=job.add))
+    remove = list(Tag.objects.select_related("group").filter(pk__in=job.remove))
+    customers = customer_list(user=job.actor).order_by()
+    if job.customer_ids is not None:
+        customers = customers.filter(pk__in=job.customer_ids)
+    if job.condition is not None:
+        customers = customers.filter(conditions.compile_condition(job.condition))
+    try:
+        while True:
+            with transaction.atomic():
+                job = BulkTagJob.objects.select_for_update().get(pk=job_id)
+                if job.status in (BulkTagJob.Status.DONE, BulkTagJob.Status.FAILED):
+                    return job
+                upper = list(customers.filter(pk__gt=job.last_customer_id).order_by("pk")
+                             .values_list("pk", flat=True)[SYNC_BATCH - 1:SYNC_BATCH])
+                chunk = customers.filter(pk__gt=job.last_customer_id)
+                if upper:
+                    chunk = chunk.filter(pk__lte=upper[0])
+                size = chunk.count()
+                change = customers_tags_change(customers=chunk, add=add, remove=remove,
+                                               actor=job.actor)
+                job.status = BulkTagJob.Status.RUNNING
+                job.processed += size
+                job.added += change.added
+                job.removed += change.removed
+                if upper:
+                    job.last_customer_id = upper[0]
+                else:
+                    job.status = BulkTagJob.Status.DONE
+                job.save()
+            if not upper:
+                return job
+    except Exception as exc:
+        BulkTagJob.objects.filter(pk=job_id).update(status=BulkTagJob.Status.FAILED,
+                                                    error=str(exc)[:2000])
+        raise
+
+
+def bulk_tag_jobs_resume(*, stale_after_seconds: int = 300) -> list[int]:
+    """Job ids left queued or running without progress (a lost broker message, a dead worker),
+    for the sweeper to enqueue again."""
+    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
+    return list(BulkTagJob.objects.filter(
+        status__in=[BulkTagJob.Status.QUEUED, BulkTagJob.Status.RUNNING],
+        updated_at__lt=cutoff).values_list("pk", flat=True))

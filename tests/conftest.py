@@ -1,0 +1,76 @@
+"""Shared fixtures: users in each role, token-authenticated API clients, customers.
+
+The suite is meant to run on PostgreSQL (DESIGN §3); with `REQUIRE_POSTGRES=1` in the
+environment it refuses to start on anything else rather than pass on SQLite.
+"""
+
+import os
+
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from tests.factories import CustomerFactory, UserFactory
+
+
+def pytest_sessionstart(session):
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    # Hashing a password the production way takes most of a test's set-up time.
+    override_settings(
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]).enable()
+    if os.environ.get("REQUIRE_POSTGRES") != "1":
+        return
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if "postgresql" not in engine:
+        pytest.exit(
+            f"REQUIRE_POSTGRES=1 but the configured database engine is {engine!r}; set "
+            "DATABASE_URL=postgres://… to run the suite on PostgreSQL.",
+            returncode=3,
+        )
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(username="boss", is_superuser=True, is_staff=True)
+
+
+@pytest.fixture
+def operator(db):
+    return UserFactory(username="op-a", roles=["operator"])
+
+
+@pytest.fixture
+def other_operator(db):
+    return UserFactory(username="op-b", roles=["operator"])
+
+
+@pytest.fixture
+def analyst(db):
+    return UserFactory(username="analyst", roles=["analyst"])
+
+
+@pytest.fixture
+def api_client_for(db):
+    """`api_client_for(user)`: an APIClient sending `Authorization: Token <key>`;
+    `api_client_for(None)` is an anonymous client."""
+
+    def make(user=None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            token, _created = Token.objects.get_or_create(user=user)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def customer(db):
+    """`customer(**fields)`: a customer; owned by a new operator unless `owner=` is given."""
+
+    def make(**fields):
+        return CustomerFactory(**fields)
+
+    return make
