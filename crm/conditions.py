@@ -233,8 +233,9 @@ def _order_compile(leaf: Leaf, ctx: Context) -> Q:
 # --- Groups ---------------------------------------------------------------------------------
 
 def _group_validate(leaf: Leaf) -> None:
-    if "ever" in leaf.params and not isinstance(leaf.params["ever"], bool):
-        raise ConditionError(_path(leaf, "ever"), _("must be true or false"))
+    for flag in ("ever", "since_joined"):
+        if flag in leaf.params and not isinstance(leaf.params[flag], bool):
+            raise ConditionError(_path(leaf, flag), _("must be true or false"))
     if leaf.op == "count_gte":
         _count_validate(leaf)
         return
@@ -252,6 +253,8 @@ def _group_compile(leaf: Leaf, ctx: Context) -> Q:
     rows = ctx.scope(GroupMembership.objects.all())
     if not leaf.params.get("ever"):
         rows = rows.filter(left_at__isnull=True)
+    if leaf.params.get("since_joined"):
+        rows = rows.filter(joined_at__gte=F("customer__joined_at"))
     if leaf.op == "count_gte":
         return _counted(rows, leaf, Count("group_id", distinct=True), exists_ok=True)
     if leaf.value:
@@ -320,8 +323,8 @@ def register() -> None:
         name="group", ops=("in", "not_in", "count_gte"), compile=_group_compile,
         validate=_group_validate,
         description=_("Membership of groups (chat ids; empty or null = any group), now or "
-                      "`ever`."),
+                      "`ever`, optionally only stays begun `since_joined`."),
         value_schema={"nullable": True,
                       "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                                 {"type": "integer"}]},
-        params={"ever": {"type": "boolean"}}))
+        params={"ever": {"type": "boolean"}, "since_joined": {"type": "boolean"}}))

@@ -1,6 +1,7 @@
 """REST API of lifecycle (DESIGN §4): stage models with nested stages and thresholds,
 simulation, evaluation on demand, manual moves."""
 
+from django.db.models import Count, Prefetch
 from django.shortcuts import get_object_or_404
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -22,13 +23,18 @@ class StageSerializer(serializers.ModelSerializer):
     condition = ConditionField(check=False, required=False, allow_null=True, help_text=gettext_lazy(
         "Entry condition; values may refer to the model's thresholds as "
         "{\"threshold\": \"name\"}. No condition = the fallback stage."))
-    customers = serializers.IntegerField(read_only=True, required=False)
+    customers = serializers.SerializerMethodField(help_text=gettext_lazy(
+        "Customers in the stage now."))
 
     class Meta:
         model = Stage
         fields = ["key", "name", "description", "position", "precedence", "color", "condition",
                   "win_back_from", "customers"]
         extra_kwargs = {"position": {"required": False}}
+
+    def get_customers(self, stage) -> int:
+        counted = getattr(stage, "customer_count", None)
+        return counted if counted is not None else stage.customer_stages.count()
 
 
 class StageModelSerializer(serializers.ModelSerializer):
@@ -78,7 +84,9 @@ class StageModelViewSet(viewsets.ModelViewSet):
     serializer_class = StageModelSerializer
     permission_classes = [access.AdminWritePermission]
     lookup_field = "key"
-    queryset = StageModel.objects.prefetch_related("stages")
+    queryset = StageModel.objects.prefetch_related(Prefetch(
+        "stages", queryset=Stage.objects.annotate(customer_count=Count("customer_stages"))
+        .order_by("position")))
 
     def perform_create(self, serializer):
         data = dict(serializer.validated_data)
@@ -91,9 +99,7 @@ class StageModelViewSet(viewsets.ModelViewSet):
             model=serializer.instance, stages=data.pop("stages", None), **data)
 
     def perform_destroy(self, instance):
-        if instance.built_in:
-            raise ApplicationError(_("Built-in models cannot be deleted; deactivate them."))
-        instance.delete()
+        services.stage_model_delete(model=instance)
 
     @extend_schema(request=SIMULATE_IN, responses=SIMULATE_OUT)
     @action(detail=True, methods=["post"])
@@ -113,7 +119,11 @@ class StageModelViewSet(viewsets.ModelViewSet):
         """Evaluate the model for every customer now (admins)."""
         if not access.is_admin(request.user):
             self.permission_denied(request, message=_("Only admins may run an evaluation."))
-        result = services.stage_model_evaluate(model=self.get_object())
+        model = self.get_object()
+        if not model.active:
+            raise ApplicationError(_("%(model)s is inactive; activate it to evaluate it.")
+                                   % {"model": model.name})
+        result = services.stage_model_evaluate(model=model)
         if result is None:
             return Response({"message": _("This model is being evaluated by another worker right "
                                           "now.")}, status=status.HTTP_409_CONFLICT)

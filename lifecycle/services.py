@@ -142,9 +142,10 @@ def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
 # --- Applying changes -----------------------------------------------------------------------
 
 def _apply(model: StageModel, stages: list[Stage], changes_sql: str, params: list, *,
-           now: datetime, source: str, reason: str = "", actor=None) -> list[tuple[int, int]]:
+           now: datetime, source: str, reason: str = "", actor=None
+           ) -> list[tuple[int, int | None, int]]:
     """Move the customers the changes SQL lists and record each move; returns
-    (customer_id, to_stage_id) for the moves actually made."""
+    (customer_id, from_stage_id, to_stage_id) for the moves actually made."""
     at = connection.ops.adapt_datetimefield_value(now)
     cs = CustomerStage._meta.db_table
     tr = StageTransition._meta.db_table
@@ -168,7 +169,7 @@ def _apply(model: StageModel, stages: list[Stage], changes_sql: str, params: lis
             f"(fs.position IS NOT NULL AND ts.position < fs.position) "
             f"FROM up JOIN ch ON ch.customer_id = up.customer_id "
             f"JOIN {st} ts ON ts.id = up.stage_id LEFT JOIN {st} fs ON fs.id = ch.current_id "
-            f"RETURNING customer_id, to_stage_id"
+            f"RETURNING customer_id, from_stage_id, to_stage_id"
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, [*params, model.pk, at, source, at, model.pk, at, source, reason,
@@ -188,7 +189,7 @@ def _apply(model: StageModel, stages: list[Stage], changes_sql: str, params: lis
     StageTransition.objects.bulk_create([
         _transition(model, c, by_id.get(frm), by_id[to], now=now, source=source, reason=reason,
                     actor=actor) for c, frm, to in rows], batch_size=2000)
-    return [(c, to) for c, _from, to in rows]
+    return [(c, frm, to) for c, frm, to in rows]
 
 
 def _transition(model, customer_id, from_stage, to_stage, *, now, source, reason="",
@@ -202,14 +203,14 @@ def _transition(model, customer_id, from_stage, to_stage, *, now, source, reason
         backward=bool(from_stage and to_stage.position < from_stage.position))
 
 
-def _announce(model: StageModel, stages: list[Stage], moved: list[tuple[int, int]],
-              now: datetime, source: str) -> None:
+def _announce(model: StageModel, stages: list[Stage],
+              moved: list[tuple[int, int | None, int]], now: datetime, source: str) -> None:
     """Tell the registered transition hooks who entered which stage."""
     if not moved:
         return
     keys = {s.pk: s.key for s in stages}
     entered: dict[int, list[int]] = defaultdict(list)
-    for customer_id, stage_id in moved:
+    for customer_id, _from, stage_id in moved:
         entered[stage_id].append(customer_id)
     for stage_id, customer_ids in entered.items():
         hooks.stage_entered(hooks.StageEntry(model=model.key, stage=keys[stage_id], at=now,
@@ -220,8 +221,9 @@ def _announce(model: StageModel, stages: list[Stage], moved: list[tuple[int, int
 
 def _pk_ranges(customer_ids: list[int] | None, chunk: int):
     if customer_ids is not None:
-        for start in range(0, len(customer_ids), chunk):
-            yield sorted(customer_ids)[start:start + chunk], None
+        ids = sorted(set(customer_ids))
+        for start in range(0, len(ids), chunk):
+            yield ids[start:start + chunk], None
         return
     low = 0
     while True:
@@ -239,32 +241,31 @@ def stage_model_evaluate(*, model: StageModel, customer_ids: list[int] | None = 
                          source: str = TransitionSource.RULE) -> Evaluation | None:
     """Move every customer (or the given ones) to the stage the model's rules say.
 
-    Returns what moved, or None when another worker is evaluating this model right now.
+    Returns what moved, or None when the model is inactive or — for a full run — another
+    worker is evaluating this model right now. An evaluation of given customers (the
+    incremental path) waits for a running one instead of skipping: the touch queue has already
+    handed these customers over, and a full run may have read them before their new facts.
     """
     started = time.monotonic()
     now = now or timezone.now()
     result = Evaluation(model=model.key)
     with transaction.atomic():
-        locked = (StageModel.objects.select_for_update(skip_locked=True)
+        locked = (StageModel.objects.select_for_update(skip_locked=customer_ids is None)
                   .filter(pk=model.pk, active=True).first())
         if locked is None:
             return None
         model = locked
         stages = _stages(model)
         keys = {s.pk: s.key for s in stages}
-        for ids, pk_range in _pk_ranges(customer_ids, chunk_size):
+        # A model whose stages are not written yet moves no one (and has no SQL to run).
+        for ids, pk_range in (_pk_ranges(customer_ids, chunk_size) if stages else ()):
             sql, params = _changes_sql(model, stages, now=now, thresholds=model.thresholds,
                                        customer_ids=ids, pk_range=pk_range)
             moved = _apply(model, stages, sql, params, now=now, source=source)
             result.changed += len(moved)
             _announce(model, stages, moved, now, source)
-            if moved:
-                # the from side of each move, for the report (few rows once models settle)
-                froms = dict(StageTransition.objects.filter(
-                    model=model, at=now, customer_id__in=[c for c, _s in moved]
-                ).values_list("customer_id", "from_key"))
-                for customer_id, stage_id in moved:
-                    result.moves[(froms.get(customer_id, ""), keys[stage_id])] += 1
+            for _customer, from_id, to_id in moved:
+                result.moves[(keys.get(from_id, ""), keys[to_id])] += 1
         if customer_ids is None:
             StageModel.objects.filter(pk=model.pk).update(last_evaluated_at=now)
     result.duration_ms = round((time.monotonic() - started) * 1000)
@@ -312,8 +313,8 @@ def customer_stage_move(*, customer: Customer, model: StageModel, stage: Stage, 
     current = (CustomerStage.objects.select_for_update().select_related("stage")
                .filter(customer=customer, model=model).first())
     from_stage = current.stage if current else None
-    if from_stage and from_stage.pk == stage.pk and current.locked_until:
-        raise ApplicationError(_("stage: the customer is already in %(stage)r")
+    if from_stage and from_stage.pk == stage.pk:
+        raise ApplicationError(_("stage: the customer is already in %(stage)s")
                                % {"stage": stage.name})
     backward = bool(from_stage and stage.position < from_stage.position)
     if backward and model.monotonic and not access.is_admin(actor):
@@ -324,14 +325,13 @@ def customer_stage_move(*, customer: Customer, model: StageModel, stage: Stage, 
     locked_until = now + timedelta(days=model.lock_days) if model.lock_days else None
     CustomerStage.objects.update_or_create(
         customer=customer, model=model,
-        defaults={"stage": stage, "entered_at": now if from_stage != stage else
-                  current.entered_at, "source": TransitionSource.MANUAL,
+        defaults={"stage": stage, "entered_at": now, "source": TransitionSource.MANUAL,
                   "locked_until": locked_until})
     transition = _transition(model, customer.pk, from_stage, stage, now=now,
                              source=TransitionSource.MANUAL, reason=reason.strip(), actor=actor)
     transition.save()
-    if from_stage != stage:
-        _announce(model, [stage], [(customer.pk, stage.pk)], now, TransitionSource.MANUAL)
+    _announce(model, [stage], [(customer.pk, from_stage.pk if from_stage else None, stage.pk)],
+              now, TransitionSource.MANUAL)
     return transition
 
 
@@ -376,6 +376,16 @@ def stage_model_save(*, model: StageModel | None, stages: list[dict] | None = No
     if sum(1 for s in stages if s.get("condition") is None) > 1:
         raise ApplicationError(_("stages: at most one stage may have no condition (the "
                                  "fallback)"))
+    taken: dict[Any, int] = {}
+    for index, data in enumerate(stages):
+        position = data.get("position", index)
+        if position in taken:
+            raise ApplicationError(
+                _("stages[%(index)d].position: %(position)s is also the position of "
+                  "stages[%(other)d]; each stage has its own")
+                % {"index": index, "position": position, "other": taken[position]},
+                extra={"stage": data["key"]})
+        taken[position] = index
     # Positions are unique: park the old ones out of the way before writing the new ones.
     Stage.objects.filter(model=model).update(position=F("position") + 10_000)
     for index, data in enumerate(stages):
@@ -397,6 +407,16 @@ def stage_model_save(*, model: StageModel | None, stages: list[dict] | None = No
 
 
 @transaction.atomic
+def stage_model_delete(*, model: StageModel) -> None:
+    """Delete a custom model with its stages, its customers' places in it and its history.
+    (A customer's place protects its stage, so the places go first.)"""
+    if model.built_in:
+        raise ApplicationError(_("Built-in models cannot be deleted; deactivate them."))
+    CustomerStage.objects.filter(model=model).delete()
+    model.delete()
+
+
+@transaction.atomic
 def stage_delete(*, stage: Stage, move_to: Stage, actor) -> int:
     """Delete a stage after moving its customers to `move_to`, each move recorded."""
     if move_to.model_id != stage.model_id or move_to.pk == stage.pk:
@@ -414,7 +434,8 @@ def stage_delete(*, stage: Stage, move_to: Stage, actor) -> int:
     StageTransition.objects.filter(from_stage=stage).update(from_stage=None)
     StageTransition.objects.filter(to_stage=stage).update(to_stage=None)
     stage.delete()
-    _announce(model, [move_to], [(c, move_to.pk) for c in moving], now, TransitionSource.SYSTEM)
+    _announce(model, [move_to], [(c, stage.pk, move_to.pk) for c in moving], now,
+              TransitionSource.SYSTEM)
     return len(moving)
 
 
@@ -433,15 +454,24 @@ def stage_model_simulate(*, model: StageModel, thresholds: dict[str, Any]) -> di
             raise ApplicationError(_("thresholds.%(name)s: must be a number") % {"name": name})
     proposal = {**model.thresholds, **thresholds}
     stages = _stages(model)
+    for stage in stages:
+        try:
+            validate_stage_condition(model=model, condition=stage.condition, thresholds=proposal)
+        except conditions.ConditionError as exc:
+            raise ApplicationError(
+                _("thresholds: the proposed values do not fit the rule of stage %(stage)s "
+                  "(%(error)s)") % {"stage": stage.key, "error": exc.message}) from exc
     keys = {s.pk: s.key for s in stages}
     now_counts = Counter({keys[sid]: n for sid, n in CustomerStage.objects.filter(model=model)
                          .values_list("stage_id").annotate(n=Count("id"))})
-    sql, params = _changes_sql(model, stages, now=timezone.now(), thresholds=proposal,
-                               customer_ids=None, pk_range=None)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT current_id, final_id, COUNT(*) FROM ({sql}) AS moves "
-                       f"GROUP BY current_id, final_id", params)
-        moves = cursor.fetchall()
+    moves = []
+    if stages:
+        sql, params = _changes_sql(model, stages, now=timezone.now(), thresholds=proposal,
+                                   customer_ids=None, pk_range=None)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT current_id, final_id, COUNT(*) FROM ({sql}) AS moves "
+                           f"GROUP BY current_id, final_id", params)
+            moves = cursor.fetchall()
     proposed = Counter(now_counts)
     matrix = []
     for current_id, final_id, n in moves:

@@ -28,7 +28,7 @@ MODELS = [
         "stages": [
             ("interest", "兴趣", 0, 100, "#60a5fa", None, False),
             ("trust", "信任", 1, 30, "#34d399", {"any": [
-                {"field": "group", "op": "in", "value": [], "ever": True},
+                {"field": "group", "op": "in", "value": [], "ever": True, "since_joined": True},
                 {"field": "event", "type": INBOUND, "op": "count_gte",
                  "value": {"threshold": "trust_interactions"}, "since_joined": True},
             ]}, False),

@@ -112,6 +112,7 @@ def test_valid_items_are_stored_even_when_others_are_rejected(client, mine):
     assert Event.objects.filter(idempotency_key="ok").exists()
 
 
+@pytest.mark.postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_posts_of_the_same_keys_store_each_key_once(api_client_for):
     owner = UserFactory(username="racer", roles=["operator"])

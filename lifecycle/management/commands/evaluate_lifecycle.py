@@ -15,8 +15,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, model=None, **options):
         started = time.monotonic()
-        if model and not StageModel.objects.filter(key=model).exists():
-            raise CommandError(_("No stage model with key %(key)r.") % {"key": model})
+        if model:
+            found = StageModel.objects.filter(key=model).first()
+            if found is None:
+                raise CommandError(_("No stage model with key %(key)r.") % {"key": model})
+            if not found.active:
+                raise CommandError(_("Stage model %(key)r is inactive; activate it first.")
+                                   % {"key": model})
         results = services.stage_models_evaluate(keys=[model] if model else None)
         for result in results:
             self.stdout.write(_("%(model)s: %(n)d customers moved in %(ms)d ms")
