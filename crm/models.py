@@ -119,7 +119,7 @@ class Group(TimeStampedModel):
 
     chat_id = models.CharField(_("external chat id"), max_length=128, unique=True)
     name = models.CharField(_("name"), max_length=100, blank=True)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("owner"), null=True,
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("group owner"), null=True,
                               blank=True, on_delete=models.SET_NULL, related_name="owned_groups")
     notice = models.TextField(_("notice"), blank=True)
     members = models.ManyToManyField(Customer, through="GroupMembership", related_name="groups")

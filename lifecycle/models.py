@@ -5,6 +5,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from core.models import TimeStampedModel
 
@@ -27,7 +28,7 @@ class StageModel(TimeStampedModel):
         help_text=_("Evaluation leaves a manually moved customer where they were put this long."))
     interval_minutes = models.PositiveIntegerField(_("evaluate every (minutes)"), default=15)
     built_in = models.BooleanField(_("built in"), default=False, editable=False)
-    order = models.PositiveIntegerField(_("order"), default=0)
+    order = models.PositiveIntegerField(pgettext_lazy("sort order", "order"), default=0)
     last_evaluated_at = models.DateTimeField(_("last evaluated at"), null=True, blank=True)
 
     class Meta:

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from core.models import TimeStampedModel
 
@@ -18,7 +19,7 @@ class TagGroup(TimeStampedModel):
         help_text=_("A customer holds at most one tag of this group; setting another replaces "
                     "it."))
     description = models.TextField(_("description"), blank=True)
-    order = models.PositiveIntegerField(_("order"), default=0)
+    order = models.PositiveIntegerField(pgettext_lazy("sort order", "order"), default=0)
 
     class Meta:
         verbose_name = _("tag group")
@@ -30,14 +31,14 @@ class TagGroup(TimeStampedModel):
 
 
 class Tag(TimeStampedModel):
-    group = models.ForeignKey(TagGroup, verbose_name=_("group"), on_delete=models.CASCADE,
+    group = models.ForeignKey(TagGroup, verbose_name=_("tag group"), on_delete=models.CASCADE,
                               related_name="tags")
     name = models.CharField(_("name"), max_length=64)
     key = models.SlugField(_("system key"), max_length=64, null=True, blank=True)
     color = models.CharField(_("colour"), max_length=16, default="#64748b",
                              help_text=_("CSS colour, e.g. #2563eb."))
     description = models.TextField(_("description"), blank=True)
-    order = models.PositiveIntegerField(_("order"), default=0)
+    order = models.PositiveIntegerField(pgettext_lazy("sort order", "order"), default=0)
 
     class Meta:
         verbose_name = _("tag")
