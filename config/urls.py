@@ -38,5 +38,7 @@ urlpatterns = [
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("", include("tagging.urls")),
+    path("", include("lifecycle.urls")),
     path("", include("crm.urls")),
 ]

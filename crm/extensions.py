@@ -48,3 +48,9 @@ def extension_values(customer) -> dict[str, Any]:
     for extension in customer_fields:
         values[extension.name] = extension.value(customer)
     return values
+
+
+# Panels other apps add to the dashboard's customer page (tags, stages, …): each renders its
+# own HTML — typically with a form posting to a view of its app — for one customer.
+CustomerPanel = Callable[[Any, Any], str]       # (request, customer) -> HTML
+customer_panels: Registry[CustomerPanel] = Registry("customer_panels")

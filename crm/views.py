@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.shortcuts import render
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext_lazy
@@ -184,8 +185,10 @@ def customer_detail(request, pk: int):
         })
     average_order = (customer.total_spent / customer.orders_count
                      if customer.orders_count else None)
+    panels = [mark_safe(panel(request, customer)) for panel in extensions.customer_panels]
     return render(request, "dashboard/customer_detail.html", _page(
         request, customer=customer, extension=extensions.extension_values(customer),
+        panels=panels,
         groups=selectors.customer_current_groups(customer=customer), entries=entries,
         timeline_count=timeline["count"], page_obj=page_obj, average_order=average_order,
         page_range=page_obj.paginator.get_elided_page_range(page_obj.number, on_each_side=2,

@@ -10,9 +10,10 @@ class LifecycleConfig(AppConfig):
         from core.conditions import register_field
         from crm import extensions as crm_extensions
         from crm import timeline
-        from lifecycle import conditions, extensions
+        from lifecycle import conditions, extensions, views
 
         register_field(conditions.FIELD)
         crm_extensions.customer_fields.register("stages", extensions.STAGES_FIELD)
         crm_extensions.customer_filters.register("stage", extensions.STAGE_FILTER)
         timeline.sources.register("stage", extensions.TIMELINE)
+        crm_extensions.customer_panels.register("stages", views.customer_stages_panel)

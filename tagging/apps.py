@@ -10,10 +10,11 @@ class TaggingConfig(AppConfig):
         from core.conditions import register_field
         from crm import extensions as crm_extensions
         from crm import timeline
-        from tagging import conditions, extensions
+        from tagging import conditions, extensions, views
 
         register_field(conditions.FIELD)
         crm_extensions.customer_fields.register("tags", extensions.TAGS_FIELD)
         crm_extensions.customer_filters.register("tag", extensions.TAG_FILTER)
         crm_extensions.customer_filters.register("segment", extensions.SEGMENT_FILTER)
         timeline.sources.register("tag", extensions.TIMELINE)
+        crm_extensions.customer_panels.register("tags", views.customer_tags_panel)
