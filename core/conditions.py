@@ -318,10 +318,13 @@ def json_schema() -> dict[str, Any]:
     """The language as JSON Schema (draft 2020-12 style, as OpenAPI 3.1 embeds it)."""
     leaves = []
     for name, spec in fields.items():
+        # `allOf` keeps each leaf's enums its own: drf-spectacular's enum post-processing
+        # names enums by component and property name, and would otherwise give every leaf of
+        # `Condition` one shared `ConditionOpEnum` (the first leaf's operators).
         props: dict[str, Any] = {
             "field": ({"type": "string", "pattern": f"^{name.replace('.', '[.]')}.+$"}
-                      if spec.prefix else {"type": "string", "enum": [name]}),
-            "op": {"type": "string", "enum": list(spec.ops)},
+                      if spec.prefix else {"allOf": [{"type": "string", "enum": [name]}]}),
+            "op": {"allOf": [{"type": "string", "enum": list(spec.ops)}]},
             "value": spec.value_schema or {},
         }
         props.update(spec.params)

@@ -3,10 +3,22 @@ group membership. Registered in `CrmConfig.ready()`."""
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, Exists, F, OuterRef, Q, Sum
+from django.db.models import CharField, Count, DecimalField, Exists, F, Func, OuterRef, Q, Sum
+from django.db.models.lookups import (
+    Exact,
+    GreaterThan,
+    GreaterThanOrEqual,
+    In,
+    IsNull,
+    LessThan,
+    LessThanOrEqual,
+)
 from django.utils.translation import gettext as _
 
 from core.conditions import (
@@ -129,8 +141,111 @@ def _scalar(name: str, lookup: str, kind: str, ops: tuple[str, ...], description
         value_schema=schema or {})
 
 
+# Text that reads as a decimal number: what CSV import stores for "35" or "-2.5".
+_DECIMAL_TEXT = r"^\s*[-+]?([0-9]+([.][0-9]*)?|[.][0-9]+)\s*$"
+
+
+class _AttributeNumber(Func):
+    """The number under `attributes.<key>`: a JSON number, or text that reads as one; NULL for
+    anything else (missing, null, true/false, other text, lists, objects). Written out per
+    database because they order JSON values of different types differently (PostgreSQL puts
+    every string below every number, SQLite every text above), so comparing the raw JSON values
+    would give different customers on each."""
+
+    output_field = DecimalField()
+
+    def __init__(self, key: str) -> None:
+        super().__init__(F("attributes"))
+        self.key = key
+
+    def as_postgresql(self, compiler, connection, **extra):
+        column, params = compiler.compile(self.source_expressions[0])
+        value, text = f"({column} -> %s)", f"({column} ->> %s)"
+        sql = (f"CASE WHEN jsonb_typeof({value}) = 'number' THEN {text}::numeric "
+               f"WHEN jsonb_typeof({value}) = 'string' AND {text} ~ %s THEN {text}::numeric END")
+        key = [*params, self.key]
+        return sql, (*key, *key, *key, *key, _DECIMAL_TEXT, *key)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        column, params = compiler.compile(self.source_expressions[0])
+        path = [*params, "$." + json.dumps(self.key)]
+        # The CAST gives the result NUMERIC affinity, so it compares with decimal parameters
+        # (which SQLite receives as text) as numbers.
+        sql = (f"CAST(CASE WHEN json_type({column}, %s) IN ('integer', 'real') "
+               f"THEN json_extract({column}, %s) "
+               f"WHEN json_type({column}, %s) = 'text' AND json_extract({column}, %s) REGEXP %s "
+               f"THEN json_extract({column}, %s) END AS NUMERIC)")
+        return sql, (*path, *path, *path, *path, _DECIMAL_TEXT, *path)
+
+
+class _AttributeText(Func):
+    """The text under `attributes.<key>` when it is a JSON string, NULL otherwise; ordered by
+    code point on both databases (PostgreSQL's default collation may be a locale's)."""
+
+    output_field = CharField()
+
+    def __init__(self, key: str) -> None:
+        super().__init__(F("attributes"))
+        self.key = key
+
+    def as_postgresql(self, compiler, connection, **extra):
+        column, params = compiler.compile(self.source_expressions[0])
+        sql = (f"(CASE WHEN jsonb_typeof({column} -> %s) = 'string' THEN {column} ->> %s END) "
+               f'COLLATE "C"')
+        return sql, (*params, self.key, *params, self.key)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        column, params = compiler.compile(self.source_expressions[0])
+        path = [*params, "$." + json.dumps(self.key)]
+        sql = (f"CASE WHEN json_type({column}, %s) = 'text' THEN json_extract({column}, %s) "
+               f"END")
+        return sql, (*path, *path)
+
+
+_LOOKUPS = {"eq": Exact, "gt": GreaterThan, "gte": GreaterThanOrEqual, "lt": LessThan,
+            "lte": LessThanOrEqual}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _attribute_compile(leaf: Leaf, ctx: Context) -> Q:
-    return _scalar_compiler(f"attributes__{leaf.key}")(leaf, ctx)
+    """A customer without the key, or with JSON null under it, has no value: `is_null` matches
+    him and every comparison leaves him out, as a plain FALSE (never SQL's NULL) — so `ne`,
+    `not_in` and `not` keep him, as they do for every other field. Compared with numbers, an
+    attribute is compared as a number whether it is stored as one or as text ("35", as CSV
+    import stores it), the same way on PostgreSQL and SQLite."""
+    lookup = f"attributes__{leaf.key}"
+    op, value = leaf.op, leaf.value
+    if op == "is_null":
+        empty = Q(**{f"{lookup}__isnull": True}) | Q(**{lookup: None})
+        return empty if value else ~empty
+    if op in ("ne", "not_in"):
+        return ~_attribute_compile(replace(leaf, op="eq" if op == "ne" else "in"), ctx)
+    operands = value if op in ("in", "between") else [value]
+    if op != "contains" and all(_is_number(v) for v in operands):
+        number = _AttributeNumber(leaf.key)
+        decimals = [Decimal(str(v)) for v in operands]
+        if op == "in":
+            compared = Q(In(number, decimals))
+        elif op == "between":
+            compared = Q(GreaterThanOrEqual(number, decimals[0])) & Q(
+                LessThanOrEqual(number, decimals[1]))
+        else:
+            compared = Q(_LOOKUPS[op](number, decimals[0]))
+        return Q(IsNull(number, False)) & compared
+    if op in ("gt", "gte", "lt", "lte", "between"):
+        # Ordered against text: only text values take part, compared as text.
+        text = _AttributeText(leaf.key)
+        if op == "between":
+            compared = Q(GreaterThanOrEqual(text, str(value[0]))) & Q(
+                LessThanOrEqual(text, str(value[1])))
+        else:
+            compared = Q(_LOOKUPS[op](text, str(value)))
+        return Q(IsNull(text, False)) & compared
+    present = Q(attributes__has_key=leaf.key) & ~Q(**{lookup: None})
+    return present & _scalar_compiler(lookup)(leaf, ctx)
 
 
 def _attribute_validate(leaf: Leaf) -> None:

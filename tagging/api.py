@@ -145,6 +145,10 @@ class TagViewSet(viewsets.ModelViewSet):
     def get_queryset(self):
         return selectors.tag_list()
 
+    def perform_update(self, serializer):
+        serializer.instance = services.tag_save(tag=serializer.instance,
+                                                **serializer.validated_data)
+
     def perform_destroy(self, instance):
         services.tag_delete(tag=instance, actor=self.request.user)
 

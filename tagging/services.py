@@ -131,17 +131,27 @@ def _constants(action: str, source: str, actor, rule, now: datetime) -> list:
 
 
 def _remove(rows_qs, *, action: str, source: str, actor=None, rule: TagRule | None = None,
-            now: datetime) -> int:
+            now: datetime, keep_manual: bool = False) -> int:
     """Delete the CustomerTag rows of the queryset and record each removal: one statement on
-    PostgreSQL (a data-modifying CTE), two on SQLite."""
+    PostgreSQL (a data-modifying CTE), two on SQLite; none when there is nothing to delete.
+
+    `keep_manual` (rules): the DELETE itself re-checks that a row is not manual. The subquery
+    picks rows by the statement's snapshot, so without the re-check a row an operator turned
+    manual in a transaction that commits while the DELETE waits for it would still go."""
+    if not rows_qs.exists():
+        return 0
     consts = _constants(action, source, actor, rule, now)
     if connection.vendor == "postgresql":
         sql, params = rows_qs.order_by().values("pk").query.sql_with_params()
-        statement = (f"WITH w AS (DELETE FROM {CustomerTag._meta.db_table} WHERE id IN ({sql}) "
-                     f"RETURNING customer_id, tag_id) " + _history_sql("w"))
+        recheck = " AND source <> %s" if keep_manual else ""
+        statement = (f"WITH w AS (DELETE FROM {CustomerTag._meta.db_table} WHERE id IN ({sql})"
+                     f"{recheck} RETURNING customer_id, tag_id) " + _history_sql("w"))
         with connection.cursor() as cursor:
-            cursor.execute(statement, [*params, *consts])
+            cursor.execute(statement, [*params, *([TagSource.MANUAL] if keep_manual else []),
+                                       *consts])
             return cursor.rowcount
+    if keep_manual:
+        rows_qs = rows_qs.exclude(source=TagSource.MANUAL)
     removed = delete_returning(rows_qs, ("customer", "tag"))
     if removed:
         _write_history(removed, action=action, source=source, actor=actor, rule=rule, now=now)
@@ -175,17 +185,36 @@ def _insert(select, *, source: str, actor, rule, now: datetime) -> int:
 def _add(customers, tag: Tag, *, source: str, actor=None, rule: TagRule | None = None,
          expires_at: datetime | None = None, now: datetime) -> int:
     """Give `tag` to every customer of the queryset that lacks it; in an exclusive group, the
-    customer's other tag of the group is replaced — unless it is manual and this is a rule."""
+    customer's other tag of the group is replaced — unless it is manual and this is a rule.
+
+    A person's choice in an exclusive group wins over a rule writing at the same moment: when
+    the INSERT skipped customers because a concurrent rule run had just given them another tag
+    of the group (the INSERT waits for that run and then does nothing), it replaces that tag
+    and inserts again."""
     group = tag.group
-    if group.exclusive:
-        others = CustomerTag.objects.filter(exclusive_group=group, customer__in=customers
-                                            ).exclude(tag=tag)
-        if source == TagSource.RULE:
-            others = others.exclude(source=TagSource.MANUAL)
-        _remove(others, action=TagChange.Action.REPLACED, source=source, actor=actor, rule=rule,
-                now=now)
-    lacking = customers.exclude(Exists(CustomerTag.objects.filter(customer=OuterRef("pk"),
-                                                                  tag=tag)))
+    retry = group.exclusive and source != TagSource.RULE
+    added = 0
+    for _attempt in range(3 if retry else 1):
+        if group.exclusive:
+            others = CustomerTag.objects.filter(exclusive_group=group, customer__in=customers
+                                                ).exclude(tag=tag)
+            if source == TagSource.RULE:
+                others = others.exclude(source=TagSource.MANUAL)
+            _remove(others, action=TagChange.Action.REPLACED, source=source, actor=actor,
+                    rule=rule, now=now, keep_manual=source == TagSource.RULE)
+        lacking = customers.exclude(Exists(CustomerTag.objects.filter(customer=OuterRef("pk"),
+                                                                      tag=tag)))
+        if not lacking.exists():
+            break
+        added += _insert_lacking(lacking, tag, source=source, actor=actor, rule=rule,
+                                 expires_at=expires_at, now=now)
+    return added
+
+
+def _insert_lacking(lacking, tag: Tag, *, source: str, actor, rule: TagRule | None,
+                    expires_at: datetime | None, now: datetime) -> int:
+    group = tag.group
+
     def const(value, field):
         # Cast even non-NULL constants: PostgreSQL types a bare NULL in a subquery as text.
         return Cast(Value(value, output_field=field), output_field=field)
@@ -235,13 +264,22 @@ def customers_tags_change(*, customers, add: list[Tag], remove: list[Tag], actor
                                  action=TagChange.Action.REMOVED, source=source, actor=actor,
                                  now=now)
     for tag in add:
+        # Claim the rows a rule gave before adding (the UPDATE locks them, so a sync run that
+        # would delete them waits and then leaves them), and again after (a rule may have
+        # inserted the tag concurrently, which made our INSERT skip the customer).
+        if source == TagSource.MANUAL:
+            _claim(customers, tag, actor)
         change.added += _add(customers, tag, source=source, actor=actor, expires_at=expires_at,
                              now=now)
         if source == TagSource.MANUAL:
-            CustomerTag.objects.filter(customer__in=customers, tag=tag).exclude(
-                source=TagSource.MANUAL).update(source=TagSource.MANUAL, rule=None,
-                                                added_by=actor)
+            _claim(customers, tag, actor)
     return change
+
+
+def _claim(customers, tag: Tag, actor) -> None:
+    """Make the customers' rule-given `tag` manual, so no `sync` rule takes it away again."""
+    CustomerTag.objects.filter(customer__in=customers, tag=tag).exclude(
+        source=TagSource.MANUAL).update(source=TagSource.MANUAL, rule=None, added_by=actor)
 
 
 # --- Rules ----------------------------------------------------------------------------------
@@ -293,7 +331,7 @@ def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
                                                customer__in=scope).exclude(
                 Exists(matching.filter(pk=OuterRef("customer_id"))))
             removed = _remove(stale, action=TagChange.Action.REMOVED, source=TagSource.RULE,
-                              rule=rule, now=now)
+                              rule=rule, now=now, keep_manual=True)
         run = TagRuleRun(rule=rule, trigger=trigger, started_at=now, matched=matched, added=added,
                          removed=removed,
                          duration_ms=round((time.monotonic() - started) * 1000),
@@ -366,6 +404,30 @@ def tag_delete(*, tag: Tag, actor) -> int:
                       source=TagSource.MANUAL, actor=actor, now=timezone.now())
     tag.delete()
     return removed
+
+
+@transaction.atomic
+def tag_save(*, tag: Tag | None, **fields) -> Tag:
+    """Create or change a tag. A tag moved to another group takes its holders along: into an
+    exclusive group only when none of them holds another tag of that group already."""
+    tag = tag or Tag()
+    old_group_id = tag.group_id
+    for name, value in fields.items():
+        setattr(tag, name, value)
+    moved = tag.pk is not None and tag.group_id != old_group_id
+    group = tag.group
+    if moved and group.exclusive:
+        clash = CustomerTag.objects.filter(tag=tag).filter(Exists(
+            CustomerTag.objects.filter(customer=OuterRef("customer"), tag__group=group)))
+        if clash.exists():
+            raise ApplicationError(
+                _("group: some customers holding this tag already hold another tag of the "
+                  "exclusive group %(group)r; remove one of them first.") % {"group": group.name})
+    tag.save()
+    if moved:
+        CustomerTag.objects.filter(tag=tag).update(
+            exclusive_group=group if group.exclusive else None)
+    return tag
 
 
 @transaction.atomic

@@ -1,0 +1,618 @@
+"""Tag rules: runs on demand, `add` and `sync` modes, the built-in value layers with their
+priorities and boundaries, idempotent re-runs that write nothing, the incremental path from
+ingest, the management command, and rules racing operators who tag by hand (PostgreSQL)."""
+
+import re
+import threading
+import time
+from datetime import timedelta
+from decimal import Decimal
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from crm.models import Customer, CustomerTouch, TouchCursor
+from tagging import services
+from tagging.models import CustomerTag, Tag, TagChange, TagGroup, TagRule, TagRuleRun, TagSource
+from tagging.tasks import tag_touched_customers
+from tests.factories import CustomerFactory, UserFactory
+from tests.tagging.conftest import held, history
+
+LAYERS = {"high_value": "高价值客户", "at_risk": "潜在流失客户", "new": "新客户",
+          "active": "活跃客户"}
+SHANGHAI = {"field": "city", "op": "eq", "value": "上海"}
+
+
+def days_ago(days: float):
+    return timezone.now() - timedelta(days=days)
+
+
+def run(client, rule):
+    response = client.post(f"/api/v1/tag-rules/{rule.pk}/run/")
+    assert response.status_code == 200, response.json()
+    return response.json()
+
+
+@pytest.fixture
+def follow_up(db):
+    group = TagGroup.objects.create(name="运营")
+    return {"group": group, "跟进": Tag.objects.create(group=group, name="跟进"),
+            "复购": Tag.objects.create(group=group, name="复购"),
+            "热聊": Tag.objects.create(group=group, name="热聊")}
+
+
+def layer_of(customer) -> set[str]:
+    return set(CustomerTag.objects.filter(customer=customer, tag__group__key="value_layer")
+               .values_list("tag__name", flat=True))
+
+
+# --- Running a rule -------------------------------------------------------------------------
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_create_a_rule_and_run_it_on_demand(admin_api, operator, follow_up):
+    CustomerFactory(external_id="sh-1", city="上海", owner=operator)
+    CustomerFactory(external_id="sh-2", city="上海", owner=operator)
+    CustomerFactory(external_id="bj", city="北京", owner=operator)
+    created = admin_api.post("/api/v1/tag-rules/", {
+        "name": "上海跟进", "tag": "跟进", "condition": SHANGHAI, "mode": "add"}, format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["tag"] == follow_up["跟进"].pk
+    rule = TagRule.objects.get(pk=created.json()["id"])
+
+    result = run(admin_api, rule)
+
+    assert set(result) == {"matched", "added", "removed", "duration_ms"}
+    assert (result["matched"], result["added"], result["removed"]) == (2, 2, 0)
+    assert isinstance(result["duration_ms"], int) and result["duration_ms"] >= 0
+    tagged = CustomerTag.objects.filter(tag=follow_up["跟进"])
+    assert set(tagged.values_list("customer__external_id", flat=True)) == {"sh-1", "sh-2"}
+    assert set(tagged.values_list("source", "rule")) == {("rule", rule.pk)}
+    runs = admin_api.get(f"/api/v1/tag-rules/{rule.pk}/runs/").json()["results"]
+    assert [(r["trigger"], r["matched"], r["added"]) for r in runs] == [("manual", 2, 2)]
+    rule.refresh_from_db()
+    assert rule.last_run_at is not None
+    customer = Customer.objects.get(external_id="sh-1")
+    timeline = admin_api.get(f"/api/v1/customers/{customer.pk}/timeline/").json()["results"]
+    entry = next(e for e in timeline if e["kind"] == "tag")
+    assert (entry["type"], entry["data"]["source"], entry["data"]["rule"]) == (
+        "added", "rule", "上海跟进")
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_only_admins_run_or_write_rules(op_api, follow_up):
+    rule = TagRule.objects.create(name="r", tag=follow_up["跟进"], condition=SHANGHAI)
+    assert op_api.post(f"/api/v1/tag-rules/{rule.pk}/run/").status_code == 403
+    assert op_api.post("/api/v1/tag-rules/", {"name": "x", "tag": "跟进",
+                                              "condition": SHANGHAI}, format="json"
+                       ).status_code == 403
+    assert op_api.get("/api/v1/tag-rules/").status_code == 200
+    assert not CustomerTag.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_add_mode_keeps_the_tag_when_the_customer_stops_matching(admin_api, follow_up):
+    customer = CustomerFactory(city="上海")
+    rule = TagRule.objects.create(name="r", tag=follow_up["跟进"], condition=SHANGHAI,
+                                  mode="add")
+    run(admin_api, rule)
+    Customer.objects.filter(pk=customer.pk).update(city="北京")
+
+    result = run(admin_api, rule)
+
+    assert (result["matched"], result["added"], result["removed"]) == (0, 0, 0)
+    assert held(customer) == {"跟进"}
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_sync_mode_removes_whom_it_tagged_but_never_manual_or_other_rules_tags(
+        admin_api, operator, follow_up):
+    tag = follow_up["跟进"]
+    leaves = CustomerFactory(external_id="leaves", city="上海", owner=operator)
+    stays = CustomerFactory(external_id="stays", city="上海", owner=operator)
+    by_hand = CustomerFactory(external_id="by-hand", city="北京", owner=operator)
+    other_rule_customer = CustomerFactory(external_id="vip", city="北京", owner=operator)
+    sync = TagRule.objects.create(name="上海", tag=tag, condition=SHANGHAI, mode="sync")
+    other = TagRule.objects.create(name="VIP", tag=tag, mode="add", condition={
+        "field": "external_id", "op": "eq", "value": "vip"})
+    services.customers_tags_change(customers=Customer.objects.filter(pk=by_hand.pk), add=[tag],
+                                   remove=[], actor=operator)
+    assert run(admin_api, sync)["added"] == 2
+    assert run(admin_api, other)["added"] == 1
+    Customer.objects.filter(pk=leaves.pk).update(city="北京")
+
+    result = run(admin_api, sync)
+
+    assert (result["matched"], result["added"], result["removed"]) == (1, 0, 1)
+    assert [held(c) for c in (leaves, stays, by_hand, other_rule_customer)] == [
+        set(), {"跟进"}, {"跟进"}, {"跟进"}]
+    assert history(leaves) == [("added", "跟进"), ("removed", "跟进")]
+    removal = TagChange.objects.get(customer=leaves, action="removed")
+    assert (removal.source, removal.rule) == ("rule", sync)
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_a_manual_add_of_a_rule_tag_makes_it_manual_and_sync_keeps_it(
+        admin_api, op_api, operator, follow_up):
+    customer = CustomerFactory(city="上海", owner=operator)
+    sync = TagRule.objects.create(name="上海", tag=follow_up["跟进"], condition=SHANGHAI,
+                                  mode="sync")
+    run(admin_api, sync)
+    response = op_api.post(f"/api/v1/customers/{customer.pk}/tags/", {"add": ["跟进"]},
+                           format="json")
+    assert [(t["name"], t["source"], t["rule"]) for t in response.json()["tags"]] == [
+        ("跟进", "manual", None)]
+    Customer.objects.filter(pk=customer.pk).update(city="北京")
+
+    assert run(admin_api, sync)["removed"] == 0
+    assert held(customer) == {"跟进"}
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_a_rule_whose_condition_became_invalid_does_not_run(admin_api, follow_up):
+    rule = TagRule.objects.create(name="r", tag=follow_up["跟进"],
+                                  condition={"field": "tag", "op": "any", "value": ["gone"]})
+    response = admin_api.post(f"/api/v1/tag-rules/{rule.pk}/run/")
+    assert response.status_code == 400
+    assert response.json()["message"] == "value: unknown tag 'gone'"
+
+
+# --- Value layers ---------------------------------------------------------------------------
+
+def _layer_customers():
+    """Customers at the boundaries of the four built-in layers, and the layer each must get."""
+    spec = {
+        # external id: (joined days ago, last active days ago, total spent) -> layer
+        "spend-2000": ((100, 25, "2000.00"), "高价值客户"),      # silent too: high value wins
+        "spend-1999.99": ((100, 2, "1999.99"), "活跃客户"),
+        "joined-13": ((13, None, "0"), "新客户"),
+        "joined-15": ((15, None, "0"), None),
+        "silent-22": ((100, 22, "0"), "潜在流失客户"),
+        "silent-20": ((100, 20, "0"), "活跃客户"),
+        "silent-35": ((100, 35, "300.00"), "潜在流失客户"),
+        "new-and-active": ((3, 1, "0"), "新客户"),
+        "new-and-rich": ((3, 1, "5000.00"), "高价值客户"),
+        "never-active": ((100, None, "0"), None),
+    }
+    owner = UserFactory(username="layer-owner", roles=["operator"])
+    customers = {}
+    for ext, ((joined, active, spent), _layer) in spec.items():
+        customers[ext] = CustomerFactory(
+            external_id=ext, owner=owner, joined_at=days_ago(joined),
+            last_active_at=days_ago(active) if active is not None else None,
+            total_spent=Decimal(spent), orders_count=1 if spent != "0" else 0)
+    return customers, {ext: layer for ext, (_args, layer) in spec.items()}
+
+
+def _layers(customers) -> dict[str, str | None]:
+    out = {}
+    for ext, customer in customers.items():
+        names = layer_of(customer)
+        assert len(names) <= 1, (ext, names)
+        out[ext] = next(iter(names), None)
+    return out
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_the_value_layers_are_built_in():
+    group = TagGroup.objects.get(key="value_layer")
+    assert group.exclusive
+    rules = {r.tag.key: r for r in TagRule.objects.filter(tag__group=group)}
+    assert {k: (r.tag.name, r.mode, r.active) for k, r in rules.items()} == {
+        key: (name, "sync", True) for key, name in LAYERS.items()}
+    assert sorted(rules, key=lambda k: rules[k].priority) == ["high_value", "at_risk", "new",
+                                                              "active"]
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_value_layers_give_each_customer_the_right_single_layer():
+    customers, expected = _layer_customers()
+
+    runs = {run.rule.tag.key: run for run in services.tag_rules_run_due(force=True)}
+
+    assert _layers(customers) == expected
+    assert {k: (r.matched, r.added, r.removed) for k, r in runs.items()} == {
+        "high_value": (2, 2, 0), "at_risk": (2, 2, 0), "new": (2, 2, 0), "active": (2, 2, 0)}
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_layers_follow_the_customer_over_time():
+    customers, _expected = _layer_customers()
+    services.tag_rules_run_due(force=True)
+    moving = customers["silent-20"]
+    Customer.objects.filter(pk=moving.pk).update(last_active_at=days_ago(25))
+    back = customers["silent-35"]
+    Customer.objects.filter(pk=back.pk).update(last_active_at=days_ago(0.5))
+
+    services.tag_rules_run_due(force=True)
+
+    assert layer_of(moving) == {"潜在流失客户"}
+    assert history(moving) == [("added", "活跃客户"), ("replaced", "活跃客户"),
+                               ("added", "潜在流失客户")]
+    assert layer_of(back) == {"活跃客户"}
+    assert history(back) == [("added", "潜在流失客户"), ("removed", "潜在流失客户"),
+                             ("added", "活跃客户")]
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_a_manual_layer_is_respected_by_the_rules(op_api, operator):
+    rich = CustomerFactory(owner=operator, joined_at=days_ago(100), last_active_at=days_ago(1),
+                           total_spent=Decimal("9000"))
+    was_new = CustomerFactory(owner=operator, joined_at=days_ago(2))
+    services.tag_rules_run_due(force=True)
+    assert (layer_of(rich), layer_of(was_new)) == ({"高价值客户"}, {"新客户"})
+
+    op_api.post(f"/api/v1/customers/{rich.pk}/tags/", {"add": ["活跃客户"]}, format="json")
+    op_api.post(f"/api/v1/customers/{was_new.pk}/tags/", {"add": ["潜在流失客户"]},
+                format="json")
+    runs = services.tag_rules_run_due(force=True)
+
+    assert (layer_of(rich), layer_of(was_new)) == ({"活跃客户"}, {"潜在流失客户"})
+    assert sum(r.added + r.removed for r in runs) == 0
+    assert CustomerTag.objects.get(customer=rich).source == TagSource.MANUAL
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_editing_a_layer_threshold_moves_customers(admin_api):
+    customers, _expected = _layer_customers()
+    services.tag_rules_run_due(force=True)
+    high = TagRule.objects.get(tag__key="high_value")
+    response = admin_api.patch(f"/api/v1/tag-rules/{high.pk}/", {
+        "condition": {"field": "total_spent", "op": "gte", "value": 1999.99}}, format="json")
+    assert response.status_code == 200, response.json()
+
+    services.tag_rules_run_due(force=True)
+
+    assert layer_of(customers["spend-1999.99"]) == {"高价值客户"}
+    assert layer_of(customers["silent-35"]) == {"潜在流失客户"}
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_a_lower_priority_rule_tags_customers_the_higher_rule_knows_nothing_about(admin_api):
+    """Priority means "not matched by a higher rule": a customer lacking the attribute a higher
+    rule tests is not matched by it, and gets the lower rule's tag."""
+    group = TagGroup.objects.create(name="客群", exclusive=True)
+    vip = Tag.objects.create(group=group, name="贵宾")
+    local = Tag.objects.create(group=group, name="本地")
+    TagRule.objects.create(name="贵宾", tag=vip, priority=1, mode="sync",
+                           condition={"field": "attributes.vip", "op": "eq", "value": "yes"})
+    local_rule = TagRule.objects.create(name="本地", tag=local, priority=2, mode="sync",
+                                        condition=SHANGHAI)
+    flagged = CustomerFactory(city="上海", attributes={"vip": "yes"})
+    plain = CustomerFactory(city="上海", attributes={"vip": "no"})
+    no_key = CustomerFactory(city="上海", attributes={})
+
+    services.tag_rules_run_due(force=True)
+
+    def in_group(customer):
+        return held(customer) & {"贵宾", "本地"}
+
+    assert (in_group(flagged), in_group(plain), in_group(no_key)) == ({"贵宾"}, {"本地"},
+                                                                      {"本地"})
+    assert TagRuleRun.objects.filter(rule=local_rule).latest("id").matched == 2
+
+
+# --- Idempotent re-run ----------------------------------------------------------------------
+
+WRITE = re.compile(r'\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?tagging_(customertag|tagchange)\b',
+                   re.IGNORECASE)
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_a_second_run_that_changes_nothing_writes_nothing(follow_up,
+                                                         django_assert_max_num_queries):
+    customers, _expected = _layer_customers()
+    CustomerFactory(city="上海")
+    Customer.objects.filter(pk=customers["silent-20"].pk).update(city="上海")
+    TagRule.objects.create(name="上海", tag=follow_up["跟进"], condition=SHANGHAI, mode="sync")
+    first = services.tag_rules_run_due(force=True)
+    assert sum(r.added for r in first) == 11     # 9 layers, 2 in 上海
+    rows = (CustomerTag.objects.count(), TagChange.objects.count())
+
+    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(60):
+        second = services.tag_rules_run_due(force=True)
+
+    assert [(r.added, r.removed) for r in second] == [(0, 0)] * 5
+    assert (CustomerTag.objects.count(), TagChange.objects.count()) == rows
+    writes = [q["sql"] for q in queries if WRITE.search(q["sql"])]
+    assert writes == []
+
+
+# --- The incremental path -------------------------------------------------------------------
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_ingested_orders_and_events_tag_the_customers_they_touch(op_api, operator, follow_up):
+    TagRule.objects.create(name="复购", tag=follow_up["复购"], mode="sync",
+                           condition={"field": "order", "op": "count_gte", "value": 2,
+                                      "within_days": 30})
+    TagRule.objects.create(name="热聊", tag=follow_up["热聊"], mode="sync",
+                           condition={"field": "event", "type": "message_in", "op": "count_gte",
+                                      "value": 3, "within_days": 7})
+    buyer = CustomerFactory(external_id="buyer", owner=operator, joined_at=days_ago(200))
+    talker = CustomerFactory(external_id="talker", owner=operator, joined_at=days_ago(200))
+    bystander = CustomerFactory(external_id="bystander", owner=operator, joined_at=days_ago(200))
+    tag_touched_customers()        # nothing queued yet; sets the cursor
+    now = timezone.now()
+
+    orders = op_api.post("/api/v1/orders/", [
+        {"customer": "buyer", "external_id": f"o-{n}", "source": "youzan", "amount": "1500.00",
+         "placed_at": (now - timedelta(days=n + 1)).isoformat()} for n in range(2)],
+        format="json")
+    assert orders.json()["accepted"] == 2, orders.json()
+    events = op_api.post("/api/v1/events/", [
+        {"customer": "talker", "type": "message_in", "idempotency_key": f"talk-{n}",
+         "occurred_at": (now - timedelta(hours=n + 1)).isoformat()} for n in range(3)],
+        format="json")
+    assert events.json()["accepted"] == 3, events.json()
+    assert held(buyer) == held(talker) == set()      # ingest alone does not tag
+
+    processed = tag_touched_customers()
+
+    assert processed == 2
+    assert held(buyer) == {"复购", "高价值客户"}
+    assert held(talker) == {"热聊", "活跃客户"}
+    assert held(bystander) == set()
+    incremental = TagRuleRun.objects.filter(trigger="incremental")
+    assert set(incremental.values_list("rule__name", "scope_size", "added")) == {
+        ("复购", 2, 1), ("热聊", 2, 1), ("价值分层：高价值客户", 2, 1),
+        ("价值分层：活跃客户", 2, 1)}
+    cursor = TouchCursor.objects.get(consumer="tagging")
+    assert cursor.position == CustomerTouch.objects.order_by("-id").first().id
+    assert tag_touched_customers() == 0
+    assert TagRuleRun.objects.filter(trigger="incremental").count() == 4
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_the_incremental_path_also_untags_in_sync_mode(op_api, operator, follow_up):
+    TagRule.objects.create(name="未退款", tag=follow_up["复购"], mode="sync",
+                           condition={"field": "order", "op": "sum_gte", "value": 1000})
+    buyer = CustomerFactory(external_id="buyer", owner=operator, joined_at=days_ago(200))
+    tag_touched_customers()
+    op_api.post("/api/v1/orders/", {"customer": "buyer", "external_id": "o-1",
+                                    "source": "youzan", "amount": "1200.00"}, format="json")
+    tag_touched_customers()
+    assert "复购" in held(buyer)
+
+    refund = op_api.post("/api/v1/orders/", {"customer": "buyer", "external_id": "o-1",
+                                             "source": "youzan", "amount": "1200.00",
+                                             "status": "refunded"}, format="json")
+    assert refund.status_code == 200, refund.json()
+    tag_touched_customers()
+
+    assert "复购" not in held(buyer)
+
+
+# --- Management command ---------------------------------------------------------------------
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_evaluate_tag_rules_prints_counts(follow_up):
+    CustomerFactory(city="上海", joined_at=days_ago(2))
+    rule = TagRule.objects.create(name="上海跟进", tag=follow_up["跟进"], condition=SHANGHAI)
+    out = StringIO()
+
+    call_command("evaluate_tag_rules", stdout=out)
+
+    lines = out.getvalue().splitlines()
+    assert "上海跟进: matched 1, added 1, removed 0 in " in "\n".join(lines)
+    assert any(line.startswith("价值分层：新客户: matched 1, added 1, removed 0 in ")
+               for line in lines)
+    assert any(line.startswith("价值分层：高价值客户: matched 0, added 0, removed 0")
+               for line in lines)
+    assert lines[-1].startswith("Done in ")
+    assert len(lines) == 6
+
+    out = StringIO()
+    call_command("evaluate_tag_rules", "--rule", str(rule.pk), stdout=out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("上海跟进: matched 1, added 0, removed 0 in ")
+
+    with pytest.raises(CommandError, match="No tag rule with id 999999"):
+        call_command("evaluate_tag_rules", "--rule", "999999", stdout=StringIO())
+
+
+# --- Rules racing manual tagging (PostgreSQL: real concurrent transactions) -----------------
+
+def _waiting(pid: int) -> bool:
+    """Whether the backend `pid` is waiting for a lock."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", [pid])
+        return cursor.fetchone()[0] > 0
+
+
+def _until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+class _Race:
+    """Run `first` in one thread and `second` in another: `first` pauses right after its first
+    write to the tagging tables that matches `pause_after`, `second` runs meanwhile, and `first`
+    resumes once `second` has finished or waits for a lock `first` holds. This replays one
+    interleaving of two real transactions every time."""
+
+    def __init__(self, first, second, pause_after=WRITE):
+        self.first, self.second, self.pause_after = first, second, pause_after
+        self.paused = threading.Event()
+        self.done = threading.Event()
+        self.pid: int | None = None
+        self.errors: list[BaseException] = []
+
+    def _hook(self, execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if self.pause_after.search(sql) and not self.paused.is_set():
+            self.paused.set()
+            _until(lambda: self.done.is_set() or (self.pid and _waiting(self.pid)))
+        return result
+
+    def _first(self):
+        try:
+            with connection.execute_wrapper(self._hook):
+                self.first()
+        except BaseException as exc:
+            self.errors.append(exc)
+        finally:
+            self.paused.set()
+            connection.close()
+
+    def _second(self):
+        try:
+            self.paused.wait(10)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                self.pid = cursor.fetchone()[0]
+            self.second()
+        except BaseException as exc:
+            self.errors.append(exc)
+        finally:
+            self.done.set()
+            connection.close()
+
+    def run(self):
+        threads = [threading.Thread(target=self._first), threading.Thread(target=self._second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not self.errors, self.errors
+
+
+@pytest.fixture
+def racing(transactional_db):
+    assert connection.vendor == "postgresql", "these tests need real concurrent transactions"
+    operator = UserFactory(username="racer", roles=["operator"])
+    group = TagGroup.objects.create(name="跟进组")
+    tag = Tag.objects.create(group=group, name="跟进")
+    rule = TagRule.objects.create(name="上海", tag=tag, condition=SHANGHAI, mode="sync")
+    return operator, tag, rule
+
+
+def _manual_add(customers, tag, operator):
+    def add():
+        services.customers_tags_change(customers=customers, add=[tag], remove=[], actor=operator)
+    return add
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_manual_add_racing_a_sync_rule_removal_is_kept(racing):
+    """The operator tags a customer who holds the tag from a rule that no longer matches him,
+    while that rule runs: whichever commits first, he keeps the tag."""
+    operator, tag, rule = racing
+    customer = CustomerFactory(city="上海", owner=operator)
+    services.tag_rule_run(rule=rule)
+    Customer.objects.filter(pk=customer.pk).update(city="北京")
+
+    _Race(_manual_add(Customer.objects.filter(pk=customer.pk), tag, operator),
+          lambda: services.tag_rule_run(rule=rule)).run()
+
+    assert held(customer) == {"跟进"}
+    assert CustomerTag.objects.get(customer=customer).source == TagSource.MANUAL
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_rule_never_removes_a_tag_made_manual_while_it_runs(racing):
+    operator, tag, rule = racing
+    customer = CustomerFactory(city="上海", owner=operator)
+    services.tag_rule_run(rule=rule)
+    Customer.objects.filter(pk=customer.pk).update(city="北京")
+
+    # The operator's transaction has just turned the rule's row into a manual one when the rule
+    # deletes its stale rows: the DELETE waits for that row, and must not remove it afterwards.
+    _Race(_manual_add(Customer.objects.filter(pk=customer.pk), tag, operator),
+          lambda: services.tag_rule_run(rule=rule),
+          pause_after=re.compile(r'UPDATE\s+"?tagging_customertag', re.IGNORECASE)).run()
+
+    assert held(customer) == {"跟进"}
+    assert not TagChange.objects.filter(customer=customer, source="rule",
+                                        action="removed").exists()
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_setting_an_exclusive_tag_while_a_rule_sets_another_keeps_the_manual_one(racing):
+    operator, _tag, _rule = racing
+    group = TagGroup.objects.create(name="等级", exclusive=True)
+    silver = Tag.objects.create(group=group, name="银卡")
+    gold = Tag.objects.create(group=group, name="金卡")
+    rule = TagRule.objects.create(name="银卡", tag=silver, condition=SHANGHAI, mode="sync")
+    customer = CustomerFactory(city="上海", owner=operator)
+
+    # The rule has inserted 银卡 (not yet committed) when the operator sets 金卡.
+    _Race(lambda: services.tag_rule_run(rule=rule),
+          _manual_add(Customer.objects.filter(pk=customer.pk), gold, operator),
+          pause_after=re.compile(r'INSERT\s+INTO\s+"?tagging_customertag', re.IGNORECASE)).run()
+
+    assert held(customer) == {"金卡"}
+    assert CustomerTag.objects.get(customer=customer).source == TagSource.MANUAL
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_rule_runs_concurrent_with_manual_tagging_lose_no_manual_tag(racing):
+    """Operators tag thirty customers one by one while the sync rule runs again and again."""
+    operator, tag, rule = racing
+    customers = [CustomerFactory(city="上海", owner=operator) for _n in range(30)]
+    services.tag_rule_run(rule=rule)
+    Customer.objects.update(city="北京")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def rules():
+        try:
+            while not stop.is_set():
+                services.tag_rule_run(rule=rule)
+                Customer.objects.update(city="上海")
+                services.tag_rule_run(rule=rule)
+                Customer.objects.update(city="北京")
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def by_hand():
+        try:
+            for customer in customers:
+                services.customers_tags_change(
+                    customers=Customer.objects.filter(pk=customer.pk), add=[tag], remove=[],
+                    actor=operator)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            stop.set()
+            connection.close()
+
+    threads = [threading.Thread(target=rules), threading.Thread(target=by_hand)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    services.tag_rule_run(rule=rule)
+
+    lost = [c.pk for c in customers if held(c) != {"跟进"}]
+    assert lost == []
+    assert set(CustomerTag.objects.filter(tag=tag).values_list("source", flat=True)) == {
+        "manual"}
