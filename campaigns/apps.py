@@ -5,3 +5,9 @@ from django.utils.translation import gettext_lazy as _
 class CampaignsConfig(AppConfig):
     name = "campaigns"
     verbose_name = _("Outreach")
+
+    def ready(self) -> None:
+        from campaigns import services
+        from lifecycle.hooks import stage_entered_hooks
+
+        stage_entered_hooks.register("sops", services.sops_on_stage_entered)

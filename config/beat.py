@@ -44,4 +44,24 @@ BEAT_SCHEDULE = {
         "schedule": 30.0,
         "options": {"expires": 25},
     },
+    "campaigns-dispatch": {
+        "task": "campaigns.tasks.dispatch_messages",
+        "schedule": 15.0,
+        "options": {"expires": 14},
+    },
+    "campaigns-sweep": {
+        "task": "campaigns.tasks.sweep_messages",
+        "schedule": 120.0,
+        "options": {"expires": 110},
+    },
+    "campaigns-start-due": {
+        "task": "campaigns.tasks.start_due_campaigns",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "campaigns-harassment": {
+        "task": "campaigns.tasks.check_harassment",
+        "schedule": crontab(minute="*/15"),
+        "options": {"expires": 800},
+    },
 }

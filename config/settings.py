@@ -206,11 +206,38 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 # --- Product settings -----------------------------------------------------------------------
 OUTREACH_QUIET_HOURS = os.environ.get("OUTREACH_QUIET_HOURS", "22:00-08:00")
+# Entering these stages makes a churn warning to-do for the customer's owner.
+OUTREACH_CHURN_WARNING_STAGES = env_list("OUTREACH_CHURN_WARNING_STAGES", "value:dormant")
+# A customer's first placement in a model starts its SOPs only if they joined this recently
+# (a new customer's welcome), never for the existing customers of a first evaluation.
+OUTREACH_FIRST_PLACEMENT_HOURS = int(os.environ.get("OUTREACH_FIRST_PLACEMENT_HOURS", "24"))
 WECOM_CORP_ID = os.environ.get("WECOM_CORP_ID", "")
 WECOM_SECRET = os.environ.get("WECOM_SECRET", "")
 WECOM_TOKEN = os.environ.get("WECOM_TOKEN", "")
 WECOM_ENCODING_AES_KEY = os.environ.get("WECOM_ENCODING_AES_KEY", "")
 WECOM_API_BASE = os.environ.get("WECOM_API_BASE", "")
+# Outreach: the backend of each channel (dotted paths); every channel logs to the console unless
+# OUTREACH_CHANNEL_BACKENDS says otherwise, e.g. "sms=sms,email=email,wecom=webhook".
+_BACKEND_PATHS = {
+    "console": "campaigns.backends.ConsoleBackend",
+    "email": "campaigns.backends.EmailBackend",
+    "sms": "campaigns.backends.SmsBackend",
+    "webhook": "campaigns.backends.WebhookBackend",
+}
+OUTREACH_BACKENDS = {channel: _BACKEND_PATHS["console"]
+                     for channel in ("console", "email", "sms", "webhook", "wecom")}
+for _pair in env_list("OUTREACH_CHANNEL_BACKENDS"):
+    _channel, _sep, _kind = _pair.partition("=")
+    if _kind.strip() not in _BACKEND_PATHS:
+        raise ImproperlyConfigured(f"OUTREACH_CHANNEL_BACKENDS: unknown backend {_kind!r} for "
+                                   f"{_channel!r}; known: {', '.join(_BACKEND_PATHS)}")
+    OUTREACH_BACKENDS[_channel.strip()] = _BACKEND_PATHS[_kind.strip()]
+OUTREACH_WEBHOOK_URL = os.environ.get("OUTREACH_WEBHOOK_URL", "")
+OUTREACH_WEBHOOK_SECRET = os.environ.get("OUTREACH_WEBHOOK_SECRET", "")
+OUTREACH_WEBHOOK_TIMEOUT = float(os.environ.get("OUTREACH_WEBHOOK_TIMEOUT", "5"))
+OUTREACH_SMS_URL = os.environ.get("OUTREACH_SMS_URL", "")
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "crm@localhost")
 INGEST_MAX_BATCH = 1000
 IMPORT_MAX_ROWS = 100_000
 

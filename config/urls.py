@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from campaigns import api as campaigns_api
 from core.views import healthz
 from crm import api as crm_api
 from lifecycle import api as lifecycle_api
@@ -21,6 +22,10 @@ router.register("tag-rules", tagging_api.TagRuleViewSet, basename="tag-rule")
 router.register("segments", tagging_api.SegmentViewSet, basename="segment")
 router.register("bulk-tag-jobs", tagging_api.BulkTagJobViewSet, basename="bulk-tag-job")
 router.register("stage-models", lifecycle_api.StageModelViewSet, basename="stage-model")
+router.register("sops", campaigns_api.SopViewSet, basename="sop")
+router.register("campaigns", campaigns_api.CampaignViewSet, basename="campaign")
+router.register("messages", campaigns_api.MessageViewSet, basename="message")
+router.register("tasks", campaigns_api.OperatorTaskViewSet, basename="task")
 
 urlpatterns = [
     path("api/v1/auth/token/", crm_api.TokenView.as_view(), name="api-token"),
@@ -29,6 +34,9 @@ urlpatterns = [
          name="customer-tags"),
     path("api/v1/customers/<int:pk>/stage/", lifecycle_api.CustomerStageView.as_view(),
          name="customer-stage"),
+    path("api/v1/templates/preview/", campaigns_api.TemplatePreviewView.as_view(),
+         name="template-preview"),
+    path("api/v1/outreach-policy/", campaigns_api.PolicyView.as_view(), name="outreach-policy"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -235,6 +235,8 @@ class Event(models.Model):
         SURVEY_ANSWERED = "survey_answered", _("Answered a survey")
         REFERRAL = "referral", _("Referred a customer")
         OPTED_OUT = "opted_out", _("Opted out")
+        MESSAGE_DELIVERED = "message_delivered", _("Our message was delivered")
+        MESSAGE_READ = "message_read", _("Our message was read")
 
     id = models.BigAutoField(primary_key=True)
     customer = models.ForeignKey(Customer, verbose_name=_("customer"), on_delete=models.CASCADE,

@@ -17,6 +17,9 @@ class StageEntry:
     at: datetime
     source: str               # rule / manual / event / system
     customer_ids: list[int]
+    # Customers who had no stage in this model before: a first placement (a new customer, or
+    # the first evaluation of a model over existing customers), not a move.
+    first_placement: frozenset[int] = frozenset()
 
 
 StageEnteredHook = Callable[[StageEntry], None]

@@ -210,11 +210,15 @@ def _announce(model: StageModel, stages: list[Stage],
         return
     keys = {s.pk: s.key for s in stages}
     entered: dict[int, list[int]] = defaultdict(list)
-    for customer_id, _from, stage_id in moved:
+    first: dict[int, set[int]] = defaultdict(set)
+    for customer_id, from_id, stage_id in moved:
         entered[stage_id].append(customer_id)
+        if from_id is None:
+            first[stage_id].add(customer_id)
     for stage_id, customer_ids in entered.items():
         hooks.stage_entered(hooks.StageEntry(model=model.key, stage=keys[stage_id], at=now,
-                                             source=source, customer_ids=customer_ids))
+                                             source=source, customer_ids=customer_ids,
+                                             first_placement=frozenset(first[stage_id])))
 
 
 # --- Evaluation -----------------------------------------------------------------------------

@@ -1,0 +1,797 @@
+"""Outreach: enrolment from the lifecycle hook, campaigns, the outbox dispatcher with its
+send-time guards, delivery receipts, the harassment signal and operator tasks.
+
+The database is the truth. Enrolling a customer writes the enrolment and every step's message
+row in the transaction that recorded the stage entry; a campaign writes its whole audience as
+message rows when it starts. The dispatcher claims due rows with `SELECT … FOR UPDATE SKIP
+LOCKED`, so two dispatchers never take the same row, and each row has a unique dedupe key, so
+nothing is queued twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import zoneinfo
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Count, DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from campaigns import backends, templates
+from campaigns.models import (
+    Campaign,
+    Category,
+    Channel,
+    Enrollment,
+    Message,
+    OperatorTask,
+    OutreachPolicy,
+    Sop,
+    SopStep,
+)
+from core import access, conditions
+from core.db import insert_ignore_returning
+from core.exceptions import ApplicationError
+from crm import extensions
+from crm.models import Customer, Event, OrderItem
+from lifecycle.hooks import StageEntry
+from lifecycle.models import CustomerStage, Stage
+
+logger = logging.getLogger(__name__)
+User = get_user_model()
+
+# Stages where promotion drives newcomers away (seed 000: 广告轰炸 gets the brand deleted).
+GUARDED_STAGES = {("journey", "interest"), ("value", "intro")}
+RENDER_CHUNK = 2000
+
+
+def policy() -> OutreachPolicy:
+    found = OutreachPolicy.objects.first()
+    return found if found is not None else OutreachPolicy.objects.create()
+
+
+# --- Rendering for many customers at once --------------------------------------------------
+
+def _contexts(customer_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Template contexts for many customers in a fixed number of queries."""
+    customers = extensions.prepare_customers(
+        Customer.objects.filter(pk__in=customer_ids).select_related("owner", "channel"))
+    categories: dict[int, list[str]] = defaultdict(list)
+    for customer_id, category in (OrderItem.objects.filter(
+            order__customer_id__in=customer_ids, order__status="paid").exclude(category="")
+            .values_list("order__customer_id", "category").distinct()):
+        categories[customer_id].append(category)
+    out = {}
+    for customer in customers:
+        values = extensions.extension_values(customer)
+        out[customer.pk] = templates.context_for(
+            customer, tags=values.get("tags", []), stages=values.get("stages", {}),
+            categories=sorted(categories[customer.pk]))
+    return out
+
+
+def _render_many(source: str, customer_ids: list[int]) -> dict[int, str]:
+    template = templates.compile_template(source)
+    rendered = {}
+    for start in range(0, len(customer_ids), RENDER_CHUNK):
+        chunk = customer_ids[start:start + RENDER_CHUNK]
+        for customer_id, context in _contexts(chunk).items():
+            try:
+                rendered[customer_id] = templates.render(template, context)
+            except Exception as exc:  # checked at save; a customer's odd data must not stop all
+                logger.warning("campaigns.render_failed", extra={"customer": customer_id,
+                                                                 "error": str(exc)})
+    return rendered
+
+
+def template_preview(*, source: str, customer: Customer | None) -> str:
+    if customer is None:
+        return templates.check_template(source)
+    templates.check_template(source)
+    return templates.render(templates.compile_template(source), _contexts([customer.pk])
+                            [customer.pk])
+
+
+# --- Guards at save time -------------------------------------------------------------------
+
+def _check_stage_guard(*, promotional: bool, aimed_at: set[tuple[str, str]], override: bool,
+                       actor, what: str) -> bool:
+    """Refuse promotion aimed at newcomers unless an admin overrides it; answers whether the
+    override is in force (to be recorded)."""
+    hit = aimed_at & GUARDED_STAGES
+    if not promotional or not hit:
+        return False
+    if override and access.is_admin(actor):
+        return True
+    names = ", ".join(f"{m}:{s}" for m, s in sorted(hit))
+    if override:
+        raise ApplicationError(_("override_stage_guard: only an admin may override the stage "
+                                 "guard"))
+    raise ApplicationError(
+        _("%(what)s: promotional messages to customers in %(stages)s are refused — a newcomer "
+          "who is sold to before trusting the brand deletes it (seed 000). Send service or "
+          "content instead, exclude these stages, or ask an admin to override explicitly "
+          "(override_stage_guard).") % {"what": what, "stages": names})
+
+
+def _check_steps(steps: list[dict]) -> None:
+    orders = [s.get("order") for s in steps]
+    if len(set(orders)) != len(orders):
+        raise ApplicationError(_("steps: each step has its own order"))
+    for index, step in enumerate(steps):
+        path = f"steps[{index}]"
+        templates.check_template(step.get("template", ""), path=f"{path}.template")
+        if step.get("condition") is not None:
+            try:
+                conditions.validate(step["condition"])
+            except conditions.ConditionError as exc:
+                raise ApplicationError(f"{path}.condition.{exc.message}") from exc
+        if (step.get("day") is None) != (step.get("at_time") is None):
+            raise ApplicationError(_("%(path)s: give both day and at_time, or neither")
+                                   % {"path": path})
+
+
+@transaction.atomic
+def sop_save(*, sop: Sop | None, actor, steps: list[dict] | None = None, **fields) -> Sop:
+    """Create or change an SOP with its whole list of steps."""
+    sop = sop or Sop(created_by=actor)
+    override = fields.pop("override_stage_guard", False)
+    for name, value in fields.items():
+        setattr(sop, name, value)
+    if sop.stage.model_id != sop.model_id:
+        raise ApplicationError(_("stage: %(stage)s is not a stage of %(model)s")
+                               % {"stage": sop.stage.key, "model": sop.model.key})
+    if not 0 <= sop.holdout_percent <= 50:
+        raise ApplicationError(_("holdout_percent: between 0 and 50"))
+    if sop.goal is not None:
+        try:
+            conditions.validate(sop.goal)
+        except conditions.ConditionError as exc:
+            raise ApplicationError(f"goal.{exc.message}") from exc
+    if steps is None:
+        steps = list(sop.steps.values("order", "delay_minutes", "day", "at_time", "channel",
+                                      "category", "template", "condition")) if sop.pk else []
+    _check_steps(steps)
+    overridden = _check_stage_guard(
+        promotional=any(s.get("category") == Category.PROMOTIONAL for s in steps),
+        aimed_at={(sop.model.key, sop.stage.key)}, override=override or sop.override_stage_guard,
+        actor=actor, what="steps")
+    if overridden and not sop.override_stage_guard:
+        sop.override_stage_guard, sop.overridden_by = True, actor
+        logger.warning("campaigns.stage_guard_overridden", extra={"sop": sop.pk,
+                                                                  "by": actor.pk})
+    sop.full_clean()
+    sop.save()
+    existing = {s.order: s for s in sop.steps.all()}
+    for data in steps:
+        step = existing.pop(data["order"], None) or SopStep(sop=sop, order=data["order"])
+        for name in ("delay_minutes", "day", "at_time", "channel", "category", "template",
+                     "condition"):
+            if name in data:
+                setattr(step, name, data[name])
+        step.full_clean(exclude=["sop"])
+        step.save()
+    for step in existing.values():
+        step.delete()
+    return sop
+
+
+# --- Enrolment (the lifecycle transition hook) ---------------------------------------------
+
+def _in_holdout(sop_id: int, customer_id: int, entered_at: datetime, percent: int) -> bool:
+    if percent <= 0:
+        return False
+    digest = hashlib.sha256(f"{sop_id}:{customer_id}:{entered_at.isoformat()}".encode())
+    return int.from_bytes(digest.digest()[:4], "big") % 100 < percent
+
+
+def _step_due(step: SopStep, entered_at: datetime) -> datetime:
+    if step.day is not None and step.at_time is not None:
+        local = timezone.localtime(entered_at)
+        day = (local + timedelta(days=step.day)).date()
+        return timezone.make_aware(datetime.combine(day, step.at_time),
+                                   timezone.get_current_timezone())
+    return entered_at + timedelta(minutes=step.delay_minutes)
+
+
+def sops_on_stage_entered(entry: StageEntry) -> None:
+    """The hook lifecycle calls when customers enter a stage: end their enrolments in other
+    stages of the model, enrol them in this stage's SOPs and queue every step's message."""
+    exit_left_stage(model_key=entry.model, stage_key=entry.stage, customer_ids=entry.customer_ids)
+    customer_ids = _enrollable(entry)
+    if not customer_ids:
+        return
+    for sop in (Sop.objects.filter(active=True, model__key=entry.model, stage__key=entry.stage)
+                .select_related("model", "stage")):
+        sop_enroll(sop=sop, customer_ids=customer_ids, entered_at=entry.at)
+    churn_warnings(entry, customer_ids)
+
+
+def _enrollable(entry: StageEntry) -> list[int]:
+    """Who of the entering customers to reach. A first placement is a welcome only for a
+    customer who really just arrived: when a model is first evaluated over the customers a
+    brand already has, greeting every one of them at once is the ad bombing seed 000 warns of.
+    """
+    if not entry.first_placement:
+        return list(entry.customer_ids)
+    recent = set(Customer.objects.filter(
+        pk__in=entry.first_placement,
+        joined_at__gte=entry.at - timedelta(hours=settings.OUTREACH_FIRST_PLACEMENT_HOURS))
+        .values_list("pk", flat=True))
+    return [c for c in entry.customer_ids if c not in entry.first_placement or c in recent]
+
+
+def exit_left_stage(*, model_key: str, stage_key: str, customer_ids: list[int]) -> int:
+    now = timezone.now()
+    leaving = Enrollment.objects.filter(
+        customer_id__in=customer_ids, sop__model__key=model_key,
+        status__in=[Enrollment.Status.ACTIVE, Enrollment.Status.HOLDOUT]).exclude(
+        sop__stage__key=stage_key)
+    ids = list(leaving.values_list("pk", flat=True))
+    if not ids:
+        return 0
+    Enrollment.objects.filter(pk__in=ids).update(status=Enrollment.Status.EXITED, ended_at=now,
+                                                 exit_reason="left_stage")
+    Message.objects.filter(enrollment_id__in=ids, status=Message.Status.QUEUED).update(
+        status=Message.Status.SKIPPED, skip_reason=Message.SkipReason.LEFT_STAGE)
+    return len(ids)
+
+
+def sop_enroll(*, sop: Sop, customer_ids: list[int], entered_at: datetime) -> int:
+    """Enrol customers (one entry enrols once) and queue the messages of every step."""
+    steps = list(sop.steps.filter(paused=False).order_by("order"))
+    rows = [(sop.pk, c, entered_at,
+             Enrollment.Status.HOLDOUT if _in_holdout(sop.pk, c, entered_at, sop.holdout_percent)
+             else Enrollment.Status.ACTIVE, "") for c in customer_ids]
+    created = insert_ignore_returning(
+        Enrollment, ("sop", "customer", "entered_at", "status", "exit_reason"), rows,
+        returning=("id", "customer", "status"))
+    active = {customer: pk for pk, customer, status in created
+              if status == Enrollment.Status.ACTIVE}
+    if not active or not steps:
+        return len(created)
+    stamp = int(entered_at.timestamp())
+    for step in steps:
+        texts = _render_many(step.template, sorted(active))
+        due = _step_due(step, entered_at)
+        Message.objects.bulk_create([
+            Message(customer_id=c, channel=step.channel, category=step.category, content=text,
+                    sop_step=step, enrollment_id=active[c], due_at=due,
+                    dedupe_key=f"sop:{step.pk}:{c}:{stamp}")
+            for c, text in texts.items()], batch_size=2000, ignore_conflicts=True)
+    transaction.on_commit(_kick_dispatch)
+    return len(created)
+
+
+def churn_warnings(entry: StageEntry, customer_ids: list[int]) -> int:
+    """Customers entering a warning stage (policy: value:dormant) become a to-do for their
+    owner: reach out before they are lost (seed 001: 对即将流失的用户要进行预警)."""
+    if (entry.model, entry.stage) not in {tuple(s.split(":", 1)) for s in
+                                          settings.OUTREACH_CHURN_WARNING_STAGES}:
+        return 0
+    stage = Stage.objects.filter(model__key=entry.model, key=entry.stage).first()
+    customers = Customer.objects.filter(pk__in=customer_ids).only("pk", "name",
+                                                                        "external_id", "owner")
+    stamp = int(entry.at.timestamp())
+    tasks = [OperatorTask(
+        assignee_id=c.owner_id, customer=c, kind=OperatorTask.Kind.CHURN_WARNING,
+        title=_("%(name)s is going quiet (%(stage)s): reach out one to one")
+        % {"name": c.name or c.external_id, "stage": stage.name if stage else entry.stage},
+        body=_("Ask how they are, offer help or a personal benefit; note what you learn."),
+        due_at=entry.at, dedupe_key=f"churn:{c.pk}:{stamp}") for c in customers]
+    OperatorTask.objects.bulk_create(tasks, batch_size=2000, ignore_conflicts=True)
+    return len(tasks)
+
+
+# --- Campaigns -----------------------------------------------------------------------------
+
+def _audience(campaign: Campaign):
+    condition = campaign.segment.condition if campaign.segment_id else campaign.condition
+    return Customer.objects.filter(conditions.compile_condition(condition))
+
+
+def _guarded_count(queryset) -> int:
+    in_guarded = Q()
+    for model_key, stage_key in GUARDED_STAGES:
+        in_guarded |= Q(Exists(CustomerStage.objects.filter(
+            customer=OuterRef("pk"), model__key=model_key, stage__key=stage_key)))
+    return queryset.filter(in_guarded).count()
+
+
+@transaction.atomic
+def campaign_save(*, campaign: Campaign | None, actor, **fields) -> Campaign:
+    campaign = campaign or Campaign(created_by=actor)
+    if campaign.pk and campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED):
+        raise ApplicationError(_("status: a campaign that has started cannot be changed"))
+    override = fields.pop("override_stage_guard", False)
+    for name, value in fields.items():
+        setattr(campaign, name, value)
+    if (campaign.segment_id is None) == (campaign.condition is None):
+        raise ApplicationError(_("condition: give a segment or a condition (one of them)"))
+    if campaign.condition is not None:
+        try:
+            conditions.validate(campaign.condition)
+        except conditions.ConditionError as exc:
+            raise ApplicationError(f"condition.{exc.message}") from exc
+    templates.check_template(campaign.template)
+    if campaign.category == Category.PROMOTIONAL:
+        guarded = _guarded_count(_audience(campaign))
+        if guarded:
+            stages = {key for key in GUARDED_STAGES}
+            overridden = _check_stage_guard(
+                promotional=True, aimed_at=stages,
+                override=override or campaign.override_stage_guard, actor=actor,
+                what=_("condition (%(n)d of the audience)") % {"n": guarded})
+            if overridden:
+                campaign.override_stage_guard, campaign.overridden_by = True, actor
+    campaign.full_clean()
+    campaign.save()
+    return campaign
+
+
+@transaction.atomic
+def campaign_schedule(*, campaign: Campaign, actor) -> Campaign:
+    """Start now, or at `send_at` (beat starts it then)."""
+    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED):
+        raise ApplicationError(_("status: the campaign is %(status)s already")
+                               % {"status": campaign.get_status_display()})
+    if campaign.send_at and campaign.send_at > timezone.now():
+        campaign.status = Campaign.Status.SCHEDULED
+        campaign.save(update_fields=["status", "updated_at"])
+        return campaign
+    return campaign_start(campaign=campaign)
+
+
+@transaction.atomic
+def campaign_start(*, campaign: Campaign) -> Campaign:
+    """Fix the audience: one queued message per customer, rendered now."""
+    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED):
+        return campaign
+    now = timezone.now()
+    audience = _audience(campaign)
+    if campaign.category == Category.PROMOTIONAL and not campaign.override_stage_guard:
+        # Customers who entered a guarded stage since the campaign was saved stay out.
+        for model_key, stage_key in GUARDED_STAGES:
+            audience = audience.exclude(Exists(CustomerStage.objects.filter(
+                customer=OuterRef("pk"), model__key=model_key, stage__key=stage_key)))
+    ids = list(audience.order_by("pk").values_list("pk", flat=True))
+    texts = _render_many(campaign.template, ids)
+    Message.objects.bulk_create([
+        Message(customer_id=c, channel=campaign.channel, category=campaign.category,
+                content=text, campaign=campaign, due_at=now,
+                dedupe_key=f"campaign:{campaign.pk}:{c}") for c, text in texts.items()],
+        batch_size=2000, ignore_conflicts=True)
+    campaign.status = Campaign.Status.SENDING
+    campaign.audience_size, campaign.started_at = len(texts), now
+    campaign.save(update_fields=["status", "audience_size", "started_at", "updated_at"])
+    transaction.on_commit(_kick_dispatch)
+    logger.info("campaigns.campaign_started", extra={"campaign": campaign.pk,
+                                                      "audience": len(texts)})
+    return campaign
+
+
+@transaction.atomic
+def campaign_cancel(*, campaign: Campaign) -> int:
+    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    if campaign.status in (Campaign.Status.DONE, Campaign.Status.CANCELLED):
+        raise ApplicationError(_("status: the campaign is %(status)s already")
+                               % {"status": campaign.get_status_display()})
+    skipped = Message.objects.filter(campaign=campaign, status=Message.Status.QUEUED).update(
+        status=Message.Status.SKIPPED, skip_reason=Message.SkipReason.CANCELLED)
+    campaign.status, campaign.finished_at = Campaign.Status.CANCELLED, timezone.now()
+    campaign.save(update_fields=["status", "finished_at", "updated_at"])
+    return skipped
+
+
+def campaigns_start_due(*, now: datetime | None = None) -> int:
+    now = now or timezone.now()
+    started = 0
+    for campaign in Campaign.objects.filter(status=Campaign.Status.SCHEDULED, send_at__lte=now):
+        campaign_start(campaign=campaign)
+        started += 1
+    return started
+
+
+def campaigns_finish() -> int:
+    """Sending campaigns with nothing left queued or in flight are done."""
+    pending = Message.objects.filter(campaign=OuterRef("pk"), status__in=[
+        Message.Status.QUEUED, Message.Status.SENDING])
+    return Campaign.objects.filter(status=Campaign.Status.SENDING).exclude(
+        Exists(pending)).update(status=Campaign.Status.DONE, finished_at=timezone.now())
+
+
+# --- The dispatcher ------------------------------------------------------------------------
+
+@dataclass
+class DispatchResult:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    held: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    duration_ms: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"claimed": self.claimed, "sent": self.sent, "failed": self.failed,
+                "retried": self.retried, "held": self.held, "skipped": dict(self.skipped),
+                "duration_ms": self.duration_ms}
+
+
+def quiet_window() -> tuple[dtime, dtime] | None:
+    raw = (settings.OUTREACH_QUIET_HOURS or "").strip()
+    if not raw:
+        return None
+    try:
+        start, end = (dtime.fromisoformat(part.strip()) for part in raw.split("-"))
+    except ValueError as exc:
+        raise ApplicationError(_("OUTREACH_QUIET_HOURS: use HH:MM-HH:MM, e.g. 22:00-08:00")
+                               ) from exc
+    return start, end
+
+
+def quiet_until(moment: datetime, tz, window) -> datetime | None:
+    """When the quiet window ends, if `moment` falls in it (in time zone `tz`); else None."""
+    if window is None:
+        return None
+    start, end = window
+    local = moment.astimezone(tz)
+    now_t = local.time()
+    inside = (start <= now_t < end) if start < end else (now_t >= start or now_t < end)
+    if not inside:
+        return None
+    day = local.date() if (start < end or now_t < end) else local.date() + timedelta(days=1)
+    return datetime.combine(day, end, tzinfo=tz)
+
+
+def _customer_tz(customer):
+    name = (customer.attributes or {}).get("timezone")
+    if name:
+        try:
+            return zoneinfo.ZoneInfo(str(name))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    return timezone.get_current_timezone()
+
+
+def _claim(batch_size: int, now: datetime) -> list[int]:
+    with transaction.atomic():
+        ids = list(Message.objects.select_for_update(skip_locked=True)
+                   .filter(status=Message.Status.QUEUED, due_at__lte=now)
+                   .order_by("due_at", "id").values_list("pk", flat=True)[:batch_size])
+        if ids:
+            Message.objects.filter(pk__in=ids).update(status=Message.Status.SENDING,
+                                                      claimed_at=now,
+                                                      attempts=F("attempts") + 1)
+    return ids
+
+
+def _skip(messages: list[Message], reason: str, result: DispatchResult) -> None:
+    if messages:
+        Message.objects.filter(pk__in=[m.pk for m in messages]).update(
+            status=Message.Status.SKIPPED, skip_reason=reason)
+        result.skipped[reason] += len(messages)
+
+
+def _promo_counts(messages: list[Message], now: datetime, pol: OutreachPolicy):
+    """Promotional messages already sent per (customer, channel): in the recent window and in
+    this calendar month."""
+    promo = [m for m in messages if m.category == Category.PROMOTIONAL]
+    if not promo:
+        return {}, {}
+    local_now = timezone.localtime(now)
+    month_start = local_now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    recent_start = now - timedelta(days=pol.promo_min_days_between)
+    rows = (Message.objects.filter(customer_id__in={m.customer_id for m in promo},
+                                   category=Category.PROMOTIONAL,
+                                   sent_at__gte=min(month_start, recent_start))
+            .values("customer_id", "channel")
+            .annotate(recent=Count("id", filter=Q(sent_at__gte=recent_start)),
+                      month=Count("id", filter=Q(sent_at__gte=month_start))))
+    recent = {(r["customer_id"], r["channel"]): r["recent"] for r in rows}
+    month = {(r["customer_id"], r["channel"]): r["month"] for r in rows}
+    return recent, month
+
+
+def messages_dispatch(*, batch_size: int = 500, max_batches: int | None = None,
+                      now: datetime | None = None) -> DispatchResult:
+    """Send every due message once: claim a batch, apply the send-time guards, send through
+    the channel's backend, record the outcome; until nothing is due."""
+    started = time.monotonic()
+    result = DispatchResult()
+    pol = policy()
+    window = quiet_window()
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        moment = now or timezone.now()
+        ids = _claim(batch_size, moment)
+        if not ids:
+            break
+        batches += 1
+        result.claimed += len(ids)
+        _process(ids, moment, pol, window, result)
+    result.duration_ms = round((time.monotonic() - started) * 1000)
+    if result.claimed:
+        logger.info("campaigns.dispatched", extra=result.as_dict())
+    return result
+
+
+def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
+             result: DispatchResult) -> None:
+    messages = list(Message.objects.filter(pk__in=ids).select_related(
+        "customer", "customer__owner", "sop_step__sop__stage", "sop_step__sop__model",
+        "enrollment", "campaign"))
+    customer_ids = [m.customer_id for m in messages]
+    stage_of = {(cs.customer_id, cs.model_id): cs.stage_id for cs in
+                CustomerStage.objects.filter(customer_id__in=customer_ids)}
+    recent, month = _promo_counts(messages, now, pol)
+    goal_hits: dict[int, set[int]] = {}
+    step_hits: dict[int, set[int]] = {}
+
+    def matching(tree, cache, key) -> set[int]:
+        if key not in cache:
+            cache[key] = set(Customer.objects.filter(
+                conditions.compile_condition(tree, customer_ids=customer_ids, now=now),
+                pk__in=customer_ids).values_list("pk", flat=True))
+        return cache[key]
+
+    to_send, held = [], []
+    skips: dict[str, list[Message]] = defaultdict(list)
+    ended: dict[str, list[int]] = defaultdict(list)
+    for m in messages:
+        customer, step = m.customer, m.sop_step
+        sop = step.sop if step else None
+        if m.campaign_id and m.campaign.status == Campaign.Status.CANCELLED:
+            skips[Message.SkipReason.CANCELLED].append(m)
+        elif customer.opted_out:
+            skips[Message.SkipReason.OPTED_OUT].append(m)
+        elif customer.status != Customer.Status.ACTIVE:
+            skips[Message.SkipReason.DELETED_US].append(m)
+            if m.enrollment_id:
+                ended["deleted_us"].append(m.enrollment_id)
+        elif (step and step.paused) or (m.campaign_id and m.campaign.paused):
+            skips[Message.SkipReason.PAUSED].append(m)
+        elif m.enrollment_id and m.enrollment.status != Enrollment.Status.ACTIVE:
+            skips[Message.SkipReason.LEFT_STAGE if m.enrollment.status ==
+                  Enrollment.Status.EXITED else Message.SkipReason.GOAL_REACHED].append(m)
+        elif sop and stage_of.get((customer.pk, sop.model_id)) != sop.stage_id:
+            skips[Message.SkipReason.LEFT_STAGE].append(m)
+            ended["left_stage"].append(m.enrollment_id)
+        elif sop and sop.goal and customer.pk in matching(sop.goal, goal_hits, sop.pk):
+            skips[Message.SkipReason.GOAL_REACHED].append(m)
+            ended["goal"].append(m.enrollment_id)
+        elif step and step.condition and customer.pk not in matching(step.condition, step_hits,
+                                                                     step.pk):
+            skips[Message.SkipReason.CONDITION].append(m)
+        else:
+            key = (customer.pk, m.channel)
+            if m.category == Category.PROMOTIONAL and (
+                    recent.get(key, 0) >= 1 or month.get(key, 0) >= pol.promo_max_per_month):
+                skips[Message.SkipReason.FREQUENCY_CAP].append(m)
+                continue
+            until = (quiet_until(now, _customer_tz(customer), window)
+                     if m.channel != Channel.MANUAL else None)
+            if until is not None:
+                held.append((m, until))
+                continue
+            if m.category == Category.PROMOTIONAL:
+                recent[key] = recent.get(key, 0) + 1
+                month[key] = month.get(key, 0) + 1
+            to_send.append(m)
+    for reason, rows in skips.items():
+        _skip(rows, reason, result)
+    for reason, enrollment_ids in ended.items():
+        Enrollment.objects.filter(pk__in=[e for e in enrollment_ids if e],
+                                  status=Enrollment.Status.ACTIVE).update(
+            status=(Enrollment.Status.GOAL if reason == "goal" else Enrollment.Status.EXITED),
+            ended_at=now, exit_reason=reason)
+        if reason != "goal":
+            Message.objects.filter(enrollment_id__in=[e for e in enrollment_ids if e],
+                                   status=Message.Status.QUEUED).update(
+                status=Message.Status.SKIPPED,
+                skip_reason=Message.SkipReason.LEFT_STAGE if reason == "left_stage"
+                else Message.SkipReason.DELETED_US)
+    for m, until in held:
+        # Held, not dropped: back in the queue until the window opens; not an attempt.
+        Message.objects.filter(pk=m.pk).update(status=Message.Status.QUEUED, due_at=until,
+                                               attempts=F("attempts") - 1, claimed_at=None)
+    result.held += len(held)
+    _send(to_send, now, pol, result)
+
+
+def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
+          result: DispatchResult) -> None:
+    sent, failed, retry = [], [], []
+    tasks = []
+    for m in messages:
+        if m.channel == Channel.MANUAL:
+            tasks.append(OperatorTask(
+                assignee_id=m.customer.owner_id, customer_id=m.customer_id,
+                kind=OperatorTask.Kind.FOLLOW_UP, message=m, due_at=m.due_at,
+                title=(_("Follow up one to one with %(name)s")
+                       % {"name": m.customer.name or m.customer.external_id}),
+                body=m.content, dedupe_key=f"message:{m.pk}"))
+            sent.append((m, f"task-{m.pk}"))
+            continue
+        outcome = backends.backend_for(m.channel).send(m)
+        if outcome.ok:
+            sent.append((m, outcome.provider_id))
+        elif outcome.transient and m.attempts < pol.max_attempts:
+            retry.append((m, outcome.error))
+        else:
+            failed.append((m, outcome.error))
+    if tasks:
+        OperatorTask.objects.bulk_create(tasks, ignore_conflicts=True)
+    for m, provider_id in sent:
+        m.status, m.sent_at, m.provider_id, m.last_error = (Message.Status.SENT, now,
+                                                            provider_id[:128], "")
+    for m, error in retry:
+        # Exponential backoff: 1, 2, 4, 8 … minutes, capped at an hour.
+        m.status, m.last_error = Message.Status.QUEUED, error
+        m.due_at = now + timedelta(minutes=min(60, 2 ** (m.attempts - 1)))
+        m.claimed_at = None
+    for m, error in failed:
+        m.status, m.last_error = Message.Status.FAILED, error
+    changed = [m for m, _x in sent] + [m for m, _x in retry] + [m for m, _x in failed]
+    Message.objects.bulk_update(changed, ["status", "sent_at", "provider_id", "last_error",
+                                          "due_at", "claimed_at"], batch_size=500)
+    result.sent += len(sent)
+    result.retried += len(retry)
+    result.failed += len(failed)
+
+
+def messages_sweep(*, stale_after_seconds: int = 300) -> int:
+    """Return rows stuck in `sending` (their worker died) to the queue."""
+    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
+    return Message.objects.filter(status=Message.Status.SENDING, claimed_at__lt=cutoff).update(
+        status=Message.Status.QUEUED, claimed_at=None)
+
+
+def _kick_dispatch() -> None:
+    from campaigns.tasks import dispatch_messages
+
+    dispatch_messages.delay()
+
+
+# --- Receipts ------------------------------------------------------------------------------
+
+RECEIPT_EVENTS = {"delivered": Event.Type.MESSAGE_DELIVERED, "read": Event.Type.MESSAGE_READ,
+                  "replied": Event.Type.MESSAGE_IN, "clicked": Event.Type.LINK_CLICKED}
+_STATUS_RANK = {Message.Status.SENT: 0, Message.Status.DELIVERED: 1, Message.Status.READ: 2,
+                Message.Status.REPLIED: 3}
+
+
+def receipts_record(*, items: list[dict], actor) -> dict[str, Any]:
+    """Delivery receipts (delivered / read / replied / clicked) for sent messages, by message
+    id or provider id; each becomes an event of the customer (idempotent by receipt)."""
+    from crm.services import check_batch, events_ingest, parse_timestamp
+
+    items = check_batch(items)
+    rejected, events, updates = [], [], []
+    by_id = {str(i.get("message")) for i in items if isinstance(i, dict) and i.get("message")}
+    by_provider = {str(i.get("provider_id")) for i in items if isinstance(i, dict)
+                   and i.get("provider_id")}
+    found = list(access.scope_customers(Message.objects.filter(
+        Q(pk__in=[int(x) for x in by_id if x.isdigit()]) | Q(provider_id__in=by_provider)),
+        actor, owner_field="customer__owner").select_related("customer"))
+    messages = {str(m.pk): m for m in found} | {m.provider_id: m for m in found if m.provider_id}
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            rejected.append({"index": index, "message": _("item is not an object")})
+            continue
+        kind = item.get("status")
+        if kind not in RECEIPT_EVENTS:
+            rejected.append({"index": index, "message": _("status: one of %(s)s")
+                             % {"s": ", ".join(RECEIPT_EVENTS)}})
+            continue
+        ref = str(item.get("message") or item.get("provider_id") or "")
+        message = messages.get(ref)
+        if message is None:
+            rejected.append({"index": index, "message": _("message: unknown message %(ref)r")
+                             % {"ref": ref}})
+            continue
+        try:
+            at = parse_timestamp(item.get("at"), "at", default_now=True)
+        except Exception as exc:
+            rejected.append({"index": index, "message": str(exc)})
+            continue
+        updates.append((message, kind, at))
+        events.append({"customer": message.customer.external_id, "type": RECEIPT_EVENTS[kind],
+                       "occurred_at": at.isoformat(),
+                       "idempotency_key": f"receipt:{message.pk}:{kind}",
+                       "data": {"message": message.pk, "channel": message.channel,
+                                **({"campaign": message.campaign_id} if message.campaign_id
+                                   else {}),
+                                **({"sop_step": message.sop_step_id} if message.sop_step_id
+                                   else {})}})
+    with transaction.atomic():
+        for message, kind, at in updates:
+            fields = {f"{kind}_at": at}
+            if kind != "clicked" and _STATUS_RANK.get(kind, -1) > _STATUS_RANK.get(
+                    message.status, 99):
+                fields["status"] = kind
+            Message.objects.filter(pk=message.pk).update(**fields)
+        report = events_ingest(items=events, actor=actor) if events else None
+    return {"accepted": report.accepted if report else 0,
+            "duplicates": report.duplicates if report else 0, "rejected": rejected}
+
+
+# --- The harassment signal -----------------------------------------------------------------
+
+def block_stats(*, step_ids=None, campaign_ids=None) -> dict[tuple[str, int], dict[str, int]]:
+    """Sends and blocks per SOP step and per campaign: a block is the customer deleting us
+    within the policy's window (48 h) after the message was sent."""
+    pol = policy()
+    window = ExpressionWrapper(OuterRef("sent_at") + timedelta(hours=pol.block_window_hours),
+                               output_field=DateTimeField())
+    blocked = Exists(Event.objects.filter(customer=OuterRef("customer"),
+                                          type=Event.Type.FRIEND_DELETED,
+                                          occurred_at__gte=OuterRef("sent_at"),
+                                          occurred_at__lt=window))
+    sent = Message.objects.filter(sent_at__isnull=False).exclude(channel=Channel.MANUAL)
+    out = {}
+    for key, column, ids in (("step", "sop_step", step_ids), ("campaign", "campaign",
+                                                              campaign_ids)):
+        rows = sent.filter(**{f"{column}__isnull": False})
+        if ids is not None:
+            rows = rows.filter(**{f"{column}__in": ids})
+        for row in (rows.annotate(blocked=blocked).values(column)
+                    .annotate(sends=Count("id"), blocks=Count("id", filter=Q(blocked=True)))):
+            out[(key, row[column])] = {"sends": row["sends"], "blocks": row["blocks"]}
+    return out
+
+
+def harassment_check() -> list[int]:
+    """Pause every step whose block rate is over the policy's threshold (after enough sends)
+    and alert the admins; answers the paused step ids."""
+    pol = policy()
+    paused = []
+    for (kind, pk), stats in block_stats(step_ids=SopStep.objects.filter(paused=False)
+                                         .values("pk")).items():
+        if kind != "step" or stats["sends"] < pol.block_min_sends:
+            continue
+        rate = stats["blocks"] / stats["sends"]
+        if rate <= float(pol.block_rate_pause):
+            continue
+        step = SopStep.objects.select_related("sop").get(pk=pk)
+        reason = _("%(blocks)d of %(sends)d customers (%(rate).1f%%) deleted us within "
+                   "%(hours)d h of this step") % {
+            "blocks": stats["blocks"], "sends": stats["sends"], "rate": rate * 100,
+            "hours": pol.block_window_hours}
+        SopStep.objects.filter(pk=pk).update(paused=True, paused_reason=reason[:300])
+        admins = User.objects.filter(Q(is_superuser=True) | Q(groups__name=access.ADMIN),
+                                     is_active=True).distinct()
+        OperatorTask.objects.bulk_create([OperatorTask(
+            assignee=admin, kind=OperatorTask.Kind.ALERT, due_at=timezone.now(),
+            title=_("SOP step paused: %(sop)s #%(order)d") % {"sop": step.sop.name,
+                                                             "order": step.order},
+            body=reason, dedupe_key=f"pause:{pk}:{admin.pk}:{stats['sends']}")
+            for admin in admins], ignore_conflicts=True)
+        logger.warning("campaigns.step_paused", extra={"step": pk, "rate": rate})
+        paused.append(pk)
+    return paused
+
+
+# --- Operator tasks ------------------------------------------------------------------------
+
+@transaction.atomic
+def task_close(*, task: OperatorTask, actor, status: str, note: str = "") -> OperatorTask:
+    if status not in (OperatorTask.Status.DONE, OperatorTask.Status.SKIPPED):
+        raise ApplicationError(_("status: done or skipped"))
+    if task.assignee_id != actor.pk and not access.is_admin(actor):
+        raise ApplicationError(_("This to-do is someone else's."))
+    task.status, task.closed_at, task.closed_note = status, timezone.now(), note[:300]
+    task.save(update_fields=["status", "closed_at", "closed_note", "updated_at"])
+    return task
