@@ -24,3 +24,28 @@ def campaign_progress(*, campaign: Campaign) -> dict[str, int]:
         counts = {state: found.get(state, 0) for state in PROGRESS_STATES}
     counts["total"] = sum(counts.values())
     return counts
+
+
+def today_for(*, user) -> dict:
+    """An operator's day: open to-dos (overdue first) and the messages due today for their
+    customers, counted by status, with the next ones to go out."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from campaigns.models import OperatorTask
+    from core import access
+
+    now = timezone.localtime()
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    end = start + timedelta(days=1)
+    tasks = (OperatorTask.objects.filter(assignee=user, status=OperatorTask.Status.OPEN,
+                                         due_at__lt=end)
+             .select_related("customer").order_by("due_at")[:200])
+    todays = access.scope_customers(Message.objects.filter(due_at__gte=start, due_at__lt=end),
+                                    user, owner_field="customer__owner")
+    counts = dict(todays.values_list("status").annotate(n=Count("id")))
+    upcoming = (todays.filter(status=Message.Status.QUEUED).select_related("customer")
+                .order_by("due_at")[:50])
+    return {"tasks": tasks, "counts": counts, "upcoming": upcoming, "now": now,
+            "total_today": sum(counts.values())}

@@ -46,6 +46,7 @@ urlpatterns = [
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("", include("campaigns.urls")),
     path("", include("tagging.urls")),
     path("", include("lifecycle.urls")),
     path("", include("crm.urls")),

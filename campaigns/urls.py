@@ -1,0 +1,10 @@
+from django.urls import path
+
+from campaigns import views
+
+app_name = "outreach"
+
+urlpatterns = [
+    path("today/", views.today, name="today"),
+    path("tasks/<int:pk>/close/", views.task_close, name="task-close"),
+]
