@@ -29,8 +29,10 @@ from lifecycle.models import Stage, StageModel
 from tagging.models import Segment
 
 
+# Conditions are validated by the services, which name where the condition is in the request
+# (`steps[0].condition.op: …`, `goal.…`, `condition.…`).
 class SopStepSerializer(serializers.ModelSerializer):
-    condition = ConditionField(required=False, allow_null=True)
+    condition = ConditionField(required=False, allow_null=True, check=False)
     stats = serializers.SerializerMethodField()
 
     class Meta:
@@ -47,7 +49,7 @@ class SopSerializer(serializers.ModelSerializer):
     model = serializers.SlugRelatedField(slug_field="key", queryset=StageModel.objects.all())
     stage = serializers.CharField(source="stage.key", help_text=gettext_lazy("Stage key."))
     steps = SopStepSerializer(many=True)
-    goal = ConditionField(required=False, allow_null=True)
+    goal = ConditionField(required=False, allow_null=True, check=False)
     override_stage_guard = serializers.BooleanField(
         required=False, help_text=gettext_lazy(
             "Admins only: send promotional steps to journey interest / value intro anyway."))
@@ -63,22 +65,29 @@ class SopSerializer(serializers.ModelSerializer):
 
 
 class CampaignSerializer(serializers.ModelSerializer):
-    condition = ConditionField(required=False, allow_null=True)
+    condition = ConditionField(required=False, allow_null=True, check=False)
     segment = serializers.PrimaryKeyRelatedField(queryset=Segment.objects.all(), required=False,
                                                  allow_null=True)
     override_stage_guard = serializers.BooleanField(required=False)
+    overridden_by = serializers.CharField(source="overridden_by.username", read_only=True,
+                                          default=None)
     progress = serializers.SerializerMethodField()
 
     class Meta:
         model = Campaign
         fields = ["id", "name", "condition", "segment", "channel", "category", "template",
                   "send_at", "status", "audience_size", "started_at", "finished_at",
-                  "override_stage_guard", "paused", "progress", "created_at"]
+                  "override_stage_guard", "overridden_by", "paused", "progress", "created_at"]
         read_only_fields = ["status", "audience_size", "started_at", "finished_at", "paused",
                             "created_at"]
 
     def get_progress(self, campaign) -> dict:
-        return selectors.campaign_progress(campaign=campaign)
+        progress = selectors.campaign_progress(campaign=campaign)
+        stats = self.context.get("stats", {}).get(("campaign", campaign.pk),
+                                                  {"sends": 0, "blocks": 0})
+        # A block: the customer deleted us within 48 h of this campaign's message.
+        return {**progress, "blocks": stats["blocks"],
+                "block_rate": round(stats["blocks"] / stats["sends"], 4) if stats["sends"] else 0}
 
 
 class MessageSerializer(serializers.ModelSerializer):
@@ -122,10 +131,23 @@ class SopViewSet(viewsets.ModelViewSet):
         "steps")
     filterset_fields = ["active"]
 
-    def get_serializer_context(self):
-        context = super().get_serializer_context()
-        context["stats"] = services.block_stats()
-        return context
+    def _with_stats(self, sops) -> dict:
+        """Sends and blocks of just the steps shown, not of the whole outbox."""
+        step_ids = [step.pk for sop in sops for step in sop.steps.all()]
+        return {**self.get_serializer_context(),
+                "stats": services.block_stats(step_ids=step_ids, campaign_ids=[])}
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        serializer = SopSerializer(page, many=True, context=self._with_stats(page))
+        return self.get_paginated_response(serializer.data)
+
+    def retrieve(self, request, *args, **kwargs):
+        sop = self.get_object()
+        return Response(SopSerializer(sop, context=self._with_stats([sop])).data)
+
+    def perform_destroy(self, instance):
+        services.sop_delete(sop=instance)
 
     def _save(self, serializer, sop):
         data = dict(serializer.validated_data)
@@ -162,6 +184,20 @@ class CampaignViewSet(viewsets.ModelViewSet):
     def get_queryset(self):
         return selectors.campaign_list()
 
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        if self.action == "retrieve" and self.kwargs.get("pk", "").isdigit():
+            context["stats"] = services.block_stats(step_ids=[],
+                                                    campaign_ids=[int(self.kwargs["pk"])])
+        return context
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        context = {**self.get_serializer_context(), "stats": services.block_stats(
+            step_ids=[], campaign_ids=[c.pk for c in page])}
+        return self.get_paginated_response(CampaignSerializer(page, many=True,
+                                                              context=context).data)
+
     def perform_create(self, serializer):
         serializer.instance = services.campaign_save(campaign=None, actor=self.request.user,
                                                      **serializer.validated_data)
@@ -170,6 +206,9 @@ class CampaignViewSet(viewsets.ModelViewSet):
         serializer.instance = services.campaign_save(campaign=serializer.instance,
                                                      actor=self.request.user,
                                                      **serializer.validated_data)
+
+    def perform_destroy(self, instance):
+        services.campaign_delete(campaign=instance)
 
     @extend_schema(request=None, responses=CampaignSerializer)
     @action(detail=True, methods=["post"])

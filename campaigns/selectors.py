@@ -10,9 +10,11 @@ PROGRESS_STATES = ("queued", "sending", "sent", "delivered", "read", "replied", 
 
 def campaign_list() -> QuerySet[Campaign]:
     """Campaigns with their messages counted by status in the same query (progress)."""
-    return Campaign.objects.select_related("segment").annotate(**{
+    # Explicitly ordered: Meta.ordering is not applied to a GROUP BY query, and an unordered
+    # list pages unpredictably.
+    return Campaign.objects.select_related("segment", "overridden_by").annotate(**{
         f"n_{state}": Count("messages", filter=Q(messages__status=state))
-        for state in PROGRESS_STATES})
+        for state in PROGRESS_STATES}).order_by("-created_at", "-id")
 
 
 def campaign_progress(*, campaign: Campaign) -> dict[str, int]:

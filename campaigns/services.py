@@ -53,6 +53,8 @@ User = get_user_model()
 # Stages where promotion drives newcomers away (seed 000: 广告轰炸 gets the brand deleted).
 GUARDED_STAGES = {("journey", "interest"), ("value", "intro")}
 RENDER_CHUNK = 2000
+# Channels that reach the customer through the WeCom relationship: closed once they delete us.
+RELATIONSHIP_CHANNELS = {Channel.WECOM, Channel.MANUAL, Channel.WEBHOOK, Channel.CONSOLE}
 
 
 def policy() -> OutreachPolicy:
@@ -124,6 +126,13 @@ def _check_stage_guard(*, promotional: bool, aimed_at: set[tuple[str, str]], ove
           "(override_stage_guard).") % {"what": what, "stages": names})
 
 
+def _condition_error(where: str, exc: conditions.ConditionError) -> ApplicationError:
+    """A condition's error named by where the condition is in the request
+    (`steps[0].condition.all[1].op: …`)."""
+    return ApplicationError(f"{where}.{exc.message}" if exc.path else f"{where}: {exc.message}",
+                            extra=exc.extra)
+
+
 def _check_steps(steps: list[dict]) -> None:
     orders = [s.get("order") for s in steps]
     if len(set(orders)) != len(orders):
@@ -135,7 +144,7 @@ def _check_steps(steps: list[dict]) -> None:
             try:
                 conditions.validate(step["condition"])
             except conditions.ConditionError as exc:
-                raise ApplicationError(f"{path}.condition.{exc.message}") from exc
+                raise _condition_error(f"{path}.condition", exc) from exc
         if (step.get("day") is None) != (step.get("at_time") is None):
             raise ApplicationError(_("%(path)s: give both day and at_time, or neither")
                                    % {"path": path})
@@ -157,7 +166,7 @@ def sop_save(*, sop: Sop | None, actor, steps: list[dict] | None = None, **field
         try:
             conditions.validate(sop.goal)
         except conditions.ConditionError as exc:
-            raise ApplicationError(f"goal.{exc.message}") from exc
+            raise _condition_error("goal", exc) from exc
     if steps is None:
         steps = list(sop.steps.values("order", "delay_minutes", "day", "at_time", "channel",
                                       "category", "template", "condition")) if sop.pk else []
@@ -181,9 +190,24 @@ def sop_save(*, sop: Sop | None, actor, steps: list[dict] | None = None, **field
                 setattr(step, name, data[name])
         step.full_clean(exclude=["sop"])
         step.save()
+    if existing:
+        # A step taken out of the SOP sends nothing more, also to customers already enrolled.
+        Message.objects.filter(sop_step__in=existing.values(), status=Message.Status.QUEUED
+                               ).update(status=Message.Status.SKIPPED,
+                                        skip_reason=Message.SkipReason.PAUSED)
     for step in existing.values():
         step.delete()
     return sop
+
+
+@transaction.atomic
+def sop_delete(*, sop: Sop) -> None:
+    """Delete an SOP that never enrolled anyone; one with history is deactivated instead, so
+    its enrolments and sent messages stay on record."""
+    if sop.enrollments.exists():
+        raise ApplicationError(_("This SOP has enrolled customers; deactivate it (active: "
+                                 "false) to keep its history."))
+    sop.delete()
 
 
 # --- Enrolment (the lifecycle transition hook) ---------------------------------------------
@@ -224,26 +248,32 @@ def _enrollable(entry: StageEntry) -> list[int]:
     """
     if not entry.first_placement:
         return list(entry.customer_ids)
+    # The recent joiners are few (index on joined_at); intersecting in Python keeps a first
+    # evaluation of a million customers from sending a million-long IN list.
     recent = set(Customer.objects.filter(
-        pk__in=entry.first_placement,
         joined_at__gte=entry.at - timedelta(hours=settings.OUTREACH_FIRST_PLACEMENT_HOURS))
         .values_list("pk", flat=True))
     return [c for c in entry.customer_ids if c not in entry.first_placement or c in recent]
 
 
 def exit_left_stage(*, model_key: str, stage_key: str, customer_ids: list[int]) -> int:
+    """End the enrolments these customers have in other stages of the model."""
     now = timezone.now()
-    leaving = Enrollment.objects.filter(
-        customer_id__in=customer_ids, sop__model__key=model_key,
+    entered = set(customer_ids)
+    # Running enrolments are few next to the customers a full evaluation moves: read them and
+    # intersect here instead of sending every moved id to the database.
+    ids = [pk for pk, customer_id in Enrollment.objects.filter(
+        sop__model__key=model_key,
         status__in=[Enrollment.Status.ACTIVE, Enrollment.Status.HOLDOUT]).exclude(
-        sop__stage__key=stage_key)
-    ids = list(leaving.values_list("pk", flat=True))
+        sop__stage__key=stage_key).values_list("pk", "customer_id") if customer_id in entered]
     if not ids:
         return 0
-    Enrollment.objects.filter(pk__in=ids).update(status=Enrollment.Status.EXITED, ended_at=now,
-                                                 exit_reason="left_stage")
-    Message.objects.filter(enrollment_id__in=ids, status=Message.Status.QUEUED).update(
-        status=Message.Status.SKIPPED, skip_reason=Message.SkipReason.LEFT_STAGE)
+    for start in range(0, len(ids), 10_000):
+        chunk = ids[start:start + 10_000]
+        Enrollment.objects.filter(pk__in=chunk).update(
+            status=Enrollment.Status.EXITED, ended_at=now, exit_reason="left_stage")
+        Message.objects.filter(enrollment_id__in=chunk, status=Message.Status.QUEUED).update(
+            status=Message.Status.SKIPPED, skip_reason=Message.SkipReason.LEFT_STAGE)
     return len(ids)
 
 
@@ -280,15 +310,19 @@ def churn_warnings(entry: StageEntry, customer_ids: list[int]) -> int:
                                           settings.OUTREACH_CHURN_WARNING_STAGES}:
         return 0
     stage = Stage.objects.filter(model__key=entry.model, key=entry.stage).first()
-    customers = Customer.objects.filter(pk__in=customer_ids).only("pk", "name",
-                                                                        "external_id", "owner")
     stamp = int(entry.at.timestamp())
-    tasks = [OperatorTask(
-        assignee_id=c.owner_id, customer=c, kind=OperatorTask.Kind.CHURN_WARNING,
-        title=_("%(name)s is going quiet (%(stage)s): reach out one to one")
-        % {"name": c.name or c.external_id, "stage": stage.name if stage else entry.stage},
-        body=_("Ask how they are, offer help or a personal benefit; note what you learn."),
-        due_at=entry.at, dedupe_key=f"churn:{c.pk}:{stamp}") for c in customers]
+    tasks = []
+    for start in range(0, len(customer_ids), 10_000):
+        for c in Customer.objects.filter(pk__in=customer_ids[start:start + 10_000]).only(
+                "pk", "name", "external_id", "owner"):
+            tasks.append(OperatorTask(
+                assignee_id=c.owner_id, customer=c, kind=OperatorTask.Kind.CHURN_WARNING,
+                title=_("%(name)s is going quiet (%(stage)s): reach out one to one")
+                % {"name": c.name or c.external_id,
+                   "stage": stage.name if stage else entry.stage},
+                body=_("Ask how they are, offer help or a personal benefit; note what you "
+                       "learn."),
+                due_at=entry.at, dedupe_key=f"churn:{c.pk}:{stamp}"))
     OperatorTask.objects.bulk_create(tasks, batch_size=2000, ignore_conflicts=True)
     return len(tasks)
 
@@ -322,7 +356,7 @@ def campaign_save(*, campaign: Campaign | None, actor, **fields) -> Campaign:
         try:
             conditions.validate(campaign.condition)
         except conditions.ConditionError as exc:
-            raise ApplicationError(f"condition.{exc.message}") from exc
+            raise _condition_error("condition", exc) from exc
     templates.check_template(campaign.template)
     if campaign.category == Category.PROMOTIONAL:
         guarded = _guarded_count(_audience(campaign))
@@ -380,6 +414,18 @@ def campaign_start(*, campaign: Campaign) -> Campaign:
     logger.info("campaigns.campaign_started", extra={"campaign": campaign.pk,
                                                       "audience": len(texts)})
     return campaign
+
+
+@transaction.atomic
+def campaign_delete(*, campaign: Campaign) -> None:
+    """Only a campaign that has not started may be deleted: once it sends, its messages and
+    their outcomes are history (and a deleted sending campaign would leave its queue behind,
+    still to be sent)."""
+    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED):
+        raise ApplicationError(_("status: a campaign that has started cannot be deleted; "
+                                 "cancel it instead"))
+    campaign.delete()
 
 
 @transaction.atomic
@@ -482,7 +528,8 @@ def _skip(messages: list[Message], reason: str, result: DispatchResult) -> None:
     if messages:
         Message.objects.filter(pk__in=[m.pk for m in messages]).update(
             status=Message.Status.SKIPPED, skip_reason=reason)
-        result.skipped[reason] += len(messages)
+        # A plain string key: the result is printed by the command and returned by the task.
+        result.skipped[str(reason)] += len(messages)
 
 
 def _promo_counts(messages: list[Message], now: datetime, pol: OutreachPolicy):
@@ -528,11 +575,20 @@ def messages_dispatch(*, batch_size: int = 500, max_batches: int | None = None,
     return result
 
 
+# Why an enrolment ended → the skip reason of its messages.
+_EXIT_SKIP = {"left_stage": Message.SkipReason.LEFT_STAGE,
+              "opted_out": Message.SkipReason.OPTED_OUT,
+              "deleted_us": Message.SkipReason.DELETED_US,
+              "goal": Message.SkipReason.GOAL_REACHED}
+
+
 def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
              result: DispatchResult) -> None:
+    # In due order (not the model's newest-first): when a guard lets only one of a customer's
+    # messages through (the frequency cap), it is the one that was due first.
     messages = list(Message.objects.filter(pk__in=ids).select_related(
         "customer", "customer__owner", "sop_step__sop__stage", "sop_step__sop__model",
-        "enrollment", "campaign"))
+        "enrollment", "campaign").order_by("due_at", "id"))
     customer_ids = [m.customer_id for m in messages]
     stage_of = {(cs.customer_id, cs.model_id): cs.stage_id for cs in
                 CustomerStage.objects.filter(customer_id__in=customer_ids)}
@@ -542,9 +598,17 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
 
     def matching(tree, cache, key) -> set[int]:
         if key not in cache:
-            cache[key] = set(Customer.objects.filter(
-                conditions.compile_condition(tree, customer_ids=customer_ids, now=now),
-                pk__in=customer_ids).values_list("pk", flat=True))
+            try:
+                compiled = conditions.compile_condition(tree, customer_ids=customer_ids, now=now)
+            except ApplicationError as exc:
+                # A condition that no longer compiles (a tag it names was deleted) is met by no
+                # one; it must not hold up the batch — and the outbox behind it.
+                logger.error("campaigns.condition_broken", extra={"key": key,
+                                                                  "error": exc.message})
+                cache[key] = set()
+            else:
+                cache[key] = set(Customer.objects.filter(compiled, pk__in=customer_ids)
+                                 .values_list("pk", flat=True))
         return cache[key]
 
     to_send, held = [], []
@@ -557,15 +621,24 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
             skips[Message.SkipReason.CANCELLED].append(m)
         elif customer.opted_out:
             skips[Message.SkipReason.OPTED_OUT].append(m)
-        elif customer.status != Customer.Status.ACTIVE:
-            skips[Message.SkipReason.DELETED_US].append(m)
             if m.enrollment_id:
+                ended["opted_out"].append(m.enrollment_id)
+        elif customer.status != Customer.Status.ACTIVE and m.channel in RELATIONSHIP_CHANNELS:
+            # Gone from WeCom: nothing more through the relationship. SMS and e-mail can still
+            # ask those who left why (seed 001: 对于已流失的用户，可通过邮件、短信等方式进行挽回).
+            skips[Message.SkipReason.DELETED_US].append(m)
+            if m.enrollment_id and not (m.sop_step and m.sop_step.sop.steps.exclude(
+                    channel__in=RELATIONSHIP_CHANNELS).exists()):
                 ended["deleted_us"].append(m.enrollment_id)
-        elif (step and step.paused) or (m.campaign_id and m.campaign.paused):
+        elif (step and (step.paused or not sop.active)) or (m.campaign_id and
+                                                            m.campaign.paused):
+            # A paused step or campaign, or a deactivated SOP, sends nothing more.
             skips[Message.SkipReason.PAUSED].append(m)
         elif m.enrollment_id and m.enrollment.status != Enrollment.Status.ACTIVE:
-            skips[Message.SkipReason.LEFT_STAGE if m.enrollment.status ==
-                  Enrollment.Status.EXITED else Message.SkipReason.GOAL_REACHED].append(m)
+            skips[Message.SkipReason.GOAL_REACHED
+                  if m.enrollment.status == Enrollment.Status.GOAL
+                  else _EXIT_SKIP.get(m.enrollment.exit_reason,
+                                      Message.SkipReason.LEFT_STAGE)].append(m)
         elif sop and stage_of.get((customer.pk, sop.model_id)) != sop.stage_id:
             skips[Message.SkipReason.LEFT_STAGE].append(m)
             ended["left_stage"].append(m.enrollment_id)
@@ -593,16 +666,15 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
     for reason, rows in skips.items():
         _skip(rows, reason, result)
     for reason, enrollment_ids in ended.items():
+        # The SOP ends for these customers: the enrolment says why, and its later messages are
+        # skipped now (with the same reason) instead of waiting in the queue.
         Enrollment.objects.filter(pk__in=[e for e in enrollment_ids if e],
                                   status=Enrollment.Status.ACTIVE).update(
             status=(Enrollment.Status.GOAL if reason == "goal" else Enrollment.Status.EXITED),
             ended_at=now, exit_reason=reason)
-        if reason != "goal":
-            Message.objects.filter(enrollment_id__in=[e for e in enrollment_ids if e],
-                                   status=Message.Status.QUEUED).update(
-                status=Message.Status.SKIPPED,
-                skip_reason=Message.SkipReason.LEFT_STAGE if reason == "left_stage"
-                else Message.SkipReason.DELETED_US)
+        Message.objects.filter(enrollment_id__in=[e for e in enrollment_ids if e],
+                               status=Message.Status.QUEUED).update(
+            status=Message.Status.SKIPPED, skip_reason=_EXIT_SKIP[reason])
     for m, until in held:
         # Held, not dropped: back in the queue until the window opens; not an attempt.
         Message.objects.filter(pk=m.pk).update(status=Message.Status.QUEUED, due_at=until,
@@ -625,7 +697,12 @@ def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
                 body=m.content, dedupe_key=f"message:{m.pk}"))
             sent.append((m, f"task-{m.pk}"))
             continue
-        outcome = backends.backend_for(m.channel).send(m)
+        try:
+            outcome = backends.backend_for(m.channel).send(m)
+        except Exception as exc:   # a backend's bug must not lose what the batch already sent
+            logger.exception("campaigns.backend_error", extra={"message_id": m.pk})
+            outcome = backends.SendResult(ok=False, transient=True,
+                                          error=f"{type(exc).__name__}: {exc}"[:500])
         if outcome.ok:
             sent.append((m, outcome.provider_id))
         elif outcome.transient and m.attempts < pol.max_attempts:
@@ -718,11 +795,14 @@ def receipts_record(*, items: list[dict], actor) -> dict[str, Any]:
                                    else {})}})
     with transaction.atomic():
         for message, kind, at in updates:
-            fields = {f"{kind}_at": at}
-            if kind != "clicked" and _STATUS_RANK.get(kind, -1) > _STATUS_RANK.get(
-                    message.status, 99):
-                fields["status"] = kind
-            Message.objects.filter(pk=message.pk).update(**fields)
+            # Idempotent and order-proof: a repeated receipt keeps the time first recorded, and
+            # a late "delivered" never moves a read or replied message back.
+            Message.objects.filter(pk=message.pk, **{f"{kind}_at__isnull": True}).update(
+                **{f"{kind}_at": at})
+            if kind != "clicked":
+                Message.objects.filter(pk=message.pk, status__in=[
+                    s for s, rank in _STATUS_RANK.items() if rank < _STATUS_RANK[kind]]).update(
+                    status=kind)
         report = events_ingest(items=events, actor=actor) if events else None
     return {"accepted": report.accepted if report else 0,
             "duplicates": report.duplicates if report else 0, "rejected": rejected}

@@ -32,17 +32,35 @@ def compile_template(source: str, *, path: str = "template"):
                                % {"path": path, "error": exc}) from exc
 
 
+# What a template may read of a customer: the fields of the customer resource (DESIGN §4). A
+# template gets these values, never the model instance, so it cannot walk relations to other
+# customers (`customer.channel.customers.all`) or to staff accounts (`customer.owner.password`).
+CUSTOMER_FIELDS = ("id", "external_id", "name", "phone", "gender", "city", "joined_at", "status",
+                   "opted_out", "attributes", "orders_count", "total_spent", "first_order_at",
+                   "last_order_at", "last_active_at")
+
+
+def _customer_values(customer, owner: SimpleNamespace) -> SimpleNamespace:
+    channel = getattr(customer, "channel", None)
+    return SimpleNamespace(
+        pk=getattr(customer, "id", None),
+        **{name: getattr(customer, name, None) for name in CUSTOMER_FIELDS},
+        channel=SimpleNamespace(code=channel.code, name=channel.name) if channel else None,
+        owner=owner)
+
+
 def context_for(customer, *, tags: list[str], stages: dict[str, str],
                 categories: list[str]) -> dict[str, Any]:
     owner = customer.owner
+    owner_values = SimpleNamespace(username=owner.get_username(),
+                                   name=owner.get_full_name() or owner.get_username())
     return {
-        "customer": customer,
+        "customer": _customer_values(customer, owner_values),
         "name": customer.name or _("customer"),
         "tags": tags,
         "stages": stages,
         "categories": categories,
-        "owner": SimpleNamespace(username=owner.get_username(),
-                                 name=owner.get_full_name() or owner.get_username()),
+        "owner": owner_values,
         "now": timezone.localtime(),
     }
 

@@ -29,8 +29,11 @@ def _flatten(detail: Any, path: str = "") -> list[str]:
     if isinstance(detail, dict):
         lines = []
         for key, value in detail.items():
-            key = "" if key == "non_field_errors" else str(key)
-            sub = f"{path}.{key}" if path and key else (path or key)
+            if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+                sub = f"{path}[{key}]"          # a list field's errors come keyed by index
+            else:
+                key = "" if key == "non_field_errors" else str(key)
+                sub = f"{path}.{key}" if path and key else (path or key)
             lines.extend(_flatten(value, sub))
         return lines
     if isinstance(detail, list):

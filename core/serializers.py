@@ -20,7 +20,11 @@ class ConditionField(serializers.JSONField):
     def to_internal_value(self, data):
         data = super().to_internal_value(data)
         if self.check and data is not None:
-            conditions.validate(data)
+            try:
+                conditions.validate(data)
+            except conditions.ConditionError as exc:
+                # As a field error, so the answer names the field: "condition: all[2].op: …".
+                raise serializers.ValidationError(exc.message) from exc
         return data
 
 

@@ -404,8 +404,8 @@ def test_the_stage_condition_in_a_segment_preview(shown, operator, admin_user, e
     unknown_stage = preview(admin_user, {**dormant, "value": ["asleep"]})
     assert unknown_stage.status_code == 400
     assert unknown_stage.json()["message"] == (
-        "value[0]: model 'value' has no stage 'asleep'; it has churn, dormant, growth, intro, "
-        "mature")
+        "condition: value[0]: model 'value' has no stage 'asleep'; it has churn, dormant, "
+        "growth, intro, mature")
     unknown_model = preview(admin_user, {**dormant, "model": "rfm"})
     assert unknown_model.status_code == 400
     assert "unknown stage model 'rfm'" in unknown_model.json()["message"]
