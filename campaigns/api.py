@@ -38,8 +38,8 @@ class SopStepSerializer(serializers.ModelSerializer):
     class Meta:
         model = SopStep
         fields = ["id", "order", "delay_minutes", "day", "at_time", "channel", "category",
-                  "template", "condition", "paused", "paused_reason", "stats"]
-        read_only_fields = ["paused_reason"]
+                  "template", "condition", "paused", "paused_reason", "counted_since", "stats"]
+        read_only_fields = ["paused_reason", "counted_since"]
 
     def get_stats(self, step) -> dict:
         return self.context.get("stats", {}).get(("step", step.pk), {"sends": 0, "blocks": 0})

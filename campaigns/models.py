@@ -79,6 +79,9 @@ class SopStep(models.Model):
     condition = models.JSONField(_("extra condition"), null=True, blank=True)
     paused = models.BooleanField(_("paused"), default=False)
     paused_reason = models.CharField(_("paused because"), max_length=300, blank=True)
+    counted_since = models.DateTimeField(
+        _("block rate counted since"), null=True, blank=True,
+        help_text=_("Set when a paused step is resumed: its block rate starts afresh."))
 
     class Meta:
         verbose_name = _("SOP step")

@@ -182,14 +182,24 @@ def sop_save(*, sop: Sop | None, actor, steps: list[dict] | None = None, **field
     sop.full_clean()
     sop.save()
     existing = {s.order: s for s in sop.steps.all()}
+    now = timezone.now()
     for data in steps:
         step = existing.pop(data["order"], None) or SopStep(sop=sop, order=data["order"])
+        old_template = step.template if step.pk else None
         for name in ("delay_minutes", "day", "at_time", "channel", "category", "template",
                      "condition"):
             if name in data:
                 setattr(step, name, data[name])
+        if "paused" in data and step.pk and step.paused and not data["paused"]:
+            # Resumed: the block rate starts afresh, or the old sends would pause it again.
+            step.paused, step.paused_reason, step.counted_since = False, "", now
+        elif data.get("paused") and not step.paused:
+            step.paused, step.paused_reason = True, _("paused by %(user)s") % {
+                "user": actor.get_username()}
         step.full_clean(exclude=["sop"])
         step.save()
+        if old_template is not None and step.template != old_template:
+            _rerender_queued(step)
     if existing:
         # A step taken out of the SOP sends nothing more, also to customers already enrolled.
         Message.objects.filter(sop_step__in=existing.values(), status=Message.Status.QUEUED
@@ -208,6 +218,18 @@ def sop_delete(*, sop: Sop) -> None:
         raise ApplicationError(_("This SOP has enrolled customers; deactivate it (active: "
                                  "false) to keep its history."))
     sop.delete()
+
+
+def _rerender_queued(step: SopStep) -> int:
+    """A corrected template reaches the messages not sent yet."""
+    queued = dict(Message.objects.filter(sop_step=step, status=Message.Status.QUEUED)
+                  .values_list("customer_id", "pk"))
+    if not queued:
+        return 0
+    texts = _render_many(step.template, sorted(queued))
+    rows = [Message(pk=queued[c], content=text) for c, text in texts.items()]
+    Message.objects.bulk_update(rows, ["content"], batch_size=1000)
+    return len(rows)
 
 
 # --- Enrolment (the lifecycle transition hook) ---------------------------------------------
@@ -681,6 +703,18 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
                                                attempts=F("attempts") - 1, claimed_at=None)
     result.held += len(held)
     _send(to_send, now, pol, result)
+    _complete_enrollments({m.enrollment_id for m in messages if m.enrollment_id}, now)
+
+
+def _complete_enrollments(enrollment_ids: set[int], now: datetime) -> int:
+    """Enrolments with no message left to send have completed their SOP."""
+    if not enrollment_ids:
+        return 0
+    pending = Message.objects.filter(enrollment=OuterRef("pk"), status__in=[
+        Message.Status.QUEUED, Message.Status.SENDING])
+    return Enrollment.objects.filter(pk__in=enrollment_ids, status=Enrollment.Status.ACTIVE
+                                     ).exclude(Exists(pending)).update(
+        status=Enrollment.Status.COMPLETED, ended_at=now, exit_reason="")
 
 
 def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
@@ -820,7 +854,9 @@ def block_stats(*, step_ids=None, campaign_ids=None) -> dict[tuple[str, int], di
                                           type=Event.Type.FRIEND_DELETED,
                                           occurred_at__gte=OuterRef("sent_at"),
                                           occurred_at__lt=window))
-    sent = Message.objects.filter(sent_at__isnull=False).exclude(channel=Channel.MANUAL)
+    sent = Message.objects.filter(sent_at__isnull=False).exclude(channel=Channel.MANUAL).filter(
+        # a resumed step counts only what it sent since
+        Q(sop_step__counted_since__isnull=True) | Q(sent_at__gte=F("sop_step__counted_since")))
     out = {}
     for key, column, ids in (("step", "sop_step", step_ids), ("campaign", "campaign",
                                                               campaign_ids)):
