@@ -71,9 +71,11 @@ class SopStep(models.Model):
         _("day"), null=True, blank=True,
         help_text=_("Or: on day N after entry (day 0 = the day of entry) at `at_time`."))
     at_time = models.TimeField(_("at (local time)"), null=True, blank=True)
-    channel = models.CharField(_("channel"), max_length=16, choices=Channel.choices,
+    channel = models.CharField(pgettext_lazy("outreach", "channel"), max_length=16,
+                               choices=Channel.choices,
                                default=Channel.WECOM)
-    category = models.CharField(_("category"), max_length=16, choices=Category.choices,
+    category = models.CharField(pgettext_lazy("content category", "category"), max_length=16,
+                                choices=Category.choices,
                                 default=Category.CONTENT)
     template = models.TextField(_("template"))
     condition = models.JSONField(_("extra condition"), null=True, blank=True)
@@ -99,7 +101,7 @@ class Enrollment(models.Model):
     stage entry, so one entry never enrols twice and a later re-entry enrols again."""
 
     class Status(models.TextChoices):
-        ACTIVE = "active", _("Active")
+        ACTIVE = "active", pgettext_lazy("enrolment status", "Active")
         HOLDOUT = "holdout", _("Control group (no messages)")
         COMPLETED = "completed", _("Completed")
         GOAL = "goal", _("Goal reached")
@@ -144,9 +146,11 @@ class Campaign(TimeStampedModel):
     segment = models.ForeignKey("tagging.Segment", verbose_name=_("segment"), null=True,
                                 blank=True, on_delete=models.PROTECT, related_name="+")
     condition = models.JSONField(_("condition"), null=True, blank=True)
-    channel = models.CharField(_("channel"), max_length=16, choices=Channel.choices,
+    channel = models.CharField(pgettext_lazy("outreach", "channel"), max_length=16,
+                               choices=Channel.choices,
                                default=Channel.WECOM)
-    category = models.CharField(_("category"), max_length=16, choices=Category.choices,
+    category = models.CharField(pgettext_lazy("content category", "category"), max_length=16,
+                                choices=Category.choices,
                                 default=Category.PROMOTIONAL)
     template = models.TextField(_("template"))
     send_at = models.DateTimeField(_("send at"), null=True, blank=True)
@@ -202,8 +206,10 @@ class Message(models.Model):
     id = models.BigAutoField(primary_key=True)
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
                                  on_delete=models.CASCADE, related_name="messages")
-    channel = models.CharField(_("channel"), max_length=16, choices=Channel.choices)
-    category = models.CharField(_("category"), max_length=16, choices=Category.choices)
+    channel = models.CharField(pgettext_lazy("outreach", "channel"), max_length=16,
+                               choices=Channel.choices)
+    category = models.CharField(pgettext_lazy("content category", "category"), max_length=16,
+                                choices=Category.choices)
     content = models.TextField(_("content"))
     sop_step = models.ForeignKey(SopStep, verbose_name=_("SOP step"), null=True, blank=True,
                                  on_delete=models.SET_NULL, related_name="messages")
