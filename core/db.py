@@ -97,3 +97,50 @@ def delete_returning(queryset: models.QuerySet, returning: Sequence[str]) -> lis
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {table} WHERE {pk} IN ({sql}) RETURNING {cols}", params)
         return cursor.fetchall()
+
+
+def update_to_later(
+    model: type[models.Model],
+    field: str,
+    values: dict[Any, Any],
+    *,
+    also: dict[str, Any] | None = None,
+    batch_size: int = 5000,
+) -> int:
+    """Per primary key, set `field` to the later of its stored value and the given one (the
+    given one where nothing is stored), and the `also` fields to constants; one statement
+    joining the (pk, value) pairs, where a `CASE WHEN pk = … THEN …` would grow with the batch
+    and cost the ORM and the database a comparison per pair for every row.
+    """
+    if not values:
+        return 0
+    meta = model._meta
+    qn = connection.ops.quote_name
+    target = meta.get_field(field)
+    table, pk, col = qn(meta.db_table), qn(meta.pk.column), qn(target.column)
+    also = also or {}
+    sets = [f"{qn(meta.get_field(name).column)} = %s" for name in also]
+    set_params = [meta.get_field(name).get_db_prep_save(value, connection)
+                  for name, value in also.items()]
+    items = list(values.items())
+    updated = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        keys = [meta.pk.get_db_prep_value(k, connection) for k, _v in chunk]
+        new = [target.get_db_prep_value(v, connection) for _k, v in chunk]
+        if connection.vendor == "postgresql":
+            later = f"GREATEST(COALESCE(t.{col}, v.val), v.val)"
+            source = (f"UNNEST(%s::{meta.pk.rel_db_type(connection)}[], "
+                      f"%s::{target.db_type(connection)}[]) AS v(key, val)")
+            params = [keys, new]
+        else:   # SQLite (≥ 3.33): a VALUES list; its columns are column1, column2
+            later = f"MAX(COALESCE(t.{col}, v.column2), v.column2)"
+            source = "(VALUES " + ", ".join(["(%s, %s)"] * len(chunk)) + ") AS v"
+            params = [p for pair in zip(keys, new, strict=True) for p in pair]
+        key = "v.key" if connection.vendor == "postgresql" else "v.column1"
+        sql = (f"UPDATE {table} AS t SET {', '.join([f'{col} = {later}', *sets])} "
+               f"FROM {source} WHERE t.{pk} = {key}")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*set_params, *params])
+            updated += cursor.rowcount
+    return updated

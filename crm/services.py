@@ -26,7 +26,6 @@ from django.db.models import (
     Count,
     DateTimeField,
     DecimalField,
-    F,
     IntegerField,
     Max,
     Min,
@@ -43,7 +42,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
 
 from core import access
-from core.db import insert_ignore_returning
+from core.db import insert_ignore_returning, update_to_later
 from core.exceptions import ApplicationError
 from crm.hooks import notify_customers_touched
 from crm.models import (
@@ -592,14 +591,7 @@ def events_ingest(*, items: Any, actor) -> IngestReport:
                 pk = ids[item.customer]
                 if pk not in last_active or item.occurred_at > last_active[pk]:
                     last_active[pk] = item.occurred_at
-        if last_active:
-            dt = DateTimeField()
-            case = Case(*[When(pk=pk, then=Value(at, output_field=dt))
-                          for pk, at in last_active.items()], output_field=dt)
-            Customer.objects.filter(pk__in=last_active.keys()).update(
-                last_active_at=Greatest(Coalesce(F("last_active_at"), case, output_field=dt),
-                                        case, output_field=dt),
-                updated_at=now)
+        update_to_later(Customer, "last_active_at", last_active, also={"updated_at": now})
         _apply_status_events([i for i in new if i.type in STATUS_EVENT_TYPES], ids)
         opted = {ids[i.customer] for i in new if i.type == Event.Type.OPTED_OUT}
         if opted:
