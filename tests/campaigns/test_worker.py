@@ -78,7 +78,7 @@ def test_an_event_makes_a_customer_enter_a_stage_and_the_worker_sends_the_first_
             customer=customer, sop_step__sop=sop, status="sent").first(), worker, log_path)
         assert message.content == "林小姐，欢迎加入（e2e）"
         assert (message.attempts, message.provider_id) == (1, f"console-{message.pk}")
-        assert message.enrollment.status == "active"
+        assert message.enrollment.status == "completed"     # its only step is out
 
         # A message queued later goes out through an explicitly enqueued dispatch.
         extra = Message.objects.create(customer=customer, channel="console",
