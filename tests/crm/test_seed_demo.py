@@ -158,8 +158,8 @@ def test_command_prints_counts_and_logins():
 
 @pytest.mark.postgres_only
 def test_parallel_load_with_index_rebuild_gives_the_same_data_and_schema():
-    if connection.vendor != "postgresql":
-        pytest.skip("COPY, worker processes and index rebuilds are PostgreSQL only")
+    # postgres_only: COPY, worker processes and index rebuilds exist on PostgreSQL only; the
+    # SQLite pass of scripts/test leaves such tests out.
 
     def schema():
         with connection.cursor() as cursor:
