@@ -202,6 +202,7 @@ class Message(models.Model):
         PAUSED = "paused", _("Step or campaign paused")
         CANCELLED = "cancelled", _("Campaign cancelled")
         NO_ADDRESS = "no_address", _("No address for the channel")
+        TEMPLATE_ERROR = "template_error", _("The template failed for this customer")
 
     id = models.BigAutoField(primary_key=True)
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
@@ -210,7 +211,8 @@ class Message(models.Model):
                                choices=Channel.choices)
     category = models.CharField(pgettext_lazy("content category", "category"), max_length=16,
                                 choices=Category.choices)
-    content = models.TextField(_("content"))
+    content = models.TextField(_("content"), blank=True,
+                               help_text=_("SOP messages are written when they are sent."))
     sop_step = models.ForeignKey(SopStep, verbose_name=_("SOP step"), null=True, blank=True,
                                  on_delete=models.SET_NULL, related_name="messages")
     enrollment = models.ForeignKey(Enrollment, verbose_name=_("enrolment"), null=True,

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -185,7 +185,6 @@ def sop_save(*, sop: Sop | None, actor, steps: list[dict] | None = None, **field
     now = timezone.now()
     for data in steps:
         step = existing.pop(data["order"], None) or SopStep(sop=sop, order=data["order"])
-        old_template = step.template if step.pk else None
         for name in ("delay_minutes", "day", "at_time", "channel", "category", "template",
                      "condition"):
             if name in data:
@@ -198,8 +197,6 @@ def sop_save(*, sop: Sop | None, actor, steps: list[dict] | None = None, **field
                 "user": actor.get_username()}
         step.full_clean(exclude=["sop"])
         step.save()
-        if old_template is not None and step.template != old_template:
-            _rerender_queued(step)
     if existing:
         # A step taken out of the SOP sends nothing more, also to customers already enrolled.
         Message.objects.filter(sop_step__in=existing.values(), status=Message.Status.QUEUED
@@ -218,18 +215,6 @@ def sop_delete(*, sop: Sop) -> None:
         raise ApplicationError(_("This SOP has enrolled customers; deactivate it (active: "
                                  "false) to keep its history."))
     sop.delete()
-
-
-def _rerender_queued(step: SopStep) -> int:
-    """A corrected template reaches the messages not sent yet."""
-    queued = dict(Message.objects.filter(sop_step=step, status=Message.Status.QUEUED)
-                  .values_list("customer_id", "pk"))
-    if not queued:
-        return 0
-    texts = _render_many(step.template, sorted(queued))
-    rows = [Message(pk=queued[c], content=text) for c, text in texts.items()]
-    Message.objects.bulk_update(rows, ["content"], batch_size=1000)
-    return len(rows)
 
 
 # --- Enrolment (the lifecycle transition hook) ---------------------------------------------
@@ -300,29 +285,43 @@ def exit_left_stage(*, model_key: str, stage_key: str, customer_ids: list[int]) 
 
 
 def sop_enroll(*, sop: Sop, customer_ids: list[int], entered_at: datetime) -> int:
-    """Enrol customers (one entry enrols once) and queue the messages of every step."""
+    """Enrol customers (one entry enrols once) and queue every step's message — set-based:
+    the enrolments in bulk, then one `INSERT … SELECT` per step from them. The text is
+    rendered when the dispatcher claims the message, so it speaks of the customer as they are
+    then (and a corrected template reaches every message not yet sent)."""
     steps = list(sop.steps.filter(paused=False).order_by("order"))
     rows = [(sop.pk, c, entered_at,
              Enrollment.Status.HOLDOUT if _in_holdout(sop.pk, c, entered_at, sop.holdout_percent)
              else Enrollment.Status.ACTIVE, "") for c in customer_ids]
     created = insert_ignore_returning(
         Enrollment, ("sop", "customer", "entered_at", "status", "exit_reason"), rows,
-        returning=("id", "customer", "status"))
-    active = {customer: pk for pk, customer, status in created
-              if status == Enrollment.Status.ACTIVE}
-    if not active or not steps:
-        return len(created)
-    stamp = int(entered_at.timestamp())
-    for step in steps:
-        texts = _render_many(step.template, sorted(active))
-        due = _step_due(step, entered_at)
-        Message.objects.bulk_create([
-            Message(customer_id=c, channel=step.channel, category=step.category, content=text,
-                    sop_step=step, enrollment_id=active[c], due_at=due,
-                    dedupe_key=f"sop:{step.pk}:{c}:{stamp}")
-            for c, text in texts.items()], batch_size=2000, ignore_conflicts=True)
-    transaction.on_commit(_kick_dispatch)
+        returning=("id",))
+    if created and steps:
+        stamp = int(entered_at.timestamp())
+        for step in steps:
+            _queue_step(step, sop=sop, entered_at=entered_at, stamp=stamp)
+        transaction.on_commit(_kick_dispatch)
     return len(created)
+
+
+def _queue_step(step: SopStep, *, sop: Sop, entered_at: datetime, stamp: int) -> None:
+    """One message of `step` for every active enrolment of this entry, in one statement; the
+    dedupe key makes a repeat a no-op."""
+    msg, enr = Message._meta.db_table, Enrollment._meta.db_table
+    at = connection.ops.adapt_datetimefield_value
+    sql = (
+        f"INSERT INTO {msg} (customer_id, channel, category, content, sop_step_id, "
+        f"enrollment_id, dedupe_key, due_at, status, skip_reason, attempts, last_error, "
+        f"provider_id, created_at) "
+        f"SELECT e.customer_id, %s, %s, '', %s, e.id, "
+        f"%s || CAST(e.customer_id AS VARCHAR(20)) || %s, %s, %s, '', 0, '', '', %s "
+        f"FROM {enr} e WHERE e.sop_id = %s AND e.entered_at = %s AND e.status = %s "
+        f"ON CONFLICT DO NOTHING")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [step.channel, step.category, step.pk, f"sop:{step.pk}:",
+                             f":{stamp}", at(_step_due(step, entered_at)),
+                             Message.Status.QUEUED, at(timezone.now()), sop.pk, at(entered_at),
+                             Enrollment.Status.ACTIVE])
 
 
 def churn_warnings(entry: StageEntry, customer_ids: list[int]) -> int:
@@ -702,6 +701,7 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
         Message.objects.filter(pk=m.pk).update(status=Message.Status.QUEUED, due_at=until,
                                                attempts=F("attempts") - 1, claimed_at=None)
     result.held += len(held)
+    to_send = _render_due(to_send, result)
     _send(to_send, now, pol, result)
     _complete_enrollments({m.enrollment_id for m in messages if m.enrollment_id}, now)
 
@@ -715,6 +715,36 @@ def _complete_enrollments(enrollment_ids: set[int], now: datetime) -> int:
     return Enrollment.objects.filter(pk__in=enrollment_ids, status=Enrollment.Status.ACTIVE
                                      ).exclude(Exists(pending)).update(
         status=Enrollment.Status.COMPLETED, ended_at=now, exit_reason="")
+
+
+def _render_due(messages: list[Message], result: DispatchResult) -> list[Message]:
+    """Write the text of SOP messages now, from their step's template and the customer as
+    they are at send time; a template that fails for a customer skips that message."""
+    blank = [m for m in messages if not m.content and m.sop_step_id]
+    if not blank:
+        return messages
+    contexts = _contexts(sorted({m.customer_id for m in blank}))
+    compiled: dict[int, Any] = {}
+    failed = []
+    for m in blank:
+        try:
+            if m.sop_step_id not in compiled:
+                compiled[m.sop_step_id] = templates.compile_template(m.sop_step.template)
+            m.content = templates.render(compiled[m.sop_step_id], contexts[m.customer_id])
+        except Exception as exc:  # an author's template or a customer's odd data
+            logger.warning("campaigns.render_failed", extra={"message_id": m.pk,
+                                                             "error": str(exc)})
+            m.last_error = str(exc)[:500]
+            failed.append(m)
+        else:
+            if not m.content:
+                m.last_error = "the template renders to nothing for this customer"
+                failed.append(m)
+    if failed:
+        for m in failed:
+            Message.objects.filter(pk=m.pk).update(last_error=m.last_error)
+        _skip(failed, Message.SkipReason.TEMPLATE_ERROR, result)
+    return [m for m in messages if m not in failed]
 
 
 def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
@@ -757,7 +787,7 @@ def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
         m.status, m.last_error = Message.Status.FAILED, error
     changed = [m for m, _x in sent] + [m for m, _x in retry] + [m for m, _x in failed]
     Message.objects.bulk_update(changed, ["status", "sent_at", "provider_id", "last_error",
-                                          "due_at", "claimed_at"], batch_size=500)
+                                          "due_at", "claimed_at", "content"], batch_size=500)
     result.sent += len(sent)
     result.retried += len(retry)
     result.failed += len(failed)

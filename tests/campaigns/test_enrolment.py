@@ -55,6 +55,10 @@ def test_a_new_customer_is_enrolled_in_the_intro_and_interest_sops(world, defaul
     ]
     welcome = Message.objects.get(customer=customer, sop_step__sop__stage__key="intro",
                                   sop_step__order=1)
+    assert welcome.content == ""            # written when it is sent, about the customer then
+    services.messages_dispatch(now=NOW + timedelta(minutes=6), max_batches=1)
+    welcome.refresh_from_db()
+    assert welcome.status == "sent"
     assert welcome.content.startswith("林小姐您好，我是Wang，欢迎来到我们的私域")
     assert (welcome.channel, welcome.category) == ("wecom", "service")
     assert not Message.objects.filter(customer=customer, category="promotional").exists()

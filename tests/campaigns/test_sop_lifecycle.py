@@ -54,6 +54,7 @@ def test_editing_a_template_corrects_the_messages_not_sent_yet(sop, admin_user, 
              {"order": 2, "delay_minutes": 60, "channel": "wecom", "category": "content",
               "template": "{{ name }}，第二条（已更正）"}]
     services.sop_save(sop=sop, actor=admin_user, steps=steps)
+    services.messages_dispatch(now=now + timedelta(minutes=61))
     contents = dict(Message.objects.filter(customer=customer)
                     .values_list("sop_step__order", "content"))
     assert contents == {1: "客户0，第一条", 2: "客户0，第二条（已更正）"}
