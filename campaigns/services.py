@@ -731,6 +731,7 @@ def _render_due(messages: list[Message], result: DispatchResult) -> list[Message
             if m.sop_step_id not in compiled:
                 compiled[m.sop_step_id] = templates.compile_template(m.sop_step.template)
             m.content = templates.render(compiled[m.sop_step_id], contexts[m.customer_id])
+            m.rendered_now = True
         except Exception as exc:  # an author's template or a customer's odd data
             logger.warning("campaigns.render_failed", extra={"message_id": m.pk,
                                                              "error": str(exc)})
@@ -775,19 +776,35 @@ def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
             failed.append((m, outcome.error))
     if tasks:
         OperatorTask.objects.bulk_create(tasks, ignore_conflicts=True)
-    for m, provider_id in sent:
-        m.status, m.sent_at, m.provider_id, m.last_error = (Message.Status.SENT, now,
-                                                            provider_id[:128], "")
+    # One plain UPDATE per outcome; per-row values only for what really differs per row, in
+    # small batches (bulk_update's CASE grows with rows × fields and dominated a batch).
+    if sent:
+        Message.objects.filter(pk__in=[m.pk for m, _p in sent]).update(
+            status=Message.Status.SENT, sent_at=now, last_error="")
+        for m, provider_id in sent:
+            m.provider_id = provider_id[:128]
+        rendered = [m for m, _p in sent if getattr(m, "rendered_now", False)]
+        Message.objects.bulk_update([m for m, _p in sent], ["provider_id"], batch_size=100)
+        if rendered:
+            Message.objects.bulk_update(rendered, ["content"], batch_size=100)
+    by_backoff: dict[int, list[Message]] = defaultdict(list)
     for m, error in retry:
         # Exponential backoff: 1, 2, 4, 8 … minutes, capped at an hour.
-        m.status, m.last_error = Message.Status.QUEUED, error
-        m.due_at = now + timedelta(minutes=min(60, 2 ** (m.attempts - 1)))
-        m.claimed_at = None
+        m.last_error = error
+        by_backoff[min(60, 2 ** (m.attempts - 1))].append(m)
+    for minutes, rows in by_backoff.items():
+        Message.objects.filter(pk__in=[m.pk for m in rows]).update(
+            status=Message.Status.QUEUED, due_at=now + timedelta(minutes=minutes),
+            claimed_at=None)
     for m, error in failed:
-        m.status, m.last_error = Message.Status.FAILED, error
-    changed = [m for m, _x in sent] + [m for m, _x in retry] + [m for m, _x in failed]
-    Message.objects.bulk_update(changed, ["status", "sent_at", "provider_id", "last_error",
-                                          "due_at", "claimed_at", "content"], batch_size=500)
+        m.last_error = error
+    if retry or failed:
+        Message.objects.filter(pk__in=[m.pk for m, _e in failed]).update(
+            status=Message.Status.FAILED)
+        Message.objects.bulk_update([m for m, _e in retry] + [m for m, _e in failed],
+                                    ["last_error"], batch_size=100)
+    for m, _p in sent:
+        m.status, m.sent_at = Message.Status.SENT, now
     result.sent += len(sent)
     result.retried += len(retry)
     result.failed += len(failed)
