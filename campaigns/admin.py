@@ -13,7 +13,7 @@ from campaigns.models import (
     Sop,
     SopStep,
 )
-from core import access
+from core.admin import CustomerScopedAdmin
 
 
 class SopStepInline(admin.TabularInline):
@@ -35,16 +35,8 @@ class SopAdmin(admin.ModelAdmin):
     inlines = (SopStepInline,)
 
 
-class ScopedAdmin(admin.ModelAdmin):
-    show_full_result_count = False
-
-    def get_queryset(self, request):
-        return access.scope_customers(super().get_queryset(request), request.user,
-                                      owner_field="customer__owner")
-
-
 @admin.register(Enrollment)
-class EnrollmentAdmin(ScopedAdmin):
+class EnrollmentAdmin(CustomerScopedAdmin):
     list_display = ("customer", "sop", "entered_at", "status", "ended_at", "exit_reason")
     list_filter = ("status", "sop")
     search_fields = ("=customer__external_id", "customer__name")
@@ -69,7 +61,7 @@ class CampaignAdmin(admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(ScopedAdmin):
+class MessageAdmin(CustomerScopedAdmin):
     list_display = ("id", "customer", "channel", "category", "status", "skip_reason", "due_at",
                     "sent_at", "attempts")
     list_filter = ("status", "skip_reason", "channel", "category")

@@ -9,20 +9,8 @@ from django.contrib import admin
 from django.db.models import Count, Q
 from django.utils.translation import gettext_lazy as _
 
-from core import access
+from core.admin import CustomerScopedAdmin
 from crm.models import Channel, Customer, Event, Group, GroupMembership, Order, OrderItem
-
-
-class ScopedAdmin(admin.ModelAdmin):
-    """Admin whose rows hang off a customer; scoped like the API."""
-
-    owner_field = "customer__owner"
-    show_full_result_count = False
-    list_per_page = 50
-
-    def get_queryset(self, request):
-        return access.scope_customers(super().get_queryset(request), request.user,
-                                      owner_field=self.owner_field)
 
 
 @admin.register(Channel)
@@ -64,7 +52,7 @@ class OrderInline(admin.TabularInline):
 
 
 @admin.register(Customer)
-class CustomerAdmin(ScopedAdmin):
+class CustomerAdmin(CustomerScopedAdmin):
     owner_field = "owner"
     list_display = ("name", "external_id", "phone", "channel", "owner", "status", "opted_out",
                     "joined_at", "last_active_at", "orders_count", "total_spent")
@@ -104,7 +92,7 @@ class GroupAdmin(admin.ModelAdmin):
 
 
 @admin.register(GroupMembership)
-class GroupMembershipAdmin(ScopedAdmin):
+class GroupMembershipAdmin(CustomerScopedAdmin):
     list_display = ("group", "customer", "joined_at", "left_at")
     list_filter = ("group",)
     search_fields = ("=customer__external_id", "customer__name", "group__name")
@@ -119,7 +107,7 @@ class OrderItemInline(admin.TabularInline):
 
 
 @admin.register(Order)
-class OrderAdmin(ScopedAdmin):
+class OrderAdmin(CustomerScopedAdmin):
     list_display = ("external_id", "source", "customer", "amount", "status", "placed_at",
                     "refunded_at")
     list_filter = ("status", "source", "placed_at")
@@ -130,7 +118,7 @@ class OrderAdmin(ScopedAdmin):
 
 
 @admin.register(OrderItem)
-class OrderItemAdmin(ScopedAdmin):
+class OrderItemAdmin(CustomerScopedAdmin):
     owner_field = "order__customer__owner"
     list_display = ("name", "sku", "category", "quantity", "price", "order")
     list_filter = ("category",)
@@ -140,7 +128,7 @@ class OrderItemAdmin(ScopedAdmin):
 
 
 @admin.register(Event)
-class EventAdmin(ScopedAdmin):
+class EventAdmin(CustomerScopedAdmin):
     list_display = ("type", "customer", "occurred_at", "idempotency_key", "received_at")
     list_filter = ("type", "occurred_at")
     search_fields = ("=idempotency_key", "=customer__external_id")

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
-from core import access
+from core.admin import CustomerScopedAdmin
 from lifecycle import services
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
 
@@ -33,16 +33,8 @@ class StageModelAdmin(admin.ModelAdmin):
                           % {"n": sum(r.changed for r in results)})
 
 
-class ScopedAdmin(admin.ModelAdmin):
-    show_full_result_count = False
-
-    def get_queryset(self, request):
-        return access.scope_customers(super().get_queryset(request), request.user,
-                                      owner_field="customer__owner")
-
-
 @admin.register(CustomerStage)
-class CustomerStageAdmin(ScopedAdmin):
+class CustomerStageAdmin(CustomerScopedAdmin):
     list_display = ("customer", "model", "stage", "entered_at", "source", "locked_until")
     list_filter = ("model", "stage", "source")
     search_fields = ("=customer__external_id", "customer__name")
@@ -51,7 +43,7 @@ class CustomerStageAdmin(ScopedAdmin):
 
 
 @admin.register(StageTransition)
-class StageTransitionAdmin(ScopedAdmin):
+class StageTransitionAdmin(CustomerScopedAdmin):
     list_display = ("at", "customer", "model", "from_key", "to_key", "source", "win_back",
                     "backward", "actor", "reason")
     list_filter = ("model", "source", "win_back", "backward")

@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from core import access
+from core.admin import CustomerScopedAdmin
 from tagging import services
 from tagging.models import (
     BulkTagJob,
@@ -41,21 +41,16 @@ class TagAdmin(admin.ModelAdmin):
 
 
 @admin.register(CustomerTag)
-class CustomerTagAdmin(admin.ModelAdmin):
+class CustomerTagAdmin(CustomerScopedAdmin):
     list_display = ("customer", "tag", "source", "rule", "added_by", "added_at", "expires_at")
     list_filter = ("source", "tag__group", "tag")
     search_fields = ("=customer__external_id", "customer__name")
     list_select_related = ("customer", "tag", "rule", "added_by")
     raw_id_fields = ("customer",)
-    show_full_result_count = False
-
-    def get_queryset(self, request):
-        return access.scope_customers(super().get_queryset(request), request.user,
-                                      owner_field="customer__owner")
 
 
 @admin.register(TagChange)
-class TagChangeAdmin(admin.ModelAdmin):
+class TagChangeAdmin(CustomerScopedAdmin):
     list_display = ("at", "customer", "action", "tag_name", "group_name", "source", "rule", "actor")
     list_filter = ("action", "source")
     search_fields = ("=customer__external_id", "tag_name")
@@ -66,9 +61,6 @@ class TagChangeAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False   # history is written by the services only
 
-    def get_queryset(self, request):
-        return access.scope_customers(super().get_queryset(request), request.user,
-                                      owner_field="customer__owner")
 
 
 class TagRuleRunInline(admin.TabularInline):

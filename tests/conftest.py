@@ -7,6 +7,7 @@ environment it refuses to start on anything else rather than pass on SQLite.
 import os
 
 import pytest
+from django.utils import translation
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -75,3 +76,16 @@ def customer(db):
         return CustomerFactory(**fields)
 
     return make
+
+
+@pytest.fixture
+def english():
+    """Django's translations in English for the test (the product's default is Chinese)."""
+    with translation.override("en"):
+        yield
+
+
+@pytest.fixture
+def english_client(api_client_for):
+    """`english_client(user)`: an authenticated APIClient asking for English messages."""
+    return api_client_for

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.apps import apps as django_apps
-from django.utils import translation
 
 from crm import services as crm_services
 from crm.models import Customer
@@ -26,22 +25,8 @@ def ago(days: float = 0, *, hours: float = 0, seconds: float = 0, now: datetime 
 
 
 @pytest.fixture(autouse=True)
-def _english():
-    """Messages are compared word for word; the project's default language is Chinese."""
-    with translation.override("en"):
-        yield
-
-
-@pytest.fixture
-def english_client(api_client_for):
-    """`english_client(user)`: an authenticated APIClient sending `Accept-Language: en`."""
-
-    def make(user):
-        client = api_client_for(user)
-        client.defaults["HTTP_ACCEPT_LANGUAGE"] = "en"
-        return client
-
-    return make
+def _english(english):
+    """Messages are compared word for word (see `english` in tests/conftest.py)."""
 
 
 @pytest.fixture
