@@ -269,16 +269,21 @@ def exit_left_stage(*, model_key: str, stage_key: str, customer_ids: list[int]) 
     entered = set(customer_ids)
     # Running enrolments are few next to the customers a full evaluation moves: read them and
     # intersect here instead of sending every moved id to the database.
+    running = (Q(status=Enrollment.Status.ACTIVE)
+               | Q(status=Enrollment.Status.HOLDOUT, ended_at__isnull=True))
     ids = [pk for pk, customer_id in Enrollment.objects.filter(
-        sop__model__key=model_key,
-        status__in=[Enrollment.Status.ACTIVE, Enrollment.Status.HOLDOUT]).exclude(
+        running, sop__model__key=model_key).exclude(
         sop__stage__key=stage_key).values_list("pk", "customer_id") if customer_id in entered]
     if not ids:
         return 0
     for start in range(0, len(ids), 10_000):
         chunk = ids[start:start + 10_000]
-        Enrollment.objects.filter(pk__in=chunk).update(
+        Enrollment.objects.filter(pk__in=chunk, status=Enrollment.Status.ACTIVE).update(
             status=Enrollment.Status.EXITED, ended_at=now, exit_reason="left_stage")
+        # A control-group enrolment ends but stays `holdout`: the SOP report compares the two
+        # groups, and `exited` would lose which group it was in.
+        Enrollment.objects.filter(pk__in=chunk, status=Enrollment.Status.HOLDOUT).update(
+            ended_at=now, exit_reason="left_stage")
         Message.objects.filter(enrollment_id__in=chunk, status=Message.Status.QUEUED).update(
             status=Message.Status.SKIPPED, skip_reason=Message.SkipReason.LEFT_STAGE)
     return len(ids)
