@@ -1,0 +1,170 @@
+"""Channel attribution: per acquisition channel, the customers it brought in a period, what they
+bought, what they cost and how many stayed (docs/METRICS.md, "Channel attribution")."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import (
+    BooleanField,
+    Count,
+    DateTimeField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Sum,
+)
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from core import access
+from crm.models import Channel, Customer, Event, Order
+
+CENT = Decimal("0.01")
+RETENTION_DAYS = (30, 90)
+
+
+def in_scope(queryset: QuerySet, *, user, channel: Channel | None = None,
+             owner: AbstractBaseUser | None = None, path: str = "") -> QuerySet:
+    """Restrict rows reached from customers (`path` is e.g. `"customer__"`) to what the user may
+    see in aggregate — admins and analysts all customers, operators their own — and to the
+    `channel` / `owner` filters."""
+    if access.user_role(user) != access.ANALYST:
+        queryset = access.scope_customers(queryset, user, owner_field=f"{path}owner")
+    if channel is not None:
+        queryset = queryset.filter(**{f"{path}channel": channel})
+    if owner is not None:
+        queryset = queryset.filter(**{f"{path}owner": owner})
+    return queryset
+
+
+def money(value: Decimal | None) -> str:
+    return str((value or Decimal("0")).quantize(CENT, rounding=ROUND_HALF_UP))
+
+
+def ratio(numerator: int | float | Decimal, denominator: int | float | Decimal,
+          places: int = 4) -> float | None:
+    """numerator ÷ denominator rounded, or None when the denominator is 0 (no one to count)."""
+    if not denominator:
+        return None
+    return round(float(numerator) / float(denominator), places)
+
+
+def _deleted_us_within(days: int):
+    """The customer deleted us at most `days` days after joining: a `friend_deleted` event in
+    [joined_at, joined_at + days], or — for customers imported with their status — status
+    `deleted_us` set in that window."""
+    window_end = ExpressionWrapper(OuterRef("joined_at") + timedelta(days=days),
+                                   output_field=DateTimeField())
+    event = Exists(Event.objects.filter(
+        customer=OuterRef("pk"), type=Event.Type.FRIEND_DELETED,
+        occurred_at__gte=OuterRef("joined_at"), occurred_at__lte=window_end))
+    status_end = ExpressionWrapper(F("joined_at") + timedelta(days=days),
+                                   output_field=DateTimeField())
+    status = Q(status=Customer.Status.DELETED_US, status_changed_at__gte=F("joined_at"),
+               status_changed_at__lte=status_end)
+    return ExpressionWrapper(event | status, output_field=BooleanField())
+
+
+def channel_attribution(*, user, since: datetime, until: datetime,
+                        channel: Channel | None = None, owner: AbstractBaseUser | None = None,
+                        now: datetime | None = None) -> dict[str, Any]:
+    """Per channel (and a "no channel" row) for customers who joined in [since, until).
+
+    Three aggregate queries: the acquired customers grouped by channel (with retention), their
+    paid orders grouped by channel, and the channels with their all-time customer count (the
+    denominator of cost per acquisition, over every owner: each customer carries an equal share
+    of the channel's recorded spend).
+    """
+    now = now or timezone.now()
+    acquired = in_scope(Customer.objects.filter(joined_at__gte=since, joined_at__lt=until),
+                        user=user, channel=channel, owner=owner)
+    figures: dict[str, Any] = {"acquired": Count("id")}
+    for days in RETENTION_DAYS:
+        elapsed = Q(joined_at__lte=now - timedelta(days=days))
+        figures[f"eligible_{days}"] = Count("id", filter=elapsed)
+        figures[f"retained_{days}"] = Count("id", filter=elapsed & Q(**{f"deleted_{days}": False}))
+    customer_rows = {
+        row["channel"]: row for row in acquired.annotate(**{
+            f"deleted_{days}": _deleted_us_within(days) for days in RETENTION_DAYS})
+        .values("channel").annotate(**figures).order_by()}
+    order_rows = {
+        row["customer__channel"]: row for row in Order.objects.filter(
+            status=Order.Status.PAID, customer__in=acquired.values("pk"),
+            placed_at__gte=F("customer__joined_at"))
+        .values("customer__channel")
+        .annotate(revenue=Sum("amount"), buyers=Count("customer", distinct=True)).order_by()}
+
+    channels = Channel.objects.annotate(customers_to_date=Count("customers")).order_by("name",
+                                                                                       "code")
+    if channel is not None:
+        channels = channels.filter(pk=channel.pk)
+    results = [
+        _row(code=c.code, name=c.name, cost=c.cost, customers_to_date=c.customers_to_date,
+             counts=customer_rows.get(c.pk, {}), orders=order_rows.get(c.pk, {}))
+        for c in channels]
+    if channel is None:
+        results.append(_row(code=None, name=str(_("No channel")), cost=None,
+                            customers_to_date=None, counts=customer_rows.get(None, {}),
+                            orders=order_rows.get(None, {})))
+    return {"results": results, "totals": _totals(results)}
+
+
+def _row(*, code: str | None, name: str, cost: Decimal | None, customers_to_date: int | None,
+         counts: dict, orders: dict) -> dict[str, Any]:
+    acquired = counts.get("acquired", 0)
+    buyers = orders.get("buyers", 0)
+    revenue = orders.get("revenue") or Decimal("0")
+    per_customer = attributed = None
+    if cost is not None:
+        # A channel that never brought anyone has no cost per customer; its share here is 0.
+        per_customer = cost / customers_to_date if customers_to_date else None
+        share = cost * acquired / customers_to_date if customers_to_date else Decimal("0")
+        attributed = share.quantize(CENT, rounding=ROUND_HALF_UP)
+    return {
+        "channel": code,
+        "name": name,
+        "acquired": acquired,
+        "buyers": buyers,
+        "conversion_rate": ratio(buyers, acquired),
+        "revenue": money(revenue),
+        "channel_cost": None if cost is None else money(cost),
+        "customers_to_date": customers_to_date,
+        "cost_per_acquisition": None if per_customer is None else money(per_customer),
+        "cost": None if attributed is None else money(attributed),
+        "roi": ratio(revenue - attributed, attributed) if attributed else None,
+        **{f"retention_{days}d": _retention(counts, days) for days in RETENTION_DAYS},
+    }
+
+
+def _retention(counts: dict, days: int) -> dict[str, Any]:
+    eligible, retained = counts.get(f"eligible_{days}", 0), counts.get(f"retained_{days}", 0)
+    return {"eligible": eligible, "retained": retained, "rate": ratio(retained, eligible)}
+
+
+def _totals(results: list[dict]) -> dict[str, Any]:
+    """All rows together; cost and ROI over the rows that have a cost."""
+    acquired = sum(r["acquired"] for r in results)
+    buyers = sum(r["buyers"] for r in results)
+    revenue = sum((Decimal(r["revenue"]) for r in results), Decimal("0"))
+    costed = [r for r in results if r["cost"] is not None]
+    cost = sum((Decimal(r["cost"]) for r in costed), Decimal("0"))
+    costed_revenue = sum((Decimal(r["revenue"]) for r in costed), Decimal("0"))
+    totals: dict[str, Any] = {
+        "acquired": acquired, "buyers": buyers, "conversion_rate": ratio(buyers, acquired),
+        "revenue": money(revenue), "cost": money(cost),
+        "roi": ratio(costed_revenue - cost, cost) if cost else None,
+    }
+    for days in RETENTION_DAYS:
+        key = f"retention_{days}d"
+        eligible = sum(r[key]["eligible"] for r in results)
+        retained = sum(r[key]["retained"] for r in results)
+        totals[key] = {"eligible": eligible, "retained": retained,
+                       "rate": ratio(retained, eligible)}
+    return totals
