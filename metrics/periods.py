@@ -1,0 +1,134 @@
+"""Days, date ranges and who is counted: the ground rules every metric shares.
+
+A day is a calendar day in the system time zone (`settings.TIME_ZONE`); a range names its first
+and last day, both included, and covers [first day 00:00, the day after the last 00:00).
+A `Scope` is the customers a metric counts: what the user may see (admins and analysts every
+customer, operators their own, through `core.access.scope_customers`) narrowed by the `channel`
+and `owner` filters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from core import access
+from crm.models import Channel, Customer
+
+MAX_RANGE_DAYS = 366
+
+
+def system_tz():
+    return timezone.get_default_timezone()
+
+
+def local_today() -> date:
+    return timezone.localdate(timezone=system_tz())
+
+
+def day_start(day: date) -> datetime:
+    """00:00 of `day` in the system time zone, as an aware datetime."""
+    return datetime.combine(day, time.min, tzinfo=system_tz())
+
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def add_months(month: date, n: int) -> date:
+    index = month.year * 12 + month.month - 1 + n
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def months_between(first: date, second: date) -> int:
+    """Whole calendar months from `first`'s month to `second`'s month."""
+    return (second.year - first.year) * 12 + second.month - first.month
+
+
+def as_date(value: Any) -> date:
+    """A date from what a raw query answers: a date, a datetime or ISO text (SQLite)."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+@dataclass(frozen=True)
+class Period:
+    """The days `start` … `end`, both included."""
+
+    start: date
+    end: date
+
+    @property
+    def since(self) -> datetime:
+        return day_start(self.start)
+
+    @property
+    def until(self) -> datetime:
+        """The first instant after the period (exclusive bound)."""
+        return day_start(self.end + timedelta(days=1))
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    def previous(self) -> Period:
+        """The period of equal length that ends the day before this one starts."""
+        return Period(self.start - timedelta(days=self.days), self.start - timedelta(days=1))
+
+    def each_day(self) -> Iterator[date]:
+        for offset in range(self.days):
+            yield self.start + timedelta(days=offset)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+def in_domain(period: Period, path: str = "") -> Q:
+    """Customers in the private domain during the period: joined by its end and not gone
+    (deleted us or removed) before its start."""
+    return Q(**{f"{path}joined_at__lt": period.until}) & (
+        Q(**{f"{path}status": Customer.Status.ACTIVE})
+        | Q(**{f"{path}status_changed_at__gte": period.since}))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The customers a metric counts. `user=None` is every customer (the nightly snapshot)."""
+
+    user: Any = None
+    channel: Channel | None = None
+    owner: Any = None
+
+    def apply(self, queryset: QuerySet, path: str = "") -> QuerySet:
+        """Restrict rows reached from customers (`path` e.g. `"customer__"`; the snapshot tables
+        carry `channel` and `owner` themselves, path `""`)."""
+        if self.user is not None and access.user_role(self.user) != access.ANALYST:
+            queryset = access.scope_customers(queryset, self.user, owner_field=f"{path}owner")
+        if self.channel is not None:
+            queryset = queryset.filter(**{f"{path}channel": self.channel})
+        if self.owner is not None:
+            queryset = queryset.filter(**{f"{path}owner": self.owner})
+        return queryset
+
+    @property
+    def restricted(self) -> bool:
+        return (self.channel is not None or self.owner is not None
+                or (self.user is not None
+                    and access.user_role(self.user) not in (access.ADMIN, access.ANALYST)))
+
+    @property
+    def key(self) -> str:
+        """What the answer depends on, for cache keys: operators see their own customers,
+        admins and analysts the same figures."""
+        role = access.user_role(self.user) if self.user is not None else access.ADMIN
+        who = "all" if role in (access.ADMIN, access.ANALYST) else f"u{self.user.pk}:{role}"
+        return (f"{who}:c{self.channel.pk if self.channel else '-'}"
+                f":o{self.owner.pk if self.owner else '-'}")
