@@ -64,4 +64,11 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute="*/15"),
         "options": {"expires": 800},
     },
+    "metrics-snapshot-nightly": {
+        # Crontabs run in the app's time zone (config/celery.py: TIME_ZONE), so this is
+        # 00:10 local time: yesterday is complete.
+        "task": "metrics.tasks.snapshot_metrics_nightly",
+        "schedule": crontab(minute=10, hour=0),
+        "options": {"expires": 6 * 3600},
+    },
 }

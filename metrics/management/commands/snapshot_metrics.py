@@ -1,0 +1,75 @@
+"""`python manage.py snapshot_metrics [--date YYYY-MM-DD | --start YYYY-MM-DD --end YYYY-MM-DD]`."""
+
+import time
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils.dateparse import parse_date
+from django.utils.translation import gettext as _
+
+from metrics import services
+from metrics.periods import local_today
+
+
+def _date(value: str, option: str):
+    try:
+        parsed = parse_date(value)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise CommandError(_("%(option)s: not a date (YYYY-MM-DD): %(value)r")
+                           % {"option": option, "value": value})
+    return parsed
+
+
+class Command(BaseCommand):
+    help = _("Store the daily metric snapshot of a day (default: yesterday) or of every day of "
+             "a range (backfill), replacing what was stored, then refresh the cohort table.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--date", help=_("The day to snapshot (YYYY-MM-DD)."))
+        parser.add_argument("--start", help=_("First day of a backfill range (YYYY-MM-DD)."))
+        parser.add_argument("--end", help=_("Last day of a backfill range (default: yesterday)."))
+        parser.add_argument("--no-cohorts", action="store_true",
+                            help=_("Do not refresh the cohort table."))
+
+    def handle(self, *args, date=None, start=None, end=None, no_cohorts=False, **options):
+        started = time.monotonic()
+        today = local_today()
+        yesterday = today - timedelta(days=1)
+        if date and (start or end):
+            raise CommandError(_("Give either --date or --start/--end, not both."))
+        if date:
+            first = last = _date(date, "--date")
+        elif start or end:
+            if not start:
+                raise CommandError(_("--start: required with --end."))
+            first = _date(start, "--start")
+            last = _date(end, "--end") if end else yesterday
+            if last < first:
+                raise CommandError(_("--end: must not be before --start."))
+        else:
+            first = last = yesterday
+        if last > today:
+            raise CommandError(_("Cannot snapshot a day in the future (%(day)s); today is "
+                                 "%(today)s.") % {"day": last, "today": today})
+        day, days, rows = first, 0, 0
+        while day <= last:
+            result = services.snapshot_metrics(day=day)
+            self.stdout.write(_("%(day)s: %(stages)d stage counts, %(transitions)d transition "
+                                "counts, %(activity)d activity rows in %(ms)d ms")
+                              % {"day": day.isoformat(), "stages": result.stage_counts,
+                                 "transitions": result.transition_counts,
+                                 "activity": result.activity, "ms": result.duration_ms})
+            days += 1
+            rows += result.rows
+            day += timedelta(days=1)
+        if not no_cohorts:
+            cohorts = services.cohorts_refresh(today=today)
+            self.stdout.write(_("Cohort table: %(cells)d cells of %(cohorts)d join months "
+                                "through %(through)s in %(ms)d ms")
+                              % {"cells": cohorts.cells, "cohorts": len(cohorts.cohorts),
+                                 "through": cohorts.through.strftime("%Y-%m"),
+                                 "ms": cohorts.duration_ms})
+        self.stdout.write(_("Snapshotted %(days)d day(s), %(rows)d rows, in %(s).1f s.")
+                          % {"days": days, "rows": rows, "s": time.monotonic() - started})

@@ -1,0 +1,132 @@
+"""Writes of the metrics app: a day's snapshot and the cohort table.
+
+A snapshot replaces its day atomically: under a lock on the day's `Snapshot` row it deletes the
+day's facts and inserts them again, so re-running a day replaces it and two workers at once
+cannot store it twice. The facts come from the same selectors that answer unstored days live.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from lifecycle.models import StageModel
+from metrics import selectors
+from metrics.models import (
+    CohortCell,
+    CohortTable,
+    DailyActivity,
+    DailyStageCount,
+    DailyTransitionCount,
+    Snapshot,
+)
+from metrics.periods import Scope, add_months, day_start, local_today, month_start
+
+logger = logging.getLogger(__name__)
+BATCH = 2000
+
+
+@dataclass
+class SnapshotResult:
+    date: date
+    stage_counts: int = 0
+    transition_counts: int = 0
+    activity: int = 0
+    duration_ms: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.stage_counts + self.transition_counts + self.activity
+
+
+@transaction.atomic
+def snapshot_metrics(*, day: date) -> SnapshotResult:
+    """Store (or replace) the facts of `day`: stage counts at its end, its transitions and its
+    activity, at the grain (date, channel, owner)."""
+    started = time.monotonic()
+    snapshot, _created = Snapshot.objects.select_for_update().get_or_create(
+        date=day, defaults={"taken_at": timezone.now()})
+    result = SnapshotResult(date=day)
+    everyone = Scope()
+    model_ids = list(StageModel.objects.values_list("pk", flat=True))
+
+    DailyStageCount.objects.filter(date=day).delete()
+    DailyTransitionCount.objects.filter(date=day).delete()
+    DailyActivity.objects.filter(date=day).delete()
+
+    stage_rows = selectors.stage_counts_at(scope=everyone, at=day_start(day + timedelta(days=1)),
+                                           model_ids=model_ids)
+    result.stage_counts = len(DailyStageCount.objects.bulk_create([
+        DailyStageCount(date=day, channel_id=r["ch"], owner_id=r["ow"], model_id=r["model_id"],
+                        stage_key=r["stage_key"], customers=r["customers"])
+        for r in stage_rows], batch_size=BATCH))
+    transition_rows = selectors.transitions_by_day(scope=everyone, start=day, end=day,
+                                                   model_ids=model_ids)
+    result.transition_counts = len(DailyTransitionCount.objects.bulk_create([
+        DailyTransitionCount(date=day, channel_id=r["ch"], owner_id=r["ow"],
+                             model_id=r["model_id"], from_key=r["from_key"], to_key=r["to_key"],
+                             transitions=r["transitions"], win_backs=r["win_backs"])
+        for r in transition_rows], batch_size=BATCH))
+    activity = selectors.activity_by_day(scope=everyone, start=day, end=day)
+    result.activity = len(DailyActivity.objects.bulk_create([
+        DailyActivity(date=d, channel_id=ch, owner_id=ow, **values)
+        for (d, ch, ow), values in activity.items()], batch_size=BATCH))
+
+    result.duration_ms = round((time.monotonic() - started) * 1000)
+    snapshot.taken_at = timezone.now()
+    snapshot.duration_ms = result.duration_ms
+    snapshot.save(update_fields=["taken_at", "duration_ms"])
+    logger.info("metrics.snapshot_taken", extra={"date": day.isoformat(), "rows": result.rows,
+                                                 "ms": result.duration_ms})
+    return result
+
+
+@dataclass
+class CohortResult:
+    through: date | None
+    cells: int = 0
+    duration_ms: int = 0
+    cohorts: set = field(default_factory=set)
+
+
+@transaction.atomic
+def cohorts_refresh(*, today: date | None = None) -> CohortResult:
+    """Rewrite the cohort table with every complete month (those before the current one)."""
+    started = time.monotonic()
+    today = today or local_today()
+    header, _created = CohortTable.objects.select_for_update().get_or_create(pk=1)
+    current = month_start(today)
+    sizes, active = selectors.cohort_cells(scope=Scope(), joined_until=current,
+                                           active_until=current)
+    CohortCell.objects.all().delete()
+    cells = []
+    for (cohort, ch, ow), size in sizes.items():
+        cells.append(CohortCell(cohort=cohort, month_offset=0, channel_id=ch, owner_id=ow,
+                                customers=size, active=active.get((cohort, 0, ch, ow), 0)))
+    for (cohort, offset, ch, ow), n in active.items():
+        if offset > 0:
+            cells.append(CohortCell(cohort=cohort, month_offset=offset, channel_id=ch,
+                                    owner_id=ow, customers=sizes.get((cohort, ch, ow), 0),
+                                    active=n))
+    CohortCell.objects.bulk_create(cells, batch_size=BATCH)
+    result = CohortResult(through=add_months(current, -1), cells=len(cells),
+                          cohorts={cohort for cohort, _ch, _ow in sizes})
+    result.duration_ms = round((time.monotonic() - started) * 1000)
+    header.through = result.through
+    header.refreshed_at = timezone.now()
+    header.duration_ms = result.duration_ms
+    header.save()
+    logger.info("metrics.cohorts_refreshed", extra={"cells": result.cells,
+                                                    "ms": result.duration_ms})
+    return result
+
+
+def metrics_nightly(*, today: date | None = None) -> tuple[SnapshotResult, CohortResult]:
+    """The nightly job: snapshot yesterday, then refresh the cohort table."""
+    today = today or local_today()
+    return (snapshot_metrics(day=today - timedelta(days=1)), cohorts_refresh(today=today))
