@@ -1,16 +1,13 @@
 """REST API of channel attribution, SOP performance and campaign performance (DESIGN §4
 `metrics/channels/`, `metrics/sops/`, `metrics/campaigns/`): parse the period and filters,
-answer from the cache or the selectors."""
+answer from the cache or the selectors. The period, the filters and the cache are those of the
+other metrics (metrics.api)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.utils import timezone
 from django.utils.text import format_lazy
 from django.utils.translation import get_language, gettext_lazy
@@ -22,116 +19,37 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from campaigns.models import Campaign, Sop
-from core import access
-from core.exceptions import ApplicationError
-from crm.models import Channel
 from metrics import attribution, sops
-
-DEFAULT_DAYS = 30
-MAX_DAYS = 366
-CACHE_SECONDS = 300
-
+from metrics.api import FILTER_PARAMETERS, RANGE_PARAMETERS, _bad, _period, _scope, cached
 
 # --- Parameters ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Params:
-    start: date
-    end: date
-    channel: Channel | None = None
-    owner: Any = None
-    sop: Sop | None = None
-    campaign: Campaign | None = None
-
-    @property
-    def since(self) -> datetime:
-        return _midnight(self.start)
-
-    @property
-    def until(self) -> datetime:
-        return _midnight(self.end + timedelta(days=1))
-
-    def cache_key(self, kind: str, user) -> str:
-        # Operators see their own customers, admins and analysts everyone: the scope is part of
-        # the key, and so is the language ("No channel" is translated).
-        scope = "all" if access.user_role(user) in (access.ADMIN, access.ANALYST) else (
-            f"u{user.pk}")
-        parts = [kind, scope, self.start.isoformat(), self.end.isoformat(),
-                 self.channel.pk if self.channel else "", self.owner.pk if self.owner else "",
-                 self.sop.pk if self.sop else "", self.campaign.pk if self.campaign else "",
-                 get_language() or ""]
-        return "metrics:performance:" + ":".join(str(p) for p in parts)
-
-
-def _midnight(day: date) -> datetime:
-    """The start of `day` in the system time zone (settings.TIME_ZONE)."""
-    return timezone.make_aware(datetime.combine(day, time.min), timezone.get_default_timezone())
-
-
-def _bad(name: str, message: str) -> ApplicationError:
-    return ApplicationError(f"{name}: {message}", extra={"parameter": name})
-
-
-def _date(query, name: str) -> date | None:
+def _one(query, name: str, model) -> Any:
+    """The `sop` / `campaign` filter: an id of an existing row, or None when not given."""
     raw = query.get(name)
     if raw in (None, ""):
         return None
-    try:
-        return date.fromisoformat(raw)
-    except ValueError:
-        raise _bad(name, _("not a date; expected YYYY-MM-DD"))
+    found = model.objects.filter(pk=int(raw)).first() if raw.isdigit() else None
+    if found is None:
+        raise _bad(name, _("no %(what)s with id %(id)r") % {"what": model._meta.verbose_name,
+                                                            "id": raw})
+    return found
 
 
-def _pk(query, name: str) -> int | None:
-    raw = query.get(name)
-    if raw in (None, ""):
-        return None
-    if not raw.isdigit():
-        raise _bad(name, _("expected an id (a whole number)"))
-    return int(raw)
+def _report(kind: str, request, serializer: type[serializers.Serializer],
+            compute: Callable[..., dict[str, Any]], **filters) -> Response:
+    """Parse the period and scope, answer the report shaped by its serializer, from the cache
+    (5 minutes) or computed now."""
+    period, scope = _period(request.query_params), _scope(request)
+    key = {**period.as_dict(), **{name: row.pk for name, row in filters.items() if row},
+           # "No channel" is translated: one answer per language.
+           "language": get_language()}
 
+    def run() -> dict[str, Any]:
+        return dict(serializer({**period.as_dict(), "computed_at": timezone.now(),
+                                **compute(scope=scope, period=period, **filters)}).data)
 
-def parse_params(query, *, sop: bool = False, campaign: bool = False) -> Params:
-    """`start`/`end` (inclusive dates, default the last 30 days up to today), `channel` (code),
-    `owner` (username) and, where the report has them, `sop` / `campaign` ids; any bad one is a
-    400 naming the parameter."""
-    start, end = _date(query, "start"), _date(query, "end")
-    today = timezone.localdate(timezone=timezone.get_default_timezone())
-    end = end or (today if start is None else max(start, today))
-    start = start or end - timedelta(days=DEFAULT_DAYS - 1)
-    if end < start:
-        raise _bad("end", _("the end date is before the start date"))
-    if (end - start).days + 1 > MAX_DAYS:
-        raise _bad("start", _("the range is at most %(days)d days") % {"days": MAX_DAYS})
-    params: dict[str, Any] = {"start": start, "end": end}
-    if code := query.get("channel"):
-        params["channel"] = Channel.objects.filter(code=code).first()
-        if params["channel"] is None:
-            raise _bad("channel", _("unknown channel %(code)r") % {"code": code})
-    if username := query.get("owner"):
-        params["owner"] = get_user_model().objects.filter(username=username).first()
-        if params["owner"] is None:
-            raise _bad("owner", _("unknown user %(name)r") % {"name": username})
-    for name, model, wanted in (("sop", Sop, sop), ("campaign", Campaign, campaign)):
-        pk = _pk(query, name) if wanted else None
-        if pk is not None:
-            params[name] = model.objects.filter(pk=pk).first()
-            if params[name] is None:
-                raise _bad(name, _("no %(what)s with id %(id)d") % {
-                    "what": model._meta.verbose_name, "id": pk})
-    return Params(**params)
-
-
-def cached_report(kind: str, request, params: Params,
-                  compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """The report from the cache (5 minutes) or computed now."""
-    key = params.cache_key(kind, request.user)
-    data = cache.get(key)
-    if data is None:
-        data = {"start": params.start, "end": params.end, "computed_at": timezone.now(),
-                **compute()}
-        cache.set(key, data, CACHE_SECONDS)
-    return data
+    return Response(cached(f"performance:{kind}", scope, key, run))
 
 
 # --- Response shapes (for the schema) -----------------------------------------------------
@@ -139,7 +57,7 @@ def cached_report(kind: str, request, params: Params,
 RATE = {"allow_null": True}
 
 
-class RetentionSerializer(serializers.Serializer):
+class ChannelRetentionSerializer(serializers.Serializer):
     eligible = serializers.IntegerField(help_text=gettext_lazy(
         "Acquired customers whose window has elapsed (joined_at + N days ≤ now)."))
     retained = serializers.IntegerField(help_text=gettext_lazy(
@@ -147,18 +65,18 @@ class RetentionSerializer(serializers.Serializer):
     rate = serializers.FloatField(**RATE, help_text=gettext_lazy("retained ÷ eligible"))
 
 
-class ChannelTotalsSerializer(serializers.Serializer):
+class ChannelAttributionTotalsSerializer(serializers.Serializer):
     acquired = serializers.IntegerField()
     buyers = serializers.IntegerField()
     conversion_rate = serializers.FloatField(**RATE)
     revenue = serializers.DecimalField(max_digits=16, decimal_places=2)
     cost = serializers.DecimalField(max_digits=16, decimal_places=2)
     roi = serializers.FloatField(**RATE)
-    retention_30d = RetentionSerializer()
-    retention_90d = RetentionSerializer()
+    retention_30d = ChannelRetentionSerializer()
+    retention_90d = ChannelRetentionSerializer()
 
 
-class ChannelRowSerializer(ChannelTotalsSerializer):
+class ChannelAttributionRowSerializer(ChannelAttributionTotalsSerializer):
     channel = serializers.CharField(allow_null=True, help_text=gettext_lazy(
         "Channel code; null for customers without a channel."))
     name = serializers.CharField()
@@ -169,15 +87,15 @@ class ChannelRowSerializer(ChannelTotalsSerializer):
     cost = serializers.DecimalField(max_digits=16, decimal_places=2, allow_null=True)
 
 
-class ChannelsSerializer(serializers.Serializer):
+class ChannelAttributionReportSerializer(serializers.Serializer):
     start = serializers.DateField()
     end = serializers.DateField()
     computed_at = serializers.DateTimeField()
-    results = ChannelRowSerializer(many=True)
-    totals = ChannelTotalsSerializer()
+    results = ChannelAttributionRowSerializer(many=True)
+    totals = ChannelAttributionTotalsSerializer()
 
 
-class FunnelSerializer(serializers.Serializer):
+class DeliveryFunnelSerializer(serializers.Serializer):
     sent = serializers.IntegerField()
     delivered = serializers.IntegerField()
     read = serializers.IntegerField()
@@ -195,33 +113,33 @@ class FunnelSerializer(serializers.Serializer):
     block_rate = serializers.FloatField(**RATE)
 
 
-class MessageFunnelSerializer(FunnelSerializer):
+class SopMessagesSerializer(DeliveryFunnelSerializer):
     total = serializers.IntegerField()
 
 
-class StepFunnelSerializer(MessageFunnelSerializer):
+class SopStepPerformanceSerializer(SopMessagesSerializer):
     id = serializers.IntegerField()
     order = serializers.IntegerField()
     channel = serializers.CharField()
     category = serializers.CharField()
 
 
-class GroupSerializer(serializers.Serializer):
+class HoldoutGroupSerializer(serializers.Serializer):
     size = serializers.IntegerField()
     count = serializers.IntegerField()
     rate = serializers.FloatField(**RATE)
 
 
-class ComparisonSerializer(serializers.Serializer):
-    treatment = GroupSerializer()
-    control = GroupSerializer()
+class HoldoutComparisonSerializer(serializers.Serializer):
+    treatment = HoldoutGroupSerializer()
+    control = HoldoutGroupSerializer()
     uplift_pp = serializers.FloatField(**RATE)
     relative_uplift = serializers.FloatField(**RATE)
     p_value = serializers.FloatField(**RATE)
     window_open = serializers.IntegerField()
 
 
-class SopRowSerializer(serializers.Serializer):
+class SopPerformanceSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     model = serializers.CharField()
@@ -231,20 +149,20 @@ class SopRowSerializer(serializers.Serializer):
     enrolled = serializers.IntegerField()
     treatment = serializers.IntegerField()
     control = serializers.IntegerField()
-    messages = MessageFunnelSerializer()
-    conversion = ComparisonSerializer()
-    advancement = ComparisonSerializer()
-    steps = StepFunnelSerializer(many=True)
+    messages = SopMessagesSerializer()
+    conversion = HoldoutComparisonSerializer()
+    advancement = HoldoutComparisonSerializer()
+    steps = SopStepPerformanceSerializer(many=True)
 
 
-class SopsSerializer(serializers.Serializer):
+class SopPerformanceReportSerializer(serializers.Serializer):
     start = serializers.DateField()
     end = serializers.DateField()
     computed_at = serializers.DateTimeField()
-    results = SopRowSerializer(many=True)
+    results = SopPerformanceSerializer(many=True)
 
 
-class CampaignRowSerializer(FunnelSerializer):
+class CampaignPerformanceSerializer(DeliveryFunnelSerializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     status = serializers.CharField()
@@ -255,25 +173,16 @@ class CampaignRowSerializer(FunnelSerializer):
     audience = serializers.IntegerField()
 
 
-class CampaignsSerializer(serializers.Serializer):
+class CampaignPerformanceReportSerializer(serializers.Serializer):
     start = serializers.DateField()
     end = serializers.DateField()
     computed_at = serializers.DateTimeField()
-    results = CampaignRowSerializer(many=True)
+    results = CampaignPerformanceSerializer(many=True)
 
 
 # --- Views ---------------------------------------------------------------------------------
 
-PERIOD_PARAMETERS = [
-    OpenApiParameter("start", OpenApiTypes.DATE, description=gettext_lazy(
-        "First day (inclusive, system time zone); default 29 days before `end`.")),
-    OpenApiParameter("end", OpenApiTypes.DATE, description=gettext_lazy(
-        "Last day (inclusive); default today. At most 366 days from `start`.")),
-    OpenApiParameter("channel", OpenApiTypes.STR, description=gettext_lazy(
-        "Only customers of this channel (code).")),
-    OpenApiParameter("owner", OpenApiTypes.STR, description=gettext_lazy(
-        "Only customers of this staff member (username).")),
-]
+PERIOD_PARAMETERS = [*RANGE_PARAMETERS, *FILTER_PARAMETERS]
 COMMON_NOTE = gettext_lazy(
     "Operators see their own customers, admins and analysts all. Answers are cached for five "
     "minutes per scope and parameters (`computed_at` says when). A bad parameter is a 400 whose "
@@ -331,14 +240,11 @@ def _description(text):
 class ChannelsView(APIView):
     """Channel attribution: acquisition, conversion, revenue, ROI and retention per channel."""
 
-    @extend_schema(parameters=PERIOD_PARAMETERS, responses=ChannelsSerializer,
+    @extend_schema(parameters=PERIOD_PARAMETERS, responses=ChannelAttributionReportSerializer,
                    description=_description(CHANNELS_DESCRIPTION))
     def get(self, request):
-        params = parse_params(request.query_params)
-        return Response(cached_report("channels", request, params, lambda: (
-            attribution.channel_attribution(user=request.user, since=params.since,
-                                            until=params.until, channel=params.channel,
-                                            owner=params.owner))))
+        return _report("channels", request, ChannelAttributionReportSerializer,
+                       attribution.channel_attribution)
 
 
 class SopsView(APIView):
@@ -346,12 +252,10 @@ class SopsView(APIView):
 
     @extend_schema(parameters=[*PERIOD_PARAMETERS, OpenApiParameter(
         "sop", OpenApiTypes.INT, description=gettext_lazy("Only this SOP (id)."))],
-        responses=SopsSerializer, description=_description(SOPS_DESCRIPTION))
+        responses=SopPerformanceReportSerializer, description=_description(SOPS_DESCRIPTION))
     def get(self, request):
-        params = parse_params(request.query_params, sop=True)
-        return Response(cached_report("sops", request, params, lambda: sops.sop_performance(
-            user=request.user, since=params.since, until=params.until, channel=params.channel,
-            owner=params.owner, sop=params.sop)))
+        return _report("sops", request, SopPerformanceReportSerializer, sops.sop_performance,
+                       sop=_one(request.query_params, "sop", Sop))
 
 
 class CampaignsView(APIView):
@@ -359,10 +263,9 @@ class CampaignsView(APIView):
 
     @extend_schema(parameters=[*PERIOD_PARAMETERS, OpenApiParameter(
         "campaign", OpenApiTypes.INT, description=gettext_lazy("Only this campaign (id)."))],
-        responses=CampaignsSerializer, description=_description(CAMPAIGNS_DESCRIPTION))
+        responses=CampaignPerformanceReportSerializer,
+        description=_description(CAMPAIGNS_DESCRIPTION))
     def get(self, request):
-        params = parse_params(request.query_params, campaign=True)
-        return Response(cached_report("campaigns", request, params, lambda: (
-            sops.campaign_performance(user=request.user, since=params.since,
-                                      until=params.until, channel=params.channel,
-                                      owner=params.owner, campaign=params.campaign))))
+        return _report("campaigns", request, CampaignPerformanceReportSerializer,
+                       sops.campaign_performance,
+                       campaign=_one(request.query_params, "campaign", Campaign))

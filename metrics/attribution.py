@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import (
     BooleanField,
     Count,
@@ -17,43 +16,17 @@ from django.db.models import (
     F,
     OuterRef,
     Q,
-    QuerySet,
     Sum,
 )
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from core import access
 from crm.models import Channel, Customer, Event, Order
+from metrics.periods import Period, Scope
+from metrics.selectors import money, ratio
 
 CENT = Decimal("0.01")
 RETENTION_DAYS = (30, 90)
-
-
-def in_scope(queryset: QuerySet, *, user, channel: Channel | None = None,
-             owner: AbstractBaseUser | None = None, path: str = "") -> QuerySet:
-    """Restrict rows reached from customers (`path` is e.g. `"customer__"`) to what the user may
-    see in aggregate — admins and analysts all customers, operators their own — and to the
-    `channel` / `owner` filters."""
-    if access.user_role(user) != access.ANALYST:
-        queryset = access.scope_customers(queryset, user, owner_field=f"{path}owner")
-    if channel is not None:
-        queryset = queryset.filter(**{f"{path}channel": channel})
-    if owner is not None:
-        queryset = queryset.filter(**{f"{path}owner": owner})
-    return queryset
-
-
-def money(value: Decimal | None) -> str:
-    return str((value or Decimal("0")).quantize(CENT, rounding=ROUND_HALF_UP))
-
-
-def ratio(numerator: int | float | Decimal, denominator: int | float | Decimal,
-          places: int = 4) -> float | None:
-    """numerator ÷ denominator rounded, or None when the denominator is 0 (no one to count)."""
-    if not denominator:
-        return None
-    return round(float(numerator) / float(denominator), places)
 
 
 def _deleted_us_within(days: int):
@@ -72,10 +45,9 @@ def _deleted_us_within(days: int):
     return ExpressionWrapper(event | status, output_field=BooleanField())
 
 
-def channel_attribution(*, user, since: datetime, until: datetime,
-                        channel: Channel | None = None, owner: AbstractBaseUser | None = None,
+def channel_attribution(*, scope: Scope, period: Period,
                         now: datetime | None = None) -> dict[str, Any]:
-    """Per channel (and a "no channel" row) for customers who joined in [since, until).
+    """Per channel (and a "no channel" row) for the customers in scope who joined in the period.
 
     Three aggregate queries: the acquired customers grouped by channel (with retention), their
     paid orders grouped by channel, and the channels with their all-time customer count (the
@@ -83,8 +55,8 @@ def channel_attribution(*, user, since: datetime, until: datetime,
     of the channel's recorded spend).
     """
     now = now or timezone.now()
-    acquired = in_scope(Customer.objects.filter(joined_at__gte=since, joined_at__lt=until),
-                        user=user, channel=channel, owner=owner)
+    acquired = scope.apply(Customer.objects.filter(joined_at__gte=period.since,
+                                                   joined_at__lt=period.until))
     figures: dict[str, Any] = {"acquired": Count("id")}
     for days in RETENTION_DAYS:
         elapsed = Q(joined_at__lte=now - timedelta(days=days))
@@ -103,13 +75,13 @@ def channel_attribution(*, user, since: datetime, until: datetime,
 
     channels = Channel.objects.annotate(customers_to_date=Count("customers")).order_by("name",
                                                                                        "code")
-    if channel is not None:
-        channels = channels.filter(pk=channel.pk)
+    if scope.channel is not None:
+        channels = channels.filter(pk=scope.channel.pk)
     results = [
         _row(code=c.code, name=c.name, cost=c.cost, customers_to_date=c.customers_to_date,
              counts=customer_rows.get(c.pk, {}), orders=order_rows.get(c.pk, {}))
         for c in channels]
-    if channel is None:
+    if scope.channel is None:
         results.append(_row(code=None, name=str(_("No channel")), cost=None,
                             customers_to_date=None, counts=customer_rows.get(None, {}),
                             orders=order_rows.get(None, {})))

@@ -9,15 +9,15 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, DateTimeField, Exists, ExpressionWrapper, OuterRef, Q
 from django.utils import timezone
 
 from campaigns.models import Campaign, Enrollment, Message, Sop, SopStep
 from campaigns.services import policy
-from crm.models import Channel, Event, Order
+from crm.models import Event, Order
 from lifecycle.models import StageTransition
-from metrics.attribution import in_scope, ratio
+from metrics.periods import Period, Scope
+from metrics.selectors import ratio
 
 CONVERSION_DAYS = 7
 ADVANCEMENT_DAYS = 30
@@ -102,7 +102,7 @@ def two_proportion_p_value(x1: int, n1: int, x2: int, n2: int) -> float | None:
         return None
     se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     z = (x1 / n1 - x2 / n2) / se
-    return round(math.erfc(abs(z) / math.sqrt(2)), 4)
+    return math.erfc(abs(z) / math.sqrt(2))
 
 
 def _comparison(row: dict, what: str, window_open: int) -> dict[str, Any]:
@@ -116,18 +116,17 @@ def _comparison(row: dict, what: str, window_open: int) -> dict[str, Any]:
         "treatment": {"size": treatment_n, "count": treatment_x, "rate": ratio(treatment_x,
                                                                                 treatment_n)},
         "control": {"size": control_n, "count": control_x, "rate": ratio(control_x, control_n)},
-        "uplift_pp": round((t_rate - c_rate) * 100, 2) if both else None,
-        "relative_uplift": round((t_rate - c_rate) / c_rate, 4) if both and c_rate else None,
+        "uplift_pp": (t_rate - c_rate) * 100 if both else None,
+        "relative_uplift": (t_rate - c_rate) / c_rate if both and c_rate else None,
         "p_value": two_proportion_p_value(treatment_x, treatment_n, control_x, control_n),
         "window_open": window_open,
     }
 
 
-def sop_performance(*, user, since: datetime, until: datetime, channel: Channel | None = None,
-                    owner: AbstractBaseUser | None = None, sop: Sop | None = None,
+def sop_performance(*, scope: Scope, period: Period, sop: Sop | None = None,
                     now: datetime | None = None) -> dict[str, Any]:
-    """Per SOP and per step, for the enrolments that entered in [since, until) and their
-    messages. Five queries: the SOPs, their steps, the enrolments aggregated per SOP, the
+    """Per SOP and per step, for the enrolments of customers in scope that entered in the
+    period, and their messages. Five queries: the SOPs, their steps, the enrolments aggregated per SOP, the
     messages aggregated per step, the skipped messages per step and reason."""
     now = now or timezone.now()
     sops = Sop.objects.select_related("model", "stage").order_by("model__order", "model__key",
@@ -139,8 +138,8 @@ def sop_performance(*, user, since: datetime, until: datetime, channel: Channel 
     for step in SopStep.objects.filter(sop__in=[s.pk for s in sops]).order_by("sop", "order"):
         steps[step.sop_id].append(step)
 
-    enrolments = in_scope(Enrollment.objects.filter(entered_at__gte=since, entered_at__lt=until),
-                          user=user, channel=channel, owner=owner, path="customer__")
+    enrolments = scope.apply(Enrollment.objects.filter(
+        entered_at__gte=period.since, entered_at__lt=period.until), path="customer__")
     if sop is not None:
         enrolments = enrolments.filter(sop=sop)
     control = Q(status=Enrollment.Status.HOLDOUT)
@@ -212,19 +211,18 @@ def _sop_row(sop: Sop, steps: list[SopStep], row: dict, by_step: dict,
     }
 
 
-def campaign_performance(*, user, since: datetime, until: datetime,
-                         channel: Channel | None = None, owner: AbstractBaseUser | None = None,
+def campaign_performance(*, scope: Scope, period: Period,
                          campaign: Campaign | None = None) -> dict[str, Any]:
-    """Per campaign started in [since, until): the funnel of its messages to the customers in
+    """Per campaign started in the period: the funnel of its messages to the customers in
     scope. Three queries: the campaigns, their messages aggregated, the skipped ones by
     reason."""
-    campaigns = Campaign.objects.filter(started_at__gte=since, started_at__lt=until).order_by(
-        "-started_at", "-pk")
+    campaigns = Campaign.objects.filter(
+        started_at__gte=period.since, started_at__lt=period.until).order_by("-started_at", "-pk")
     if campaign is not None:
         campaigns = campaigns.filter(pk=campaign.pk)
     campaigns = list(campaigns)
-    messages = in_scope(Message.objects.filter(campaign__in=[c.pk for c in campaigns]),
-                        user=user, channel=channel, owner=owner, path="customer__")
+    messages = scope.apply(Message.objects.filter(campaign__in=[c.pk for c in campaigns]),
+                           path="customer__")
     annotations, aggregates = _message_figures(policy().block_window_hours)
     by_campaign = {row["campaign"]: row for row in messages.annotate(**annotations)
                    .values("campaign").annotate(**aggregates).order_by()}
