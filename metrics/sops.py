@@ -107,7 +107,7 @@ def two_proportion_p_value(x1: int, n1: int, x2: int, n2: int) -> float | None:
 
 def _comparison(row: dict, what: str, window_open: int) -> dict[str, Any]:
     """Treatment against control for one outcome (`converted` / `advanced`)."""
-    control_n, treatment_n = row.get("control", 0), row.get("enrolled", 0) - row.get("control", 0)
+    control_n, treatment_n = row.get("control", 0), row.get("treatment", 0)
     control_x, treatment_x = row.get(f"{what}_control", 0), row.get(f"{what}_treatment", 0)
     t_rate = treatment_x / treatment_n if treatment_n else None
     c_rate = control_x / control_n if control_n else None
@@ -142,26 +142,32 @@ def sop_performance(*, scope: Scope, period: Period, sop: Sop | None = None,
         entered_at__gte=period.since, entered_at__lt=period.until), path="customer__")
     if sop is not None:
         enrolments = enrolments.filter(sop=sop)
-    control = Q(status=Enrollment.Status.HOLDOUT)
     advanced = Exists(StageTransition.objects.filter(
         customer=OuterRef("customer"), model=OuterRef("sop__model"),
         at__gt=OuterRef("entered_at"),
         at__lte=_after("entered_at", timedelta(days=ADVANCEMENT_DAYS)),
         backward=False, to_stage__position__gt=OuterRef("sop__stage__position")))
-    by_sop = {row["sop"]: row for row in enrolments.annotate(
-        is_converted=_paid_order_within("entered_at", CONVERSION_DAYS), is_advanced=advanced,
-    ).values("sop").annotate(
-        enrolled=Count("id"),
-        control=Count("id", filter=control),
-        converted_treatment=Count("id", filter=~control & Q(is_converted=True)),
-        converted_control=Count("id", filter=control & Q(is_converted=True)),
-        advanced_treatment=Count("id", filter=~control & Q(is_advanced=True)),
-        advanced_control=Count("id", filter=control & Q(is_advanced=True)),
-        conversion_open=Count("id", filter=Q(
-            entered_at__gt=now - timedelta(days=CONVERSION_DAYS))),
-        advancement_open=Count("id", filter=Q(
-            entered_at__gt=now - timedelta(days=ADVANCEMENT_DAYS))),
-    ).order_by()}
+    # Grouped by status too, so each subquery is evaluated once per enrolment; the statuses
+    # fold into the two groups below.
+    by_sop: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in enrolments.annotate(
+            is_converted=_paid_order_within("entered_at", CONVERSION_DAYS),
+            is_advanced=advanced).values("sop", "status").annotate(
+            n=Count("id"),
+            converted=Count("id", filter=Q(is_converted=True)),
+            advanced=Count("id", filter=Q(is_advanced=True)),
+            conversion_open=Count("id", filter=Q(
+                entered_at__gt=now - timedelta(days=CONVERSION_DAYS))),
+            advancement_open=Count("id", filter=Q(
+                entered_at__gt=now - timedelta(days=ADVANCEMENT_DAYS)))).order_by():
+        group = "control" if row["status"] == Enrollment.Status.HOLDOUT else "treatment"
+        folded = by_sop[row["sop"]]
+        folded["enrolled"] += row["n"]
+        folded[group] += row["n"]
+        for outcome in ("converted", "advanced"):
+            folded[f"{outcome}_{group}"] += row[outcome]
+        for window in ("conversion_open", "advancement_open"):
+            folded[window] += row[window]
 
     messages = Message.objects.filter(enrollment__in=enrolments.values("pk"))
     annotations, aggregates = _message_figures(policy().block_window_hours)
@@ -202,7 +208,7 @@ def _sop_row(sop: Sop, steps: list[SopStep], row: dict, by_step: dict,
         "active": sop.active,
         "holdout_percent": sop.holdout_percent,
         "enrolled": row.get("enrolled", 0),
-        "treatment": row.get("enrolled", 0) - row.get("control", 0),
+        "treatment": row.get("treatment", 0),
         "control": row.get("control", 0),
         "messages": _funnel(total, total_skipped),
         "conversion": _comparison(row, "converted", row.get("conversion_open", 0)),
