@@ -45,19 +45,14 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import OperationalError, connection, connections, transaction  # noqa: E402
 from django.db.backends.signals import connection_created  # noqa: E402
 from django.db.models import QuerySet  # noqa: E402
-from django.utils import timezone  # noqa: E402
 
 from core import access  # noqa: E402
-from crm.models import Customer  # noqa: E402
 from tagging import services  # noqa: E402
 from tagging.models import (  # noqa: E402
     CustomerTag,
     Tag,
-    TagChange,
     TagGroup,
     TagRule,
-    TagRuleRun,
-    TagSource,
 )
 from tagging.selectors import segment_preview  # noqa: E402
 
@@ -327,60 +322,6 @@ def run_all(rules: list[TagRule], recorder: Recorder) -> dict:
             "timeouts": sum(r["timeout"] for r in per_rule)}
 
 
-# --- A scratch variant of tagging.services.tag_rule_run ---------------------------------------
-
-MATCH_TABLE = "bench_rule_match"
-
-
-def tag_rule_run_materialized(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
-                              customer_ids: list[int] | None = None) -> TagRuleRun | None:
-    """`services.tag_rule_run` with one change: the customers matching the rule are computed
-    once, into a temporary table with a primary key (ANALYZEd), and the count, the INSERT and
-    the sync DELETE join that table instead of each evaluating the condition again. A nested
-    loop over it is an index probe, so no plan can re-run an events aggregate per row."""
-    started = time.monotonic()
-    now = timezone.now()
-    with transaction.atomic():
-        locked = TagRule.objects.select_for_update(skip_locked=True).filter(pk=rule.pk).first()
-        if locked is None:
-            return None
-        rule = TagRule.objects.select_related("tag__group").get(pk=rule.pk)
-        q = services._rule_condition(rule, now, customer_ids)
-        scope = Customer.objects.all()
-        if customer_ids is not None:
-            scope = scope.filter(pk__in=customer_ids)
-        select, params = scope.filter(q).order_by().values("pk").query.sql_with_params()
-        with connection.cursor() as cursor:
-            cursor.execute(f"DROP TABLE IF EXISTS {MATCH_TABLE}")
-            cursor.execute(f"CREATE TEMPORARY TABLE {MATCH_TABLE} ON COMMIT DROP AS "
-                           f"SELECT s.id FROM ({select}) AS s(id)", params)
-            matched = cursor.rowcount
-            cursor.execute(f"ALTER TABLE {MATCH_TABLE} ADD PRIMARY KEY (id)")
-            cursor.execute(f"ANALYZE {MATCH_TABLE}")
-        matching = scope.extra(where=[f"EXISTS (SELECT 1 FROM {MATCH_TABLE} m "
-                                      f"WHERE m.id = crm_customer.id)"])
-        added = services._add(matching, rule.tag, source=TagSource.RULE, rule=rule, now=now)
-        removed = 0
-        if rule.mode == TagRule.Mode.SYNC:
-            stale = CustomerTag.objects.filter(tag=rule.tag, rule=rule, source=TagSource.RULE)
-            if customer_ids is not None:
-                stale = stale.filter(customer__in=customer_ids)
-            stale = stale.extra(where=[f"NOT EXISTS (SELECT 1 FROM {MATCH_TABLE} m "
-                                       f"WHERE m.id = tagging_customertag.customer_id)"])
-            removed = services._remove(stale, action=TagChange.Action.REMOVED,
-                                       source=TagSource.RULE, rule=rule, now=now,
-                                       keep_manual=True)
-        run = TagRuleRun(rule=rule, trigger=trigger, started_at=now, matched=matched,
-                         added=added, removed=removed,
-                         duration_ms=round((time.monotonic() - started) * 1000),
-                         scope_size=len(customer_ids) if customer_ids is not None else None)
-        if customer_ids is None or added or removed:
-            run.save()
-        if customer_ids is None:
-            TagRule.objects.filter(pk=rule.pk).update(last_run_at=now)
-    return run
-
-
 # --- Segment previews -----------------------------------------------------------------------
 
 def random_condition(rng: random.Random, tag_ids: list[int]) -> dict:
@@ -541,7 +482,7 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=20)
     parser.add_argument("--previews", type=int, default=30)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--prechecks", choices=["both", "as-is", "bypassed"], default="both",
+    parser.add_argument("--prechecks", choices=["both", "as-is", "bypassed"], default="as-is",
                         help="the pre-checks of _add/_remove: run the rules with them "
                              "as they are, bypassed, or both (twice the time)")
     parser.add_argument("--jit", choices=["server", "off"], default="server",
@@ -556,9 +497,6 @@ def main() -> None:
                         help="drop the indexes other indexes cover for the run, then rebuild "
                              "them (a scratch experiment on the bench database)")
     parser.add_argument("--no-gin", action="store_true", help="skip the GIN comparison")
-    parser.add_argument("--variant", choices=["shipped", "materialized"], default="shipped",
-                        help="'materialized': run rules with the scratch "
-                             "tag_rule_run_materialized of this file")
     parser.add_argument("--rule-timeout", type=int, default=120,
                         help="statement_timeout (s) while rules run; a rule that hits it is "
                              "reported as TIMEOUT and rolled back")
@@ -590,8 +528,6 @@ def run(args, stack: ExitStack) -> None:
     if args.fk_checks == "off":
         connection_created.connect(_no_fk_checks)
         sql("SET session_replication_role = replica")
-    if args.variant == "materialized":
-        services.tag_rule_run = tag_rule_run_materialized
     if args.drop_redundant_indexes:
         dropped = stack.enter_context(indexes_dropped(REDUNDANT_INDEXES))
         print(f"(dropped for this run, rebuilt at its end: {', '.join(dropped)})")
@@ -605,7 +541,7 @@ def run(args, stack: ExitStack) -> None:
     print(f"# bench/tags.py — database {name}, PostgreSQL {version}, "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, jit {sql('SHOW jit')[0][0]}, "
           f"work_mem {sql('SHOW work_mem')[0][0]}, pre-checks {args.prechecks}, "
-          f"fk checks {args.fk_checks}, variant {args.variant}")
+          f"fk checks {args.fk_checks}")
     print("data: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
 
     # After TRUNCATE the tag tables are as a fresh install has them: never analyzed, so the

@@ -92,6 +92,8 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
+# work_mem for the set-based evaluations (tag rules, lifecycle) on PostgreSQL, per transaction.
+DB_HEAVY_WORK_MEM = os.environ.get("DB_HEAVY_WORK_MEM", "64MB")
 if os.environ.get("DATABASE_URL"):
     DATABASES = {
         "default": dj_database_url.parse(

@@ -144,3 +144,41 @@ def update_to_later(
             cursor.execute(sql, [*set_params, *params])
             updated += cursor.rowcount
     return updated
+
+
+def heavy_statements() -> None:
+    """Give the rest of the current transaction room for big hash joins and aggregates.
+
+    PostgreSQL's default `work_mem` (4 MB) is sized for many small concurrent queries. A rule
+    or stage evaluation over a million customers hashes a few hundred thousand ids, and below
+    that size the planner gives up the hashed `IN (…)` / anti-join and re-runs a subquery per
+    row — minutes instead of seconds. `SET LOCAL` ends with the transaction; a no-op elsewhere.
+    """
+    if connection.vendor != "postgresql" or not connection.in_atomic_block:
+        return
+    from django.conf import settings
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('work_mem', %s, true)", [settings.DB_HEAVY_WORK_MEM])
+
+
+def materialize_ids(name: str, queryset: models.QuerySet) -> int | None:
+    """Store the primary keys a queryset selects in a temporary table `name` (PostgreSQL:
+    dropped at commit, with a primary key and fresh statistics), so that later statements join
+    a small indexed table instead of evaluating the queryset's conditions again.
+
+    Returns the number of ids, or None where there are no such tables (SQLite keeps the
+    caller's plain queryset path). Call inside a transaction.
+    """
+    if connection.vendor != "postgresql":
+        return None
+    select, params = queryset.order_by().values("pk").query.sql_with_params()
+    table = connection.ops.quote_name(name)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        cursor.execute(f"CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS "
+                       f"SELECT s.id FROM ({select}) AS s(id)", params)
+        count = cursor.rowcount
+        cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
+        cursor.execute(f"ANALYZE {table}")
+    return count

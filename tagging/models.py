@@ -63,21 +63,31 @@ class TagSource(models.TextChoices):
 
 class CustomerTag(models.Model):
     """A tag a customer holds now. `exclusive_group` repeats the group id when the group is
-    exclusive (NULL otherwise), so one unique constraint enforces "at most one per group"."""
+    exclusive (NULL otherwise), so one unique constraint enforces "at most one per group".
+
+    Rule runs write hundreds of thousands of these rows at once, so the table carries only the
+    indexes its queries use — (customer, tag), (tag, customer), (customer, exclusive group),
+    rule, expiry — and database foreign keys only where integrity rests on them (customer, tag);
+    `exclusive_group`, `rule` and `added_by` are bookkeeping that Django's `on_delete` keeps
+    (docs/PERFORMANCE.md, "Tag rules and segments")."""
 
     id = models.BigAutoField(primary_key=True)
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
-                                 on_delete=models.CASCADE, related_name="customer_tags")
+                                 on_delete=models.CASCADE, related_name="customer_tags",
+                                 db_index=False)
     tag = models.ForeignKey(Tag, verbose_name=_("tag"), on_delete=models.CASCADE,
-                            related_name="customer_tags")
+                            related_name="customer_tags", db_index=False)
     exclusive_group = models.ForeignKey(TagGroup, null=True, blank=True, editable=False,
-                                        on_delete=models.CASCADE, related_name="+")
+                                        on_delete=models.CASCADE, related_name="+",
+                                        db_index=False, db_constraint=False)
     source = models.CharField(_("source"), max_length=16, choices=TagSource.choices,
                               default=TagSource.MANUAL)
     rule = models.ForeignKey("TagRule", verbose_name=_("rule"), null=True, blank=True,
-                             on_delete=models.SET_NULL, related_name="+")
+                             on_delete=models.SET_NULL, related_name="+", db_index=False,
+                             db_constraint=False)
     added_by = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("added by"), null=True,
-                                 blank=True, on_delete=models.SET_NULL, related_name="+")
+                                 blank=True, on_delete=models.SET_NULL, related_name="+",
+                                 db_index=False, db_constraint=False)
     added_at = models.DateTimeField(_("added at"))
     expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
 
@@ -115,18 +125,24 @@ class TagChange(models.Model):
         DELETED = "deleted", _("Tag deleted")
 
     id = models.BigAutoField(primary_key=True)
+    # History is append-only and written in bulk: (customer, at) is its one index, and the
+    # references are kept by Django's on_delete, not by per-row database triggers.
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
-                                 on_delete=models.CASCADE, related_name="tag_changes")
+                                 on_delete=models.CASCADE, related_name="tag_changes",
+                                 db_index=False, db_constraint=False)
     tag = models.ForeignKey(Tag, verbose_name=_("tag"), null=True, blank=True,
-                            on_delete=models.SET_NULL, related_name="changes")
+                            on_delete=models.SET_NULL, related_name="changes", db_index=False,
+                            db_constraint=False)
     tag_name = models.CharField(_("tag name"), max_length=64)
     group_name = models.CharField(_("group name"), max_length=64)
     action = models.CharField(_("action"), max_length=16, choices=Action.choices)
     source = models.CharField(_("source"), max_length=16, choices=TagSource.choices)
     rule = models.ForeignKey("TagRule", verbose_name=_("rule"), null=True, blank=True,
-                             on_delete=models.SET_NULL, related_name="+")
+                             on_delete=models.SET_NULL, related_name="+", db_index=False,
+                             db_constraint=False)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("by"), null=True,
-                              blank=True, on_delete=models.SET_NULL, related_name="+")
+                              blank=True, on_delete=models.SET_NULL, related_name="+",
+                              db_index=False, db_constraint=False)
     at = models.DateTimeField(_("at"))
 
     class Meta:

@@ -26,12 +26,13 @@ from django.db.models import (
     Q,
     Value,
 )
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core import conditions
-from core.db import delete_returning, insert_from_select
+from core.db import delete_returning, heavy_statements, insert_from_select, materialize_ids
 from core.exceptions import ApplicationError
 from crm.models import Customer
 from tagging.models import (
@@ -46,6 +47,7 @@ from tagging.models import (
 )
 
 logger = logging.getLogger(__name__)
+MATCH_TABLE = "tagging_rule_match"   # temporary, per transaction: the customers a rule matches
 SYNC_BATCH = 5_000   # a bulk change this large or smaller runs in the request
 
 
@@ -326,12 +328,20 @@ def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
         if locked is None:
             return None
         rule = (TagRule.objects.select_related("tag__group").get(pk=rule.pk))
+        heavy_statements()
         q = _rule_condition(rule, now, customer_ids)
         scope = Customer.objects.all()
         if customer_ids is not None:
             scope = scope.filter(pk__in=customer_ids)
         matching = scope.filter(q)
-        matched = matching.count()
+        # The condition is evaluated once: on PostgreSQL into a temporary table that the
+        # count, the INSERT and the sync DELETE then join (an index probe each), so no plan
+        # can re-run an events aggregate per customer.
+        matched = materialize_ids(MATCH_TABLE, matching)
+        if matched is None:
+            matched = matching.count()
+        else:
+            matching = scope.filter(pk__in=RawSQL(f"SELECT id FROM {MATCH_TABLE}", ()))
         added = _add(matching, rule.tag, source=TagSource.RULE, rule=rule, now=now)
         removed = 0
         if rule.mode == TagRule.Mode.SYNC:

@@ -325,7 +325,9 @@ def test_a_second_run_that_changes_nothing_writes_nothing(follow_up,
     assert sum(r.added for r in first) == 11     # 9 layers, 2 in 上海
     rows = (CustomerTag.objects.count(), TagChange.objects.count())
 
-    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(60):
+    # ≈15 statements a rule on PostgreSQL: lock, load, work_mem, the matched-ids temporary table
+    # (drop, create, key, analyze), the pre-checks; none of them writes a tag or history row.
+    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(80):
         second = services.tag_rules_run_due(force=True)
 
     assert [(r.added, r.removed) for r in second] == [(0, 0)] * 5
