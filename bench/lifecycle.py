@@ -43,7 +43,6 @@ django.setup()
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection, connections, transaction  # noqa: E402
 from django.db.backends.signals import connection_created  # noqa: E402
-from django.db.models import F, FilteredRelation, Q  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from core import access, conditions  # noqa: E402
@@ -231,51 +230,6 @@ def scan_floor(*, groups: bool, repeat: int = 3) -> float:
     return statistics.median(times)
 
 
-# --- A scratch variant of lifecycle.services._changes_sql ------------------------------------
-
-def changes_sql_join(model, stages, *, now, thresholds, customer_ids, pk_range,
-                     respect_locks: bool = True) -> tuple[str, list]:
-    """`services._changes_sql` with one change: the stored stage and lock come from one
-    LEFT JOIN of the customer's CustomerStage row of this model (a FilteredRelation) instead of
-    two correlated `Subquery(…[:1])` that run once per customer each."""
-    ctx = {"now": now, "thresholds": thresholds, "customer_ids": customer_ids,
-           "pk_range": pk_range}
-    customers = Customer.objects.all()
-    if customer_ids is not None:
-        customers = customers.filter(pk__in=customer_ids)
-    if pk_range is not None:
-        customers = customers.filter(pk__gt=pk_range[0])
-        if pk_range[1] is not None:
-            customers = customers.filter(pk__lte=pk_range[1])
-    inner = customers.order_by().annotate(
-        _cs=FilteredRelation("customer_stages", condition=Q(customer_stages__model=model)),
-    ).annotate(
-        _target=services._target_case(stages, ctx),
-        _current=F("_cs__stage_id"),
-        _locked=F("_cs__locked_until"),
-    ).values_list("pk", "_target", "_current", "_locked")
-    inner_sql, params = inner.query.sql_with_params()
-    fence = " OFFSET 0"
-    position_of = " ".join(f"WHEN {st.pk} THEN {st.position}" for st in stages)
-    id_at = " ".join(f"WHEN {st.position} THEN {st.pk}" for st in stages)
-    current_pos = f"(CASE t._current {position_of} END)"
-    final_pos = "t._target"
-    if model.monotonic:
-        final_pos = f"(CASE WHEN {current_pos} > t._target THEN {current_pos} ELSE t._target END)"
-    statement = (
-        f"SELECT customer_id, current_id, final_id FROM ("
-        f"SELECT t.pk AS customer_id, t._current AS current_id, "
-        f"(CASE {final_pos} {id_at} END) AS final_id, t._locked AS locked_until "
-        f"FROM ({inner_sql}{fence}) AS t) AS f "
-        f"WHERE f.final_id IS NOT NULL AND (f.current_id IS NULL OR f.current_id <> f.final_id)"
-    )
-    params = list(params)
-    if respect_locks:
-        statement += " AND (f.locked_until IS NULL OR f.locked_until <= %s)"
-        params.append(connection.ops.adapt_datetimefield_value(now))
-    return statement, params
-
-
 # --- Evaluation -----------------------------------------------------------------------------
 
 def evaluate_all(models: list[StageModel], recorder: Recorder, *, chunk: int,
@@ -377,8 +331,6 @@ def main() -> None:
     parser.add_argument("--hooks", choices=["on", "off"], default="on",
                         help="'off': do not call the transition hooks (campaigns' SOP "
                              "enrolment), to time evaluation proper")
-    parser.add_argument("--variant", choices=["shipped", "join"], default="shipped",
-                        help="'join': evaluate with the scratch changes_sql_join of this file")
     parser.add_argument("--force", action="store_true",
                         help="Run on a database whose name lacks 'bench'.")
     args = parser.parse_args()
@@ -407,8 +359,6 @@ def run(args, stack: ExitStack) -> None:
     if args.fk_checks == "off":
         connection_created.connect(_no_fk_checks)
         sql("SET session_replication_role = replica")
-    if args.variant == "join":
-        services._changes_sql = changes_sql_join
     HOOKS_ON[0] = args.hooks == "on"
     if args.drop_redundant_indexes:
         dropped = stack.enter_context(indexes_dropped(REDUNDANT_INDEXES))
@@ -422,7 +372,7 @@ def run(args, stack: ExitStack) -> None:
     print(f"# bench/lifecycle.py — database {name}, PostgreSQL {version}, "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, chunk {args.chunk:,}, "
           f"jit {sql('SHOW jit')[0][0]}, work_mem {sql('SHOW work_mem')[0][0]}, "
-          f"variant {args.variant}, hooks {args.hooks}, fk checks {args.fk_checks}")
+          f"hooks {args.hooks}, fk checks {args.fk_checks}")
     print("data: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
 
     models = list(StageModel.objects.filter(key__in=MODELS).order_by("order", "key"))

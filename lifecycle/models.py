@@ -83,12 +83,14 @@ class CustomerStage(models.Model):
     """A customer's current stage in one model."""
 
     id = models.BigAutoField(primary_key=True)
+    # (customer, model) and (model, stage, customer) are the indexes its queries use.
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
-                                 on_delete=models.CASCADE, related_name="customer_stages")
+                                 on_delete=models.CASCADE, related_name="customer_stages",
+                                 db_index=False)
     model = models.ForeignKey(StageModel, verbose_name=_("model"), on_delete=models.CASCADE,
-                              related_name="customer_stages")
+                              related_name="customer_stages", db_index=False)
     stage = models.ForeignKey(Stage, verbose_name=_("stage"), on_delete=models.PROTECT,
-                              related_name="customer_stages")
+                              related_name="customer_stages", db_index=False)
     entered_at = models.DateTimeField(_("entered at"))
     source = models.CharField(_("source"), max_length=16, choices=TransitionSource.choices)
     locked_until = models.DateTimeField(_("locked until"), null=True, blank=True)
@@ -111,22 +113,30 @@ class CustomerStage(models.Model):
 
 
 class StageTransition(models.Model):
+    """One move of a customer between stages: the history. Append-only and written in bulk,
+    so it keeps two indexes, (customer, at) and (model, at), and its references are kept by
+    Django's on_delete rather than per-row database triggers; keys are copied."""
+
     id = models.BigAutoField(primary_key=True)
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
-                                 on_delete=models.CASCADE, related_name="stage_transitions")
+                                 on_delete=models.CASCADE, related_name="stage_transitions",
+                                 db_index=False, db_constraint=False)
     model = models.ForeignKey(StageModel, verbose_name=_("model"), on_delete=models.CASCADE,
-                              related_name="transitions")
+                              related_name="transitions", db_index=False, db_constraint=False)
     from_stage = models.ForeignKey(Stage, verbose_name=_("from"), null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+                                   on_delete=models.SET_NULL, related_name="+", db_index=False,
+                                   db_constraint=False)
     to_stage = models.ForeignKey(Stage, verbose_name=_("to"), null=True,
-                                 on_delete=models.SET_NULL, related_name="+")
+                                 on_delete=models.SET_NULL, related_name="+", db_index=False,
+                                 db_constraint=False)
     from_key = models.CharField(_("from (key)"), max_length=32, blank=True)
     to_key = models.CharField(_("to (key)"), max_length=32)
     at = models.DateTimeField(_("at"))
     source = models.CharField(_("source"), max_length=16, choices=TransitionSource.choices)
     reason = models.CharField(_("reason"), max_length=500, blank=True)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("by"), null=True,
-                              blank=True, on_delete=models.SET_NULL, related_name="+")
+                              blank=True, on_delete=models.SET_NULL, related_name="+",
+                              db_index=False, db_constraint=False)
     win_back = models.BooleanField(_("win-back (回流)"), default=False)
     backward = models.BooleanField(_("backward move"), default=False)
 

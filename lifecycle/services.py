@@ -20,14 +20,12 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import (
-    BigIntegerField,
     Case,
     Count,
-    DateTimeField,
     F,
+    FilteredRelation,
     IntegerField,
-    OuterRef,
-    Subquery,
+    Q,
     Value,
     When,
 )
@@ -35,6 +33,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core import access, conditions
+from core.db import heavy_statements
 from core.exceptions import ApplicationError
 from crm.models import Customer
 from lifecycle import hooks
@@ -100,7 +99,6 @@ def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
     stage should change; `final_id` honours monotonic models and manual locks."""
     ctx = {"now": now, "thresholds": thresholds, "customer_ids": customer_ids,
            "pk_range": pk_range}
-    stored = CustomerStage.objects.filter(customer=OuterRef("pk"), model=model)
     customers = Customer.objects.all()
     if customer_ids is not None:
         customers = customers.filter(pk__in=customer_ids)
@@ -108,10 +106,13 @@ def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
         customers = customers.filter(pk__gt=pk_range[0])
         if pk_range[1] is not None:
             customers = customers.filter(pk__lte=pk_range[1])
+    # The stored stage and lock come from one LEFT JOIN of the customer's row of this model.
     inner = customers.order_by().annotate(
+        _cs=FilteredRelation("customer_stages", condition=Q(customer_stages__model=model)),
+    ).annotate(
         _target=_target_case(stages, ctx),
-        _current=Subquery(stored.values("stage_id")[:1], output_field=BigIntegerField()),
-        _locked=Subquery(stored.values("locked_until")[:1], output_field=DateTimeField()),
+        _current=F("_cs__stage_id"),
+        _locked=F("_cs__locked_until"),
     ).values_list("pk", "_target", "_current", "_locked")
     inner_sql, params = inner.query.sql_with_params()
 
@@ -259,6 +260,7 @@ def stage_model_evaluate(*, model: StageModel, customer_ids: list[int] | None = 
         if locked is None:
             return None
         model = locked
+        heavy_statements()
         stages = _stages(model)
         keys = {s.pk: s.key for s in stages}
         # A model whose stages are not written yet moves no one (and has no SQL to run).
@@ -468,17 +470,23 @@ def stage_model_simulate(*, model: StageModel, thresholds: dict[str, Any]) -> di
     keys = {s.pk: s.key for s in stages}
     now_counts = Counter({keys[sid]: n for sid, n in CustomerStage.objects.filter(model=model)
                          .values_list("stage_id").annotate(n=Count("id"))})
-    moves = []
-    if stages:
-        sql, params = _changes_sql(model, stages, now=timezone.now(), thresholds=proposal,
-                                   customer_ids=None, pk_range=None)
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT current_id, final_id, COUNT(*) FROM ({sql}) AS moves "
-                           f"GROUP BY current_id, final_id", params)
-            moves = cursor.fetchall()
+    moves: Counter = Counter()
+    now = timezone.now()
+    # Chunked by primary key like evaluation, so each chunk's aggregates stay small enough to
+    # hash; read-only, in one transaction for the work_mem setting.
+    with transaction.atomic():
+        heavy_statements()
+        for _ids, pk_range in (_pk_ranges(None, CHUNK) if stages else ()):
+            sql, params = _changes_sql(model, stages, now=now, thresholds=proposal,
+                                       customer_ids=None, pk_range=pk_range)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT current_id, final_id, COUNT(*) FROM ({sql}) AS moves "
+                               f"GROUP BY current_id, final_id", params)
+                for current_id, final_id, n in cursor.fetchall():
+                    moves[(current_id, final_id)] += n
     proposed = Counter(now_counts)
     matrix = []
-    for current_id, final_id, n in moves:
+    for (current_id, final_id), n in moves.items():
         if current_id is not None:
             proposed[keys[current_id]] -= n
         proposed[keys[final_id]] += n
