@@ -1,0 +1,184 @@
+"""The KPI endpoints: DESIGN §4 shapes of funnel and revenue, the 400s, operator scoping and the
+cache. Data: tests/metrics/handbuilt.py (R = 2024-03-01 … 03-10)."""
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.cache import cache
+
+from crm.models import Customer
+from metrics.periods import local_today
+from tests.factories import UserFactory
+from tests.metrics.handbuilt import build, mar
+
+pytestmark = [pytest.mark.django_db, pytest.mark.both_dbs]
+
+RANGE = {"start": "2024-03-01", "end": "2024-03-10"}
+PERIOD_KEYS = {"revenue", "traffic", "conversion_rate", "average_order_value",
+               "purchase_frequency"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def data(db):
+    return build()
+
+
+@pytest.fixture
+def get(api_client_for, admin_user):
+    def request(path, user=None, **params):
+        client = api_client_for(user or admin_user)
+        return client.get(f"/api/v1/metrics/{path}/", params)
+    return request
+
+
+def test_funnel_shape(data, get):
+    response = get("funnel", model="aipl")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == "aipl"
+    assert [(s["stage"], s["count"]) for s in body["stages"]] == [
+        ("awareness", 3), ("interest", 1), ("purchase", 2), ("loyalty", 1)]
+    assert set(body["stages"][0]) == {"stage", "name", "count", "reach", "rate_to_next"}
+    assert body["stages"][0]["rate_to_next"] == 4 / 7
+    historical = get("funnel", model="aipl", date="2024-03-04").json()
+    assert (historical["date"], historical["source"]) == ("2024-03-04", "rebuilt")
+    assert [s["count"] for s in historical["stages"]] == [2, 2, 2, 0]
+
+
+def test_revenue_shape(data, get):
+    body = get("revenue", **RANGE).json()
+    assert set(body) >= PERIOD_KEYS
+    assert set(body["previous"]) >= PERIOD_KEYS
+    assert set(body["decomposition"]) == {"traffic", "conversion_rate", "average_order_value",
+                                          "purchase_frequency"}
+    assert (body["revenue"], body["average_order_value"]) == ("900.00", "300.00")
+    assert isinstance(body["traffic"], int) and isinstance(body["conversion_rate"], float)
+    assert isinstance(body["purchase_frequency"], float)
+    assert body["previous"]["revenue"] == "50.00"                  # default: 02-20 … 02-29
+    parts = [Decimal(v) for v in body["decomposition"].values()]
+    assert all(v == v.quantize(Decimal("0.01")) for v in parts)
+    assert sum(parts) == Decimal(body["revenue"]) - Decimal(body["previous"]["revenue"])
+    # An explicit comparison range.
+    body = get("revenue", **RANGE, compare_start="2024-01-01", compare_end="2024-01-05").json()
+    assert (body["previous"]["start"], body["method"]) == ("2024-01-01", "shapley")
+    assert sum(Decimal(v) for v in body["decomposition"].values()) == Decimal("900.00")
+
+
+def test_overview(data, get):
+    body = get("overview", **RANGE).json()
+    assert (body["start"], body["end"]) == ("2024-03-01", "2024-03-10")
+    assert body["relationship"]["acquaintance"]["friend_loss_rate"] == 1 / 4
+    assert body["relationship"]["interaction"]["retention_rate"] == 1 / 2
+    assert body["relationship"]["purchase"]["conversion_rate"] == 1 / 4
+    assert body["relationship"]["alliance"]["fission_multiplier"] == 2.0
+    assert body["lifecycle"]["churn"]["rate"] == 1 / 2
+    assert body["lifecycle"]["win_back"]["rate"] == 1 / 2
+    assert len(body["series"]) == 10
+    assert body["totals"]["revenue"] == "900.00" and body["totals"]["new_customers"] == 4
+
+
+def test_stages_flows_and_cohorts(data, get):
+    stages = get("stages", model="value", **RANGE).json()
+    assert [s["stage"] for s in stages["stages"]] == ["intro", "growth", "mature", "dormant",
+                                                      "churn"]
+    assert stages["stages"][0]["median_days_in_stage"] == 5.25
+    flows = get("flows", model="value", **RANGE).json()
+    assert {"from": "dormant", "to": "growth", "count": 1, "win_backs": 1} in flows["flows"]
+    cohorts = get("cohorts", start="2024-01-01", end="2024-03-31").json()
+    assert [c["cohort"] for c in cohorts["cohorts"]] == ["2024-01", "2024-02", "2024-03"]
+
+
+def test_default_range_is_the_last_30_days(data, get):
+    today = local_today()
+    body = get("overview").json()
+    assert (body["start"], body["end"]) == ((today - timedelta(days=29)).isoformat(),
+                                            today.isoformat())
+    assert body["series"][-1]["live"] is True
+    body = get("revenue", start=(today - timedelta(days=6)).isoformat()).json()
+    assert (body["end"], body["previous"]["end"]) == (
+        today.isoformat(), (today - timedelta(days=7)).isoformat())
+
+
+@pytest.mark.parametrize("path, params, parameter", [
+    ("overview", {"start": "2024-02-30"}, "start"),
+    ("overview", {"start": "yesterday"}, "start"),
+    ("overview", {"start": "2024-03-10", "end": "2024-03-01"}, "end"),
+    ("overview", {"start": "2023-01-01", "end": "2024-03-01"}, "end"),
+    ("revenue", {**RANGE, "compare_start": "2024-01-01"}, "compare_end"),
+    ("revenue", {**RANGE, "compare_start": "2024-01-05", "compare_end": "2024-01-01"},
+     "compare_end"),
+    ("funnel", {}, "model"),
+    ("funnel", {"model": "nope"}, "model"),
+    ("funnel", {"model": "aipl", "date": "2999-01-01"}, "date"),
+    ("stages", {"model": "nope"}, "model"),
+    ("flows", {"model": "value", "channel": "nope"}, "channel"),
+    ("cohorts", {"owner": "nobody"}, "owner"),
+    ("overview", {"channel": "nope"}, "channel"),
+])
+def test_bad_input_is_a_400_naming_the_parameter(data, get, path, params, parameter):
+    response = get(path, **params)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["message"].startswith(f"{parameter}: ")
+    assert body["extra"] == {"parameter": parameter}
+
+
+def test_a_full_year_is_allowed(data, get):
+    assert get("overview", start="2023-03-11", end="2024-03-10").status_code == 200  # 366 days
+
+
+def test_operators_see_their_own_customers_only(data, get, analyst):
+    def funnel(user):
+        return [s["count"] for s in get("funnel", user, model="aipl").json()["stages"]]
+
+    # op-a: c2 c7 awareness, c1 purchase, c5 loyalty; op-b: c4, c3, c6.
+    assert funnel(data.op_a) == [2, 0, 1, 1]
+    assert funnel(data.op_b) == [1, 1, 1, 0]
+    assert funnel(analyst) == [3, 1, 2, 1]
+    revenue = get("revenue", data.op_a, **RANGE).json()
+    # op-a: domain c1 c2 c5, orders of c1 and c5; before: c5 only, who bought nothing in P.
+    assert (revenue["revenue"], revenue["traffic"]) == ("900.00", 3)
+    assert (revenue["previous"]["revenue"], revenue["previous"]["traffic"]) == ("0.00", 1)
+    overview = get("overview", data.op_b, **RANGE).json()
+    assert overview["relationship"]["acquaintance"]["joined"] == 2               # c3, c4
+    assert overview["totals"]["revenue"] == "0.00"
+    # An operator asking for another owner's customers gets nothing of theirs.
+    assert get("funnel", data.op_b, model="aipl", owner="op-a").json()["stages"][0]["count"] == 0
+
+
+def test_roles(data, api_client_for):
+    assert api_client_for(None).get("/api/v1/metrics/overview/").status_code == 401
+    nobody = UserFactory(username="no-role")
+    assert api_client_for(nobody).get("/api/v1/metrics/overview/").status_code == 403
+
+
+def test_answers_are_cached_per_scope_and_parameters(data, get, django_assert_max_num_queries):
+    first = get("overview", **RANGE).json()
+    assert first["relationship"]["acquaintance"]["joined"] == 4
+    Customer.objects.create(external_id="late", joined_at=mar(5), owner=data.op_a)
+    with django_assert_max_num_queries(3):          # the token, the user's role; no metrics
+        again = get("overview", **RANGE).json()
+    assert again == first
+    # Other parameters, another scope: computed afresh.
+    assert get("overview", start="2024-03-01", end="2024-03-09").json()[
+        "relationship"]["acquaintance"]["joined"] == 5          # c1 … c4 + the late one
+    assert get("overview", data.op_a, **RANGE).json()[
+        "relationship"]["acquaintance"]["joined"] == 3          # c1 c2 + the late one
+    cache.clear()
+    assert get("overview", **RANGE).json()["relationship"]["acquaintance"]["joined"] == 5
+
+
+def test_future_end_is_answered_up_to_today(data, get):
+    today = local_today()
+    body = get("overview", start=today.isoformat(),
+               end=(today + timedelta(days=3)).isoformat()).json()
+    assert [d["date"] for d in body["series"]] == [today.isoformat()]
+    assert date.fromisoformat(body["end"]) == today + timedelta(days=3)
