@@ -37,6 +37,7 @@ urlpatterns = [
     path("api/v1/templates/preview/", campaigns_api.TemplatePreviewView.as_view(),
          name="template-preview"),
     path("api/v1/outreach-policy/", campaigns_api.PolicyView.as_view(), name="outreach-policy"),
+    path("api/v1/metrics/", include("metrics.urls")),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
