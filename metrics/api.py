@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.db import transaction
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from drf_spectacular.types import OpenApiTypes
@@ -21,6 +22,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.db import heavy_statements
 from core.exceptions import ApplicationError
 from crm.models import Channel
 from lifecycle.models import StageModel
@@ -110,7 +112,9 @@ def cached(kind: str, scope: Scope, params: dict[str, Any], compute: Callable[[]
     key = f"metrics:{kind}:{scope.key}:{digest}"
     answer = cache.get(key)
     if answer is None:
-        answer = compute()
+        with transaction.atomic():
+            heavy_statements()          # room for the big aggregates (PostgreSQL work_mem)
+            answer = compute()
         cache.set(key, answer, getattr(settings, "METRICS_CACHE_SECONDS",
                                        DEFAULT_CACHE_SECONDS))
     return answer

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncDate, TruncMonth
 
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
@@ -168,6 +168,36 @@ def stage_counts_at(*, scope: Scope, at: datetime, model_ids=None) -> list[dict[
                 .annotate(customers=Count("pk")))
 
 
+StageKey = tuple[int | None, int | None, int, str]      # (channel, owner, model, stage key)
+
+
+def stage_counts_by_key(rows) -> dict[StageKey, int]:
+    return {(r["ch"], r["ow"], r["model_id"], r["stage_key"]): r["customers"] for r in rows}
+
+
+def stage_counts_next_day(*, counts: dict[StageKey, int], day: date, model_ids=None
+                          ) -> dict[StageKey, int]:
+    """The counts at the end of `day` from those at the end of the day before: only the
+    customers with a transition on `day` change places, so take each of them out of where
+    they stood before the day and put them where they stand after it (both rebuilt from the
+    transitions, for those customers only). Equal to `stage_counts_at` for the day's end."""
+    since, until = day_start(day), day_start(day + timedelta(days=1))
+    movers = StageTransition.objects.order_by().filter(at__gte=since, at__lt=until)
+    if model_ids is not None:
+        movers = movers.filter(model_id__in=model_ids)
+    movers = movers.values("customer_id")
+    result = dict(counts)
+    for at, sign in ((since, -1), (until, 1)):
+        rows = (latest_transitions(scope=Scope(), before=at, model_ids=model_ids)
+                .filter(customer_id__in=movers)
+                .values("model_id", stage_key=F("to_key"), ch=F("customer__channel_id"),
+                        ow=F("customer__owner_id"))
+                .annotate(customers=Count("pk")))
+        for key, n in stage_counts_by_key(rows).items():
+            result[key] = result.get(key, 0) + sign * n
+    return {key: n for key, n in result.items() if n}
+
+
 # --- Stored days joined with live ones -------------------------------------------------------
 
 def _days_to_compute_live(period: Period) -> tuple[list[date], list[date]]:
@@ -245,15 +275,44 @@ def transition_totals(*, scope: Scope, model: StageModel, period: Period
 
 # --- Relationship KPIs (seed 002) ------------------------------------------------------------
 
-def _active_ids(period: Period):
-    """Customer ids with an inbound event or a paid order in the period (a UNION subquery)."""
+def _activity_counts(*, scope: Scope, period: Period) -> dict[str, int]:
+    """One pass over the inbound events and paid orders of the period and the one before it,
+    grouped by customer: active in the period, active in the previous one, in both, and — of
+    the customers in the private domain during the period — with an inbound event in it."""
+    previous = period.previous()
+    current = Q(occurred_at__gte=period.since)
     inbound = (Event.objects.order_by()
-               .filter(type__in=INBOUND, occurred_at__gte=period.since,
-                       occurred_at__lt=period.until).values("customer_id"))
+               .filter(type__in=INBOUND, occurred_at__gte=previous.since,
+                       occurred_at__lt=period.until)
+               .values(cid=F("customer_id"),
+                       cur=Case(When(current, then=1), default=0),
+                       prev=Case(When(current, then=0), default=1),
+                       inb=Case(When(current, then=1), default=0)))
+    current = Q(placed_at__gte=period.since)
     bought = (Order.objects.order_by()
-              .filter(status=Order.Status.PAID, placed_at__gte=period.since,
-                      placed_at__lt=period.until).values("customer_id"))
-    return inbound.union(bought)
+              .filter(status=Order.Status.PAID, placed_at__gte=previous.since,
+                      placed_at__lt=period.until)
+              .values(cid=F("customer_id"),
+                      cur=Case(When(current, then=1), default=0),
+                      prev=Case(When(current, then=0), default=1),
+                      inb=Value(0)))
+    activity_sql, activity_params = inbound.union(bought, all=True).query.sql_with_params()
+    customers = scope.apply(Customer.objects.order_by()).values(
+        cust=F("pk"), dom=Case(When(in_domain(period), then=1), default=0))
+    if customers.query.is_empty():
+        return {"active": 0, "active_previous": 0, "retained": 0, "interacting": 0}
+    customers_sql, customers_params = customers.query.sql_with_params()
+    sql = (
+        f"SELECT COALESCE(SUM(g.c), 0), COALESCE(SUM(g.p), 0), COALESCE(SUM(g.c * g.p), 0), "
+        f"COALESCE(SUM(g.i * cu.dom), 0) "
+        f"FROM (SELECT u.cid, MAX(u.cur) AS c, MAX(u.prev) AS p, MAX(u.inb) AS i "
+        f"FROM ({activity_sql}) u GROUP BY u.cid) g "
+        f"JOIN ({customers_sql}) cu ON cu.cust = g.cid"
+    )
+    (active, active_previous, retained, interacting), = _raw(
+        sql, [*activity_params, *customers_params])
+    return {"active": active, "active_previous": active_previous, "retained": retained,
+            "interacting": interacting}
 
 
 def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
@@ -281,14 +340,7 @@ def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
         first_time_buyers=Count("pk", filter=Q(first_order_at__gte=since,
                                                first_order_at__lt=until)),
     )
-    interacting = domain.filter(pk__in=Event.objects.order_by().filter(
-        type__in=INBOUND, occurred_at__gte=since, occurred_at__lt=until,
-    ).values("customer_id")).count()
-    previous = period.previous()
-    active = customers.filter(pk__in=_active_ids(period)).count()
-    active_previous = customers.filter(pk__in=_active_ids(previous)).count()
-    retained = (customers.filter(pk__in=_active_ids(previous))
-                .filter(pk__in=_active_ids(period)).count())
+    activity = _activity_counts(scope=scope, period=period)
     paid = scope.apply(Order.objects.order_by(), "customer__").filter(
         status=Order.Status.PAID, placed_at__gte=since, placed_at__lt=until)
     buyers = (paid.values("customer_id").annotate(n=Count("pk"))
@@ -305,12 +357,12 @@ def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
         "group_join_rate": ratio(joined["joined_group"], joined["joined"]),
         # Interaction (互动): interaction rate and retention.
         "customers": figures["customers"],
-        "interacting": interacting,
-        "interaction_rate": ratio(interacting, figures["customers"]),
-        "active": active,
-        "active_previous": active_previous,
-        "retained": retained,
-        "retention_rate": ratio(retained, active_previous),
+        "interacting": activity["interacting"],
+        "interaction_rate": ratio(activity["interacting"], figures["customers"]),
+        "active": activity["active"],
+        "active_previous": activity["active_previous"],
+        "retained": activity["retained"],
+        "retention_rate": ratio(activity["retained"], activity["active_previous"]),
         # Purchase (购买): conversion and repurchase.
         "never_bought_before": figures["never_bought_before"],
         "first_time_buyers": figures["first_time_buyers"],

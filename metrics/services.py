@@ -15,6 +15,7 @@ from datetime import date, timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from core.db import heavy_statements
 from lifecycle.models import StageModel
 from metrics import selectors
 from metrics.models import (
@@ -38,6 +39,8 @@ class SnapshotResult:
     transition_counts: int = 0
     activity: int = 0
     duration_ms: int = 0
+    # The stored stage counts by (channel, owner, model, stage), for the next day of a range.
+    counts: dict = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:
@@ -45,10 +48,13 @@ class SnapshotResult:
 
 
 @transaction.atomic
-def snapshot_metrics(*, day: date) -> SnapshotResult:
+def snapshot_metrics(*, day: date, counts_before: dict | None = None) -> SnapshotResult:
     """Store (or replace) the facts of `day`: stage counts at its end, its transitions and its
-    activity, at the grain (date, channel, owner)."""
+    activity, at the grain (date, channel, owner). The stage counts are rebuilt from every
+    transition, or — given the counts at the end of the day before, as a backfill of
+    consecutive days does — from those and the day's movers only."""
     started = time.monotonic()
+    heavy_statements()
     snapshot, _created = Snapshot.objects.select_for_update().get_or_create(
         date=day, defaults={"taken_at": timezone.now()})
     result = SnapshotResult(date=day)
@@ -59,12 +65,16 @@ def snapshot_metrics(*, day: date) -> SnapshotResult:
     DailyTransitionCount.objects.filter(date=day).delete()
     DailyActivity.objects.filter(date=day).delete()
 
-    stage_rows = selectors.stage_counts_at(scope=everyone, at=day_start(day + timedelta(days=1)),
-                                           model_ids=model_ids)
+    if counts_before is None:
+        result.counts = selectors.stage_counts_by_key(selectors.stage_counts_at(
+            scope=everyone, at=day_start(day + timedelta(days=1)), model_ids=model_ids))
+    else:
+        result.counts = selectors.stage_counts_next_day(counts=counts_before, day=day,
+                                                        model_ids=model_ids)
     result.stage_counts = len(DailyStageCount.objects.bulk_create([
-        DailyStageCount(date=day, channel_id=r["ch"], owner_id=r["ow"], model_id=r["model_id"],
-                        stage_key=r["stage_key"], customers=r["customers"])
-        for r in stage_rows], batch_size=BATCH))
+        DailyStageCount(date=day, channel_id=ch, owner_id=ow, model_id=model_id,
+                        stage_key=key, customers=n)
+        for (ch, ow, model_id, key), n in result.counts.items()], batch_size=BATCH))
     transition_rows = selectors.transitions_by_day(scope=everyone, start=day, end=day,
                                                    model_ids=model_ids)
     result.transition_counts = len(DailyTransitionCount.objects.bulk_create([
@@ -86,6 +96,23 @@ def snapshot_metrics(*, day: date) -> SnapshotResult:
     return result
 
 
+def snapshot_metrics_range(*, start: date, end: date, progress=None) -> list[SnapshotResult]:
+    """Snapshot every day from `start` to `end` (a backfill), each day in its own transaction;
+    after the first day the stage counts carry over from the day before (see
+    `snapshot_metrics`). `progress(result)` is called after each day."""
+    results: list[SnapshotResult] = []
+    counts = None
+    day = start
+    while day <= end:
+        result = snapshot_metrics(day=day, counts_before=counts)
+        counts = result.counts
+        results.append(result)
+        if progress is not None:
+            progress(result)
+        day += timedelta(days=1)
+    return results
+
+
 @dataclass
 class CohortResult:
     through: date | None
@@ -98,6 +125,7 @@ class CohortResult:
 def cohorts_refresh(*, today: date | None = None) -> CohortResult:
     """Rewrite the cohort table with every complete month (those before the current one)."""
     started = time.monotonic()
+    heavy_statements()
     today = today or local_today()
     header, _created = CohortTable.objects.select_for_update().get_or_create(pk=1)
     current = month_start(today)

@@ -53,17 +53,15 @@ class Command(BaseCommand):
         if last > today:
             raise CommandError(_("Cannot snapshot a day in the future (%(day)s); today is "
                                  "%(today)s.") % {"day": last, "today": today})
-        day, days, rows = first, 0, 0
-        while day <= last:
-            result = services.snapshot_metrics(day=day)
+        def report(result):
             self.stdout.write(_("%(day)s: %(stages)d stage counts, %(transitions)d transition "
                                 "counts, %(activity)d activity rows in %(ms)d ms")
-                              % {"day": day.isoformat(), "stages": result.stage_counts,
+                              % {"day": result.date.isoformat(), "stages": result.stage_counts,
                                  "transitions": result.transition_counts,
                                  "activity": result.activity, "ms": result.duration_ms})
-            days += 1
-            rows += result.rows
-            day += timedelta(days=1)
+
+        results = services.snapshot_metrics_range(start=first, end=last, progress=report)
+        days, rows = len(results), sum(r.rows for r in results)
         if not no_cohorts:
             cohorts = services.cohorts_refresh(today=today)
             self.stdout.write(_("Cohort table: %(cells)d cells of %(cohorts)d join months "
