@@ -93,12 +93,13 @@ def _scope(request) -> Scope:
 
 def _model(query) -> StageModel:
     key = query.get("model")
-    known = ", ".join(StageModel.objects.order_by("order", "key").values_list("key", flat=True))
-    if not key:
-        raise _bad("model", _("required: the key of a stage model (%(known)s)")
-                   % {"known": known})
-    model = StageModel.objects.filter(key=key).first()
+    model = StageModel.objects.filter(key=key).first() if key else None
     if model is None:
+        known = ", ".join(StageModel.objects.order_by("order", "key")
+                          .values_list("key", flat=True))
+        if not key:
+            raise _bad("model", _("required: the key of a stage model (%(known)s)")
+                       % {"known": known})
         raise _bad("model", _("unknown stage model %(key)r; known: %(known)s")
                    % {"key": key, "known": known})
     return model

@@ -10,7 +10,7 @@ from django.core.cache import cache
 from crm.models import Customer
 from metrics.periods import local_today
 from tests.factories import UserFactory
-from tests.metrics.handbuilt import build, mar
+from tests.metrics.handbuilt import build, event, mar, moves, order
 
 pytestmark = [pytest.mark.django_db, pytest.mark.both_dbs]
 
@@ -174,6 +174,34 @@ def test_answers_are_cached_per_scope_and_parameters(data, get, django_assert_ma
         "relationship"]["acquaintance"]["joined"] == 3          # c1 c2 + the late one
     cache.clear()
     assert get("overview", **RANGE).json()["relationship"]["acquaintance"]["joined"] == 5
+    get("funnel", model="aipl")
+    with django_assert_max_num_queries(4):          # … and the stage model
+        assert get("funnel", model="aipl").status_code == 200
+
+
+def test_the_number_of_queries_does_not_grow_with_the_customers(data, get):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries(path, **params):
+        cache.clear()
+        with CaptureQueriesContext(connection) as ctx:
+            assert get(path, **params).status_code == 200
+        return len(ctx.captured_queries)
+
+    paths = [("overview", RANGE), ("stages", {"model": "value", **RANGE}),
+             ("flows", {"model": "value", **RANGE}), ("revenue", RANGE),
+             ("cohorts", {"start": "2024-01-01", "end": "2024-03-31"}),
+             ("funnel", {"model": "aipl"})]
+    get("funnel", model="aipl")                     # the token is made on the first request
+    before = [queries(path, **params) for path, params in paths]
+    for n in range(30):
+        extra = Customer.objects.create(external_id=f"more-{n}", joined_at=mar(1 + n % 10),
+                                        owner=data.op_a, channel=data.qr)
+        event(extra, "message_in", mar(2 + n % 9))
+        order(extra, "10.00", mar(3 + n % 8))
+        moves(extra, "value", ("intro", mar(1 + n % 10, 12)), ("growth", mar(10, 20)))
+    assert [queries(path, **params) for path, params in paths] == before
 
 
 def test_future_end_is_answered_up_to_today(data, get):
