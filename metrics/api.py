@@ -14,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import transaction
+from django.utils.text import format_lazy
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from drf_spectacular.types import OpenApiTypes
@@ -139,9 +140,17 @@ FILTER_PARAMETERS = [
 ]
 MODEL_PARAMETER = _p("model", OpenApiTypes.STR, gettext_lazy(
     "Stage model key, e.g. journey, value, aipl."))
+
 CACHE_NOTE = gettext_lazy(
     " Answers are cached for 5 minutes per user scope and parameters. Bad input is a 400 whose "
     "message names the parameter.")
+
+
+def _with_note(description):
+    """The endpoint's description and the note every metrics endpoint shares, kept lazy so
+    the schema is translated per request."""
+    return format_lazy("{}{}", description, CACHE_NOTE)
+
 
 FUNNEL_OUT = inline_serializer("MetricsFunnel", {
     "model": serializers.CharField(),
@@ -178,7 +187,7 @@ REVENUE_OUT = inline_serializer("MetricsRevenue", {
 class OverviewView(APIView):
     @extend_schema(
         parameters=[*RANGE_PARAMETERS, *FILTER_PARAMETERS], responses=OpenApiTypes.OBJECT,
-        description=gettext_lazy(
+        description=_with_note(gettext_lazy(
             "The seed-002 KPIs per relationship stage for the range, churn and win-back of the "
             "value lifecycle, totals and a daily series (stored snapshots, today and days not "
             "snapshotted computed live). "
@@ -195,7 +204,7 @@ class OverviewView(APIView):
             "distinct referrers; churn rate = customers entering value:churn in the range ÷ "
             "customers placed in the model and not in churn at its start; win-back rate = "
             "win-back transitions in the range ÷ customers in dormant or churn at its start. "
-            "Rates are null when the denominator is 0.") + CACHE_NOTE)
+            "Rates are null when the denominator is 0.")))
     def get(self, request):
         period, scope = _period(request.query_params), _scope(request)
         return Response(cached("overview", scope, period.as_dict(),
@@ -208,10 +217,10 @@ class FunnelView(APIView):
             "A past day: counts at its end (from its snapshot, else rebuilt from the stage "
             "transitions). Default: now.")), *FILTER_PARAMETERS],
         responses=FUNNEL_OUT,
-        description=gettext_lazy(
+        description=_with_note(gettext_lazy(
             "Customers in each stage of the model, in stage order (current counts, or at the "
             "end of `date`). reach = customers at the stage or a later one; rate_to_next = "
-            "reach of the next stage ÷ reach of this one (AIPL: A→I, I→P, P→L).") + CACHE_NOTE)
+            "reach of the next stage ÷ reach of this one (AIPL: A→I, I→P, P→L).")))
     def get(self, request):
         query = request.query_params
         model, scope = _model(query), _scope(request)
@@ -226,7 +235,7 @@ class StagesView(APIView):
     @extend_schema(
         parameters=[MODEL_PARAMETER, *RANGE_PARAMETERS, *FILTER_PARAMETERS],
         responses=OpenApiTypes.OBJECT,
-        description=gettext_lazy(
+        description=_with_note(gettext_lazy(
             "Per stage: customers at the end of the range (now when it ends today), reach and "
             "rate_to_next as in the funnel, transitions into (entered) and out of (exited) the "
             "stage in the range, and median_days_in_stage = the median, over exits from the "
@@ -234,7 +243,7 @@ class StagesView(APIView):
             "churn: customers entering the model's `churn` stage in the range ÷ customers "
             "placed in the model and not in it at the range start; win_back: win-back "
             "transitions in the range ÷ customers in a win-back stage (dormant, churn) at the "
-            "range start; null for models without such stages.") + CACHE_NOTE)
+            "range start; null for models without such stages.")))
     def get(self, request):
         query = request.query_params
         model, period, scope = _model(query), _period(query), _scope(request)
@@ -247,12 +256,12 @@ class FlowsView(APIView):
     @extend_schema(
         parameters=[MODEL_PARAMETER, *RANGE_PARAMETERS, *FILTER_PARAMETERS],
         responses=OpenApiTypes.OBJECT,
-        description=gettext_lazy(
+        description=_with_note(gettext_lazy(
             "flows: transitions from → to in the range (from null = first placement), with "
             "their win-backs. stages: of the customers entering each stage in the range "
             "(their first entry), how many moved next to each other stage (at any time since), "
             "share = those ÷ entered, and the median days from entering to that move; "
-            "still_in_stage = entered and not moved since.") + CACHE_NOTE)
+            "still_in_stage = entered and not moved since.")))
     def get(self, request):
         query = request.query_params
         model, period, scope = _model(query), _period(query), _scope(request)
@@ -271,7 +280,7 @@ class RevenueView(APIView):
                         "Last day of the comparison range.")),
                     *FILTER_PARAMETERS],
         responses=REVENUE_OUT,
-        description=gettext_lazy(
+        description=_with_note(gettext_lazy(
             "Seed 004: revenue = traffic × conversion_rate × average_order_value × "
             "purchase_frequency, with revenue = paid orders placed in the range (refunded "
             "orders excluded), traffic = customers in the private domain during the range "
@@ -281,7 +290,7 @@ class RevenueView(APIView):
             "LMDI (logarithmic mean Divisia: L(R, R₀)·ln(x/x₀)) when every factor is positive "
             "in both ranges, else by Shapley values (averaged over the 24 orders of changing "
             "the factors); the parts add up exactly to `change`, the rounding remainder in "
-            "the largest part. Money in CNY as strings with 2 decimals.") + CACHE_NOTE)
+            "the largest part. Money in CNY as strings with 2 decimals.")))
     def get(self, request):
         query = request.query_params
         period, scope = _period(query), _scope(request)
@@ -295,12 +304,12 @@ class RevenueView(APIView):
 class CohortsView(APIView):
     @extend_schema(
         parameters=[*RANGE_PARAMETERS, *FILTER_PARAMETERS], responses=OpenApiTypes.OBJECT,
-        description=gettext_lazy(
+        description=_with_note(gettext_lazy(
             "Cohort retention: customers grouped by the month they joined (the months from "
             "start to end; default the last 12 months), and for each month since joining up "
             "to the current one the active customers (an inbound event or a paid order in that "
             "month) and rate = active ÷ cohort size. Complete months come from the table the "
-            "nightly job refreshes, the current month is computed live.") + CACHE_NOTE)
+            "nightly job refreshes, the current month is computed live.")))
     def get(self, request):
         period, scope = _period(request.query_params, months=True), _scope(request)
         return Response(cached("cohorts", scope, period.as_dict(),
