@@ -67,9 +67,9 @@ class CustomerTag(models.Model):
 
     Rule runs write hundreds of thousands of these rows at once, so the table carries only the
     indexes its queries use — (customer, tag), (tag, customer), (customer, exclusive group),
-    rule, expiry — and database foreign keys only where integrity rests on them (customer, tag);
-    `exclusive_group`, `rule` and `added_by` are bookkeeping that Django's `on_delete` keeps
-    (docs/PERFORMANCE.md, "Tag rules and segments")."""
+    expiry (a sync rule finds its rows by tag) — and database foreign keys only where integrity
+    rests on them (customer, tag); `exclusive_group`, `rule` and `added_by` are bookkeeping
+    that Django's `on_delete` keeps (docs/PERFORMANCE.md, "Tag rules and segments")."""
 
     id = models.BigAutoField(primary_key=True)
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
@@ -104,8 +104,6 @@ class CustomerTag(models.Model):
             models.Index(fields=["tag", "customer"], name="tagging_ct_tag_customer"),
             models.Index(fields=["expires_at"], name="tagging_ct_expires",
                          condition=Q(expires_at__isnull=False)),
-            models.Index(fields=["rule", "customer"], name="tagging_ct_rule",
-                         condition=Q(rule__isnull=False)),
         ]
 
     def __str__(self) -> str:
