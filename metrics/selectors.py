@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.db import connection
@@ -60,7 +60,7 @@ def ratio(numerator, denominator) -> float | None:
 
 
 def money(value: Decimal | int | None) -> str:
-    return str(Decimal(value or 0).quantize(CENT))
+    return str(Decimal(value or 0).quantize(CENT, rounding=ROUND_HALF_UP))
 
 
 def _day(field: str) -> TruncDate:
