@@ -39,6 +39,11 @@ BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "lifecycle-sweep-orphans": {
+        "task": "lifecycle.tasks.sweep_orphans",
+        "schedule": crontab(minute=47, hour=3),
+        "options": {"expires": 6 * 3600},
+    },
     "lifecycle-touched-customers": {
         "task": "lifecycle.tasks.evaluate_touched_customers",
         "schedule": 30.0,

@@ -67,6 +67,7 @@ class Context:
     thresholds: dict[str, Any] = field(default_factory=dict)
     customer_ids: list[int] | None = None
     pk_range: tuple[int, int | None] | None = None   # (exclusive low, inclusive high or None)
+    features: Features | None = None
 
     def scope(self, rows, column: str = "customer_id"):
         if self.customer_ids is not None:
@@ -77,6 +78,46 @@ class Context:
             if high is not None:
                 rows = rows.filter(**{f"{column}__lte": high})
         return rows
+
+
+class Features:
+    """Per-customer counts that several leaves need, computed in one pass per source table.
+
+    Compiled normally, every counting leaf (`event` count_gte 3, `order` sum_gte 2000, …) is a
+    subquery of its own, so a stage model with five such leaves reads the same events five
+    times. With a `Features` in the context, fields hand their counted row sets here instead
+    (`counted()`): each becomes one `COUNT(*) FILTER (WHERE …)` column of a per-customer
+    aggregate of its source table, stored by `materialize()` in a temporary table (PostgreSQL),
+    and the leaf becomes `pk IN (SELECT customer_id FROM that table WHERE column >= value)`.
+    The caller materializes after compiling and before running the statement, in the same
+    transaction, with the same scope.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._columns: dict[type, list[tuple[str, Any]]] = {}
+
+    def table(self, model: type) -> str:
+        return f"{self.prefix}_{model._meta.model_name}"
+
+    def counted(self, model: type, measure: Any, value: Any) -> Q:
+        from django.db.models.expressions import RawSQL
+
+        columns = self._columns.setdefault(model, [])
+        name = f"f{len(columns)}"
+        columns.append((name, measure))
+        return Q(pk__in=RawSQL(f"SELECT customer_id FROM {self.table(model)} WHERE {name} >= %s",
+                               (value,)))
+
+    def materialize(self, ctx: Context) -> None:
+        from core.db import materialize_rows
+
+        # A customer without rows of a model has no row here: `pk IN (…)` is then false, as a
+        # count of 0 or a sum of nothing would be; a sum over no matching rows is NULL (false).
+        for model, columns in self._columns.items():
+            rows = (ctx.scope(model.objects.all()).order_by().values("customer_id")
+                    .annotate(**dict(columns)))
+            materialize_rows(self.table(model), rows, ["customer_id", *(n for n, _m in columns)])
 
 
 @dataclass(frozen=True)
@@ -199,14 +240,17 @@ def known_field_names() -> list[str]:
 def compile_condition(tree: Any, *, now: datetime | None = None,
                       thresholds: dict[str, Any] | None = None,
                       customer_ids: list[int] | None = None,
-                      pk_range: tuple[int, int | None] | None = None) -> Q:
+                      pk_range: tuple[int, int | None] | None = None,
+                      features: Features | None = None) -> Q:
     """The `Q` selecting the customers the tree describes (validates first).
 
     `customer_ids` / `pk_range` promise that the caller intersects the result with those
     customers; subqueries are restricted to them. `thresholds` resolves `{"threshold": name}`.
+    With `features`, counting leaves read per-customer counts the caller materializes (see
+    `Features`).
     """
     ctx = Context(now=now or timezone.now(), thresholds=thresholds or {},
-                  customer_ids=customer_ids, pk_range=pk_range)
+                  customer_ids=customer_ids, pk_range=pk_range, features=features)
     tree = resolve_thresholds(tree, ctx.thresholds)
     validate(tree)
     return _compile(tree, "", ctx)

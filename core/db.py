@@ -182,3 +182,20 @@ def materialize_ids(name: str, queryset: models.QuerySet) -> int | None:
         cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
         cursor.execute(f"ANALYZE {table}")
     return count
+
+
+def materialize_rows(name: str, queryset: models.QuerySet, columns: Sequence[str]) -> int:
+    """Store what a values() queryset selects in a temporary table `name` with the given
+    column names, keyed by the first (PostgreSQL: dropped at commit; analyzed). Call inside a
+    transaction."""
+    select, params = queryset.query.sql_with_params()
+    table = connection.ops.quote_name(name)
+    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        cursor.execute(f"CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS "
+                       f"SELECT * FROM ({select}) AS s({names})", params)
+        count = cursor.rowcount
+        cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({connection.ops.quote_name(columns[0])})")
+        cursor.execute(f"ANALYZE {table}")
+    return count

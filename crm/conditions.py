@@ -267,21 +267,27 @@ def _count_validate(leaf: Leaf) -> None:
         raise ConditionError(_path(leaf, "since_joined"), _("must be true or false"))
 
 
-def _counted(rows, leaf: Leaf, measure, exists_ok: bool) -> Q:
-    """Customers whose rows' count (or sum) reaches / stays under the leaf's value.
+def _counted(model, where: Q, leaf: Leaf, measure, exists_ok: bool, ctx: Context) -> Q:
+    """Customers whose rows of `model` matching `where` reach / stay under the leaf's count (or
+    sum); `measure(where)` is the aggregate, e.g. `lambda q: Count("id", filter=q)`.
 
     `count_gte 1` is an EXISTS; larger thresholds are `pk IN (SELECT customer … GROUP BY customer
-    HAVING …)`, which the database answers with one pass over the matching rows.
+    HAVING …)`, which the database answers with one pass over the matching rows. With
+    `ctx.features` the count is a column of a per-customer aggregate shared with the other
+    leaves (see `core.conditions.Features`).
     """
     value = leaf.value
     if leaf.op == "count_lte":
-        return ~_counted(rows, Leaf(leaf.field, "count_gte", value + 1, leaf.params, leaf.path),
-                         measure, exists_ok)
+        return ~_counted(model, where, Leaf(leaf.field, "count_gte", value + 1, leaf.params,
+                                            leaf.path), measure, exists_ok, ctx)
     if value <= 0:
         return Q(pk__isnull=False)
+    if ctx.features is not None:
+        return ctx.features.counted(model, measure(where or None), value)
+    rows = ctx.scope(model.objects.filter(where))
     if leaf.op == "count_gte" and value == 1 and exists_ok:
         return Q(Exists(rows.filter(customer=OuterRef("pk"))))
-    grouped = (rows.order_by().values("customer_id").annotate(m=measure)
+    grouped = (rows.order_by().values("customer_id").annotate(m=measure(None))
                .filter(m__gte=value).values("customer_id"))
     return Q(pk__in=grouped)
 
@@ -305,14 +311,15 @@ def _event_validate(leaf: Leaf) -> None:
 def _event_compile(leaf: Leaf, ctx: Context) -> Q:
     from crm.models import Event
 
-    rows = ctx.scope(Event.objects.all())
+    where = Q()
     if leaf.params.get("type"):
-        rows = rows.filter(type__in=leaf.params["type"])
+        where &= Q(type__in=leaf.params["type"])
     if leaf.params.get("within_days") is not None:
-        rows = rows.filter(occurred_at__gte=since(ctx, leaf.params["within_days"]))
+        where &= Q(occurred_at__gte=since(ctx, leaf.params["within_days"]))
     if leaf.params.get("since_joined"):
-        rows = rows.filter(occurred_at__gte=F("customer__joined_at"))
-    return _counted(rows, leaf, Count("id"), exists_ok=not leaf.params.get("since_joined"))
+        where &= Q(occurred_at__gte=F("customer__joined_at"))
+    return _counted(Event, where, leaf, lambda q: Count("id", filter=q), ctx=ctx,
+                    exists_ok=not leaf.params.get("since_joined"))
 
 
 # --- Orders ---------------------------------------------------------------------------------
@@ -328,21 +335,22 @@ def _order_validate(leaf: Leaf) -> None:
 def _order_compile(leaf: Leaf, ctx: Context) -> Q:
     from crm.models import Order, OrderItem
 
-    rows = ctx.scope(Order.objects.filter(status=Order.Status.PAID))
+    where = Q(status=Order.Status.PAID)
     if leaf.params.get("within_days") is not None:
-        rows = rows.filter(placed_at__gte=since(ctx, leaf.params["within_days"]))
+        where &= Q(placed_at__gte=since(ctx, leaf.params["within_days"]))
     if leaf.params.get("since_joined"):
-        rows = rows.filter(placed_at__gte=F("customer__joined_at"))
+        where &= Q(placed_at__gte=F("customer__joined_at"))
     if leaf.params.get("category"):
-        rows = rows.filter(Exists(OrderItem.objects.filter(
+        where &= Q(Exists(OrderItem.objects.filter(
             order=OuterRef("pk"), category__in=leaf.params["category"])))
-    measure = Sum("amount") if leaf.op == "sum_gte" else Count("id")
     if leaf.op == "sum_gte":
         leaf = Leaf(leaf.field, "count_gte", leaf.value, leaf.params, leaf.path)
         if leaf.value <= 0:
             return Q(pk__isnull=False)
-        return _counted(rows, leaf, measure, exists_ok=False)
-    return _counted(rows, leaf, measure, exists_ok=not leaf.params.get("since_joined"))
+        return _counted(Order, where, leaf, lambda q: Sum("amount", filter=q), ctx=ctx,
+                        exists_ok=False)
+    return _counted(Order, where, leaf, lambda q: Count("id", filter=q), ctx=ctx,
+                    exists_ok=not leaf.params.get("since_joined"))
 
 
 # --- Groups ---------------------------------------------------------------------------------
@@ -365,13 +373,16 @@ def _group_validate(leaf: Leaf) -> None:
 def _group_compile(leaf: Leaf, ctx: Context) -> Q:
     from crm.models import GroupMembership
 
-    rows = ctx.scope(GroupMembership.objects.all())
+    where = Q()
     if not leaf.params.get("ever"):
-        rows = rows.filter(left_at__isnull=True)
+        where &= Q(left_at__isnull=True)
     if leaf.params.get("since_joined"):
-        rows = rows.filter(joined_at__gte=F("customer__joined_at"))
+        where &= Q(joined_at__gte=F("customer__joined_at"))
     if leaf.op == "count_gte":
-        return _counted(rows, leaf, Count("group_id", distinct=True), exists_ok=True)
+        return _counted(GroupMembership, where, leaf,
+                        lambda q: Count("group_id", distinct=True, filter=q), ctx=ctx,
+                        exists_ok=True)
+    rows = ctx.scope(GroupMembership.objects.filter(where))
     if leaf.value:
         rows = rows.filter(group__chat_id__in=leaf.value)
     q = Q(Exists(rows.filter(customer=OuterRef("pk"))))

@@ -83,14 +83,18 @@ class CustomerStage(models.Model):
     """A customer's current stage in one model."""
 
     id = models.BigAutoField(primary_key=True)
-    # (customer, model) and (model, stage, customer) are the indexes its queries use.
+    # (customer, model) and (model, stage, customer) are the indexes its queries use. An
+    # evaluation writes a row per customer and model at once, so the references are kept by
+    # Django's on_delete (and `orphans_sweep` for a customer deleted mid-run), not by per-row
+    # database triggers that would lock every customer row at commit.
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
                                  on_delete=models.CASCADE, related_name="customer_stages",
-                                 db_index=False)
+                                 db_index=False, db_constraint=False)
     model = models.ForeignKey(StageModel, verbose_name=_("model"), on_delete=models.CASCADE,
-                              related_name="customer_stages", db_index=False)
+                              related_name="customer_stages", db_index=False, db_constraint=False)
     stage = models.ForeignKey(Stage, verbose_name=_("stage"), on_delete=models.PROTECT,
-                              related_name="customer_stages", db_index=False)
+                              related_name="customer_stages", db_index=False,
+                              db_constraint=False)
     entered_at = models.DateTimeField(_("entered at"))
     source = models.CharField(_("source"), max_length=16, choices=TransitionSource.choices)
     locked_until = models.DateTimeField(_("locked until"), null=True, blank=True)

@@ -22,9 +22,11 @@ from django.db import connection, transaction
 from django.db.models import (
     Case,
     Count,
+    Exists,
     F,
     FilteredRelation,
     IntegerField,
+    OuterRef,
     Q,
     Value,
     When,
@@ -97,8 +99,13 @@ def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
                  respect_locks: bool = True) -> tuple[str, list]:
     """SQL answering (customer_id, current_id, final_id) for every customer of the scope whose
     stage should change; `final_id` honours monotonic models and manual locks."""
+    # On PostgreSQL every counting leaf of every stage reads one per-customer aggregate per
+    # source table (events, orders, memberships), computed once for the chunk; see
+    # core.conditions.Features. Call inside a transaction.
+    features = (conditions.Features("lifecycle_features")
+                if connection.vendor == "postgresql" else None)
     ctx = {"now": now, "thresholds": thresholds, "customer_ids": customer_ids,
-           "pk_range": pk_range}
+           "pk_range": pk_range, "features": features}
     customers = Customer.objects.all()
     if customer_ids is not None:
         customers = customers.filter(pk__in=customer_ids)
@@ -115,6 +122,9 @@ def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
         _locked=F("_cs__locked_until"),
     ).values_list("pk", "_target", "_current", "_locked")
     inner_sql, params = inner.query.sql_with_params()
+    if features is not None:
+        features.materialize(conditions.Context(now=now, customer_ids=customer_ids,
+                                                pk_range=pk_range))
 
     # The inner query computes each customer's target once; the fence (OFFSET 0) keeps the
     # planner from inlining that CASE — and every subquery in it — wherever the outer query
@@ -296,6 +306,18 @@ def stage_models_evaluate(*, keys: list[str] | None = None, customer_ids: list[i
         if result is not None:
             results.append(result)
     return results
+
+
+def orphans_sweep() -> int:
+    """Delete the stage rows and transitions of customers that no longer exist.
+
+    Deleting a customer deletes these rows (Django's on_delete), but an evaluation that read
+    the customer just before the deletion committed may still write a row for them afterwards:
+    the tables carry no database foreign key (see CustomerStage). Nightly, set-based."""
+    gone = ~Exists(Customer.objects.filter(pk=OuterRef("customer_id")))
+    stages, _ = CustomerStage.objects.filter(gone).delete()
+    transitions, _ = StageTransition.objects.filter(gone).delete()
+    return stages + transitions
 
 
 def stage_models_evaluate_touched(customer_ids: list[int]) -> int:

@@ -21,3 +21,9 @@ def evaluate_model(key: str) -> int:
 def evaluate_touched_customers() -> int | None:
     """Beat, every 30 s: re-evaluate the customers whose events or orders arrived."""
     return touched_customers_process("lifecycle", services.stage_models_evaluate_touched)
+
+
+@shared_task(acks_late=True)
+def sweep_orphans() -> int:
+    """Beat, nightly: stage rows left by a customer deleted while an evaluation ran."""
+    return services.orphans_sweep()
