@@ -13,7 +13,15 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from core.conditions import MAX_DEPTH, MAX_NODES, ConditionError, compile_condition, validate
+from core.conditions import (
+    MAX_DEPTH,
+    MAX_NODES,
+    ConditionError,
+    Context,
+    Features,
+    compile_condition,
+    validate,
+)
 from crm.models import Customer, Event, GroupMembership, Order, OrderItem
 from tagging.models import CustomerTag, Tag, TagGroup, TagRule
 from tests.factories import ChannelFactory, GroupFactory, UserFactory
@@ -401,6 +409,20 @@ def _resolve_ids(tree, tags):
                          [pytest.param(tree, expected, id=name) for name, tree, expected in CASES])
 def test_condition_matches_exactly(dataset, tree, expected):
     assert matching(_resolve_ids(tree, dataset["tags"])) == expected
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize(("tree", "expected"),
+                         [pytest.param(tree, expected, id=name) for name, tree, expected in CASES])
+def test_the_shared_per_customer_counts_give_the_same_customers(dataset, tree, expected):
+    """What lifecycle evaluation uses on PostgreSQL: counting leaves read one materialized
+    per-customer aggregate per source table instead of a subquery each."""
+    features = Features("test_features")
+    q = compile_condition(_resolve_ids(tree, dataset["tags"]), now=NOW, features=features)
+    with transaction.atomic():
+        features.materialize(Context(now=NOW))
+        found = set(Customer.objects.filter(q).values_list("external_id", flat=True))
+    assert found == expected
 
 
 def test_every_operator_of_the_language_is_exercised():

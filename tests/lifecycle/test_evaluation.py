@@ -504,3 +504,29 @@ def test_two_evaluations_of_overlapping_customers_at_once(admin_user, builtin_mo
     assert {c.pk: world.stage(c, "value") for c in customers} == expected
 
 
+
+
+@pytest.mark.both_dbs
+def test_the_nightly_sweep_removes_the_stages_of_a_customer_deleted_mid_evaluation(world):
+    """Stage rows carry no database foreign key: a customer deleted while an evaluation wrote
+    their row leaves it behind, and the nightly sweep takes it (and their history) away."""
+    kept = world.add("kept", joined_at=ago(10))
+    gone = world.add("gone", joined_at=ago(10))
+    world.evaluate("value", NOW)
+    assert CustomerStage.objects.filter(customer=gone).exists()
+    with connection.cursor() as cursor:   # what the evaluation's late write amounts to
+        cursor.execute("DELETE FROM crm_event WHERE customer_id = %s", [gone.pk])
+        cursor.execute("DELETE FROM crm_customer WHERE id = %s", [gone.pk])
+
+    assert services.orphans_sweep() == 2   # the stage row and its transition
+
+    assert not CustomerStage.objects.filter(customer_id=gone.pk).exists()
+    assert not StageTransition.objects.filter(customer_id=gone.pk).exists()
+    assert CustomerStage.objects.filter(customer=kept).count() == 1
+    assert services.orphans_sweep() == 0
+
+
+def test_the_sweep_runs_nightly_from_beat():
+    from config.beat import BEAT_SCHEDULE
+
+    assert BEAT_SCHEDULE["lifecycle-sweep-orphans"]["task"] == "lifecycle.tasks.sweep_orphans"
