@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -117,7 +118,30 @@ class Features:
         for model, columns in self._columns.items():
             rows = (ctx.scope(model.objects.all()).order_by().values("customer_id")
                     .annotate(**dict(columns)))
+            rows = self._scope_joined_customers(model, rows, ctx)
             materialize_rows(self.table(model), rows, ["customer_id", *(n for n, _m in columns)])
+
+
+    @staticmethod
+    def _scope_joined_customers(model: type, rows, ctx: Context):
+        """A column such as "since joining" joins the customers table; repeat the scope on it,
+        or the planner hashes every customer for each chunk (PostgreSQL does not carry a range
+        across a join)."""
+        customers = model._meta.get_field("customer").related_model._meta.db_table
+        table = connection.ops.quote_name(customers)
+        if f"JOIN {table} ON" not in str(rows.query):
+            return rows
+        where, params = [], []
+        if ctx.customer_ids is not None:
+            where.append(f"{table}.id = ANY(%s)")
+            params.append(list(ctx.customer_ids))
+        if ctx.pk_range is not None:
+            where.append(f"{table}.id > %s")
+            params.append(ctx.pk_range[0])
+            if ctx.pk_range[1] is not None:
+                where.append(f"{table}.id <= %s")
+                params.append(ctx.pk_range[1])
+        return rows.extra(where=where, params=params) if where else rows
 
 
 @dataclass(frozen=True)

@@ -382,6 +382,11 @@ def _group_compile(leaf: Leaf, ctx: Context) -> Q:
         return _counted(GroupMembership, where, leaf,
                         lambda q: Count("group_id", distinct=True, filter=q), ctx=ctx,
                         exists_ok=True)
+    if ctx.features is not None:   # a member: one of the shared per-customer counts ≥ 1
+        if leaf.value:
+            where &= Q(group__chat_id__in=leaf.value)
+        q = ctx.features.counted(GroupMembership, Count("id", filter=where or None), 1)
+        return q if leaf.op == "in" else ~q
     rows = ctx.scope(GroupMembership.objects.filter(where))
     if leaf.value:
         rows = rows.filter(group__chat_id__in=leaf.value)

@@ -114,8 +114,13 @@ def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
         if pk_range[1] is not None:
             customers = customers.filter(pk__lte=pk_range[1])
     # The stored stage and lock come from one LEFT JOIN of the customer's row of this model.
+    stored = Q(customer_stages__model=model)
+    if pk_range is not None:   # lets the join read the chunk's range of the unique index
+        stored &= Q(customer_stages__customer_id__gt=pk_range[0])
+        if pk_range[1] is not None:
+            stored &= Q(customer_stages__customer_id__lte=pk_range[1])
     inner = customers.order_by().annotate(
-        _cs=FilteredRelation("customer_stages", condition=Q(customer_stages__model=model)),
+        _cs=FilteredRelation("customer_stages", condition=stored),
     ).annotate(
         _target=_target_case(stages, ctx),
         _current=F("_cs__stage_id"),
