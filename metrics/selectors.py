@@ -19,6 +19,7 @@ from django.db.models.functions import TruncDate, TruncMonth
 
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
+from metrics import rangefacts
 from metrics.decomposition import Factors, decompose
 from metrics.models import (
     CohortCell,
@@ -315,39 +316,20 @@ def _activity_counts(*, scope: Scope, period: Period) -> dict[str, int]:
             "interacting": interacting}
 
 
-def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
-    """The seed-002 KPIs of each relationship stage for the period (formulas: METRICS.md)."""
-    since, until = period.since, period.until
-    customers = scope.apply(Customer.objects.order_by())
-    deleted_soon = Exists(Event.objects.filter(
-        customer=OuterRef("pk"), type=Event.Type.FRIEND_DELETED,
-        occurred_at__gte=OuterRef("joined_at"),
-        occurred_at__lt=OuterRef("joined_at") + timedelta(days=FRIEND_LOSS_DAYS)))
-    in_group = Exists(GroupMembership.objects.filter(
-        customer=OuterRef("pk"), joined_at__gte=OuterRef("joined_at"), joined_at__lt=until))
-    joined = customers.filter(joined_at__gte=since, joined_at__lt=until).aggregate(
-        joined=Count("pk"),
-        deleted_within_7_days=Count("pk", filter=Q(deleted_soon)),
-        joined_group=Count("pk", filter=Q(in_group)),
-        referred_customers=Count("pk", filter=Q(referred_by__isnull=False)),
-        referrers=Count("referred_by", distinct=True),
-    )
-    domain = customers.filter(in_domain(period))
-    figures = domain.aggregate(
-        customers=Count("pk"),
-        never_bought_before=Count("pk", filter=Q(first_order_at__isnull=True)
-                                  | Q(first_order_at__gte=since)),
-        first_time_buyers=Count("pk", filter=Q(first_order_at__gte=since,
-                                               first_order_at__lt=until)),
-    )
-    activity = _activity_counts(scope=scope, period=period)
-    paid = scope.apply(Order.objects.order_by(), "customer__").filter(
-        status=Order.Status.PAID, placed_at__gte=since, placed_at__lt=until)
-    buyers = (paid.values("customer_id").annotate(n=Count("pk"))
-              .aggregate(buyers=Count("customer_id"),
-                         repeat_buyers=Count("customer_id", filter=Q(n__gte=2))))
-    referral_events = scope.apply(Event.objects.order_by(), "customer__").filter(
-        type=Event.Type.REFERRAL, occurred_at__gte=since, occurred_at__lt=until).count()
+def _referrals(*, scope: Scope, period: Period) -> dict[str, int]:
+    """Distinct referrers of the customers who joined in the period, and the referral events
+    of the period."""
+    referrers = scope.apply(Customer.objects.order_by()).filter(
+        joined_at__gte=period.since, joined_at__lt=period.until,
+        referred_by__isnull=False).aggregate(n=Count("referred_by", distinct=True))["n"]
+    events = scope.apply(Event.objects.order_by(), "customer__").filter(
+        type=Event.Type.REFERRAL, occurred_at__gte=period.since,
+        occurred_at__lt=period.until).count()
+    return {"referrers": referrers, "referral_events": events}
+
+
+def _kpis(joined: dict, figures: dict, activity: dict, buyers: dict, referrals: dict
+          ) -> dict[str, Any]:
     return {
         # Acquaintance (认识): friend loss and group join.
         "joined": joined["joined"],
@@ -372,10 +354,49 @@ def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
         "repurchase_rate": ratio(buyers["repeat_buyers"], buyers["buyers"]),
         # Alliance (同盟): referrals and the fission multiplier.
         "referred_customers": joined["referred_customers"],
-        "referrers": joined["referrers"],
-        "referral_events": referral_events,
-        "fission_multiplier": ratio(joined["referred_customers"], joined["referrers"]),
+        "referrers": referrals["referrers"],
+        "referral_events": referrals["referral_events"],
+        "fission_multiplier": ratio(joined["referred_customers"], referrals["referrers"]),
     }
+
+
+def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
+    """The seed-002 KPIs of each relationship stage for the period (formulas: METRICS.md).
+    A standard range (the last 7, 30 or 90 days) with its facts stored is answered from them
+    (metrics.rangefacts): the same figures, without reading the range's events again."""
+    window = rangefacts.current_window(period)
+    if window is not None:
+        f = rangefacts.range_figures(scope=scope, window=window)
+        return _kpis(f, f, f, f, _referrals(scope=scope, period=period))
+    since, until = period.since, period.until
+    customers = scope.apply(Customer.objects.order_by())
+    deleted_soon = Exists(Event.objects.filter(
+        customer=OuterRef("pk"), type=Event.Type.FRIEND_DELETED,
+        occurred_at__gte=OuterRef("joined_at"),
+        occurred_at__lt=OuterRef("joined_at") + timedelta(days=FRIEND_LOSS_DAYS)))
+    in_group = Exists(GroupMembership.objects.filter(
+        customer=OuterRef("pk"), joined_at__gte=OuterRef("joined_at"), joined_at__lt=until))
+    joined = customers.filter(joined_at__gte=since, joined_at__lt=until).aggregate(
+        joined=Count("pk"),
+        deleted_within_7_days=Count("pk", filter=Q(deleted_soon)),
+        joined_group=Count("pk", filter=Q(in_group)),
+        referred_customers=Count("pk", filter=Q(referred_by__isnull=False)),
+    )
+    domain = customers.filter(in_domain(period))
+    figures = domain.aggregate(
+        customers=Count("pk"),
+        never_bought_before=Count("pk", filter=Q(first_order_at__isnull=True)
+                                  | Q(first_order_at__gte=since)),
+        first_time_buyers=Count("pk", filter=Q(first_order_at__gte=since,
+                                               first_order_at__lt=until)),
+    )
+    activity = _activity_counts(scope=scope, period=period)
+    paid = scope.apply(Order.objects.order_by(), "customer__").filter(
+        status=Order.Status.PAID, placed_at__gte=since, placed_at__lt=until)
+    buyers = (paid.values("customer_id").annotate(n=Count("pk"))
+              .aggregate(buyers=Count("customer_id"),
+                         repeat_buyers=Count("customer_id", filter=Q(n__gte=2))))
+    return _kpis(joined, figures, activity, buyers, _referrals(scope=scope, period=period))
 
 
 # --- Revenue (seed 004) ----------------------------------------------------------------------
@@ -412,9 +433,21 @@ def _factor_dict(factors: Factors, period: Period) -> dict[str, Any]:
 
 def revenue_report(*, scope: Scope, period: Period, compare: Period) -> dict[str, Any]:
     """Revenue = traffic × conversion rate × average order value × purchase frequency for the
-    period and the comparison period, and the change split into the four factors."""
-    current = revenue_factors(scope=scope, period=period)
-    previous = revenue_factors(scope=scope, period=compare)
+    period and the comparison period, and the change split into the four factors. A standard
+    range (and the range before it) with stored facts is answered from them."""
+    window = rangefacts.current_window(period)
+    if window is not None:
+        f = rangefacts.range_figures(scope=scope, window=window)
+        current = Factors(traffic=f["customers"] + f["outside"], buyers=f["buyers"],
+                          paid_orders=f["paid_orders"], revenue=f["revenue"])
+        previous = (Factors(traffic=f["customers_previous"] + f["outside_previous"],
+                            buyers=f["buyers_previous"], paid_orders=f["paid_orders_previous"],
+                            revenue=f["revenue_previous"])
+                    if compare == period.previous()
+                    else revenue_factors(scope=scope, period=compare))
+    else:
+        current = revenue_factors(scope=scope, period=period)
+        previous = revenue_factors(scope=scope, period=compare)
     method, parts = decompose(current=current, previous=previous)
     return {
         **_factor_dict(current, period),
@@ -719,7 +752,21 @@ def cohort_retention(*, scope: Scope, period: Period) -> dict[str, Any]:
                 sizes[row["cohort"]] += row["size"]
             active[(row["cohort"], row["month_offset"])] += row["n"]
     live_from = add_months(through, 1) if through is not None else None
-    if live_from is None or live_from <= current:
+    if live_from == current and first <= current and rangefacts.stored_for_today():
+        # Only the current month is live, and its days before today are stored: the cohort
+        # of this month counted now, the month's activity from the stored facts plus today.
+        if last == current:
+            sizes[current] += scope.apply(Customer.objects.order_by()).filter(
+                joined_at__gte=day_start(current),
+                joined_at__lt=day_start(add_months(current, 1))).count()
+        cohort_months, month = [], first
+        while month <= last:
+            cohort_months.append(month)
+            month = add_months(month, 1)
+        for cm, n in rangefacts.cohort_month_active(scope=scope, today=local_today(),
+                                                    cohorts=cohort_months).items():
+            active[(cm, months_between(cm, current))] += n
+    elif live_from is None or live_from <= current:
         live_sizes, live_active = cohort_cells(
             scope=scope, joined_since=first, joined_until=add_months(last, 1),
             active_since=live_from)

@@ -17,13 +17,14 @@ from django.utils import timezone
 
 from core.db import heavy_statements
 from lifecycle.models import StageModel
-from metrics import selectors
+from metrics import rangefacts, selectors
 from metrics.models import (
     CohortCell,
     CohortTable,
     DailyActivity,
     DailyStageCount,
     DailyTransitionCount,
+    FactsTable,
     Snapshot,
 )
 from metrics.periods import Scope, add_months, day_start, local_today, month_start
@@ -154,7 +155,49 @@ def cohorts_refresh(*, today: date | None = None) -> CohortResult:
     return result
 
 
-def metrics_nightly(*, today: date | None = None) -> tuple[SnapshotResult, CohortResult]:
-    """The nightly job: snapshot yesterday, then refresh the cohort table."""
+@dataclass
+class RangeFactsResult:
+    as_of: date | None
+    customers: int = 0
+    range_cells: int = 0
+    cohort_cells: int = 0
+    duration_ms: int = 0
+
+
+@transaction.atomic
+def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
+    """Rewrite the precomputed range facts (metrics.rangefacts) with every fact before `today`
+    (default: today), under a lock on their header row; a re-run replaces them. PostgreSQL
+    only: elsewhere nothing is stored and every range is computed live."""
     today = today or local_today()
-    return (snapshot_metrics(day=today - timedelta(days=1)), cohorts_refresh(today=today))
+    if not rangefacts.available():
+        return RangeFactsResult(as_of=None)
+    started = time.monotonic()
+    heavy_statements()
+    header, _created = FactsTable.objects.select_for_update().get_or_create(pk=1)
+    counts = rangefacts.refresh(today)
+    result = RangeFactsResult(as_of=today - timedelta(days=1), **counts)
+    result.duration_ms = round((time.monotonic() - started) * 1000)
+    header.as_of = result.as_of
+    header.refreshed_at = timezone.now()
+    header.duration_ms = result.duration_ms
+    header.save()
+    logger.info("metrics.range_facts_refreshed", extra={
+        "as_of": result.as_of.isoformat(), "customers": result.customers,
+        "ms": result.duration_ms})
+    return result
+
+
+@dataclass
+class NightlyResult:
+    snapshot: SnapshotResult
+    cohorts: CohortResult
+    range_facts: RangeFactsResult
+
+
+def metrics_nightly(*, today: date | None = None) -> NightlyResult:
+    """The nightly job: snapshot yesterday, refresh the cohort table, then the range facts."""
+    today = today or local_today()
+    return NightlyResult(snapshot=snapshot_metrics(day=today - timedelta(days=1)),
+                         cohorts=cohorts_refresh(today=today),
+                         range_facts=range_facts_refresh(today=today))

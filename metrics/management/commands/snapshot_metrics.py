@@ -24,7 +24,8 @@ def _date(value: str, option: str):
 
 class Command(BaseCommand):
     help = _("Store the daily metric snapshot of a day (default: yesterday) or of every day of "
-             "a range (backfill), replacing what was stored, then refresh the cohort table.")
+             "a range (backfill), replacing what was stored, then refresh the cohort table and "
+             "the precomputed range facts.")
 
     def add_arguments(self, parser):
         parser.add_argument("--date", help=_("The day to snapshot (YYYY-MM-DD)."))
@@ -32,8 +33,11 @@ class Command(BaseCommand):
         parser.add_argument("--end", help=_("Last day of a backfill range (default: yesterday)."))
         parser.add_argument("--no-cohorts", action="store_true",
                             help=_("Do not refresh the cohort table."))
+        parser.add_argument("--no-range-facts", action="store_true",
+                            help=_("Do not refresh the precomputed range facts."))
 
-    def handle(self, *args, date=None, start=None, end=None, no_cohorts=False, **options):
+    def handle(self, *args, date=None, start=None, end=None, no_cohorts=False,
+               no_range_facts=False, **options):
         started = time.monotonic()
         today = local_today()
         yesterday = today - timedelta(days=1)
@@ -69,5 +73,13 @@ class Command(BaseCommand):
                               % {"cells": cohorts.cells, "cohorts": len(cohorts.cohorts),
                                  "through": cohorts.through.strftime("%Y-%m"),
                                  "ms": cohorts.duration_ms})
+        if not no_range_facts:
+            facts = services.range_facts_refresh(today=today)
+            if facts.as_of is not None:
+                self.stdout.write(_("Range facts: %(customers)d customers, %(cells)d cells, "
+                                    "through %(as_of)s in %(ms)d ms")
+                                  % {"customers": facts.customers, "cells": facts.range_cells,
+                                     "as_of": facts.as_of.isoformat(),
+                                     "ms": facts.duration_ms})
         self.stdout.write(_("Snapshotted %(days)d day(s), %(rows)d rows, in %(s).1f s.")
                           % {"days": days, "rows": rows, "s": time.monotonic() - started})
