@@ -96,19 +96,39 @@ class Features:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.materialized = False
         self._columns: dict[type, list[tuple[str, Any]]] = {}
+        self._names: dict[tuple[type, str], str] = {}
 
     def table(self, model: type) -> str:
         return f"{self.prefix}_{model._meta.model_name}"
 
-    def counted(self, model: type, measure: Any, value: Any) -> Q:
+    def counted(self, model: type, measure: Any, value: Any, key: str, ctx: Context) -> Q:
+        """The customers whose `measure` reaches `value`. `key` names the measure (what it
+        counts, over which rows): compiled again — the same condition for another chunk of
+        customers — it reuses its column, so one materialized table serves every chunk of a
+        run. After `materialize()` no new column may appear."""
         from django.db.models.expressions import RawSQL
 
         columns = self._columns.setdefault(model, [])
-        name = f"f{len(columns)}"
-        columns.append((name, measure))
-        return Q(pk__in=RawSQL(f"SELECT customer_id FROM {self.table(model)} WHERE {name} >= %s",
-                               (value,)))
+        name = self._names.get((model, key))
+        if name is None:
+            if self.materialized:
+                raise RuntimeError(f"Features: {key} is new after materialize()")
+            name = self._names[(model, key)] = f"f{len(columns)}"
+            columns.append((name, measure))
+        where, params = [f"{name} >= %s"], [value]
+        if ctx.pk_range is not None:   # the chunk's part of the table, by its primary key
+            where.append("customer_id > %s")
+            params.append(ctx.pk_range[0])
+            if ctx.pk_range[1] is not None:
+                where.append("customer_id <= %s")
+                params.append(ctx.pk_range[1])
+        if ctx.customer_ids is not None:
+            where.append("customer_id = ANY(%s)")
+            params.append(list(ctx.customer_ids))
+        return Q(pk__in=RawSQL(f"SELECT customer_id FROM {self.table(model)} "
+                               f"WHERE {' AND '.join(where)}", params))
 
     def materialize(self, ctx: Context) -> None:
         from core.db import materialize_rows
@@ -120,7 +140,7 @@ class Features:
                     .annotate(**dict(columns)))
             rows = self._scope_joined_customers(model, rows, ctx)
             materialize_rows(self.table(model), rows, ["customer_id", *(n for n, _m in columns)])
-
+        self.materialized = True
 
     @staticmethod
     def _scope_joined_customers(model: type, rows, ctx: Context):

@@ -267,7 +267,8 @@ def _count_validate(leaf: Leaf) -> None:
         raise ConditionError(_path(leaf, "since_joined"), _("must be true or false"))
 
 
-def _counted(model, where: Q, leaf: Leaf, measure, exists_ok: bool, ctx: Context) -> Q:
+def _counted(model, where: Q, leaf: Leaf, measure, exists_ok: bool, ctx: Context,
+             measure_kind: str = "count") -> Q:
     """Customers whose rows of `model` matching `where` reach / stay under the leaf's count (or
     sum); `measure(where)` is the aggregate, e.g. `lambda q: Count("id", filter=q)`.
 
@@ -279,11 +280,13 @@ def _counted(model, where: Q, leaf: Leaf, measure, exists_ok: bool, ctx: Context
     value = leaf.value
     if leaf.op == "count_lte":
         return ~_counted(model, where, Leaf(leaf.field, "count_gte", value + 1, leaf.params,
-                                            leaf.path), measure, exists_ok, ctx)
+                                            leaf.path), measure, exists_ok, ctx, measure_kind)
     if value <= 0:
         return Q(pk__isnull=False)
     if ctx.features is not None:
-        return ctx.features.counted(model, measure(where or None), value)
+        key = json.dumps([leaf.field, measure_kind, leaf.params, leaf.value if leaf.field == "group"
+                          else None], sort_keys=True, default=str)
+        return ctx.features.counted(model, measure(where or None), value, key, ctx)
     rows = ctx.scope(model.objects.filter(where))
     if leaf.op == "count_gte" and value == 1 and exists_ok:
         return Q(Exists(rows.filter(customer=OuterRef("pk"))))
@@ -348,7 +351,7 @@ def _order_compile(leaf: Leaf, ctx: Context) -> Q:
         if leaf.value <= 0:
             return Q(pk__isnull=False)
         return _counted(Order, where, leaf, lambda q: Sum("amount", filter=q), ctx=ctx,
-                        exists_ok=False)
+                        exists_ok=False, measure_kind="sum")
     return _counted(Order, where, leaf, lambda q: Count("id", filter=q), ctx=ctx,
                     exists_ok=not leaf.params.get("since_joined"))
 
@@ -385,7 +388,9 @@ def _group_compile(leaf: Leaf, ctx: Context) -> Q:
     if ctx.features is not None:   # a member: one of the shared per-customer counts ≥ 1
         if leaf.value:
             where &= Q(group__chat_id__in=leaf.value)
-        q = ctx.features.counted(GroupMembership, Count("id", filter=where or None), 1)
+        key = json.dumps(["group", "member", leaf.params, leaf.value], sort_keys=True)
+        q = ctx.features.counted(GroupMembership, Count("id", filter=where or None), 1, key,
+                                 ctx)
         return q if leaf.op == "in" else ~q
     rows = ctx.scope(GroupMembership.objects.filter(where))
     if leaf.value:

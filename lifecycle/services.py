@@ -93,17 +93,29 @@ def _target_case(stages: list[Stage], ctx: dict[str, Any]) -> Case:
                 output_field=IntegerField())
 
 
+def _features(stages: list[Stage], *, now: datetime, thresholds: dict[str, Any],
+              customer_ids: list[int] | None) -> conditions.Features | None:
+    """On PostgreSQL, every counting leaf of every stage reads one per-customer aggregate per
+    source table (events, orders, memberships), computed here once for the whole run — one pass
+    over the events, like the scan floor — and shared by all chunks (core.conditions.Features).
+    Call inside the run's transaction; None on SQLite (each leaf is a subquery there)."""
+    if connection.vendor != "postgresql":
+        return None
+    features = conditions.Features("lifecycle_features")
+    _target_case(stages, {"now": now, "thresholds": thresholds, "customer_ids": customer_ids,
+                          "features": features})
+    features.materialize(conditions.Context(now=now, customer_ids=customer_ids))
+    return features
+
+
 def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
                  thresholds: dict[str, Any], customer_ids: list[int] | None,
                  pk_range: tuple[int, int | None] | None,
+                 features: conditions.Features | None,
                  respect_locks: bool = True) -> tuple[str, list]:
     """SQL answering (customer_id, current_id, final_id) for every customer of the scope whose
-    stage should change; `final_id` honours monotonic models and manual locks."""
-    # On PostgreSQL every counting leaf of every stage reads one per-customer aggregate per
-    # source table (events, orders, memberships), computed once for the chunk; see
-    # core.conditions.Features. Call inside a transaction.
-    features = (conditions.Features("lifecycle_features")
-                if connection.vendor == "postgresql" else None)
+    stage should change; `final_id` honours monotonic models and manual locks. `features`:
+    what `_features()` prepared for the run."""
     ctx = {"now": now, "thresholds": thresholds, "customer_ids": customer_ids,
            "pk_range": pk_range, "features": features}
     customers = Customer.objects.all()
@@ -127,9 +139,6 @@ def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
         _locked=F("_cs__locked_until"),
     ).values_list("pk", "_target", "_current", "_locked")
     inner_sql, params = inner.query.sql_with_params()
-    if features is not None:
-        features.materialize(conditions.Context(now=now, customer_ids=customer_ids,
-                                                pk_range=pk_range))
 
     # The inner query computes each customer's target once; the fence (OFFSET 0) keeps the
     # planner from inlining that CASE — and every subquery in it — wherever the outer query
@@ -278,10 +287,12 @@ def stage_model_evaluate(*, model: StageModel, customer_ids: list[int] | None = 
         heavy_statements()
         stages = _stages(model)
         keys = {s.pk: s.key for s in stages}
+        features = (_features(stages, now=now, thresholds=model.thresholds,
+                              customer_ids=customer_ids) if stages else None)
         # A model whose stages are not written yet moves no one (and has no SQL to run).
         for ids, pk_range in (_pk_ranges(customer_ids, chunk_size) if stages else ()):
             sql, params = _changes_sql(model, stages, now=now, thresholds=model.thresholds,
-                                       customer_ids=ids, pk_range=pk_range)
+                                       customer_ids=ids, pk_range=pk_range, features=features)
             moved = _apply(model, stages, sql, params, now=now, source=source)
             result.changed += len(moved)
             _announce(model, stages, moved, now, source)
@@ -503,9 +514,11 @@ def stage_model_simulate(*, model: StageModel, thresholds: dict[str, Any]) -> di
     # hash; read-only, in one transaction for the work_mem setting.
     with transaction.atomic():
         heavy_statements()
+        features = _features(stages, now=now, thresholds=proposal,
+                             customer_ids=None) if stages else None
         for _ids, pk_range in (_pk_ranges(None, CHUNK) if stages else ()):
             sql, params = _changes_sql(model, stages, now=now, thresholds=proposal,
-                                       customer_ids=None, pk_range=pk_range)
+                                       customer_ids=None, pk_range=pk_range, features=features)
             with connection.cursor() as cursor:
                 cursor.execute(f"SELECT current_id, final_id, COUNT(*) FROM ({sql}) AS moves "
                                f"GROUP BY current_id, final_id", params)

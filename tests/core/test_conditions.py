@@ -417,12 +417,23 @@ def test_condition_matches_exactly(dataset, tree, expected):
 def test_the_shared_per_customer_counts_give_the_same_customers(dataset, tree, expected):
     """What lifecycle evaluation uses on PostgreSQL: counting leaves read one materialized
     per-customer aggregate per source table instead of a subquery each."""
+    tree = _resolve_ids(tree, dataset["tags"])
     features = Features("test_features")
-    q = compile_condition(_resolve_ids(tree, dataset["tags"]), now=NOW, features=features)
+    compile_condition(tree, now=NOW, features=features)     # registers the counts
     with transaction.atomic():
         features.materialize(Context(now=NOW))
-        found = set(Customer.objects.filter(q).values_list("external_id", flat=True))
+        found = set(Customer.objects.filter(compile_condition(tree, now=NOW, features=features))
+                    .values_list("external_id", flat=True))
+        # and chunk by chunk, as an evaluation reads it
+        ids = sorted(Customer.objects.values_list("pk", flat=True))
+        middle = ids[len(ids) // 2]
+        chunked = set()
+        for pk_range in ((0, middle), (middle, None)):
+            q = compile_condition(tree, now=NOW, pk_range=pk_range, features=features)
+            chunked |= set(Customer.objects.filter(q).filter(pk__gt=pk_range[0]).filter(
+                pk__lte=pk_range[1] or ids[-1]).values_list("external_id", flat=True))
     assert found == expected
+    assert chunked == expected
 
 
 def test_every_operator_of_the_language_is_exercised():
