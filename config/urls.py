@@ -50,5 +50,6 @@ urlpatterns = [
     path("", include("campaigns.urls")),
     path("", include("tagging.urls")),
     path("", include("lifecycle.urls")),
+    path("", include("metrics.urls_dashboard")),
     path("", include("crm.urls")),
 ]

@@ -14,12 +14,14 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import transaction
+from django.http import HttpRequest, QueryDict
 from django.utils.text import format_lazy
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -120,6 +122,20 @@ def cached(kind: str, scope: Scope, params: dict[str, Any], compute: Callable[[]
         cache.set(key, answer, getattr(settings, "METRICS_CACHE_SECONDS",
                                        DEFAULT_CACHE_SECONDS))
     return answer
+
+
+def answer(view: type[APIView], user, params: dict[str, str]) -> dict:
+    """What the endpoint `view` (of this module or metrics.api_performance) answers `user` for
+    the query `params`, without HTTP: the same parsing, errors (an ApplicationError whose
+    message names the parameter), cache and selectors — the dashboard's Metrics page shows
+    exactly what the API returns. The caller checks the user's role (HasRole)."""
+    http = HttpRequest()
+    http.method = "GET"
+    http.GET = QueryDict(mutable=True)
+    http.GET.update({name: value for name, value in params.items() if value not in (None, "")})
+    request = Request(http)
+    request.user = user
+    return view().get(request).data
 
 
 # --- Schema --------------------------------------------------------------------------------

@@ -1,0 +1,265 @@
+"""The dashboard's Metrics page: the figures of the metrics API (docs/METRICS.md) for a date
+range, a channel and an owner, as cards, tables and bars drawn with CSS widths.
+
+Every figure is what an endpoint answers for the same user and parameters (`metrics.api.answer`
+runs the endpoint's own handler: parsing, cache, selectors), so the page and the API agree, and
+bad input shows the API's message, which names the parameter.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef, Q
+from django.shortcuts import render
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from core import access
+from core.exceptions import ApplicationError
+from crm.models import Channel, Customer
+from lifecycle.models import Stage, StageModel
+from metrics import api, api_performance
+from metrics.periods import add_months, local_today, month_start
+from metrics.templatetags.metrics_format import count, decimal2, money, percent
+
+DEFAULT_MODEL = "journey"
+AIPL_MODEL = "aipl"
+TOP_FLOWS = 10
+COHORT_MONTHS = 12
+FILTERS = ("start", "end", "channel", "owner")
+
+# The seed-002 KPI cards: (key, where in the overview, numerator, denominator, label,
+# one-line definition). Rates are null when the denominator is 0.
+KPI_CARDS = [
+    ("friend_loss_rate", "acquaintance", "deleted_within_7_days", "joined",
+     gettext_lazy("Friend loss rate"),
+     gettext_lazy("Joined in the range and deleted us within 7 days ÷ joined in the range.")),
+    ("group_join_rate", "acquaintance", "joined_group", "joined",
+     gettext_lazy("Group join rate"),
+     gettext_lazy("Joined in the range and joined a group by its end ÷ joined in the range.")),
+    ("interaction_rate", "interaction", "interacting", "customers",
+     gettext_lazy("Interaction rate"),
+     gettext_lazy("Customers in the private domain with an inbound event in the range ÷ "
+                  "customers in the domain.")),
+    ("retention_rate", "interaction", "retained", "active_previous",
+     gettext_lazy("Retention"),
+     gettext_lazy("Active in both this range and the one before ÷ active in the one before.")),
+    ("conversion_rate", "purchase", "first_time_buyers", "never_bought_before",
+     gettext_lazy("Conversion"),
+     gettext_lazy("First paid order in the range ÷ customers without a paid order before it.")),
+    ("repurchase_rate", "purchase", "repeat_buyers", "buyers",
+     gettext_lazy("Repurchase"),
+     gettext_lazy("Buyers with 2 or more paid orders in the range ÷ buyers.")),
+    ("fission_multiplier", "alliance", "referred_customers", "referrers",
+     gettext_lazy("Fission multiplier"),
+     gettext_lazy("Customers who joined in the range through a referral ÷ distinct "
+                  "referrers.")),
+]
+CHURN_DEFINITION = gettext_lazy(
+    "Customers entering the value lifecycle's churn stage in the range ÷ customers placed in "
+    "it and not churned at its start.")
+WIN_BACK_DEFINITION = gettext_lazy(
+    "Win-back transitions in the range ÷ customers dormant or churned at its start.")
+
+REVENUE_FACTORS = [
+    # (key, label, format)
+    ("traffic", gettext_lazy("Traffic"), count),
+    ("conversion_rate", gettext_lazy("Conversion rate"), percent),
+    ("average_order_value", gettext_lazy("Average order value"), money),
+    ("purchase_frequency", gettext_lazy("Purchase frequency"), decimal2),
+]
+REVENUE_METHODS = {
+    "lmdi": gettext_lazy("Split by LMDI (logarithmic mean Divisia); the parts add up to the "
+                         "change."),
+    "shapley": gettext_lazy("Split by Shapley values (a factor was 0 in one range); the parts "
+                            "add up to the change."),
+}
+
+
+# --- Helpers -------------------------------------------------------------------------------
+
+def _width(value, largest) -> str:
+    """A bar's CSS width in percent of the largest value, "." as decimal point in any
+    language."""
+    value, largest = abs(Decimal(str(value or 0))), abs(Decimal(str(largest or 0)))
+    if not largest:
+        return "0"
+    return f"{min(Decimal(100), value * 100 / largest):.1f}"
+
+
+def _owner_choices() -> list[tuple[str, str]]:
+    """Staff who own customers or hold the operator role (the owner filter's choices)."""
+    owns = Customer.objects.filter(owner=OuterRef("pk"))
+    staff = (get_user_model().objects.filter(is_active=True)
+             .filter(Q(groups__name=access.OPERATOR) | Exists(owns)).distinct()
+             .order_by("username"))
+    return [(u.get_username(), u.get_full_name() or u.get_username()) for u in staff]
+
+
+def _kpi_cards(overview: dict[str, Any]) -> list[dict[str, Any]]:
+    relationship = overview["relationship"]
+    cards = []
+    for key, group, numerator, denominator, label, definition in KPI_CARDS:
+        figures = relationship[group]
+        cards.append({"key": key, "label": label, "definition": definition,
+                      "value": figures[key], "multiplier": key == "fission_multiplier",
+                      "numerator": figures[numerator], "denominator": figures[denominator]})
+    lifecycle = overview.get("lifecycle") or {}
+    churn, win_back = lifecycle.get("churn"), lifecycle.get("win_back")
+    cards.append({"key": "churn_rate", "label": _("Churn"), "definition": CHURN_DEFINITION,
+                  "value": churn["rate"] if churn else None, "warn": True,
+                  "numerator": churn["entered"] if churn else None,
+                  "denominator": churn["not_in_stage_at_start"] if churn else None})
+    cards.append({"key": "win_back_rate", "label": _("Win-back"),
+                  "definition": WIN_BACK_DEFINITION,
+                  "value": win_back["rate"] if win_back else None,
+                  "numerator": win_back["win_backs"] if win_back else None,
+                  "denominator": win_back["in_stages_at_start"] if win_back else None})
+    for card in cards:
+        if card["numerator"] is not None and card["denominator"] is not None:
+            card["detail"] = (_("%(referred)s referred · %(referrers)s referrers")
+                              if card.get("multiplier") else _("%(n)s of %(d)s")) % {
+                "n": count(card["numerator"]), "d": count(card["denominator"]),
+                "referred": count(card["numerator"]), "referrers": count(card["denominator"])}
+    return cards
+
+
+def _revenue(report: dict[str, Any]) -> dict[str, Any]:
+    previous, parts = report["previous"], report["decomposition"]
+    largest = max([abs(Decimal(v)) for v in parts.values()] + [Decimal(0)])
+    factors = [{
+        "key": key, "label": label, "current": fmt(report[key]),
+        "previous": fmt(previous[key]), "part": parts[key],
+        "width": _width(parts[key], largest), "negative": Decimal(parts[key]) < 0,
+    } for key, label, fmt in REVENUE_FACTORS]
+    top = max(Decimal(report["revenue"]), Decimal(previous["revenue"]))
+    return {
+        **report, "factors": factors, "method_note": REVENUE_METHODS.get(report["method"], ""),
+        "width": _width(report["revenue"], top),
+        "previous_width": _width(previous["revenue"], top),
+        "empty": not (report["paid_orders"] or previous["paid_orders"]),
+    }
+
+
+def _stage_colors(model_key: str) -> dict[str, str]:
+    return dict(Stage.objects.filter(model__key=model_key).values_list("key", "color"))
+
+
+def _funnel(report: dict[str, Any]) -> dict[str, Any]:
+    stages = report["stages"]
+    top = max([s["reach"] for s in stages] + [0])
+    colors = _stage_colors(report["model"])
+    rows = []
+    for i, stage in enumerate(stages):
+        following = stages[i + 1]["name"] if i + 1 < len(stages) else None
+        rows.append({**stage, "width": _width(stage["reach"], top), "next_name": following,
+                     "color": colors.get(stage["stage"], "")})
+    return {**report, "rows": rows, "empty": top == 0}
+
+
+def _flows(report: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    flows = report["flows"][:TOP_FLOWS]
+    top = max([f["count"] for f in flows] + [0])
+    return {**report, "total": len(report["flows"]), "rows": [
+        {**flow, "from_name": names.get(flow["from"], flow["from"]) if flow["from"] else None,
+         "to_name": names.get(flow["to"], flow["to"]), "width": _width(flow["count"], top)}
+        for flow in flows]}
+
+
+def _sops(report: dict[str, Any]) -> dict[str, Any]:
+    """The SOPs that enrolled someone in the range (or messaged them); the rest have no
+    figures to show."""
+    return {**report, "rows": [sop for sop in report["results"]
+                               if sop["enrolled"] or sop["messages"]["total"]]}
+
+
+def _cohorts(report: dict[str, Any]) -> dict[str, Any]:
+    cohorts = report["cohorts"]
+    months = max([len(c["retention"]) for c in cohorts] + [0])
+    rows = []
+    for cohort in cohorts:
+        cells = []
+        for offset in range(months):
+            cell = cohort["retention"][offset] if offset < len(cohort["retention"]) else None
+            if cell is not None and cell["rate"] is not None:
+                # Background opacity by rate (at least a tint, so 0 % still reads as a cell).
+                cell = {**cell, "alpha": f"{0.06 + 0.84 * cell['rate']:.2f}",
+                        "dark": cell["rate"] >= 0.5}
+            cells.append(cell)
+        rows.append({**cohort, "cells": cells})
+    return {**report, "months": range(months), "rows": rows,
+            "empty": not any(c["customers"] for c in cohorts)}
+
+
+def _reports(user, filters: dict[str, str], model_key: str | None,
+             aipl: bool) -> dict[str, Any]:
+    """Every section's figures, from the endpoints; raises the endpoint's ApplicationError."""
+    overview = api.answer(api.OverviewView, user, filters)
+    end = date.fromisoformat(overview["end"])
+    scope = {"channel": filters["channel"], "owner": filters["owner"]}
+    # Stage counts at the end of the range (now when it ends today or later).
+    day = end.isoformat() if end < local_today() else ""
+    context: dict[str, Any] = {
+        "overview": overview, "cards": _kpi_cards(overview),
+        "overview_empty": not (overview["relationship"]["interaction"]["customers"]
+                               or overview["relationship"]["acquaintance"]["joined"]),
+        "revenue": _revenue(api.answer(api.RevenueView, user, filters)),
+        "channels": api.answer(api_performance.ChannelsView, user, filters),
+        "sops": _sops(api.answer(api_performance.SopsView, user, filters)),
+        "cohorts": _cohorts(api.answer(api.CohortsView, user, {
+            "start": add_months(month_start(end), 1 - COHORT_MONTHS).isoformat(),
+            "end": end.isoformat(), **scope})),
+        "funnel": None, "flows": None, "aipl": None,
+    }
+    if model_key:
+        stages = _funnel(api.answer(api.StagesView, user, {**filters, "model": model_key}))
+        names = {row["stage"]: row["name"] for row in stages["rows"]}
+        context["funnel"] = stages
+        context["flows"] = _flows(api.answer(api.FlowsView, user,
+                                             {**filters, "model": model_key}), names)
+    if aipl:
+        context["aipl"] = _funnel(api.answer(api.FunnelView, user,
+                                             {"model": AIPL_MODEL, "date": day, **scope}))
+    return context
+
+
+# --- The page ------------------------------------------------------------------------------
+
+@login_required
+def dashboard(request):
+    user = request.user
+    role = access.user_role(user)
+    if role is None:
+        raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
+                                 "ask an admin for one."))
+    query = request.GET
+    models = list(StageModel.objects.order_by("order", "key").values_list("key", "name"))
+    keys = [key for key, _name in models]
+    model_key = query.get("model") or (DEFAULT_MODEL if DEFAULT_MODEL in keys
+                                       else keys[0] if keys else "")
+    filters = {name: query.get(name, "").strip() for name in FILTERS}
+    context: dict[str, Any] = {
+        "values": {**filters, "model": model_key},
+        "channel_choices": list(Channel.objects.order_by("name", "code")
+                                .values_list("code", "name")),
+        "owner_choices": _owner_choices() if role in (access.ADMIN, access.ANALYST) else [],
+        "model_choices": models,
+        "error": "",
+    }
+    status = 200
+    try:
+        context.update(_reports(user, filters, model_key, AIPL_MODEL in keys))
+    except ApplicationError as exc:
+        context["error"] = exc.message
+        status = 400
+    else:
+        # The range the figures are for (the defaults filled in).
+        context["values"].update(start=context["overview"]["start"],
+                                 end=context["overview"]["end"])
+    return render(request, "metrics/dashboard.html", context, status=status)
