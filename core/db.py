@@ -166,13 +166,14 @@ def heavy_statements() -> None:
                        [settings.DB_HEAVY_WORK_MEM])
 
 
-def materialize_ids(name: str, queryset: models.QuerySet) -> int | None:
+def materialize_ids(name: str, queryset: models.QuerySet, *, indexed: bool = True) -> int | None:
     """Store the primary keys a queryset selects in a temporary table `name` (PostgreSQL:
     dropped at commit, with a primary key and fresh statistics), so that later statements join
     a small indexed table instead of evaluating the queryset's conditions again.
 
     Returns the number of ids, or None where there are no such tables (SQLite keeps the
-    caller's plain queryset path). Call inside a transaction.
+    caller's plain queryset path). `indexed=False` skips the key and statistics, for a caller
+    that only reads the table once. Call inside a transaction.
     """
     if connection.vendor != "postgresql":
         return None
@@ -183,8 +184,9 @@ def materialize_ids(name: str, queryset: models.QuerySet) -> int | None:
         cursor.execute(f"CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS "
                        f"SELECT s.id FROM ({select}) AS s(id)", params)
         count = cursor.rowcount
-        cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
-        cursor.execute(f"ANALYZE {table}")
+        if indexed:
+            cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
+            cursor.execute(f"ANALYZE {table}")
     return count
 
 

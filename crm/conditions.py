@@ -321,7 +321,9 @@ def _event_compile(leaf: Leaf, ctx: Context) -> Q:
         where &= Q(occurred_at__gte=since(ctx, leaf.params["within_days"]))
     if leaf.params.get("since_joined"):
         where &= Q(occurred_at__gte=F("customer__joined_at"))
-    return _counted(Event, where, leaf, lambda q: Count("id", filter=q), ctx=ctx,
+    # COUNT(customer_id), not COUNT(id): the covering (type, occurred_at) INCLUDE (customer)
+    # index then answers a windowed count without reading the events themselves.
+    return _counted(Event, where, leaf, lambda q: Count("customer", filter=q), ctx=ctx,
                     exists_ok=not leaf.params.get("since_joined"))
 
 

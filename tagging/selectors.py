@@ -2,15 +2,19 @@
 
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 
 from core import access, conditions
+from core.db import heavy_statements, materialize_ids
 from crm.models import Customer
 from crm.selectors import customer_list
 from tagging.models import CustomerTag, Tag
 
 SAMPLE_SIZE = 20
+PREVIEW_TABLE = "tagging_preview_match"   # temporary, per preview
 
 
 def tag_list() -> QuerySet[Tag]:
@@ -39,7 +43,20 @@ def segment_preview(*, user, condition: Any) -> dict[str, Any]:
     """How many customers match (within what the user may see) and a sample of the newest.
     Analysts read aggregates only: they get the count over all customers and no sample."""
     q = conditions.compile_condition(condition)
-    if access.user_role(user) == access.ANALYST:
-        return {"count": Customer.objects.filter(q).count(), "sample": []}
-    matching = customer_list(user=user).filter(q)
-    return {"count": matching.count(), "sample": list(matching.order_by("-pk")[:SAMPLE_SIZE])}
+    analyst = access.user_role(user) == access.ANALYST
+    matching = Customer.objects.filter(q) if analyst else customer_list(user=user).filter(q)
+    with transaction.atomic():
+        # PostgreSQL: the condition is evaluated once, set-based, into a temporary table; the
+        # count is its size and the sample its newest ids. (Asking for the newest 20 directly
+        # lets the planner walk the customers newest first, testing the condition row by row.)
+        heavy_statements()
+        count = materialize_ids(PREVIEW_TABLE, matching.order_by(), indexed=False)
+        if count is None:
+            count = matching.count()
+            sample = [] if analyst else list(matching.order_by("-pk")[:SAMPLE_SIZE])
+        else:
+            newest = RawSQL(f"SELECT id FROM {PREVIEW_TABLE} ORDER BY id DESC LIMIT %s",
+                            (SAMPLE_SIZE,))
+            sample = [] if analyst else list(customer_list(user=user).filter(pk__in=newest)
+                                             .order_by("-pk"))
+    return {"count": count, "sample": sample}
