@@ -779,35 +779,38 @@ def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
             retry.append((m, outcome.error))
         else:
             failed.append((m, outcome.error))
-    if tasks:
-        OperatorTask.objects.bulk_create(tasks, ignore_conflicts=True)
-    # One plain UPDATE per outcome; per-row values only for what really differs per row, in
-    # small batches (bulk_update's CASE grows with rows × fields and dominated a batch).
-    if sent:
-        Message.objects.filter(pk__in=[m.pk for m, _p in sent]).update(
-            status=Message.Status.SENT, sent_at=now, last_error="")
-        for m, provider_id in sent:
-            m.provider_id = provider_id[:128]
-        rendered = [m for m, _p in sent if getattr(m, "rendered_now", False)]
-        Message.objects.bulk_update([m for m, _p in sent], ["provider_id"], batch_size=100)
-        if rendered:
-            Message.objects.bulk_update(rendered, ["content"], batch_size=100)
-    by_backoff: dict[int, list[Message]] = defaultdict(list)
-    for m, error in retry:
-        # Exponential backoff: 1, 2, 4, 8 … minutes, capped at an hour.
-        m.last_error = error
-        by_backoff[min(60, 2 ** (m.attempts - 1))].append(m)
-    for minutes, rows in by_backoff.items():
-        Message.objects.filter(pk__in=[m.pk for m in rows]).update(
-            status=Message.Status.QUEUED, due_at=now + timedelta(minutes=minutes),
-            claimed_at=None)
-    for m, error in failed:
-        m.last_error = error
-    if retry or failed:
-        Message.objects.filter(pk__in=[m.pk for m, _e in failed]).update(
-            status=Message.Status.FAILED)
-        Message.objects.bulk_update([m for m, _e in retry] + [m for m, _e in failed],
-                                    ["last_error"], batch_size=100)
+    # The batch's outcomes land together: no reader sees a message `sent` whose provider id
+    # or text is not written yet.
+    with transaction.atomic():
+        if tasks:
+            OperatorTask.objects.bulk_create(tasks, ignore_conflicts=True)
+        # One plain UPDATE per outcome; per-row values only for what really differs per row, in
+        # small batches (bulk_update's CASE grows with rows × fields and dominated a batch).
+        if sent:
+            Message.objects.filter(pk__in=[m.pk for m, _p in sent]).update(
+                status=Message.Status.SENT, sent_at=now, last_error="")
+            for m, provider_id in sent:
+                m.provider_id = provider_id[:128]
+            rendered = [m for m, _p in sent if getattr(m, "rendered_now", False)]
+            Message.objects.bulk_update([m for m, _p in sent], ["provider_id"], batch_size=100)
+            if rendered:
+                Message.objects.bulk_update(rendered, ["content"], batch_size=100)
+        by_backoff: dict[int, list[Message]] = defaultdict(list)
+        for m, error in retry:
+            # Exponential backoff: 1, 2, 4, 8 … minutes, capped at an hour.
+            m.last_error = error
+            by_backoff[min(60, 2 ** (m.attempts - 1))].append(m)
+        for minutes, rows in by_backoff.items():
+            Message.objects.filter(pk__in=[m.pk for m in rows]).update(
+                status=Message.Status.QUEUED, due_at=now + timedelta(minutes=minutes),
+                claimed_at=None)
+        for m, error in failed:
+            m.last_error = error
+        if retry or failed:
+            Message.objects.filter(pk__in=[m.pk for m, _e in failed]).update(
+                status=Message.Status.FAILED)
+            Message.objects.bulk_update([m for m, _e in retry] + [m for m, _e in failed],
+                                        ["last_error"], batch_size=100)
     for m, _p in sent:
         m.status, m.sent_at = Message.Status.SENT, now
     result.sent += len(sent)
