@@ -76,4 +76,12 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute=10, hour=0),
         "options": {"expires": 6 * 3600},
     },
+    "metrics-today": {
+        # Today so far, stored for the dashboards (METRICS_TODAY_MAX_AGE_SECONDS, default
+        # 600, says how old it may be before a request computes today itself), and the
+        # dashboard's default answers cached afresh — more often than they expire (300 s).
+        "task": "metrics.tasks.metrics_today",
+        "schedule": crontab(minute="*/4"),
+        "options": {"expires": 200},
+    },
 }

@@ -102,6 +102,13 @@ class Customer(TimeStampedModel):
             models.Index(fields=["last_active_at"], name="crm_cust_last_active"),
             models.Index(fields=["referred_by"], name="crm_cust_referred_by",
                          condition=Q(referred_by__isnull=False)),
+            # The metrics: first-time buyers of a day, and the referrers of a range's joiners
+            # read from the index alone.
+            models.Index(fields=["first_order_at"], name="crm_cust_first_order",
+                         condition=Q(first_order_at__isnull=False)),
+            models.Index(fields=["joined_at"], include=["referred_by", "channel", "owner"],
+                         name="crm_cust_referred_joined",
+                         condition=Q(referred_by__isnull=False)),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(total_spent__gte=0),
@@ -187,6 +194,9 @@ class Order(TimeStampedModel):
         indexes = [
             models.Index(fields=["customer", "status", "placed_at"], name="crm_order_customer"),
             models.Index(fields=["placed_at"], name="crm_order_placed"),
+            # The metrics: a day's refunds.
+            models.Index(fields=["refunded_at"], name="crm_order_refunded",
+                         condition=Q(refunded_at__isnull=False)),
         ]
         constraints = [
             models.UniqueConstraint(fields=["source", "external_id"],

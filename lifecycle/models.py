@@ -151,6 +151,9 @@ class StageTransition(models.Model):
         indexes = [
             models.Index(fields=["customer", "at"], name="lifecycle_tr_customer"),
             models.Index(fields=["model", "at"], name="lifecycle_tr_model"),
+            # The metrics: customers entering a stage (e.g. churn) in a range, from the index.
+            models.Index(fields=["model", "to_key", "at"], include=["customer"],
+                         name="lifecycle_tr_entered"),
         ]
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import date, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import transaction
 from django.http import HttpRequest, QueryDict
+from django.utils import translation
 from django.utils.text import format_lazy
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -108,13 +110,17 @@ def _model(query) -> StageModel:
     return model
 
 
+# Set while warming the cache: compute every answer afresh and store it.
+_recompute: ContextVar[bool] = ContextVar("metrics_recompute", default=False)
+
+
 def cached(kind: str, scope: Scope, params: dict[str, Any], compute: Callable[[], dict]
            ) -> dict:
     """The answer from Django's cache (Redis in production) for METRICS_CACHE_SECONDS (default
     300), keyed by what the user may see and the parameters."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
     key = f"metrics:{kind}:{scope.key}:{digest}"
-    answer = cache.get(key)
+    answer = None if _recompute.get() else cache.get(key)
     if answer is None:
         with transaction.atomic():
             heavy_statements()          # room for the big aggregates (PostgreSQL work_mem)
@@ -136,6 +142,43 @@ def answer(view: type[APIView], user, params: dict[str, str]) -> dict:
     request = Request(http)
     request.user = user
     return view().get(request).data
+
+
+def dashboard_loads() -> list[tuple[type[APIView], dict[str, str]]]:
+    """The requests the dashboard's Metrics page makes by default (the last 30 days, every
+    customer, its default stage model): what `warm` keeps in the cache."""
+    from metrics import api_performance, views
+
+    return [(OverviewView, {}), (RevenueView, {}), (CohortsView, {}),
+            (FunnelView, {"model": views.AIPL_MODEL}),
+            (StagesView, {"model": views.DEFAULT_MODEL}),
+            (FlowsView, {"model": views.DEFAULT_MODEL}),
+            (api_performance.ChannelsView, {}), (api_performance.SopsView, {})]
+
+
+def warm(loads=None) -> int:
+    """Compute the dashboard's default answers for admins and analysts (who share one scope)
+    afresh and store them in the cache, in every language of the site (some answers name
+    things in it). The frequent refresh calls this, so those loads are answered from the cache
+    even where the figure can only be computed (medians, stage-to-stage conversion); an answer
+    is then at most METRICS_CACHE_SECONDS old. Returns the number of answers stored."""
+    user = get_user_model()(username="metrics-warm", is_superuser=True, is_active=True)
+    token = _recompute.set(True)
+    stored = 0
+    try:
+        for view, params in (loads or dashboard_loads()):
+            if "model" in params and not StageModel.objects.filter(key=params["model"]).exists():
+                continue
+            # Channel, SOP and campaign reports are cached per language; the others are not.
+            per_language = view.__module__ == "metrics.api_performance"
+            for language in ([code for code, _name in settings.LANGUAGES] if per_language
+                             else [settings.LANGUAGE_CODE]):
+                with translation.override(language):
+                    answer(view, user, params)
+                stored += 1
+    finally:
+        _recompute.reset(token)
+    return stored
 
 
 # --- Schema --------------------------------------------------------------------------------

@@ -95,6 +95,9 @@ class DailyActivity(DailyFact):
     first_time_buyers = models.PositiveIntegerField(_("first-time buyers"), default=0)
     active_customers = models.PositiveIntegerField(_("active customers"), default=0)
     referrals = models.PositiveIntegerField(_("referred customers"), default=0)
+    referral_events = models.PositiveIntegerField(
+        _("referral events"), null=True, blank=True,
+        help_text=_("Empty on days stored before this column existed: computed live."))
 
     class Meta:
         verbose_name = _("daily activity")
@@ -154,6 +157,8 @@ class FactsTable(models.Model):
                                          "end the day after (today when current)."))
     refreshed_at = models.DateTimeField(_("refreshed at"), null=True, blank=True)
     duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
+    today_at = models.DateTimeField(_("today's changes taken at"), null=True, blank=True)
+    today_ms = models.PositiveIntegerField(_("today's changes: duration (ms)"), default=0)
 
     class Meta:
         verbose_name = _("range facts table")
@@ -225,36 +230,39 @@ class CustomerFacts(models.Model):
 class RangeFacts(models.Model):
     """For one standard range (the last `days` days up to today) and one (channel, owner) as of
     the nightly refresh: each figure counted over the customers' facts before today. Summed over
-    the scope's cells and corrected by today's changes, these answer the range's figures over
-    distinct customers."""
+    the scope's cells and corrected by today's changes (the rows marked `today`, which may be
+    negative), these answer the range's figures over distinct customers."""
 
     days = models.PositiveSmallIntegerField(_("range (days)"))
+    today = models.BooleanField(
+        _("today's changes"), default=False,
+        help_text=_("A correction for today (refreshed every few minutes), not a stored cell."))
     channel = models.ForeignKey(Channel, verbose_name=_("channel"), null=True, blank=True,
                                 on_delete=models.SET_NULL, related_name="+")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("owner"), null=True,
                               blank=True, on_delete=models.SET_NULL, related_name="+")
-    joined = models.PositiveIntegerField(_("joined in the range"), default=0)
-    deleted_within_7_days = models.PositiveIntegerField(
+    joined = models.IntegerField(_("joined in the range"), default=0)
+    deleted_within_7_days = models.IntegerField(
         _("deleted us within 7 days of joining"), default=0)
-    joined_group = models.PositiveIntegerField(_("joined a group"), default=0)
-    referred_customers = models.PositiveIntegerField(_("referred customers"), default=0)
-    customers = models.PositiveIntegerField(_("customers in the private domain"), default=0)
-    interacting = models.PositiveIntegerField(_("interacting"), default=0)
-    active = models.PositiveIntegerField(_("active"), default=0)
-    active_previous = models.PositiveIntegerField(_("active in the preceding range"), default=0)
-    retained = models.PositiveIntegerField(_("retained"), default=0)
-    never_bought_before = models.PositiveIntegerField(_("never bought before"), default=0)
-    first_time_buyers = models.PositiveIntegerField(_("first-time buyers"), default=0)
-    buyers = models.PositiveIntegerField(_("buyers"), default=0)
-    repeat_buyers = models.PositiveIntegerField(_("repeat buyers"), default=0)
-    outside = models.PositiveIntegerField(_("buyers outside the private domain"), default=0)
-    paid_orders = models.PositiveIntegerField(_("paid orders"), default=0)
-    customers_previous = models.PositiveIntegerField(
+    joined_group = models.IntegerField(_("joined a group"), default=0)
+    referred_customers = models.IntegerField(_("referred customers"), default=0)
+    customers = models.IntegerField(_("customers in the private domain"), default=0)
+    interacting = models.IntegerField(_("interacting"), default=0)
+    active = models.IntegerField(_("active"), default=0)
+    active_previous = models.IntegerField(_("active in the preceding range"), default=0)
+    retained = models.IntegerField(_("retained"), default=0)
+    never_bought_before = models.IntegerField(_("never bought before"), default=0)
+    first_time_buyers = models.IntegerField(_("first-time buyers"), default=0)
+    buyers = models.IntegerField(_("buyers"), default=0)
+    repeat_buyers = models.IntegerField(_("repeat buyers"), default=0)
+    outside = models.IntegerField(_("buyers outside the private domain"), default=0)
+    paid_orders = models.IntegerField(_("paid orders"), default=0)
+    customers_previous = models.IntegerField(
         _("customers in the private domain in the preceding range"), default=0)
-    buyers_previous = models.PositiveIntegerField(_("buyers in the preceding range"), default=0)
-    outside_previous = models.PositiveIntegerField(
+    buyers_previous = models.IntegerField(_("buyers in the preceding range"), default=0)
+    outside_previous = models.IntegerField(
         _("buyers outside the private domain in the preceding range"), default=0)
-    paid_orders_previous = models.PositiveIntegerField(
+    paid_orders_previous = models.IntegerField(
         _("paid orders in the preceding range"), default=0)
     revenue = models.DecimalField(_("revenue (CNY)"), max_digits=16, decimal_places=2,
                                   default=0)
@@ -272,8 +280,8 @@ class RangeFacts(models.Model):
 
 class CohortMonthCell(models.Model):
     """The current month so far (through `FactsTable.as_of`): of the customers who joined in
-    `cohort` with this channel and owner, how many were active. Today's activity is added
-    live."""
+    `cohort` with this channel and owner, how many were active; the rows marked `today` add
+    today's newly active customers."""
 
     month = models.DateField(_("month"))
     cohort = models.DateField(_("cohort (join month)"))
@@ -281,7 +289,8 @@ class CohortMonthCell(models.Model):
                                 on_delete=models.SET_NULL, related_name="+")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("owner"), null=True,
                               blank=True, on_delete=models.SET_NULL, related_name="+")
-    active = models.PositiveIntegerField(_("active customers"), default=0)
+    active = models.IntegerField(_("active customers"), default=0)
+    today = models.BooleanField(_("today's changes"), default=False)
 
     class Meta:
         verbose_name = _("cohort month-to-date cell")

@@ -30,11 +30,20 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.db.models import Sum
+from django.utils import timezone
 
 from core import access
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, Order
 from metrics.models import CohortMonthCell, FactsTable, RangeFacts
-from metrics.periods import Period, Scope, day_start, local_today, month_start
+from metrics.periods import (
+    Period,
+    Scope,
+    add_months,
+    day_start,
+    local_today,
+    month_start,
+    system_tz,
+)
 
 WINDOWS = (7, 30, 90)
 INBOUND = sorted(INBOUND_EVENT_TYPES)
@@ -45,6 +54,7 @@ COUNT_FIGURES = (
     "buyers_previous", "outside_previous",
 )
 SUM_FIGURES = ("paid_orders", "revenue", "paid_orders_previous", "revenue_previous")
+MONEY_FIGURES = frozenset({"revenue", "revenue_previous"})
 FIGURES = COUNT_FIGURES + SUM_FIGURES
 FRIEND_LOSS_DAYS = 7
 
@@ -169,26 +179,6 @@ def _raw(sql: str, params: dict[str, Any]) -> list[tuple]:
         return cursor.fetchall()
 
 
-def _scope_condition(scope: Scope, alias: str) -> tuple[str, dict[str, Any]]:
-    """The scope as a condition on `alias`.channel_id / owner_id (the rule of
-    `Scope.apply`: operators their own customers, a user without a role nobody)."""
-    parts, params = [], {}
-    if scope.user is not None:
-        role = access.user_role(scope.user)
-        if role == access.OPERATOR:
-            parts.append(f"{alias}.owner_id = %(scope_user)s")
-            params["scope_user"] = scope.user.pk
-        elif role not in (access.ADMIN, access.ANALYST):
-            parts.append("false")
-    if scope.channel is not None:
-        parts.append(f"{alias}.channel_id = %(scope_channel)s")
-        params["scope_channel"] = scope.channel.pk
-    if scope.owner is not None:
-        parts.append(f"{alias}.owner_id = %(scope_owner)s")
-        params["scope_owner"] = scope.owner.pk
-    return " AND ".join(parts) or "true", params
-
-
 # --- The nightly refresh ------------------------------------------------------------------------
 
 CUSTOMER_FACTS_SQL = """
@@ -271,7 +261,7 @@ def refresh(today: date) -> dict[str, int]:
         selects += [f"{_sum(name, figures[name])} AS w{n}_{name}" for name in FIGURES]
     rows = _raw(f"SELECT f.channel_id, f.owner_id, {', '.join(selects)} "
                 f"FROM metrics_customerfacts f GROUP BY f.channel_id, f.owner_id", params)
-    RangeFacts.objects.all().delete()
+    RangeFacts.objects.all().delete()           # today's changes too: relative to the old facts
     cells = []
     for row in rows:
         channel_id, owner_id, values_ = row[0], row[1], row[2:]
@@ -290,19 +280,35 @@ def refresh(today: date) -> dict[str, int]:
         for cohort, channel_id, owner_id, n in _raw(
             "SELECT date_trunc('month', f.joined_at AT TIME ZONE %(tz)s)::date, f.channel_id, "
             "f.owner_id, COUNT(*) FROM metrics_customerfacts f "
-            "WHERE f.last_active_at >= %(month_since)s AND f.joined_at < %(t0)s "
+            "WHERE f.last_active_at >= %(month_since)s "
             "GROUP BY 1, 2, 3", {**params, "month_since": day_start(month)})
     ] if month < today else []
     CohortMonthCell.objects.bulk_create(month_cells, batch_size=2000)
     return {"customers": customers, "range_cells": len(cells), "cohort_cells": len(month_cells)}
 
 
-# --- Answers --------------------------------------------------------------------------------
+# --- Today's changes, per (channel, owner) ----------------------------------------------------
+
+def today_max_age() -> int:
+    """Seconds for which the stored part of today (refreshed every few minutes) stands in for a
+    live computation."""
+    return int(getattr(settings, "METRICS_TODAY_MAX_AGE_SECONDS", 600))
+
 
 def stored_for_today() -> bool:
     """Whether the facts cover every day before today (the nightly refresh ran today)."""
     return available() and FactsTable.objects.filter(
         as_of=local_today() - timedelta(days=1)).exists()
+
+
+def today_is_fresh(table: FactsTable | None) -> bool:
+    """Whether today's changes stored by the frequent refresh are recent enough to use."""
+    if table is None or table.today_at is None:
+        return False
+    now = timezone.now()
+    return (table.as_of == local_today() - timedelta(days=1)
+            and timezone.localdate(table.today_at, timezone=system_tz()) == local_today()
+            and (now - table.today_at).total_seconds() <= today_max_age())
 
 
 def current_window(period: Period) -> Window | None:
@@ -313,22 +319,27 @@ def current_window(period: Period) -> Window | None:
     return Window(today, period.days)
 
 
-TODAY_SQL = """
+DELTA_SQL = """
 WITH t AS (
+    -- Today's events and orders per customer (and those dated later this month, which only
+    -- the month's cohort activity counts).
     SELECT x.customer_id,
-           BOOL_OR(x.kind IN ('in', 'grp')) AS inb, BOOL_OR(x.kind <> 'del') AS act,
-           COUNT(*) FILTER (WHERE x.kind = 'paid') AS k,
-           COALESCE(SUM(x.amount), 0) AS rev,
-           BOOL_OR(x.kind = 'del') AS del, BOOL_OR(x.kind = 'grp') AS grp
+           COALESCE(BOOL_OR(x.kind IN ('in', 'grp')) FILTER (WHERE x.today), false) AS inb,
+           COALESCE(BOOL_OR(x.kind <> 'del') FILTER (WHERE x.today), false) AS act,
+           COUNT(*) FILTER (WHERE x.kind = 'paid' AND x.today) AS k,
+           COALESCE(SUM(x.amount) FILTER (WHERE x.today), 0) AS rev,
+           COALESCE(BOOL_OR(x.kind = 'del') FILTER (WHERE x.today), false) AS del,
+           COALESCE(BOOL_OR(x.kind = 'grp') FILTER (WHERE x.today), false) AS grp,
+           BOOL_OR(x.kind <> 'del') AS act_month
     FROM (SELECT customer_id,
                  CASE WHEN type = %(friend_deleted)s THEN 'del'
                       WHEN type = %(group_joined)s THEN 'grp' ELSE 'in' END AS kind,
-                 NULL::numeric AS amount
+                 NULL::numeric AS amount, occurred_at < %(until)s AS today
           FROM crm_event WHERE type = ANY(%(today_types)s)
-          AND occurred_at >= %(t0)s AND occurred_at < %(until)s
+          AND occurred_at >= %(t0)s AND occurred_at < %(month_until)s
           UNION ALL
-          SELECT customer_id, 'paid', amount FROM crm_order
-          WHERE status = %(paid)s AND placed_at >= %(t0)s AND placed_at < %(until)s) x
+          SELECT customer_id, 'paid', amount, placed_at < %(until)s FROM crm_order
+          WHERE status = %(paid)s AND placed_at >= %(t0)s AND placed_at < %(month_until)s) x
     GROUP BY x.customer_id
 ), changed AS (
     SELECT customer_id AS id FROM t
@@ -336,71 +347,148 @@ WITH t AS (
     UNION SELECT id FROM crm_customer
           WHERE status = ANY(%(statuses)s) AND status_changed_at >= %(t0)s
 )
-SELECT {columns}
-FROM changed
-JOIN crm_customer cu ON cu.id = changed.id
-LEFT JOIN metrics_customerfacts f ON f.customer_id = changed.id
-LEFT JOIN t ON t.customer_id = changed.id
+SELECT x.ch, x.ow, x.cohort, {sums}
+FROM (
+    SELECT cu.channel_id AS ch, cu.owner_id AS ow,
+           date_trunc('month', cu.joined_at AT TIME ZONE %(tz)s)::date AS cohort, {now_values}
+    FROM changed
+    JOIN crm_customer cu ON cu.id = changed.id
+    LEFT JOIN metrics_customerfacts f ON f.customer_id = changed.id
+    LEFT JOIN t ON t.customer_id = changed.id
+    UNION ALL
+    SELECT f.channel_id, f.owner_id,
+           date_trunc('month', f.joined_at AT TIME ZONE %(tz)s)::date, {old_values}
+    FROM changed JOIN metrics_customerfacts f ON f.customer_id = changed.id
+) x
+GROUP BY x.ch, x.ow, x.cohort
 """
 
 
-def _today_params(window: Window) -> dict[str, Any]:
-    return {**_common_params(window.today), **window.params(),
-            "until": window.period.until, "group_joined": Event.Type.GROUP_JOINED,
-            "today_types": [*INBOUND, Event.Type.FRIEND_DELETED],
-            "statuses": [value for value, _label in Customer.Status.choices]}
+def _value(figure: str, expression: str, sign: str = "") -> str:
+    if figure in COUNT_FIGURES:
+        return f"CASE WHEN {expression} THEN {sign}1 ELSE 0 END"
+    return f"{sign}({expression})"
+
+
+@dataclass
+class TodayDelta:
+    """Today's changes: per (days, channel id, owner id) each figure's change, and per (join
+    month, channel id, owner id) the change in customers active this month."""
+
+    ranges: dict[tuple[int, int | None, int | None], dict[str, Any]]
+    cohorts: dict[tuple[date, int | None, int | None], int]
+
+
+def today_delta(today: date) -> TodayDelta:
+    """For the customers whose facts changed today: each figure counted now (their current
+    state, their stored facts of the days before today and today's events and orders, under
+    their current channel and owner) minus counted as stored (under the stored ones). One
+    statement over today's events and orders and those customers only."""
+    names, now_values, old_values = [], [], []
+    for n in WINDOWS:
+        now, before = _figures(n, _current_inputs(n)), _figures(n, _stored_inputs(n))
+        for figure in FIGURES:
+            names.append((n, figure))
+            now_values.append(_value(figure, now[figure]))
+            old_values.append(_value(figure, before[figure], "-"))
+    month_active_now = ("(COALESCE(f.last_active_at >= %(month_since)s, false) "
+                        "OR COALESCE(t.act_month, false))")
+    month_active_old = "COALESCE(f.last_active_at >= %(month_since)s, false)"
+    now_values.append(f"CASE WHEN {month_active_now} THEN 1 ELSE 0 END")
+    old_values.append(f"CASE WHEN {month_active_old} THEN -1 ELSE 0 END")
+    columns = [f"v{i}" for i in range(len(now_values))]
+    sql = DELTA_SQL.format(
+        sums=", ".join(f"SUM(x.{c})" for c in columns),
+        now_values=", ".join(f"{v} AS {c}" for v, c in zip(now_values, columns, strict=True)),
+        old_values=", ".join(old_values))
+    params = {**_common_params(today), "until": day_start(today + timedelta(days=1)),
+              "group_joined": Event.Type.GROUP_JOINED,
+              "today_types": [*INBOUND, Event.Type.FRIEND_DELETED],
+              "statuses": [value for value, _label in Customer.Status.choices],
+              "month_since": day_start(month_start(today)),
+              "month_until": day_start(add_months(month_start(today), 1))}
+    for n in WINDOWS:
+        params.update(Window(today, n).params())
+    ranges: dict = {}
+    cohorts: dict = {}
+    for row in _raw(sql, params):
+        channel_id, owner_id, cohort, values = row[0], row[1], row[2], row[3:]
+        for (n, figure), value in zip(names, values, strict=False):
+            cell = ranges.setdefault((n, channel_id, owner_id), dict.fromkeys(FIGURES, 0))
+            cell[figure] += value or 0
+        if values[-1]:
+            key = (cohort, channel_id, owner_id)
+            cohorts[key] = cohorts.get(key, 0) + values[-1]
+    return TodayDelta(ranges=ranges, cohorts=cohorts)
+
+
+def refresh_today(today: date) -> dict[str, int]:
+    """Store today's changes per (channel, owner) (the rows marked `today`), replacing the
+    previous ones. Call in a transaction holding the `FactsTable` row, with the facts of the
+    days before today stored."""
+    delta = today_delta(today)
+    RangeFacts.objects.filter(today=True).delete()
+    RangeFacts.objects.bulk_create([
+        RangeFacts(days=n, channel_id=ch, owner_id=ow, today=True, **values)
+        for (n, ch, ow), values in delta.ranges.items() if any(values.values())],
+        batch_size=2000)
+    month = month_start(today)
+    CohortMonthCell.objects.filter(today=True).delete()
+    CohortMonthCell.objects.bulk_create([
+        CohortMonthCell(month=month, cohort=cohort, channel_id=ch, owner_id=ow, active=n,
+                        today=True)
+        for (cohort, ch, ow), n in delta.cohorts.items()], batch_size=2000)
+    return {"range_cells": len(delta.ranges), "cohort_cells": len(delta.cohorts)}
+
+
+# --- Answers --------------------------------------------------------------------------------
+
+def in_scope(scope: Scope, channel_id: int | None, owner_id: int | None) -> bool:
+    """Whether a (channel, owner) cell belongs to the scope (the rule of `Scope.apply`)."""
+    if scope.user is not None:
+        role = access.user_role(scope.user)
+        if role == access.OPERATOR:
+            if owner_id != scope.user.pk:
+                return False
+        elif role not in (access.ADMIN, access.ANALYST):
+            return False
+    if scope.channel is not None and channel_id != scope.channel.pk:
+        return False
+    return scope.owner is None or owner_id == scope.owner.pk
 
 
 def range_figures(*, scope: Scope, window: Window) -> dict[str, Any]:
-    """Every figure of the window for the scope: the stored cells plus today's changes."""
+    """Every figure of the window for the scope: the stored cells plus today's changes — those
+    the frequent refresh stored when recent enough, else computed now."""
     n = window.days
-    stored = scope.apply(RangeFacts.objects.filter(days=n)).aggregate(
-        **{name: Sum(name) for name in FIGURES})
-    now_scope, now_params = _scope_condition(scope, "cu")
-    stored_scope, _same = _scope_condition(scope, "f")
-    now = _figures(n, _current_inputs(n))
-    before = _figures(n, _stored_inputs(n))
-    columns = []
+    fresh = today_is_fresh(FactsTable.objects.first())
+    cells = RangeFacts.objects.filter(days=n)
+    if not fresh:
+        cells = cells.filter(today=False)
+    totals = scope.apply(cells).aggregate(**{name: Sum(name) for name in FIGURES})
+    result = {name: totals[name] or 0 for name in FIGURES}
+    if not fresh:
+        for (days, ch, ow), values in today_delta(window.today).ranges.items():
+            if days == n and in_scope(scope, ch, ow):
+                for name in FIGURES:
+                    result[name] += values[name]
     for name in FIGURES:
-        columns.append(f"{_sum(name, now[name], now_scope)} - "
-                       f"{_sum(name, before[name], f'f.customer_id IS NOT NULL AND {stored_scope}')}")
-    (delta,) = _raw(TODAY_SQL.format(columns=", ".join(columns)),
-                    {**_today_params(window), **now_params})
-    result: dict[str, Any] = {}
-    for name, change in zip(FIGURES, delta, strict=True):
-        base = stored[name] or 0
-        result[name] = (Decimal(base) + Decimal(change or 0)) if name in ("revenue",
-                                                                          "revenue_previous") \
-            else int(base) + int(change or 0)
+        result[name] = Decimal(result[name]) if name in MONEY_FIGURES else int(result[name])
     return result
 
 
 def cohort_month_active(*, scope: Scope, today: date, cohorts: list[date]) -> dict[date, int]:
     """Customers active in the current month per join month (of `cohorts`): the stored month so
     far plus today's newly active customers. Only when the facts are stored for today."""
-    month = month_start(today)
-    stored = (scope.apply(CohortMonthCell.objects.filter(month=month, cohort__in=cohorts))
-              .values("cohort").annotate(n=Sum("active")))
-    result = {row["cohort"]: row["n"] for row in stored}
-    window = Window(today, 1)
-    now_scope, now_params = _scope_condition(scope, "cu")
-    stored_scope, _same = _scope_condition(scope, "f")
-    month_since = day_start(month)
-    sql = TODAY_SQL.format(columns=(
-        "date_trunc('month', cu.joined_at AT TIME ZONE %(tz)s)::date, "
-        f"SUM(CASE WHEN {now_scope} AND (COALESCE(f.last_active_at >= %(month_since)s, false) "
-        "OR COALESCE(t.act, false)) THEN 1 ELSE 0 END), "
-        "date_trunc('month', f.joined_at AT TIME ZONE %(tz)s)::date, "
-        f"SUM(CASE WHEN f.customer_id IS NOT NULL AND {stored_scope} "
-        "AND f.last_active_at >= %(month_since)s THEN 1 ELSE 0 END)")) + " GROUP BY 1, 3"
-    params = {**_today_params(window), **now_params, "month_since": month_since,
-              "since_1": day_start(today), "until_1": window.period.until,
-              "prev_since_1": day_start(today)}
-    wanted = set(cohorts)
-    for now_cohort, now_n, old_cohort, old_n in _raw(sql, params):
-        if now_cohort in wanted:
-            result[now_cohort] = result.get(now_cohort, 0) + now_n
-        if old_cohort in wanted:
-            result[old_cohort] = result.get(old_cohort, 0) - old_n
+    fresh = today_is_fresh(FactsTable.objects.first())
+    cells = CohortMonthCell.objects.filter(month=month_start(today), cohort__in=cohorts)
+    if not fresh:
+        cells = cells.filter(today=False)
+    result = {row["cohort"]: row["n"]
+              for row in scope.apply(cells).values("cohort").annotate(n=Sum("active"))}
+    if not fresh:
+        wanted = set(cohorts)
+        for (cohort, ch, ow), n in today_delta(today).cohorts.items():
+            if cohort in wanted and in_scope(scope, ch, ow):
+                result[cohort] = result.get(cohort, 0) + n
     return result
-

@@ -16,6 +16,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import TruncDate, TruncMonth
+from django.utils import timezone
 
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
@@ -74,8 +75,12 @@ def _raw(sql: str, params) -> list[tuple]:
         return cursor.fetchall()
 
 
+# Stored per day besides the series' columns: referral events (for the overview's KPI).
+SNAPSHOT_FIELDS = (*ACTIVITY_FIELDS, "referral_events")
+
+
 def _blank_activity() -> dict[str, Any]:
-    return {f: (Decimal("0") if f in MONEY_FIELDS else 0) for f in ACTIVITY_FIELDS}
+    return {f: (Decimal("0") if f in MONEY_FIELDS else 0) for f in SNAPSHOT_FIELDS}
 
 
 # --- Daily facts (stored by the snapshot, live for days not stored) ------------------------
@@ -105,12 +110,14 @@ def activity_by_day(*, scope: Scope, start: date, end: date
             .values(d=_day("first_order_at"), ch=F("channel_id"), ow=F("owner_id"))
             .annotate(first_time_buyers=Count("pk")))
     collect(events.filter(occurred_at__gte=since, occurred_at__lt=until,
-                          type__in=[Event.Type.FRIEND_DELETED, Event.Type.FRIEND_REMOVED])
+                          type__in=[Event.Type.FRIEND_DELETED, Event.Type.FRIEND_REMOVED,
+                                    Event.Type.REFERRAL])
             .values(d=_day("occurred_at"), **group)
             .annotate(deleted_us=Count("customer_id", distinct=True,
                                        filter=Q(type=Event.Type.FRIEND_DELETED)),
                       removed=Count("customer_id", distinct=True,
-                                    filter=Q(type=Event.Type.FRIEND_REMOVED))))
+                                    filter=Q(type=Event.Type.FRIEND_REMOVED)),
+                      referral_events=Count("pk", filter=Q(type=Event.Type.REFERRAL))))
     collect(orders.filter(status=Order.Status.PAID, placed_at__gte=since, placed_at__lt=until)
             .values(d=_day("placed_at"), **group)
             .annotate(paid_orders=Count("pk"), revenue=Sum("amount"),
@@ -201,16 +208,38 @@ def stage_counts_next_day(*, counts: dict[StageKey, int], day: date, model_ids=N
 
 # --- Stored days joined with live ones -------------------------------------------------------
 
+def _today_snapshot_is_fresh(taken_at: datetime) -> bool:
+    """Today's snapshot, which the frequent refresh (`metrics_today`) replaces every few
+    minutes, stands in for a live computation while it is recent."""
+    return (timezone.now() - taken_at).total_seconds() <= rangefacts.today_max_age()
+
+
 def _days_to_compute_live(period: Period) -> tuple[list[date], list[date]]:
-    """(stored days, days to compute live) of the period up to today; today is always live."""
+    """(stored days, days to compute live) of the period up to today. A past day counts as
+    stored when its snapshot was taken after it ended; today when its snapshot is fresh."""
     today = local_today()
     last = min(period.end, today)
     if last < period.start:
         return [], []
-    stored = set(Snapshot.objects.filter(date__gte=period.start, date__lte=last)
-                 .exclude(date=today).values_list("date", flat=True))
+    stored = set()
+    for day, taken_at in Snapshot.objects.filter(date__gte=period.start,
+                                                 date__lte=last).values_list("date", "taken_at"):
+        if (_today_snapshot_is_fresh(taken_at) if day == today
+                else taken_at >= day_start(day + timedelta(days=1))):
+            stored.add(day)
     days = list(Period(period.start, last).each_day())
     return sorted(stored), [d for d in days if d not in stored]
+
+
+def _runs(days: list[date]) -> list[tuple[date, date]]:
+    """Consecutive days as (first, last) runs, so live days are computed run by run."""
+    runs: list[tuple[date, date]] = []
+    for day in days:
+        if runs and runs[-1][1] == day - timedelta(days=1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
 
 
 def activity_series(*, scope: Scope, period: Period) -> list[dict[str, Any]]:
@@ -225,17 +254,17 @@ def activity_series(*, scope: Scope, period: Period) -> list[dict[str, Any]]:
         for row in stored_rows:
             for name in ACTIVITY_FIELDS:
                 by_day[row["date"]][name] += row[f"s_{name}"] or 0
-    if live:
-        wanted = set(live)
-        for (day, _ch, _ow), values in activity_by_day(scope=scope, start=live[0],
-                                                       end=live[-1]).items():
-            if day in wanted:
-                for name, value in values.items():
+    for first, last in _runs(live):
+        for (day, _ch, _ow), values in activity_by_day(scope=scope, start=first,
+                                                       end=last).items():
+            for name, value in values.items():
+                if name in by_day[day]:
                     by_day[day][name] += value
-    live_days = set(live)
+    # Today is "live" (not over yet) whether read from its fresh snapshot or computed now.
+    live_days = {*live, local_today()}
     return [{"date": d.isoformat(), "live": d in live_days, **{
-        name: money(value) if name in MONEY_FIELDS else value
-        for name, value in by_day[d].items()}} for d in sorted(by_day)]
+        name: money(by_day[d][name]) if name in MONEY_FIELDS else by_day[d][name]
+        for name in ACTIVITY_FIELDS}} for d in sorted(by_day)]
 
 
 def series_totals(series: list[dict[str, Any]]) -> dict[str, Any]:
@@ -264,13 +293,11 @@ def transition_totals(*, scope: Scope, model: StageModel, period: Period
         for row in rows:
             totals[(row["from_key"], row["to_key"])]["transitions"] += row["n"]
             totals[(row["from_key"], row["to_key"])]["win_backs"] += row["w"]
-    if live:
-        wanted = set(live)
-        for row in transitions_by_day(scope=scope, start=live[0], end=live[-1],
+    for first, last in _runs(live):
+        for row in transitions_by_day(scope=scope, start=first, end=last,
                                       model_ids=[model.pk]):
-            if row["d"] in wanted:
-                totals[(row["from_key"], row["to_key"])]["transitions"] += row["transitions"]
-                totals[(row["from_key"], row["to_key"])]["win_backs"] += row["win_backs"]
+            totals[(row["from_key"], row["to_key"])]["transitions"] += row["transitions"]
+            totals[(row["from_key"], row["to_key"])]["win_backs"] += row["win_backs"]
     return dict(totals)
 
 
@@ -316,16 +343,36 @@ def _activity_counts(*, scope: Scope, period: Period) -> dict[str, int]:
             "interacting": interacting}
 
 
+def _referral_events(*, scope: Scope, period: Period) -> int:
+    """Referral events in the period: stored days from the snapshots (unless a day was stored
+    before they were counted), the other days counted now."""
+    stored, live = _days_to_compute_live(period)
+    total = 0
+    if stored:
+        days = (scope.apply(DailyActivity.objects.order_by())
+                .filter(date__gte=stored[0], date__lte=stored[-1], date__in=stored)
+                .aggregate(n=Sum("referral_events"),
+                           unknown=Count("pk", filter=Q(referral_events__isnull=True))))
+        if days["unknown"]:
+            stored, live = [], list(Period(period.start, min(period.end,
+                                                             local_today())).each_day())
+        else:
+            total += days["n"] or 0
+    events = scope.apply(Event.objects.order_by(), "customer__").filter(type=Event.Type.REFERRAL)
+    for first, last in _runs(live):
+        total += events.filter(occurred_at__gte=day_start(first),
+                               occurred_at__lt=day_start(last + timedelta(days=1))).count()
+    return total
+
+
 def _referrals(*, scope: Scope, period: Period) -> dict[str, int]:
     """Distinct referrers of the customers who joined in the period, and the referral events
     of the period."""
     referrers = scope.apply(Customer.objects.order_by()).filter(
         joined_at__gte=period.since, joined_at__lt=period.until,
         referred_by__isnull=False).aggregate(n=Count("referred_by", distinct=True))["n"]
-    events = scope.apply(Event.objects.order_by(), "customer__").filter(
-        type=Event.Type.REFERRAL, occurred_at__gte=period.since,
-        occurred_at__lt=period.until).count()
-    return {"referrers": referrers, "referral_events": events}
+    return {"referrers": referrers,
+            "referral_events": _referral_events(scope=scope, period=period)}
 
 
 def _kpis(joined: dict, figures: dict, activity: dict, buyers: dict, referrals: dict
@@ -474,7 +521,16 @@ def stage_counts_on(*, scope: Scope, model: StageModel, day: date | None
                     ) -> tuple[dict[str, int], str]:
     """Customers per stage key: now (day None or today), or at the end of a past day — from
     its snapshot when stored, else rebuilt from the transitions. Also says which."""
-    if day is None or day >= local_today():
+    today = local_today()
+    if day is None or day >= today:
+        # Now: from today's snapshot while the frequent refresh keeps it fresh (the same
+        # counts, rebuilt from the transitions a few minutes ago), else the current stages.
+        taken = Snapshot.objects.filter(date=today).values_list("taken_at", flat=True).first()
+        if taken is not None and _today_snapshot_is_fresh(taken):
+            rows = (scope.apply(DailyStageCount.objects.order_by())
+                    .filter(model=model, date=today)
+                    .values("stage_key").annotate(n=Sum("customers")))
+            return {row["stage_key"]: row["n"] for row in rows}, "today"
         return current_stage_counts(scope=scope, model=model), "current"
     if Snapshot.objects.filter(date=day).exists():
         rows = (scope.apply(DailyStageCount.objects.order_by()).filter(model=model, date=day)
@@ -516,15 +572,24 @@ def churn_and_win_back(*, scope: Scope, model: StageModel, stages: list[Stage], 
     result: dict[str, Any] = {"churn": None, "win_back": None}
     if churn_key is None and not win_back_keys:
         return result
-    at_start = latest_transitions(scope=scope, before=period.since, model_ids=[model.pk]).aggregate(
-        not_churned=Count("pk", filter=~Q(to_key=churn_key or "")),
-        in_win_back_stages=Count("pk", filter=Q(to_key__in=win_back_keys)),
-    )
-    moves = scope.apply(StageTransition.objects.order_by(), "customer__").filter(
-        model=model, at__gte=period.since, at__lt=period.until).aggregate(
-        churned=Count("customer_id", distinct=True, filter=Q(to_key=churn_key or "")),
-        win_backs=Count("pk", filter=Q(win_back=True)),
-    )
+    # Where each customer stood at the start: the counts at the end of the day before, from
+    # that day's snapshot when stored (else rebuilt from the transitions).
+    counts, _source = stage_counts_on(scope=scope, model=model,
+                                      day=period.start - timedelta(days=1))
+    at_start = {"not_churned": sum(n for key, n in counts.items() if key != churn_key),
+                "in_win_back_stages": sum(counts.get(key, 0) for key in win_back_keys)}
+    # Entered churn: distinct customers, from the transitions into it (index on model, to_key,
+    # at); win-backs add up day by day, from the snapshots and today.
+    churned = 0
+    if churn_key is not None:
+        churned = scope.apply(StageTransition.objects.order_by(), "customer__").filter(
+            model=model, to_key=churn_key, at__gte=period.since, at__lt=period.until,
+        ).aggregate(n=Count("customer_id", distinct=True))["n"]
+    win_backs = 0
+    if win_back_keys:
+        win_backs = sum(v["win_backs"] for v in transition_totals(
+            scope=scope, model=model, period=period).values())
+    moves = {"churned": churned, "win_backs": win_backs}
     if churn_key is not None:
         result["churn"] = {"stage": churn_key, "entered": moves["churned"],
                            "not_in_stage_at_start": at_start["not_churned"],
@@ -676,7 +741,8 @@ def stages_report(*, scope: Scope, model: StageModel, period: Period) -> dict[st
         row["exited"] = exited.get(row["stage"], 0)
         row["median_days_in_stage"] = medians.get(row["stage"], {}).get("median_days")
     return {"model": model.key, **period.as_dict(), "counts_at": period.end.isoformat()
-            if source != "current" else None, "counts_source": source, "stages": rows,
+            if source not in ("current", "today") else None, "counts_source": source,
+            "stages": rows,
             **churn_and_win_back(scope=scope, model=model, stages=stages, period=period)}
 
 

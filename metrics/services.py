@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 BATCH = 2000
 
 
+class NegativeStageCount(Exception):
+    """Carrying the stage counts over from the day before left a cell below zero: a customer
+    changed channel or owner since those counts were taken. Rebuild the day's counts."""
+
+
 @dataclass
 class SnapshotResult:
     date: date
@@ -72,6 +77,8 @@ def snapshot_metrics(*, day: date, counts_before: dict | None = None) -> Snapsho
     else:
         result.counts = selectors.stage_counts_next_day(counts=counts_before, day=day,
                                                         model_ids=model_ids)
+        if any(n < 0 for n in result.counts.values()):
+            raise NegativeStageCount(day)
     result.stage_counts = len(DailyStageCount.objects.bulk_create([
         DailyStageCount(date=day, channel_id=ch, owner_id=ow, model_id=model_id,
                         stage_key=key, customers=n)
@@ -105,7 +112,10 @@ def snapshot_metrics_range(*, start: date, end: date, progress=None) -> list[Sna
     counts = None
     day = start
     while day <= end:
-        result = snapshot_metrics(day=day, counts_before=counts)
+        try:
+            result = snapshot_metrics(day=day, counts_before=counts)
+        except NegativeStageCount:
+            result = snapshot_metrics(day=day)
         counts = result.counts
         results.append(result)
         if progress is not None:
@@ -185,6 +195,65 @@ def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
     logger.info("metrics.range_facts_refreshed", extra={
         "as_of": result.as_of.isoformat(), "customers": result.customers,
         "ms": result.duration_ms})
+    return result
+
+
+@dataclass
+class TodayResult:
+    date: date
+    snapshot: SnapshotResult
+    range_cells: int = 0
+    cohort_cells: int = 0
+    nightly: NightlyResult | None = None
+    duration_ms: int = 0
+
+
+def _stored_counts(day: date) -> dict | None:
+    """The stage counts stored for `day` (taken after it ended), in the form a next day's
+    snapshot carries over; None when not stored so."""
+    snapshot = Snapshot.objects.filter(date=day).first()
+    if snapshot is None or snapshot.taken_at < day_start(day + timedelta(days=1)):
+        return None
+    return {(r.channel_id, r.owner_id, r.model_id, r.stage_key): r.customers
+            for r in DailyStageCount.objects.filter(date=day)}
+
+
+def metrics_today(*, today: date | None = None) -> TodayResult:
+    """The frequent refresh (beat, every few minutes): store today so far — today's snapshot
+    (its activity, transitions and stage counts, replaced each time) and today's changes to the
+    precomputed range facts — so that requests read today instead of computing it. Runs the
+    nightly job first when it has not run for yesterday. Safe to run twice or concurrently:
+    each part replaces what it writes under its lock."""
+    started = time.monotonic()
+    today = today or local_today()
+    yesterday = today - timedelta(days=1)
+    nightly = None
+    facts = FactsTable.objects.first()
+    counts = _stored_counts(yesterday)
+    if counts is None or (rangefacts.available() and (facts is None
+                                                       or facts.as_of != yesterday)):
+        nightly = metrics_nightly(today=today)
+        counts = _stored_counts(yesterday)
+    try:
+        snapshot = snapshot_metrics(day=today, counts_before=counts)
+    except NegativeStageCount:
+        # A customer moved between channels or owners since yesterday's counts: rebuild.
+        snapshot = snapshot_metrics(day=today)
+    result = TodayResult(date=today, snapshot=snapshot, nightly=nightly)
+    if rangefacts.available():
+        with transaction.atomic():
+            heavy_statements()
+            header = FactsTable.objects.select_for_update().get(pk=1)
+            if header.as_of == yesterday:
+                taken_at = timezone.now()
+                cells = rangefacts.refresh_today(today)
+                result.range_cells, result.cohort_cells = cells["range_cells"], cells["cohort_cells"]
+                header.today_at = taken_at
+                header.today_ms = round((time.monotonic() - started) * 1000)
+                header.save(update_fields=["today_at", "today_ms"])
+    result.duration_ms = round((time.monotonic() - started) * 1000)
+    logger.info("metrics.today_refreshed", extra={"date": today.isoformat(),
+                                                  "ms": result.duration_ms})
     return result
 
 

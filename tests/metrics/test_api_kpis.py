@@ -210,3 +210,28 @@ def test_future_end_is_answered_up_to_today(data, get):
                end=(today + timedelta(days=3)).isoformat()).json()
     assert [d["date"] for d in body["series"]] == [today.isoformat()]
     assert date.fromisoformat(body["end"]) == today + timedelta(days=3)
+
+
+def test_warming_caches_the_dashboards_default_answers(data, get, analyst,
+                                                       django_assert_max_num_queries):
+    from django.conf import settings
+
+    from metrics import api
+
+    get("funnel", model="aipl")                     # the token is made on the first request
+    cache.clear()
+    # Eight loads; channel attribution and SOP performance once per language.
+    assert api.warm() == 8 + 2 * (len(settings.LANGUAGES) - 1)
+    for path, params, most in [("overview", {}, 3), ("revenue", {}, 3), ("cohorts", {}, 3),
+                               ("channels", {}, 3), ("sops", {}, 3),
+                               ("stages", {"model": "journey"}, 4),
+                               ("flows", {"model": "journey"}, 4),
+                               ("funnel", {"model": "aipl"}, 4)]:
+        with django_assert_max_num_queries(most):           # the token, the role (the model)
+            assert get(path, **params).status_code == 200, path
+    # Analysts share the admins' answers; warming again computes them afresh.
+    joined = get("overview", analyst).json()["relationship"]["acquaintance"]["joined"]
+    Customer.objects.create(external_id="today", owner=data.op_a)      # joins now
+    assert get("overview").json()["relationship"]["acquaintance"]["joined"] == joined
+    api.warm()
+    assert get("overview").json()["relationship"]["acquaintance"]["joined"] == joined + 1

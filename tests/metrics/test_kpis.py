@@ -327,6 +327,7 @@ def test_activity_by_day(data):
         "buyers": 3,                                            # c1 03-05, c5 03-07, c1 03-08
         "first_time_buyers": 1,                                 # c1
         "active_customers": 10,
+        "referral_events": 2,                                   # c5's, 03-03 and 03-09
     }
     # Active per day: 03-02 c1; 03-03 c1 c5; 03-04 c3 c5; 03-05 c1 c7; 03-07 c5; 03-08 c1;
     # 03-09 c5.

@@ -15,7 +15,7 @@ from crm.models import Customer, Event, Group, GroupMembership
 from metrics import rangefacts, selectors, services
 from metrics.models import CustomerFacts, FactsTable, RangeFacts
 from metrics.periods import Period, Scope, local_today
-from tests.metrics.handbuilt import build, event, mar, order
+from tests.metrics.handbuilt import build, event, mar, moves, order
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres_only]
 
@@ -161,3 +161,90 @@ def test_the_nightly_job_refreshes_the_facts(data):
     done = services.metrics_nightly(today=TODAY)
     assert done.range_facts.as_of == TODAY - timedelta(days=1)
     assert rangefacts.stored_for_today()
+
+
+def _dashboard(data) -> dict:
+    """What the dashboard reads for the 30 days up to today, for every scope."""
+    from lifecycle.models import StageModel
+
+    value = StageModel.objects.get(key="value")
+    period = Period(TODAY - timedelta(days=29), TODAY)
+    answers: dict = {}
+    for scope in _scopes(data):
+        answers[(scope, "overview")] = selectors.overview_report(scope=scope, period=period)
+        answers[(scope, "revenue")] = selectors.revenue_report(scope=scope, period=period,
+                                                               compare=period.previous())
+        answers[(scope, "stages")] = {k: v for k, v in selectors.stages_report(
+            scope=scope, model=value, period=period).items() if k != "counts_source"}
+        answers[(scope, "funnel")] = selectors.funnel_report(scope=scope, model=value,
+                                                             day=None)["stages"]
+        answers[(scope, "flows")] = selectors.flows_report(scope=scope, model=value,
+                                                           period=period)
+        answers[(scope, "cohorts")] = selectors.cohort_retention(
+            scope=scope, period=Period(date(2023, 12, 1), TODAY))
+    return answers
+
+
+def _live_dashboard(data, monkeypatch) -> dict:
+    with monkeypatch.context() as patch:
+        patch.setattr(rangefacts, "stored_for_today", lambda: False)
+        patch.setattr(selectors, "_today_snapshot_is_fresh", lambda taken_at: False)
+        return _dashboard(data)
+
+
+def _a_day_of_changes(data):
+    c = data.c
+    newcomer = Customer.objects.create(external_id="today", joined_at=mar(10, 9),
+                                       owner=data.op_a, channel=data.qr, referred_by=c[5])
+    event(newcomer, Event.Type.MESSAGE_IN, mar(10, 9, 30))
+    event(c[5], Event.Type.REFERRAL, mar(10, 9, 40), referred="today")
+    order(newcomer, "20.00", mar(10, 9, 45))
+    event(c[6], Event.Type.MESSAGE_IN, mar(10, 10))
+    order(c[5], "40.00", mar(10, 11))
+    event(c[3], Event.Type.FRIEND_DELETED, mar(10, 9))
+    Customer.objects.filter(pk=c[3].pk).update(status=Customer.Status.DELETED_US,
+                                               status_changed_at=mar(10, 9))
+    moves(c[3], "value", ("intro", mar(3, 10)), ("churn", mar(10, 9, 5)))
+    return newcomer
+
+
+def test_the_frequent_refresh_stores_today(data, monkeypatch):
+    _a_day_of_changes(data)
+    done = services.metrics_today(today=TODAY)
+    # Yesterday was not stored: the refresh ran the nightly job first.
+    assert done.nightly is not None and done.nightly.snapshot.date == TODAY - timedelta(days=1)
+    assert done.range_cells > 0
+    table = FactsTable.objects.get()
+    assert table.today_at == NOW and rangefacts.today_is_fresh(table)
+    assert RangeFacts.objects.filter(today=True).exists()
+    stored = _dashboard(data)
+    assert stored[(Scope(), "funnel")] == _live_dashboard(data, monkeypatch)[(Scope(), "funnel")]
+    _assert_same(stored, _live_dashboard(data, monkeypatch))
+    # Read from the stored today: no statement reads today's events.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        _dashboard(data)
+    assert not [q for q in ctx.captured_queries
+                if "crm_event" in q["sql"] and "metrics_customerfacts" in q["sql"]]
+    # A second run replaces today's rows (and does not need the nightly job).
+    again = services.metrics_today(today=TODAY)
+    assert again.nightly is None and again.range_cells == done.range_cells
+
+
+def test_a_stale_today_is_computed_live(data, monkeypatch):
+    services.metrics_today(today=TODAY)
+    newcomer = _a_day_of_changes(data)
+    # Until the next refresh, today's stored part does not know the changes …
+    before = selectors.relationship_kpis(scope=Scope(), period=Period(TODAY - timedelta(days=6),
+                                                                      TODAY))
+    # … and once it is older than METRICS_TODAY_MAX_AGE_SECONDS, today is computed now.
+    later = NOW + timedelta(seconds=rangefacts.today_max_age() + 1)
+    monkeypatch.setattr("django.utils.timezone.now", lambda: later)
+    assert not rangefacts.today_is_fresh(FactsTable.objects.get())
+    _assert_same(_dashboard(data), _live_dashboard(data, monkeypatch))
+    after = selectors.relationship_kpis(scope=Scope(), period=Period(TODAY - timedelta(days=6),
+                                                                     TODAY))
+    assert after["joined"] == before["joined"] + 1 == 2        # c4 and the newcomer
+    assert newcomer.pk
