@@ -17,15 +17,20 @@ On the database DATABASE_URL names (meant for 1M customers / 10M events / 1.5M o
    customer's current stage, spread between joining and an hour before the clock (≈ 8M
    transitions at 1M customers; no win-backs). Only `lifecycle_stagetransition` is rewritten.
 3. --backfill N: snapshots the N days before today (`snapshot_metrics_range`), timed.
-4. The nightly job (`metrics.services.metrics_nightly`: yesterday's snapshot and every other
-   step it runs), timed — unless --no-nightly.
+4. The nightly job (`metrics.services.metrics_nightly`: yesterday's snapshot, the cohort
+   table, the range facts), timed — unless --no-nightly; then the frequent refresh
+   (`metrics_today`: today so far, and `metrics.api.warm`) — unless --no-frequent.
+   --verify compares the stored answers (overview, revenue, cohorts; 30 days) with the live
+   computation.
 5. Every endpoint (`metrics/overview/`, `funnel/`, `stages/`, `flows/`, `revenue/`,
    `cohorts/`, `channels/`, `sops/`, `campaigns/`) for the ranges ending today (--ranges, days;
-   default 7, 30 and 90; `funnel/` is "now", `cohorts/` its default 12 months), as an admin,
+   default 7, 30 and 90; `funnel/` is "now" for AIPL, `stages/` and `flows/` for the
+   dashboard's default model, `cohorts/` its default 12 months), as an admin,
    as an admin with `channel` and with `owner`, and as the operator owning the most customers:
    cold (the metrics cache keys deleted before each request) and warm (answered from the
    cache), p50 / p95 over the repeats. Requests go through the whole DRF stack in this process
-   (APIClient, force_authenticate).
+   (APIClient, force_authenticate). --stale-today: the 30-day loads again with today
+   computed by each request (as when the frequent refresh is late).
 
 The cache is Django's (REDIS_URL: Redis, else in-process memory); only the `metrics:` keys are
 deleted, so give the benchmark a Redis database of its own anyway. Writes: the metrics tables
@@ -66,11 +71,12 @@ from rest_framework.test import APIClient  # noqa: E402
 
 from core import access  # noqa: E402
 from crm.models import Channel, Customer  # noqa: E402
-from metrics import services  # noqa: E402
+from metrics import api, rangefacts, selectors, services  # noqa: E402
+from metrics.periods import Period, Scope, add_months, month_start  # noqa: E402
+from metrics.views import AIPL_MODEL, DEFAULT_MODEL  # noqa: E402
 
 ENDPOINTS = ("overview", "funnel", "stages", "flows", "revenue", "cohorts", "channels", "sops",
              "campaigns")
-MODEL = "value"
 
 
 def sql(statement: str, params=None) -> list[tuple]:
@@ -173,7 +179,7 @@ def loads(today: date, ranges: list[int], endpoints: list[str]):
     """(endpoint, range label, params) of the dashboard's loads."""
     for endpoint in endpoints:
         if endpoint == "funnel":
-            yield endpoint, "now", {"model": MODEL}
+            yield endpoint, "now", {"model": AIPL_MODEL}
             continue
         if endpoint == "cohorts":
             yield endpoint, "12 months", {}
@@ -182,7 +188,7 @@ def loads(today: date, ranges: list[int], endpoints: list[str]):
             params = {"start": (today - timedelta(days=days - 1)).isoformat(),
                       "end": today.isoformat()}
             if endpoint in ("stages", "flows"):
-                params["model"] = MODEL
+                params["model"] = DEFAULT_MODEL
             yield endpoint, f"{days} d", params
 
 
@@ -258,8 +264,8 @@ def bench_backfill(today: date, days: int) -> list[list]:
 
 def bench_nightly(today: date) -> list[list]:
     timings: list[tuple[str, float]] = []
-    steps = [name for name in ("snapshot_metrics", "cohorts_refresh", "range_facts_refresh",
-                               "warm_cache") if hasattr(services, name)]
+    steps = [name for name in ("snapshot_metrics", "cohorts_refresh", "range_facts_refresh")
+             if hasattr(services, name)]
     originals = {name: getattr(services, name) for name in steps}
 
     def timed(name):
@@ -284,6 +290,49 @@ def bench_nightly(today: date) -> list[list]:
              ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)]]
 
 
+def bench_frequent(today: date) -> list[list]:
+    """The frequent refresh (beat every 4 minutes): today's snapshot and today's changes to the
+    range facts, then the cache warmed with the dashboard's default answers."""
+    started = time.perf_counter()
+    done = services.metrics_today(today=today)
+    refreshed = time.perf_counter() - started
+    started = time.perf_counter()
+    warmed = api.warm()
+    warming = time.perf_counter() - started
+    return [[f"frequent refresh: today so far ({today}, clock at 18:00)", f"{refreshed:,.1f} s",
+             f"today's snapshot {done.snapshot.duration_ms / 1000:.1f} s, today's changes to "
+             f"{done.range_cells} range cells and {done.cohort_cells} cohort cells"],
+            ["frequent refresh: cache warmed (dashboard defaults, admins)", f"{warming:,.1f} s",
+             f"{warmed} answers"]]
+
+
+def verify(today: date, operator) -> list[list]:
+    """The stored answers against the live computation (range facts and today's snapshot
+    switched off), for the 30 days up to today."""
+    period = Period(today - timedelta(days=29), today)
+    rows = []
+    for who, scope in (("admin", Scope()), (f"operator {operator.username}",
+                                            Scope(user=operator))):
+        for name, fn in (("overview", lambda s: selectors.overview_report(scope=s,
+                                                                          period=period)),
+                         ("revenue", lambda s: selectors.revenue_report(
+                             scope=s, period=period, compare=period.previous())),
+                         ("cohorts", lambda s: selectors.cohort_retention(
+                             scope=s, period=Period(add_months(month_start(today), -11),
+                                                    today)))):
+            started = time.perf_counter()
+            stored = fn(scope)
+            fast = time.perf_counter() - started
+            with mock.patch.object(rangefacts, "stored_for_today", lambda: False), \
+                    mock.patch.object(selectors, "_today_snapshot_is_fresh", lambda t: False):
+                started = time.perf_counter()
+                live = fn(scope)
+                slow = time.perf_counter() - started
+            rows.append([name, who, "same" if stored == live else "DIFFERENT", ms(fast),
+                         ms(slow)])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--today", type=date.fromisoformat, default=None,
@@ -294,6 +343,12 @@ def main() -> None:
     parser.add_argument("--backfill", type=int, default=0, metavar="DAYS",
                         help="snapshot the DAYS days before today first (timed)")
     parser.add_argument("--no-nightly", action="store_true")
+    parser.add_argument("--no-frequent", action="store_true",
+                        help="skip the frequent refresh (today so far, cache warming)")
+    parser.add_argument("--stale-today", action="store_true",
+                        help="also time the 30-day loads with today computed live")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare the stored answers with the live computation")
     parser.add_argument("--cold", type=int, default=3, help="cold requests per load")
     parser.add_argument("--warm", type=int, default=10, help="warm requests per load")
     parser.add_argument("--ranges", type=lambda s: [int(x) for x in s.split(",")],
@@ -328,14 +383,27 @@ def main() -> None:
         jobs += bench_backfill(opts.today, opts.backfill)
     if not opts.no_nightly:
         jobs += bench_nightly(opts.today)
+    if not opts.no_frequent:
+        jobs += bench_frequent(opts.today)
     if jobs:
         table(["job", "time", "detail"], jobs, "Jobs")
         print(f"load average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
+    if opts.verify:
+        _admin, operator, _owned, _channel = pick_people()
+        table(["report (30 days)", "who", "stored vs live", "stored ms", "live ms"],
+              verify(opts.today, operator), "Stored answers against the live computation")
+
+    headers = ["endpoint", "range", "who", "cold p50 ms", "cold p95 ms", "warm p50 ms",
+               "warm p95 ms"]
     rows = bench_endpoints(opts, opts.today)
-    table(["endpoint", "range", "who", "cold p50 ms", "cold p95 ms", "warm p50 ms",
-           "warm p95 ms"], rows,
-          f"Metrics API ({opts.cold} cold, {opts.warm} warm requests per load)")
+    table(headers, rows, f"Metrics API ({opts.cold} cold, {opts.warm} warm requests per load)")
+    if opts.stale_today:
+        # The frequent refresh late: today's part computed by each request.
+        with mock.patch.object(rangefacts, "today_max_age", lambda: -1):
+            opts.ranges = [30]
+            rows = bench_endpoints(opts, opts.today)
+        table(headers, rows, "Metrics API, today computed live (the frequent refresh late)")
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{machine()}")
 
