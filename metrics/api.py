@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import date, timedelta
@@ -27,6 +28,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core import access
 from core.db import heavy_statements
 from core.exceptions import ApplicationError
 from crm.models import Channel
@@ -120,6 +122,8 @@ def cached(kind: str, scope: Scope, params: dict[str, Any], compute: Callable[[]
     300), keyed by what the user may see and the parameters."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
     key = f"metrics:{kind}:{scope.key}:{digest}"
+    if not _recompute.get():
+        _note_operator(scope)
     answer = None if _recompute.get() else cache.get(key)
     if answer is None:
         with transaction.atomic():
@@ -156,13 +160,43 @@ def dashboard_loads() -> list[tuple[type[APIView], dict[str, str]]]:
             (api_performance.ChannelsView, {}), (api_performance.SopsView, {})]
 
 
+RECENT_OPERATORS = "metrics:recent-operators"
+
+
+def _recent_seconds() -> int:
+    return int(getattr(settings, "METRICS_WARM_RECENT_SECONDS", 3600))
+
+
+def _note_operator(scope: Scope) -> None:
+    """Remember (for METRICS_WARM_RECENT_SECONDS, default an hour) that an operator asked for
+    metrics, so that `warm` keeps their default answers too. Best effort, at most once a
+    minute per operator."""
+    user = scope.user
+    if user is None or access.user_role(user) != access.OPERATOR:
+        return
+    now = time.time()
+    seen = cache.get(RECENT_OPERATORS) or {}
+    if now - seen.get(user.pk, 0) < 60:
+        return
+    seen = {pk: at for pk, at in seen.items() if now - at < _recent_seconds()}
+    seen[user.pk] = now
+    cache.set(RECENT_OPERATORS, seen, _recent_seconds())
+
+
 def warm(loads=None) -> int:
-    """Compute the dashboard's default answers for admins and analysts (who share one scope)
-    afresh and store them in the cache, in every language of the site (some answers name
-    things in it). The frequent refresh calls this, so those loads are answered from the cache
-    even where the figure can only be computed (medians, stage-to-stage conversion); an answer
-    is then at most METRICS_CACHE_SECONDS old. Returns the number of answers stored."""
-    user = get_user_model()(username="metrics-warm", is_superuser=True, is_active=True)
+    """Compute the dashboard's default answers afresh and store them in the cache: for admins
+    and analysts (who share one scope), and for each operator who asked for metrics in the last
+    METRICS_WARM_RECENT_SECONDS (default an hour) — in every language of the site for the
+    reports that name things in it. The frequent refresh calls this, so those loads are
+    answered from the cache even where the figure can only be computed (medians, stage-to-stage
+    conversion, channel attribution); an answer is then at most METRICS_CACHE_SECONDS old.
+    Returns the number of answers stored."""
+    users = [get_user_model()(username="metrics-warm", is_superuser=True, is_active=True)]
+    now = time.time()
+    recent = [pk for pk, at in (cache.get(RECENT_OPERATORS) or {}).items()
+              if now - at < _recent_seconds()]
+    users += [user for user in get_user_model().objects.filter(pk__in=recent, is_active=True)
+              if access.user_role(user) == access.OPERATOR]
     token = _recompute.set(True)
     stored = 0
     try:
@@ -174,8 +208,9 @@ def warm(loads=None) -> int:
             for language in ([code for code, _name in settings.LANGUAGES] if per_language
                              else [settings.LANGUAGE_CODE]):
                 with translation.override(language):
-                    answer(view, user, params)
-                stored += 1
+                    for user in users:
+                        answer(view, user, params)
+                        stored += 1
     finally:
         _recompute.reset(token)
     return stored

@@ -218,6 +218,13 @@ class CustomerFacts(models.Model):
                                      max_digits=14, decimal_places=2, default=0)
     revenue_90 = models.DecimalField(_("revenue in the 90-day range before today"),
                                      max_digits=14, decimal_places=2, default=0)
+    # Entered the value lifecycle's churn stage in the range's days before today.
+    churned_7 = models.BooleanField(_("entered churn in the 7-day range before today"),
+                                    default=False)
+    churned_30 = models.BooleanField(_("entered churn in the 30-day range before today"),
+                                     default=False)
+    churned_90 = models.BooleanField(_("entered churn in the 90-day range before today"),
+                                     default=False)
 
     class Meta:
         verbose_name = _("customer facts")
@@ -268,6 +275,7 @@ class RangeFacts(models.Model):
                                   default=0)
     revenue_previous = models.DecimalField(_("revenue in the preceding range (CNY)"),
                                            max_digits=16, decimal_places=2, default=0)
+    churned = models.IntegerField(_("entered churn (value lifecycle)"), default=0)
 
     class Meta:
         verbose_name = _("range facts")

@@ -51,12 +51,14 @@ COUNT_FIGURES = (
     "joined", "deleted_within_7_days", "joined_group", "referred_customers", "customers",
     "interacting", "active", "active_previous", "retained", "never_bought_before",
     "first_time_buyers", "buyers", "repeat_buyers", "outside", "customers_previous",
-    "buyers_previous", "outside_previous",
+    "buyers_previous", "outside_previous", "churned",
 )
 SUM_FIGURES = ("paid_orders", "revenue", "paid_orders_previous", "revenue_previous")
 MONEY_FIGURES = frozenset({"revenue", "revenue_previous"})
 FIGURES = COUNT_FIGURES + SUM_FIGURES
 FRIEND_LOSS_DAYS = 7
+# The overview's lifecycle: customers entering this stage of this model (by key).
+CHURN_MODEL, CHURN_STAGE = "value", "churn"
 
 
 def available() -> bool:
@@ -96,8 +98,9 @@ def _stored_inputs(n: int) -> dict[str, str]:
         "LA": "f.last_active_at", "LI": "f.last_inbound_at",
         "D7": "f.deleted_7d", "GRP": "f.grouped",
         "AP": f"f.active_p{n}", "OP": f"f.orders_p{n}", "RP": f"f.revenue_p{n}",
-        "OR": f"f.orders_{n}", "RR": f"f.revenue_{n}",
+        "OR": f"f.orders_{n}", "RR": f"f.revenue_{n}", "CH": f"f.churned_{n}",
         "ACT": "false", "INB": "false", "K": "0", "REV": "0", "D7T": "false", "GRPT": "false",
+        "CHT": "false",
     }
 
 
@@ -113,7 +116,8 @@ def _current_inputs(n: int) -> dict[str, str]:
         "D7": "COALESCE(f.deleted_7d, false)", "GRP": "COALESCE(f.grouped, false)",
         "AP": f"COALESCE(f.active_p{n}, false)", "OP": f"COALESCE(f.orders_p{n}, 0)",
         "RP": f"COALESCE(f.revenue_p{n}, 0)", "OR": f"COALESCE(f.orders_{n}, 0)",
-        "RR": f"COALESCE(f.revenue_{n}, 0)",
+        "RR": f"COALESCE(f.revenue_{n}, 0)", "CH": f"COALESCE(f.churned_{n}, false)",
+        "CHT": "COALESCE(t.churn, false)",
         "ACT": "COALESCE(t.act, false)", "INB": "COALESCE(t.inb, false)",
         "K": "COALESCE(t.k, 0)", "REV": "COALESCE(t.rev, 0)",
         # Deleted us today within 7 days of joining / joined a group today after joining:
@@ -164,6 +168,7 @@ def _figures(n: int, v: dict[str, str]) -> dict[str, str]:
         "revenue": f"({v['RR']} + {v['REV']})",
         "paid_orders_previous": f"({v['OP']})",
         "revenue_previous": f"({v['RP']})",
+        "churned": f"({v['CH']} OR {v['CHT']})",
     }
 
 
@@ -184,11 +189,12 @@ def _raw(sql: str, params: dict[str, Any]) -> list[tuple]:
 CUSTOMER_FACTS_SQL = """
 INSERT INTO metrics_customerfacts (
     customer_id, channel_id, owner_id, joined_at, active, status_changed_at, first_order_at,
-    referred, last_active_at, last_inbound_at, deleted_7d, grouped, {window_columns})
+    referred, last_active_at, last_inbound_at, deleted_7d, grouped, {window_columns},
+    {churn_columns})
 SELECT c.id, c.channel_id, c.owner_id, c.joined_at, c.status = %(status_active)s,
        c.status_changed_at, c.first_order_at, c.referred_by_id IS NOT NULL,
        a.last_active, a.last_inbound, d.customer_id IS NOT NULL, g.customer_id IS NOT NULL,
-       {window_values}
+       {window_values}, {churn_values}
 FROM crm_customer c
 LEFT JOIN (
     SELECT u.customer_id, MAX(u.at) AS last_active,
@@ -212,13 +218,20 @@ LEFT JOIN (
     WHERE j.joined_at >= %(grouped_since)s AND m.joined_at >= j.joined_at
       AND m.joined_at < %(t0)s
 ) g ON g.customer_id = c.id
+LEFT JOIN (
+    SELECT s.customer_id, {churn_aggregates} FROM lifecycle_stagetransition s
+    WHERE s.model_id = (SELECT id FROM lifecycle_stagemodel WHERE key = %(churn_model)s)
+      AND s.to_key = %(churn_stage)s AND s.at >= %(grouped_since)s AND s.at < %(t0)s
+    GROUP BY s.customer_id
+) ch ON ch.customer_id = c.id
 """
 
 
 def _common_params(today: date) -> dict[str, Any]:
     return {"t0": day_start(today), "status_active": Customer.Status.ACTIVE,
             "paid": Order.Status.PAID, "inbound": INBOUND,
-            "friend_deleted": Event.Type.FRIEND_DELETED, "tz": settings.TIME_ZONE}
+            "friend_deleted": Event.Type.FRIEND_DELETED, "tz": settings.TIME_ZONE,
+            "churn_model": CHURN_MODEL, "churn_stage": CHURN_STAGE}
 
 
 def refresh(today: date) -> dict[str, int]:
@@ -250,7 +263,11 @@ def refresh(today: date) -> dict[str, int]:
         cursor.execute("TRUNCATE metrics_customerfacts")
         cursor.execute(CUSTOMER_FACTS_SQL.format(
             window_columns=", ".join(columns), window_values=", ".join(values),
-            window_aggregates=", ".join(aggregates), loss_days=FRIEND_LOSS_DAYS), params)
+            window_aggregates=", ".join(aggregates), loss_days=FRIEND_LOSS_DAYS,
+            churn_columns=", ".join(f"churned_{n}" for n in WINDOWS),
+            churn_values=", ".join(f"COALESCE(ch.churned_{n}, false)" for n in WINDOWS),
+            churn_aggregates=", ".join(f"BOOL_OR(s.at >= %(since_{n})s) AS churned_{n}"
+                                       for n in WINDOWS)), params)
         customers = cursor.rowcount
         cursor.execute("ANALYZE metrics_customerfacts")
 
@@ -325,12 +342,14 @@ WITH t AS (
     -- the month's cohort activity counts).
     SELECT x.customer_id,
            COALESCE(BOOL_OR(x.kind IN ('in', 'grp')) FILTER (WHERE x.today), false) AS inb,
-           COALESCE(BOOL_OR(x.kind <> 'del') FILTER (WHERE x.today), false) AS act,
+           COALESCE(BOOL_OR(x.kind IN ('in', 'grp', 'paid')) FILTER (WHERE x.today), false)
+               AS act,
            COUNT(*) FILTER (WHERE x.kind = 'paid' AND x.today) AS k,
            COALESCE(SUM(x.amount) FILTER (WHERE x.today), 0) AS rev,
            COALESCE(BOOL_OR(x.kind = 'del') FILTER (WHERE x.today), false) AS del,
            COALESCE(BOOL_OR(x.kind = 'grp') FILTER (WHERE x.today), false) AS grp,
-           BOOL_OR(x.kind <> 'del') AS act_month
+           COALESCE(BOOL_OR(x.kind = 'churn') FILTER (WHERE x.today), false) AS churn,
+           COALESCE(BOOL_OR(x.kind IN ('in', 'grp', 'paid')), false) AS act_month
     FROM (SELECT customer_id,
                  CASE WHEN type = %(friend_deleted)s THEN 'del'
                       WHEN type = %(group_joined)s THEN 'grp' ELSE 'in' END AS kind,
@@ -339,7 +358,11 @@ WITH t AS (
           AND occurred_at >= %(t0)s AND occurred_at < %(month_until)s
           UNION ALL
           SELECT customer_id, 'paid', amount, placed_at < %(until)s FROM crm_order
-          WHERE status = %(paid)s AND placed_at >= %(t0)s AND placed_at < %(month_until)s) x
+          WHERE status = %(paid)s AND placed_at >= %(t0)s AND placed_at < %(month_until)s
+          UNION ALL
+          SELECT customer_id, 'churn', NULL, true FROM lifecycle_stagetransition
+          WHERE model_id = (SELECT id FROM lifecycle_stagemodel WHERE key = %(churn_model)s)
+          AND to_key = %(churn_stage)s AND at >= %(t0)s AND at < %(until)s) x
     GROUP BY x.customer_id
 ), changed AS (
     SELECT customer_id AS id FROM t

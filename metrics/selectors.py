@@ -581,7 +581,12 @@ def churn_and_win_back(*, scope: Scope, model: StageModel, stages: list[Stage], 
     # Entered churn: distinct customers, from the transitions into it (index on model, to_key,
     # at); win-backs add up day by day, from the snapshots and today.
     churned = 0
-    if churn_key is not None:
+    window = (rangefacts.current_window(period)
+              if (model.key, churn_key) == (rangefacts.CHURN_MODEL, rangefacts.CHURN_STAGE)
+              else None)
+    if window is not None:
+        churned = rangefacts.range_figures(scope=scope, window=window)["churned"]
+    elif churn_key is not None:
         churned = scope.apply(StageTransition.objects.order_by(), "customer__").filter(
             model=model, to_key=churn_key, at__gte=period.since, at__lt=period.until,
         ).aggregate(n=Count("customer_id", distinct=True))["n"]

@@ -235,3 +235,8 @@ def test_warming_caches_the_dashboards_default_answers(data, get, analyst,
     assert get("overview").json()["relationship"]["acquaintance"]["joined"] == joined
     api.warm()
     assert get("overview").json()["relationship"]["acquaintance"]["joined"] == joined + 1
+    # An operator who asked for metrics lately is warmed too (their own scope).
+    get("sops", data.op_a)
+    assert api.warm() == 2 * (8 + 2 * (len(settings.LANGUAGES) - 1))
+    with django_assert_max_num_queries(4):
+        assert get("flows", data.op_a, model="journey").status_code == 200

@@ -220,6 +220,8 @@ def test_the_frequent_refresh_stores_today(data, monkeypatch):
     stored = _dashboard(data)
     assert stored[(Scope(), "funnel")] == _live_dashboard(data, monkeypatch)[(Scope(), "funnel")]
     _assert_same(stored, _live_dashboard(data, monkeypatch))
+    # Entered churn in the 30 days (02-10 … 03-10): c7 (02-10), c2 (03-08) and c3 today.
+    assert stored[(Scope(), "overview")]["lifecycle"]["churn"]["entered"] == 3
     # Read from the stored today: no statement reads today's events.
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
