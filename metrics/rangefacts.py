@@ -11,8 +11,10 @@ then answers
     figure = Σ stored cells of the scope
              + Σ over the customers whose facts changed today (count now − count as stored)
 
-where "changed today" is: an inbound event, a deletion or a paid order since midnight, joined
-since midnight, or a status change since midnight. Each customer is counted once in the stored
+where "changed today" is: an inbound event, a deletion, a paid order or a move into the value
+lifecycle's churn since midnight, joined since midnight, or a status change since midnight. The
+frequent refresh stores that correction per (channel, owner) every few minutes (the `today`
+rows); a request computes it itself when the stored one is too old. Each customer is counted once in the stored
 sum (under the channel and owner of the refresh) and moved to their current ones when they
 change today; so the answer is the live figure over the facts before today as the refresh saw
 them plus today's facts as they are now (docs/METRICS.md, "Precomputed range facts").
