@@ -5,49 +5,18 @@ set's ten days (tests/metrics/handbuilt.py) and the value lifecycle, and reads t
 the revenue section. Screenshots land in $SCREENSHOT_DIR (/tmp).
 """
 
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 from django.core.cache import cache
+from playwright import sync_api
 
+from tests.e2e.conftest import SCREENSHOT_DIR
 from tests.factories import PASSWORD
 from tests.metrics.handbuilt import build
-
-# Playwright's sync API runs an event loop in this thread; the ORM calls made by the test
-# itself (creating data) would otherwise be refused as "async unsafe".
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-from playwright import sync_api
 
 expect = sync_api.expect
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOT_DIR = Path(os.environ.get("SCREENSHOT_DIR", "/tmp"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, live_server):
-    context = browser.new_context(locale="en-US", viewport={"width": 1440, "height": 900},
-                                  base_url=live_server.url)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 @pytest.fixture
