@@ -85,62 +85,99 @@ class Features:
     """Per-customer counts that several leaves need, computed in one pass per source table.
 
     Compiled normally, every counting leaf (`event` count_gte 3, `order` sum_gte 2000, …) is a
-    subquery of its own, so a stage model with five such leaves reads the same events five
-    times. With a `Features` in the context, fields hand their counted row sets here instead
-    (`counted()`): each becomes one `COUNT(*) FILTER (WHERE …)` column of a per-customer
-    aggregate of its source table, stored by `materialize()` in a temporary table (PostgreSQL),
-    and the leaf becomes `pk IN (SELECT customer_id FROM that table WHERE column >= value)`.
-    The caller materializes after compiling and before running the statement, in the same
-    transaction, with the same scope.
+    subquery of its own, so three stage models with five such leaves each read the same events
+    fifteen times. With a `Features` in the context, fields hand their counted row sets here
+    instead (`counted()`): each becomes one `COUNT(*) FILTER (WHERE …)` column of a
+    per-customer aggregate of its source table, and `materialize()` stores, in one temporary
+    table keyed by customer (PostgreSQL), one row per customer of the scope with every column
+    of every source. A leaf is then a comparison of a column of that table, which the query
+    joins once (`join()`): one row of the table per customer, whatever the number of leaves.
+
+    The caller compiles every condition first (so every column is known), materializes in the
+    same transaction with the same scope, and runs its statements on `join(queryset)`.
     """
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self, table: str) -> None:
+        self.table = table
         self.materialized = False
         self._columns: dict[type, list[tuple[str, Any]]] = {}
         self._names: dict[tuple[type, str], str] = {}
+        self._rows: dict[type, list[tuple[str, list] | None]] = {}
 
-    def table(self, model: type) -> str:
-        return f"{self.prefix}_{model._meta.model_name}"
+    @property
+    def empty(self) -> bool:
+        return not self._columns
 
-    def counted(self, model: type, measure: Any, value: Any, key: str, ctx: Context) -> Q:
+    def counted(self, model: type, measure: Any, value: Any, key: str, ctx: Context,
+                rows: tuple[str, list] | None = None) -> Q:
         """The customers whose `measure` reaches `value`. `key` names the measure (what it
-        counts, over which rows): compiled again — the same condition for another chunk of
-        customers — it reuses its column, so one materialized table serves every chunk of a
-        run. After `materialize()` no new column may appear."""
+        counts, over which rows): compiled again — another model's stage, another chunk — it
+        reuses its column. `rows` = (field, values): the measure counts only rows whose field
+        is one of the values (events of these types, paid orders); when every column of a
+        table says so for the same field, the pass reads only those rows — from the index, for
+        event types. After `materialize()` no new column may appear."""
+        from django.db.models import BooleanField
         from django.db.models.expressions import RawSQL
 
-        columns = self._columns.setdefault(model, [])
         name = self._names.get((model, key))
         if name is None:
             if self.materialized:
                 raise RuntimeError(f"Features: {key} is new after materialize()")
-            name = self._names[(model, key)] = f"f{len(columns)}"
-            columns.append((name, measure))
-        where, params = [f"{name} >= %s"], [value]
-        if ctx.pk_range is not None:   # the chunk's part of the table, by its primary key
-            where.append("customer_id > %s")
-            params.append(ctx.pk_range[0])
-            if ctx.pk_range[1] is not None:
-                where.append("customer_id <= %s")
-                params.append(ctx.pk_range[1])
-        if ctx.customer_ids is not None:
-            where.append("customer_id = ANY(%s)")
-            params.append(list(ctx.customer_ids))
-        return Q(pk__in=RawSQL(f"SELECT customer_id FROM {self.table(model)} "
-                               f"WHERE {' AND '.join(where)}", params))
+            name = self._names[(model, key)] = f"f{len(self._names)}"
+            self._columns.setdefault(model, []).append((name, measure))
+            self._rows.setdefault(model, []).append(rows)
+        column = f"{connection.ops.quote_name(self.table)}.{connection.ops.quote_name(name)}"
+        # A customer without rows has NULL here (a count of 0, a sum of nothing): false, and
+        # still false — not unknown — under a NOT.
+        return Q(RawSQL(f"COALESCE({column} >= %s, FALSE)", [value],
+                        output_field=BooleanField()))
 
-    def materialize(self, ctx: Context) -> None:
+    def join(self, queryset, pk_range: tuple[int, int | None] | None = None):
+        """`queryset` (of customers) joined with the materialized table, one row each; with
+        `pk_range`, the table is read for that range of customers only."""
+        if self.empty:
+            return queryset
+        table = connection.ops.quote_name(self.table)
+        customers = connection.ops.quote_name(queryset.model._meta.db_table)
+        where, params = [f"{table}.customer_id = {customers}.id"], []
+        if pk_range is not None:
+            where.append(f"{table}.customer_id > %s")
+            params.append(pk_range[0])
+            if pk_range[1] is not None:
+                where.append(f"{table}.customer_id <= %s")
+                params.append(pk_range[1])
+        return queryset.extra(tables=[self.table], where=where, params=params)
+
+    def materialize(self, ctx: Context) -> int:
+        """Store the counts of every customer of `ctx`'s scope; returns the number of rows."""
         from core.db import materialize_rows
 
-        # A customer without rows of a model has no row here: `pk IN (…)` is then false, as a
-        # count of 0 or a sum of nothing would be; a sum over no matching rows is NULL (false).
-        for model, columns in self._columns.items():
-            rows = (ctx.scope(model.objects.all()).order_by().values("customer_id")
-                    .annotate(**dict(columns)))
-            rows = self._scope_joined_customers(model, rows, ctx)
-            materialize_rows(self.table(model), rows, ["customer_id", *(n for n, _m in columns)])
         self.materialized = True
+        if self.empty:
+            return 0
+        qn = connection.ops.quote_name
+        customer_model = next(iter(self._columns))._meta.get_field("customer").related_model
+        customers = ctx.scope(customer_model.objects.order_by(), "pk")
+        select, params = customers.values("pk").query.sql_with_params()
+        names: list[str] = []
+        joins, join_params = [], []
+        for index, (model, columns) in enumerate(self._columns.items()):
+            rows = ctx.scope(model.objects.all())
+            narrow = self._rows[model]
+            if all(narrow) and len({f for f, _v in narrow}) == 1:   # read only what they count
+                values = sorted({str(v) for _f, vs in narrow for v in vs})
+                rows = rows.filter(**{f"{narrow[0][0]}__in": values})
+            rows = rows.order_by().values("customer_id").annotate(**dict(columns))
+            rows = self._scope_joined_customers(model, rows, ctx)
+            sql, sql_params = rows.query.sql_with_params()
+            alias = f"a{index}"
+            joins.append(f"LEFT JOIN ({sql}) AS {alias} ON {alias}.customer_id = c.id")
+            join_params.extend(sql_params)
+            names.extend(f"{alias}.{qn(name)}" for name, _m in columns)
+        statement = (f"SELECT c.id, {', '.join(names)} FROM ({select}) AS c(id) "
+                     f"{' '.join(joins)}")
+        columns = ["customer_id", *(n for cols in self._columns.values() for n, _m in cols)]
+        return materialize_rows(self.table, (statement, [*params, *join_params]), columns)
 
     @staticmethod
     def _scope_joined_customers(model: type, rows, ctx: Context):

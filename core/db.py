@@ -190,11 +190,12 @@ def materialize_ids(name: str, queryset: models.QuerySet, *, indexed: bool = Tru
     return count
 
 
-def materialize_rows(name: str, queryset: models.QuerySet, columns: Sequence[str]) -> int:
-    """Store what a values() queryset selects in a temporary table `name` with the given
-    column names, keyed by the first (PostgreSQL: dropped at commit; analyzed). Call inside a
-    transaction."""
-    select, params = queryset.query.sql_with_params()
+def materialize_rows(name: str, rows: models.QuerySet | tuple[str, Sequence],
+                    columns: Sequence[str]) -> int:
+    """Store what a values() queryset — or an `(sql, params)` statement — selects in a
+    temporary table `name` with the given column names, keyed by the first (PostgreSQL:
+    dropped at commit; analyzed). Call inside a transaction."""
+    select, params = rows if isinstance(rows, tuple) else rows.query.sql_with_params()
     table = connection.ops.quote_name(name)
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
     with connection.cursor() as cursor:

@@ -268,7 +268,7 @@ def _count_validate(leaf: Leaf) -> None:
 
 
 def _counted(model, where: Q, leaf: Leaf, measure, exists_ok: bool, ctx: Context,
-             measure_kind: str = "count") -> Q:
+             measure_kind: str = "count", rows: tuple[str, list] | None = None) -> Q:
     """Customers whose rows of `model` matching `where` reach / stay under the leaf's count (or
     sum); `measure(where)` is the aggregate, e.g. `lambda q: Count("id", filter=q)`.
 
@@ -280,13 +280,14 @@ def _counted(model, where: Q, leaf: Leaf, measure, exists_ok: bool, ctx: Context
     value = leaf.value
     if leaf.op == "count_lte":
         return ~_counted(model, where, Leaf(leaf.field, "count_gte", value + 1, leaf.params,
-                                            leaf.path), measure, exists_ok, ctx, measure_kind)
+                                            leaf.path), measure, exists_ok, ctx, measure_kind,
+                         rows)
     if value <= 0:
         return Q(pk__isnull=False)
     if ctx.features is not None:
         key = json.dumps([leaf.field, measure_kind, leaf.params, leaf.value if leaf.field == "group"
                           else None], sort_keys=True, default=str)
-        return ctx.features.counted(model, measure(where or None), value, key, ctx)
+        return ctx.features.counted(model, measure(where or None), value, key, ctx, rows=rows)
     rows = ctx.scope(model.objects.filter(where))
     if leaf.op == "count_gte" and value == 1 and exists_ok:
         return Q(Exists(rows.filter(customer=OuterRef("pk"))))
@@ -324,7 +325,8 @@ def _event_compile(leaf: Leaf, ctx: Context) -> Q:
     # COUNT(customer_id), not COUNT(id): the covering (type, occurred_at) INCLUDE (customer)
     # index then answers a windowed count without reading the events themselves.
     return _counted(Event, where, leaf, lambda q: Count("customer", filter=q), ctx=ctx,
-                    exists_ok=not leaf.params.get("since_joined"))
+                    exists_ok=not leaf.params.get("since_joined"),
+                    rows=("type", leaf.params["type"]) if leaf.params.get("type") else None)
 
 
 # --- Orders ---------------------------------------------------------------------------------
@@ -353,9 +355,10 @@ def _order_compile(leaf: Leaf, ctx: Context) -> Q:
         if leaf.value <= 0:
             return Q(pk__isnull=False)
         return _counted(Order, where, leaf, lambda q: Sum("amount", filter=q), ctx=ctx,
-                        exists_ok=False, measure_kind="sum")
+                        exists_ok=False, measure_kind="sum", rows=("status", [Order.Status.PAID]))
     return _counted(Order, where, leaf, lambda q: Count("id", filter=q), ctx=ctx,
-                    exists_ok=not leaf.params.get("since_joined"))
+                    exists_ok=not leaf.params.get("since_joined"),
+                    rows=("status", [Order.Status.PAID]))
 
 
 # --- Groups ---------------------------------------------------------------------------------

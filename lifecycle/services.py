@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import (
     Case,
     Count,
@@ -93,17 +93,19 @@ def _target_case(stages: list[Stage], ctx: dict[str, Any]) -> Case:
                 output_field=IntegerField())
 
 
-def _features(stages: list[Stage], *, now: datetime, thresholds: dict[str, Any],
+def _features(plan: list[tuple[StageModel, list[Stage], dict[str, Any]]], *, now: datetime,
               customer_ids: list[int] | None) -> conditions.Features | None:
-    """On PostgreSQL, every counting leaf of every stage reads one per-customer aggregate per
-    source table (events, orders, memberships), computed here once for the whole run — one pass
-    over the events, like the scan floor — and shared by all chunks (core.conditions.Features).
-    Call inside the run's transaction; None on SQLite (each leaf is a subquery there)."""
+    """On PostgreSQL, every counting leaf of every stage of every model in `plan` (model,
+    stages, thresholds) reads one per-customer table computed here once for the whole run —
+    one pass over the events and one over the orders, like the scan floor — and joined by each
+    chunk's statement (core.conditions.Features). Call inside the run's transaction; None on
+    SQLite (each leaf is a subquery there)."""
     if connection.vendor != "postgresql":
         return None
     features = conditions.Features("lifecycle_features")
-    _target_case(stages, {"now": now, "thresholds": thresholds, "customer_ids": customer_ids,
-                          "features": features})
+    for _model, stages, thresholds in plan:
+        _target_case(stages, {"now": now, "thresholds": thresholds, "customer_ids": customer_ids,
+                              "features": features})
     features.materialize(conditions.Context(now=now, customer_ids=customer_ids))
     return features
 
@@ -131,6 +133,8 @@ def _changes_sql(model: StageModel, stages: list[Stage], *, now: datetime,
         stored &= Q(customer_stages__customer_id__gt=pk_range[0])
         if pk_range[1] is not None:
             stored &= Q(customer_stages__customer_id__lte=pk_range[1])
+    if features is not None:
+        customers = features.join(customers, pk_range)
     inner = customers.order_by().annotate(
         _cs=FilteredRelation("customer_stages", condition=stored),
     ).annotate(
@@ -177,29 +181,46 @@ def _apply(model: StageModel, stages: list[Stage], changes_sql: str, params: lis
     st = Stage._meta.db_table
     actor_id = actor.pk if actor else None
     if connection.vendor == "postgresql":
-        sql = (
-            f"WITH ch AS MATERIALIZED ({changes_sql}), "
-            f"up AS (INSERT INTO {cs} (customer_id, model_id, stage_id, entered_at, source, "
-            f"locked_until) SELECT customer_id, %s, final_id, %s, %s, NULL FROM ch "
-            f"ON CONFLICT (customer_id, model_id) DO UPDATE SET stage_id = EXCLUDED.stage_id, "
-            f"entered_at = EXCLUDED.entered_at, source = EXCLUDED.source, locked_until = NULL "
-            f"WHERE {cs}.stage_id IS DISTINCT FROM EXCLUDED.stage_id "
-            f"AND ({cs}.locked_until IS NULL OR {cs}.locked_until <= %s) "
-            f"RETURNING customer_id, stage_id) "
-            f"INSERT INTO {tr} (customer_id, model_id, from_stage_id, to_stage_id, from_key, "
-            f"to_key, at, source, reason, actor_id, win_back, backward) "
-            f"SELECT up.customer_id, %s, ch.current_id, up.stage_id, COALESCE(fs.key, ''), "
-            f"ts.key, %s, %s, %s, CAST(%s AS integer), "
-            f"(COALESCE(fs.win_back_from, FALSE) AND NOT ts.win_back_from), "
-            f"(fs.position IS NOT NULL AND ts.position < fs.position) "
-            f"FROM up JOIN ch ON ch.customer_id = up.customer_id "
-            f"JOIN {st} ts ON ts.id = up.stage_id LEFT JOIN {st} fs ON fs.id = ch.current_id "
-            f"RETURNING customer_id, from_stage_id, to_stage_id"
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [*params, model.pk, at, source, at, model.pk, at, source, reason,
-                                 actor_id])
-            return cursor.fetchall()
+        def moves_sql(on_conflict: str) -> str:
+            # New rows are inserted, stored ones updated only while they still hold the stage
+            # the run read (compare-and-set) and are not locked; transitions are written for
+            # exactly the rows these two changed.
+            return (
+                f"WITH ch AS MATERIALIZED ({changes_sql}), "
+                f"ins AS (INSERT INTO {cs} (customer_id, model_id, stage_id, entered_at, source, "
+                f"locked_until) SELECT customer_id, %s, final_id, %s, %s, NULL FROM ch "
+                f"WHERE current_id IS NULL {on_conflict} RETURNING customer_id, stage_id), "
+                f"upd AS (UPDATE {cs} SET stage_id = ch.final_id, entered_at = %s, source = %s, "
+                f"locked_until = NULL FROM ch WHERE ch.current_id IS NOT NULL AND {cs}.model_id = %s "
+                f"AND {cs}.customer_id = ch.customer_id AND {cs}.stage_id = ch.current_id "
+                f"AND ({cs}.locked_until IS NULL OR {cs}.locked_until <= %s) "
+                f"RETURNING {cs}.customer_id, {cs}.stage_id), "
+                f"up AS (SELECT customer_id, stage_id FROM ins "
+                f"UNION ALL SELECT customer_id, stage_id FROM upd) "
+                f"INSERT INTO {tr} (customer_id, model_id, from_stage_id, to_stage_id, from_key, "
+                f"to_key, at, source, reason, actor_id, win_back, backward) "
+                f"SELECT up.customer_id, %s, ch.current_id, up.stage_id, COALESCE(fs.key, ''), "
+                f"ts.key, %s, %s, %s, CAST(%s AS integer), "
+                f"(COALESCE(fs.win_back_from, FALSE) AND NOT ts.win_back_from), "
+                f"(fs.position IS NOT NULL AND ts.position < fs.position) "
+                f"FROM up JOIN ch ON ch.customer_id = up.customer_id "
+                f"JOIN {st} ts ON ts.id = up.stage_id LEFT JOIN {st} fs ON fs.id = ch.current_id "
+                f"RETURNING customer_id, from_stage_id, to_stage_id")
+
+        arguments = [*params, model.pk, at, source, at, source, model.pk, at,
+                     model.pk, at, source, reason, actor_id]
+        # A first placement is a plain INSERT (a third cheaper than an upsert). Only a manual
+        # move of a customer this run places at the same moment can collide with it; then the
+        # chunk is redone, the rows someone else wrote left alone.
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(moves_sql(""), arguments)
+                return cursor.fetchall()
+        except IntegrityError:
+            with connection.cursor() as cursor:
+                cursor.execute(moves_sql("ON CONFLICT (customer_id, model_id) DO NOTHING"),
+                               arguments)
+                return cursor.fetchall()
     with connection.cursor() as cursor:
         cursor.execute(changes_sql, params)
         rows = cursor.fetchall()
@@ -275,53 +296,71 @@ def stage_model_evaluate(*, model: StageModel, customer_ids: list[int] | None = 
     incremental path) waits for a running one instead of skipping: the touch queue has already
     handed these customers over, and a full run may have read them before their new facts.
     """
-    started = time.monotonic()
-    now = now or timezone.now()
-    result = Evaluation(model=model.key)
-    with transaction.atomic():
-        locked = (StageModel.objects.select_for_update(skip_locked=customer_ids is None)
-                  .filter(pk=model.pk, active=True).first())
-        if locked is None:
-            return None
-        model = locked
-        heavy_statements()
-        stages = _stages(model)
-        keys = {s.pk: s.key for s in stages}
-        features = (_features(stages, now=now, thresholds=model.thresholds,
-                              customer_ids=customer_ids) if stages else None)
-        # A model whose stages are not written yet moves no one (and has no SQL to run).
-        for ids, pk_range in (_pk_ranges(customer_ids, chunk_size) if stages else ()):
-            sql, params = _changes_sql(model, stages, now=now, thresholds=model.thresholds,
-                                       customer_ids=ids, pk_range=pk_range, features=features)
-            moved = _apply(model, stages, sql, params, now=now, source=source)
-            result.changed += len(moved)
-            _announce(model, stages, moved, now, source)
-            for _customer, from_id, to_id in moved:
-                result.moves[(keys.get(from_id, ""), keys[to_id])] += 1
-        if customer_ids is None:
-            StageModel.objects.filter(pk=model.pk).update(last_evaluated_at=now)
-    result.duration_ms = round((time.monotonic() - started) * 1000)
-    logger.info("lifecycle.evaluated", extra={"model": model.key, "changed": result.changed,
-                                              "ms": result.duration_ms})
-    return result
+    results = _evaluate([model], customer_ids=customer_ids, now=now or timezone.now(),
+                        chunk_size=chunk_size, source=source)
+    return results[0] if results else None
 
 
 def stage_models_evaluate(*, keys: list[str] | None = None, customer_ids: list[int] | None = None,
-                          due_only: bool = False, now: datetime | None = None
-                          ) -> list[Evaluation]:
+                          due_only: bool = False, now: datetime | None = None,
+                          chunk_size: int = CHUNK) -> list[Evaluation]:
+    """Evaluate the active models (those named, or due) together: one transaction, one pass
+    over the events and orders for all of them, then each chunk of customers through every
+    model in turn. A model another worker is evaluating is skipped (a full run) or waited for
+    (given customers)."""
     now = now or timezone.now()
     models = StageModel.objects.filter(active=True).order_by("order", "key")
     if keys:
         models = models.filter(key__in=keys)
-    results = []
-    for model in models:
-        if due_only and model.last_evaluated_at and (
-                now - model.last_evaluated_at).total_seconds() < model.interval_minutes * 60 - 30:
-            continue
-        result = stage_model_evaluate(model=model, customer_ids=customer_ids, now=now)
-        if result is not None:
-            results.append(result)
-    return results
+    due = [model for model in models if not (
+        due_only and model.last_evaluated_at
+        and (now - model.last_evaluated_at).total_seconds() < model.interval_minutes * 60 - 30)]
+    if not due:
+        return []
+    return _evaluate(due, customer_ids=customer_ids, now=now, chunk_size=chunk_size,
+                     source=TransitionSource.RULE)
+
+
+def _evaluate(models: list[StageModel], *, customer_ids: list[int] | None, now: datetime,
+              chunk_size: int, source: str) -> list[Evaluation]:
+    started = time.monotonic()
+    with transaction.atomic():
+        locked = list(StageModel.objects.select_for_update(skip_locked=customer_ids is None)
+                      .filter(pk__in=[m.pk for m in models], active=True)
+                      .order_by("order", "key"))
+        if not locked:
+            return []
+        heavy_statements()
+        plan = [(model, stages, model.thresholds) for model in locked
+                if (stages := _stages(model))]
+        results = {model.pk: Evaluation(model=model.key) for model in locked}
+        spent = dict.fromkeys(results, 0.0)
+        features = _features(plan, now=now, customer_ids=customer_ids) if plan else None
+        shared = time.monotonic() - started
+        # A model whose stages are not written yet moves no one (and has no SQL to run).
+        for ids, pk_range in (_pk_ranges(customer_ids, chunk_size) if plan else ()):
+            for model, stages, thresholds in plan:
+                began = time.monotonic()
+                sql, params = _changes_sql(model, stages, now=now, thresholds=thresholds,
+                                           customer_ids=ids, pk_range=pk_range,
+                                           features=features)
+                moved = _apply(model, stages, sql, params, now=now, source=source)
+                result = results[model.pk]
+                result.changed += len(moved)
+                _announce(model, stages, moved, now, source)
+                keys = {s.pk: s.key for s in stages}
+                for _customer, from_id, to_id in moved:
+                    result.moves[(keys.get(from_id, ""), keys[to_id])] += 1
+                spent[model.pk] += time.monotonic() - began
+        if customer_ids is None:
+            StageModel.objects.filter(pk__in=list(results)).update(last_evaluated_at=now)
+    # Each model's own statements, and its share of what the models computed together.
+    for model in locked:
+        result = results[model.pk]
+        result.duration_ms = round((spent[model.pk] + shared / len(locked)) * 1000)
+        logger.info("lifecycle.evaluated", extra={"model": model.key, "changed": result.changed,
+                                                  "ms": result.duration_ms})
+    return [results[model.pk] for model in locked]
 
 
 def orphans_sweep() -> int:
@@ -514,7 +553,7 @@ def stage_model_simulate(*, model: StageModel, thresholds: dict[str, Any]) -> di
     # hash; read-only, in one transaction for the work_mem setting.
     with transaction.atomic():
         heavy_statements()
-        features = _features(stages, now=now, thresholds=proposal,
+        features = _features([(model, stages, proposal)], now=now,
                              customer_ids=None) if stages else None
         for _ids, pk_range in (_pk_ranges(None, CHUNK) if stages else ()):
             sql, params = _changes_sql(model, stages, now=now, thresholds=proposal,

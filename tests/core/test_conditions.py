@@ -422,7 +422,8 @@ def test_the_shared_per_customer_counts_give_the_same_customers(dataset, tree, e
     compile_condition(tree, now=NOW, features=features)     # registers the counts
     with transaction.atomic():
         features.materialize(Context(now=NOW))
-        found = set(Customer.objects.filter(compile_condition(tree, now=NOW, features=features))
+        found = set(features.join(Customer.objects.all())
+                    .filter(compile_condition(tree, now=NOW, features=features))
                     .values_list("external_id", flat=True))
         # and chunk by chunk, as an evaluation reads it
         ids = sorted(Customer.objects.values_list("pk", flat=True))
@@ -430,7 +431,8 @@ def test_the_shared_per_customer_counts_give_the_same_customers(dataset, tree, e
         chunked = set()
         for pk_range in ((0, middle), (middle, None)):
             q = compile_condition(tree, now=NOW, pk_range=pk_range, features=features)
-            chunked |= set(Customer.objects.filter(q).filter(pk__gt=pk_range[0]).filter(
+            chunked |= set(features.join(Customer.objects.all(), pk_range).filter(q)
+                           .filter(pk__gt=pk_range[0]).filter(
                 pk__lte=pk_range[1] or ids[-1]).values_list("external_id", flat=True))
     assert found == expected
     assert chunked == expected

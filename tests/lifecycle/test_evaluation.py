@@ -375,6 +375,67 @@ def test_a_run_with_no_changes_writes_no_rows(world):
     assert _writes(captured) == []
 
 
+@pytest.mark.postgres_only
+def test_the_models_evaluated_together_read_the_events_once_and_agree_with_one_by_one(
+        world, builtin_models):
+    """The periodic run evaluates the three models together: one pass over the events (and
+    one over the orders) serves every stage of every model, and each customer ends where
+    evaluating the models one at a time puts them."""
+    customers = {}
+    for n in range(12):
+        customer = customers[n] = world.add(f"together-{n}", joined_at=ago(5 + 17 * n))
+        if n % 2:
+            world.order(customer, ago(n), amount="2100.00" if n % 5 == 0 else "80.00")
+        if n % 3 == 0:
+            world.events(customer, "message_in", [ago(1), ago(2), ago(3)])
+        if n % 4 == 0:
+            world.event(customer, "group_joined", ago(1), group=f"wr-together-{n}")
+
+    with CaptureQueriesContext(connection) as captured:
+        together = services.stage_models_evaluate(now=NOW)
+    reading_events = [q["sql"] for q in captured.captured_queries if '"crm_event"' in q["sql"]]
+    reading_orders = [q["sql"] for q in captured.captured_queries if '"crm_order"' in q["sql"]]
+    assert len(reading_events) == 1 and len(reading_orders) == 1
+    placed = {key: world.stages_of(customers, key) for key in ("journey", "value", "aipl")}
+
+    CustomerStage.objects.all().delete()
+    StageTransition.objects.all().delete()
+    for key in ("journey", "value", "aipl"):
+        world.evaluate(key, NOW)
+    assert {key: world.stages_of(customers, key) for key in placed} == placed
+    assert [r.changed for r in together] == [12, 12, 12]
+
+
+@pytest.mark.postgres_only
+def test_a_manual_move_of_a_customer_being_placed_wins_over_the_placement(world,
+                                                                           builtin_models):
+    """A first placement is a plain INSERT. If an operator places a customer by hand between
+    the run's read and its write, the INSERT meets their row: the run redoes that chunk
+    without touching the row someone else wrote, and records no move for it."""
+    from lifecycle.models import Stage
+
+    moved_by_hand = world.add("by-hand", joined_at=ago(3))
+    others = [world.add(f"placed-{n}", joined_at=ago(3)) for n in range(3)]
+    model = StageModel.objects.get(key="value")
+    stages = services._stages(model)
+    mature = Stage.objects.get(model=model, key="mature")
+    # The run has read "no stage yet" for every one of them…
+    sql, params = services._changes_sql(model, stages, now=NOW, thresholds=model.thresholds,
+                                        customer_ids=[c.pk for c in [moved_by_hand, *others]],
+                                        pk_range=None, features=None)
+    # …and the operator's move commits before the run writes.
+    services.customer_stage_move(customer=moved_by_hand, model=model, stage=mature,
+                                 reason="VIP from the store", actor=world.actor)
+
+    moved = services._apply(model, stages, sql, params, now=NOW, source=TransitionSource.RULE)
+
+    assert sorted(c for c, _f, _t in moved) == sorted(c.pk for c in others)
+    assert world.stage(moved_by_hand, "value") == "mature"
+    assert {world.stage(c, "value") for c in others} == {"intro"}
+    assert list(StageTransition.objects.filter(customer=moved_by_hand)
+                .values_list("source", flat=True)) == [TransitionSource.MANUAL]
+
+
 # --- The transition hook --------------------------------------------------------------------
 
 @pytest.mark.both_dbs
