@@ -34,6 +34,11 @@ BEAT_SCHEDULE = {
         "schedule": 300.0,
         "options": {"expires": 280},
     },
+    "tagging-sweep-orphans": {
+        "task": "tagging.tasks.sweep_orphans",
+        "schedule": crontab(minute=52, hour=3),
+        "options": {"expires": 6 * 3600},
+    },
     "lifecycle-evaluate-due-models": {
         "task": "lifecycle.tasks.evaluate_due_models",
         "schedule": 60.0,

@@ -81,6 +81,10 @@ class Context:
         return rows
 
 
+class FeaturesClosed(RuntimeError):
+    """A leaf needs a column the materialized `Features` table does not have."""
+
+
 class Features:
     """Per-customer counts that several leaves need, computed in one pass per source table.
 
@@ -122,7 +126,7 @@ class Features:
         name = self._names.get((model, key))
         if name is None:
             if self.materialized:
-                raise RuntimeError(f"Features: {key} is new after materialize()")
+                raise FeaturesClosed(f"Features: {key} is new after materialize()")
             name = self._names[(model, key)] = f"f{len(self._names)}"
             self._columns.setdefault(model, []).append((name, measure))
             self._rows.setdefault(model, []).append(rows)
@@ -148,8 +152,10 @@ class Features:
                 params.append(pk_range[1])
         return queryset.extra(tables=[self.table], where=where, params=params)
 
-    def materialize(self, ctx: Context) -> int:
-        """Store the counts of every customer of `ctx`'s scope; returns the number of rows."""
+    def materialize(self, ctx: Context, *, keep: bool = False) -> int:
+        """Store the counts of every customer of `ctx`'s scope; returns the number of rows.
+        The table is dropped at COMMIT, or with `keep` when `drop()` is called (it serves
+        several transactions of the session then)."""
         from core.db import materialize_rows
 
         self.materialized = True
@@ -177,7 +183,13 @@ class Features:
         statement = (f"SELECT c.id, {', '.join(names)} FROM ({select}) AS c(id) "
                      f"{' '.join(joins)}")
         columns = ["customer_id", *(n for cols in self._columns.values() for n, _m in cols)]
-        return materialize_rows(self.table, (statement, [*params, *join_params]), columns)
+        return materialize_rows(self.table, (statement, [*params, *join_params]), columns,
+                                keep=keep)
+
+    def drop(self) -> None:
+        if self.materialized and not self.empty:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP TABLE IF EXISTS {connection.ops.quote_name(self.table)}")
 
     @staticmethod
     def _scope_joined_customers(model: type, rows, ctx: Context):

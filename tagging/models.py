@@ -67,16 +67,18 @@ class CustomerTag(models.Model):
 
     Rule runs write hundreds of thousands of these rows at once, so the table carries only the
     indexes its queries use — (customer, tag), (tag, customer), (customer, exclusive group),
-    expiry (a sync rule finds its rows by tag) — and database foreign keys only where integrity
-    rests on them (customer, tag); `exclusive_group`, `rule` and `added_by` are bookkeeping
-    that Django's `on_delete` keeps (docs/PERFORMANCE.md, "Tag rules and segments")."""
+    expiry (a sync rule finds its rows by tag) — and no database foreign keys: their per-row
+    checks at COMMIT took 83 s of a first run tagging a million customers, each locking the
+    customer's row. Django's `on_delete` deletes a customer's or a tag's rows, and the nightly
+    `tagging.tasks.sweep_orphans` removes what a rule run wrote for a customer deleted while it
+    ran (docs/PERFORMANCE.md, "Tag rules and segments")."""
 
     id = models.BigAutoField(primary_key=True)
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
                                  on_delete=models.CASCADE, related_name="customer_tags",
-                                 db_index=False)
+                                 db_index=False, db_constraint=False)
     tag = models.ForeignKey(Tag, verbose_name=_("tag"), on_delete=models.CASCADE,
-                            related_name="customer_tags", db_index=False)
+                            related_name="customer_tags", db_index=False, db_constraint=False)
     exclusive_group = models.ForeignKey(TagGroup, null=True, blank=True, editable=False,
                                         on_delete=models.CASCADE, related_name="+",
                                         db_index=False, db_constraint=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -48,6 +49,7 @@ from tagging.models import (
 
 logger = logging.getLogger(__name__)
 MATCH_TABLE = "tagging_rule_match"   # temporary, per transaction: the customers a rule matches
+FEATURES_TABLE = "tagging_features"  # temporary, per batch of rules: their per-customer counts
 SYNC_BATCH = 5_000   # a bulk change this large or smaller runs in the request
 
 
@@ -294,10 +296,16 @@ def _claim(customers, tag: Tag, actor) -> None:
 
 # --- Rules ----------------------------------------------------------------------------------
 
-def _rule_condition(rule: TagRule, now: datetime, customer_ids: list[int] | None) -> Q:
+def _rule_condition(rule: TagRule, now: datetime, customer_ids: list[int] | None,
+                    features: conditions.Features | None = None) -> Q:
     """The rule's own condition, and in an exclusive group: not matched by a rule of higher
-    priority of the same group, and not holding a manual tag of the group."""
-    q = conditions.compile_condition(rule.condition, now=now, customer_ids=customer_ids)
+    priority of the same group, and not holding a manual tag of the group. With `features`
+    (a batch of rules), counting leaves read the batch's per-customer table."""
+    def compiled(tree):
+        return conditions.compile_condition(tree, now=now, customer_ids=customer_ids,
+                                            features=features)
+
+    q = compiled(rule.condition)
     group = rule.tag.group
     if group.exclusive:
         higher = (TagRule.objects.filter(tag__group=group, active=True)
@@ -305,35 +313,43 @@ def _rule_condition(rule: TagRule, now: datetime, customer_ids: list[int] | None
                           | Q(priority=rule.priority, pk__lt=rule.pk))
                   .exclude(pk=rule.pk))
         for other in higher:
-            q &= ~conditions.compile_condition(other.condition, now=now,
-                                               customer_ids=customer_ids)
+            q &= ~compiled(other.condition)
         q &= ~Q(Exists(CustomerTag.objects.filter(customer=OuterRef("pk"), exclusive_group=group,
                                                   source=TagSource.MANUAL)))
     return q
 
 
 def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
-                 customer_ids: list[int] | None = None) -> TagRuleRun | None:
+                 customer_ids: list[int] | None = None, now: datetime | None = None,
+                 features: conditions.Features | None = None) -> TagRuleRun | None:
     """Run one rule: tag who matches, and in `sync` mode untag whom this rule tagged and who no
     longer matches. With `customer_ids` only those customers are evaluated (incremental).
+    `features`: the per-customer table a batch of rules shares (`_batch_features`).
 
     Returns the run record, or None when another worker is running this rule right now. A run
     that changes nothing writes no tag and no history; an incremental run that changes nothing
     leaves no run record either.
     """
     started = time.monotonic()
-    now = timezone.now()
+    now = now or timezone.now()
     with transaction.atomic():
         locked = TagRule.objects.select_for_update(skip_locked=True).filter(pk=rule.pk).first()
         if locked is None:
             return None
         rule = (TagRule.objects.select_related("tag__group").get(pk=rule.pk))
         heavy_statements()
-        q = _rule_condition(rule, now, customer_ids)
         scope = Customer.objects.all()
         if customer_ids is not None:
             scope = scope.filter(pk__in=customer_ids)
-        matching = scope.filter(q)
+        matching = None
+        if features is not None:
+            try:
+                matching = features.join(scope).filter(
+                    _rule_condition(rule, now, customer_ids, features))
+            except conditions.FeaturesClosed:   # the rule changed since the batch began
+                matching = None
+        if matching is None:
+            matching = scope.filter(_rule_condition(rule, now, customer_ids))
         # The condition is evaluated once: on PostgreSQL into a temporary table that the
         # count, the INSERT and the sync DELETE then join (an index probe each), so no plan
         # can re-run an events aggregate per customer.
@@ -363,16 +379,46 @@ def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
     return run
 
 
+@contextmanager
+def _batch_features(rules: list[TagRule], *, now: datetime, customer_ids: list[int] | None):
+    """One per-customer table for a batch of rules (PostgreSQL): every counting leaf of every
+    rule — events of a type in a window, orders, group membership — is a column of it,
+    computed in one pass over the events and one over the orders, and each rule's run joins
+    it instead of aggregating the events again. It lives in the session for the batch (each
+    rule still runs in its own transaction) and is dropped after. Yields None on SQLite or
+    when no rule counts anything."""
+    if connection.vendor != "postgresql" or not rules:
+        yield None
+        return
+    features = conditions.Features(FEATURES_TABLE)
+    for rule in rules:
+        _rule_condition(rule, now, customer_ids, features)
+    if features.empty:
+        yield None
+        return
+    with transaction.atomic():
+        heavy_statements()
+        features.materialize(conditions.Context(now=now, customer_ids=customer_ids),
+                             keep=True)
+    try:
+        yield features
+    finally:
+        features.drop()
+
+
 def tag_rules_run_due(*, now: datetime | None = None, force: bool = False) -> list[TagRuleRun]:
-    """Run every active rule whose interval has passed (all of them with `force`)."""
+    """Run every active rule whose interval has passed (all of them with `force`), as one
+    batch: the rules' counts come from one pass over the events and orders."""
     now = now or timezone.now()
+    due = [rule for rule in TagRule.objects.filter(active=True).select_related("tag__group")
+           .order_by("priority", "pk")
+           if force or rule.last_run_at is None
+           or (now - rule.last_run_at).total_seconds() >= rule.interval_minutes * 60 - 30]
     runs = []
-    for rule in TagRule.objects.filter(active=True).select_related("tag__group").order_by(
-            "priority", "pk"):
-        due = (rule.last_run_at is None
-               or (now - rule.last_run_at).total_seconds() >= rule.interval_minutes * 60 - 30)
-        if force or due:
-            run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.SCHEDULE)
+    with _batch_features(due, now=now, customer_ids=None) as features:
+        for rule in due:
+            run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.SCHEDULE, now=now,
+                               features=features)
             if run is not None:
                 runs.append(run)
     return runs
@@ -381,12 +427,28 @@ def tag_rules_run_due(*, now: datetime | None = None, force: bool = False) -> li
 def tag_rules_run_for_customers(customer_ids: list[int]) -> int:
     """Re-evaluate every active rule for just these customers (new events or orders)."""
     changed = 0
-    for rule in TagRule.objects.filter(active=True).order_by("priority", "pk"):
-        run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
-                           customer_ids=customer_ids)
-        if run is not None:
-            changed += run.added + run.removed
+    now = timezone.now()
+    rules = list(TagRule.objects.filter(active=True).select_related("tag__group")
+                 .order_by("priority", "pk"))
+    with _batch_features(rules, now=now, customer_ids=customer_ids) as features:
+        for rule in rules:
+            run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
+                               customer_ids=customer_ids, now=now, features=features)
+            if run is not None:
+                changed += run.added + run.removed
     return changed
+
+
+def orphans_sweep() -> int:
+    """Delete the tags of customers that no longer exist (nightly, set-based).
+
+    Deleting a customer deletes their tags and history (Django's on_delete), but a rule run
+    that read the customer just before the deletion committed may still write a tag for them:
+    the table carries no database foreign key (see CustomerTag)."""
+    gone = ~Exists(Customer.objects.filter(pk=OuterRef("customer_id")))
+    tags, _ = CustomerTag.objects.filter(gone).delete()
+    history, _ = TagChange.objects.filter(gone).delete()
+    return tags + history
 
 
 # --- Expiry, rename, merge, delete ----------------------------------------------------------

@@ -43,3 +43,9 @@ def resume_bulk_tag_jobs() -> int:
     for job_id in ids:
         run_bulk_tag_job.delay(job_id)
     return len(ids)
+
+
+@shared_task(acks_late=True)
+def sweep_orphans() -> int:
+    """Nightly: remove tags a rule run wrote for a customer deleted while it ran."""
+    return services.orphans_sweep()

@@ -618,3 +618,101 @@ def test_rule_runs_concurrent_with_manual_tagging_lose_no_manual_tag(racing):
     assert lost == []
     assert set(CustomerTag.objects.filter(tag=tag).values_list("source", flat=True)) == {
         "manual"}
+
+
+# --- A batch of rules -----------------------------------------------------------------------
+
+def _chatty_world():
+    """Customers with 0–5 inbound messages in the last week and 0–2 paid orders."""
+    from tests.factories import EventFactory, OrderFactory
+
+    customers = {}
+    for n in range(8):
+        customer = customers[n] = CustomerFactory(external_id=f"chatty-{n}",
+                                                  joined_at=days_ago(60))
+        for k in range(n % 6):
+            EventFactory(customer=customer, type="message_in", occurred_at=days_ago(k + 0.5))
+        for k in range(n % 3):
+            OrderFactory(customer=customer, status="paid", placed_at=days_ago(k + 1))
+    return customers
+
+
+CHATTY = {"field": "event", "type": "message_in", "op": "count_gte", "value": 3,
+          "within_days": 7}
+BUYER = {"field": "order", "op": "count_gte", "value": 2}
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres_only
+def test_a_batch_of_rules_reads_the_events_once_and_tags_as_each_rule_alone(follow_up):
+    customers = _chatty_world()
+    TagRule.objects.create(name="热聊", tag=follow_up["热聊"], condition=CHATTY, mode="sync")
+    TagRule.objects.create(name="复购", tag=follow_up["复购"], condition=BUYER, mode="sync")
+    TagRule.objects.create(name="跟进", tag=follow_up["跟进"], mode="sync",
+                           condition={"all": [CHATTY, {"not": BUYER}]})
+
+    with CaptureQueriesContext(connection) as queries:
+        runs = services.tag_rules_run_due(force=True)
+
+    reading_events = [q["sql"] for q in queries if '"crm_event"' in q["sql"]]
+    assert len(reading_events) == 1, reading_events
+    held_by = {name: {c.external_id for c in customers.values()
+                      if CustomerTag.objects.filter(customer=c, tag=follow_up[name]).exists()}
+               for name in ("热聊", "复购", "跟进")}
+    # message counts 0,1,2,3,4,5,0,1 and order counts 0,1,2,0,1,2,0,1
+    assert held_by == {"热聊": {"chatty-3", "chatty-4", "chatty-5"},
+                       "复购": {"chatty-2", "chatty-5"},
+                       "跟进": {"chatty-3", "chatty-4"}}
+    assert sorted(r.matched for r in runs if r.rule.tag.group == follow_up["group"]) == [2, 2, 3]
+    # and the same as each rule run alone
+    CustomerTag.objects.filter(tag__group=follow_up["group"]).delete()
+    for rule in TagRule.objects.filter(tag__group=follow_up["group"]):
+        services.tag_rule_run(rule=rule)
+    assert {name: {c.external_id for c in customers.values()
+                   if CustomerTag.objects.filter(customer=c, tag=follow_up[name]).exists()}
+            for name in held_by} == held_by
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres_only
+def test_a_rule_edited_after_its_batch_began_runs_on_its_new_condition(follow_up):
+    customers = _chatty_world()
+    rule = TagRule.objects.create(name="热聊", tag=follow_up["热聊"], condition=CHATTY,
+                                  mode="sync")
+    now = timezone.now()
+    with services._batch_features([rule], now=now, customer_ids=None) as features:
+        rule.condition = {"field": "event", "type": "message_in", "op": "count_gte", "value": 1,
+                          "within_days": 2}          # a count the batch's table lacks
+        rule.save()
+        run = services.tag_rule_run(rule=rule, now=now, features=features)
+    # messages 0.5, 1.5, 2.5 … days ago: everyone with at least one has one in the last 2 days
+    assert run.added == 6
+    assert {c.external_id for c in customers.values()
+            if CustomerTag.objects.filter(customer=c, tag=follow_up["热聊"]).exists()} == {
+        "chatty-1", "chatty-2", "chatty-3", "chatty-4", "chatty-5", "chatty-7"}
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_the_nightly_sweep_removes_tags_of_a_customer_deleted_mid_run(follow_up):
+    """Customer tags carry no database foreign key: a rule run that wrote a tag for a customer
+    deleted meanwhile leaves it behind, and the nightly sweep takes it (and its history)."""
+    kept, gone = CustomerFactory(city="上海"), CustomerFactory(city="上海")
+    services.tag_rule_run(rule=TagRule.objects.create(name="上海", tag=follow_up["跟进"],
+                                                      condition=SHANGHAI))
+    assert CustomerTag.objects.filter(customer=gone).exists()
+    with connection.cursor() as cursor:   # what the run's late write amounts to
+        cursor.execute("DELETE FROM crm_customer WHERE id = %s", [gone.pk])
+
+    assert services.orphans_sweep() == 2   # the tag and its history row
+
+    assert not CustomerTag.objects.filter(customer_id=gone.pk).exists()
+    assert not TagChange.objects.filter(customer_id=gone.pk).exists()
+    assert CustomerTag.objects.filter(customer=kept).count() == 1
+    assert services.orphans_sweep() == 0
+
+
+def test_the_tag_sweep_runs_nightly_from_beat():
+    from config.beat import BEAT_SCHEDULE
+
+    assert BEAT_SCHEDULE["tagging-sweep-orphans"]["task"] == "tagging.tasks.sweep_orphans"
