@@ -716,3 +716,23 @@ def test_the_tag_sweep_runs_nightly_from_beat():
     from config.beat import BEAT_SCHEDULE
 
     assert BEAT_SCHEDULE["tagging-sweep-orphans"]["task"] == "tagging.tasks.sweep_orphans"
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_a_tag_written_by_someone_else_meanwhile_is_skipped_not_an_error(follow_up, operator):
+    """Rules INSERT without ON CONFLICT (the SELECT leaves out who holds the tag). A writer that
+    tagged one of the customers between that read and the write makes the statement redo with
+    conflicts skipped: the others get the tag, the one already tagged keeps the writer's row."""
+    first, second = CustomerFactory(city="上海"), CustomerFactory(city="上海")
+    services.customers_tags_change(customers=Customer.objects.filter(pk=first.pk),
+                                   add=[follow_up["跟进"]], remove=[], actor=operator)
+    rule = TagRule.objects.create(name="上海", tag=follow_up["跟进"], condition=SHANGHAI)
+    # what the run read before the operator's change: neither customer holds the tag
+    added = services._insert_lacking(Customer.objects.filter(pk__in=[first.pk, second.pk]),
+                                     follow_up["跟进"], source=TagSource.RULE, actor=None,
+                                     rule=rule, expires_at=None, now=timezone.now())
+    assert added == 1
+    assert CustomerTag.objects.get(customer=first).source == TagSource.MANUAL
+    assert CustomerTag.objects.get(customer=second).source == TagSource.RULE
+    assert TagChange.objects.filter(customer=second, rule=rule).count() == 1
