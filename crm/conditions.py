@@ -315,6 +315,8 @@ def _event_validate(leaf: Leaf) -> None:
 def _event_compile(leaf: Leaf, ctx: Context) -> Q:
     from crm.models import Event
 
+    if leaf.params.get("within_days") is None:
+        return _event_count_compile(leaf, ctx)
     where = Q()
     if leaf.params.get("type"):
         where &= Q(type__in=leaf.params["type"])
@@ -327,6 +329,24 @@ def _event_compile(leaf: Leaf, ctx: Context) -> Q:
     return _counted(Event, where, leaf, lambda q: Count("customer", filter=q), ctx=ctx,
                     exists_ok=not leaf.params.get("since_joined"),
                     rows=("type", leaf.params["type"]) if leaf.params.get("type") else None)
+
+
+def _event_count_compile(leaf: Leaf, ctx: Context) -> Q:
+    """A whole history or "since joining": read the per-customer counts per type (EventCount,
+    kept with the events) instead of aggregating the events."""
+    from crm.models import EventCount
+
+    column = "since_joined" if leaf.params.get("since_joined") else "total"
+    kinds = leaf.params.get("type")
+    where = Q(type__in=kinds) if kinds else Q()
+    if leaf.op == "count_gte" and kinds and len(kinds) == 1 and ctx.features is None \
+            and leaf.value > 0:
+        # One type: one row per customer — the customers whose row reaches the count.
+        rows = ctx.scope(EventCount.objects.filter(where, **{f"{column}__gte": leaf.value}))
+        return Q(pk__in=rows.values("customer_id"))
+    return _counted(EventCount, where, leaf, lambda q: Sum(column, filter=q), ctx=ctx,
+                    exists_ok=False, measure_kind=f"events.{column}",
+                    rows=("type", kinds) if kinds else None)
 
 
 # --- Orders ---------------------------------------------------------------------------------

@@ -274,6 +274,33 @@ class Event(models.Model):
         return f"{self.type} @ {self.occurred_at:%Y-%m-%d %H:%M}"
 
 
+class EventCount(models.Model):
+    """How many events of a type a customer has: in all, and since joining (at or after
+    `joined_at`). `events_ingest` adds the events it stores in their own transaction;
+    `event_counts_refresh` recomputes from the events (the nightly repair, `seed_demo`, a
+    changed joining date). Conditions on a whole history or "since joining" read these rows
+    instead of aggregating the events (docs/PERFORMANCE.md)."""
+
+    id = models.BigAutoField(primary_key=True)
+    customer = models.ForeignKey(Customer, verbose_name=_("customer"), on_delete=models.CASCADE,
+                                 related_name="event_counts", db_index=False,
+                                 db_constraint=False)
+    type = models.CharField(_("type"), max_length=32, choices=Event.Type.choices)
+    total = models.PositiveIntegerField(_("events"), default=0)
+    since_joined = models.PositiveIntegerField(_("events since joining"), default=0)
+
+    class Meta:
+        verbose_name = _("event count")
+        verbose_name_plural = _("event counts")
+        constraints = [models.UniqueConstraint(fields=["customer", "type"],
+                                               name="crm_eventcount_once")]
+        indexes = [models.Index(fields=["type", "customer"], include=["total", "since_joined"],
+                                name="crm_eventcount_type")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} {self.type}: {self.total} ({self.since_joined})"
+
+
 # Events that show the customer is engaged: they move `last_active_at` (DESIGN §4).
 INBOUND_EVENT_TYPES = frozenset({
     Event.Type.MESSAGE_IN, Event.Type.GROUP_JOINED, Event.Type.MOMENTS_INTERACTION,

@@ -19,13 +19,14 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import (
     BigIntegerField,
     Case,
     Count,
     DateTimeField,
     DecimalField,
+    F,
     IntegerField,
     Max,
     Min,
@@ -51,6 +52,7 @@ from crm.models import (
     Channel,
     Customer,
     Event,
+    EventCount,
     Group,
     GroupMembership,
     Order,
@@ -287,8 +289,12 @@ def customer_update(*, actor, customer: Customer, **fields: Any) -> Customer:
         customer.status_changed_at = timezone.now()
     for name, value in fields.items():
         setattr(customer, name, value)
+    joined_before = Customer.objects.filter(pk=customer.pk).values_list("joined_at",
+                                                                        flat=True).first()
     customer.full_clean()
     customer.save()
+    if joined_before != customer.joined_at:    # "since joining" counts move with the date
+        event_counts_refresh(customer_ids=[customer.pk])
     notify_customers_touched([customer.pk])
     return customer
 
@@ -348,6 +354,56 @@ def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) 
         if upper is None:
             return updated
         last_pk = upper
+
+
+# --- Event counts ----------------------------------------------------------------------------
+
+def _event_counts_add(rows: list[tuple[int, str, datetime]]) -> None:
+    """Add newly stored events — (customer id, type, occurred_at) — to the customers' counts:
+    one upsert per batch, in the events' transaction (the customers are locked)."""
+    joined = dict(Customer.objects.filter(pk__in={r[0] for r in rows})
+                  .values_list("pk", "joined_at"))
+    counts: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+    for customer_id, kind, occurred_at in rows:
+        cell = counts[(customer_id, kind)]
+        cell[0] += 1
+        cell[1] += occurred_at >= joined[customer_id]
+    table = EventCount._meta.db_table
+    items = list(counts.items())
+    with connection.cursor() as cursor:
+        for start in range(0, len(items), 1000):
+            chunk = items[start:start + 1000]
+            cursor.execute(
+                f"INSERT INTO {table} (customer_id, type, total, since_joined) VALUES "
+                + ", ".join(["(%s, %s, %s, %s)"] * len(chunk))
+                + f" ON CONFLICT (customer_id, type) DO UPDATE SET "
+                f"total = {table}.total + excluded.total, "
+                f"since_joined = {table}.since_joined + excluded.since_joined",
+                [v for (customer_id, kind), (total, since) in chunk
+                 for v in (customer_id, kind, total, since)])
+
+
+def event_counts_refresh(*, customer_ids=None) -> int:
+    """Recompute the event counts from the events, set-based — of the given customers (their
+    joining date changed) or of everyone (repair; `seed_demo`). Returns the rows written."""
+    with transaction.atomic():
+        stale = EventCount.objects.all()
+        events = Event.objects.order_by()
+        if customer_ids is not None:
+            ids = sorted(set(customer_ids))
+            _lock_customers(ids)
+            stale = stale.filter(customer_id__in=ids)
+            events = events.filter(customer_id__in=ids)
+        stale.delete()
+        since = Count("id", filter=Q(occurred_at__gte=F("customer__joined_at")))
+        select = (events.values("customer_id", "type")
+                  .annotate(n=Count("id"), s=since)
+                  .values_list("customer_id", "type", "n", "s"))
+        sql, params = select.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {EventCount._meta.db_table} (customer_id, type, total, "
+                           f"since_joined) {sql}", params)
+            return cursor.rowcount
 
 
 # --- Events ----------------------------------------------------------------------------------
@@ -592,6 +648,7 @@ def events_ingest(*, items: Any, actor) -> IngestReport:
                 if pk not in last_active or item.occurred_at > last_active[pk]:
                     last_active[pk] = item.occurred_at
         update_to_later(Customer, "last_active_at", last_active, also={"updated_at": now})
+        _event_counts_add([(ids[i.customer], i.type, i.occurred_at) for i in new])
         _apply_status_events([i for i in new if i.type in STATUS_EVENT_TYPES], ids)
         opted = {ids[i.customer] for i in new if i.type == Event.Type.OPTED_OUT}
         if opted:

@@ -7,8 +7,11 @@ from crm import services
 
 @shared_task(acks_late=True)
 def refresh_customer_aggregates(customer_ids: list[int] | None = None) -> int:
-    """Recompute customer aggregates from the facts (nightly repair, or for given ids)."""
-    return services.customer_aggregates_refresh(customer_ids=customer_ids)
+    """Recompute customer aggregates and event counts from the facts (nightly repair, or for
+    given ids)."""
+    updated = services.customer_aggregates_refresh(customer_ids=customer_ids)
+    services.event_counts_refresh(customer_ids=customer_ids)
+    return updated
 
 
 @shared_task(acks_late=True)

@@ -23,6 +23,7 @@ from core.conditions import (
     validate,
 )
 from crm.models import Customer, Event, GroupMembership, Order, OrderItem
+from crm.services import event_counts_refresh
 from tagging.models import CustomerTag, Tag, TagGroup, TagRule
 from tests.factories import ChannelFactory, GroupFactory, UserFactory
 
@@ -147,6 +148,9 @@ def _build():
         Event(customer=customers[ext], type=kind, occurred_at=ago(days),
               idempotency_key=f"{ext}-{index}")
         for ext, rows in EVENTS.items() for index, (kind, days) in enumerate(rows)])
+    # Stored around events_ingest, so their per-customer counts are computed as the nightly
+    # repair does (ingest keeps them itself: tests/crm).
+    event_counts_refresh()
     for ext, rows in ORDERS.items():
         for index, (amount, status, days, category) in enumerate(rows):
             order = Order.objects.create(

@@ -7,7 +7,8 @@ from crm import services
 
 
 class Command(BaseCommand):
-    help = _("Recompute customer aggregates (orders, spend, last activity) from the facts.")
+    help = _("Recompute customer aggregates (orders, spend, last activity) and per-type event "
+             "counts from the facts.")
 
     def add_arguments(self, parser):
         parser.add_argument("--customer", type=int, action="append", dest="customers",
@@ -16,5 +17,7 @@ class Command(BaseCommand):
     def handle(self, *args, customers=None, **options):
         started = time.monotonic()
         updated = services.customer_aggregates_refresh(customer_ids=customers)
-        self.stdout.write(_("Recomputed aggregates of %(n)d customers in %(s).1f s.")
-                          % {"n": updated, "s": time.monotonic() - started})
+        counts = services.event_counts_refresh(customer_ids=customers)
+        self.stdout.write(_("Recomputed aggregates of %(n)d customers and %(c)d event counts in "
+                            "%(s).1f s.") % {"n": updated, "c": counts,
+                                             "s": time.monotonic() - started})
