@@ -314,17 +314,11 @@ class CohortMonthCell(models.Model):
         return f"{self.month:%Y-%m} cohort {self.cohort:%Y-%m}: {self.active}"
 
 
-class StageSpell(models.Model):
+class SpellFields(models.Model):
     """A customer's stay in a stage of a model, from the transition into it (`spell_id`) to the
-    next transition in the model (`ended_at`, `next_key`; open when there is none yet), for the
-    stays the standard ranges need: those begun or ended in the 90 days before today, as of the
-    nightly refresh. The rows marked `today` are the stays today's transitions began or ended,
-    as of the frequent refresh; they stand in for the nightly row of the same stay. Medians of
-    the stages and flows reports are read from these (docs/METRICS.md, "Precomputed stage
-    spells")."""
+    next transition in the model (`ended_at`, `next_key`; open when there is none yet)."""
 
-    spell_id = models.BigIntegerField(_("transition into the stage (id)"))
-    today = models.BooleanField(_("today's version"), default=False)
+    spell_id = models.BigIntegerField(_("transition into the stage (id)"), primary_key=True)
     model_id = models.BigIntegerField(_("model id"))
     stage_key = models.CharField(_("stage"), max_length=32)
     channel_id = models.IntegerField(_("channel id"), null=True, blank=True)
@@ -342,19 +336,36 @@ class StageSpell(models.Model):
     bucket = models.IntegerField(_("duration (whole days)"), null=True, blank=True)
 
     class Meta:
-        verbose_name = _("stage spell")
-        verbose_name_plural = _("stage spells")
-        constraints = [models.UniqueConstraint(fields=["spell_id", "today"],
-                                               name="metrics_spell_once")]
-        indexes = [
-            models.Index(fields=["model_id", "stage_key", "bucket", "ended_at"],
-                         name="metrics_spell_exit"),
-            models.Index(fields=["model_id", "stage_key", "next_key", "bucket", "started_at"],
-                         name="metrics_spell_next"),
-        ]
+        abstract = True
 
     def __str__(self) -> str:
         return f"spell {self.spell_id} in {self.stage_key}"
+
+
+class StageSpell(SpellFields):
+    """The stays the standard ranges need — begun or ended in the 90 days before today — as of
+    the nightly refresh. The medians of the stages and flows reports are read from these
+    (docs/METRICS.md, "Precomputed stage spells and channel cells"). An unlogged table on
+    PostgreSQL (migration 0005): rebuilt every night, it needs no WAL; after a crash it is
+    empty until the next refresh and the medians are computed live meanwhile."""
+
+    class Meta:
+        verbose_name = _("stage spell")
+        verbose_name_plural = _("stage spells")
+        # The spells of one whole-day bucket of a stage (a few thousand at most): where a
+        # median's exact middle values are read.
+        indexes = [models.Index(fields=["model_id", "stage_key", "bucket"],
+                                condition=models.Q(bucket__isnull=False),
+                                name="metrics_spell_bucket")]
+
+
+class TodayStageSpell(SpellFields):
+    """The stays today's transitions began or ended, as of the frequent refresh; each stands in
+    for the nightly row of the same stay (`StageSpell`), if any."""
+
+    class Meta:
+        verbose_name = _("stage spell of today")
+        verbose_name_plural = _("stage spells of today")
 
 
 class StageSpellCell(models.Model):

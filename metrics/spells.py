@@ -9,8 +9,8 @@ the range that are the customer's first entry into the stage in it, and where th
 So the nightly refresh stores (as of today 00:00) every spell begun or ended in the 90 days
 before today (`StageSpell`), and per range, model, stage and scope cell the spells each report
 counts with a histogram of their durations in whole days (`StageSpellCell`); the frequent
-refresh stores the spells today's transitions began or ended (the rows marked `today`) and the
-cells' change. A request then sums its scope's cells — one row per figure, since the cells are
+refresh stores the spells today's transitions began or ended (`TodayStageSpell`, standing in
+for their nightly rows) and the cells' change (the cells marked `today`). A request then sums its scope's cells — one row per figure, since the cells are
 stored at each grain a scope can have (every customer, channel, owner, channel and owner) — and
 finds the exact median in the summed histogram: the whole-day bucket holding the middle rank(s)
 from the counts, the exact durations of that bucket's spells from `StageSpell` (an index range
@@ -34,15 +34,17 @@ from django.db import connection
 
 from core import access
 from metrics import rangefacts
-from metrics.models import FactsTable, StageSpellCell
+from metrics.models import FactsTable, StageSpell, StageSpellCell
 from metrics.periods import Period, Scope, day_start
 
 logger = logging.getLogger(__name__)
 
 US_PER_DAY = 86_400_000_000
+# For building the spells' index after the nightly insert in memory (this transaction only).
+INDEX_BUILD_MEMORY = "256MB"
 WINDOWS = rangefacts.WINDOWS
-COLUMNS = ("spell_id, today, model_id, stage_key, channel_id, owner_id, started_at, "
-           "previous_entry_at, ended_at, next_key, exit_matches, duration_us, bucket")
+COLUMNS = ("spell_id, model_id, stage_key, channel_id, owner_id, started_at, previous_entry_at, "
+           "ended_at, next_key, exit_matches, duration_us, bucket")
 
 
 def _raw(sql: str, params: dict[str, Any] | list) -> list[tuple]:
@@ -60,7 +62,7 @@ def _execute(sql: str, params: dict[str, Any]) -> int:
 # A spell's row from its transition `s` (to_key, at), the next transition (next_at, next_key,
 # next_from) and the customer `c`; the duration exact in microseconds, bucketed in whole days.
 SPELL_VALUES = f"""
-    s.id, %(today)s, s.model_id, s.to_key, c.channel_id, c.owner_id, s.at,
+    s.id, s.model_id, s.to_key, c.channel_id, c.owner_id, s.at,
     CASE WHEN s.previous_entry_at >= %(since)s THEN s.previous_entry_at END,
     s.next_at, COALESCE(s.next_key, ''), COALESCE(s.next_from = s.to_key, false),
     d.us, d.us / {US_PER_DAY}
@@ -98,10 +100,11 @@ WITH w AS (
 )
 SELECT {SPELL_VALUES}
 FROM s JOIN crm_customer c ON c.id = s.customer_id {DURATION}
+ORDER BY s.id
 """
 
 TODAY_SQL = f"""
-INSERT INTO metrics_stagespell ({COLUMNS})
+INSERT INTO metrics_todaystagespell ({COLUMNS})
 WITH movers AS (
     SELECT DISTINCT customer_id, model_id FROM lifecycle_stagetransition WHERE at >= %(t0)s
 ), s AS (
@@ -118,35 +121,46 @@ FROM s JOIN crm_customer c ON c.id = s.customer_id {DURATION}
 WHERE s.at >= %(t0)s OR s.next_at >= %(t0)s
 """
 
-# What each spell counts for, per range: an exit of its stage (ended in the range by a move out
-# of it), a first entry into its stage in the range, and — for those — the move to the next.
+# The smallest standard range (7, 30, 90 days; 1000 = none) a moment falls in.
+def _range_of(column: str) -> str:
+    return (f"CASE WHEN {column} >= %(since_7)s THEN 7 WHEN {column} >= %(since_30)s THEN 30 "
+            f"WHEN {column} >= %(since_90)s THEN 90 ELSE 1000 END")
+
+
+# What each spell counts for: an exit of its stage (ended by a move out of it) in every range
+# its end falls in; a first entry into its stage — and, once it ended, a move to the next — in
+# every range its start falls in and its previous entry into the stage does not (ranges
+# [lo, hi)). Counted once per spell, then spread over the ranges and rolled up to each grain.
 CELLS_SQL = """
 INSERT INTO metrics_stagespellcell (days, today, kind, model_id, stage_key, next_key, grain,
                                     channel_id, owner_id, spells, histogram)
-WITH src AS ({source}), fine AS (
-    SELECT r.days, x.kind, s.model_id, s.stage_key, x.next_key, s.channel_id, s.owner_id,
-           x.bucket, SUM(s.sign) AS n
-    FROM src s
-    CROSS JOIN (VALUES (7, %(since_7)s::timestamptz), (30, %(since_30)s::timestamptz),
-                       (90, %(since_90)s::timestamptz)) r(days, since)
-    CROSS JOIN LATERAL (VALUES
-        ('exit', '', s.bucket,
-         s.exit_matches AND s.ended_at >= r.since AND s.ended_at < %(until)s),
-        ('entered', '', NULL,
-         s.started_at >= r.since AND s.started_at < %(until)s
-         AND (s.previous_entry_at IS NULL OR s.previous_entry_at < r.since)),
-        ('next', s.next_key, s.bucket,
-         s.next_key <> '' AND s.started_at >= r.since AND s.started_at < %(until)s
-         AND (s.previous_entry_at IS NULL OR s.previous_entry_at < r.since))
-    ) x(kind, next_key, bucket, counts)
-    WHERE x.counts
+WITH src AS ({source}), classed AS (
+    SELECT 'exit' AS kind, model_id, stage_key, '' AS next_key, channel_id, owner_id, bucket,
+           {ended} AS lo, 1000 AS hi, sign
+    FROM src WHERE exit_matches AND ended_at >= %(since_90)s AND ended_at < %(until)s
+    UNION ALL
+    SELECT 'entered', model_id, stage_key, '', channel_id, owner_id, NULL, {started},
+           {previous}, sign
+    FROM src WHERE started_at >= %(since_90)s AND started_at < %(until)s
+    UNION ALL
+    SELECT 'next', model_id, stage_key, next_key, channel_id, owner_id, bucket, {started},
+           {previous}, sign
+    FROM src WHERE next_key <> '' AND started_at >= %(since_90)s AND started_at < %(until)s
+), fine AS (
+    SELECT kind, model_id, stage_key, next_key, channel_id, owner_id, bucket, lo, hi,
+           SUM(sign) AS n
+    FROM classed GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+), ranged AS (
+    SELECT r.days, f.kind, f.model_id, f.stage_key, f.next_key, f.channel_id, f.owner_id,
+           f.bucket, SUM(f.n) AS n
+    FROM fine f JOIN (VALUES (7), (30), (90)) r(days) ON r.days >= f.lo AND r.days < f.hi
     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 ), grains AS (
     SELECT days, kind, model_id, stage_key, next_key,
            CASE GROUPING(channel_id, owner_id) WHEN 3 THEN 0 WHEN 1 THEN 1 WHEN 2 THEN 2
                 ELSE 3 END AS grain,
            channel_id, owner_id, bucket, SUM(n) AS n
-    FROM fine
+    FROM ranged
     GROUP BY GROUPING SETS (
         (days, kind, model_id, stage_key, next_key, bucket),
         (days, kind, model_id, stage_key, next_key, channel_id, bucket),
@@ -155,19 +169,19 @@ WITH src AS ({source}), fine AS (
 )
 SELECT days, %(today)s, kind, model_id, stage_key, next_key, grain, channel_id, owner_id,
        SUM(n), COALESCE(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL
-                                                            AND n <> 0), '{{}}'::jsonb)
+                                                            AND n <> 0), '{{{{}}}}'::jsonb)
 FROM grains
 GROUP BY days, kind, model_id, stage_key, next_key, grain, channel_id, owner_id
 HAVING SUM(n) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
-"""
-NIGHTLY_SOURCE = f"SELECT {COLUMNS}, 1 AS sign FROM metrics_stagespell WHERE NOT today"
+""".format(source="{source}", ended=_range_of("ended_at"), started=_range_of("started_at"),
+           previous=_range_of("previous_entry_at"))
+NIGHTLY_SOURCE = f"SELECT {COLUMNS}, 1 AS sign FROM metrics_stagespell"
 # Today's spells counted now, minus the nightly rows they replace.
 TODAY_SOURCE = f"""
-    SELECT {COLUMNS}, 1 AS sign FROM metrics_stagespell WHERE today
+    SELECT {COLUMNS}, 1 AS sign FROM metrics_todaystagespell
     UNION ALL
-    SELECT {COLUMNS}, -1 FROM metrics_stagespell o
-    WHERE NOT o.today AND EXISTS (SELECT 1 FROM metrics_stagespell n
-                                  WHERE n.today AND n.spell_id = o.spell_id)
+    SELECT {", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))}, -1
+    FROM metrics_stagespell o JOIN metrics_todaystagespell t ON t.spell_id = o.spell_id
 """
 
 
@@ -185,8 +199,21 @@ def refresh(today: date) -> dict[str, int]:
     `FactsTable` row (like metrics.rangefacts.refresh)."""
     params = _params(today, today_rows=False)
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE metrics_stagespell, metrics_stagespellcell")
+        cursor.execute("TRUNCATE metrics_stagespell, metrics_todaystagespell")
+        cursor.execute("DELETE FROM metrics_stagespellcell")
+    # Millions of rows: the indexes are built once after the insert, not row by row (the
+    # TRUNCATE holds the table's lock until the commit anyway).
+    indexes = StageSpell._meta.indexes
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('maintenance_work_mem', %s, true)",
+                       [INDEX_BUILD_MEMORY])
+    with connection.schema_editor(atomic=False) as editor:
+        for index in indexes:
+            editor.remove_index(StageSpell, index)
     spells = _execute(NIGHTLY_SQL, params)
+    with connection.schema_editor(atomic=False) as editor:
+        for index in indexes:
+            editor.add_index(StageSpell, index)
     _execute("ANALYZE metrics_stagespell", {})
     cells = _execute(CELLS_SQL.format(source=NIGHTLY_SOURCE), params)
     return {"spells": spells, "spell_cells": cells}
@@ -198,7 +225,7 @@ def refresh_today(today: date) -> dict[str, int]:
     nightly spells of `today` stored."""
     params = _params(today, today_rows=True)
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM metrics_stagespell WHERE today")
+        cursor.execute("DELETE FROM metrics_todaystagespell")
         cursor.execute("DELETE FROM metrics_stagespellcell WHERE today")
     spells = _execute(TODAY_SQL, params)
     cells = _execute(CELLS_SQL.format(source=TODAY_SOURCE), params)
@@ -293,20 +320,20 @@ EXACT_SQL = {
     "exit": """
         SELECT w.stage, w.next_key, w.bucket, s.duration_us
         FROM (VALUES {values}) w(stage, next_key, bucket)
-        JOIN metrics_stagespell s ON s.model_id = %(model)s AND s.stage_key = w.stage
+        JOIN {table} s ON s.model_id = %(model)s AND s.stage_key = w.stage
              AND s.bucket = w.bucket AND s.ended_at >= %(since)s AND s.ended_at < %(until)s
         WHERE s.exit_matches{scope}{current}""",
     "next": """
         SELECT w.stage, w.next_key, w.bucket, s.duration_us
         FROM (VALUES {values}) w(stage, next_key, bucket)
-        JOIN metrics_stagespell s ON s.model_id = %(model)s AND s.stage_key = w.stage
+        JOIN {table} s ON s.model_id = %(model)s AND s.stage_key = w.stage
              AND s.next_key = w.next_key AND s.bucket = w.bucket
              AND s.started_at >= %(since)s AND s.started_at < %(until)s
         WHERE (s.previous_entry_at IS NULL OR s.previous_entry_at < %(since)s){scope}{current}""",
 }
-# Today's version of a spell stands in for its nightly row.
-CURRENT = (" AND (s.today OR NOT EXISTS (SELECT 1 FROM metrics_stagespell x "
-           "WHERE x.spell_id = s.spell_id AND x.today))")
+# The nightly rows, less those today's rows stand in for; then today's rows.
+REPLACED = (" AND NOT EXISTS (SELECT 1 FROM metrics_todaystagespell x "
+            "WHERE x.spell_id = s.spell_id)")
 
 
 class Inconsistent(Exception):
@@ -339,7 +366,12 @@ def _medians(*, scope: Scope, window: rangefacts.Window, model_id: int, kind: st
         scope_sql += " AND s.owner_id = %(owner)s"
         params["owner"] = owner
     durations: dict[tuple[str, str, int], list[int]] = defaultdict(list)
-    sql = EXACT_SQL[kind].format(values=", ".join(values), scope=scope_sql, current=CURRENT)
+    template = EXACT_SQL[kind]
+    sql = (template.format(values=", ".join(values), scope=scope_sql, table="metrics_stagespell",
+                           current=REPLACED)
+           + " UNION ALL "
+           + template.format(values=", ".join(values), scope=scope_sql,
+                             table="metrics_todaystagespell", current=""))
     for stage, next_key, bucket, us in _raw(sql, params):
         durations[(stage, next_key, bucket)].append(us)
     middle: dict[Key, list[int]] = defaultdict(list)
