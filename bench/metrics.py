@@ -140,7 +140,9 @@ def sizes() -> list[list]:
                        "campaigns_enrollment", "campaigns_message", "metrics_snapshot",
                        "metrics_dailyactivity", "metrics_dailystagecount",
                        "metrics_dailytransitioncount", "metrics_cohortcell",
-                       "metrics_customerfacts", "metrics_rangefacts"):
+                       "metrics_customerfacts", "metrics_rangefacts", "metrics_stagespell",
+                       "metrics_todaystagespell", "metrics_stagespellcell",
+                       "metrics_joinerfacts", "metrics_channeldaycell"):
         found = sql("SELECT to_regclass(%s)", [table_name])[0][0]
         if found is None:
             continue
