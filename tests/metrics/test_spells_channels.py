@@ -275,3 +275,23 @@ def test_channel_cells_hand_computed_and_today(data, monkeypatch):
         2, 1, "20.00")
     thirty = _by_code(stored[(Scope(), 30, "channels")])
     assert (thirty["qr-a"]["buyers"], thirty["qr-a"]["revenue"]) == (2, "160.00")   # 100 + 60
+
+
+def test_stored_answers_read_no_transitions_or_orders(data):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    services.metrics_today(today=TODAY)
+    value = StageModel.objects.get(key="value")
+    for days in WINDOWS:
+        with CaptureQueriesContext(connection) as ctx:
+            selectors.median_days_in_stage(scope=Scope(user=data.op_a), model=value,
+                                           period=_period(days))
+            selectors.stage_conversions(scope=Scope(channel=data.qr), model=value,
+                                        period=_period(days))
+            attribution.channel_attribution(scope=Scope(user=data.op_b), period=_period(days))
+        statements = [q["sql"] for q in ctx.captured_queries]
+        assert not [sql for sql in statements if "lifecycle_stagetransition" in sql]
+        assert not [sql for sql in statements if "crm_order" in sql]
+        # A fixed number of statements: the header, the cells, the exact middle values.
+        assert len(statements) <= 16
