@@ -10,12 +10,14 @@ So the nightly refresh stores (as of today 00:00) every spell begun or ended in 
 before today (`StageSpell`), and per range, model, stage and scope cell the spells each report
 counts with a histogram of their durations in whole days (`StageSpellCell`); the frequent
 refresh stores the spells today's transitions began or ended (`TodayStageSpell`, standing in
-for their nightly rows) and the cells' change (the cells marked `today`). A request then sums its scope's cells — one row per figure, since the cells are
-stored at each grain a scope can have (every customer, channel, owner, channel and owner) — and
-finds the exact median in the summed histogram: the whole-day bucket holding the middle rank(s)
-from the counts, the exact durations of that bucket's spells from `StageSpell` (an index range
-of a few rows), the k-th of them. The answer equals the live computation (metrics.selectors)
-over the transitions as the refreshes saw them (docs/METRICS.md, "Precomputed stage spells").
+for their nightly rows) and the cells' change (the cells marked `today`). A request then sums
+its scope's cells — one row per figure, since the cells are stored at each grain a scope can
+have (every customer, channel, owner, channel and owner) — and finds the exact median in the
+summed histogram: the whole-day bucket holding the middle rank(s) from the counts, then the
+exact durations of that bucket's spells in the range and scope (an index range of a few
+thousand rows at most), the k-th of them. The answer equals the live computation
+(metrics.selectors) over the transitions as the refreshes saw them (docs/METRICS.md,
+"Precomputed stage spells and channel cells").
 
 PostgreSQL only, like metrics.rangefacts; elsewhere (and when today's part is not fresh) the
 reports are computed live.
@@ -23,7 +25,6 @@ reports are computed live.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
@@ -36,8 +37,6 @@ from core import access
 from metrics import rangefacts
 from metrics.models import FactsTable, StageSpell, StageSpellCell
 from metrics.periods import Period, Scope, day_start
-
-logger = logging.getLogger(__name__)
 
 US_PER_DAY = 86_400_000_000
 # For building the spells' index after the nightly insert in memory (this transaction only).
