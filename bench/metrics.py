@@ -20,8 +20,8 @@ On the database DATABASE_URL names (meant for 1M customers / 10M events / 1.5M o
 4. The nightly job (`metrics.services.metrics_nightly`: yesterday's snapshot, the cohort
    table, the range facts), timed — unless --no-nightly; then the frequent refresh
    (`metrics_today`: today so far, and `metrics.api.warm`) — unless --no-frequent.
-   --verify compares the stored answers (overview, revenue, cohorts; 30 days) with the live
-   computation.
+   --verify compares the stored answers (overview, revenue, cohorts; 30 days; and stages,
+   flows and channels for each range) with the live computation.
 5. Every endpoint (`metrics/overview/`, `funnel/`, `stages/`, `flows/`, `revenue/`,
    `cohorts/`, `channels/`, `sops/`, `campaigns/`) for the ranges ending today (--ranges, days;
    default 7, 30 and 90; `funnel/` is "now" for AIPL, `stages/` and `flows/` for the
@@ -140,7 +140,9 @@ def sizes() -> list[list]:
                        "campaigns_enrollment", "campaigns_message", "metrics_snapshot",
                        "metrics_dailyactivity", "metrics_dailystagecount",
                        "metrics_dailytransitioncount", "metrics_cohortcell",
-                       "metrics_customerfacts", "metrics_rangefacts"):
+                       "metrics_customerfacts", "metrics_rangefacts", "metrics_stagespell",
+                       "metrics_todaystagespell", "metrics_stagespellcell",
+                       "metrics_joinerfacts", "metrics_channeldaycell"):
         found = sql("SELECT to_regclass(%s)", [table_name])[0][0]
         if found is None:
             continue
@@ -281,13 +283,21 @@ def bench_nightly(today: date) -> list[list]:
         setattr(services, name, timed(name))
     try:
         started = time.perf_counter()
-        services.metrics_nightly(today=today)
+        done = services.metrics_nightly(today=today)
         total = time.perf_counter() - started
     finally:
         for name, fn in originals.items():
             setattr(services, name, fn)
+    facts = done.range_facts
+    parts = [f"range facts {getattr(facts, 'range_facts_ms', 0) / 1000:.1f} s"]
+    if getattr(facts, "spells", 0):
+        parts += [f"stage spells {facts.spells_ms / 1000:.1f} s ({facts.spells:,} spells, "
+                  f"{facts.spell_cells:,} cells)",
+                  f"channel cells {facts.channels_ms / 1000:.1f} s ({facts.joiners:,} joiners, "
+                  f"{facts.channel_cells:,} cells)"]
     return [[f"nightly job for {today} (yesterday's snapshot and the rest)", f"{total:,.1f} s",
-             ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)]]
+             ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)],
+            ["  of which range_facts_refresh", "", "; ".join(parts)]]
 
 
 def bench_frequent(today: date) -> list[list]:
@@ -303,7 +313,10 @@ def bench_frequent(today: date) -> list[list]:
     warming = time.perf_counter() - started
     return [[f"frequent refresh: today so far ({today}, clock at 18:00)", f"{refreshed:,.1f} s",
              f"today's snapshot {done.snapshot.duration_ms / 1000:.1f} s, today's changes to "
-             f"{done.range_cells} range cells and {done.cohort_cells} cohort cells"],
+             f"{done.range_cells} range cells and {done.cohort_cells} cohort cells; today's "
+             f"stage spells {getattr(done, 'spells_ms', 0) / 1000:.1f} s "
+             f"({getattr(done, 'spells', 0):,} spells), channel cells "
+             f"{getattr(done, 'channels_ms', 0) / 1000:.1f} s"],
             [f"frequent refresh: cache warmed (dashboard defaults, admins and "
              f"{operator.username})", f"{warming:,.1f} s",
              f"{warmed} answers"]]
@@ -333,6 +346,38 @@ def verify(today: date, operator) -> list[list]:
                 slow = time.perf_counter() - started
             rows.append([name, who, "same" if stored == live else "DIFFERENT", ms(fast),
                          ms(slow)])
+    return rows
+
+
+def verify_details(today: date, operator, ranges: list[int]) -> list[list]:
+    """Stages, flows (the dashboard's default model) and channels answered from the stored
+    spells and channel cells against the live computation, per standard range."""
+    from lifecycle.models import StageModel
+    from metrics import attribution, channelfacts, spells
+
+    model = StageModel.objects.get(key=DEFAULT_MODEL)
+    rows = []
+    for days in ranges:
+        period = Period(today - timedelta(days=days - 1), today)
+        for who, scope in (("admin", Scope()), (f"operator {operator.username}",
+                                                Scope(user=operator))):
+            for name, fn in (("stages", lambda s, period=period: selectors.stages_report(
+                                 scope=s, model=model, period=period)),
+                             ("flows", lambda s, period=period: selectors.flows_report(
+                                 scope=s, model=model, period=period)),
+                             ("channels", lambda s, period=period: attribution.channel_attribution(
+                                 scope=s, period=period))):
+                started = time.perf_counter()
+                stored = fn(scope)
+                fast = time.perf_counter() - started
+                with mock.patch.object(spells, "current_window", lambda p: None), \
+                        mock.patch.object(channelfacts, "current_window", lambda p: None):
+                    started = time.perf_counter()
+                    live = fn(scope)
+                    slow = time.perf_counter() - started
+                rows.append([f"{name} {days} d", who, "same" if stored == live else "DIFFERENT",
+                             ms(fast), ms(slow)])
+                print(f"  {rows[-1]}", flush=True)
     return rows
 
 
@@ -396,6 +441,9 @@ def main() -> None:
         _admin, operator, _owned, _channel = pick_people()
         table(["report (30 days)", "who", "stored vs live", "stored ms", "live ms"],
               verify(opts.today, operator), "Stored answers against the live computation")
+        table(["report", "who", "stored vs live", "stored ms", "live ms"],
+              verify_details(opts.today, operator, opts.ranges),
+              "Stage spells and channel cells against the live computation")
 
     headers = ["endpoint", "range", "who", "cold p50 ms", "cold p95 ms", "warm p50 ms",
                "warm p95 ms"]

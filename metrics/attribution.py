@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from crm.models import Channel, Customer, Event, Order
+from metrics import channelfacts
 from metrics.periods import Period, Scope
 from metrics.selectors import money, ratio
 
@@ -45,6 +46,25 @@ def _deleted_us_within(days: int):
     return ExpressionWrapper(event | status, output_field=BooleanField())
 
 
+def _acquired(scope: Scope, period: Period):
+    return scope.apply(Customer.objects.filter(joined_at__gte=period.since,
+                                               joined_at__lt=period.until))
+
+
+def _customer_rows(*, scope: Scope, period: Period, now: datetime) -> dict:
+    """Per channel id: the customers acquired in the period and, per retention window, those
+    whose window has elapsed and those of them who stayed."""
+    figures: dict[str, Any] = {"acquired": Count("id")}
+    for days in RETENTION_DAYS:
+        elapsed = Q(joined_at__lte=now - timedelta(days=days))
+        figures[f"eligible_{days}"] = Count("id", filter=elapsed)
+        figures[f"retained_{days}"] = Count("id", filter=elapsed & Q(**{f"deleted_{days}": False}))
+    return {
+        row["channel"]: row for row in _acquired(scope, period).annotate(**{
+            f"deleted_{days}": _deleted_us_within(days) for days in RETENTION_DAYS})
+        .values("channel").annotate(**figures).order_by()}
+
+
 def channel_attribution(*, scope: Scope, period: Period,
                         now: datetime | None = None) -> dict[str, Any]:
     """Per channel (and a "no channel" row) for the customers in scope who joined in the period.
@@ -52,26 +72,30 @@ def channel_attribution(*, scope: Scope, period: Period,
     Three aggregate queries: the acquired customers grouped by channel (with retention), their
     paid orders grouped by channel, and the channels with their all-time customer count (the
     denominator of cost per acquisition, over every owner: each customer carries an equal share
-    of the channel's recorded spend).
+    of the channel's recorded spend). A standard range (the last 7, 30 or 90 days, with its
+    cells stored for today) reads the first two from the join-day cells instead
+    (metrics.channelfacts); `now` given (a test's clock) always computes them.
     """
+    window = channelfacts.current_window(period) if now is None else None
     now = now or timezone.now()
-    acquired = scope.apply(Customer.objects.filter(joined_at__gte=period.since,
-                                                   joined_at__lt=period.until))
-    figures: dict[str, Any] = {"acquired": Count("id")}
-    for days in RETENTION_DAYS:
-        elapsed = Q(joined_at__lte=now - timedelta(days=days))
-        figures[f"eligible_{days}"] = Count("id", filter=elapsed)
-        figures[f"retained_{days}"] = Count("id", filter=elapsed & Q(**{f"deleted_{days}": False}))
-    customer_rows = {
-        row["channel"]: row for row in acquired.annotate(**{
-            f"deleted_{days}": _deleted_us_within(days) for days in RETENTION_DAYS})
-        .values("channel").annotate(**figures).order_by()}
-    order_rows = {
-        row["customer__channel"]: row for row in Order.objects.filter(
-            status=Order.Status.PAID, customer__in=acquired.values("pk"),
-            placed_at__gte=F("customer__joined_at"))
-        .values("customer__channel")
-        .annotate(revenue=Sum("amount"), buyers=Count("customer", distinct=True)).order_by()}
+    if window is not None:
+        # A standard range: from the join-day cells (the same figures, metrics.channelfacts).
+        def boundary(day, days):
+            rows = _customer_rows(scope=scope, period=Period(day, day), now=now)
+            return {ch: (row[f"eligible_{days}"], row[f"retained_{days}"])
+                    for ch, row in rows.items()}
+
+        customer_rows, order_rows = channelfacts.acquisition_counts(
+            scope=scope, window=window, now=now, boundary=boundary)
+    else:
+        customer_rows = _customer_rows(scope=scope, period=period, now=now)
+        order_rows = {
+            row["customer__channel"]: row for row in Order.objects.filter(
+                status=Order.Status.PAID, customer__in=_acquired(scope, period).values("pk"),
+                placed_at__gte=F("customer__joined_at"))
+            .values("customer__channel")
+            .annotate(revenue=Sum("amount"), buyers=Count("customer", distinct=True))
+            .order_by()}
 
     channels = Channel.objects.order_by("name", "code")
     if scope.channel is not None:

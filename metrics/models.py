@@ -159,6 +159,12 @@ class FactsTable(models.Model):
     duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
     today_at = models.DateTimeField(_("today's changes taken at"), null=True, blank=True)
     today_ms = models.PositiveIntegerField(_("today's changes: duration (ms)"), default=0)
+    spells_as_of = models.DateField(
+        _("stage spells through"), null=True, blank=True,
+        help_text=_("The last day whose stage spells are stored (empty before they were)."))
+    channels_as_of = models.DateField(
+        _("channel join-day cells through"), null=True, blank=True,
+        help_text=_("The last day whose channel attribution cells are stored."))
 
     class Meta:
         verbose_name = _("range facts table")
@@ -306,3 +312,149 @@ class CohortMonthCell(models.Model):
 
     def __str__(self) -> str:
         return f"{self.month:%Y-%m} cohort {self.cohort:%Y-%m}: {self.active}"
+
+
+class SpellFields(models.Model):
+    """A customer's stay in a stage of a model, from the transition into it (`spell_id`) to the
+    next transition in the model (`ended_at`, `next_key`; open when there is none yet)."""
+
+    spell_id = models.BigIntegerField(_("transition into the stage (id)"), primary_key=True)
+    model_id = models.BigIntegerField(_("model id"))
+    stage_key = models.CharField(_("stage"), max_length=32)
+    channel_id = models.IntegerField(_("channel id"), null=True, blank=True)
+    owner_id = models.IntegerField(_("owner id"), null=True, blank=True)
+    started_at = models.DateTimeField(_("entered at"))
+    previous_entry_at = models.DateTimeField(
+        _("previous entry into the stage"), null=True, blank=True,
+        help_text=_("Only when within the 90 days before today; earlier ones are not needed."))
+    ended_at = models.DateTimeField(_("left at"), null=True, blank=True)
+    next_key = models.CharField(_("next stage"), max_length=32, blank=True)
+    exit_matches = models.BooleanField(
+        _("left from this stage"), default=False,
+        help_text=_("The next transition's from-stage is this stage (an exit of the stage)."))
+    duration_us = models.BigIntegerField(_("duration (µs)"), null=True, blank=True)
+    bucket = models.IntegerField(_("duration (whole days)"), null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"spell {self.spell_id} in {self.stage_key}"
+
+
+class StageSpell(SpellFields):
+    """The stays the standard ranges need — begun or ended in the 90 days before today — as of
+    the nightly refresh. The medians of the stages and flows reports are read from these
+    (docs/METRICS.md, "Precomputed stage spells and channel cells"). An unlogged table on
+    PostgreSQL (migration 0005): rebuilt every night, it needs no WAL; after a crash it is
+    empty until the next refresh and the medians are computed live meanwhile."""
+
+    class Meta:
+        verbose_name = _("stage spell")
+        verbose_name_plural = _("stage spells")
+        # The spells of one whole-day bucket of a stage (a few thousand at most): where a
+        # median's exact middle values are read.
+        indexes = [models.Index(fields=["model_id", "stage_key", "bucket"],
+                                condition=models.Q(bucket__isnull=False),
+                                name="metrics_spell_bucket")]
+
+
+class TodayStageSpell(SpellFields):
+    """The stays today's transitions began or ended, as of the frequent refresh; each stands in
+    for the nightly row of the same stay (`StageSpell`), if any."""
+
+    class Meta:
+        verbose_name = _("stage spell of today")
+        verbose_name_plural = _("stage spells of today")
+
+
+class StageSpellCell(models.Model):
+    """For one standard range (`days`), model and stage: the stays counted by the stages and
+    flows reports and a histogram of their durations in whole days ({"days": count}) — exits
+    of the stage (`kind` exit), first entries into it (entered) and those moved on to
+    `next_key` (next) — at one grain of the scope: every customer, one channel, one owner, or
+    one (channel, owner). The rows marked `today` are today's changes (counts may be
+    negative)."""
+
+    class Kind(models.TextChoices):
+        EXIT = "exit", _("exits")
+        ENTERED = "entered", _("first entries")
+        NEXT = "next", _("moved on")
+
+    class Grain(models.IntegerChoices):
+        ALL = 0, _("every customer")
+        CHANNEL = 1, _("channel")
+        OWNER = 2, _("owner")
+        CHANNEL_OWNER = 3, _("channel and owner")
+
+    days = models.PositiveSmallIntegerField(_("range (days)"))
+    today = models.BooleanField(_("today's changes"), default=False)
+    kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices)
+    model_id = models.BigIntegerField(_("model id"))
+    stage_key = models.CharField(_("stage"), max_length=32)
+    next_key = models.CharField(_("next stage"), max_length=32, blank=True)
+    grain = models.PositiveSmallIntegerField(_("grain"), choices=Grain.choices)
+    channel_id = models.IntegerField(_("channel id"), null=True, blank=True)
+    owner_id = models.IntegerField(_("owner id"), null=True, blank=True)
+    spells = models.IntegerField(_("stays"), default=0)
+    histogram = models.JSONField(_("durations (whole days → stays)"), default=dict, blank=True)
+
+    class Meta:
+        verbose_name = _("stage spell cell")
+        verbose_name_plural = _("stage spell cells")
+        indexes = [models.Index(fields=["days", "model_id", "grain"],
+                                name="metrics_spellcell_range")]
+
+    def __str__(self) -> str:
+        return f"{self.days} days {self.kind} {self.stage_key}→{self.next_key}: {self.spells}"
+
+
+class JoinerFacts(models.Model):
+    """Per customer who joined in the 90 days before today, what channel attribution needs, as
+    of the nightly refresh: whether they bought since joining and how much, and whether they
+    deleted us within 30 and 90 days of joining (docs/METRICS.md, "Channel attribution")."""
+
+    customer_id = models.BigIntegerField(_("customer id"), primary_key=True)
+    channel_id = models.IntegerField(_("channel id"), null=True, blank=True)
+    owner_id = models.IntegerField(_("owner id"), null=True, blank=True)
+    joined_at = models.DateTimeField(_("joined at"))
+    bought = models.BooleanField(_("paid order since joining"), default=False)
+    revenue = models.DecimalField(_("paid since joining (CNY)"), max_digits=14,
+                                  decimal_places=2, default=0)
+    deleted_30d = models.BooleanField(_("deleted us within 30 days of joining"), default=False)
+    deleted_90d = models.BooleanField(_("deleted us within 90 days of joining"), default=False)
+
+    class Meta:
+        verbose_name = _("joiner facts")
+        verbose_name_plural = _("joiner facts")
+
+    def __str__(self) -> str:
+        return f"joiner {self.customer_id}"
+
+
+class ChannelDayCell(models.Model):
+    """Per join day (of the 90 days before today) and (channel, owner) as of the nightly
+    refresh: the customers acquired, those who bought since joining and their revenue, and
+    those who deleted us within 30 / 90 days of joining. The rows marked `today` are today's
+    changes (today's joiners, and the changes of earlier joiners; may be negative)."""
+
+    joined_on = models.DateField(_("join day"))
+    today = models.BooleanField(_("today's changes"), default=False)
+    channel = models.ForeignKey(Channel, verbose_name=_("channel"), null=True, blank=True,
+                                on_delete=models.SET_NULL, related_name="+")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("owner"), null=True,
+                              blank=True, on_delete=models.SET_NULL, related_name="+")
+    acquired = models.IntegerField(_("acquired"), default=0)
+    buyers = models.IntegerField(_("buyers"), default=0)
+    revenue = models.DecimalField(_("revenue (CNY)"), max_digits=16, decimal_places=2,
+                                  default=0)
+    deleted_30d = models.IntegerField(_("deleted us within 30 days"), default=0)
+    deleted_90d = models.IntegerField(_("deleted us within 90 days"), default=0)
+
+    class Meta:
+        verbose_name = _("channel join-day cell")
+        verbose_name_plural = _("channel join-day cells")
+        indexes = [models.Index(fields=["joined_on"], name="metrics_channelday_day")]
+
+    def __str__(self) -> str:
+        return f"{self.joined_on:%Y-%m-%d} {self.channel_id}/{self.owner_id}: {self.acquired}"

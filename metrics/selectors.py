@@ -8,6 +8,7 @@ customers (rates, buyers, traffic) are computed from the facts for the range.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
-from metrics import rangefacts
+from metrics import rangefacts, spells
 from metrics.decomposition import Factors, decompose
 from metrics.models import (
     CohortCell,
@@ -43,6 +44,7 @@ from metrics.periods import (
     system_tz,
 )
 
+logger = logging.getLogger(__name__)
 CENT = Decimal("0.01")
 FRIEND_LOSS_DAYS = 7
 INBOUND = sorted(INBOUND_EVENT_TYPES)
@@ -635,7 +637,14 @@ MEDIAN_ROWS = "rn IN ((n + 1) / 2, (n + 2) / 2)"
 def median_days_in_stage(*, scope: Scope, model: StageModel, period: Period
                          ) -> dict[str, dict[str, Any]]:
     """Stage key → exits in the period and the median days between entering the stage and
-    that exit (the transition before the exit is the entry)."""
+    that exit (the transition before the exit is the entry). A standard range with its spells
+    stored for today is answered from them (metrics.spells), the same figures."""
+    window = spells.current_window(period)
+    if window is not None:
+        try:
+            return spells.median_days_in_stage(scope=scope, model_id=model.pk, window=window)
+        except spells.Inconsistent:
+            logger.warning("metrics.spells_inconsistent", extra={"model": model.key})
     table = StageTransition._meta.db_table
     scope_sql, scope_params = _scope_sql(scope)
     since, until = _at(period.since), _at(period.until)
@@ -665,7 +674,14 @@ def median_days_in_stage(*, scope: Scope, model: StageModel, period: Period
 def stage_conversions(*, scope: Scope, model: StageModel, period: Period
                       ) -> dict[str, dict[str, Any]]:
     """Of the customers entering each stage in the period (their first entry in it), how many
-    moved next to each other stage (at any time since) and the median days it took."""
+    moved next to each other stage (at any time since) and the median days it took. A
+    standard range with its spells stored for today is answered from them (metrics.spells)."""
+    window = spells.current_window(period)
+    if window is not None:
+        try:
+            return spells.stage_conversions(scope=scope, model_id=model.pk, window=window)
+        except spells.Inconsistent:
+            logger.warning("metrics.spells_inconsistent", extra={"model": model.key})
     table = StageTransition._meta.db_table
     scope_sql, scope_params = _scope_sql(scope)
     since, until = _at(period.since), _at(period.until)

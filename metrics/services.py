@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from core.db import heavy_statements
 from lifecycle.models import StageModel
-from metrics import rangefacts, selectors
+from metrics import channelfacts, rangefacts, selectors, spells
 from metrics.models import (
     CohortCell,
     CohortTable,
@@ -171,6 +171,13 @@ class RangeFactsResult:
     customers: int = 0
     range_cells: int = 0
     cohort_cells: int = 0
+    spells: int = 0
+    spell_cells: int = 0
+    joiners: int = 0
+    channel_cells: int = 0
+    range_facts_ms: int = 0
+    spells_ms: int = 0
+    channels_ms: int = 0
     duration_ms: int = 0
 
 
@@ -187,14 +194,24 @@ def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
     header, _created = FactsTable.objects.select_for_update().get_or_create(pk=1)
     counts = rangefacts.refresh(today)
     result = RangeFactsResult(as_of=today - timedelta(days=1), **counts)
+    result.range_facts_ms = round((time.monotonic() - started) * 1000)
+    lap = time.monotonic()
+    stored = spells.refresh(today)
+    result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
+    result.spells_ms = round((time.monotonic() - lap) * 1000)
+    lap = time.monotonic()
+    stored = channelfacts.refresh(today)
+    result.joiners, result.channel_cells = stored["joiners"], stored["channel_cells"]
+    result.channels_ms = round((time.monotonic() - lap) * 1000)
     result.duration_ms = round((time.monotonic() - started) * 1000)
-    header.as_of = result.as_of
+    header.as_of = header.spells_as_of = header.channels_as_of = result.as_of
     header.refreshed_at = timezone.now()
     header.duration_ms = result.duration_ms
     header.save()
     logger.info("metrics.range_facts_refreshed", extra={
         "as_of": result.as_of.isoformat(), "customers": result.customers,
-        "ms": result.duration_ms})
+        "spells": result.spells, "joiners": result.joiners, "ms": result.duration_ms,
+        "spells_ms": result.spells_ms, "channels_ms": result.channels_ms})
     return result
 
 
@@ -204,6 +221,11 @@ class TodayResult:
     snapshot: SnapshotResult
     range_cells: int = 0
     cohort_cells: int = 0
+    spells: int = 0
+    spell_cells: int = 0
+    spells_ms: int = 0
+    channel_cells: int = 0
+    channels_ms: int = 0
     nightly: NightlyResult | None = None
     duration_ms: int = 0
 
@@ -230,8 +252,9 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
     nightly = None
     facts = FactsTable.objects.first()
     counts = _stored_counts(yesterday)
-    if counts is None or (rangefacts.available() and (facts is None
-                                                       or facts.as_of != yesterday)):
+    if counts is None or (rangefacts.available() and (
+            facts is None or yesterday not in {facts.as_of} & {facts.spells_as_of}
+            & {facts.channels_as_of})):
         nightly = metrics_nightly(today=today)
         counts = _stored_counts(yesterday)
     try:
@@ -248,6 +271,15 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
                 taken_at = timezone.now()
                 cells = rangefacts.refresh_today(today)
                 result.range_cells, result.cohort_cells = cells["range_cells"], cells["cohort_cells"]
+                if header.spells_as_of == yesterday:
+                    lap = time.monotonic()
+                    stored = spells.refresh_today(today)
+                    result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
+                    result.spells_ms = round((time.monotonic() - lap) * 1000)
+                if header.channels_as_of == yesterday:
+                    lap = time.monotonic()
+                    result.channel_cells = channelfacts.refresh_today(today)["channel_cells"]
+                    result.channels_ms = round((time.monotonic() - lap) * 1000)
                 header.today_at = taken_at
                 header.today_ms = round((time.monotonic() - started) * 1000)
                 header.save(update_fields=["today_at", "today_ms"])

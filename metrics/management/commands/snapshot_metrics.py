@@ -81,5 +81,12 @@ class Command(BaseCommand):
                                   % {"customers": facts.customers, "cells": facts.range_cells,
                                      "as_of": facts.as_of.isoformat(),
                                      "ms": facts.duration_ms})
+                self.stdout.write(_("Stage spells: %(spells)d spells, %(cells)d cells in "
+                                    "%(ms)d ms; channel cells: %(joiners)d joiners, "
+                                    "%(channel_cells)d cells in %(channel_ms)d ms")
+                                  % {"spells": facts.spells, "cells": facts.spell_cells,
+                                     "ms": facts.spells_ms, "joiners": facts.joiners,
+                                     "channel_cells": facts.channel_cells,
+                                     "channel_ms": facts.channels_ms})
         self.stdout.write(_("Snapshotted %(days)d day(s), %(rows)d rows, in %(s).1f s.")
                           % {"days": days, "rows": rows, "s": time.monotonic() - started})

@@ -1,0 +1,229 @@
+"""Precomputed channel attribution for the standard ranges (the last 7, 30 and 90 days up to
+today): the acquired customers' purchases since joining and their deletions, per join day, so a
+request sums a few hundred stored cells instead of reading the range's joiners and their orders.
+
+The nightly refresh stores, as of today 00:00, per customer who joined in the 90 days before
+today what attribution needs (`JoinerFacts`: bought since joining, revenue since joining,
+deleted us within 30 / 90 days of joining) and those summed per join day, channel and owner
+(`ChannelDayCell`). Today's changes — the customers who joined today, placed a paid order or had
+an order refunded today, deleted us today or whose status changed today — are counted now minus
+as stored, per join day and (channel, owner), like metrics.rangefacts: stored every few minutes
+by the frequent refresh (the cells marked `today`), or computed by the request when that is too
+old. Retention needs `now`: a join day whose customers' window has wholly ended counts from the
+cells, the one day it ends in is counted live (docs/METRICS.md, "Channel attribution").
+
+PostgreSQL only; elsewhere attribution is computed live (metrics.attribution).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Sum
+
+from crm.models import Customer, Event, Order
+from metrics import rangefacts
+from metrics.models import ChannelDayCell, FactsTable
+from metrics.periods import Period, Scope, day_start
+
+RETENTION_DAYS = (30, 90)
+FIGURES = ("acquired", "buyers", "revenue", "deleted_30d", "deleted_90d")
+
+
+def _raw(sql: str, params: dict[str, Any]) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _deleted(alias: str, days: int, before: str = "") -> str:
+    """The customer `alias` deleted us within `days` days of joining: a friend_deleted event in
+    [joined_at, joined_at + days] or the status deleted_us set then (metrics.attribution)."""
+    return f"""(EXISTS (SELECT 1 FROM crm_event e WHERE e.customer_id = {alias}.id
+                        AND e.type = %(friend_deleted)s AND e.occurred_at >= {alias}.joined_at
+                        AND e.occurred_at <= {alias}.joined_at + %(days_{days})s{before})
+               OR ({alias}.status = %(deleted_us)s
+                   AND {alias}.status_changed_at >= {alias}.joined_at
+                   AND {alias}.status_changed_at <= {alias}.joined_at + %(days_{days})s))"""
+
+
+JOINERS_SQL = """
+INSERT INTO metrics_joinerfacts (customer_id, channel_id, owner_id, joined_at, bought, revenue,
+                                 deleted_30d, deleted_90d)
+SELECT c.id, c.channel_id, c.owner_id, c.joined_at, o.customer_id IS NOT NULL,
+       COALESCE(o.revenue, 0), {deleted_30}, {deleted_90}
+FROM crm_customer c
+LEFT JOIN (
+    SELECT o.customer_id, SUM(o.amount) AS revenue
+    FROM crm_order o JOIN crm_customer j ON j.id = o.customer_id
+    WHERE j.joined_at >= %(since)s AND j.joined_at < %(t0)s AND o.status = %(paid)s
+      AND o.placed_at >= j.joined_at AND o.placed_at < %(t0)s
+    GROUP BY o.customer_id
+) o ON o.customer_id = c.id
+WHERE c.joined_at >= %(since)s AND c.joined_at < %(t0)s
+"""
+
+CELLS_SQL = """
+INSERT INTO metrics_channeldaycell (joined_on, today, channel_id, owner_id, acquired, buyers,
+                                    revenue, deleted_30d, deleted_90d)
+SELECT (joined_at AT TIME ZONE %(tz)s)::date, false, channel_id, owner_id, COUNT(*),
+       COUNT(*) FILTER (WHERE bought), SUM(revenue), COUNT(*) FILTER (WHERE deleted_30d),
+       COUNT(*) FILTER (WHERE deleted_90d)
+FROM metrics_joinerfacts
+GROUP BY 1, 3, 4
+"""
+
+DELTA_SQL = """
+WITH changed AS (
+    SELECT customer_id AS id FROM crm_order WHERE status = %(paid)s AND placed_at >= %(t0)s
+    UNION SELECT customer_id FROM crm_order WHERE refunded_at >= %(t0)s
+    UNION SELECT customer_id FROM crm_event
+          WHERE type = %(friend_deleted)s AND occurred_at >= %(t0)s
+    UNION SELECT id FROM crm_customer WHERE joined_at >= %(t0)s
+    UNION SELECT id FROM crm_customer
+          WHERE status = ANY(%(statuses)s) AND status_changed_at >= %(t0)s
+)
+SELECT x.d, x.ch, x.ow, SUM(x.acquired), SUM(x.buyers), SUM(x.revenue), SUM(x.d30),
+       SUM(x.d90)
+FROM (
+    SELECT (cu.joined_at AT TIME ZONE %(tz)s)::date AS d, cu.channel_id AS ch,
+           cu.owner_id AS ow, 1 AS acquired, CASE WHEN o.n > 0 THEN 1 ELSE 0 END AS buyers,
+           COALESCE(o.revenue, 0) AS revenue,
+           CASE WHEN {deleted_30} THEN 1 ELSE 0 END AS d30,
+           CASE WHEN {deleted_90} THEN 1 ELSE 0 END AS d90
+    FROM changed JOIN crm_customer cu ON cu.id = changed.id
+    CROSS JOIN LATERAL (SELECT COUNT(*) AS n, SUM(amount) AS revenue FROM crm_order o
+                        WHERE o.customer_id = cu.id AND o.status = %(paid)s
+                          AND o.placed_at >= cu.joined_at) o
+    WHERE cu.joined_at >= %(since)s AND cu.joined_at < %(until)s
+    UNION ALL
+    SELECT (f.joined_at AT TIME ZONE %(tz)s)::date, f.channel_id, f.owner_id, -1,
+           -f.bought::int, -f.revenue, -f.deleted_30d::int, -f.deleted_90d::int
+    FROM changed JOIN metrics_joinerfacts f ON f.customer_id = changed.id
+) x
+GROUP BY 1, 2, 3
+"""
+
+
+def _params(today: date) -> dict[str, Any]:
+    window = rangefacts.Window(today, max(rangefacts.WINDOWS)).period
+    return {"t0": day_start(today), "since": window.since, "until": window.until,
+            "tz": settings.TIME_ZONE, "paid": Order.Status.PAID,
+            "friend_deleted": Event.Type.FRIEND_DELETED,
+            "deleted_us": Customer.Status.DELETED_US,
+            "statuses": [value for value, _label in Customer.Status.choices],
+            **{f"days_{n}": timedelta(days=n) for n in RETENTION_DAYS}}
+
+
+def refresh(today: date) -> dict[str, int]:
+    """Rewrite the joiners' facts and the join-day cells as of today 00:00. Call in a
+    transaction holding the `FactsTable` row."""
+    params = _params(today)
+    before = " AND e.occurred_at < %(t0)s"
+    with connection.cursor() as cursor:
+        # TRUNCATE the per-customer rows; DELETE the cells (few; their foreign keys are
+        # deferred, and a TRUNCATE fails after inserts in the same transaction).
+        cursor.execute("TRUNCATE metrics_joinerfacts")
+        cursor.execute("DELETE FROM metrics_channeldaycell")
+        cursor.execute(JOINERS_SQL.format(deleted_30=_deleted("c", 30, before),
+                                          deleted_90=_deleted("c", 90, before)), params)
+        joiners = cursor.rowcount
+        cursor.execute("ANALYZE metrics_joinerfacts")
+        cursor.execute(CELLS_SQL, params)
+        cells = cursor.rowcount
+    return {"joiners": joiners, "channel_cells": cells}
+
+
+Cell = tuple[date, int | None, int | None]          # (join day, channel id, owner id)
+
+
+def today_delta(today: date) -> dict[Cell, dict[str, Any]]:
+    """Per (join day, channel id, owner id): each figure counted now minus as stored, over the
+    customers whose facts changed today. One statement over today's orders, deletions and
+    status changes and those customers only."""
+    sql = DELTA_SQL.format(deleted_30=_deleted("cu", 30), deleted_90=_deleted("cu", 90))
+    result = {}
+    for day, channel_id, owner_id, *values in _raw(sql, _params(today)):
+        if any(values):
+            result[(day, channel_id, owner_id)] = dict(zip(FIGURES, values, strict=True))
+    return result
+
+
+def refresh_today(today: date) -> dict[str, int]:
+    """Replace today's changes (the cells marked `today`). Call in a transaction holding the
+    `FactsTable` row, with the nightly cells of `today` stored."""
+    delta = today_delta(today)
+    ChannelDayCell.objects.filter(today=True).delete()
+    ChannelDayCell.objects.bulk_create([
+        ChannelDayCell(joined_on=day, today=True, channel_id=ch, owner_id=ow, **values)
+        for (day, ch, ow), values in delta.items()], batch_size=2000)
+    return {"channel_cells": len(delta)}
+
+
+# --- Answers --------------------------------------------------------------------------------
+
+def current_window(period: Period) -> rangefacts.Window | None:
+    """The standard window `period` is, when its cells are stored for today; else None."""
+    window = rangefacts.current_window(period)
+    if window is None:
+        return None
+    table = FactsTable.objects.first()
+    if table is None or table.channels_as_of != table.as_of:
+        return None
+    return window
+
+
+def acquisition_counts(*, scope: Scope, window: rangefacts.Window, now: datetime,
+                       boundary) -> tuple[dict, dict]:
+    """The per-channel figures of metrics.attribution — ({channel id: acquired, eligible_N,
+    retained_N}, {channel id: buyers, revenue}) — from the cells plus today's changes.
+    `boundary(day, days)` counts {channel id: (eligible, retained)} live for the join day in
+    which the N-day windows end at `now`."""
+    period, today = window.period, window.today
+    fresh = rangefacts.today_is_fresh(FactsTable.objects.first())
+    cells = ChannelDayCell.objects.filter(joined_on__gte=period.start,
+                                          joined_on__lte=period.end)
+    if not fresh:
+        cells = cells.filter(today=False)
+    by_day: dict[tuple[date, int | None], dict[str, Any]] = defaultdict(
+        lambda: dict.fromkeys(FIGURES, 0))
+    for row in (scope.apply(cells.order_by()).values("joined_on", "channel_id")
+                .annotate(**{f"s_{name}": Sum(name) for name in FIGURES})):
+        for name in FIGURES:
+            by_day[(row["joined_on"], row["channel_id"])][name] += row[f"s_{name}"] or 0
+    if not fresh:
+        for (day, ch, ow), values in today_delta(today).items():
+            if period.start <= day <= period.end and rangefacts.in_scope(scope, ch, ow):
+                for name in FIGURES:
+                    by_day[(day, ch)][name] += values[name]
+
+    counts: dict[int | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    orders: dict[int | None, dict[str, Any]] = defaultdict(
+        lambda: {"buyers": 0, "revenue": Decimal("0")})
+    boundaries = {}
+    for days in RETENTION_DAYS:
+        cutoff = now - timedelta(days=days)
+        for day in period.each_day():
+            if day_start(day) <= cutoff < day_start(day + timedelta(days=1)):
+                boundaries[days] = day
+    for (day, channel_id), values in by_day.items():
+        counts[channel_id]["acquired"] += values["acquired"]
+        orders[channel_id]["buyers"] += values["buyers"]
+        orders[channel_id]["revenue"] += Decimal(values["revenue"])
+        for days in RETENTION_DAYS:
+            # Every customer of the day is past their window: from the cells.
+            if day_start(day + timedelta(days=1)) <= now - timedelta(days=days):
+                counts[channel_id][f"eligible_{days}"] += values["acquired"]
+                counts[channel_id][f"retained_{days}"] += (values["acquired"]
+                                                           - values[f"deleted_{days}d"])
+    for days, day in boundaries.items():
+        for channel_id, (eligible, retained) in boundary(day, days).items():
+            counts[channel_id][f"eligible_{days}"] += eligible
+            counts[channel_id][f"retained_{days}"] += retained
+    return ({ch: dict(v) for ch, v in counts.items()},
+            {ch: v for ch, v in orders.items() if v["buyers"] or v["revenue"]})

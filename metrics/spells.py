@@ -1,0 +1,414 @@
+"""Precomputed stage spells: the medians and counts of the stages and flows reports
+(`median_days_in_stage`, the stage-to-stage conversion) for the standard ranges — the last 7,
+30 and 90 days up to today — without reading the range's transitions per request.
+
+A spell is a customer's stay in a stage of a model: from the transition into the stage to their
+next transition in the model. Both reports are about spells: the days in stage are those of the
+spells ended in the range by a move out of the stage, the conversion is about the spells begun in
+the range that are the customer's first entry into the stage in it, and where they went next.
+So the nightly refresh stores (as of today 00:00) every spell begun or ended in the 90 days
+before today (`StageSpell`), and per range, model, stage and scope cell the spells each report
+counts with a histogram of their durations in whole days (`StageSpellCell`); the frequent
+refresh stores the spells today's transitions began or ended (`TodayStageSpell`, standing in
+for their nightly rows) and the cells' change (the cells marked `today`). A request then sums
+its scope's cells — one row per figure, since the cells are stored at each grain a scope can
+have (every customer, channel, owner, channel and owner) — and finds the exact median in the
+summed histogram: the whole-day bucket holding the middle rank(s) from the counts, then the
+exact durations of that bucket's spells in the range and scope (an index range of a few
+thousand rows at most), the k-th of them. The answer equals the live computation
+(metrics.selectors) over the transitions as the refreshes saw them (docs/METRICS.md,
+"Precomputed stage spells and channel cells").
+
+PostgreSQL only, like metrics.rangefacts; elsewhere (and when today's part is not fresh) the
+reports are computed live.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date
+from fractions import Fraction
+from typing import Any
+
+from django.db import connection
+
+from core import access
+from metrics import rangefacts
+from metrics.models import FactsTable, StageSpell, StageSpellCell
+from metrics.periods import Period, Scope, day_start
+
+US_PER_DAY = 86_400_000_000
+# For building the spells' index after the nightly insert in memory (this transaction only).
+INDEX_BUILD_MEMORY = "256MB"
+WINDOWS = rangefacts.WINDOWS
+COLUMNS = ("spell_id, model_id, stage_key, channel_id, owner_id, started_at, previous_entry_at, "
+           "ended_at, next_key, exit_matches, duration_us, bucket")
+
+
+def _raw(sql: str, params: dict[str, Any] | list) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _execute(sql: str, params: dict[str, Any]) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+# A spell's row from its transition `s` (to_key, at), the next transition (next_at, next_key,
+# next_from) and the customer `c`; the duration exact in microseconds, bucketed in whole days.
+SPELL_VALUES = f"""
+    s.id, s.model_id, s.to_key, c.channel_id, c.owner_id, s.at,
+    CASE WHEN s.previous_entry_at >= %(since)s THEN s.previous_entry_at END,
+    s.next_at, COALESCE(s.next_key, ''), COALESCE(s.next_from = s.to_key, false),
+    d.us, d.us / {US_PER_DAY}
+"""
+DURATION = ("CROSS JOIN LATERAL (SELECT (EXTRACT(EPOCH FROM (s.next_at - s.at)) * 1000000)"
+            "::bigint AS us) d")
+
+NIGHTLY_SQL = f"""
+INSERT INTO metrics_stagespell ({COLUMNS})
+WITH w AS (
+    -- The transitions of the 90 days before today, each with the customer's next one in the
+    -- model (all of them in the 90 days too) and their previous entry into the same stage in
+    -- the 90 days (an earlier one cannot make an entry of the ranges not the first).
+    SELECT id, model_id, customer_id, from_key, to_key, at,
+           LEAD(at) OVER seq AS next_at, LEAD(to_key) OVER seq AS next_key,
+           LEAD(from_key) OVER seq AS next_from, LAG(at) OVER same AS previous_entry_at,
+           ROW_NUMBER() OVER seq AS k
+    FROM lifecycle_stagetransition
+    WHERE at >= %(since)s AND at < %(t0)s
+    WINDOW seq AS (PARTITION BY customer_id, model_id ORDER BY at, id),
+           same AS (PARTITION BY customer_id, model_id, to_key ORDER BY at, id)
+), s AS (
+    SELECT id, model_id, customer_id, to_key, at, previous_entry_at, next_at, next_key,
+           next_from
+    FROM w
+    UNION ALL
+    -- The stays begun before the 90 days and ended in them by a move out of the stage: the
+    -- customer's last transition before, ended by their first one in the 90 days.
+    SELECT p.id, f.model_id, f.customer_id, p.to_key, p.at, NULL, f.at, f.to_key, f.from_key
+    FROM w f CROSS JOIN LATERAL (
+        SELECT b.id, b.to_key, b.at FROM lifecycle_stagetransition b
+        WHERE b.customer_id = f.customer_id AND b.model_id = f.model_id AND b.at < %(since)s
+        ORDER BY b.at DESC, b.id DESC LIMIT 1) p
+    WHERE f.k = 1 AND f.from_key <> '' AND p.to_key = f.from_key
+)
+SELECT {SPELL_VALUES}
+FROM s JOIN crm_customer c ON c.id = s.customer_id {DURATION}
+ORDER BY s.id
+"""
+
+TODAY_SQL = f"""
+INSERT INTO metrics_todaystagespell ({COLUMNS})
+WITH movers AS (
+    SELECT DISTINCT customer_id, model_id FROM lifecycle_stagetransition WHERE at >= %(t0)s
+), s AS (
+    SELECT t.id, t.model_id, t.customer_id, t.to_key, t.at,
+           LEAD(t.at) OVER seq AS next_at, LEAD(t.to_key) OVER seq AS next_key,
+           LEAD(t.from_key) OVER seq AS next_from, LAG(t.at) OVER same AS previous_entry_at
+    FROM lifecycle_stagetransition t
+    JOIN movers m ON m.customer_id = t.customer_id AND m.model_id = t.model_id
+    WINDOW seq AS (PARTITION BY t.customer_id, t.model_id ORDER BY t.at, t.id),
+           same AS (PARTITION BY t.customer_id, t.model_id, t.to_key ORDER BY t.at, t.id)
+)
+SELECT {SPELL_VALUES}
+FROM s JOIN crm_customer c ON c.id = s.customer_id {DURATION}
+WHERE s.at >= %(t0)s OR s.next_at >= %(t0)s
+"""
+
+# The smallest standard range (7, 30, 90 days; 1000 = none) a moment falls in.
+def _range_of(column: str) -> str:
+    return (f"CASE WHEN {column} >= %(since_7)s THEN 7 WHEN {column} >= %(since_30)s THEN 30 "
+            f"WHEN {column} >= %(since_90)s THEN 90 ELSE 1000 END")
+
+
+# What each spell counts for: an exit of its stage (ended by a move out of it) in every range
+# its end falls in; a first entry into its stage — and, once it ended, a move to the next — in
+# every range its start falls in and its previous entry into the stage does not (ranges
+# [lo, hi)). Counted once per spell, then spread over the ranges and rolled up to each grain.
+CELLS_SQL = """
+INSERT INTO metrics_stagespellcell (days, today, kind, model_id, stage_key, next_key, grain,
+                                    channel_id, owner_id, spells, histogram)
+WITH src AS ({source}), classed AS (
+    SELECT 'exit' AS kind, model_id, stage_key, '' AS next_key, channel_id, owner_id, bucket,
+           {ended} AS lo, 1000 AS hi, sign
+    FROM src WHERE exit_matches AND ended_at >= %(since_90)s AND ended_at < %(until)s
+    UNION ALL
+    SELECT 'entered', model_id, stage_key, '', channel_id, owner_id, NULL, {started},
+           {previous}, sign
+    FROM src WHERE started_at >= %(since_90)s AND started_at < %(until)s
+    UNION ALL
+    SELECT 'next', model_id, stage_key, next_key, channel_id, owner_id, bucket, {started},
+           {previous}, sign
+    FROM src WHERE next_key <> '' AND started_at >= %(since_90)s AND started_at < %(until)s
+), fine AS (
+    SELECT kind, model_id, stage_key, next_key, channel_id, owner_id, bucket, lo, hi,
+           SUM(sign) AS n
+    FROM classed GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+), ranged AS (
+    SELECT r.days, f.kind, f.model_id, f.stage_key, f.next_key, f.channel_id, f.owner_id,
+           f.bucket, SUM(f.n) AS n
+    FROM fine f JOIN (VALUES (7), (30), (90)) r(days) ON r.days >= f.lo AND r.days < f.hi
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+), grains AS (
+    SELECT days, kind, model_id, stage_key, next_key,
+           CASE GROUPING(channel_id, owner_id) WHEN 3 THEN 0 WHEN 1 THEN 1 WHEN 2 THEN 2
+                ELSE 3 END AS grain,
+           channel_id, owner_id, bucket, SUM(n) AS n
+    FROM ranged
+    GROUP BY GROUPING SETS (
+        (days, kind, model_id, stage_key, next_key, bucket),
+        (days, kind, model_id, stage_key, next_key, channel_id, bucket),
+        (days, kind, model_id, stage_key, next_key, owner_id, bucket),
+        (days, kind, model_id, stage_key, next_key, channel_id, owner_id, bucket))
+)
+SELECT days, %(today)s, kind, model_id, stage_key, next_key, grain, channel_id, owner_id,
+       SUM(n), COALESCE(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL
+                                                            AND n <> 0), '{{{{}}}}'::jsonb)
+FROM grains
+GROUP BY days, kind, model_id, stage_key, next_key, grain, channel_id, owner_id
+HAVING SUM(n) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
+""".format(source="{source}", ended=_range_of("ended_at"), started=_range_of("started_at"),
+           previous=_range_of("previous_entry_at"))
+NIGHTLY_SOURCE = f"SELECT {COLUMNS}, 1 AS sign FROM metrics_stagespell"
+# Today's spells counted now, minus the nightly rows they replace.
+TODAY_SOURCE = f"""
+    SELECT {COLUMNS}, 1 AS sign FROM metrics_todaystagespell
+    UNION ALL
+    SELECT {", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))}, -1
+    FROM metrics_stagespell o JOIN metrics_todaystagespell t ON t.spell_id = o.spell_id
+"""
+
+
+def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {"t0": day_start(today), "today": today_rows,
+                              "until": rangefacts.Window(today, 1).period.until,
+                              "since": rangefacts.Window(today, max(WINDOWS)).period.since}
+    for n in WINDOWS:
+        params[f"since_{n}"] = rangefacts.Window(today, n).period.since
+    return params
+
+
+def refresh(today: date) -> dict[str, int]:
+    """Rewrite the spells and their cells as of today 00:00. Call in a transaction holding the
+    `FactsTable` row (like metrics.rangefacts.refresh)."""
+    params = _params(today, today_rows=False)
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE metrics_stagespell, metrics_todaystagespell")
+        cursor.execute("DELETE FROM metrics_stagespellcell")
+    # Millions of rows: the indexes are built once after the insert, not row by row (the
+    # TRUNCATE holds the table's lock until the commit anyway).
+    indexes = StageSpell._meta.indexes
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('maintenance_work_mem', %s, true)",
+                       [INDEX_BUILD_MEMORY])
+    with connection.schema_editor(atomic=False) as editor:
+        for index in indexes:
+            editor.remove_index(StageSpell, index)
+    spells = _execute(NIGHTLY_SQL, params)
+    with connection.schema_editor(atomic=False) as editor:
+        for index in indexes:
+            editor.add_index(StageSpell, index)
+    _execute("ANALYZE metrics_stagespell", {})
+    cells = _execute(CELLS_SQL.format(source=NIGHTLY_SOURCE), params)
+    return {"spells": spells, "spell_cells": cells}
+
+
+def refresh_today(today: date) -> dict[str, int]:
+    """Replace today's spells (those today's transitions began or ended, as they are now) and
+    today's change to the cells. Call in a transaction holding the `FactsTable` row, with the
+    nightly spells of `today` stored."""
+    params = _params(today, today_rows=True)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM metrics_todaystagespell")
+        cursor.execute("DELETE FROM metrics_stagespellcell WHERE today")
+    spells = _execute(TODAY_SQL, params)
+    cells = _execute(CELLS_SQL.format(source=TODAY_SOURCE), params)
+    return {"spells": spells, "spell_cells": cells}
+
+
+# --- Answers --------------------------------------------------------------------------------
+
+def current_window(period: Period) -> rangefacts.Window | None:
+    """The standard window `period` is, when its spells are stored for today and today's part
+    is fresh; else None (the reports are then computed live)."""
+    window = rangefacts.current_window(period)
+    if window is None:
+        return None
+    table = FactsTable.objects.first()
+    if (table is None or table.spells_as_of != table.as_of
+            or not rangefacts.today_is_fresh(table)):
+        return None
+    return window
+
+
+def scope_cell(scope: Scope) -> tuple[int, int | None, int | None] | None:
+    """(grain, channel id, owner id) of the cells that answer for the scope (the rule of
+    `Scope.apply`); None when the scope holds nobody."""
+    channel = scope.channel.pk if scope.channel is not None else None
+    owner = scope.owner.pk if scope.owner is not None else None
+    if scope.user is not None:
+        role = access.user_role(scope.user)
+        if role == access.OPERATOR:
+            if owner is not None and owner != scope.user.pk:
+                return None
+            owner = scope.user.pk
+        elif role not in (access.ADMIN, access.ANALYST):
+            return None
+    grain = (StageSpellCell.Grain.CHANNEL if channel is not None else 0) | (
+        StageSpellCell.Grain.OWNER if owner is not None else 0)
+    return int(grain), channel, owner
+
+
+@dataclass
+class Figure:
+    """Spells counted for one (kind, stage, next stage) and their durations' histogram."""
+
+    spells: int = 0
+    histogram: dict[int, int] | None = None
+
+    def add(self, spells: int, histogram: dict[str, int]) -> None:
+        self.spells += spells
+        if self.histogram is None:
+            self.histogram = defaultdict(int)
+        for bucket, n in histogram.items():
+            self.histogram[int(bucket)] += n
+
+    def middle(self) -> list[tuple[int, int]]:
+        """(bucket, rank within the bucket, 1-based) of the median's one or two middle values:
+        ranks (n + 1) // 2 and (n + 2) // 2, as the live query picks them."""
+        n = self.spells
+        wanted = sorted({(n + 1) // 2, (n + 2) // 2})
+        found, seen = [], 0
+        for bucket in sorted(b for b, k in (self.histogram or {}).items() if k):
+            count = self.histogram[bucket]
+            for rank in wanted:
+                if seen < rank <= seen + count:
+                    found.append((bucket, rank - seen))
+            seen += count
+        return found
+
+
+Key = tuple[str, str, str]          # (kind, stage key, next stage key or '')
+
+
+def _figures(*, scope: Scope, window: rangefacts.Window, model_id: int, kinds: list[str]
+             ) -> dict[Key, Figure]:
+    where = scope_cell(scope)
+    if where is None:
+        return {}
+    grain, channel, owner = where
+    cells = StageSpellCell.objects.filter(days=window.days, model_id=model_id, grain=grain,
+                                          kind__in=kinds)
+    if grain & StageSpellCell.Grain.CHANNEL:
+        cells = cells.filter(channel_id=channel)
+    if grain & StageSpellCell.Grain.OWNER:
+        cells = cells.filter(owner_id=owner)
+    figures: dict[Key, Figure] = defaultdict(Figure)
+    for kind, stage, next_key, spells, histogram in cells.values_list(
+            "kind", "stage_key", "next_key", "spells", "histogram"):
+        figures[(kind, stage, next_key)].add(spells, histogram)
+    return {key: f for key, f in figures.items() if f.spells}
+
+
+EXACT_SQL = {
+    "exit": """
+        SELECT w.stage, w.next_key, w.bucket, s.duration_us
+        FROM (VALUES {values}) w(stage, next_key, bucket)
+        JOIN {table} s ON s.model_id = %(model)s AND s.stage_key = w.stage
+             AND s.bucket = w.bucket AND s.ended_at >= %(since)s AND s.ended_at < %(until)s
+        WHERE s.exit_matches{scope}{current}""",
+    "next": """
+        SELECT w.stage, w.next_key, w.bucket, s.duration_us
+        FROM (VALUES {values}) w(stage, next_key, bucket)
+        JOIN {table} s ON s.model_id = %(model)s AND s.stage_key = w.stage
+             AND s.next_key = w.next_key AND s.bucket = w.bucket
+             AND s.started_at >= %(since)s AND s.started_at < %(until)s
+        WHERE (s.previous_entry_at IS NULL OR s.previous_entry_at < %(since)s){scope}{current}""",
+}
+# The nightly rows, less those today's rows stand in for; then today's rows.
+REPLACED = (" AND NOT EXISTS (SELECT 1 FROM metrics_todaystagespell x "
+            "WHERE x.spell_id = s.spell_id)")
+
+
+class Inconsistent(Exception):
+    """The stored spells do not match their cells (a refresh in between): compute live."""
+
+
+def _medians(*, scope: Scope, window: rangefacts.Window, model_id: int, kind: str,
+             figures: dict[Key, Figure]) -> dict[Key, float]:
+    """The exact median days of each figure of `kind`: the middle bucket(s) from the summed
+    histogram, then those buckets' exact durations, in one statement."""
+    wanted: dict[tuple[str, str, int], list[tuple[Key, int]]] = defaultdict(list)
+    for key, figure in figures.items():
+        if key[0] == kind:
+            for bucket, rank in figure.middle():
+                wanted[(key[1], key[2], bucket)].append((key, rank))
+    if not wanted:
+        return {}
+    _grain, channel, owner = scope_cell(scope)
+    params: dict[str, Any] = {"model": model_id, "since": window.period.since,
+                              "until": window.period.until}
+    values = []
+    for i, (stage, next_key, bucket) in enumerate(wanted):
+        params.update({f"s{i}": stage, f"n{i}": next_key, f"b{i}": bucket})
+        values.append(f"(%(s{i})s, %(n{i})s, %(b{i})s::int)")
+    scope_sql = ""
+    if channel is not None:
+        scope_sql += " AND s.channel_id = %(channel)s"
+        params["channel"] = channel
+    if owner is not None:
+        scope_sql += " AND s.owner_id = %(owner)s"
+        params["owner"] = owner
+    durations: dict[tuple[str, str, int], list[int]] = defaultdict(list)
+    template = EXACT_SQL[kind]
+    sql = (template.format(values=", ".join(values), scope=scope_sql, table="metrics_stagespell",
+                           current=REPLACED)
+           + " UNION ALL "
+           + template.format(values=", ".join(values), scope=scope_sql,
+                             table="metrics_todaystagespell", current=""))
+    for stage, next_key, bucket, us in _raw(sql, params):
+        durations[(stage, next_key, bucket)].append(us)
+    middle: dict[Key, list[int]] = defaultdict(list)
+    for where, ranks in wanted.items():
+        found = sorted(durations.get(where, []))
+        for key, rank in ranks:
+            if rank > len(found) or len(found) != figures[key].histogram[where[2]]:
+                raise Inconsistent(where)
+            middle[key].append(found[rank - 1])
+    # The live query averages the middle values in days (numeric) and rounds to 3 decimals:
+    # the same from the exact microseconds.
+    return {key: round(float(Fraction(sum(values), len(values) * US_PER_DAY)), 3)
+            for key, values in middle.items()}
+
+
+def median_days_in_stage(*, scope: Scope, model_id: int, window: rangefacts.Window
+                         ) -> dict[str, dict[str, Any]]:
+    """As metrics.selectors.median_days_in_stage, from the stored spells."""
+    figures = _figures(scope=scope, window=window, model_id=model_id, kinds=["exit"])
+    medians = _medians(scope=scope, window=window, model_id=model_id, kind="exit",
+                       figures=figures)
+    return {key[1]: {"exits": figure.spells, "median_days": medians[key]}
+            for key, figure in figures.items()}
+
+
+def stage_conversions(*, scope: Scope, model_id: int, window: rangefacts.Window
+                      ) -> dict[str, dict[str, Any]]:
+    """As metrics.selectors.stage_conversions, from the stored spells."""
+    figures = _figures(scope=scope, window=window, model_id=model_id,
+                       kinds=["entered", "next"])
+    medians = _medians(scope=scope, window=window, model_id=model_id, kind="next",
+                       figures=figures)
+    result: dict[str, dict[str, Any]] = defaultdict(lambda: {"entered": 0, "next": {}})
+    for key, figure in figures.items():
+        kind, stage, next_key = key
+        if kind == "entered":
+            result[stage]["entered"] = figure.spells
+        else:
+            result[stage]["next"][next_key] = {"customers": figure.spells,
+                                               "median_days": medians[key]}
+    return dict(result)

@@ -1,0 +1,297 @@
+"""Precomputed stage spells (metrics.spells: the medians and stage-to-stage conversion of
+`stages/` and `flows/`) and channel join-day cells (metrics.channelfacts: `channels/`): for the
+standard ranges (the last 7, 30 and 90 days up to today) the answer from the stored facts must
+equal the live computation, for every scope — after the refreshes and after a day of changes —
+and the new hand-computed cases must come out as worked out beside them. PostgreSQL only.
+
+The clock stands at 2024-03-10 15:00 (Asia/Shanghai) on the hand-built data set
+(tests/metrics/handbuilt.py): the 7-day range is 03-04 … 03-10, the 30-day one 02-10 … 03-10
+and the 90-day one 2023-12-12 … 03-10. Transitions of 03-10 (c1 growth → mature 01:00, c5
+growth → mature 12:00) are today's: they reach the answers through today's part.
+"""
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+
+from crm.models import Customer, Event, Order
+from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
+from metrics import attribution, channelfacts, selectors, services, spells
+from metrics.models import FactsTable, StageSpell, StageSpellCell, TodayStageSpell
+from metrics.periods import Period, Scope, local_today
+from tests.metrics.handbuilt import build, event, feb, local, mar, order
+
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres_only]
+
+TODAY = date(2024, 3, 10)
+NOW = mar(10, 15)
+WINDOWS = (7, 30, 90)
+
+
+@pytest.fixture
+def data(db, monkeypatch):
+    monkeypatch.setattr("django.utils.timezone.now", lambda: NOW)
+    assert local_today() == TODAY
+    return build()
+
+
+def _period(days: int) -> Period:
+    return Period(TODAY - timedelta(days=days - 1), TODAY)
+
+
+def _scopes(data):
+    return [Scope(), Scope(user=data.op_a), Scope(user=data.op_b), Scope(channel=data.qr),
+            Scope(owner=data.op_b), Scope(channel=data.store, owner=data.op_b),
+            Scope(channel=data.qr, owner=data.op_b), Scope(user=data.op_a, owner=data.op_b)]
+
+
+def _reports(data) -> dict:
+    """Every answer the spells and the channel cells give, per model, range and scope."""
+    answers: dict = {}
+    models = list(StageModel.objects.order_by("key"))
+    for scope in _scopes(data):
+        for days in WINDOWS:
+            period = _period(days)
+            for model in models:
+                answers[(scope, days, model.key, "medians")] = selectors.median_days_in_stage(
+                    scope=scope, model=model, period=period)
+                answers[(scope, days, model.key, "conversions")] = selectors.stage_conversions(
+                    scope=scope, model=model, period=period)
+            answers[(scope, days, "channels")] = attribution.channel_attribution(
+                scope=scope, period=period)
+    return answers
+
+
+def _live(data, monkeypatch) -> dict:
+    with monkeypatch.context() as patch:
+        patch.setattr(spells, "current_window", lambda period: None)
+        patch.setattr(channelfacts, "current_window", lambda period: None)
+        return _reports(data)
+
+
+def _assert_same(stored: dict, live: dict) -> None:
+    assert stored.keys() == live.keys()
+    for key in live:
+        assert stored[key] == live[key], key
+
+
+def _count_fast_calls(monkeypatch) -> list:
+    calls = []
+    for module, name in ((spells, "median_days_in_stage"), (spells, "stage_conversions"),
+                         (channelfacts, "acquisition_counts")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda _real=real, _name=name, **kw: calls.append(_name) or _real(**kw))
+    return calls
+
+
+def move(customer, model_key: str, to_key: str, at) -> None:
+    """One more transition of the customer in the model (from their current stage), as the
+    lifecycle engine records it."""
+    model = StageModel.objects.get(key=model_key)
+    current = CustomerStage.objects.filter(customer=customer, model=model).first()
+    previous = current.stage if current else None
+    stage = Stage.objects.get(model=model, key=to_key)
+    StageTransition.objects.create(
+        customer=customer, model=model, from_stage=previous, to_stage=stage,
+        from_key=previous.key if previous else "", to_key=to_key, at=at, source="rule",
+        win_back=bool(previous and previous.win_back_from and not stage.win_back_from),
+        backward=bool(previous and stage.position < previous.position))
+    CustomerStage.objects.update_or_create(customer=customer, model=model, defaults={
+        "stage": stage, "entered_at": at, "source": "rule"})
+
+
+def test_nothing_stored_or_today_stale_means_live(data):
+    period = _period(30)
+    assert spells.current_window(period) is None and channelfacts.current_window(period) is None
+    services.metrics_today(today=TODAY)
+    assert spells.current_window(period) is not None
+    assert channelfacts.current_window(period) is not None
+    # Facts stored before the spells existed (an upgrade): live until the next refresh.
+    FactsTable.objects.update(spells_as_of=None, channels_as_of=None)
+    assert spells.current_window(period) is None and channelfacts.current_window(period) is None
+    services.metrics_today(today=TODAY)         # heals: runs the nightly job again
+    assert spells.current_window(period) is not None
+    # Today's part too old: the spells are computed live (the channel cells compute it).
+    FactsTable.objects.update(today_at=NOW - timedelta(hours=1))
+    assert spells.current_window(period) is None
+    assert channelfacts.current_window(period) is not None
+    assert spells.current_window(Period(TODAY - timedelta(days=9), TODAY)) is None
+
+
+def test_stored_answers_equal_the_live_ones(data, monkeypatch):
+    live = _live(data, monkeypatch)
+    done = services.metrics_today(today=TODAY)
+    assert done.nightly.range_facts.spells == StageSpell.objects.count() > 0
+    assert done.spells == TodayStageSpell.objects.count() > 0
+    calls = _count_fast_calls(monkeypatch)
+    stored = _reports(data)
+    _assert_same(stored, live)
+    assert len(calls) == len(_scopes(data)) * len(WINDOWS) * (2 * StageModel.objects.count() + 1)
+
+    # Hand-computed, value model, every customer. 7 days (03-04 … 03-10): exits from intro c1
+    # 4 days (03-01 01:00 → 03-05 01:00) and c2 6.5 (03-02 10:00 → 03-08 22:00); from growth
+    # c6 14 (02-22 → 03-07), and today c1 5 (03-05 01:00 → 03-10 01:00) and c5 6 (03-04
+    # 12:00 → 03-10 12:00); from dormant c5 13 (02-20 12:00 → 03-04 12:00).
+    assert stored[(Scope(), 7, "value", "medians")] == {
+        "intro": {"exits": 2, "median_days": 5.25}, "growth": {"exits": 3, "median_days": 6.0},
+        "dormant": {"exits": 1, "median_days": 13.0}}
+    # 90 days (2023-12-12 …): intro also c7, there since 2023-12-01 10:00 (before the 90
+    # days) until 01-15 00:00 = 44 d 14 h = 44.583, c5 01-10 10:00 → 02-01 10:00 = 22 and c6
+    # 01-15 10:00 → 02-22 00:00 = 37.583: [4, 6.5, 22, 37.583, 44.583] → 22; dormant c7
+    # 01-15 → 02-10 10:00 = 26.417 and c5 13: (13 + 26.417) / 2 = 19.708; growth adds c5's
+    # 02-01 10:00 → 02-20 12:00 = 19.083: [5, 6, 14, 19.083] → 10.
+    assert stored[(Scope(), 90, "value", "medians")] == {
+        "intro": {"exits": 5, "median_days": 22.0},
+        "dormant": {"exits": 2, "median_days": 19.708},
+        "growth": {"exits": 4, "median_days": 10.0}}
+    # Entries in the 7 days: growth c5 (03-04 12:00) and c1 (03-05 01:00), both on to mature
+    # today after 6 and 5 days: 5.5; mature c6, c1, c5; churn c2; intro c4.
+    seven = stored[(Scope(), 7, "value", "conversions")]
+    assert seven["growth"] == {"entered": 2, "next": {"mature": {"customers": 2,
+                                                                 "median_days": 5.5}}}
+    assert seven["intro"] == {"entered": 1, "next": {}}
+    assert seven["mature"] == {"entered": 3, "next": {}}
+    # Only op-b's customers (c3, c4, c6, c8): c6 left growth after 14 days.
+    assert stored[(Scope(user=data.op_b), 7, "value", "medians")] == {
+        "growth": {"exits": 1, "median_days": 14.0}}
+    # An operator filtering on another owner sees nobody.
+    assert stored[(Scope(user=data.op_a, owner=data.op_b), 90, "value", "medians")] == {}
+
+
+def test_todays_moves_are_counted(data, monkeypatch):
+    services.metrics_today(today=TODAY)
+    c = data.c
+    # c3 (intro since 03-03 10:00) moves to growth at 14:00 today: 7 d 4 h = 7.167 days.
+    move(c[3], "value", "growth", mar(10, 14))
+    # c5 goes back from mature to growth at 14:30: a second entry into growth in every range
+    # (the first, 03-04 12:00, is in them all), so it does not count as an entry; its mature
+    # spell (since 12:00 today) exits after 2.5 h = 0.104 days.
+    move(c[5], "value", "growth", mar(10, 14, 30))
+    # A newcomer is placed in intro and moves on to growth within the hour.
+    newcomer = Customer.objects.create(external_id="today", joined_at=mar(10, 9),
+                                       owner=data.op_b, channel=data.store)
+    move(newcomer, "value", "intro", mar(10, 9))
+    move(newcomer, "value", "growth", mar(10, 9, 45))
+    move(newcomer, "aipl", "awareness", mar(10, 9))
+    # Before the next refresh, today's part is stale: still the stored one …
+    before = selectors.median_days_in_stage(scope=Scope(), model=StageModel.objects.get(
+        key="value"), period=_period(7))
+    assert before["intro"] == {"exits": 2, "median_days": 5.25}
+    services.metrics_today(today=TODAY)
+    calls = _count_fast_calls(monkeypatch)
+    stored = _reports(data)
+    assert calls
+    _assert_same(stored, _live(data, monkeypatch))
+    # Exits from intro in the 7 days: c1 4, c2 6.5, c3 7.167, the newcomer 0.031 (45 min):
+    # (4 + 6.5) / 2. From mature: c5 0.104.
+    medians = stored[(Scope(), 7, "value", "medians")]
+    assert medians["intro"] == {"exits": 4, "median_days": 5.25}
+    assert medians["mature"] == {"exits": 1, "median_days": 0.104}
+    # Growth entered: c5 (03-04), c1, c3 and the newcomer — c5's return is not a first entry.
+    conversions = stored[(Scope(), 7, "value", "conversions")]
+    assert conversions["growth"]["entered"] == 4
+    assert conversions["mature"]["next"] == {"growth": {"customers": 1, "median_days": 0.104}}
+    # A re-run replaces today's rows.
+    again = services.metrics_today(today=TODAY)
+    assert again.spells == TodayStageSpell.objects.count()
+    _assert_same(_reports(data), stored)
+
+
+def test_spell_cells_exist_per_grain(data):
+    services.metrics_today(today=TODAY)
+    grains = set(StageSpellCell.objects.values_list("grain", flat=True))
+    assert grains == {0, 1, 2, 3}
+    # One cell per figure and grain key: the operator's figure is one row, not summed.
+    value = StageModel.objects.get(key="value")
+    rows = StageSpellCell.objects.filter(days=90, model_id=value.pk, today=False, grain=2,
+                                         owner_id=data.op_a.pk, kind="exit", stage_key="intro")
+    assert rows.count() == 1
+
+
+def _by_code(report: dict) -> dict:
+    return {row["channel"]: row for row in report["results"]}
+
+
+def test_channel_cells_hand_computed_and_today(data, monkeypatch):
+    c = data.c
+    # Joined 2024-02-09, on the day the 30-day windows end now (03-10 15:00 − 30 days =
+    # 02-09 15:00): one at 10:00 (window over; deleted us 20 days later: lost), one at 16:00
+    # (window open: not eligible yet). Counted live for that day, the others from the cells.
+    early = Customer.objects.create(external_id="early", joined_at=feb(9, 10), owner=data.op_a,
+                                    channel=data.qr)
+    event(early, Event.Type.FRIEND_DELETED, feb(29, 10))
+    Customer.objects.create(external_id="late", joined_at=feb(9, 16), owner=data.op_a,
+                            channel=data.qr)
+    # A customer imported with status deleted_us, 40 days after joining: lost within 90 only.
+    Customer.objects.create(external_id="gone", joined_at=local(2024, 1, 1, 10), owner=data.op_b,
+                            channel=data.store, status=Customer.Status.DELETED_US,
+                            status_changed_at=local(2024, 2, 10, 10))
+    services.metrics_today(today=TODAY)
+    live = _live(data, monkeypatch)
+    stored = _reports(data)
+    _assert_same(stored, live)
+    # 30 days (02-10 … 03-10): QR A acquired c1 and c2, c1 bought 100 + 300; Store c3 and c4,
+    # c3's order refunded. Nobody's 30 days are over.
+    thirty = _by_code(stored[(Scope(), 30, "channels")])
+    assert (thirty["qr-a"]["acquired"], thirty["qr-a"]["buyers"], thirty["qr-a"]["revenue"]) == (
+        2, 1, "400.00")
+    assert (thirty["store"]["acquired"], thirty["store"]["buyers"]) == (2, 0)
+    assert thirty["qr-a"]["retention_30d"] == {"eligible": 0, "retained": 0, "rate": None}
+    # 90 days (2023-12-12 …): QR A also c5 (01-10; 500 on 03-07 and 80 on 02-01, both after
+    # joining), early and late; eligible for 30 days: c5 and early (late joined after 15:00);
+    # early deleted us after 20 days: 1 of 2 retained. Store: also "gone" (01-01), eligible,
+    # deleted after 40 days: retained within 30. No channel: c6 (01-15, 50 on 02-29).
+    ninety = _by_code(stored[(Scope(), 90, "channels")])
+    assert (ninety["qr-a"]["acquired"], ninety["qr-a"]["buyers"],
+            ninety["qr-a"]["revenue"]) == (5, 2, "980.00")
+    assert ninety["qr-a"]["retention_30d"] == {"eligible": 2, "retained": 1, "rate": 0.5}
+    assert ninety["store"]["retention_30d"] == {"eligible": 1, "retained": 1, "rate": 1.0}
+    assert ninety[None]["revenue"] == "50.00"
+    assert ninety["qr-a"]["retention_90d"]["eligible"] == 0
+
+    # A day of changes: a newcomer joins and buys; c2 buys (their first purchase since
+    # joining); c1's 300.00 of 03-08 is refunded; c3 deletes us.
+    newcomer = Customer.objects.create(external_id="today", joined_at=mar(10, 9),
+                                       owner=data.op_a, channel=data.store)
+    order(newcomer, "20.00", mar(10, 9, 45))
+    order(c[2], "60.00", mar(10, 11))
+    Order.objects.filter(customer=c[1], amount=Decimal("300.00")).update(
+        status=Order.Status.REFUNDED, refunded_at=mar(10, 12))
+    event(c[3], Event.Type.FRIEND_DELETED, mar(10, 13))
+    Customer.objects.filter(pk=c[3].pk).update(status=Customer.Status.DELETED_US,
+                                               status_changed_at=mar(10, 13))
+    # Stale today: the request computes today's changes itself …
+    FactsTable.objects.update(today_at=NOW - timedelta(hours=1))
+    _assert_same(_reports(data), _live(data, monkeypatch))
+    # … and after the frequent refresh reads them stored.
+    services.metrics_today(today=TODAY)
+    stored = _reports(data)
+    _assert_same(stored, _live(data, monkeypatch))
+    seven = _by_code(stored[(Scope(), 7, "channels")])
+    # 7 days (03-04 …): QR A nobody; Store c4 and the newcomer (20.00).
+    assert (seven["store"]["acquired"], seven["store"]["buyers"], seven["store"]["revenue"]) == (
+        2, 1, "20.00")
+    thirty = _by_code(stored[(Scope(), 30, "channels")])
+    assert (thirty["qr-a"]["buyers"], thirty["qr-a"]["revenue"]) == (2, "160.00")   # 100 + 60
+
+
+def test_stored_answers_read_no_transitions_or_orders(data):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    services.metrics_today(today=TODAY)
+    value = StageModel.objects.get(key="value")
+    for days in WINDOWS:
+        with CaptureQueriesContext(connection) as ctx:
+            selectors.median_days_in_stage(scope=Scope(user=data.op_a), model=value,
+                                           period=_period(days))
+            selectors.stage_conversions(scope=Scope(channel=data.qr), model=value,
+                                        period=_period(days))
+            attribution.channel_attribution(scope=Scope(user=data.op_b), period=_period(days))
+        statements = [q["sql"] for q in ctx.captured_queries]
+        assert not [sql for sql in statements if "lifecycle_stagetransition" in sql]
+        assert not [sql for sql in statements if "crm_order" in sql]
+        # A fixed number of statements: the header, the cells, the exact middle values.
+        assert len(statements) <= 16
