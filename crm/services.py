@@ -868,6 +868,7 @@ def customers_import(*, content: bytes, actor, max_rows: int = 100_000) -> Inges
     now = timezone.now()
     to_update: list[Customer] = []
     update_fields: set[str] = set()
+    rejoined: list[int] = []     # whose "since joining" event counts move with the new date
     new_rows = []
     for ext, (index, values) in parsed.items():
         customer = existing.get(ext)
@@ -878,6 +879,8 @@ def customers_import(*, content: bytes, actor, max_rows: int = 100_000) -> Inges
             report.reject(index, _("line %(line)d: external_id %(id)r belongs to another "
                                    "owner's customer") % {"line": index + 2, "id": ext})
             continue
+        if "joined_at" in values and values["joined_at"] != customer.joined_at:
+            rejoined.append(customer.pk)
         if values.get("status", customer.status) != customer.status:
             # Like customer_update: a later event older than this change must not undo it.
             customer.status_changed_at = now
@@ -894,6 +897,8 @@ def customers_import(*, content: bytes, actor, max_rows: int = 100_000) -> Inges
     if to_update and update_fields:
         Customer.objects.bulk_update(to_update, sorted(update_fields | {"updated_at"}),
                                      batch_size=500)
+    if rejoined:
+        event_counts_refresh(customer_ids=rejoined)
     created = insert_ignore_returning(
         Customer, ("external_id", "name", "phone", "gender", "city", "channel", "owner",
                    "joined_at", "status", "status_changed_at", "opted_out", "attributes",

@@ -106,3 +106,15 @@ def test_whole_history_and_since_joining_conditions_read_the_counts(operator):
     assert who({"field": "event", "op": "count_lte", "value": 3}) == {"cnt-early", "cnt-late"}
     assert who({"field": "event", "type": "referral", "op": "count_lte", "value": 0}) == {
         "cnt-early", "cnt-late"}
+
+
+def test_an_import_that_changes_the_joining_date_recounts_since_joining(operator):
+    customer = CustomerFactory(external_id="cnt-4", owner=operator, joined_at=when(10))
+    ingest(operator, *[message("cnt-4", f"i{day}", day) for day in (5, 9, 11)])
+    assert counts(customer) == {"message_in": (3, 1)}
+
+    report = services.customers_import(
+        content=f"external_id,joined_at\ncnt-4,{when(8).isoformat()}\n".encode(), actor=operator)
+
+    assert report.extra == {"created": 0, "updated": 1}, report.as_dict()
+    assert counts(customer) == {"message_in": (3, 2)}
