@@ -26,6 +26,7 @@ from django.db.models import (
     Count,
     DateTimeField,
     DecimalField,
+    Exists,
     F,
     IntegerField,
     Max,
@@ -43,7 +44,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
 
 from core import access
-from core.db import insert_ignore_returning, update_to_later
+from core.db import heavy_statements, insert_ignore_returning, update_to_later
 from core.exceptions import ApplicationError
 from crm.hooks import notify_customers_touched
 from crm.models import (
@@ -383,27 +384,60 @@ def _event_counts_add(rows: list[tuple[int, str, datetime]]) -> None:
                  for v in (customer_id, kind, total, since)])
 
 
-def event_counts_refresh(*, customer_ids=None) -> int:
+def event_counts_refresh(*, customer_ids=None, chunk_size: int = 200_000) -> int:
     """Recompute the event counts from the events, set-based — of the given customers (their
-    joining date changed) or of everyone (repair; `seed_demo`). Returns the rows written."""
+    joining date changed) or of everyone (the nightly repair; `seed_demo`), by chunks of
+    customers. Only rows that differ are written, so a repair that finds nothing wrong writes
+    nothing. Returns the rows written or deleted.
+
+    Each chunk locks its customers first, as ingestion does before adding to their counts: an
+    ingest that stored events before the lock adds them after the recount (which did not see
+    them), one that committed before it is in the recount — never counted twice or lost."""
+    if customer_ids is not None:
+        ids = sorted(set(customer_ids))
+        return sum(_event_counts_recount(Q(pk__in=ids[start:start + chunk_size]))
+                   for start in range(0, len(ids), chunk_size))
+    written, low = 0, 0
+    while True:
+        bound = list(Customer.objects.filter(pk__gt=low).order_by("pk")
+                     .values_list("pk", flat=True)[chunk_size - 1:chunk_size])
+        high = bound[0] if bound else None
+        written += _event_counts_recount(Q(pk__gt=low) & (Q(pk__lte=high) if high else Q()))
+        if high is None:
+            return written
+        low = high
+
+
+def _event_counts_recount(customers: Q) -> int:
+    table = EventCount._meta.db_table
     with transaction.atomic():
-        stale = EventCount.objects.all()
-        events = Event.objects.order_by()
-        if customer_ids is not None:
-            ids = sorted(set(customer_ids))
-            _lock_customers(ids)
-            stale = stale.filter(customer_id__in=ids)
-            events = events.filter(customer_id__in=ids)
-        stale.delete()
+        heavy_statements()
+        locked = list(Customer.objects.select_for_update().filter(customers).order_by("pk")
+                      .values_list("pk", flat=True))
+        if not locked:
+            return 0
+        low, high = locked[0], locked[-1]
+        events = Event.objects.order_by().filter(customer_id__gte=low, customer_id__lte=high)
+        stale = EventCount.objects.filter(customer_id__gte=low, customer_id__lte=high)
+        if len(locked) != high - low + 1:      # not a contiguous range: the ids themselves
+            events = events.filter(customer_id__in=locked)
+            stale = stale.filter(customer_id__in=locked)
         since = Count("id", filter=Q(occurred_at__gte=F("customer__joined_at")))
-        select = (events.values("customer_id", "type")
-                  .annotate(n=Count("id"), s=since)
+        select = (events.values("customer_id", "type").annotate(n=Count("id"), s=since)
                   .values_list("customer_id", "type", "n", "s"))
         sql, params = select.query.sql_with_params()
         with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {EventCount._meta.db_table} (customer_id, type, total, "
-                           f"since_joined) {sql}", params)
-            return cursor.rowcount
+            # "WHERE 1=1" keeps SQLite from reading ON CONFLICT as join syntax.
+            cursor.execute(
+                f"INSERT INTO {table} (customer_id, type, total, since_joined) "
+                f"SELECT * FROM ({sql}) AS src WHERE 1=1 "
+                f"ON CONFLICT (customer_id, type) DO UPDATE SET total = excluded.total, "
+                f"since_joined = excluded.since_joined WHERE {table}.total <> excluded.total "
+                f"OR {table}.since_joined <> excluded.since_joined", params)
+            written = cursor.rowcount
+        gone, _ = stale.exclude(Exists(Event.objects.filter(
+            customer_id=OuterRef("customer_id"), type=OuterRef("type")))).delete()
+        return written + gone
 
 
 # --- Events ----------------------------------------------------------------------------------

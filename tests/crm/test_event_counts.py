@@ -76,10 +76,13 @@ def test_the_nightly_repair_recomputes_counts_from_the_events(operator):
     EventFactory(customer=customer, type="message_in", occurred_at=when(13))
     EventFactory(customer=customer, type="referral", occurred_at=when(2))
     EventCount.objects.filter(customer=customer, type="message_in").update(total=40)
+    EventCount.objects.create(customer=customer, type="survey_answered", total=2)
 
     refresh_customer_aggregates()
 
     assert counts(customer) == {"message_in": (2, 2), "referral": (1, 0)}
+    # and a repair that finds nothing wrong writes nothing
+    assert services.event_counts_refresh() == 0
 
 
 def test_whole_history_and_since_joining_conditions_read_the_counts(operator):
