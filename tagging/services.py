@@ -410,7 +410,10 @@ def _batch_features(rules: list[TagRule], *, now: datetime, customer_ids: list[i
         return
     features = conditions.Features(FEATURES_TABLE)
     for rule in rules:
-        _rule_condition(rule, now, customer_ids, features)
+        try:
+            _rule_condition(rule, now, customer_ids, features)
+        except ApplicationError:    # a broken rule reports itself when it runs, alone
+            continue
     if features.empty:
         yield None
         return
