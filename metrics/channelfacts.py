@@ -1,6 +1,7 @@
-"""Precomputed channel attribution for the standard ranges (the last 7, 30 and 90 days up to
-today): the acquired customers' purchases since joining and their deletions, per join day, so a
-request sums a few hundred stored cells instead of reading the range's joiners and their orders.
+"""Precomputed channel attribution for any range within the 90 days up to today (the standard
+ranges and any other): the acquired customers' purchases since joining and their deletions, per
+join day, so a request sums the stored cells of the range's join days instead of reading its
+joiners and their orders.
 
 The nightly refresh stores, as of today 00:00, per customer who joined in the 90 days before
 today what attribution needs (`JoinerFacts`: bought since joining, revenue since joining,
