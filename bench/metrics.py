@@ -24,7 +24,7 @@ On the database DATABASE_URL names (meant for 1M customers / 10M events / 1.5M o
    flows and channels for each range) with the live computation.
 5. Every endpoint (`metrics/overview/`, `funnel/`, `stages/`, `flows/`, `revenue/`,
    `cohorts/`, `channels/`, `sops/`, `campaigns/`) for the ranges ending today (--ranges, days;
-   default 7, 30 and 90; `funnel/` is "now" for AIPL, `stages/` and `flows/` for the
+   default 7, 30 and 90; --custom-ranges adds any ranges for stages, flows and channels; `funnel/` is "now" for AIPL, `stages/` and `flows/` for the
    dashboard's default model, `cohorts/` its default 12 months), as an admin,
    as an admin with `channel` and with `owner`, and as the operator owning the most customers:
    cold (the metrics cache keys deleted before each request) and warm (answered from the
@@ -177,8 +177,8 @@ def request(client: APIClient, path: str, params: dict) -> float:
     return elapsed
 
 
-def loads(today: date, ranges: list[int], endpoints: list[str]):
-    """(endpoint, range label, params) of the dashboard's loads."""
+def loads(today: date, ranges: list[int], endpoints: list[str], custom=()):
+    """(endpoint, range label, params) of the dashboard's loads, and of the --custom-ranges."""
     for endpoint in endpoints:
         if endpoint == "funnel":
             yield endpoint, "now", {"model": AIPL_MODEL}
@@ -192,6 +192,13 @@ def loads(today: date, ranges: list[int], endpoints: list[str]):
             if endpoint in ("stages", "flows"):
                 params["model"] = DEFAULT_MODEL
             yield endpoint, f"{days} d", params
+        for start, end in custom:
+            if endpoint not in ("stages", "flows", "channels"):
+                continue
+            params = {"start": start.isoformat(), "end": end.isoformat()}
+            if endpoint in ("stages", "flows"):
+                params["model"] = DEFAULT_MODEL
+            yield endpoint, f"{start:%m-%d}..{end:%m-%d}", params
 
 
 def bench_endpoints(opts, today: date) -> list[list]:
@@ -202,7 +209,8 @@ def bench_endpoints(opts, today: date) -> list[list]:
                 (f"admin owner={operator.username}", admin, {"owner": operator.username}),
                 (f"operator {operator.username}", operator, {})]
     rows = []
-    for endpoint, label, params in loads(today, opts.ranges, opts.endpoints):
+    for endpoint, label, params in loads(today, opts.ranges, opts.endpoints,
+                                         opts.custom_ranges):
         path = f"/api/v1/metrics/{endpoint}/"
         for who, user, extra in variants:
             if who not in opts.who_filter(who):
@@ -349,16 +357,19 @@ def verify(today: date, operator) -> list[list]:
     return rows
 
 
-def verify_details(today: date, operator, ranges: list[int]) -> list[list]:
+def verify_details(today: date, operator, ranges: list[int], custom=()) -> list[list]:
     """Stages, flows (the dashboard's default model) and channels answered from the stored
-    spells and channel cells against the live computation, per standard range."""
+    spells and channel cells against the live computation, per standard range and per
+    --custom-ranges range."""
     from lifecycle.models import StageModel
     from metrics import attribution, channelfacts, spells
 
     model = StageModel.objects.get(key=DEFAULT_MODEL)
     rows = []
-    for days in ranges:
-        period = Period(today - timedelta(days=days - 1), today)
+    periods = [(f"{days} d", Period(today - timedelta(days=days - 1), today))
+               for days in ranges]
+    periods += [(f"{start:%m-%d}..{end:%m-%d}", Period(start, end)) for start, end in custom]
+    for label, period in periods:
         for who, scope in (("admin", Scope()), (f"operator {operator.username}",
                                                 Scope(user=operator))):
             for name, fn in (("stages", lambda s, period=period: selectors.stages_report(
@@ -370,12 +381,12 @@ def verify_details(today: date, operator, ranges: list[int]) -> list[list]:
                 started = time.perf_counter()
                 stored = fn(scope)
                 fast = time.perf_counter() - started
-                with mock.patch.object(spells, "current_window", lambda p: None), \
-                        mock.patch.object(channelfacts, "current_window", lambda p: None):
+                with mock.patch.object(spells, "stored_range", lambda p, s: None), \
+                        mock.patch.object(channelfacts, "stored_range", lambda p: None):
                     started = time.perf_counter()
                     live = fn(scope)
                     slow = time.perf_counter() - started
-                rows.append([f"{name} {days} d", who, "same" if stored == live else "DIFFERENT",
+                rows.append([f"{name} {label}", who, "same" if stored == live else "DIFFERENT",
                              ms(fast), ms(slow)])
                 print(f"  {rows[-1]}", flush=True)
     return rows
@@ -401,6 +412,11 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=10, help="warm requests per load")
     parser.add_argument("--ranges", type=lambda s: [int(x) for x in s.split(",")],
                         default=[7, 30, 90])
+    parser.add_argument(
+        "--custom-ranges", default=[], metavar="START:END,…",
+        type=lambda s: [tuple(date.fromisoformat(d) for d in r.split(":")) for r in s.split(",")],
+        help="also time (and with --verify compare) stages, flows and channels for these "
+             "ranges, e.g. 2026-09-01:2026-09-30,2026-10-15:2026-11-22")
     parser.add_argument("--endpoints", type=lambda s: s.split(","), default=list(ENDPOINTS))
     parser.add_argument("--who", default="", help="only the variants containing this text")
     parser.add_argument("--force", action="store_true")
@@ -442,7 +458,7 @@ def main() -> None:
         table(["report (30 days)", "who", "stored vs live", "stored ms", "live ms"],
               verify(opts.today, operator), "Stored answers against the live computation")
         table(["report", "who", "stored vs live", "stored ms", "live ms"],
-              verify_details(opts.today, operator, opts.ranges),
+              verify_details(opts.today, operator, opts.ranges, opts.custom_ranges),
               "Stage spells and channel cells against the live computation")
 
     headers = ["endpoint", "range", "who", "cold p50 ms", "cold p95 ms", "warm p50 ms",

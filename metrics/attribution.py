@@ -72,21 +72,22 @@ def channel_attribution(*, scope: Scope, period: Period,
     Three aggregate queries: the acquired customers grouped by channel (with retention), their
     paid orders grouped by channel, and the channels with their all-time customer count (the
     denominator of cost per acquisition, over every owner: each customer carries an equal share
-    of the channel's recorded spend). A standard range (the last 7, 30 or 90 days, with its
-    cells stored for today) reads the first two from the join-day cells instead
+    of the channel's recorded spend). A range within the 90 days up to today (with the cells
+    stored for today) reads the first two from the join-day cells instead
     (metrics.channelfacts); `now` given (a test's clock) always computes them.
     """
-    window = channelfacts.current_window(period) if now is None else None
+    stored = channelfacts.stored_range(period) if now is None else None
     now = now or timezone.now()
-    if window is not None:
-        # A standard range: from the join-day cells (the same figures, metrics.channelfacts).
+    if stored is not None:
+        # A range within the 90 days up to today: from the join-day cells (the same figures,
+        # metrics.channelfacts).
         def boundary(day, days):
             rows = _customer_rows(scope=scope, period=Period(day, day), now=now)
             return {ch: (row[f"eligible_{days}"], row[f"retained_{days}"])
                     for ch, row in rows.items()}
 
         customer_rows, order_rows = channelfacts.acquisition_counts(
-            scope=scope, window=window, now=now, boundary=boundary)
+            scope=scope, period=period, now=now, boundary=boundary)
     else:
         customer_rows = _customer_rows(scope=scope, period=period, now=now)
         order_rows = {

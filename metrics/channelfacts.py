@@ -1,6 +1,7 @@
-"""Precomputed channel attribution for the standard ranges (the last 7, 30 and 90 days up to
-today): the acquired customers' purchases since joining and their deletions, per join day, so a
-request sums a few hundred stored cells instead of reading the range's joiners and their orders.
+"""Precomputed channel attribution for any range within the 90 days up to today (the standard
+ranges and any other): the acquired customers' purchases since joining and their deletions, per
+join day, so a request sums the stored cells of the range's join days instead of reading its
+joiners and their orders.
 
 The nightly refresh stores, as of today 00:00, per customer who joined in the 90 days before
 today what attribution needs (`JoinerFacts`: bought since joining, revenue since joining,
@@ -29,7 +30,7 @@ from django.db.models import Sum
 from crm.models import Customer, Event, Order
 from metrics import rangefacts
 from metrics.models import ChannelDayCell, FactsTable
-from metrics.periods import Period, Scope, day_start
+from metrics.periods import Period, Scope, day_start, local_today
 
 RETENTION_DAYS = (30, 90)
 FIGURES = ("acquired", "buyers", "revenue", "deleted_30d", "deleted_90d")
@@ -167,24 +168,28 @@ def refresh_today(today: date) -> dict[str, int]:
 
 # --- Answers --------------------------------------------------------------------------------
 
-def current_window(period: Period) -> rangefacts.Window | None:
-    """The standard window `period` is, when its cells are stored for today; else None."""
-    window = rangefacts.current_window(period)
-    if window is None:
+def stored_range(period: Period) -> Period | None:
+    """`period` when the join-day cells answer it: a range within the 90 days up to today (any
+    start and end, since a request sums the cells of its days), with the cells stored for
+    today; else None (computed live)."""
+    today = local_today()
+    if period.start < rangefacts.Window(today, max(rangefacts.WINDOWS)).period.start:
+        return None
+    if period.end > today or not rangefacts.stored_for_today():
         return None
     table = FactsTable.objects.first()
     if table is None or table.channels_as_of != table.as_of:
         return None
-    return window
+    return period
 
 
-def acquisition_counts(*, scope: Scope, window: rangefacts.Window, now: datetime,
+def acquisition_counts(*, scope: Scope, period: Period, now: datetime,
                        boundary) -> tuple[dict, dict]:
     """The per-channel figures of metrics.attribution — ({channel id: acquired, eligible_N,
-    retained_N}, {channel id: buyers, revenue}) — from the cells plus today's changes.
-    `boundary(day, days)` counts {channel id: (eligible, retained)} live for the join day in
-    which the N-day windows end at `now`."""
-    period, today = window.period, window.today
+    retained_N}, {channel id: buyers, revenue}) — for a `stored_range`, from the cells of its
+    join days plus today's changes. `boundary(day, days)` counts {channel id: (eligible,
+    retained)} live for the join day in which the N-day windows end at `now`."""
+    today = local_today()
     fresh = rangefacts.today_is_fresh(FactsTable.objects.first())
     cells = ChannelDayCell.objects.filter(joined_on__gte=period.start,
                                           joined_on__lte=period.end)

@@ -368,13 +368,12 @@ class TodayStageSpell(SpellFields):
         verbose_name_plural = _("stage spells of today")
 
 
-class StageSpellCell(models.Model):
-    """For one standard range (`days`), model and stage: the stays counted by the stages and
-    flows reports and a histogram of their durations in whole days ({"days": count}) — exits
-    of the stage (`kind` exit), first entries into it (entered) and those moved on to
-    `next_key` (next) — at one grain of the scope: every customer, one channel, one owner, or
-    one (channel, owner). The rows marked `today` are today's changes (counts may be
-    negative)."""
+class SpellCellFields(models.Model):
+    """For one model and stage: the stays counted by the stages and flows reports and a
+    histogram of their durations in whole days ({"days": count}) — exits of the stage (`kind`
+    exit), first entries into it (entered) and those moved on to `next_key` (next) — at one
+    grain of the scope: every customer, one channel, one owner, or one (channel, owner). The
+    rows marked `today` are today's changes (counts may be negative)."""
 
     class Kind(models.TextChoices):
         EXIT = "exit", _("exits")
@@ -387,7 +386,6 @@ class StageSpellCell(models.Model):
         OWNER = 2, _("owner")
         CHANNEL_OWNER = 3, _("channel and owner")
 
-    days = models.PositiveSmallIntegerField(_("range (days)"))
     today = models.BooleanField(_("today's changes"), default=False)
     kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices)
     model_id = models.BigIntegerField(_("model id"))
@@ -400,6 +398,16 @@ class StageSpellCell(models.Model):
     histogram = models.JSONField(_("durations (whole days → stays)"), default=dict, blank=True)
 
     class Meta:
+        abstract = True
+
+
+class StageSpellCell(SpellCellFields):
+    """The stays of one standard range (`days`: the last 7, 30 or 90 days up to today) —
+    see `SpellCellFields`."""
+
+    days = models.PositiveSmallIntegerField(_("range (days)"))
+
+    class Meta:
         verbose_name = _("stage spell cell")
         verbose_name_plural = _("stage spell cells")
         indexes = [models.Index(fields=["days", "model_id", "grain"],
@@ -407,6 +415,28 @@ class StageSpellCell(models.Model):
 
     def __str__(self) -> str:
         return f"{self.days} days {self.kind} {self.stage_key}→{self.next_key}: {self.spells}"
+
+
+class StageSpellDayCell(SpellCellFields):
+    """The stays of one day of the 90 days up to today (`day`: the day of the exit, or of the
+    entry for first entries and moves on), so that any range within them sums its days' cells
+    — see `SpellCellFields`. An entry counts as a first entry of the ranges that begin after
+    the customer's previous entry into the stage (`previous_on`, when within the 90 days).
+    Stored at the grains every customer, channel and owner; a (channel, owner) scope is
+    computed live for such ranges."""
+
+    day = models.DateField(_("day"))
+    previous_on = models.DateField(_("day of the previous entry into the stage"), null=True,
+                                   blank=True)
+
+    class Meta:
+        verbose_name = _("stage spell day cell")
+        verbose_name_plural = _("stage spell day cells")
+        indexes = [models.Index(fields=["model_id", "grain", "day"],
+                                name="metrics_spellday_range")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.kind} {self.stage_key}→{self.next_key}: {self.spells}"
 
 
 class JoinerFacts(models.Model):

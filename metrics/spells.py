@@ -1,6 +1,8 @@
 """Precomputed stage spells: the medians and counts of the stages and flows reports
-(`median_days_in_stage`, the stage-to-stage conversion) for the standard ranges — the last 7,
-30 and 90 days up to today — without reading the range's transitions per request.
+(`median_days_in_stage`, the stage-to-stage conversion) for any range within the 90 days up to
+today — the standard ranges (the last 7, 30 and 90 days) from their own cells, any other from
+per-day cells (`StageSpellDayCell`, summed over the range's days) — without reading the range's
+transitions per request.
 
 A spell is a customer's stay in a stage of a model: from the transition into the stage to their
 next transition in the model. Both reports are about spells: the days in stage are those of the
@@ -31,12 +33,14 @@ from datetime import date
 from fractions import Fraction
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
+from django.db.models import Q
 
 from core import access
 from metrics import rangefacts
-from metrics.models import FactsTable, StageSpell, StageSpellCell
-from metrics.periods import Period, Scope, day_start
+from metrics.models import FactsTable, StageSpell, StageSpellCell, StageSpellDayCell
+from metrics.periods import Period, Scope, day_start, local_today
 
 US_PER_DAY = 86_400_000_000
 # For building the spells' index after the nightly insert in memory (this transaction only).
@@ -184,8 +188,54 @@ TODAY_SOURCE = f"""
 """
 
 
+# The same counts per day of the 90 days instead of per standard range: an exit on the day of
+# its end, a first entry (and its move on) on the day of its start, with the day of the
+# previous entry into the stage — a range counts the entry when that day is before the range.
+DAY_CELLS_SQL = """
+INSERT INTO metrics_stagespelldaycell (day, previous_on, today, kind, model_id, stage_key,
+                                       next_key, grain, channel_id, owner_id, spells, histogram)
+WITH src AS ({source}), classed AS (
+    SELECT 'exit' AS kind, model_id, stage_key, '' AS next_key, channel_id, owner_id, bucket,
+           (ended_at AT TIME ZONE %(tz)s)::date AS day, NULL::date AS previous_on, sign
+    FROM src WHERE exit_matches AND ended_at >= %(since_90)s AND ended_at < %(until)s
+    UNION ALL
+    SELECT 'entered', model_id, stage_key, '', channel_id, owner_id, NULL,
+           (started_at AT TIME ZONE %(tz)s)::date, (previous_entry_at AT TIME ZONE %(tz)s)::date,
+           sign
+    FROM src WHERE started_at >= %(since_90)s AND started_at < %(until)s
+    UNION ALL
+    SELECT 'next', model_id, stage_key, next_key, channel_id, owner_id, bucket,
+           (started_at AT TIME ZONE %(tz)s)::date, (previous_entry_at AT TIME ZONE %(tz)s)::date,
+           sign
+    FROM src WHERE next_key <> '' AND started_at >= %(since_90)s AND started_at < %(until)s
+), fine AS (
+    SELECT kind, model_id, stage_key, next_key, day, previous_on, channel_id, owner_id, bucket,
+           SUM(sign) AS n
+    FROM classed GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+), grains AS (
+    SELECT day, previous_on, kind, model_id, stage_key, next_key,
+           CASE GROUPING(channel_id, owner_id) WHEN 3 THEN 0 WHEN 1 THEN 1 ELSE 2 END AS grain,
+           channel_id, owner_id, bucket, SUM(n) AS n
+    FROM fine
+    GROUP BY GROUPING SETS (
+        (day, previous_on, kind, model_id, stage_key, next_key, bucket),
+        (day, previous_on, kind, model_id, stage_key, next_key, channel_id, bucket),
+        (day, previous_on, kind, model_id, stage_key, next_key, owner_id, bucket))
+)
+SELECT day, previous_on, %(today)s, kind, model_id, stage_key, next_key, grain, channel_id,
+       owner_id, SUM(n), COALESCE(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL
+                                                                     AND n <> 0), '{{}}'::jsonb)
+FROM grains
+GROUP BY day, previous_on, kind, model_id, stage_key, next_key, grain, channel_id, owner_id
+HAVING SUM(n) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
+"""
+# The grains of the day cells (a (channel, owner) scope has too many to store per day).
+DAY_GRAINS = (StageSpellCell.Grain.ALL, StageSpellCell.Grain.CHANNEL, StageSpellCell.Grain.OWNER)
+
+
 def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"t0": day_start(today), "today": today_rows,
+                              "tz": settings.TIME_ZONE,
                               "until": rangefacts.Window(today, 1).period.until,
                               "since": rangefacts.Window(today, max(WINDOWS)).period.since}
     for n in WINDOWS:
@@ -200,6 +250,7 @@ def refresh(today: date) -> dict[str, int]:
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE metrics_stagespell, metrics_todaystagespell")
         cursor.execute("DELETE FROM metrics_stagespellcell")
+        cursor.execute("DELETE FROM metrics_stagespelldaycell")
     # Millions of rows: the indexes are built once after the insert, not row by row (the
     # TRUNCATE holds the table's lock until the commit anyway).
     indexes = StageSpell._meta.indexes
@@ -215,6 +266,8 @@ def refresh(today: date) -> dict[str, int]:
             editor.add_index(StageSpell, index)
     _execute("ANALYZE metrics_stagespell", {})
     cells = _execute(CELLS_SQL.format(source=NIGHTLY_SOURCE), params)
+    cells += _execute(DAY_CELLS_SQL.format(source=NIGHTLY_SOURCE), params)
+    _execute("ANALYZE metrics_stagespelldaycell", {})
     return {"spells": spells, "spell_cells": cells}
 
 
@@ -226,24 +279,47 @@ def refresh_today(today: date) -> dict[str, int]:
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM metrics_todaystagespell")
         cursor.execute("DELETE FROM metrics_stagespellcell WHERE today")
+        cursor.execute("DELETE FROM metrics_stagespelldaycell WHERE today")
     spells = _execute(TODAY_SQL, params)
     cells = _execute(CELLS_SQL.format(source=TODAY_SOURCE), params)
+    cells += _execute(DAY_CELLS_SQL.format(source=TODAY_SOURCE), params)
     return {"spells": spells, "spell_cells": cells}
 
 
 # --- Answers --------------------------------------------------------------------------------
 
-def current_window(period: Period) -> rangefacts.Window | None:
-    """The standard window `period` is, when its spells are stored for today and today's part
-    is fresh; else None (the reports are then computed live)."""
-    window = rangefacts.current_window(period)
-    if window is None:
+def first_stored_day(today: date) -> date:
+    """The first day of the 90 days up to today: the earliest start a stored range may have."""
+    return rangefacts.Window(today, max(WINDOWS)).period.start
+
+
+def stored_range(period: Period, scope: Scope) -> Period | None:
+    """`period` when the stored spells answer it for the scope: a range within the 90 days up
+    to today, with the spells stored for today and today's part fresh — from the standard
+    range's cells (the last 7, 30 or 90 days), else from the day cells (not for a (channel,
+    owner) scope). None when the reports are computed live."""
+    today = local_today()
+    if period.start < first_stored_day(today) or period.end > today:
+        return None
+    if not rangefacts.stored_for_today():
         return None
     table = FactsTable.objects.first()
     if (table is None or table.spells_as_of != table.as_of
             or not rangefacts.today_is_fresh(table)):
         return None
-    return window
+    where = scope_cell(scope)
+    if (_window(period) is None and where is not None
+            and where[0] not in DAY_GRAINS):
+        return None
+    return period
+
+
+def _window(period: Period) -> rangefacts.Window | None:
+    """The standard range `period` is (its cells stored per range), if any."""
+    today = local_today()
+    if period.end == today and period.days in WINDOWS:
+        return rangefacts.Window(today, period.days)
+    return None
 
 
 def scope_cell(scope: Scope) -> tuple[int, int | None, int | None] | None:
@@ -296,14 +372,24 @@ class Figure:
 Key = tuple[str, str, str]          # (kind, stage key, next stage key or '')
 
 
-def _figures(*, scope: Scope, window: rangefacts.Window, model_id: int, kinds: list[str]
+def _figures(*, scope: Scope, period: Period, model_id: int, kinds: list[str]
              ) -> dict[Key, Figure]:
+    """The scope's cells of the range summed: the standard range's own cells, else the day
+    cells of its days (an entry only when the previous one into the stage is before it)."""
     where = scope_cell(scope)
     if where is None:
         return {}
     grain, channel, owner = where
-    cells = StageSpellCell.objects.filter(days=window.days, model_id=model_id, grain=grain,
-                                          kind__in=kinds)
+    window = _window(period)
+    if window is not None:
+        cells = StageSpellCell.objects.filter(days=window.days, model_id=model_id, grain=grain,
+                                              kind__in=kinds)
+    else:
+        cells = StageSpellDayCell.objects.filter(
+            Q(kind=StageSpellCell.Kind.EXIT) | Q(previous_on__isnull=True)
+            | Q(previous_on__lt=period.start),
+            model_id=model_id, grain=grain, day__gte=period.start, day__lte=period.end,
+            kind__in=kinds)
     if grain & StageSpellCell.Grain.CHANNEL:
         cells = cells.filter(channel_id=channel)
     if grain & StageSpellCell.Grain.OWNER:
@@ -339,7 +425,7 @@ class Inconsistent(Exception):
     """The stored spells do not match their cells (a refresh in between): compute live."""
 
 
-def _medians(*, scope: Scope, window: rangefacts.Window, model_id: int, kind: str,
+def _medians(*, scope: Scope, period: Period, model_id: int, kind: str,
              figures: dict[Key, Figure]) -> dict[Key, float]:
     """The exact median days of each figure of `kind`: the middle bucket(s) from the summed
     histogram, then those buckets' exact durations, in one statement."""
@@ -351,8 +437,8 @@ def _medians(*, scope: Scope, window: rangefacts.Window, model_id: int, kind: st
     if not wanted:
         return {}
     _grain, channel, owner = scope_cell(scope)
-    params: dict[str, Any] = {"model": model_id, "since": window.period.since,
-                              "until": window.period.until}
+    params: dict[str, Any] = {"model": model_id, "since": period.since,
+                              "until": period.until}
     values = []
     for i, (stage, next_key, bucket) in enumerate(wanted):
         params.update({f"s{i}": stage, f"n{i}": next_key, f"b{i}": bucket})
@@ -386,22 +472,22 @@ def _medians(*, scope: Scope, window: rangefacts.Window, model_id: int, kind: st
             for key, values in middle.items()}
 
 
-def median_days_in_stage(*, scope: Scope, model_id: int, window: rangefacts.Window
+def median_days_in_stage(*, scope: Scope, model_id: int, period: Period
                          ) -> dict[str, dict[str, Any]]:
-    """As metrics.selectors.median_days_in_stage, from the stored spells."""
-    figures = _figures(scope=scope, window=window, model_id=model_id, kinds=["exit"])
-    medians = _medians(scope=scope, window=window, model_id=model_id, kind="exit",
+    """As metrics.selectors.median_days_in_stage, from the stored spells (a `stored_range`)."""
+    figures = _figures(scope=scope, period=period, model_id=model_id, kinds=["exit"])
+    medians = _medians(scope=scope, period=period, model_id=model_id, kind="exit",
                        figures=figures)
     return {key[1]: {"exits": figure.spells, "median_days": medians[key]}
             for key, figure in figures.items()}
 
 
-def stage_conversions(*, scope: Scope, model_id: int, window: rangefacts.Window
+def stage_conversions(*, scope: Scope, model_id: int, period: Period
                       ) -> dict[str, dict[str, Any]]:
-    """As metrics.selectors.stage_conversions, from the stored spells."""
-    figures = _figures(scope=scope, window=window, model_id=model_id,
+    """As metrics.selectors.stage_conversions, from the stored spells (a `stored_range`)."""
+    figures = _figures(scope=scope, period=period, model_id=model_id,
                        kinds=["entered", "next"])
-    medians = _medians(scope=scope, window=window, model_id=model_id, kind="next",
+    medians = _medians(scope=scope, period=period, model_id=model_id, kind="next",
                        figures=figures)
     result: dict[str, dict[str, Any]] = defaultdict(lambda: {"entered": 0, "next": {}})
     for key, figure in figures.items():

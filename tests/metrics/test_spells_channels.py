@@ -18,8 +18,15 @@ import pytest
 from crm.models import Customer, Event, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
 from metrics import attribution, channelfacts, selectors, services, spells
-from metrics.models import FactsTable, StageSpell, StageSpellCell, TodayStageSpell
+from metrics.models import (
+    FactsTable,
+    StageSpell,
+    StageSpellCell,
+    StageSpellDayCell,
+    TodayStageSpell,
+)
 from metrics.periods import Period, Scope, local_today
+from tests.factories import UserFactory
 from tests.metrics.handbuilt import build, event, feb, local, mar, order
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres_only]
@@ -46,28 +53,31 @@ def _scopes(data):
             Scope(channel=data.qr, owner=data.op_b), Scope(user=data.op_a, owner=data.op_b)]
 
 
-def _reports(data) -> dict:
-    """Every answer the spells and the channel cells give, per model, range and scope."""
+def _reports(data, periods=None) -> dict:
+    """Every answer the spells and the channel cells give, per model, range and scope (the
+    standard ranges by their days, other ranges by their period)."""
     answers: dict = {}
     models = list(StageModel.objects.order_by("key"))
+    ranges = periods or [(days, _period(days)) for days in WINDOWS]
+    if periods:
+        ranges = [(period, period) for period in periods]
     for scope in _scopes(data):
-        for days in WINDOWS:
-            period = _period(days)
+        for key, period in ranges:
             for model in models:
-                answers[(scope, days, model.key, "medians")] = selectors.median_days_in_stage(
+                answers[(scope, key, model.key, "medians")] = selectors.median_days_in_stage(
                     scope=scope, model=model, period=period)
-                answers[(scope, days, model.key, "conversions")] = selectors.stage_conversions(
+                answers[(scope, key, model.key, "conversions")] = selectors.stage_conversions(
                     scope=scope, model=model, period=period)
-            answers[(scope, days, "channels")] = attribution.channel_attribution(
+            answers[(scope, key, "channels")] = attribution.channel_attribution(
                 scope=scope, period=period)
     return answers
 
 
-def _live(data, monkeypatch) -> dict:
+def _live(data, monkeypatch, periods=None) -> dict:
     with monkeypatch.context() as patch:
-        patch.setattr(spells, "current_window", lambda period: None)
-        patch.setattr(channelfacts, "current_window", lambda period: None)
-        return _reports(data)
+        patch.setattr(spells, "stored_range", lambda period, scope: None)
+        patch.setattr(channelfacts, "stored_range", lambda period: None)
+        return _reports(data, periods)
 
 
 def _assert_same(stored: dict, live: dict) -> None:
@@ -104,20 +114,22 @@ def move(customer, model_key: str, to_key: str, at) -> None:
 
 def test_nothing_stored_or_today_stale_means_live(data):
     period = _period(30)
-    assert spells.current_window(period) is None and channelfacts.current_window(period) is None
+    assert spells.stored_range(period, Scope()) is None
+    assert channelfacts.stored_range(period) is None
     services.metrics_today(today=TODAY)
-    assert spells.current_window(period) is not None
-    assert channelfacts.current_window(period) is not None
+    assert spells.stored_range(period, Scope()) is not None
+    assert channelfacts.stored_range(period) is not None
     # Facts stored before the spells existed (an upgrade): live until the next refresh.
     FactsTable.objects.update(spells_as_of=None, channels_as_of=None)
-    assert spells.current_window(period) is None and channelfacts.current_window(period) is None
+    assert spells.stored_range(period, Scope()) is None
+    assert channelfacts.stored_range(period) is None
     services.metrics_today(today=TODAY)         # heals: runs the nightly job again
-    assert spells.current_window(period) is not None
+    assert spells.stored_range(period, Scope()) is not None
     # Today's part too old: the spells are computed live (the channel cells compute it).
     FactsTable.objects.update(today_at=NOW - timedelta(hours=1))
-    assert spells.current_window(period) is None
-    assert channelfacts.current_window(period) is not None
-    assert spells.current_window(Period(TODAY - timedelta(days=9), TODAY)) is None
+    assert spells.stored_range(period, Scope()) is None
+    assert channelfacts.stored_range(period) is not None
+    assert spells.stored_range(Period(TODAY - timedelta(days=9), TODAY), Scope()) is None
 
 
 def test_stored_answers_equal_the_live_ones(data, monkeypatch):
@@ -208,6 +220,93 @@ def test_spell_cells_exist_per_grain(data):
     rows = StageSpellCell.objects.filter(days=90, model_id=value.pk, today=False, grain=2,
                                          owner_id=data.op_a.pk, kind="exit", stage_key="intro")
     assert rows.count() == 1
+
+
+# Ranges within the 90 days (2023-12-12 … 03-10) that are not a standard range: from the
+# first stored day, across c5's two entries into growth (02-01 10:00 and 03-04 12:00), ending
+# before today, and a 10-day range ending today.
+ARBITRARY = [Period(date(2023, 12, 12), date(2024, 1, 20)), Period(date(2024, 2, 1),
+                                                                   date(2024, 3, 4)),
+             Period(date(2024, 2, 2), date(2024, 3, 4)), Period(date(2024, 3, 3),
+                                                                date(2024, 3, 9)),
+             Period(date(2024, 1, 15), date(2024, 2, 22)), Period(TODAY - timedelta(days=9),
+                                                                  TODAY)]
+
+
+def test_arbitrary_ranges_in_the_window_are_stored_and_equal_the_live_ones(data, monkeypatch):
+    live = _live(data, monkeypatch, ARBITRARY)
+    services.metrics_today(today=TODAY)
+    assert StageSpellDayCell.objects.filter(today=False).exists()
+    assert StageSpellDayCell.objects.filter(today=True).exists()
+    assert set(StageSpellDayCell.objects.values_list("grain", flat=True)) == {0, 1, 2}
+    for period in ARBITRARY:
+        assert channelfacts.stored_range(period) == period
+        for scope in _scopes(data):
+            grain = spells.scope_cell(scope)
+            expected = None if grain is not None and grain[0] == 3 else period
+            assert spells.stored_range(period, scope) == expected, (period, scope)
+    calls = _count_fast_calls(monkeypatch)
+    stored = _reports(data, ARBITRARY)
+    _assert_same(stored, live)
+    # Spells: every scope but the two (channel, owner) ones, per model and report; channels:
+    # every scope.
+    models = StageModel.objects.count()
+    scopes = len(_scopes(data))
+    assert len(calls) == len(ARBITRARY) * ((scopes - 2) * 2 * models + scopes)
+
+    # Hand-computed, value model, every customer. 02-02 … 03-04: c5's entry into growth on
+    # 03-04 12:00 is its first in the range (the previous one, 02-01, is before it), on to
+    # mature after 6 days; c6's (02-22 00:00) after 14: (6 + 14) / 2.
+    growth = stored[(Scope(), ARBITRARY[2], "value", "conversions")]["growth"]
+    assert growth == {"entered": 2, "next": {"mature": {"customers": 2, "median_days": 10.0}}}
+    # 02-01 … 03-04: c5's first entry is 02-01 10:00, on to dormant after 19.083 days.
+    growth = stored[(Scope(), ARBITRARY[1], "value", "conversions")]["growth"]
+    assert growth == {"entered": 2, "next": {
+        "dormant": {"customers": 1, "median_days": 19.083},
+        "mature": {"customers": 1, "median_days": 14.0}}}
+    # 03-03 … 03-09 (before today): exits from intro c1 4 days (03-05 01:00) and c2 6.5
+    # (03-08 22:00); from growth c6 14 (03-07).
+    medians = stored[(Scope(), ARBITRARY[3], "value", "medians")]
+    assert medians["intro"] == {"exits": 2, "median_days": 5.25}
+    assert medians["growth"] == {"exits": 1, "median_days": 14.0}
+
+
+def test_arbitrary_ranges_count_todays_moves(data, monkeypatch):
+    services.metrics_today(today=TODAY)
+    c = data.c
+    move(c[3], "value", "growth", mar(10, 14))
+    move(c[5], "value", "growth", mar(10, 14, 30))
+    move(c[6], "value", "dormant", mar(10, 15))
+    order(c[1], "20.00", mar(10, 14))
+    services.metrics_today(today=TODAY)
+    calls = _count_fast_calls(monkeypatch)
+    stored = _reports(data, ARBITRARY)
+    assert calls
+    _assert_same(stored, _live(data, monkeypatch, ARBITRARY))
+    # c6 entered mature on 03-07 (in 03-03 … 03-09) and moved on to dormant today: 3.625 days.
+    mature = stored[(Scope(), ARBITRARY[3], "value", "conversions")]["mature"]
+    assert mature["next"] == {"dormant": {"customers": 1, "median_days": 3.625}}
+
+
+def test_a_range_reaching_outside_the_window_is_computed_live(data, monkeypatch,
+                                                               api_client_for):
+    services.metrics_today(today=TODAY)
+    outside = [Period(date(2023, 12, 11), date(2024, 1, 20)),
+               Period(date(2023, 11, 1), date(2024, 3, 10))]
+    for period in outside:
+        assert spells.stored_range(period, Scope()) is None
+        assert channelfacts.stored_range(period) is None
+    calls = _count_fast_calls(monkeypatch)
+    answers = _reports(data, outside)
+    assert not calls
+    _assert_same(answers, _live(data, monkeypatch, outside))
+    admin = UserFactory(username="boss", roles=["admin"])
+    client = api_client_for(admin)
+    for path in ("stages", "flows", "channels"):
+        response = client.get(f"/api/v1/metrics/{path}/", {
+            "model": "value", "start": "2023-12-11", "end": "2024-01-20"})
+        assert response.status_code == 200, response.content
+    assert not calls
 
 
 def _by_code(report: dict) -> dict:
