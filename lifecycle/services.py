@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import (
     Case,
     Count,
@@ -35,7 +35,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core import access, conditions
-from core.db import heavy_statements
+from core.db import execute_insert_skipping_conflicts, heavy_statements
 from core.exceptions import ApplicationError
 from crm.models import Customer
 from lifecycle import hooks
@@ -181,46 +181,35 @@ def _apply(model: StageModel, stages: list[Stage], changes_sql: str, params: lis
     st = Stage._meta.db_table
     actor_id = actor.pk if actor else None
     if connection.vendor == "postgresql":
-        def moves_sql(on_conflict: str) -> str:
-            # New rows are inserted, stored ones updated only while they still hold the stage
-            # the run read (compare-and-set) and are not locked; transitions are written for
-            # exactly the rows these two changed.
-            return (
-                f"WITH ch AS MATERIALIZED ({changes_sql}), "
-                f"ins AS (INSERT INTO {cs} (customer_id, model_id, stage_id, entered_at, source, "
-                f"locked_until) SELECT customer_id, %s, final_id, %s, %s, NULL FROM ch "
-                f"WHERE current_id IS NULL {on_conflict} RETURNING customer_id, stage_id), "
-                f"upd AS (UPDATE {cs} SET stage_id = ch.final_id, entered_at = %s, source = %s, "
-                f"locked_until = NULL FROM ch WHERE ch.current_id IS NOT NULL AND {cs}.model_id = %s "
-                f"AND {cs}.customer_id = ch.customer_id AND {cs}.stage_id = ch.current_id "
-                f"AND ({cs}.locked_until IS NULL OR {cs}.locked_until <= %s) "
-                f"RETURNING {cs}.customer_id, {cs}.stage_id), "
-                f"up AS (SELECT customer_id, stage_id FROM ins "
-                f"UNION ALL SELECT customer_id, stage_id FROM upd) "
-                f"INSERT INTO {tr} (customer_id, model_id, from_stage_id, to_stage_id, from_key, "
-                f"to_key, at, source, reason, actor_id, win_back, backward) "
-                f"SELECT up.customer_id, %s, ch.current_id, up.stage_id, COALESCE(fs.key, ''), "
-                f"ts.key, %s, %s, %s, CAST(%s AS integer), "
-                f"(COALESCE(fs.win_back_from, FALSE) AND NOT ts.win_back_from), "
-                f"(fs.position IS NOT NULL AND ts.position < fs.position) "
-                f"FROM up JOIN ch ON ch.customer_id = up.customer_id "
-                f"JOIN {st} ts ON ts.id = up.stage_id LEFT JOIN {st} fs ON fs.id = ch.current_id "
-                f"RETURNING customer_id, from_stage_id, to_stage_id")
-
-        arguments = [*params, model.pk, at, source, at, source, model.pk, at,
-                     model.pk, at, source, reason, actor_id]
-        # A first placement is a plain INSERT (a third cheaper than an upsert). Only a manual
-        # move of a customer this run places at the same moment can collide with it; then the
-        # chunk is redone, the rows someone else wrote left alone.
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(moves_sql(""), arguments)
-                return cursor.fetchall()
-        except IntegrityError:
-            with connection.cursor() as cursor:
-                cursor.execute(moves_sql("ON CONFLICT (customer_id, model_id) DO NOTHING"),
-                               arguments)
-                return cursor.fetchall()
+        # New rows are inserted, stored ones updated only while they still hold the stage the
+        # run read (compare-and-set) and are not locked; transitions are written for exactly
+        # the rows these two changed. Only a manual move of a customer this run places at the
+        # same moment can collide with the INSERT (core.db.execute_insert_skipping_conflicts).
+        conflict = "ON CONFLICT (customer_id, model_id) DO NOTHING"
+        sql = (
+            f"WITH ch AS MATERIALIZED ({changes_sql}), "
+            f"ins AS (INSERT INTO {cs} (customer_id, model_id, stage_id, entered_at, source, "
+            f"locked_until) SELECT customer_id, %s, final_id, %s, %s, NULL FROM ch "
+            f"WHERE current_id IS NULL {conflict} RETURNING customer_id, stage_id), "
+            f"upd AS (UPDATE {cs} SET stage_id = ch.final_id, entered_at = %s, source = %s, "
+            f"locked_until = NULL FROM ch WHERE ch.current_id IS NOT NULL AND {cs}.model_id = %s "
+            f"AND {cs}.customer_id = ch.customer_id AND {cs}.stage_id = ch.current_id "
+            f"AND ({cs}.locked_until IS NULL OR {cs}.locked_until <= %s) "
+            f"RETURNING {cs}.customer_id, {cs}.stage_id), "
+            f"up AS (SELECT customer_id, stage_id FROM ins "
+            f"UNION ALL SELECT customer_id, stage_id FROM upd) "
+            f"INSERT INTO {tr} (customer_id, model_id, from_stage_id, to_stage_id, from_key, "
+            f"to_key, at, source, reason, actor_id, win_back, backward) "
+            f"SELECT up.customer_id, %s, ch.current_id, up.stage_id, COALESCE(fs.key, ''), "
+            f"ts.key, %s, %s, %s, CAST(%s AS integer), "
+            f"(COALESCE(fs.win_back_from, FALSE) AND NOT ts.win_back_from), "
+            f"(fs.position IS NOT NULL AND ts.position < fs.position) "
+            f"FROM up JOIN ch ON ch.customer_id = up.customer_id "
+            f"JOIN {st} ts ON ts.id = up.stage_id LEFT JOIN {st} fs ON fs.id = ch.current_id "
+            f"RETURNING customer_id, from_stage_id, to_stage_id")
+        return execute_insert_skipping_conflicts(
+            sql, [*params, model.pk, at, source, at, source, model.pk, at, model.pk, at, source,
+                  reason, actor_id], conflict)[1]
     with connection.cursor() as cursor:
         cursor.execute(changes_sql, params)
         rows = cursor.fetchall()
@@ -333,6 +322,7 @@ def _evaluate(models: list[StageModel], *, customer_ids: list[int] | None, now: 
         heavy_statements()
         plan = [(model, stages, model.thresholds) for model in locked
                 if (stages := _stages(model))]
+        keys = {s.pk: s.key for _m, stages, _t in plan for s in stages}
         results = {model.pk: Evaluation(model=model.key) for model in locked}
         spent = dict.fromkeys(results, 0.0)
         features = _features(plan, now=now, customer_ids=customer_ids) if plan else None
@@ -348,7 +338,6 @@ def _evaluate(models: list[StageModel], *, customer_ids: list[int] | None, now: 
                 result = results[model.pk]
                 result.changed += len(moved)
                 _announce(model, stages, moved, now, source)
-                keys = {s.pk: s.key for s in stages}
                 for _customer, from_id, to_id in moved:
                     result.moves[(keys.get(from_id, ""), keys[to_id])] += 1
                 spent[model.pk] += time.monotonic() - began

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import (
     BigIntegerField,
     CharField,
@@ -33,7 +33,13 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core import conditions
-from core.db import delete_returning, heavy_statements, insert_from_select, materialize_ids
+from core.db import (
+    delete_returning,
+    execute_insert_skipping_conflicts,
+    heavy_statements,
+    insert_from_select,
+    materialize_ids,
+)
 from core.exceptions import ApplicationError
 from crm.models import Customer
 from tagging.models import (
@@ -184,18 +190,8 @@ def _insert(select, *, source: str, actor, rule, now: datetime) -> int:
         statement = (f"WITH w AS (INSERT INTO {CustomerTag._meta.db_table} ({columns}) "
                      f"SELECT * FROM ({sql}) AS src ON CONFLICT DO NOTHING "
                      f"RETURNING customer_id, tag_id) " + _history_sql("w"))
-        # A plain INSERT first: the SELECT already leaves out who holds the tag, so only a
-        # writer racing this one can collide — then the statement is redone skipping
-        # conflicts. (ON CONFLICT costs a third more per row at hundreds of thousands.)
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(statement.replace(" ON CONFLICT DO NOTHING", ""),
-                               [*params, *consts])
-                return cursor.rowcount
-        except IntegrityError:
-            with connection.cursor() as cursor:
-                cursor.execute(statement, [*params, *consts])
-                return cursor.rowcount
+        # The SELECT leaves out who holds the tag: only a writer racing this one collides.
+        return execute_insert_skipping_conflicts(statement, [*params, *consts])[0]
     rows = insert_from_select(CustomerTag, _TAG_FIELDS, select, returning=("customer", "tag"))
     if rows:
         _write_history(rows, action=TagChange.Action.ADDED, source=source, actor=actor,
