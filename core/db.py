@@ -1,6 +1,6 @@
 """Set-based SQL the ORM cannot say in one statement."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from django.db import IntegrityError, connection, models, transaction
@@ -100,6 +100,26 @@ def execute_insert_skipping_conflicts(statement: str, params: Sequence,
             if sql == statement:
                 raise
     raise AssertionError("unreachable")
+
+
+def pk_ranges(queryset: models.QuerySet, chunk_size: int) -> Iterator[tuple[int, int | None]]:
+    """Split the queryset's rows into ranges of `chunk_size` primary keys: (exclusive low,
+    inclusive high), the last with high None. Each bound is one index-only query."""
+    low = 0
+    while True:
+        bound = list(queryset.filter(pk__gt=low).order_by("pk")
+                     .values_list("pk", flat=True)[chunk_size - 1:chunk_size])
+        high = bound[0] if bound else None
+        yield low, high
+        if high is None:
+            return
+        low = high
+
+
+def in_pk_range(low: int, high: int | None, field: str = "pk") -> models.Q:
+    """The rows of one of `pk_ranges`' ranges."""
+    q = models.Q(**{f"{field}__gt": low})
+    return q & models.Q(**{f"{field}__lte": high}) if high is not None else q
 
 
 def delete_returning(queryset: models.QuerySet, returning: Sequence[str]) -> list[tuple]:

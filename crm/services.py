@@ -44,7 +44,13 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
 
 from core import access
-from core.db import heavy_statements, insert_ignore_returning, update_to_later
+from core.db import (
+    heavy_statements,
+    in_pk_range,
+    insert_ignore_returning,
+    pk_ranges,
+    update_to_later,
+)
 from core.exceptions import ApplicationError
 from crm.hooks import notify_customers_touched
 from crm.models import (
@@ -288,10 +294,9 @@ def customer_update(*, actor, customer: Customer, **fields: Any) -> Customer:
         fields["owner"] = customer_owner_for(actor=actor, requested_owner=fields["owner"])
     if "status" in fields and fields["status"] != customer.status:
         customer.status_changed_at = timezone.now()
+    joined_before = customer.joined_at
     for name, value in fields.items():
         setattr(customer, name, value)
-    joined_before = Customer.objects.filter(pk=customer.pk).values_list("joined_at",
-                                                                        flat=True).first()
     customer.full_clean()
     customer.save()
     if joined_before != customer.joined_at:    # "since joining" counts move with the date
@@ -342,19 +347,10 @@ def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) 
                 _lock_customers(chunk)
                 updated += Customer.objects.filter(pk__in=chunk).update(**values)
         return updated
-    last_pk = 0
-    while True:
-        bounds = list(Customer.objects.filter(pk__gt=last_pk).order_by("pk")
-                      .values_list("pk", flat=True)[chunk_size - 1:chunk_size])
-        upper = bounds[0] if bounds else None
-        qs = Customer.objects.filter(pk__gt=last_pk)
-        if upper is not None:
-            qs = qs.filter(pk__lte=upper)
+    for low, high in pk_ranges(Customer.objects.all(), chunk_size):
         with transaction.atomic():
-            updated += qs.update(**values)
-        if upper is None:
-            return updated
-        last_pk = upper
+            updated += Customer.objects.filter(in_pk_range(low, high)).update(**values)
+    return updated
 
 
 # --- Event counts ----------------------------------------------------------------------------
@@ -397,15 +393,8 @@ def event_counts_refresh(*, customer_ids=None, chunk_size: int = 200_000) -> int
         ids = sorted(set(customer_ids))
         return sum(_event_counts_recount(Q(pk__in=ids[start:start + chunk_size]))
                    for start in range(0, len(ids), chunk_size))
-    written, low = 0, 0
-    while True:
-        bound = list(Customer.objects.filter(pk__gt=low).order_by("pk")
-                     .values_list("pk", flat=True)[chunk_size - 1:chunk_size])
-        high = bound[0] if bound else None
-        written += _event_counts_recount(Q(pk__gt=low) & (Q(pk__lte=high) if high else Q()))
-        if high is None:
-            return written
-        low = high
+    return sum(_event_counts_recount(in_pk_range(low, high))
+               for low, high in pk_ranges(Customer.objects.all(), chunk_size))
 
 
 def _event_counts_recount(customers: Q) -> int:

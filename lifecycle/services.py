@@ -35,7 +35,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from core import access, conditions
-from core.db import execute_insert_skipping_conflicts, heavy_statements
+from core.db import execute_insert_skipping_conflicts, heavy_statements, pk_ranges
 from core.exceptions import ApplicationError
 from crm.models import Customer
 from lifecycle import hooks
@@ -264,15 +264,8 @@ def _pk_ranges(customer_ids: list[int] | None, chunk: int):
         for start in range(0, len(ids), chunk):
             yield ids[start:start + chunk], None
         return
-    low = 0
-    while True:
-        bound = list(Customer.objects.filter(pk__gt=low).order_by("pk")
-                     .values_list("pk", flat=True)[chunk - 1:chunk])
-        high = bound[0] if bound else None
-        yield None, (low, high)
-        if high is None:
-            return
-        low = high
+    for pk_range in pk_ranges(Customer.objects.all(), chunk):
+        yield None, pk_range
 
 
 def stage_model_evaluate(*, model: StageModel, customer_ids: list[int] | None = None,
