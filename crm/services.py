@@ -353,6 +353,14 @@ def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) 
     return updated
 
 
+def customer_facts_repair(*, customer_ids=None) -> tuple[int, int]:
+    """The nightly repair: customer aggregates and per-type event counts recomputed from the
+    facts (of everyone, or the given customers). Returns (customers updated, count rows
+    written or deleted)."""
+    return (customer_aggregates_refresh(customer_ids=customer_ids),
+            event_counts_refresh(customer_ids=customer_ids))
+
+
 # --- Event counts ----------------------------------------------------------------------------
 
 def _event_counts_add(rows: list[tuple[int, str, datetime]]) -> None:

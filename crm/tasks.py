@@ -9,9 +9,7 @@ from crm import services
 def refresh_customer_aggregates(customer_ids: list[int] | None = None) -> int:
     """Recompute customer aggregates and event counts from the facts (nightly repair, or for
     given ids)."""
-    updated = services.customer_aggregates_refresh(customer_ids=customer_ids)
-    services.event_counts_refresh(customer_ids=customer_ids)
-    return updated
+    return services.customer_facts_repair(customer_ids=customer_ids)[0]
 
 
 @shared_task(acks_late=True)

@@ -16,8 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, customers=None, **options):
         started = time.monotonic()
-        updated = services.customer_aggregates_refresh(customer_ids=customers)
-        counts = services.event_counts_refresh(customer_ids=customers)
+        updated, counts = services.customer_facts_repair(customer_ids=customers)
         self.stdout.write(_("Recomputed aggregates of %(n)d customers and %(c)d event counts in "
                             "%(s).1f s.") % {"n": updated, "c": counts,
                                              "s": time.monotonic() - started})
