@@ -15,11 +15,12 @@ from crm.models import (
     Channel,
     Customer,
     Event,
+    EventCount,
     GroupMembership,
     Order,
     OrderItem,
 )
-from crm.services import customer_aggregates_refresh
+from crm.services import customer_aggregates_refresh, event_counts_refresh
 
 pytestmark = [pytest.mark.django_db, pytest.mark.both_dbs]
 
@@ -47,6 +48,8 @@ def snapshot():
             "pk", "order_id", "sku", "quantity", "price")),
         "memberships": list(GroupMembership.objects.order_by("pk").values_list(
             "pk", "group__chat_id", "customer_id", "joined_at", "left_at")),
+        "event_counts": list(EventCount.objects.order_by("customer_id", "type").values_list(
+            "customer_id", "type", "total", "since_joined")),
     }
 
 
@@ -130,6 +133,19 @@ def test_aggregates_equal_the_repair_computation():
     recomputed = {row[0]: row[1:] for row in Customer.objects.values_list("pk", *AGGREGATES)}
     assert stored == recomputed
     assert any(values[0] for values in stored.values())
+
+
+def test_event_counts_are_stored_with_the_events_and_equal_a_recount():
+    seed()
+    stored = set(EventCount.objects.values_list("customer_id", "type", "total", "since_joined"))
+    # Every customer has counts (the friend_added event at least), and they add up to the
+    # events stored.
+    assert {c for c, *_rest in stored} == set(Customer.objects.values_list("pk", flat=True))
+    assert sum(total for _c, _t, total, _s in stored) == Event.objects.count()
+
+    assert event_counts_refresh() == 0    # the recount from the events finds nothing to fix
+    assert set(EventCount.objects.values_list(
+        "customer_id", "type", "total", "since_joined")) == stored
 
 
 def test_same_seed_same_data_and_a_second_run_adds_nothing():
