@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -94,7 +95,8 @@ def _target_case(stages: list[Stage], ctx: dict[str, Any]) -> Case:
 
 
 def _features(plan: list[tuple[StageModel, list[Stage], dict[str, Any]]], *, now: datetime,
-              customer_ids: list[int] | None) -> conditions.Features | None:
+              customer_ids: list[int] | None,
+              pk_range: tuple[int, int | None] | None = None) -> conditions.Features | None:
     """On PostgreSQL, every counting leaf of every stage of every model in `plan` (model,
     stages, thresholds) reads one per-customer table computed here once for the whole run —
     one pass over the events and one over the orders, like the scan floor — and joined by each
@@ -106,7 +108,8 @@ def _features(plan: list[tuple[StageModel, list[Stage], dict[str, Any]]], *, now
     for _model, stages, thresholds in plan:
         _target_case(stages, {"now": now, "thresholds": thresholds, "customer_ids": customer_ids,
                               "features": features})
-    features.materialize(conditions.Context(now=now, customer_ids=customer_ids))
+    features.materialize(conditions.Context(now=now, customer_ids=customer_ids,
+                                            pk_range=pk_range))
     return features
 
 
@@ -303,46 +306,120 @@ def stage_models_evaluate(*, keys: list[str] | None = None, customer_ids: list[i
                      source=TransitionSource.RULE)
 
 
+Plan = list[tuple[StageModel, list[Stage], dict[str, Any]]]
+Chunk = tuple[list[int] | None, tuple[int, int | None] | None]
+
+
 def _evaluate(models: list[StageModel], *, customer_ids: list[int] | None, now: datetime,
               chunk_size: int, source: str) -> list[Evaluation]:
     started = time.monotonic()
+    # A full run outside any transaction may spread its chunks over several database sessions
+    # (each its own transaction, committed on its own); inside a caller's transaction the other
+    # sessions would not see what it has written, so it runs in this one.
+    workers = 1 if customer_ids is not None or connection.in_atomic_block else _workers()
     with transaction.atomic():
-        locked = list(StageModel.objects.select_for_update(skip_locked=customer_ids is None)
-                      .filter(pk__in=[m.pk for m in models], active=True)
-                      .order_by("order", "key"))
+        # NO KEY UPDATE: excludes a second evaluation of these models (and makes the
+        # incremental path wait), but not the foreign-key checks of what the workers write.
+        locked = list(StageModel.objects.select_for_update(
+            skip_locked=customer_ids is None, no_key=True)
+            .filter(pk__in=[m.pk for m in models], active=True)
+            .order_by("order", "key"))
         if not locked:
             return []
         heavy_statements()
         plan = [(model, stages, model.thresholds) for model in locked
                 if (stages := _stages(model))]
-        keys = {s.pk: s.key for _m, stages, _t in plan for s in stages}
         results = {model.pk: Evaluation(model=model.key) for model in locked}
         spent = dict.fromkeys(results, 0.0)
-        features = _features(plan, now=now, customer_ids=customer_ids) if plan else None
-        shared = time.monotonic() - started
         # A model whose stages are not written yet moves no one (and has no SQL to run).
-        for ids, pk_range in (_pk_ranges(customer_ids, chunk_size) if plan else ()):
-            for model, stages, thresholds in plan:
-                began = time.monotonic()
-                sql, params = _changes_sql(model, stages, now=now, thresholds=thresholds,
-                                           customer_ids=ids, pk_range=pk_range,
-                                           features=features)
-                moved = _apply(model, stages, sql, params, now=now, source=source)
-                result = results[model.pk]
-                result.changed += len(moved)
-                _announce(model, stages, moved, now, source)
-                for _customer, from_id, to_id in moved:
-                    result.moves[(keys.get(from_id, ""), keys[to_id])] += 1
-                spent[model.pk] += time.monotonic() - began
+        chunks = list(_pk_ranges(customer_ids, chunk_size)) if plan else []
+        spans = _spans(chunks, workers)
+        if len(spans) > 1:
+            with ThreadPoolExecutor(max_workers=len(spans)) as pool:
+                parts = list(pool.map(
+                    lambda span: _evaluate_span_in_thread(plan, span, now=now, source=source),
+                    spans))
+            for part_results, part_spent in parts:
+                for pk, part in part_results.items():
+                    results[pk].changed += part.changed
+                    results[pk].moves.update(part.moves)
+                    spent[pk] += part_spent[pk]
+        elif chunks:
+            features = _features(plan, now=now, customer_ids=customer_ids)
+            _evaluate_chunks(plan, chunks, features, results, spent, now=now, source=source)
         if customer_ids is None:
             StageModel.objects.filter(pk__in=list(results)).update(last_evaluated_at=now)
-    # Each model's own statements, and its share of what the models computed together.
+    # Each model's share of the run's time (its own statements, and the shared pass over the
+    # events in proportion).
+    elapsed = time.monotonic() - started
+    total = sum(spent.values())
     for model in locked:
         result = results[model.pk]
-        result.duration_ms = round((spent[model.pk] + shared / len(locked)) * 1000)
+        share = spent[model.pk] / total if total else 1 / len(locked)
+        result.duration_ms = round(elapsed * share * 1000)
         logger.info("lifecycle.evaluated", extra={"model": model.key, "changed": result.changed,
-                                                  "ms": result.duration_ms})
+                                                  "ms": result.duration_ms, "sessions": len(spans)
+                                                  or 1})
     return [results[model.pk] for model in locked]
+
+
+def _workers() -> int:
+    from django.conf import settings
+
+    if connection.vendor != "postgresql":
+        return 1
+    return max(1, int(getattr(settings, "LIFECYCLE_EVALUATION_SESSIONS", 1)))
+
+
+def _spans(chunks: list[Chunk], workers: int) -> list[list[Chunk]]:
+    """The chunks in `workers` runs of consecutive ones (as even as the chunks allow): each run
+    covers one range of primary keys, for which its session computes the per-customer counts."""
+    workers = min(workers, len(chunks))
+    if workers <= 1:
+        return [chunks] if chunks else []
+    size, extra = divmod(len(chunks), workers)
+    spans, at = [], 0
+    for index in range(workers):
+        n = size + (index < extra)
+        spans.append(chunks[at:at + n])
+        at += n
+    return spans
+
+
+def _evaluate_span_in_thread(plan: Plan, span: list[Chunk], *, now: datetime, source: str
+                             ) -> tuple[dict[int, Evaluation], dict[int, float]]:
+    """One session's share of a full run: its own transaction over a range of customers (its
+    own connection: Django's connections belong to their thread)."""
+    try:
+        results = {model.pk: Evaluation(model=model.key) for model, _s, _t in plan}
+        spent = dict.fromkeys(results, 0.0)
+        pk_range = (span[0][1][0], span[-1][1][1])
+        with transaction.atomic():
+            heavy_statements()
+            features = _features(plan, now=now, customer_ids=None, pk_range=pk_range)
+            _evaluate_chunks(plan, span, features, results, spent, now=now, source=source)
+        return results, spent
+    finally:
+        connection.close()
+
+
+def _evaluate_chunks(plan: Plan, chunks: list[Chunk], features: conditions.Features | None,
+                     results: dict[int, Evaluation], spent: dict[int, float], *, now: datetime,
+                     source: str) -> None:
+    """Each chunk of customers through every model in turn, in the current transaction."""
+    keys = {s.pk: s.key for _m, stages, _t in plan for s in stages}
+    for ids, pk_range in chunks:
+        for model, stages, thresholds in plan:
+            began = time.monotonic()
+            sql, params = _changes_sql(model, stages, now=now, thresholds=thresholds,
+                                       customer_ids=ids, pk_range=pk_range, features=features)
+            moved = _apply(model, stages, sql, params, now=now, source=source)
+            result = results[model.pk]
+            result.changed += len(moved)
+            _announce(model, stages, moved, now, source)
+            for _customer, from_id, to_id in moved:
+                result.moves[(keys.get(from_id, ""), keys[to_id])] += 1
+            spent[model.pk] += time.monotonic() - began
 
 
 def orphans_sweep() -> int:

@@ -547,6 +547,51 @@ def test_two_full_evaluations_at_once_record_each_move_once(admin_user, builtin_
 
 @postgres_only
 @pytest.mark.django_db(transaction=True)
+def test_a_full_run_spread_over_two_sessions_places_everyone_as_one_session_does(
+        admin_user, builtin_models, settings, monkeypatch):
+    """Above one chunk, a full run outside a transaction spreads its chunks over
+    LIFECYCLE_EVALUATION_SESSIONS database sessions, each over its own range of customers: the
+    stages, the moves reported and the history are those of a run in one session."""
+    world, customers = _concurrent_world(admin_user)
+    by_pk = {c.pk: c for c in customers}
+    threads = set()
+    span = services._evaluate_span_in_thread
+
+    def spy(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return span(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_evaluate_span_in_thread", spy)
+    settings.LIFECYCLE_EVALUATION_SESSIONS = 2
+
+    spread = services.stage_models_evaluate(now=NOW, chunk_size=7)
+
+    assert len(threads) == 2
+    placed = {key: world.stages_of(by_pk, key) for key in ("journey", "value", "aipl")}
+    assert placed["value"] == {c.pk: _expected_value_stage(i) for i, c in enumerate(customers)}
+    history = sorted(StageTransition.objects.values_list("customer_id", "model__key", "to_key"))
+    assert len(history) == 3 * len(customers) == len(set(history))
+    assert StageModel.objects.filter(last_evaluated_at=NOW).count() == 3
+
+    CustomerStage.objects.all().delete()
+    StageTransition.objects.all().delete()
+    settings.LIFECYCLE_EVALUATION_SESSIONS = 1
+    threads.clear()
+    alone = services.stage_models_evaluate(now=NOW, chunk_size=7)
+
+    assert not threads
+    assert {key: world.stages_of(by_pk, key) for key in placed} == placed
+    assert sorted(StageTransition.objects.values_list(
+        "customer_id", "model__key", "to_key")) == history
+    assert [(r.model, r.changed, r.moves) for r in spread] == [
+        (r.model, r.changed, r.moves) for r in alone]
+    # Nothing to change: both ways write nothing.
+    settings.LIFECYCLE_EVALUATION_SESSIONS = 2
+    assert [r.changed for r in services.stage_models_evaluate(now=NOW, chunk_size=7)] == [0] * 3
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
 def test_two_evaluations_of_overlapping_customers_at_once(admin_user, builtin_models):
     """The incremental path evaluates the customers an event touched while another evaluation
     may be running: every customer of both sets ends where the rules say, each move recorded
