@@ -9,7 +9,20 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import CharField, Count, DecimalField, Exists, F, Func, OuterRef, Q, Sum
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    DecimalField,
+    Exists,
+    F,
+    Func,
+    IntegerField,
+    OuterRef,
+    Q,
+    Sum,
+    When,
+)
 from django.db.models.lookups import (
     Exact,
     GreaterThan,
@@ -317,6 +330,9 @@ def _event_compile(leaf: Leaf, ctx: Context) -> Q:
 
     if leaf.params.get("within_days") is None:
         return _event_count_compile(leaf, ctx)
+    latest = _event_latest_compile(leaf, ctx)
+    if latest is not None:
+        return latest
     where = Q()
     if leaf.params.get("type"):
         where &= Q(type__in=leaf.params["type"])
@@ -329,6 +345,43 @@ def _event_compile(leaf: Leaf, ctx: Context) -> Q:
     return _counted(Event, where, leaf, lambda q: Count("customer", filter=q), ctx=ctx,
                     exists_ok=not leaf.params.get("since_joined"),
                     rows=("type", leaf.params["type"]) if leaf.params.get("type") else None)
+
+
+def _event_latest_compile(leaf: Leaf, ctx: Context) -> Q | None:
+    """A window of days and a count up to EVENT_COUNT_LATEST, without shared counts: "at least
+    k events within N days" is "the k-th latest event of the type is within N days", read from
+    the per-type rows' latest times (an index range) instead of counting the window's events.
+    With several types, a customer's latest times in the window are added up over the types —
+    exact too: a type that fills all its latest times in the window reaches k on its own. None
+    where this does not apply."""
+    from crm.models import EVENT_COUNT_LATEST, EventCount
+
+    if ctx.features is not None:
+        return None
+    k = leaf.value if leaf.op == "count_gte" else leaf.value + 1   # ≤ v: not ≥ v + 1
+    if not 1 <= k <= EVENT_COUNT_LATEST:
+        return None
+    bound = since(ctx, leaf.params["within_days"])
+    kinds = leaf.params.get("type")
+    joined = leaf.params.get("since_joined")
+
+    def in_window(i: int) -> Q:
+        q = Q(**{f"latest_{i}__gte": bound})
+        return q & Q(**{f"latest_{i}__gte": F("customer__joined_at")}) if joined else q
+
+    rows = EventCount.objects.filter(latest_1__gte=bound)
+    if kinds:
+        rows = rows.filter(type__in=kinds)
+    if kinds and len(kinds) == 1:
+        rows = rows.filter(in_window(k))
+    else:
+        n = sum((Case(When(in_window(i), then=1), default=0)
+                 for i in range(2, EVENT_COUNT_LATEST + 1)),
+                Case(When(in_window(1), then=1), default=0))
+        rows = (rows.order_by().values("customer_id")
+                .annotate(n=Sum(n, output_field=IntegerField())).filter(n__gte=k))
+    q = Q(pk__in=ctx.scope(rows).values("customer_id"))
+    return q if leaf.op == "count_gte" else ~q
 
 
 def _event_count_compile(leaf: Leaf, ctx: Context) -> Q:

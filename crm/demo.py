@@ -37,7 +37,9 @@ from django.utils import timezone
 
 from core import access
 from crm.models import (
+    EVENT_COUNT_LATEST,
     INBOUND_EVENT_TYPES,
+    LATEST_FIELDS,
     Channel,
     Customer,
     CustomerTouch,
@@ -360,6 +362,15 @@ def external_id(ctx: Context, g: int) -> str:
     return "wm" + urlsafe_b64encode(n.to_bytes(9, "big")).decode()
 
 
+def _event_count_row(ctx: Context, cid: int, joined: int, kind: str, times: list[int]
+                     ) -> tuple:
+    """(customer, type, total, since joining, latest_1 … latest_5) of one customer's events
+    of one type, `times` oldest first."""
+    latest = [ctx.ts(t) for t in times[:-EVENT_COUNT_LATEST - 1:-1]]
+    return (cid, kind, len(times), sum(t >= joined for t in times), *latest,
+            *[None] * (EVENT_COUNT_LATEST - len(latest)))
+
+
 def chunk_plan(ctx: Context, k: int) -> ChunkPlan:
     """Customers k·CHUNK … (k+1)·CHUNK − 1 (by global index) with all their facts."""
     rng = random.Random(_mix("demo", ctx.seed, k))
@@ -507,19 +518,19 @@ def chunk_plan(ctx: Context, k: int) -> ChunkPlan:
         # which PostgreSQL builds fast from presorted input.
         evs.sort(key=_TYPE_TIME)
         last_in = None
-        # The per-type event counts (crm.EventCount), from the same list: one run per type.
-        run_kind, run_total, run_since = None, 0, 0
+        # The per-type event counts (crm.EventCount), from the same list: one run of times
+        # per type, oldest first.
+        run_kind, run_times = None, []
         for t, kind, _d in evs:
             if kind in _INBOUND and (last_in is None or t > last_in):
                 last_in = t
             if kind != run_kind:
                 if run_kind is not None:
-                    event_counts.append((cid, run_kind, run_total, run_since))
-                run_kind, run_total, run_since = kind, 0, 0
-            run_total += 1
-            run_since += t >= jt
+                    event_counts.append(_event_count_row(ctx, cid, jt, run_kind, run_times))
+                run_kind, run_times = kind, []
+            run_times.append(t)
         if run_kind is not None:
-            event_counts.append((cid, run_kind, run_total, run_since))
+            event_counts.append(_event_count_row(ctx, cid, jt, run_kind, run_times))
         last_active = last_in if last_at is None else (
             last_at if last_in is None else max(last_in, last_at))
         gender = GENDER_TABLE[int(r() * 100)]
@@ -594,7 +605,7 @@ COLUMNS = {
     "event": (Event, ("id", "customer", "type", "occurred_at", "idempotency_key", "data",
                       "received_at")),
     # No id: the table's sequence numbers them.
-    "eventcount": (EventCount, ("customer", "type", "total", "since_joined")),
+    "eventcount": (EventCount, ("customer", "type", "total", "since_joined", *LATEST_FIELDS)),
 }
 MODELS = (Customer, GroupMembership, Order, OrderItem, Event)
 

@@ -274,6 +274,10 @@ class Event(models.Model):
         return f"{self.type} @ {self.occurred_at:%Y-%m-%d %H:%M}"
 
 
+EVENT_COUNT_LATEST = 5
+LATEST_FIELDS = tuple(f"latest_{k}" for k in range(1, EVENT_COUNT_LATEST + 1))
+
+
 class EventCount(models.Model):
     """How many events of a type a customer has: in all, and since joining (at or after
     `joined_at`). `events_ingest` adds the events it stores in their own transaction;
@@ -288,6 +292,14 @@ class EventCount(models.Model):
     type = models.CharField(_("type"), max_length=32, choices=Event.Type.choices)
     total = models.PositiveIntegerField(_("events"), default=0)
     since_joined = models.PositiveIntegerField(_("events since joining"), default=0)
+    # When the latest EVENT_COUNT_LATEST events of the type happened, newest first (None past
+    # the total): "at least k events within N days" (k ≤ 5) is then "the k-th latest is within
+    # N days" — one index range instead of counting the window's events.
+    latest_1 = models.DateTimeField(_("latest event"), null=True, blank=True)
+    latest_2 = models.DateTimeField(_("2nd latest event"), null=True, blank=True)
+    latest_3 = models.DateTimeField(_("3rd latest event"), null=True, blank=True)
+    latest_4 = models.DateTimeField(_("4th latest event"), null=True, blank=True)
+    latest_5 = models.DateTimeField(_("5th latest event"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("event count")
@@ -295,7 +307,10 @@ class EventCount(models.Model):
         constraints = [models.UniqueConstraint(fields=["customer", "type"],
                                                name="crm_eventcount_once")]
         indexes = [models.Index(fields=["type", "customer"], include=["total", "since_joined"],
-                                name="crm_eventcount_type")]
+                                name="crm_eventcount_type"),
+                   models.Index(fields=["type", "latest_1"],
+                                include=["customer", "latest_2", "latest_3", "latest_4",
+                                         "latest_5"], name="crm_eventcount_latest")]
 
     def __str__(self) -> str:
         return f"{self.customer_id} {self.type}: {self.total} ({self.since_joined})"

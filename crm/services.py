@@ -37,8 +37,9 @@ from django.db.models import (
     Sum,
     Value,
     When,
+    Window,
 )
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models.functions import Coalesce, Greatest, RowNumber
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
@@ -54,7 +55,9 @@ from core.db import (
 from core.exceptions import ApplicationError
 from crm.hooks import notify_customers_touched
 from crm.models import (
+    EVENT_COUNT_LATEST,
     INBOUND_EVENT_TYPES,
+    LATEST_FIELDS,
     STATUS_EVENT_TYPES,
     Channel,
     Customer,
@@ -364,28 +367,41 @@ def customer_facts_repair(*, customer_ids=None) -> tuple[int, int]:
 # --- Event counts ----------------------------------------------------------------------------
 
 def _event_counts_add(rows: list[tuple[int, str, datetime]]) -> None:
-    """Add newly stored events — (customer id, type, occurred_at) — to the customers' counts:
-    one upsert per batch, in the events' transaction (the customers are locked)."""
-    joined = dict(Customer.objects.filter(pk__in={r[0] for r in rows})
-                  .values_list("pk", "joined_at"))
-    counts: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+    """Add newly stored events — (customer id, type, occurred_at) — to the customers' counts
+    and latest times: one read and one upsert per batch, in the events' transaction (the
+    customers are locked, so nothing changes their rows in between)."""
+    ids = {r[0] for r in rows}
+    joined = dict(Customer.objects.filter(pk__in=ids).values_list("pk", "joined_at"))
+    counts: dict[tuple[int, str], list] = defaultdict(lambda: [0, 0, []])
     for customer_id, kind, occurred_at in rows:
         cell = counts[(customer_id, kind)]
         cell[0] += 1
         cell[1] += occurred_at >= joined[customer_id]
+        cell[2].append(occurred_at)
+    stored = {(c, t): latest for c, t, *latest in EventCount.objects.filter(
+        customer_id__in=ids, type__in={k for _c, k in counts}).values_list(
+        "customer_id", "type", *LATEST_FIELDS)}
     table = EventCount._meta.db_table
-    items = list(counts.items())
+    items = []
+    for key, (total, since, times) in counts.items():
+        merged = sorted([t for t in stored.get(key, ()) if t is not None] + times,
+                        reverse=True)[:EVENT_COUNT_LATEST]
+        adapt = connection.ops.adapt_datetimefield_value
+        items.append((*key, total, since, *(adapt(t) for t in merged),
+                      *[None] * (EVENT_COUNT_LATEST - len(merged))))
+    columns = ("customer_id", "type", "total", "since_joined", *LATEST_FIELDS)
+    marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
     with connection.cursor() as cursor:
         for start in range(0, len(items), 1000):
             chunk = items[start:start + 1000]
             cursor.execute(
-                f"INSERT INTO {table} (customer_id, type, total, since_joined) VALUES "
-                + ", ".join(["(%s, %s, %s, %s)"] * len(chunk))
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                + ", ".join([marks] * len(chunk))
                 + f" ON CONFLICT (customer_id, type) DO UPDATE SET "
                 f"total = {table}.total + excluded.total, "
-                f"since_joined = {table}.since_joined + excluded.since_joined",
-                [v for (customer_id, kind), (total, since) in chunk
-                 for v in (customer_id, kind, total, since)])
+                f"since_joined = {table}.since_joined + excluded.since_joined, "
+                + ", ".join(f"{c} = excluded.{c}" for c in LATEST_FIELDS),
+                [v for item in chunk for v in item])
 
 
 def event_counts_refresh(*, customer_ids=None, chunk_size: int = 200_000) -> int:
@@ -405,6 +421,23 @@ def event_counts_refresh(*, customer_ids=None, chunk_size: int = 200_000) -> int
                for low, high in pk_ranges(Customer.objects.all(), chunk_size))
 
 
+def event_counts_select(events) -> tuple[str, list]:
+    """SQL of (customer_id, type, total, since_joined, latest_1 … latest_5) for the events of
+    a queryset: one pass numbering each customer's events of a type newest first."""
+    numbered = events.order_by().annotate(
+        joined=F("customer__joined_at"),
+        rn=Window(RowNumber(), partition_by=[F("customer_id"), F("type")],
+                  order_by=[F("occurred_at").desc()]),
+    ).values_list("customer_id", "type", "occurred_at", "joined", "rn")
+    sql, params = numbered.query.sql_with_params()
+    latest = ", ".join(f"MAX(CASE WHEN x.rn = {k} THEN x.occurred_at END)"
+                       for k in range(1, EVENT_COUNT_LATEST + 1))
+    return (f"SELECT x.customer_id, x.type, COUNT(*), "
+            f"SUM(CASE WHEN x.occurred_at >= x.joined THEN 1 ELSE 0 END), {latest} "
+            f"FROM ({sql}) AS x "
+            f"GROUP BY x.customer_id, x.type", list(params))
+
+
 def _event_counts_recount(customers: Q) -> int:
     table = EventCount._meta.db_table
     with transaction.atomic():
@@ -419,18 +452,17 @@ def _event_counts_recount(customers: Q) -> int:
         if len(locked) != high - low + 1:      # not a contiguous range: the ids themselves
             events = events.filter(customer_id__in=locked)
             stale = stale.filter(customer_id__in=locked)
-        since = Count("id", filter=Q(occurred_at__gte=F("customer__joined_at")))
-        select = (events.values("customer_id", "type").annotate(n=Count("id"), s=since)
-                  .values_list("customer_id", "type", "n", "s"))
-        sql, params = select.query.sql_with_params()
+        sql, params = event_counts_select(events)
+        columns = ("total", "since_joined", *LATEST_FIELDS)
+        changed = " OR ".join(f"{table}.{c} IS DISTINCT FROM excluded.{c}" for c in columns)
         with connection.cursor() as cursor:
             # "WHERE 1=1" keeps SQLite from reading ON CONFLICT as join syntax.
             cursor.execute(
-                f"INSERT INTO {table} (customer_id, type, total, since_joined) "
+                f"INSERT INTO {table} (customer_id, type, {', '.join(columns)}) "
                 f"SELECT * FROM ({sql}) AS src WHERE 1=1 "
-                f"ON CONFLICT (customer_id, type) DO UPDATE SET total = excluded.total, "
-                f"since_joined = excluded.since_joined WHERE {table}.total <> excluded.total "
-                f"OR {table}.since_joined <> excluded.since_joined", params)
+                f"ON CONFLICT (customer_id, type) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in columns)
+                + f" WHERE {changed}", params)
             written = cursor.rowcount
         gone, _ = stale.exclude(Exists(Event.objects.filter(
             customer_id=OuterRef("customer_id"), type=OuterRef("type")))).delete()

@@ -121,3 +121,67 @@ def test_an_import_that_changes_the_joining_date_recounts_since_joining(operator
 
     assert report.extra == {"created": 0, "updated": 1}, report.as_dict()
     assert counts(customer) == {"message_in": (3, 2)}
+
+
+LATEST = ("latest_1", "latest_2", "latest_3", "latest_4", "latest_5")
+
+
+def test_ingestion_keeps_the_latest_times_as_a_recount_finds_them(operator):
+    """Events arriving out of order, in several batches, with a tie and a duplicate key: each
+    (customer, type) row holds its five latest times, newest first — what the nightly recount
+    computes."""
+    customer = CustomerFactory(external_id="lt-1", owner=operator, joined_at=when(5))
+    ingest(operator, *(message("lt-1", f"a{d}", d) for d in (20, 3, 9)))
+    ingest(operator, *(message("lt-1", f"b{d}", d) for d in (12, 25, 1, 12)),
+           message("lt-1", "b-dup", 12))
+    ingest(operator, message("lt-1", "c", 2), message("lt-1", "d", 30, "link_clicked"))
+
+    def latest():
+        return {row[0]: row[1:] for row in EventCount.objects.filter(customer=customer)
+                .values_list("type", *LATEST)}
+
+    assert latest() == {
+        "message_in": (when(25), when(20), when(12), when(12), when(9)),
+        "link_clicked": (when(30), None, None, None, None)}
+    kept = latest()
+    assert services.event_counts_refresh() == 0     # the recount agrees
+    assert latest() == kept
+
+
+def test_windowed_counts_from_the_latest_times_equal_counting_the_events(operator,
+                                                                          monkeypatch):
+    """`count_gte k within N days` (k ≤ 5) reads the k-th latest time; every variant — one
+    type, several, any type, since joining, count_lte — selects exactly the customers that
+    counting the window's events selects, past 5 as well (counted from the events)."""
+    import copy
+    import random
+
+    from crm import conditions as crm_conditions
+
+    rng = random.Random(7)
+    now = when(31)
+    kinds = ["message_in", "link_clicked", "coupon_redeemed"]
+    for n in range(30):
+        ext = f"win-{n}"
+        CustomerFactory(external_id=ext, owner=operator, joined_at=when(1 + n % 20))
+        items = [message(ext, f"{ext}-{i}", rng.randint(1, 30), rng.choice(kinds))
+                 for i in range(rng.randint(0, 14))]
+        for start in range(0, len(items), 4):       # several batches a customer
+            if items[start:start + 4]:
+                ingest(operator, *items[start:start + 4])
+
+    def found(leaf):
+        q = compile_condition(leaf, now=now)
+        return set(Customer.objects.filter(q).values_list("external_id", flat=True))
+
+    leaves = [{"field": "event", "op": op, "value": value, "within_days": days, **extra}
+              for op in ("count_gte", "count_lte") for value in (0, 1, 2, 3, 5, 6)
+              for days in (2, 7, 20)
+              for extra in ({"type": "message_in"}, {"type": ["message_in", "link_clicked"]},
+                            {}, {"type": "message_in", "since_joined": True},
+                            {"type": kinds, "since_joined": True})]
+    latest = [found(copy.deepcopy(leaf)) for leaf in leaves]
+    monkeypatch.setattr(crm_conditions, "_event_latest_compile", lambda leaf, ctx: None)
+    counted = [found(copy.deepcopy(leaf)) for leaf in leaves]
+    assert [(leaf, a) for leaf, a, b in zip(leaves, latest, counted, strict=True) if a != b] == []
+    assert sum(0 < len(v) < 30 for v in counted) >= len(leaves) / 3   # not all-or-nothing

@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from crm.models import Customer, CustomerTouch, TouchCursor
+from crm.services import event_counts_refresh
 from tagging import services
 from tagging.models import CustomerTag, Tag, TagChange, TagGroup, TagRule, TagRuleRun, TagSource
 from tagging.tasks import tag_touched_customers
@@ -634,6 +635,8 @@ def _chatty_world():
             EventFactory(customer=customer, type="message_in", occurred_at=days_ago(k + 0.5))
         for k in range(n % 3):
             OrderFactory(customer=customer, status="paid", placed_at=days_ago(k + 1))
+    # (events stored straight into the table: their per-type counts as ingestion keeps them)
+    event_counts_refresh(customer_ids=[c.pk for c in customers.values()])
     return customers
 
 
