@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
-from metrics import rangefacts, spells
+from metrics import bitmaps, rangefacts, spells
 from metrics.decomposition import Factors, decompose
 from metrics.models import (
     CohortCell,
@@ -417,6 +417,10 @@ def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
     if window is not None:
         f = rangefacts.range_figures(scope=scope, window=window)
         return _kpis(f, f, f, f, _referrals(scope=scope, period=period))
+    f = bitmaps.relationship_figures(scope=scope, period=period)
+    if f is not None:
+        # Any other range within the stored history: from the customer bitmaps.
+        return _kpis(f, f, f, f, _referrals(scope=scope, period=period))
     since, until = period.since, period.until
     customers = scope.apply(Customer.objects.order_by())
     deleted_soon = Exists(Event.objects.filter(
@@ -453,7 +457,12 @@ def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
 def revenue_factors(*, scope: Scope, period: Period) -> Factors:
     """Traffic, buyers, paid orders and revenue of the period. Traffic is the customers in the
     private domain during the period, plus any buyer of the period who was not (so that
-    conversion = buyers ÷ traffic never exceeds 1 and the identity holds)."""
+    conversion = buyers ÷ traffic never exceeds 1 and the identity holds). A range within the
+    stored history is answered from the customer bitmaps (metrics.bitmaps), the same figures."""
+    stored = bitmaps.revenue_figures(scope=scope, period=period)
+    if stored is not None:
+        return Factors(traffic=stored.traffic, buyers=stored.buyers,
+                       paid_orders=stored.paid_orders, revenue=stored.revenue)
     paid = scope.apply(Order.objects.order_by(), "customer__").filter(
         status=Order.Status.PAID, placed_at__gte=period.since, placed_at__lt=period.until)
     orders = paid.aggregate(
@@ -586,8 +595,13 @@ def churn_and_win_back(*, scope: Scope, model: StageModel, stages: list[Stage], 
     window = (rangefacts.current_window(period)
               if (model.key, churn_key) == (rangefacts.CHURN_MODEL, rangefacts.CHURN_STAGE)
               else None)
+    stored = None
+    if window is None and (model.key, churn_key) == (bitmaps.CHURN_MODEL, bitmaps.CHURN_STAGE):
+        stored = bitmaps.churned(scope=scope, period=period)
     if window is not None:
         churned = rangefacts.range_figures(scope=scope, window=window)["churned"]
+    elif stored is not None:
+        churned = stored
     elif churn_key is not None:
         churned = scope.apply(StageTransition.objects.order_by(), "customer__").filter(
             model=model, to_key=churn_key, at__gte=period.since, at__lt=period.until,

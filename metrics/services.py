@@ -17,8 +17,9 @@ from django.utils import timezone
 
 from core.db import heavy_statements
 from lifecycle.models import StageModel
-from metrics import channelfacts, rangefacts, selectors, spells
+from metrics import bitmaps, channelfacts, rangefacts, selectors, spells
 from metrics.models import (
+    BitmapTable,
     CohortCell,
     CohortTable,
     DailyActivity,
@@ -215,6 +216,39 @@ def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
     return result
 
 
+@transaction.atomic
+def bitmaps_refresh(*, today: date | None = None) -> bitmaps.RefreshResult:
+    """Bring the customer bitmaps (metrics.bitmaps) up to the day before `today` (default:
+    today): build the days not stored yet, rebuild those with an order refunded since, their
+    blocks, and the customer columns, under a lock on the header row; a re-run stores the same.
+    PostgreSQL only: elsewhere nothing is stored and the figures are computed live."""
+    today = today or local_today()
+    if not bitmaps.available():
+        return bitmaps.RefreshResult()
+    heavy_statements()
+    header, _created = BitmapTable.objects.select_for_update().get_or_create(pk=1)
+    columns_at = timezone.now()
+    result = bitmaps.refresh(today)
+    header.first_day, header.last_day = result.first_day, result.last_day
+    header.columns_at = columns_at
+    header.refreshed_at = timezone.now()
+    header.duration_ms = result.duration_ms
+    header.save()
+    logger.info("metrics.bitmaps_refreshed", extra={
+        "first_day": result.first_day.isoformat(), "last_day": result.last_day.isoformat(),
+        "days_built": result.days_built, "days_repaired": result.days_repaired,
+        "blocks_built": result.blocks_built, "ms": result.duration_ms})
+    return result
+
+
+def bitmaps_stored_for(today: date) -> bool:
+    """Whether the bitmaps hold every day before `today` (or cannot be stored here)."""
+    if not bitmaps.available():
+        return True
+    header = BitmapTable.objects.first()
+    return header is not None and header.last_day == today - timedelta(days=1)
+
+
 @dataclass
 class TodayResult:
     date: date
@@ -252,7 +286,7 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
     nightly = None
     facts = FactsTable.objects.first()
     counts = _stored_counts(yesterday)
-    if counts is None or (rangefacts.available() and (
+    if counts is None or not bitmaps_stored_for(today) or (rangefacts.available() and (
             facts is None or yesterday not in {facts.as_of} & {facts.spells_as_of}
             & {facts.channels_as_of})):
         nightly = metrics_nightly(today=today)
@@ -294,11 +328,14 @@ class NightlyResult:
     snapshot: SnapshotResult
     cohorts: CohortResult
     range_facts: RangeFactsResult
+    bitmaps: bitmaps.RefreshResult
 
 
 def metrics_nightly(*, today: date | None = None) -> NightlyResult:
-    """The nightly job: snapshot yesterday, refresh the cohort table, then the range facts."""
+    """The nightly job: snapshot yesterday, refresh the cohort table, the range facts, then
+    the customer bitmaps."""
     today = today or local_today()
     return NightlyResult(snapshot=snapshot_metrics(day=today - timedelta(days=1)),
                          cohorts=cohorts_refresh(today=today),
-                         range_facts=range_facts_refresh(today=today))
+                         range_facts=range_facts_refresh(today=today),
+                         bitmaps=bitmaps_refresh(today=today))

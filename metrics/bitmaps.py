@@ -1,0 +1,696 @@
+"""Customer bitmaps: the overview's and the revenue report's figures over distinct customers
+(active, retained, interacting, buyers, repeat buyers, customers in the private domain, …) for
+any range within the stored history, without reading the range's events and orders per request.
+
+Those figures are not sums of daily snapshots: a customer active on two days of a range counts
+once. So the nightly refresh stores, per day before today, the set of customers it concerns, as
+a bitmap over customer ids (bit i = the customer with id i): `inbound` (an inbound event that
+day), `churn` (a move into the value lifecycle's churn stage that day), and `paid`, the day's
+buyers with their paid orders and revenue in cents (a sorted list, since buyers are few). Each
+kind is also stored per aligned block of 4, 16, 64 and 256 days (`CustomerBitmap.days`; a block
+starts on a day number, counted from 2000-01-01, divisible by its size), built from the four
+blocks below it, so that any range is the union of at most ~24 pieces. Beside them, one column
+per customer attribute the figures need (`CustomerColumn`, indexed by customer id): the day they
+joined, the day they left (status other than active: the day of `status_changed_at`), their
+first paid order's day, the day of their first group membership since joining, and flags
+(exists, deleted us within 7 days of joining, referred).
+
+A request then reads its range's pieces and the columns, applies the customers whose attributes
+changed since the columns were read (new customers, a status change, a first order, a refund, a
+group join or a deletion since then: one statement over indexes), adds today (live, from
+today's events and orders), takes out the orders refunded since a piece was read, and masks
+everything by the scope (the ids of the customers in scope, read from the customers' indexes —
+their current channel and owner, as the live computation counts them). The figures are then
+bitwise operations and counts over arrays of a million entries (numpy): the same figures as
+the live computation in metrics.selectors (docs/METRICS.md, "Customer bitmaps").
+
+PostgreSQL only, like metrics.rangefacts; elsewhere, and for a range (or its preceding range)
+reaching before the stored history, the figures are computed live.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from crm.models import INBOUND_EVENT_TYPES, Customer, Event, Order
+from metrics.models import BitmapTable, CustomerBitmap, CustomerColumn
+from metrics.periods import Period, Scope, day_start, local_today
+
+EPOCH = date(2000, 1, 1)
+SIZES = (256, 64, 16, 4, 1)
+NEVER = 32767               # a day after every range (int16): not gone, never bought, …
+LONG_AGO = -32768           # a day before every range
+EXISTS, DELETED_7D, REFERRED = 1, 2, 4
+COLUMNS = ("joined", "gone", "first_order", "grouped", "flags")
+INBOUND = sorted(INBOUND_EVENT_TYPES)
+FRIEND_LOSS_DAYS = 7
+CHURN_MODEL, CHURN_STAGE = "value", "churn"
+KINDS = tuple(CustomerBitmap.Kind.values)
+# A range reads at most this many days per statement when it builds missing days.
+BUILD_CHUNK_DAYS = 8
+
+
+def available() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def history_days() -> int:
+    """How many days before today the bitmaps keep (a range and its preceding range within them
+    are answered from the bitmaps)."""
+    return int(getattr(settings, "METRICS_BITMAP_DAYS", 400))
+
+
+def day_number(day: date) -> int:
+    return (day - EPOCH).days
+
+
+def day_of(number: int) -> date:
+    return EPOCH + timedelta(days=number)
+
+
+def pieces(first: date, last: date) -> list[tuple[date, int]]:
+    """The days `first` … `last` as the fewest aligned blocks: (start, days) pairs."""
+    a, b = day_number(first), day_number(last)
+    result = []
+    while a <= b:
+        size = next(s for s in SIZES if a % s == 0 and a + s - 1 <= b)
+        result.append((day_of(a), size))
+        a += size
+    return result
+
+
+def _raw(sql: str, params: dict[str, Any]) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+# --- Encoding -------------------------------------------------------------------------------
+
+PAID_DTYPE = np.dtype([("id", ">i4"), ("n", ">i4"), ("cents", ">i8")])
+
+
+@dataclass
+class Paid:
+    """Buyers (ids, ascending and distinct), their paid orders and revenue in cents."""
+
+    ids: np.ndarray
+    n: np.ndarray
+    cents: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Paid:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Paid:
+        rows = np.frombuffer(bytes(data), dtype=PAID_DTYPE)
+        return cls(rows["id"].astype(np.int64), rows["n"].astype(np.int64),
+                   rows["cents"].astype(np.int64))
+
+    def encode(self) -> bytes:
+        rows = np.empty(len(self.ids), dtype=PAID_DTYPE)
+        rows["id"], rows["n"], rows["cents"] = self.ids, self.n, self.cents
+        return rows.tobytes()
+
+    @classmethod
+    def merge(cls, parts: list[Paid]) -> Paid:
+        if not parts:
+            return cls.empty()
+        ids = np.concatenate([p.ids for p in parts])
+        unique, inverse = np.unique(ids, return_inverse=True)
+        n = np.zeros(len(unique), np.int64)
+        cents = np.zeros(len(unique), np.int64)
+        np.add.at(n, inverse, np.concatenate([p.n for p in parts]))
+        np.add.at(cents, inverse, np.concatenate([p.cents for p in parts]))
+        return cls(unique, n, cents)
+
+
+def _ids(data: bytes | None) -> np.ndarray:
+    """Customer ids sent by PostgreSQL as concatenated `int4send` values."""
+    if not data:
+        return np.zeros(0, np.int64)
+    return np.frombuffer(bytes(data), dtype=">i4").astype(np.int64)
+
+
+def encode_bitmap(ids: np.ndarray) -> bytes:
+    if len(ids) == 0:
+        return b""
+    bits = np.zeros(int(ids.max()) + 1, dtype=bool)
+    bits[ids] = True
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
+def decode_bitmap(data: bytes, size: int) -> np.ndarray:
+    """A bool array of `size` entries (bits beyond the stored ones are False)."""
+    bits = np.unpackbits(np.frombuffer(bytes(data), dtype=np.uint8), bitorder="little")
+    result = np.zeros(size, dtype=bool)
+    n = min(size, len(bits))
+    result[:n] = bits[:n].view(bool)
+    return result
+
+
+def _or_bitmaps(datas: list[bytes]) -> bytes:
+    """The union of packed bitmaps of any lengths, packed."""
+    datas = [bytes(d) for d in datas if d]
+    if not datas:
+        return b""
+    result = np.zeros(max(len(d) for d in datas), dtype=np.uint8)
+    for d in datas:
+        result[:len(d)] |= np.frombuffer(d, dtype=np.uint8)
+    return result.tobytes()
+
+
+# --- Reading the days from the events and orders -------------------------------------------
+
+DAYS_SQL = {
+    CustomerBitmap.Kind.INBOUND: """
+        SELECT x.d, string_agg(int4send(x.customer_id::int), ''::bytea) FROM (
+            SELECT DISTINCT (occurred_at AT TIME ZONE %(tz)s)::date AS d, customer_id
+            FROM crm_event WHERE type = ANY(%(inbound)s)
+            AND occurred_at >= %(since)s AND occurred_at < %(until)s) x
+        GROUP BY x.d""",
+    CustomerBitmap.Kind.CHURN: """
+        SELECT x.d, string_agg(int4send(x.customer_id::int), ''::bytea) FROM (
+            SELECT DISTINCT (at AT TIME ZONE %(tz)s)::date AS d, customer_id
+            FROM lifecycle_stagetransition
+            WHERE model_id = (SELECT id FROM lifecycle_stagemodel WHERE key = %(churn_model)s)
+            AND to_key = %(churn_stage)s AND at >= %(since)s AND at < %(until)s) x
+        GROUP BY x.d""",
+    CustomerBitmap.Kind.PAID: """
+        SELECT x.d, string_agg(int4send(x.customer_id::int) || int4send(x.n::int)
+                               || int8send(x.cents), ''::bytea ORDER BY x.customer_id) FROM (
+            SELECT (placed_at AT TIME ZONE %(tz)s)::date AS d, customer_id, COUNT(*) AS n,
+                   (SUM(amount) * 100)::bigint AS cents
+            FROM crm_order WHERE status = %(paid)s
+            AND placed_at >= %(since)s AND placed_at < %(until)s
+            GROUP BY 1, 2) x
+        GROUP BY x.d""",
+}
+
+
+def _params(**extra) -> dict[str, Any]:
+    return {"tz": settings.TIME_ZONE, "inbound": INBOUND, "paid": Order.Status.PAID,
+            "churn_model": CHURN_MODEL, "churn_stage": CHURN_STAGE,
+            "friend_deleted": Event.Type.FRIEND_DELETED,
+            "group_joined": Event.Type.GROUP_JOINED, "active": Customer.Status.ACTIVE,
+            "refunded": Order.Status.REFUNDED, "epoch": EPOCH, "never": NEVER,
+            "long_ago": LONG_AGO, **extra}
+
+
+def read_days(kind: str, first: date, last: date) -> dict[date, bytes]:
+    """The days `first` … `last` of one kind, encoded as stored, read from the source tables
+    (days without anyone are absent)."""
+    rows = _raw(DAYS_SQL[kind], _params(since=day_start(first),
+                                        until=day_start(last + timedelta(days=1))))
+    result = {}
+    for day, data in rows:
+        if kind == CustomerBitmap.Kind.PAID:
+            result[day] = bytes(data)
+        else:
+            result[day] = encode_bitmap(_ids(data))
+    return result
+
+
+# --- The customer columns --------------------------------------------------------------------
+
+def _day_sql(expression: str, missing: str) -> str:
+    """The day number of a timestamp (system time zone), clamped to int16; `missing` if NULL."""
+    return (f"COALESCE(GREATEST(LEAST(({expression} AT TIME ZONE %(tz)s)::date - %(epoch)s::date,"
+            f" {NEVER - 1}), {LONG_AGO + 1}), {missing})")
+
+
+COLUMNS_SQL = f"""
+SELECT string_agg(int4send(c.id::int)
+       || int2send({_day_sql("c.joined_at", str(NEVER))}::smallint)
+       || int2send((CASE WHEN c.status = %(active)s THEN {NEVER}
+                         ELSE {_day_sql("c.status_changed_at", str(LONG_AGO))} END)::smallint)
+       || int2send({_day_sql("c.first_order_at", str(NEVER))}::smallint)
+       || int2send({_day_sql("g.first_at", str(NEVER))}::smallint)
+       || int2send(({EXISTS}
+                    + CASE WHEN d.customer_id IS NOT NULL THEN {DELETED_7D} ELSE 0 END
+                    + CASE WHEN c.referred_by_id IS NOT NULL THEN {REFERRED} ELSE 0 END
+                   )::smallint), ''::bytea)
+FROM crm_customer c
+LEFT JOIN (
+    SELECT m.customer_id, MIN(m.joined_at) AS first_at FROM crm_groupmembership m
+    JOIN crm_customer j ON j.id = m.customer_id
+    WHERE m.joined_at >= j.joined_at {{members}}
+    GROUP BY m.customer_id
+) g ON g.customer_id = c.id
+LEFT JOIN (
+    SELECT DISTINCT e.customer_id FROM crm_event e JOIN crm_customer j ON j.id = e.customer_id
+    WHERE e.type = %(friend_deleted)s AND e.occurred_at >= j.joined_at
+      AND e.occurred_at < j.joined_at + interval '{FRIEND_LOSS_DAYS} days' {{deleted}}
+) d ON d.customer_id = c.id
+{{where}}
+"""
+COLUMN_DTYPE = np.dtype([("id", ">i4"), ("joined", ">i2"), ("gone", ">i2"),
+                         ("first_order", ">i2"), ("grouped", ">i2"), ("flags", ">i2")])
+
+# The customers whose columns may have changed since they were read at %(at)s: new customers,
+# a status change, a (new) first order, a refund (the first order may move), a group joined,
+# a deletion (within 7 days of joining).
+CHANGED_SQL = """
+    SELECT id FROM crm_customer WHERE id > %(max_id)s
+    UNION SELECT id FROM crm_customer WHERE joined_at >= %(at)s
+    UNION SELECT id FROM crm_customer WHERE status = ANY(%(statuses)s)
+                                      AND status_changed_at >= %(at)s
+    UNION SELECT id FROM crm_customer WHERE first_order_at >= %(at)s
+    UNION SELECT customer_id FROM crm_order WHERE refunded_at >= %(at)s
+    UNION SELECT customer_id FROM crm_event WHERE type IN (%(group_joined)s, %(friend_deleted)s)
+                                            AND occurred_at >= %(at)s
+"""
+
+
+def _read_columns(where: str = "", params: dict | None = None, *, changed: bool = False
+                  ) -> np.ndarray:
+    """Rows (id and the columns) of every customer, or of those `where` selects."""
+    restrict = {"members": "", "deleted": ""}
+    if changed:
+        restrict = {"members": f"AND m.customer_id IN ({CHANGED_SQL})",
+                    "deleted": f"AND e.customer_id IN ({CHANGED_SQL})"}
+    sql = COLUMNS_SQL.format(where=where, **restrict)
+    (data,), = _raw(sql, _params(**(params or {})))
+    if not data:
+        return np.zeros(0, dtype=COLUMN_DTYPE)
+    return np.frombuffer(bytes(data), dtype=COLUMN_DTYPE)
+
+
+def build_columns() -> dict[str, bytes]:
+    """Every customer's columns now, each as an int16 array indexed by customer id (entries of
+    ids without a customer: flags 0)."""
+    rows = _read_columns()
+    size = int(rows["id"].max()) + 1 if len(rows) else 0
+    result = {}
+    for name in COLUMNS:
+        column = np.zeros(size, dtype="<i2")
+        column[rows["id"].astype(np.int64)] = rows[name]
+        result[name] = column.tobytes()
+    return result
+
+
+@dataclass
+class Columns:
+    """The customers' columns as int16 arrays of `size` entries (indexed by id)."""
+
+    joined: np.ndarray
+    gone: np.ndarray
+    first_order: np.ndarray
+    grouped: np.ndarray
+    flags: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.flags)
+
+
+def load_columns(*, names: tuple[str, ...], at: datetime, size: int) -> Columns:
+    """The stored columns `names` (the others empty), with the customers changed since `at`
+    read again now, padded to at least `size` entries."""
+    stored = {row[0]: bytes(row[1]) for row in CustomerColumn.objects.filter(
+        name__in=[*names, "flags"]).values_list("name", "data")}
+    flags = np.frombuffer(stored.get("flags", b""), dtype="<i2")
+    changed = _read_columns(
+        f"WHERE c.id IN ({CHANGED_SQL})",
+        {"max_id": len(flags) - 1, "at": min(at, day_start(local_today())),
+         "statuses": [value for value, _label in Customer.Status.choices]}, changed=True)
+    size = max(size, len(flags), int(changed["id"].max()) + 1 if len(changed) else 0)
+    arrays = {}
+    for name in COLUMNS:
+        column = np.zeros(size if name in names or name == "flags" else 0, dtype=np.int16)
+        if name in stored:
+            values = np.frombuffer(stored[name], dtype="<i2")
+            column[:len(values)] = values
+        if len(column):
+            column[changed["id"].astype(np.int64)] = changed[name]
+        arrays[name] = column
+    return Columns(**arrays)
+
+
+# --- The nightly refresh ----------------------------------------------------------------------
+
+@dataclass
+class RefreshResult:
+    first_day: date | None = None
+    last_day: date | None = None
+    days_built: int = 0
+    days_repaired: int = 0
+    blocks_built: int = 0
+    customers: int = 0
+    bytes: int = 0
+    duration_ms: int = 0
+
+
+def _store(kind: str, start: date, days: int, data: bytes, as_of: datetime) -> None:
+    CustomerBitmap.objects.update_or_create(kind=kind, start=start, days=days,
+                                            defaults={"data": data, "as_of": as_of})
+
+
+def _build_days(days: list[date]) -> int:
+    """Read and store (replace) the pieces of the given days, a few days per statement."""
+    built = 0
+    runs: list[list[date]] = []
+    for day in sorted(days):
+        if runs and runs[-1][-1] == day - timedelta(days=1) and len(runs[-1]) < BUILD_CHUNK_DAYS:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    for run in runs:
+        as_of = timezone.now()
+        for kind in KINDS:
+            found = read_days(kind, run[0], run[-1])
+            CustomerBitmap.objects.filter(kind=kind, days=1, start__in=run).delete()
+            CustomerBitmap.objects.bulk_create([
+                CustomerBitmap(kind=kind, start=day, days=1, data=found.get(day, b""),
+                               as_of=as_of) for day in run])
+        built += len(run)
+    return built
+
+
+def _build_block(start: date, size: int) -> None:
+    """Store (replace) the block of `size` days from `start`, from the four blocks below it."""
+    child = size // 4
+    starts = [start + timedelta(days=i * child) for i in range(4)]
+    for kind in KINDS:
+        rows = list(CustomerBitmap.objects.filter(kind=kind, days=child, start__in=starts)
+                    .values_list("data", "as_of"))
+        if len(rows) != 4:
+            raise RuntimeError(f"bitmap block {kind} {start} +{size}: children missing")
+        as_of = min(a for _d, a in rows)
+        if kind == CustomerBitmap.Kind.PAID:
+            data = Paid.merge([Paid.decode(d) for d, _a in rows]).encode()
+        else:
+            data = _or_bitmaps([d for d, _a in rows])
+        _store(kind, start, size, data, as_of)
+
+
+# A refund committed while a day was being read may carry a `refunded_at` just before the
+# piece's `as_of` and still be counted in it: the nightly repair looks back this far.
+REPAIR_MARGIN = timedelta(hours=1)
+
+
+def _refunded_days(first: date, last: date) -> list[date]:
+    """Stored days with an order refunded after (or just before) the day's `paid` piece was
+    read: rebuilding a day is idempotent, so a day too many costs only time."""
+    since = (CustomerBitmap.objects.filter(kind=CustomerBitmap.Kind.PAID, days=1)
+             .order_by("as_of").values_list("as_of", flat=True).first())
+    if since is None:
+        return []
+    rows = _raw("""
+        SELECT DISTINCT b.start FROM crm_order o
+        JOIN metrics_customerbitmap b
+          ON b.kind = %(kind)s AND b.days = 1
+         AND b.start = (o.placed_at AT TIME ZONE %(tz)s)::date
+        WHERE o.status = %(refunded)s AND o.refunded_at >= %(since)s
+          AND o.placed_at >= %(first)s AND o.placed_at < %(until)s
+          AND o.refunded_at >= b.as_of - %(margin)s""",
+                _params(kind=CustomerBitmap.Kind.PAID, since=since - REPAIR_MARGIN,
+                        margin=REPAIR_MARGIN, first=day_start(first),
+                        until=day_start(last + timedelta(days=1))))
+    return [row[0] for row in rows]
+
+
+def refresh(today: date) -> RefreshResult:
+    """Bring the bitmaps up to the day before `today`: drop the days before the history, build
+    the days not stored (all of them the first time), rebuild the days with an order refunded
+    since they were read, build the blocks over them, and read every customer's columns anew.
+    Call in a transaction holding the `BitmapTable` row."""
+    started = time.monotonic()
+    result = RefreshResult()
+    last = today - timedelta(days=1)
+    first = today - timedelta(days=history_days())
+    result.first_day, result.last_day = first, last
+    # Blocks wholly in [first, last] only; pieces leaving the history go.
+    stale = CustomerBitmap.objects.filter(start__lt=first)
+    stale.delete()
+    for start, days in CustomerBitmap.objects.filter(days__gt=1).values_list("start", "days"):
+        if start + timedelta(days=days - 1) > last:
+            CustomerBitmap.objects.filter(start=start, days=days).delete()
+    CustomerBitmap.objects.filter(start__gt=last).delete()
+    stored = {}
+    for kind, start in CustomerBitmap.objects.filter(days=1).values_list("kind", "start"):
+        stored.setdefault(start, set()).add(kind)
+    wanted = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    missing = [d for d in wanted if stored.get(d) != set(KINDS)]
+    repaired = [d for d in _refunded_days(first, last) if d not in set(missing)]
+    result.days_built = _build_days(missing)
+    result.days_repaired = _build_days(repaired) if repaired else 0
+    changed = {day_number(d) for d in [*missing, *repaired]}
+    # Blocks, bottom up: each one whose days changed (or that is not stored yet).
+    existing = set(CustomerBitmap.objects.filter(kind=CustomerBitmap.Kind.PAID, days__gt=1)
+                   .values_list("start", "days"))
+    for size in reversed(SIZES[:-1]):
+        a = day_number(first)
+        a += (-a) % size
+        while a + size - 1 <= day_number(last):
+            touched = any(a <= d < a + size for d in changed)
+            if touched or (day_of(a), size) not in existing:
+                _build_block(day_of(a), size)
+                result.blocks_built += 1
+            a += size
+    columns = build_columns()
+    for name, data in columns.items():
+        CustomerColumn.objects.update_or_create(name=name, defaults={"data": data})
+    result.customers = len(columns["flags"]) // 2
+    result.duration_ms = round((time.monotonic() - started) * 1000)
+    return result
+
+
+def storage_bytes() -> int:
+    (n,), = _raw("SELECT COALESCE(pg_total_relation_size('metrics_customerbitmap'), 0)"
+                 " + COALESCE(pg_total_relation_size('metrics_customercolumn'), 0)", {})
+    return int(n)
+
+
+# --- Answers ----------------------------------------------------------------------------------
+
+def header() -> BitmapTable | None:
+    return BitmapTable.objects.first()
+
+
+def stored_period(period: Period, table: BitmapTable | None = None) -> bool:
+    """Whether the bitmaps hold every day of `period` before today (the days up to yesterday
+    stored, the columns read)."""
+    if not available():
+        return False
+    table = table if table is not None else header()
+    today = local_today()
+    return (table is not None and table.columns_at is not None
+            and table.last_day == today - timedelta(days=1) and table.first_day is not None
+            and period.start >= table.first_day)
+
+
+def _scope_ids(scope: Scope) -> np.ndarray | None:
+    """The ids of the customers in scope (current channel and owner), None for every
+    customer."""
+    if not scope.restricted:
+        return None
+    customers = scope.apply(Customer.objects.order_by()).values("pk")
+    if customers.query.is_empty():
+        return np.zeros(0, np.int64)
+    sql, params = customers.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT string_agg(int4send(s.pk::int), ''::bytea) FROM ({sql}) s",
+                       list(params))
+        (data,), = cursor.fetchall()
+    return _ids(data)
+
+
+@dataclass
+class RangeSets:
+    """One range's customers: inbound (bool array), churn (bool array) and paid orders and
+    revenue in cents per customer (int arrays), all of the same size."""
+
+    inbound: np.ndarray | None
+    churn: np.ndarray | None
+    orders: np.ndarray | None
+    cents: np.ndarray | None
+
+
+def _range_sets(period: Period, kinds: tuple[str, ...], size: int) -> RangeSets:
+    """The range's stored pieces (days before today), today's part read live, and the orders
+    refunded since their piece was read taken out."""
+    today = local_today()
+    last = min(period.end, today - timedelta(days=1))
+    wanted = pieces(period.start, last) if last >= period.start else []
+    sets = RangeSets(None, None, None, None)
+    rows = []
+    if wanted:
+        starts = {start for start, _days in wanted}
+        rows = [row for row in CustomerBitmap.objects.filter(
+            kind__in=kinds, start__in=starts).values_list("kind", "start", "days", "data",
+                                                         "as_of")
+                if (row[1], row[2]) in set(wanted)]
+        if len(rows) != len(wanted) * len(kinds):
+            raise Inconsistent(period)
+    # Today (and any later day of the range: events dated ahead) read live.
+    live = (max(period.start, today), period.end) if period.end >= today else None
+    for kind in kinds:
+        datas = [row[3] for row in rows if row[0] == kind]
+        if kind == CustomerBitmap.Kind.PAID:
+            parts = [Paid.decode(d) for d in datas]
+            if live:
+                parts += [Paid.decode(d) for d in read_days(kind, *live).values()]
+            orders = np.zeros(size, np.int64)
+            cents = np.zeros(size, np.int64)
+            for part in parts:          # ids are distinct within a piece
+                keep = part.ids < size  # (a customer deleted since, with the largest id)
+                orders[part.ids[keep]] += part.n[keep]
+                cents[part.ids[keep]] += part.cents[keep]
+            # Orders refunded since their day's piece was read: no longer paid.
+            as_of = {(start, days): at for k, start, days, _d, at in rows if k == kind}
+            if as_of:
+                for cid, day, refunded_cents, refunded_at in _refunds(
+                        period.start, last, min(as_of.values())):
+                    piece = next(p for p in wanted
+                                 if p[0] <= day < p[0] + timedelta(days=p[1]))
+                    if refunded_at >= as_of[piece] and cid < size:
+                        orders[cid] -= 1
+                        cents[cid] -= refunded_cents
+            sets.orders, sets.cents = orders, cents
+        else:
+            packed = _or_bitmaps(datas)
+            bits = decode_bitmap(packed, size) if packed else np.zeros(size, dtype=bool)
+            if live:
+                for data in read_days(kind, *live).values():
+                    bits |= decode_bitmap(data, size)
+            setattr(sets, kind, bits)
+    return sets
+
+
+def _refunds(first: date, last: date, since: datetime) -> list[tuple]:
+    return _raw("""
+        SELECT o.customer_id, (o.placed_at AT TIME ZONE %(tz)s)::date,
+               (o.amount * 100)::bigint, o.refunded_at
+        FROM crm_order o WHERE o.status = %(refunded)s AND o.refunded_at >= %(since)s
+        AND o.placed_at >= %(first)s AND o.placed_at < %(until)s""",
+                _params(since=since, first=day_start(first),
+                        until=day_start(last + timedelta(days=1))))
+
+
+class Inconsistent(Exception):
+    """A piece the header says is stored is missing (being rewritten): compute live."""
+
+
+def _universe(table: BitmapTable) -> int:
+    """Entries every array needs: past the largest customer id now."""
+    (n,), = _raw("SELECT COALESCE(MAX(id), 0) + 1 FROM crm_customer", {})
+    return int(n)
+
+
+def _masked(scope: Scope, columns: Columns) -> np.ndarray:
+    """Bool array: the customers in scope (existing now)."""
+    mask = (columns.flags & EXISTS) != 0
+    ids = _scope_ids(scope)
+    if ids is not None:
+        inside = np.zeros(columns.size, dtype=bool)
+        inside[ids[ids < columns.size]] = True
+        mask &= inside
+    return mask
+
+
+def _domain(columns: Columns, period: Period) -> np.ndarray:
+    """In the private domain during the period: joined by its end, not gone before its
+    start."""
+    return ((columns.joined <= day_number(period.end))
+            & (columns.gone >= day_number(period.start)))
+
+
+def relationship_figures(*, scope: Scope, period: Period) -> dict[str, int] | None:
+    """The overview's counts over distinct customers for `period` (and its preceding range),
+    or None when the bitmaps do not hold them."""
+    table = header()
+    previous = period.previous()
+    if not stored_period(previous, table):
+        return None
+    size = _universe(table)
+    columns = load_columns(names=COLUMNS, at=table.columns_at, size=size)
+    size = columns.size
+    try:
+        now = _range_sets(period, (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID), size)
+        before = _range_sets(previous, (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID),
+                             size)
+    except Inconsistent:
+        return None
+    mask = _masked(scope, columns)
+    s, e = day_number(period.start), day_number(period.end)
+    joined = mask & (columns.joined >= s) & (columns.joined <= e)
+    domain = mask & _domain(columns, period)
+    paid = now.orders > 0
+    active = mask & (now.inbound | paid)
+    active_before = mask & (before.inbound | (before.orders > 0))
+
+    def count(bits) -> int:
+        return int(np.count_nonzero(bits))
+
+    return {
+        "joined": count(joined),
+        "deleted_within_7_days": count(joined & ((columns.flags & DELETED_7D) != 0)),
+        "joined_group": count(joined & (columns.grouped <= e)),
+        "referred_customers": count(joined & ((columns.flags & REFERRED) != 0)),
+        "customers": count(domain),
+        "never_bought_before": count(domain & (columns.first_order >= s)),
+        "first_time_buyers": count(domain & (columns.first_order >= s)
+                                   & (columns.first_order <= e)),
+        "interacting": count(domain & now.inbound),
+        "active": count(active),
+        "active_previous": count(active_before),
+        "retained": count(active & active_before),
+        "buyers": count(mask & paid),
+        "repeat_buyers": count(mask & (now.orders >= 2)),
+    }
+
+
+@dataclass
+class RevenueFigures:
+    traffic: int
+    buyers: int
+    paid_orders: int
+    revenue: Decimal
+
+
+def revenue_figures(*, scope: Scope, period: Period) -> RevenueFigures | None:
+    """Traffic, buyers, paid orders and revenue of `period`, or None when the bitmaps do not
+    hold them."""
+    table = header()
+    if not stored_period(period, table):
+        return None
+    size = _universe(table)
+    columns = load_columns(names=("joined", "gone"), at=table.columns_at, size=size)
+    try:
+        sets = _range_sets(period, (CustomerBitmap.Kind.PAID,), columns.size)
+    except Inconsistent:
+        return None
+    mask = _masked(scope, columns)
+    buyers = mask & (sets.orders > 0)
+    outside = int(np.count_nonzero(buyers & ~_domain(columns, period)))
+    return RevenueFigures(
+        traffic=int(np.count_nonzero(mask & _domain(columns, period))) + outside,
+        buyers=int(np.count_nonzero(buyers)),
+        paid_orders=int(sets.orders[mask].sum()),
+        revenue=Decimal(int(sets.cents[mask].sum())) / 100)
+
+
+def churned(*, scope: Scope, period: Period) -> int | None:
+    """Distinct customers who entered the value lifecycle's churn stage in `period`, or None
+    when the bitmaps do not hold them."""
+    table = header()
+    if not stored_period(period, table):
+        return None
+    size = _universe(table)
+    columns = load_columns(names=(), at=table.columns_at, size=size)
+    try:
+        sets = _range_sets(period, (CustomerBitmap.Kind.CHURN,), columns.size)
+    except Inconsistent:
+        return None
+    return int(np.count_nonzero(_masked(scope, columns) & sets.churn))
