@@ -351,11 +351,6 @@ class RefreshResult:
     duration_ms: int = 0
 
 
-def _store(kind: str, start: date, days: int, data: bytes, as_of: datetime) -> None:
-    CustomerBitmap.objects.update_or_create(kind=kind, start=start, days=days,
-                                            defaults={"data": data, "as_of": as_of})
-
-
 def _build_days(days: list[date]) -> int:
     """Read and store (replace) the pieces of the given days, a few days per statement."""
     built = 0
@@ -377,21 +372,28 @@ def _build_days(days: list[date]) -> int:
     return built
 
 
-def _build_block(start: date, size: int) -> None:
-    """Store (replace) the block of `size` days from `start`, from the four blocks below it."""
+def _build_blocks(size: int, starts: list[date]) -> None:
+    """Store (replace) the blocks of `size` days from `starts`, each from the four blocks (or
+    days) below it: one read, one delete and one insert per kind."""
     child = size // 4
-    starts = [start + timedelta(days=i * child) for i in range(4)]
+    children = {start: [start + timedelta(days=i * child) for i in range(4)] for start in starts}
+    wanted = sorted({c for group in children.values() for c in group})
     for kind in KINDS:
-        rows = list(CustomerBitmap.objects.filter(kind=kind, days=child, start__in=starts)
-                    .values_list("data", "as_of"))
-        if len(rows) != 4:
-            raise RuntimeError(f"bitmap block {kind} {start} +{size}: children missing")
-        as_of = min(a for _d, a in rows)
-        if kind == CustomerBitmap.Kind.PAID:
-            data = Paid.merge([Paid.decode(d) for d, _a in rows]).encode()
-        else:
-            data = _or_bitmaps([d for d, _a in rows])
-        _store(kind, start, size, data, as_of)
+        found = {start: (data, as_of) for start, data, as_of in CustomerBitmap.objects.filter(
+            kind=kind, days=child, start__in=wanted).values_list("start", "data", "as_of")}
+        blocks = []
+        for start, group in children.items():
+            rows = [found[c] for c in group if c in found]
+            if len(rows) != 4:
+                raise RuntimeError(f"bitmap block {kind} {start} +{size}: children missing")
+            if kind == CustomerBitmap.Kind.PAID:
+                data = Paid.merge([Paid.decode(d) for d, _a in rows]).encode()
+            else:
+                data = _or_bitmaps([d for d, _a in rows])
+            blocks.append(CustomerBitmap(kind=kind, start=start, days=size, data=data,
+                                         as_of=min(a for _d, a in rows)))
+        CustomerBitmap.objects.filter(kind=kind, days=size, start__in=starts).delete()
+        CustomerBitmap.objects.bulk_create(blocks, batch_size=50)
 
 
 # A refund committed while a day was being read may carry a `refunded_at` just before the
@@ -452,12 +454,15 @@ def refresh(today: date) -> RefreshResult:
     for size in reversed(SIZES[:-1]):
         a = day_number(first)
         a += (-a) % size
+        starts = []
         while a + size - 1 <= day_number(last):
-            touched = any(a <= d < a + size for d in changed)
-            if touched or (day_of(a), size) not in existing:
-                _build_block(day_of(a), size)
-                result.blocks_built += 1
+            if any(a <= d < a + size for d in changed) or (day_of(a), size) not in existing:
+                starts.append(day_of(a))
+                changed.add(a)      # so the block above it is rebuilt too
             a += size
+        if starts:
+            _build_blocks(size, starts)
+            result.blocks_built += len(starts)
     columns = build_columns()
     for name, data in columns.items():
         CustomerColumn.objects.update_or_create(name=name, defaults={"data": data})
