@@ -422,11 +422,12 @@ def _refunded_days(first: date, last: date) -> list[date]:
     return [row[0] for row in rows]
 
 
-def refresh(today: date) -> RefreshResult:
+def refresh(today: date, *, rebuild: tuple[date, date] | None = None) -> RefreshResult:
     """Bring the bitmaps up to the day before `today`: drop the days before the history, build
     the days not stored (all of them the first time), rebuild the days with an order refunded
-    since they were read, build the blocks over them, and read every customer's columns anew.
-    Call in a transaction holding the `BitmapTable` row."""
+    since they were read (and those of `rebuild`, first and last day), build the blocks over
+    them, and read every customer's columns anew. Call in a transaction holding the
+    `BitmapTable` row."""
     started = time.monotonic()
     result = RefreshResult()
     last = today - timedelta(days=1)
@@ -443,7 +444,8 @@ def refresh(today: date) -> RefreshResult:
     for kind, start in CustomerBitmap.objects.filter(days=1).values_list("kind", "start"):
         stored.setdefault(start, set()).add(kind)
     wanted = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    missing = [d for d in wanted if stored.get(d) != set(KINDS)]
+    missing = [d for d in wanted if stored.get(d) != set(KINDS)
+               or (rebuild is not None and rebuild[0] <= d <= rebuild[1])]
     repaired = [d for d in _refunded_days(first, last) if d not in set(missing)]
     result.days_built = _build_days(missing)
     result.days_repaired = _build_days(repaired) if repaired else 0

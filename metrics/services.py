@@ -217,10 +217,12 @@ def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
 
 
 @transaction.atomic
-def bitmaps_refresh(*, today: date | None = None) -> bitmaps.RefreshResult:
+def bitmaps_refresh(*, today: date | None = None,
+                    rebuild: tuple[date, date] | None = None) -> bitmaps.RefreshResult:
     """Bring the customer bitmaps (metrics.bitmaps) up to the day before `today` (default:
     today): build the days not stored yet, rebuild those with an order refunded since, their
     blocks, and the customer columns, under a lock on the header row; a re-run stores the same.
+    `rebuild` (first and last day) reads those days again too (a backfill).
     PostgreSQL only: elsewhere nothing is stored and the figures are computed live."""
     today = today or local_today()
     if not bitmaps.available():
@@ -228,7 +230,7 @@ def bitmaps_refresh(*, today: date | None = None) -> bitmaps.RefreshResult:
     heavy_statements()
     header, _created = BitmapTable.objects.select_for_update().get_or_create(pk=1)
     columns_at = timezone.now()
-    result = bitmaps.refresh(today)
+    result = bitmaps.refresh(today, rebuild=rebuild)
     header.first_day, header.last_day = result.first_day, result.last_day
     header.columns_at = columns_at
     header.refreshed_at = timezone.now()

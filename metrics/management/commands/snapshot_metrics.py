@@ -89,7 +89,7 @@ class Command(BaseCommand):
                                      "ms": facts.spells_ms, "joiners": facts.joiners,
                                      "channel_cells": facts.channel_cells,
                                      "channel_ms": facts.channels_ms})
-            done = services.bitmaps_refresh(today=today)
+            done = services.bitmaps_refresh(today=today, rebuild=(first, last))
             if done.last_day is not None:
                 self.stdout.write(_("Customer bitmaps: %(first)s … %(last)s, %(days)d day(s) "
                                     "built, %(repaired)d rebuilt, %(blocks)d blocks, "
