@@ -197,6 +197,9 @@ class Order(TimeStampedModel):
             # The metrics: a day's refunds.
             models.Index(fields=["refunded_at"], name="crm_order_refunded",
                          condition=Q(refunded_at__isnull=False)),
+            # The metrics' customer bitmaps: orders recorded or changed (a refund) since a
+            # day's buyers were read.
+            models.Index(fields=["updated_at"], name="crm_order_updated"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["source", "external_id"],

@@ -31,7 +31,7 @@ reaching before the stored history, the figures are computed live.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -51,6 +51,7 @@ NEVER = 32767               # a day after every range (int16): not gone, never b
 LONG_AGO = -32768           # a day before every range
 EXISTS, DELETED_7D, REFERRED = 1, 2, 4
 COLUMNS = ("joined", "gone", "first_order", "grouped", "flags")
+PATCH = "today"             # the columns of the customers changed today (frequent refresh)
 INBOUND = sorted(INBOUND_EVENT_TYPES)
 FRIEND_LOSS_DAYS = 7
 CHURN_MODEL, CHURN_STAGE = "value", "churn"
@@ -241,46 +242,69 @@ SELECT string_agg(int4send(c.id::int)
                     + CASE WHEN c.referred_by_id IS NOT NULL THEN {REFERRED} ELSE 0 END
                    )::smallint), ''::bytea)
 FROM crm_customer c
+{{joins}}
+"""
+# Every customer: the first group joined since joining and the deletions within 7 days of
+# joining, aggregated once.
+ALL_JOINS = f"""
 LEFT JOIN (
     SELECT m.customer_id, MIN(m.joined_at) AS first_at FROM crm_groupmembership m
     JOIN crm_customer j ON j.id = m.customer_id
-    WHERE m.joined_at >= j.joined_at {{members}}
+    WHERE m.joined_at >= j.joined_at
     GROUP BY m.customer_id
 ) g ON g.customer_id = c.id
 LEFT JOIN (
     SELECT DISTINCT e.customer_id FROM crm_event e JOIN crm_customer j ON j.id = e.customer_id
     WHERE e.type = %(friend_deleted)s AND e.occurred_at >= j.joined_at
-      AND e.occurred_at < j.joined_at + interval '{FRIEND_LOSS_DAYS} days' {{deleted}}
+      AND e.occurred_at < j.joined_at + interval '{FRIEND_LOSS_DAYS} days'
 ) d ON d.customer_id = c.id
-{{where}}
+"""
+# A few customers (`%(ids)s`): the same, looked up per customer in the indexes.
+SOME_JOINS = f"""
+LEFT JOIN LATERAL (
+    SELECT MIN(m.joined_at) AS first_at FROM crm_groupmembership m
+    WHERE m.customer_id = c.id AND m.joined_at >= c.joined_at
+) g ON true
+LEFT JOIN LATERAL (
+    SELECT e.customer_id FROM crm_event e
+    WHERE e.customer_id = c.id AND e.type = %(friend_deleted)s AND e.occurred_at >= c.joined_at
+      AND e.occurred_at < c.joined_at + interval '{FRIEND_LOSS_DAYS} days' LIMIT 1
+) d ON true
+WHERE c.id = ANY(%(ids)s)
 """
 COLUMN_DTYPE = np.dtype([("id", ">i4"), ("joined", ">i2"), ("gone", ">i2"),
                          ("first_order", ">i2"), ("grouped", ">i2"), ("flags", ">i2")])
 
 # The customers whose columns may have changed since they were read at %(at)s: new customers,
-# a status change, a (new) first order, a refund (the first order may move), a group joined,
-# a deletion (within 7 days of joining).
+# a status change, a (new) first order, an order refunded or recorded late (the first order may
+# move), a deletion (within 7 days of joining) — and, kind 1, a group joined (which matters only
+# to those without a group since joining).
 CHANGED_SQL = """
-    SELECT id FROM crm_customer WHERE id > %(max_id)s
-    UNION SELECT id FROM crm_customer WHERE joined_at >= %(at)s
-    UNION SELECT id FROM crm_customer WHERE status = ANY(%(statuses)s)
-                                      AND status_changed_at >= %(at)s
-    UNION SELECT id FROM crm_customer WHERE first_order_at >= %(at)s
-    UNION SELECT customer_id FROM crm_order WHERE refunded_at >= %(at)s
-    UNION SELECT customer_id FROM crm_event WHERE type IN (%(group_joined)s, %(friend_deleted)s)
-                                            AND occurred_at >= %(at)s
+SELECT k, string_agg(int4send(id::int), ''::bytea) FROM (
+    SELECT id, 0 AS k FROM crm_customer WHERE id > %(max_id)s
+    UNION SELECT id, 0 FROM crm_customer WHERE joined_at >= %(at)s
+    UNION SELECT id, 0 FROM crm_customer WHERE status = ANY(%(statuses)s)
+                                         AND status_changed_at >= %(at)s
+    UNION SELECT id, 0 FROM crm_customer WHERE first_order_at >= %(at)s
+    UNION SELECT customer_id, 0 FROM crm_order WHERE updated_at >= %(at)s
+                                               AND (status = %(refunded)s OR placed_at < %(at)s)
+    UNION SELECT customer_id, 0 FROM crm_event WHERE type = %(friend_deleted)s
+                                               AND occurred_at >= %(at)s
+    UNION SELECT customer_id, 1 FROM crm_event WHERE type = %(group_joined)s
+                                               AND occurred_at >= %(at)s
+) x GROUP BY k
 """
 
 
-def _read_columns(where: str = "", params: dict | None = None, *, changed: bool = False
-                  ) -> np.ndarray:
-    """Rows (id and the columns) of every customer, or of those `where` selects."""
-    restrict = {"members": "", "deleted": ""}
-    if changed:
-        restrict = {"members": f"AND m.customer_id IN ({CHANGED_SQL})",
-                    "deleted": f"AND e.customer_id IN ({CHANGED_SQL})"}
-    sql = COLUMNS_SQL.format(where=where, **restrict)
-    (data,), = _raw(sql, _params(**(params or {})))
+def _read_columns(ids: np.ndarray | None = None) -> np.ndarray:
+    """Rows (id and the columns) of every customer, or of the customers `ids`."""
+    if ids is None:
+        sql, params = COLUMNS_SQL.format(joins=ALL_JOINS), _params()
+    else:
+        if len(ids) == 0:
+            return np.zeros(0, dtype=COLUMN_DTYPE)
+        sql, params = COLUMNS_SQL.format(joins=SOME_JOINS), _params(ids=[int(i) for i in ids])
+    (data,), = _raw(sql, params)
     if not data:
         return np.zeros(0, dtype=COLUMN_DTYPE)
     return np.frombuffer(bytes(data), dtype=COLUMN_DTYPE)
@@ -314,27 +338,71 @@ class Columns:
         return len(self.flags)
 
 
-def load_columns(*, names: tuple[str, ...], at: datetime, size: int) -> Columns:
-    """The stored columns `names` (the others empty), with the customers changed since `at`
-    read again now, padded to at least `size` entries."""
+# A change committed just after a read may carry a time just before it: look back this far.
+READ_MARGIN = timedelta(minutes=2)
+
+
+def changed_rows(*, at: datetime, max_id: int, grouped: np.ndarray | None) -> np.ndarray:
+    """The columns, read now, of the customers that may have changed since `at` (and every id
+    above `max_id`); a group joined counts only for those without one since joining in the
+    stored `grouped` column (None: the column is not wanted, nor those customers)."""
+    found = dict(_raw(CHANGED_SQL, _params(
+        max_id=max_id, at=at, statuses=[value for value, _label in Customer.Status.choices])))
+    ids = _ids(found.get(0))
+    if grouped is not None:
+        joined_group = _ids(found.get(1))
+        inside = joined_group < len(grouped)
+        ids = np.union1d(ids, np.concatenate([
+            joined_group[~inside], joined_group[inside][grouped[joined_group[inside]] == NEVER]]))
+    return _read_columns(ids)
+
+
+def load_columns(*, names: tuple[str, ...], table: BitmapTable, size: int) -> Columns:
+    """The stored columns `names` (the others empty), then today's changed customers as the
+    frequent refresh read them, then those changed since then read now, padded to at least
+    `size` entries."""
+    wanted = {*names, "flags"}
     stored = {row[0]: bytes(row[1]) for row in CustomerColumn.objects.filter(
-        name__in=[*names, "flags"]).values_list("name", "data")}
+        name__in=[*wanted, PATCH]).values_list("name", "data")}
     flags = np.frombuffer(stored.get("flags", b""), dtype="<i2")
-    changed = _read_columns(
-        f"WHERE c.id IN ({CHANGED_SQL})",
-        {"max_id": len(flags) - 1, "at": min(at, day_start(local_today())),
-         "statuses": [value for value, _label in Customer.Status.choices]}, changed=True)
-    size = max(size, len(flags), int(changed["id"].max()) + 1 if len(changed) else 0)
+    at = min(table.read_at, day_start(local_today()))
+    layers = []
+    if PATCH in stored and table.patch_at is not None and table.patch_at > table.read_at:
+        layers.append(np.frombuffer(stored[PATCH], dtype=COLUMN_DTYPE))
+        at = table.patch_at - READ_MARGIN
+    grouped = None
+    if "grouped" in names:
+        grouped = np.frombuffer(stored.get("grouped", b""), dtype="<i2")
+        if layers:          # with the patch applied: the stored state before now
+            grouped = grouped.copy() if len(grouped) else grouped
+            inside = layers[0]["id"] < len(grouped)
+            grouped[layers[0]["id"][inside].astype(np.int64)] = layers[0]["grouped"][inside]
+    layers.append(changed_rows(at=at, max_id=len(flags) - 1, grouped=grouped))
+    size = max([size, len(flags)] + [int(rows["id"].max()) + 1 for rows in layers if len(rows)])
     arrays = {}
     for name in COLUMNS:
-        column = np.zeros(size if name in names or name == "flags" else 0, dtype=np.int16)
+        column = np.zeros(size if name in wanted else 0, dtype=np.int16)
         if name in stored:
             values = np.frombuffer(stored[name], dtype="<i2")
             column[:len(values)] = values
         if len(column):
-            column[changed["id"].astype(np.int64)] = changed[name]
+            for rows in layers:
+                column[rows["id"].astype(np.int64)] = rows[name]
         arrays[name] = column
     return Columns(**arrays)
+
+
+def refresh_today(table: BitmapTable) -> int:
+    """Store the columns of the customers changed since the columns were read (today's
+    changes), so that a request reads only those changed since. Call holding the
+    `BitmapTable` row; returns the number of customers."""
+    stored = dict(CustomerColumn.objects.filter(name__in=["flags", "grouped"])
+                  .values_list("name", "data"))
+    flags = np.frombuffer(bytes(stored.get("flags", b"")), dtype="<i2")
+    rows = changed_rows(at=min(table.read_at, day_start(local_today())), max_id=len(flags) - 1,
+                        grouped=np.frombuffer(bytes(stored.get("grouped", b"")), dtype="<i2"))
+    CustomerColumn.objects.update_or_create(name=PATCH, defaults={"data": rows.tobytes()})
+    return len(rows)
 
 
 # --- The nightly refresh ----------------------------------------------------------------------
@@ -345,6 +413,7 @@ class RefreshResult:
     last_day: date | None = None
     days_built: int = 0
     days_repaired: int = 0
+    repaired: list = field(default_factory=list, repr=False)
     blocks_built: int = 0
     customers: int = 0
     bytes: int = 0
@@ -396,36 +465,28 @@ def _build_blocks(size: int, starts: list[date]) -> None:
         CustomerBitmap.objects.bulk_create(blocks, batch_size=50)
 
 
-# A refund committed while a day was being read may carry a `refunded_at` just before the
-# piece's `as_of` and still be counted in it: the nightly repair looks back this far.
-REPAIR_MARGIN = timedelta(hours=1)
+# An order recorded or changed in a transaction that began before a day was read may carry an
+# `updated_at` just before the reading and still be missing from it: look back this far (a day
+# or a customer taken again costs only time).
+CHANGE_MARGIN = timedelta(hours=1)
 
 
-def _refunded_days(first: date, last: date) -> list[date]:
-    """Stored days with an order refunded after (or just before) the day's `paid` piece was
-    read: rebuilding a day is idempotent, so a day too many costs only time."""
-    since = (CustomerBitmap.objects.filter(kind=CustomerBitmap.Kind.PAID, days=1)
-             .order_by("as_of").values_list("as_of", flat=True).first())
-    if since is None:
-        return []
+def _changed_order_days(first: date, last: date, since: datetime) -> list[date]:
+    """Stored days with an order recorded or changed (refunded) since `since`."""
     rows = _raw("""
-        SELECT DISTINCT b.start FROM crm_order o
-        JOIN metrics_customerbitmap b
-          ON b.kind = %(kind)s AND b.days = 1
-         AND b.start = (o.placed_at AT TIME ZONE %(tz)s)::date
-        WHERE o.status = %(refunded)s AND o.refunded_at >= %(since)s
-          AND o.placed_at >= %(first)s AND o.placed_at < %(until)s
-          AND o.refunded_at >= b.as_of - %(margin)s""",
-                _params(kind=CustomerBitmap.Kind.PAID, since=since - REPAIR_MARGIN,
-                        margin=REPAIR_MARGIN, first=day_start(first),
+        SELECT DISTINCT (placed_at AT TIME ZONE %(tz)s)::date FROM crm_order
+        WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(until)s""",
+                _params(since=since - CHANGE_MARGIN, first=day_start(first),
                         until=day_start(last + timedelta(days=1))))
     return [row[0] for row in rows]
 
 
-def refresh(today: date, *, rebuild: tuple[date, date] | None = None) -> RefreshResult:
+def refresh(today: date, *, since: datetime | None = None,
+            rebuild: tuple[date, date] | None = None) -> RefreshResult:
     """Bring the bitmaps up to the day before `today`: drop the days before the history, build
     the days not stored (all of them the first time), rebuild the days with an order refunded
-    since they were read (and those of `rebuild`, first and last day), build the blocks over
+    (or changed) since the last refresh began reading at `since` (and those of `rebuild`, first
+    and last day), build the blocks over
     them, and read every customer's columns anew. Call in a transaction holding the
     `BitmapTable` row."""
     started = time.monotonic()
@@ -446,9 +507,11 @@ def refresh(today: date, *, rebuild: tuple[date, date] | None = None) -> Refresh
     wanted = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     missing = [d for d in wanted if stored.get(d) != set(KINDS)
                or (rebuild is not None and rebuild[0] <= d <= rebuild[1])]
-    repaired = [d for d in _refunded_days(first, last) if d not in set(missing)]
+    repaired = [d for d in (_changed_order_days(first, last, since) if since else [])
+                if d not in set(missing)]
     result.days_built = _build_days(missing)
     result.days_repaired = _build_days(repaired) if repaired else 0
+    result.repaired = repaired
     changed = {day_number(d) for d in [*missing, *repaired]}
     # Blocks, bottom up: each one whose days changed (or that is not stored yet).
     existing = set(CustomerBitmap.objects.filter(kind=CustomerBitmap.Kind.PAID, days__gt=1)
@@ -492,7 +555,7 @@ def stored_period(period: Period, table: BitmapTable | None = None) -> bool:
         return False
     table = table if table is not None else header()
     today = local_today()
-    return (table is not None and table.columns_at is not None
+    return (table is not None and table.read_at is not None
             and table.last_day == today - timedelta(days=1) and table.first_day is not None
             and period.start >= table.first_day)
 
@@ -524,9 +587,10 @@ class RangeSets:
     cents: np.ndarray | None
 
 
-def _range_sets(period: Period, kinds: tuple[str, ...], size: int) -> RangeSets:
-    """The range's stored pieces (days before today), today's part read live, and the orders
-    refunded since their piece was read taken out."""
+def _range_sets(period: Period, kinds: tuple[str, ...], size: int, read_at: datetime
+                ) -> RangeSets:
+    """The range's stored pieces (days before today), the buyers whose orders changed since
+    the pieces were read (`read_at`) counted again, and today's part read live."""
     today = local_today()
     last = min(period.end, today - timedelta(days=1))
     wanted = pieces(period.start, last) if last >= period.start else []
@@ -546,24 +610,24 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int) -> RangeSets:
         datas = [row[3] for row in rows if row[0] == kind]
         if kind == CustomerBitmap.Kind.PAID:
             parts = [Paid.decode(d) for d in datas]
-            if live:
-                parts += [Paid.decode(d) for d in read_days(kind, *live).values()]
+            live_parts = ([Paid.decode(d) for d in read_days(kind, *live).values()]
+                          if live else [])
             orders = np.zeros(size, np.int64)
             cents = np.zeros(size, np.int64)
             for part in parts:          # ids are distinct within a piece
                 keep = part.ids < size  # (a customer deleted since, with the largest id)
                 orders[part.ids[keep]] += part.n[keep]
                 cents[part.ids[keep]] += part.cents[keep]
-            # Orders refunded since their day's piece was read: no longer paid.
-            as_of = {(start, days): at for k, start, days, _d, at in rows if k == kind}
-            if as_of:
-                for cid, day, refunded_cents, refunded_at in _refunds(
-                        period.start, last, min(as_of.values())):
-                    piece = next(p for p in wanted
-                                 if p[0] <= day < p[0] + timedelta(days=p[1]))
-                    if refunded_at >= as_of[piece] and cid < size:
-                        orders[cid] -= 1
-                        cents[cid] -= refunded_cents
+            # Customers with an order recorded or changed (refunded) since the pieces were
+            # read: their orders and revenue of the stored days counted again now.
+            if wanted:
+                for cid, n, cents_now in _changed_buyers(period.start, last, read_at):
+                    if cid < size:
+                        orders[cid], cents[cid] = n, cents_now
+            for part in live_parts:
+                keep = part.ids < size
+                orders[part.ids[keep]] += part.n[keep]
+                cents[part.ids[keep]] += part.cents[keep]
             sets.orders, sets.cents = orders, cents
         else:
             packed = _or_bitmaps(datas)
@@ -575,13 +639,18 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int) -> RangeSets:
     return sets
 
 
-def _refunds(first: date, last: date, since: datetime) -> list[tuple]:
+def _changed_buyers(first: date, last: date, since: datetime) -> list[tuple]:
+    """(customer id, paid orders, revenue in cents) over `first` … `last` now, for the
+    customers with an order placed then and recorded or changed since `since`."""
     return _raw("""
-        SELECT o.customer_id, (o.placed_at AT TIME ZONE %(tz)s)::date,
-               (o.amount * 100)::bigint, o.refunded_at
-        FROM crm_order o WHERE o.status = %(refunded)s AND o.refunded_at >= %(since)s
-        AND o.placed_at >= %(first)s AND o.placed_at < %(until)s""",
-                _params(since=since, first=day_start(first),
+        WITH d AS (
+            SELECT DISTINCT customer_id FROM crm_order
+            WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(until)s)
+        SELECT d.customer_id, COUNT(o.id), COALESCE((SUM(o.amount) * 100)::bigint, 0)
+        FROM d LEFT JOIN crm_order o ON o.customer_id = d.customer_id AND o.status = %(paid)s
+             AND o.placed_at >= %(first)s AND o.placed_at < %(until)s
+        GROUP BY d.customer_id""",
+                _params(since=since - CHANGE_MARGIN, first=day_start(first),
                         until=day_start(last + timedelta(days=1))))
 
 
@@ -615,18 +684,18 @@ def _domain(columns: Columns, period: Period) -> np.ndarray:
 
 def relationship_figures(*, scope: Scope, period: Period) -> dict[str, int] | None:
     """The overview's counts over distinct customers for `period` (and its preceding range),
-    or None when the bitmaps do not hold them."""
+    and the customers entering the value lifecycle's churn in it (`churned`), or None when
+    the bitmaps do not hold them."""
     table = header()
     previous = period.previous()
     if not stored_period(previous, table):
         return None
-    size = _universe(table)
-    columns = load_columns(names=COLUMNS, at=table.columns_at, size=size)
+    columns = load_columns(names=COLUMNS, table=table, size=_universe(table))
     size = columns.size
+    kinds = (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID)
     try:
-        now = _range_sets(period, (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID), size)
-        before = _range_sets(previous, (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID),
-                             size)
+        now = _range_sets(period, (*kinds, CustomerBitmap.Kind.CHURN), size, table.read_at)
+        before = _range_sets(previous, kinds, size, table.read_at)
     except Inconsistent:
         return None
     mask = _masked(scope, columns)
@@ -655,6 +724,7 @@ def relationship_figures(*, scope: Scope, period: Period) -> dict[str, int] | No
         "retained": count(active & active_before),
         "buyers": count(mask & paid),
         "repeat_buyers": count(mask & (now.orders >= 2)),
+        "churned": count(mask & now.churn),
     }
 
 
@@ -666,26 +736,34 @@ class RevenueFigures:
     revenue: Decimal
 
 
-def revenue_figures(*, scope: Scope, period: Period) -> RevenueFigures | None:
-    """Traffic, buyers, paid orders and revenue of `period`, or None when the bitmaps do not
-    hold them."""
+def revenue_figures(*, scope: Scope, periods: list[Period]) -> list[RevenueFigures | None]:
+    """Traffic, buyers, paid orders and revenue of each period (the columns and the scope read
+    once), None for a period the bitmaps do not hold."""
     table = header()
-    if not stored_period(period, table):
-        return None
-    size = _universe(table)
-    columns = load_columns(names=("joined", "gone"), at=table.columns_at, size=size)
-    try:
-        sets = _range_sets(period, (CustomerBitmap.Kind.PAID,), columns.size)
-    except Inconsistent:
-        return None
+    stored = [stored_period(period, table) for period in periods]
+    if not any(stored):
+        return [None] * len(periods)
+    columns = load_columns(names=("joined", "gone"), table=table, size=_universe(table))
     mask = _masked(scope, columns)
-    buyers = mask & (sets.orders > 0)
-    outside = int(np.count_nonzero(buyers & ~_domain(columns, period)))
-    return RevenueFigures(
-        traffic=int(np.count_nonzero(mask & _domain(columns, period))) + outside,
-        buyers=int(np.count_nonzero(buyers)),
-        paid_orders=int(sets.orders[mask].sum()),
-        revenue=Decimal(int(sets.cents[mask].sum())) / 100)
+    result: list[RevenueFigures | None] = []
+    for period, found in zip(periods, stored, strict=True):
+        try:
+            if not found:
+                raise Inconsistent(period)
+            sets = _range_sets(period, (CustomerBitmap.Kind.PAID,), columns.size,
+                               table.read_at)
+        except Inconsistent:
+            result.append(None)
+            continue
+        buyers = mask & (sets.orders > 0)
+        domain = _domain(columns, period)
+        outside = int(np.count_nonzero(buyers & ~domain))
+        result.append(RevenueFigures(
+            traffic=int(np.count_nonzero(mask & domain)) + outside,
+            buyers=int(np.count_nonzero(buyers)),
+            paid_orders=int(sets.orders[mask].sum()),
+            revenue=Decimal(int(sets.cents[mask].sum())) / 100))
+    return result
 
 
 def churned(*, scope: Scope, period: Period) -> int | None:
@@ -694,10 +772,9 @@ def churned(*, scope: Scope, period: Period) -> int | None:
     table = header()
     if not stored_period(period, table):
         return None
-    size = _universe(table)
-    columns = load_columns(names=(), at=table.columns_at, size=size)
+    columns = load_columns(names=(), table=table, size=_universe(table))
     try:
-        sets = _range_sets(period, (CustomerBitmap.Kind.CHURN,), columns.size)
+        sets = _range_sets(period, (CustomerBitmap.Kind.CHURN,), columns.size, table.read_at)
     except Inconsistent:
         return None
     return int(np.count_nonzero(_masked(scope, columns) & sets.churn))

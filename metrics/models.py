@@ -496,7 +496,12 @@ class BitmapTable(models.Model):
 
     first_day = models.DateField(_("first day stored"), null=True, blank=True)
     last_day = models.DateField(_("last day stored"), null=True, blank=True)
-    columns_at = models.DateTimeField(_("customer columns read at"), null=True, blank=True)
+    read_at = models.DateTimeField(
+        _("read at"), null=True, blank=True,
+        help_text=_("When the last refresh began reading the customers and orders."))
+    patch_at = models.DateTimeField(
+        _("today's changed customers read at"), null=True, blank=True,
+        help_text=_("When the frequent refresh began reading the customers changed today."))
     refreshed_at = models.DateTimeField(_("refreshed at"), null=True, blank=True)
     duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
 

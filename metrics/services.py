@@ -229,10 +229,10 @@ def bitmaps_refresh(*, today: date | None = None,
         return bitmaps.RefreshResult()
     heavy_statements()
     header, _created = BitmapTable.objects.select_for_update().get_or_create(pk=1)
-    columns_at = timezone.now()
-    result = bitmaps.refresh(today, rebuild=rebuild)
+    read_at = timezone.now()
+    result = bitmaps.refresh(today, since=header.read_at, rebuild=rebuild)
     header.first_day, header.last_day = result.first_day, result.last_day
-    header.columns_at = columns_at
+    header.read_at = read_at
     header.refreshed_at = timezone.now()
     header.duration_ms = result.duration_ms
     header.save()
@@ -262,6 +262,8 @@ class TodayResult:
     spells_ms: int = 0
     channel_cells: int = 0
     channels_ms: int = 0
+    changed_customers: int = 0
+    bitmaps_ms: int = 0
     nightly: NightlyResult | None = None
     duration_ms: int = 0
 
@@ -319,6 +321,16 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
                 header.today_at = taken_at
                 header.today_ms = round((time.monotonic() - started) * 1000)
                 header.save(update_fields=["today_at", "today_ms"])
+    if bitmaps.available():
+        lap = time.monotonic()
+        with transaction.atomic():
+            header = BitmapTable.objects.select_for_update().filter(pk=1).first()
+            if header is not None and header.last_day == yesterday:
+                patch_at = timezone.now()
+                result.changed_customers = bitmaps.refresh_today(header)
+                header.patch_at = patch_at
+                header.save(update_fields=["patch_at"])
+        result.bitmaps_ms = round((time.monotonic() - lap) * 1000)
     result.duration_ms = round((time.monotonic() - started) * 1000)
     logger.info("metrics.today_refreshed", extra={"date": today.isoformat(),
                                                   "ms": result.duration_ms})
