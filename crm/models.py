@@ -96,6 +96,10 @@ class Customer(TimeStampedModel):
         ordering = ["-joined_at", "-id"]
         indexes = [
             models.Index(fields=["owner", "-joined_at"], name="crm_cust_owner_joined"),
+            # The ids of an owner's or a channel's customers from the index alone (the metrics'
+            # customer bitmaps mask their sets with them).
+            models.Index(fields=["owner", "id"], name="crm_cust_owner_id"),
+            models.Index(fields=["channel", "id"], name="crm_cust_channel_id"),
             models.Index(fields=["channel", "joined_at"], name="crm_cust_channel_joined"),
             models.Index(fields=["status", "status_changed_at"], name="crm_cust_status"),
             models.Index(fields=["joined_at"], name="crm_cust_joined"),

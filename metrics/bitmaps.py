@@ -52,6 +52,7 @@ LONG_AGO = -32768           # a day before every range
 EXISTS, DELETED_7D, REFERRED = 1, 2, 4
 COLUMNS = ("joined", "gone", "first_order", "grouped", "flags")
 PATCH = "today"             # the columns of the customers changed today (frequent refresh)
+PATCH_BUYERS = "today_buyers"   # the buyers whose past orders changed (frequent refresh)
 INBOUND = sorted(INBOUND_EVENT_TYPES)
 FRIEND_LOSS_DAYS = 7
 CHURN_MODEL, CHURN_STAGE = "value", "churn"
@@ -402,6 +403,15 @@ def refresh_today(table: BitmapTable) -> int:
     rows = changed_rows(at=min(table.read_at, day_start(local_today())), max_id=len(flags) - 1,
                         grouped=np.frombuffer(bytes(stored.get("grouped", b"")), dtype="<i2"))
     CustomerColumn.objects.update_or_create(name=PATCH, defaults={"data": rows.tobytes()})
+    # The buyers with an order (placed before today) recorded or changed since the pieces were
+    # read: a request counts their orders again.
+    (buyers,), = _raw(f"SELECT string_agg(DISTINCT int4send(x.customer_id::int), ''::bytea) "
+                      f"FROM ({CHANGED_BUYERS_SQL}) x",
+                      _params(since=table.read_at - CHANGE_MARGIN,
+                              first=day_start(table.first_day),
+                              t0=day_start(local_today())))
+    CustomerColumn.objects.update_or_create(name=PATCH_BUYERS,
+                                            defaults={"data": bytes(buyers or b"")})
     return len(rows)
 
 
@@ -587,10 +597,10 @@ class RangeSets:
     cents: np.ndarray | None
 
 
-def _range_sets(period: Period, kinds: tuple[str, ...], size: int, read_at: datetime
-                ) -> RangeSets:
+def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
+                changed: ChangedBuyers | None = None) -> RangeSets:
     """The range's stored pieces (days before today), the buyers whose orders changed since
-    the pieces were read (`read_at`) counted again, and today's part read live."""
+    the pieces were read (`changed`) counted again, and today's part read live."""
     today = local_today()
     last = min(period.end, today - timedelta(days=1))
     wanted = pieces(period.start, last) if last >= period.start else []
@@ -620,10 +630,15 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int, read_at: date
                 cents[part.ids[keep]] += part.cents[keep]
             # Customers with an order recorded or changed (refunded) since the pieces were
             # read: their orders and revenue of the stored days counted again now.
-            if wanted:
-                for cid, n, cents_now in _changed_buyers(period.start, last, read_at):
-                    if cid < size:
-                        orders[cid], cents[cid] = n, cents_now
+            if wanted and changed is not None and len(changed.ids):
+                keep = changed.ids < size
+                orders[changed.ids[keep]] = 0
+                cents[changed.ids[keep]] = 0
+                now = changed.rows
+                now = now[(now["id"] < size) & (now["day"] >= day_number(period.start))
+                          & (now["day"] <= day_number(last))]
+                np.add.at(orders, now["id"].astype(np.int64), now["n"].astype(np.int64))
+                np.add.at(cents, now["id"].astype(np.int64), now["cents"].astype(np.int64))
             for part in live_parts:
                 keep = part.ids < size
                 orders[part.ids[keep]] += part.n[keep]
@@ -639,19 +654,59 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int, read_at: date
     return sets
 
 
-def _changed_buyers(first: date, last: date, since: datetime) -> list[tuple]:
-    """(customer id, paid orders, revenue in cents) over `first` … `last` now, for the
-    customers with an order placed then and recorded or changed since `since`."""
-    return _raw("""
-        WITH d AS (
-            SELECT DISTINCT customer_id FROM crm_order
-            WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(until)s)
-        SELECT d.customer_id, COUNT(o.id), COALESCE((SUM(o.amount) * 100)::bigint, 0)
-        FROM d LEFT JOIN crm_order o ON o.customer_id = d.customer_id AND o.status = %(paid)s
-             AND o.placed_at >= %(first)s AND o.placed_at < %(until)s
-        GROUP BY d.customer_id""",
-                _params(since=since - CHANGE_MARGIN, first=day_start(first),
-                        until=day_start(last + timedelta(days=1))))
+CHANGED_BUYERS_SQL = """
+SELECT customer_id FROM crm_order
+WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(t0)s
+"""
+CHANGED_ORDERS_SQL = """
+SELECT string_agg(int4send(o.customer_id::int) || int2send(o.d::smallint)
+                  || int4send(o.n::int) || int8send(o.cents), ''::bytea)
+FROM (SELECT customer_id, (placed_at AT TIME ZONE %(tz)s)::date - %(epoch)s::date AS d,
+             COUNT(*) AS n, (SUM(amount) * 100)::bigint AS cents
+      FROM crm_order WHERE customer_id = ANY(%(ids)s) AND status = %(paid)s
+      AND placed_at >= %(first)s AND placed_at < %(t0)s GROUP BY 1, 2) o
+"""
+CHANGED_DTYPE = np.dtype([("id", ">i4"), ("day", ">i2"), ("n", ">i4"), ("cents", ">i8")])
+
+
+@dataclass
+class ChangedBuyers:
+    """The customers with an order recorded or changed since the pieces were read (`ids`) and
+    their paid orders per day now (`rows`: id, day number, orders, cents)."""
+
+    ids: np.ndarray
+    rows: np.ndarray
+
+
+def changed_buyers(*, table: BitmapTable, first: date, stored: bytes | None) -> ChangedBuyers:
+    """The buyers to count again for ranges starting at `first` or later: those the frequent
+    refresh found (`stored`, ids) and those with an order recorded or changed since, with
+    their paid orders of the days before today read now (index on the customer)."""
+    t0 = day_start(local_today())
+    ids = _ids(stored) if stored is not None else np.zeros(0, np.int64)
+    since = table.read_at - CHANGE_MARGIN
+    if stored is not None:
+        since = table.patch_at - READ_MARGIN
+    found = _raw(f"SELECT string_agg(int4send(x.customer_id::int), ''::bytea) "
+                 f"FROM ({CHANGED_BUYERS_SQL}) x",
+                 _params(since=since, first=day_start(first), t0=t0))
+    ids = np.union1d(ids, _ids(found[0][0]))
+    if not len(ids):
+        return ChangedBuyers(ids, np.zeros(0, dtype=CHANGED_DTYPE))
+    (data,), = _raw(CHANGED_ORDERS_SQL, _params(ids=[int(i) for i in ids],
+                                                first=day_start(first), t0=t0))
+    rows = np.frombuffer(bytes(data), dtype=CHANGED_DTYPE) if data else np.zeros(
+        0, dtype=CHANGED_DTYPE)
+    return ChangedBuyers(ids, rows)
+
+
+def _load_changed_buyers(table: BitmapTable, first: date) -> ChangedBuyers:
+    stored = None
+    if table.patch_at is not None and table.patch_at > table.read_at:
+        stored = (CustomerColumn.objects.filter(name=PATCH_BUYERS)
+                  .values_list("data", flat=True).first())
+        stored = bytes(stored) if stored is not None else None
+    return changed_buyers(table=table, first=first, stored=stored)
 
 
 class Inconsistent(Exception):
@@ -693,9 +748,10 @@ def relationship_figures(*, scope: Scope, period: Period) -> dict[str, int] | No
     columns = load_columns(names=COLUMNS, table=table, size=_universe(table))
     size = columns.size
     kinds = (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID)
+    changed = _load_changed_buyers(table, previous.start)
     try:
-        now = _range_sets(period, (*kinds, CustomerBitmap.Kind.CHURN), size, table.read_at)
-        before = _range_sets(previous, kinds, size, table.read_at)
+        now = _range_sets(period, (*kinds, CustomerBitmap.Kind.CHURN), size, changed)
+        before = _range_sets(previous, kinds, size, changed)
     except Inconsistent:
         return None
     mask = _masked(scope, columns)
@@ -745,13 +801,14 @@ def revenue_figures(*, scope: Scope, periods: list[Period]) -> list[RevenueFigur
         return [None] * len(periods)
     columns = load_columns(names=("joined", "gone"), table=table, size=_universe(table))
     mask = _masked(scope, columns)
+    changed = _load_changed_buyers(table, min(p.start for p, found in zip(
+        periods, stored, strict=True) if found))
     result: list[RevenueFigures | None] = []
     for period, found in zip(periods, stored, strict=True):
         try:
             if not found:
                 raise Inconsistent(period)
-            sets = _range_sets(period, (CustomerBitmap.Kind.PAID,), columns.size,
-                               table.read_at)
+            sets = _range_sets(period, (CustomerBitmap.Kind.PAID,), columns.size, changed)
         except Inconsistent:
             result.append(None)
             continue
@@ -774,7 +831,7 @@ def churned(*, scope: Scope, period: Period) -> int | None:
         return None
     columns = load_columns(names=(), table=table, size=_universe(table))
     try:
-        sets = _range_sets(period, (CustomerBitmap.Kind.CHURN,), columns.size, table.read_at)
+        sets = _range_sets(period, (CustomerBitmap.Kind.CHURN,), columns.size)
     except Inconsistent:
         return None
     return int(np.count_nonzero(_masked(scope, columns) & sets.churn))
