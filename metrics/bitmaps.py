@@ -44,8 +44,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, Order
+from metrics import rangefacts
 from metrics.models import BitmapTable, CustomerBitmap, CustomerColumn
-from metrics.periods import Period, Scope, day_start, local_today
+from metrics.periods import Period, Scope, day_start, local_today, system_tz
 
 EPOCH = date(2000, 1, 1)
 SIZES = (256, 64, 16, 4, 1)
@@ -250,6 +251,14 @@ def read_days(kind: str, first: date, last: date) -> dict[date, bytes]:
     return result
 
 
+def read_since(kind: str, since: datetime, until: datetime) -> list[bytes]:
+    """The pieces (encoded, one a day) of what happened in [since, until)."""
+    rows = _raw(DAYS_SQL[kind], _params(since=since, until=until))
+    if kind == CustomerBitmap.Kind.PAID:
+        return [Paid.from_sql(data).encode() for _day, data in rows]
+    return [encode_bitmap(_ids(data)) for _day, data in rows]
+
+
 # --- The customer columns --------------------------------------------------------------------
 
 def _day_sql(expression: str, missing: str) -> str:
@@ -440,6 +449,13 @@ def refresh_today(table: BitmapTable) -> int:
                               t0=day_start(local_today())))
     CustomerColumn.objects.update_or_create(name=PATCH_BUYERS,
                                             defaults={"data": _pack(bytes(buyers or b""))})
+    # Today's pieces so far: a request reads only what happened since.
+    today = local_today()
+    as_of = timezone.now()
+    CustomerBitmap.objects.filter(start=today, days=1).delete()
+    CustomerBitmap.objects.bulk_create([
+        CustomerBitmap(kind=kind, start=today, days=1, as_of=as_of,
+                       data=read_days(kind, today, today).get(today, b"")) for kind in KINDS])
     return len(rows)
 
 
@@ -627,23 +643,29 @@ class RangeSets:
 
 def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
                 changed: ChangedBuyers | None = None) -> RangeSets:
-    """The range's stored pieces (days before today), the buyers whose orders changed since
-    the pieces were read (`changed`) counted again, and today's part read live."""
+    """The range's stored pieces (days before today, and today as the frequent refresh read it
+    when recent, `changed.today_since`), the buyers whose orders changed since the pieces were
+    read (`changed`) counted again, and the rest of today read live."""
     today = local_today()
     last = min(period.end, today - timedelta(days=1))
     wanted = pieces(period.start, last) if last >= period.start else []
+    today_since = changed.today_since if changed is not None else None
+    with_today = today_since is not None and period.start <= today <= period.end
     sets = RangeSets(None, None, None, None)
     rows = []
-    if wanted:
+    if wanted or with_today:
         exact = Q()
-        for start, days in wanted:
+        for start, days in [*wanted, *([(today, 1)] if with_today else [])]:
             exact |= Q(start=start, days=days)
         rows = list(CustomerBitmap.objects.filter(exact, kind__in=kinds).values_list(
             "kind", "start", "days", "data", "as_of"))
-        if len(rows) != len(wanted) * len(kinds):
+        if len(rows) != (len(wanted) + with_today) * len(kinds):
             raise Inconsistent(period)
-    # Today (and any later day of the range: events dated ahead) read live.
-    live = (max(period.start, today), period.end) if period.end >= today else None
+    # Today (unless stored) and any later day of the range (events dated ahead) read live;
+    # with today stored, what happened since it was read.
+    first_live = today + timedelta(days=1) if with_today else max(period.start, today)
+    live = (first_live, period.end) if period.end >= first_live else None
+    through = today if with_today else last
     for kind in kinds:
         datas = [row[3] for row in rows if row[0] == kind]
         if kind == CustomerBitmap.Kind.PAID:
@@ -658,13 +680,13 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
                 cents[part.ids[keep]] += part.cents[keep]
             # Customers with an order recorded or changed (refunded) since the pieces were
             # read: their orders and revenue of the stored days counted again now.
-            if wanted and changed is not None and len(changed.ids):
+            if (wanted or with_today) and changed is not None and len(changed.ids):
                 keep = changed.ids < size
                 orders[changed.ids[keep]] = 0
                 cents[changed.ids[keep]] = 0
                 now = changed.rows
                 now = now[(now["id"] < size) & (now["day"] >= day_number(period.start))
-                          & (now["day"] <= day_number(last))]
+                          & (now["day"] <= day_number(through))]
                 np.add.at(orders, now["id"].astype(np.int64), now["n"].astype(np.int64))
                 np.add.at(cents, now["id"].astype(np.int64), now["cents"].astype(np.int64))
             for part in live_parts:
@@ -677,6 +699,10 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
             bits = decode_bitmap(packed, size) if packed else np.zeros(size, dtype=bool)
             if live:
                 for data in read_days(kind, *live).values():
+                    bits |= decode_bitmap(data, size)
+            if with_today:
+                for data in read_since(kind, today_since,
+                                       day_start(today + timedelta(days=1))):
                     bits |= decode_bitmap(data, size)
             setattr(sets, kind, bits)
     return sets
@@ -700,41 +726,57 @@ CHANGED_DTYPE = np.dtype([("id", ">i4"), ("day", ">i2"), ("n", ">i4"), ("cents",
 @dataclass
 class ChangedBuyers:
     """The customers with an order recorded or changed since the pieces were read (`ids`) and
-    their paid orders per day now (`rows`: id, day number, orders, cents)."""
+    their paid orders per day now (`rows`: id, day number, orders, cents); with today's pieces
+    stored and recent, the time from which today is read live (`today_since`)."""
 
     ids: np.ndarray
     rows: np.ndarray
+    today_since: datetime | None = None
 
 
-def changed_buyers(*, table: BitmapTable, first: date, stored: bytes | None) -> ChangedBuyers:
+def changed_buyers(*, table: BitmapTable, first: date, stored: bytes | None,
+                   today_since: datetime | None) -> ChangedBuyers:
     """The buyers to count again for ranges starting at `first` or later: those the frequent
     refresh found (`stored`, ids) and those with an order recorded or changed since, with
-    their paid orders of the days before today read now (index on the customer)."""
-    t0 = day_start(local_today())
+    their paid orders of the days before today (and of today, when today's piece is used)
+    read now (index on the customer)."""
+    today = local_today()
+    until = day_start(today + timedelta(days=1) if today_since else today)
     ids = _ids(stored) if stored is not None else np.zeros(0, np.int64)
     since = table.read_at - CHANGE_MARGIN
     if stored is not None:
         since = table.patch_at - READ_MARGIN
     found = _raw(f"SELECT string_agg(int4send(x.customer_id::int), ''::bytea) "
                  f"FROM ({CHANGED_BUYERS_SQL}) x",
-                 _params(since=since, first=day_start(first), t0=t0))
+                 _params(since=since, first=day_start(first), t0=until))
     ids = np.union1d(ids, _ids(found[0][0]))
     if not len(ids):
-        return ChangedBuyers(ids, np.zeros(0, dtype=CHANGED_DTYPE))
+        return ChangedBuyers(ids, np.zeros(0, dtype=CHANGED_DTYPE), today_since)
     (data,), = _raw(CHANGED_ORDERS_SQL, _params(ids=[int(i) for i in ids],
-                                                first=day_start(first), t0=t0))
+                                                first=day_start(first), t0=until))
     rows = np.frombuffer(bytes(data), dtype=CHANGED_DTYPE) if data else np.zeros(
         0, dtype=CHANGED_DTYPE)
-    return ChangedBuyers(ids, rows)
+    return ChangedBuyers(ids, rows, today_since)
+
+
+def _patch_is_fresh(table: BitmapTable) -> bool:
+    """Whether the frequent refresh's part (today's changed customers and pieces) is from
+    after the nightly read and recent enough to read only what happened since."""
+    if table.patch_at is None or table.patch_at <= table.read_at:
+        return False
+    return ((timezone.now() - table.patch_at).total_seconds() <= rangefacts.today_max_age()
+            and timezone.localdate(table.patch_at, timezone=system_tz()) == local_today())
 
 
 def _load_changed_buyers(table: BitmapTable, first: date) -> ChangedBuyers:
-    stored = None
+    stored = today_since = None
     if table.patch_at is not None and table.patch_at > table.read_at:
         stored = (CustomerColumn.objects.filter(name=PATCH_BUYERS)
                   .values_list("data", flat=True).first())
         stored = _unpack(stored) if stored is not None else None
-    return changed_buyers(table=table, first=first, stored=stored)
+    if _patch_is_fresh(table):
+        today_since = table.patch_at - READ_MARGIN
+    return changed_buyers(table=table, first=first, stored=stored, today_since=today_since)
 
 
 class Inconsistent(Exception):

@@ -9,6 +9,7 @@ The clock stands at 2024-03-10 15:00 (Asia/Shanghai) on the hand-built data set
 """
 
 from datetime import date, timedelta
+from decimal import Decimal
 from io import StringIO
 
 import pytest
@@ -165,7 +166,7 @@ def _a_day_of_changes(data):
 
 def test_todays_changes_are_live(data, monkeypatch):
     services.metrics_today(today=TODAY)
-    _a_day_of_changes(data)
+    newcomer = _a_day_of_changes(data)
     calls = _count_fast_calls(monkeypatch)
     stored = _answers(data)
     assert calls and all(found for _name, found in calls)
@@ -176,16 +177,25 @@ def test_todays_changes_are_live(data, monkeypatch):
     kpis = stored[(Scope(), PERIODS[1], "kpis")]
     assert kpis["joined"] == 5 and kpis["deleted_within_7_days"] == 2
     assert kpis["repeat_buyers"] == 3
-    # The frequent refresh stores today's changed customers; a request then reads only those
-    # changed since (c6 removed by staff after it).
+    # The frequent refresh stores today's changed customers and today's pieces; a request then
+    # reads only what happened since: c6 removed by staff, c7 writes, c1 buys and the
+    # newcomer's first order is refunded, all after it.
     monkeypatch.setattr("django.utils.timezone.now", lambda: mar(10, 16))
     done = services.metrics_today(today=TODAY)
     assert done.nightly is None and done.changed_customers >= 3
     assert BitmapTable.objects.get().patch_at == mar(10, 16)
-    monkeypatch.setattr("django.utils.timezone.now", lambda: mar(10, 16, 30))
+    assert CustomerBitmap.objects.filter(start=TODAY).count() == 3
+    monkeypatch.setattr("django.utils.timezone.now", lambda: mar(10, 16, 5))
     Customer.objects.filter(pk=data.c[6].pk).update(status=Customer.Status.REMOVED,
-                                                    status_changed_at=mar(10, 16, 30))
-    _assert_same(_answers(data), _live(data, monkeypatch))
+                                                    status_changed_at=mar(10, 16, 5))
+    event(data.c[7], Event.Type.MESSAGE_IN, mar(10, 16, 4))
+    order(data.c[1], "70.00", mar(10, 16, 4))
+    Order.objects.filter(customer=newcomer, amount=Decimal("20.00")).update(
+        status=Order.Status.REFUNDED, refunded_at=mar(10, 16, 5), updated_at=mar(10, 16, 5))
+    calls = _count_fast_calls(monkeypatch)
+    stored = _answers(data)
+    assert calls and all(found for _name, found in calls)
+    _assert_same(stored, _live(data, monkeypatch))
 
 
 def test_refunds_owner_changes_and_deletions(data, monkeypatch):
@@ -218,7 +228,8 @@ def test_a_rerun_stores_the_same_and_repairs_refunded_days(data, monkeypatch):
     monkeypatch.setattr("django.utils.timezone.now", lambda: mar(10, 18))
 
     def stored():
-        return {(b.kind, b.start, b.days): bytes(b.data) for b in CustomerBitmap.objects.all()}
+        return {(b.kind, b.start, b.days): bytes(b.data)
+                for b in CustomerBitmap.objects.filter(start__lt=TODAY)}
 
     before = stored()
     again = services.bitmaps_refresh(today=TODAY)
