@@ -497,7 +497,7 @@ class BitmapTable(models.Model):
     first_day = models.DateField(_("first day stored"), null=True, blank=True)
     last_day = models.DateField(_("last day stored"), null=True, blank=True)
     read_at = models.DateTimeField(
-        _("read at"), null=True, blank=True,
+        _("facts read at"), null=True, blank=True,
         help_text=_("When the last refresh began reading the customers and orders."))
     patch_at = models.DateTimeField(
         _("today's changed customers read at"), null=True, blank=True,
@@ -528,7 +528,7 @@ class CustomerBitmap(models.Model):
     start = models.DateField(_("first day"))
     days = models.PositiveIntegerField(_("days"))
     data = models.BinaryField(_("data"))
-    as_of = models.DateTimeField(_("read at"),
+    as_of = models.DateTimeField(_("facts read at"),
                                  help_text=_("When the orders and events were read."))
 
     class Meta:

@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('first_day', models.DateField(blank=True, null=True, verbose_name='first day stored')),
                 ('last_day', models.DateField(blank=True, null=True, verbose_name='last day stored')),
-                ('read_at', models.DateTimeField(blank=True, help_text='When the last refresh began reading the customers and orders.', null=True, verbose_name='read at')),
+                ('read_at', models.DateTimeField(blank=True, help_text='When the last refresh began reading the customers and orders.', null=True, verbose_name='facts read at')),
                 ('patch_at', models.DateTimeField(blank=True, help_text='When the frequent refresh began reading the customers changed today.', null=True, verbose_name="today's changed customers read at")),
                 ('refreshed_at', models.DateTimeField(blank=True, null=True, verbose_name='refreshed at')),
                 ('duration_ms', models.PositiveIntegerField(default=0, verbose_name='duration (ms)')),
@@ -46,7 +46,7 @@ class Migration(migrations.Migration):
                 ('start', models.DateField(verbose_name='first day')),
                 ('days', models.PositiveIntegerField(verbose_name='days')),
                 ('data', models.BinaryField(verbose_name='data')),
-                ('as_of', models.DateTimeField(help_text='When the orders and events were read.', verbose_name='read at')),
+                ('as_of', models.DateTimeField(help_text='When the orders and events were read.', verbose_name='facts read at')),
             ],
             options={
                 'verbose_name': 'customer bitmap',
