@@ -768,13 +768,15 @@ def _patch_is_fresh(table: BitmapTable) -> bool:
             and timezone.localdate(table.patch_at, timezone=system_tz()) == local_today())
 
 
-def _load_changed_buyers(table: BitmapTable, first: date) -> ChangedBuyers:
+def _load_changed_buyers(table: BitmapTable, first: date, last: date) -> ChangedBuyers:
+    """The changed buyers for ranges within `first` … `last` (today's orders only when a range
+    reaches today)."""
     stored = today_since = None
     if table.patch_at is not None and table.patch_at > table.read_at:
         stored = (CustomerColumn.objects.filter(name=PATCH_BUYERS)
                   .values_list("data", flat=True).first())
         stored = _unpack(stored) if stored is not None else None
-    if _patch_is_fresh(table):
+    if last >= local_today() and _patch_is_fresh(table):
         today_since = table.patch_at - READ_MARGIN
     return changed_buyers(table=table, first=first, stored=stored, today_since=today_since)
 
@@ -818,7 +820,7 @@ def relationship_figures(*, scope: Scope, period: Period) -> dict[str, int] | No
     columns = load_columns(names=COLUMNS, table=table, size=_universe(table))
     size = columns.size
     kinds = (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID)
-    changed = _load_changed_buyers(table, previous.start)
+    changed = _load_changed_buyers(table, previous.start, period.end)
     try:
         now = _range_sets(period, (*kinds, CustomerBitmap.Kind.CHURN), size, changed)
         before = _range_sets(previous, kinds, size, changed)
@@ -871,8 +873,8 @@ def revenue_figures(*, scope: Scope, periods: list[Period]) -> list[RevenueFigur
         return [None] * len(periods)
     columns = load_columns(names=("joined", "gone"), table=table, size=_universe(table))
     mask = _masked(scope, columns)
-    changed = _load_changed_buyers(table, min(p.start for p, found in zip(
-        periods, stored, strict=True) if found))
+    held = [p for p, found in zip(periods, stored, strict=True) if found]
+    changed = _load_changed_buyers(table, min(p.start for p in held), max(p.end for p in held))
     result: list[RevenueFigures | None] = []
     for period, found in zip(periods, stored, strict=True):
         try:
