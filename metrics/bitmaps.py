@@ -429,14 +429,14 @@ def load_columns(*, names: tuple[str, ...], table: BitmapTable, size: int) -> Co
     return Columns(**arrays)
 
 
-def refresh_today(table: BitmapTable) -> int:
+def refresh_today(table: BitmapTable, today: date) -> int:
     """Store the columns of the customers changed since the columns were read (today's
     changes), so that a request reads only those changed since. Call holding the
     `BitmapTable` row; returns the number of customers."""
     stored = {name: _unpack(data) for name, data in CustomerColumn.objects.filter(
         name__in=["flags", "grouped"]).values_list("name", "data")}
     flags = np.frombuffer(stored.get("flags", b""), dtype="<i2")
-    rows = changed_rows(at=min(table.read_at, day_start(local_today())), max_id=len(flags) - 1,
+    rows = changed_rows(at=min(table.read_at, day_start(today)), max_id=len(flags) - 1,
                         grouped=np.frombuffer(bytes(stored.get("grouped", b"")), dtype="<i2"))
     CustomerColumn.objects.update_or_create(name=PATCH,
                                             defaults={"data": _pack(rows.tobytes())})
@@ -446,11 +446,10 @@ def refresh_today(table: BitmapTable) -> int:
                       f"FROM ({CHANGED_BUYERS_SQL}) x",
                       _params(since=table.read_at - CHANGE_MARGIN,
                               first=day_start(table.first_day),
-                              t0=day_start(local_today())))
+                              t0=day_start(today)))
     CustomerColumn.objects.update_or_create(name=PATCH_BUYERS,
                                             defaults={"data": _pack(bytes(buyers or b""))})
     # Today's pieces so far: a request reads only what happened since.
-    today = local_today()
     as_of = timezone.now()
     CustomerBitmap.objects.filter(start=today, days=1).delete()
     CustomerBitmap.objects.bulk_create([

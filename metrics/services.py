@@ -327,7 +327,7 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
             header = BitmapTable.objects.select_for_update().filter(pk=1).first()
             if header is not None and header.last_day == yesterday:
                 patch_at = timezone.now()
-                result.changed_customers = bitmaps.refresh_today(header)
+                result.changed_customers = bitmaps.refresh_today(header, today)
                 header.patch_at = patch_at
                 header.save(update_fields=["patch_at"])
         result.bitmaps_ms = round((time.monotonic() - lap) * 1000)
