@@ -336,7 +336,7 @@ def bench_frequent(today: date) -> list[list]:
     started = time.perf_counter()
     warmed = api.warm()
     warming = time.perf_counter() - started
-    return [[f"frequent refresh: today so far ({today}, clock at 18:00)", f"{refreshed:,.1f} s",
+    return [[f"frequent refresh: today so far ({today}, clock at {later:%H:%M})", f"{refreshed:,.1f} s",
              f"today's snapshot {done.snapshot.duration_ms / 1000:.1f} s, today's changes to "
              f"{done.range_cells} range cells and {done.cohort_cells} cohort cells; today's "
              f"stage spells {getattr(done, 'spells_ms', 0) / 1000:.1f} s "
