@@ -15,14 +15,17 @@ joined, the day they left (status other than active: the day of `status_changed_
 first paid order's day, the day of their first group membership since joining, and flags
 (exists, deleted us within 7 days of joining, referred).
 
-A request then reads its range's pieces and the columns, applies the customers whose attributes
-changed since the columns were read (new customers, a status change, a first order, a refund, a
-group join or a deletion since then: one statement over indexes), adds today (live, from
-today's events and orders), takes out the orders refunded since a piece was read, and masks
-everything by the scope (the ids of the customers in scope, read from the customers' indexes —
-their current channel and owner, as the live computation counts them). The figures are then
-bitwise operations and counts over arrays of a million entries (numpy): the same figures as
-the live computation in metrics.selectors (docs/METRICS.md, "Customer bitmaps").
+The frequent refresh stores today's pieces so far and the columns of the customers changed
+today (`today`), and the buyers whose earlier orders changed today (`today_buyers`). A request
+then reads its range's pieces and the columns, applies today's changed customers and re-reads
+those changed since (new customers, a status change, a first order, an order refunded or
+recorded late, a group joined or a deletion: one statement over indexes), counts again the
+orders of the buyers whose orders changed since the pieces were read (orders' `updated_at`),
+adds today (the stored piece and what happened since, or all of today when that is too old),
+and masks everything by the scope (the ids of the customers in scope, read from the customers'
+indexes — their current channel and owner, as the live computation counts them). The figures
+are then bitwise operations and counts over arrays of a million entries (numpy): the same
+figures as the live computation in metrics.selectors (docs/METRICS.md, "Customer bitmaps").
 
 PostgreSQL only, like metrics.rangefacts; elsewhere, and for a range (or its preceding range)
 reaching before the stored history, the figures are computed live.
