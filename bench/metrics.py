@@ -24,7 +24,8 @@ On the database DATABASE_URL names (meant for 1M customers / 10M events / 1.5M o
    flows and channels for each range) with the live computation.
 5. Every endpoint (`metrics/overview/`, `funnel/`, `stages/`, `flows/`, `revenue/`,
    `cohorts/`, `channels/`, `sops/`, `campaigns/`) for the ranges ending today (--ranges, days;
-   default 7, 30 and 90; --custom-ranges adds any ranges for stages, flows and channels; `funnel/` is "now" for AIPL, `stages/` and `flows/` for the
+   default 7, 30 and 90; --custom-ranges adds any ranges for overview, revenue, stages, flows
+   and channels; `funnel/` is "now" for AIPL, `stages/` and `flows/` for the
    dashboard's default model, `cohorts/` its default 12 months), as an admin,
    as an admin with `channel` and with `owner`, and as the operator owning the most customers:
    cold (the metrics cache keys deleted before each request) and warm (answered from the
@@ -142,7 +143,8 @@ def sizes() -> list[list]:
                        "metrics_dailytransitioncount", "metrics_cohortcell",
                        "metrics_customerfacts", "metrics_rangefacts", "metrics_stagespell",
                        "metrics_todaystagespell", "metrics_stagespellcell",
-                       "metrics_joinerfacts", "metrics_channeldaycell"):
+                       "metrics_joinerfacts", "metrics_channeldaycell",
+                       "metrics_customerbitmap", "metrics_customercolumn"):
         found = sql("SELECT to_regclass(%s)", [table_name])[0][0]
         if found is None:
             continue
@@ -193,7 +195,7 @@ def loads(today: date, ranges: list[int], endpoints: list[str], custom=()):
                 params["model"] = DEFAULT_MODEL
             yield endpoint, f"{days} d", params
         for start, end in custom:
-            if endpoint not in ("stages", "flows", "channels"):
+            if endpoint not in ("overview", "revenue", "stages", "flows", "channels"):
                 continue
             params = {"start": start.isoformat(), "end": end.isoformat()}
             if endpoint in ("stages", "flows"):
@@ -274,7 +276,8 @@ def bench_backfill(today: date, days: int) -> list[list]:
 
 def bench_nightly(today: date) -> list[list]:
     timings: list[tuple[str, float]] = []
-    steps = [name for name in ("snapshot_metrics", "cohorts_refresh", "range_facts_refresh")
+    steps = [name for name in ("snapshot_metrics", "cohorts_refresh", "range_facts_refresh",
+                               "bitmaps_refresh")
              if hasattr(services, name)]
     originals = {name: getattr(services, name) for name in steps}
 
@@ -303,28 +306,44 @@ def bench_nightly(today: date) -> list[list]:
                   f"{facts.spell_cells:,} cells)",
                   f"channel cells {facts.channels_ms / 1000:.1f} s ({facts.joiners:,} joiners, "
                   f"{facts.channel_cells:,} cells)"]
-    return [[f"nightly job for {today} (yesterday's snapshot and the rest)", f"{total:,.1f} s",
+    rows = [[f"nightly job for {today} (yesterday's snapshot and the rest)", f"{total:,.1f} s",
              ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)],
             ["  of which range_facts_refresh", "", "; ".join(parts)]]
+    done_bitmaps = getattr(done, "bitmaps", None)
+    if done_bitmaps is not None and done_bitmaps.last_day is not None:
+        from metrics import bitmaps
+        rows.append(["  of which bitmaps_refresh", f"{done_bitmaps.duration_ms / 1000:.1f} s",
+                     f"{done_bitmaps.first_day} … {done_bitmaps.last_day}: "
+                     f"{done_bitmaps.days_built} days built, {done_bitmaps.days_repaired} "
+                     f"rebuilt (refunds), {done_bitmaps.blocks_built} blocks, columns of "
+                     f"{done_bitmaps.customers:,} ids; stored "
+                     f"{bitmaps.storage_bytes() / 2**20:,.0f} MB"])
+    return rows
 
 
 def bench_frequent(today: date) -> list[list]:
     """The frequent refresh (beat every 4 minutes): today's snapshot and today's changes to the
     range facts, then the cache warmed with the dashboard's default answers."""
+    # A minute after the nightly job (the clock stands still otherwise), as when the beat runs
+    # it: today's changed customers for the bitmaps are those since the nightly read.
+    later = timezone.now() + timedelta(minutes=1)
     started = time.perf_counter()
-    done = services.metrics_today(today=today)
+    with mock.patch("django.utils.timezone.now", lambda: later):
+        done = services.metrics_today(today=today)
     refreshed = time.perf_counter() - started
     _admin, operator, _owned, _channel = pick_people()
     api._note_operator(Scope(user=operator))        # one operator used the dashboard lately
     started = time.perf_counter()
     warmed = api.warm()
     warming = time.perf_counter() - started
-    return [[f"frequent refresh: today so far ({today}, clock at 18:00)", f"{refreshed:,.1f} s",
+    return [[f"frequent refresh: today so far ({today}, clock at {later:%H:%M})", f"{refreshed:,.1f} s",
              f"today's snapshot {done.snapshot.duration_ms / 1000:.1f} s, today's changes to "
              f"{done.range_cells} range cells and {done.cohort_cells} cohort cells; today's "
              f"stage spells {getattr(done, 'spells_ms', 0) / 1000:.1f} s "
              f"({getattr(done, 'spells', 0):,} spells), channel cells "
-             f"{getattr(done, 'channels_ms', 0) / 1000:.1f} s"],
+             f"{getattr(done, 'channels_ms', 0) / 1000:.1f} s; bitmaps: today's "
+             f"{getattr(done, 'changed_customers', 0):,} changed customers "
+             f"{getattr(done, 'bitmaps_ms', 0) / 1000:.1f} s"],
             [f"frequent refresh: cache warmed (dashboard defaults, admins and "
              f"{operator.username})", f"{warming:,.1f} s",
              f"{warmed} answers"]]
@@ -392,6 +411,37 @@ def verify_details(today: date, operator, ranges: list[int], custom=()) -> list[
     return rows
 
 
+def verify_bitmaps(today: date, custom=()) -> list[list]:
+    """Overview and revenue of the --custom-ranges answered from the customer bitmaps against
+    the live computation, as admin, admin with a channel, admin with an owner and operator."""
+    from metrics import bitmaps
+
+    admin, operator, _owned, channel = pick_people()
+    scopes = (("admin", Scope(user=admin)), (f"admin ch={channel.code}",
+                                             Scope(user=admin, channel=channel)),
+              (f"admin owner={operator.username}", Scope(user=admin, owner=operator)),
+              (f"operator {operator.username}", Scope(user=operator)))
+    rows = []
+    for start, end in custom:
+        period = Period(start, end)
+        for who, scope in scopes:
+            for name, fn in (("overview", lambda s, period=period: selectors.overview_report(
+                                 scope=s, period=period)),
+                             ("revenue", lambda s, period=period: selectors.revenue_report(
+                                 scope=s, period=period, compare=period.previous()))):
+                started = time.perf_counter()
+                stored = fn(scope)
+                fast = time.perf_counter() - started
+                with mock.patch.object(bitmaps, "stored_period", lambda p, t=None: False):
+                    started = time.perf_counter()
+                    live = fn(scope)
+                    slow = time.perf_counter() - started
+                rows.append([f"{name} {start:%m-%d}..{end:%m-%d}", who,
+                             "same" if stored == live else "DIFFERENT", ms(fast), ms(slow)])
+                print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--today", type=date.fromisoformat, default=None,
@@ -415,7 +465,8 @@ def main() -> None:
     parser.add_argument(
         "--custom-ranges", default=[], metavar="START:END,…",
         type=lambda s: [tuple(date.fromisoformat(d) for d in r.split(":")) for r in s.split(",")],
-        help="also time (and with --verify compare) stages, flows and channels for these "
+        help="also time (and with --verify compare) overview, revenue, stages, flows and "
+             "channels for these "
              "ranges, e.g. 2026-09-01:2026-09-30,2026-10-15:2026-11-22")
     parser.add_argument("--endpoints", type=lambda s: s.split(","), default=list(ENDPOINTS))
     parser.add_argument("--who", default="", help="only the variants containing this text")
@@ -460,6 +511,10 @@ def main() -> None:
         table(["report", "who", "stored vs live", "stored ms", "live ms"],
               verify_details(opts.today, operator, opts.ranges, opts.custom_ranges),
               "Stage spells and channel cells against the live computation")
+        if opts.custom_ranges:
+            table(["report", "who", "stored vs live", "stored ms", "live ms"],
+                  verify_bitmaps(opts.today, opts.custom_ranges),
+                  "Customer bitmaps (overview, revenue) against the live computation")
 
     headers = ["endpoint", "range", "who", "cold p50 ms", "cold p95 ms", "warm p50 ms",
                "warm p95 ms"]

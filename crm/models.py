@@ -96,6 +96,10 @@ class Customer(TimeStampedModel):
         ordering = ["-joined_at", "-id"]
         indexes = [
             models.Index(fields=["owner", "-joined_at"], name="crm_cust_owner_joined"),
+            # The ids of an owner's or a channel's customers from the index alone (the metrics'
+            # customer bitmaps mask their sets with them).
+            models.Index(fields=["owner", "id"], name="crm_cust_owner_id"),
+            models.Index(fields=["channel", "id"], name="crm_cust_channel_id"),
             models.Index(fields=["channel", "joined_at"], name="crm_cust_channel_joined"),
             models.Index(fields=["status", "status_changed_at"], name="crm_cust_status"),
             models.Index(fields=["joined_at"], name="crm_cust_joined"),
@@ -197,6 +201,9 @@ class Order(TimeStampedModel):
             # The metrics: a day's refunds.
             models.Index(fields=["refunded_at"], name="crm_order_refunded",
                          condition=Q(refunded_at__isnull=False)),
+            # The metrics' customer bitmaps: orders recorded or changed (a refund) since a
+            # day's buyers were read.
+            models.Index(fields=["updated_at"], name="crm_order_updated"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["source", "external_id"],

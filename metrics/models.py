@@ -488,3 +488,68 @@ class ChannelDayCell(models.Model):
 
     def __str__(self) -> str:
         return f"{self.joined_on:%Y-%m-%d} {self.channel_id}/{self.owner_id}: {self.acquired}"
+
+
+class BitmapTable(models.Model):
+    """The one header row of the customer bitmaps (`CustomerBitmap`, `CustomerColumn`): the
+    days they cover, locked while they are rewritten."""
+
+    first_day = models.DateField(_("first day stored"), null=True, blank=True)
+    last_day = models.DateField(_("last day stored"), null=True, blank=True)
+    read_at = models.DateTimeField(
+        _("facts read at"), null=True, blank=True,
+        help_text=_("When the last refresh began reading the customers and orders."))
+    patch_at = models.DateTimeField(
+        _("today's changed customers read at"), null=True, blank=True,
+        help_text=_("When the frequent refresh began reading the customers changed today."))
+    refreshed_at = models.DateTimeField(_("refreshed at"), null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
+
+    class Meta:
+        verbose_name = _("customer bitmap table")
+        verbose_name_plural = _("customer bitmap tables")
+
+    def __str__(self) -> str:
+        return f"customer bitmaps {self.first_day} … {self.last_day}"
+
+
+class CustomerBitmap(models.Model):
+    """The customers of one kind (an inbound event, a paid order, a move into churn) over a
+    piece of days: `days` days from `start` (1, or an aligned block of 4, 16, 64 or 256 days).
+    `inbound` and `churn` are bitmaps over customer ids; `paid` lists the buyers with their
+    paid orders and revenue in cents (metrics.bitmaps)."""
+
+    class Kind(models.TextChoices):
+        INBOUND = "inbound", _("Inbound event")
+        PAID = "paid", _("Paid order")
+        CHURN = "churn", _("Entered churn")
+
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
+    start = models.DateField(_("first day"))
+    days = models.PositiveIntegerField(_("days"))
+    data = models.BinaryField(_("data"))
+    as_of = models.DateTimeField(_("facts read at"),
+                                 help_text=_("When the orders and events were read."))
+
+    class Meta:
+        verbose_name = _("customer bitmap")
+        verbose_name_plural = _("customer bitmaps")
+        constraints = [models.UniqueConstraint(fields=["kind", "start", "days"],
+                                               name="metrics_bitmap_piece")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.start:%Y-%m-%d} +{self.days}"
+
+
+class CustomerColumn(models.Model):
+    """One column of every customer's state, indexed by customer id (metrics.bitmaps)."""
+
+    name = models.CharField(_("name"), max_length=32, unique=True)
+    data = models.BinaryField(_("data"))
+
+    class Meta:
+        verbose_name = _("customer column")
+        verbose_name_plural = _("customer columns")
+
+    def __str__(self) -> str:
+        return self.name

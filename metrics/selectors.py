@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
-from metrics import rangefacts, spells
+from metrics import bitmaps, rangefacts, spells
 from metrics.decomposition import Factors, decompose
 from metrics.models import (
     CohortCell,
@@ -409,13 +409,21 @@ def _kpis(joined: dict, figures: dict, activity: dict, buyers: dict, referrals: 
     }
 
 
-def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
+def relationship_kpis(*, scope: Scope, period: Period, stored: dict | None = None
+                      ) -> dict[str, Any]:
     """The seed-002 KPIs of each relationship stage for the period (formulas: METRICS.md).
     A standard range (the last 7, 30 or 90 days) with its facts stored is answered from them
-    (metrics.rangefacts): the same figures, without reading the range's events again."""
+    (metrics.rangefacts): the same figures, without reading the range's events again; any
+    other range within the stored history from the customer bitmaps (`stored`, when the
+    caller read them already)."""
     window = rangefacts.current_window(period)
     if window is not None:
         f = rangefacts.range_figures(scope=scope, window=window)
+        return _kpis(f, f, f, f, _referrals(scope=scope, period=period))
+    f = stored if stored is not None else bitmaps.relationship_figures(scope=scope,
+                                                                       period=period)
+    if f is not None:
+        # Any other range within the stored history: from the customer bitmaps.
         return _kpis(f, f, f, f, _referrals(scope=scope, period=period))
     since, until = period.since, period.until
     customers = scope.apply(Customer.objects.order_by())
@@ -453,7 +461,11 @@ def relationship_kpis(*, scope: Scope, period: Period) -> dict[str, Any]:
 def revenue_factors(*, scope: Scope, period: Period) -> Factors:
     """Traffic, buyers, paid orders and revenue of the period. Traffic is the customers in the
     private domain during the period, plus any buyer of the period who was not (so that
-    conversion = buyers ÷ traffic never exceeds 1 and the identity holds)."""
+    conversion = buyers ÷ traffic never exceeds 1 and the identity holds). A range within the
+    stored history is answered from the customer bitmaps (metrics.bitmaps), the same figures."""
+    stored, = bitmaps.revenue_figures(scope=scope, periods=[period])
+    if stored is not None:
+        return _stored_factors(stored)
     paid = scope.apply(Order.objects.order_by(), "customer__").filter(
         status=Order.Status.PAID, placed_at__gte=period.since, placed_at__lt=period.until)
     orders = paid.aggregate(
@@ -464,6 +476,11 @@ def revenue_factors(*, scope: Scope, period: Period) -> Factors:
     domain = scope.apply(Customer.objects.order_by()).filter(in_domain(period)).count()
     return Factors(traffic=domain + orders["outside"], buyers=orders["buyers"],
                    paid_orders=orders["paid_orders"], revenue=orders["revenue"] or Decimal("0"))
+
+
+def _stored_factors(stored: bitmaps.RevenueFigures) -> Factors:
+    return Factors(traffic=stored.traffic, buyers=stored.buyers,
+                   paid_orders=stored.paid_orders, revenue=stored.revenue)
 
 
 def _factor_dict(factors: Factors, period: Period) -> dict[str, Any]:
@@ -495,8 +512,12 @@ def revenue_report(*, scope: Scope, period: Period, compare: Period) -> dict[str
                     if compare == period.previous()
                     else revenue_factors(scope=scope, period=compare))
     else:
-        current = revenue_factors(scope=scope, period=period)
-        previous = revenue_factors(scope=scope, period=compare)
+        # From the customer bitmaps where they hold the range (one read for both), else live.
+        stored = bitmaps.revenue_figures(scope=scope, periods=[period, compare])
+        current, previous = (
+            _stored_factors(found) if found is not None else revenue_factors(scope=scope,
+                                                                            period=p)
+            for found, p in zip(stored, (period, compare), strict=True))
     method, parts = decompose(current=current, previous=previous)
     return {
         **_factor_dict(current, period),
@@ -562,12 +583,13 @@ def funnel_rows(stages: list[Stage], counts: dict[str, int]) -> list[dict[str, A
     } for i, stage in enumerate(stages)]
 
 
-def churn_and_win_back(*, scope: Scope, model: StageModel, stages: list[Stage], period: Period
-                       ) -> dict[str, Any]:
+def churn_and_win_back(*, scope: Scope, model: StageModel, stages: list[Stage], period: Period,
+                       churned: int | None = None) -> dict[str, Any]:
     """Churn: customers entering the `churn` stage in the period ÷ customers placed in the
     model and not in churn at its start. Win-back: win-back transitions in the period ÷
     customers in a win-back stage (dormant, churn) at its start. None where the model has no
-    such stage."""
+    such stage. `churned`: the customers entering churn, when the caller read them already
+    (the customer bitmaps)."""
     keys = {s.key for s in stages}
     churn_key = "churn" if "churn" in keys else None
     win_back_keys = [s.key for s in stages if s.win_back_from]
@@ -582,12 +604,17 @@ def churn_and_win_back(*, scope: Scope, model: StageModel, stages: list[Stage], 
                 "in_win_back_stages": sum(counts.get(key, 0) for key in win_back_keys)}
     # Entered churn: distinct customers, from the transitions into it (index on model, to_key,
     # at); win-backs add up day by day, from the snapshots and today.
-    churned = 0
+    known, churned = churned, 0
     window = (rangefacts.current_window(period)
               if (model.key, churn_key) == (rangefacts.CHURN_MODEL, rangefacts.CHURN_STAGE)
               else None)
+    stored = None
+    if window is None and (model.key, churn_key) == (bitmaps.CHURN_MODEL, bitmaps.CHURN_STAGE):
+        stored = known if known is not None else bitmaps.churned(scope=scope, period=period)
     if window is not None:
         churned = rangefacts.range_figures(scope=scope, window=window)["churned"]
+    elif stored is not None:
+        churned = stored
     elif churn_key is not None:
         churned = scope.apply(StageTransition.objects.order_by(), "customer__").filter(
             model=model, to_key=churn_key, at__gte=period.since, at__lt=period.until,
@@ -893,13 +920,17 @@ LIFECYCLE_MODEL = "value"
 
 
 def overview_report(*, scope: Scope, period: Period) -> dict[str, Any]:
-    kpis = relationship_kpis(scope=scope, period=period)
+    # Any range but the standard ones: the customer bitmaps, read once for the KPIs and churn.
+    stored = (bitmaps.relationship_figures(scope=scope, period=period)
+              if rangefacts.current_window(period) is None else None)
+    kpis = relationship_kpis(scope=scope, period=period, stored=stored)
     series = activity_series(scope=scope, period=period)
     model = StageModel.objects.filter(key=LIFECYCLE_MODEL).first()
     lifecycle = None
     if model is not None:
         lifecycle = {"model": model.key, **churn_and_win_back(
-            scope=scope, model=model, stages=model_stages(model), period=period)}
+            scope=scope, model=model, stages=model_stages(model), period=period,
+            churned=stored["churned"] if stored is not None else None)}
     return {
         **period.as_dict(),
         "previous": period.previous().as_dict(),

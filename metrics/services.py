@@ -17,8 +17,9 @@ from django.utils import timezone
 
 from core.db import heavy_statements
 from lifecycle.models import StageModel
-from metrics import channelfacts, rangefacts, selectors, spells
+from metrics import bitmaps, channelfacts, rangefacts, selectors, spells
 from metrics.models import (
+    BitmapTable,
     CohortCell,
     CohortTable,
     DailyActivity,
@@ -215,6 +216,41 @@ def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
     return result
 
 
+@transaction.atomic
+def bitmaps_refresh(*, today: date | None = None,
+                    rebuild: tuple[date, date] | None = None) -> bitmaps.RefreshResult:
+    """Bring the customer bitmaps (metrics.bitmaps) up to the day before `today` (default:
+    today): build the days not stored yet, rebuild those with an order refunded since, their
+    blocks, and the customer columns, under a lock on the header row; a re-run stores the same.
+    `rebuild` (first and last day) reads those days again too (a backfill).
+    PostgreSQL only: elsewhere nothing is stored and the figures are computed live."""
+    today = today or local_today()
+    if not bitmaps.available():
+        return bitmaps.RefreshResult()
+    heavy_statements()
+    header, _created = BitmapTable.objects.select_for_update().get_or_create(pk=1)
+    read_at = timezone.now()
+    result = bitmaps.refresh(today, since=header.read_at, rebuild=rebuild)
+    header.first_day, header.last_day = result.first_day, result.last_day
+    header.read_at = read_at
+    header.refreshed_at = timezone.now()
+    header.duration_ms = result.duration_ms
+    header.save()
+    logger.info("metrics.bitmaps_refreshed", extra={
+        "first_day": result.first_day.isoformat(), "last_day": result.last_day.isoformat(),
+        "days_built": result.days_built, "days_repaired": result.days_repaired,
+        "blocks_built": result.blocks_built, "ms": result.duration_ms})
+    return result
+
+
+def bitmaps_stored_for(today: date) -> bool:
+    """Whether the bitmaps hold every day before `today` (or cannot be stored here)."""
+    if not bitmaps.available():
+        return True
+    header = BitmapTable.objects.first()
+    return header is not None and header.last_day == today - timedelta(days=1)
+
+
 @dataclass
 class TodayResult:
     date: date
@@ -226,6 +262,8 @@ class TodayResult:
     spells_ms: int = 0
     channel_cells: int = 0
     channels_ms: int = 0
+    changed_customers: int = 0
+    bitmaps_ms: int = 0
     nightly: NightlyResult | None = None
     duration_ms: int = 0
 
@@ -252,7 +290,7 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
     nightly = None
     facts = FactsTable.objects.first()
     counts = _stored_counts(yesterday)
-    if counts is None or (rangefacts.available() and (
+    if counts is None or not bitmaps_stored_for(today) or (rangefacts.available() and (
             facts is None or yesterday not in {facts.as_of} & {facts.spells_as_of}
             & {facts.channels_as_of})):
         nightly = metrics_nightly(today=today)
@@ -283,6 +321,16 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
                 header.today_at = taken_at
                 header.today_ms = round((time.monotonic() - started) * 1000)
                 header.save(update_fields=["today_at", "today_ms"])
+    if bitmaps.available():
+        lap = time.monotonic()
+        with transaction.atomic():
+            header = BitmapTable.objects.select_for_update().filter(pk=1).first()
+            if header is not None and header.last_day == yesterday:
+                patch_at = timezone.now()
+                result.changed_customers = bitmaps.refresh_today(header, today)
+                header.patch_at = patch_at
+                header.save(update_fields=["patch_at"])
+        result.bitmaps_ms = round((time.monotonic() - lap) * 1000)
     result.duration_ms = round((time.monotonic() - started) * 1000)
     logger.info("metrics.today_refreshed", extra={"date": today.isoformat(),
                                                   "ms": result.duration_ms})
@@ -294,11 +342,14 @@ class NightlyResult:
     snapshot: SnapshotResult
     cohorts: CohortResult
     range_facts: RangeFactsResult
+    bitmaps: bitmaps.RefreshResult
 
 
 def metrics_nightly(*, today: date | None = None) -> NightlyResult:
-    """The nightly job: snapshot yesterday, refresh the cohort table, then the range facts."""
+    """The nightly job: snapshot yesterday, refresh the cohort table, the range facts, then
+    the customer bitmaps."""
     today = today or local_today()
     return NightlyResult(snapshot=snapshot_metrics(day=today - timedelta(days=1)),
                          cohorts=cohorts_refresh(today=today),
-                         range_facts=range_facts_refresh(today=today))
+                         range_facts=range_facts_refresh(today=today),
+                         bitmaps=bitmaps_refresh(today=today))

@@ -25,7 +25,7 @@ def _date(value: str, option: str):
 class Command(BaseCommand):
     help = _("Store the daily metric snapshot of a day (default: yesterday) or of every day of "
              "a range (backfill), replacing what was stored, then refresh the cohort table and "
-             "the precomputed range facts.")
+             "the precomputed range facts and customer bitmaps.")
 
     def add_arguments(self, parser):
         parser.add_argument("--date", help=_("The day to snapshot (YYYY-MM-DD)."))
@@ -34,7 +34,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-cohorts", action="store_true",
                             help=_("Do not refresh the cohort table."))
         parser.add_argument("--no-range-facts", action="store_true",
-                            help=_("Do not refresh the precomputed range facts."))
+                            help=_("Do not refresh the precomputed range facts and customer "
+                                   "bitmaps."))
 
     def handle(self, *args, date=None, start=None, end=None, no_cohorts=False,
                no_range_facts=False, **options):
@@ -88,5 +89,15 @@ class Command(BaseCommand):
                                      "ms": facts.spells_ms, "joiners": facts.joiners,
                                      "channel_cells": facts.channel_cells,
                                      "channel_ms": facts.channels_ms})
+            done = services.bitmaps_refresh(today=today, rebuild=(first, last))
+            if done.last_day is not None:
+                self.stdout.write(_("Customer bitmaps: %(first)s … %(last)s, %(days)d day(s) "
+                                    "built, %(repaired)d rebuilt, %(blocks)d blocks, "
+                                    "%(customers)d customer ids in %(ms)d ms")
+                                  % {"first": done.first_day.isoformat(),
+                                     "last": done.last_day.isoformat(),
+                                     "days": done.days_built, "repaired": done.days_repaired,
+                                     "blocks": done.blocks_built,
+                                     "customers": done.customers, "ms": done.duration_ms})
         self.stdout.write(_("Snapshotted %(days)d day(s), %(rows)d rows, in %(s).1f s.")
                           % {"days": days, "rows": rows, "s": time.monotonic() - started})

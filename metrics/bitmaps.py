@@ -1,0 +1,911 @@
+"""Customer bitmaps: the overview's and the revenue report's figures over distinct customers
+(active, retained, interacting, buyers, repeat buyers, customers in the private domain, …) for
+any range within the stored history, without reading the range's events and orders per request.
+
+Those figures are not sums of daily snapshots: a customer active on two days of a range counts
+once. So the nightly refresh stores, per day before today, the set of customers it concerns, as
+a bitmap over customer ids (bit i = the customer with id i): `inbound` (an inbound event that
+day), `churn` (a move into the value lifecycle's churn stage that day), and `paid`, the day's
+buyers with their paid orders and revenue in cents (a sorted list, since buyers are few). Each
+kind is also stored per aligned block of 4, 16, 64 and 256 days (`CustomerBitmap.days`; a block
+starts on a day number, counted from 2000-01-01, divisible by its size), built from the four
+blocks below it, so that any range is the union of at most ~24 pieces. Beside them, one column
+per customer attribute the figures need (`CustomerColumn`, indexed by customer id): the day they
+joined, the day they left (status other than active: the day of `status_changed_at`), their
+first paid order's day, the day of their first group membership since joining, and flags
+(exists, deleted us within 7 days of joining, referred).
+
+The frequent refresh stores today's pieces so far and the columns of the customers changed
+today (`today`), and the buyers whose earlier orders changed today (`today_buyers`). A request
+then reads its range's pieces and the columns, applies today's changed customers and re-reads
+those changed since (new customers, a status change, a first order, an order refunded or
+recorded late, a group joined or a deletion: one statement over indexes), counts again the
+orders of the buyers whose orders changed since the pieces were read (orders' `updated_at`),
+adds today (the stored piece and what happened since, or all of today when that is too old),
+and masks everything by the scope (the ids of the customers in scope, read from the customers'
+indexes — their current channel and owner, as the live computation counts them). The figures
+are then bitwise operations and counts over arrays of a million entries (numpy): the same
+figures as the live computation in metrics.selectors (docs/METRICS.md, "Customer bitmaps").
+
+PostgreSQL only, like metrics.rangefacts; elsewhere, and for a range (or its preceding range)
+reaching before the stored history, the figures are computed live.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q
+from django.utils import timezone
+
+from crm.models import INBOUND_EVENT_TYPES, Customer, Event, Order
+from metrics import rangefacts
+from metrics.models import BitmapTable, CustomerBitmap, CustomerColumn
+from metrics.periods import Period, Scope, day_start, local_today, system_tz
+
+EPOCH = date(2000, 1, 1)
+SIZES = (256, 64, 16, 4, 1)
+NEVER = 32767               # a day after every range (int16): not gone, never bought, …
+LONG_AGO = -32768           # a day before every range
+EXISTS, DELETED_7D, REFERRED = 1, 2, 4
+COLUMNS = ("joined", "gone", "first_order", "grouped", "flags")
+PATCH = "today"             # the columns of the customers changed today (frequent refresh)
+PATCH_BUYERS = "today_buyers"   # the buyers whose past orders changed (frequent refresh)
+INBOUND = sorted(INBOUND_EVENT_TYPES)
+FRIEND_LOSS_DAYS = 7
+CHURN_MODEL, CHURN_STAGE = "value", "churn"
+KINDS = tuple(CustomerBitmap.Kind.values)
+# A range reads at most this many days per statement when it builds missing days.
+BUILD_CHUNK_DAYS = 8
+
+
+def available() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def history_days() -> int:
+    """How many days before today the bitmaps keep (a range and its preceding range within them
+    are answered from the bitmaps)."""
+    return int(getattr(settings, "METRICS_BITMAP_DAYS", 400))
+
+
+def day_number(day: date) -> int:
+    return (day - EPOCH).days
+
+
+def day_of(number: int) -> date:
+    return EPOCH + timedelta(days=number)
+
+
+def pieces(first: date, last: date) -> list[tuple[date, int]]:
+    """The days `first` … `last` as the fewest aligned blocks: (start, days) pairs."""
+    a, b = day_number(first), day_number(last)
+    result = []
+    while a <= b:
+        size = next(s for s in SIZES if a % s == 0 and a + s - 1 <= b)
+        result.append((day_of(a), size))
+        a += size
+    return result
+
+
+def _raw(sql: str, params: dict[str, Any]) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+# --- Encoding -------------------------------------------------------------------------------
+
+# What PostgreSQL sends for a day's buyers (`DAYS_SQL`): id, paid orders, revenue in cents.
+PAID_DTYPE = np.dtype([("id", ">i4"), ("n", ">i4"), ("cents", ">i8")])
+
+
+def _pack(raw: bytes) -> bytes:
+    """Stored data is compressed: fewer bytes to send (psycopg2 receives bytea as hex text, about
+    10 ms a megabyte) for a little inflating (about 2 ms a megabyte)."""
+    return zlib.compress(raw, 6) if raw else b""
+
+
+def _unpack(data: bytes | memoryview | None) -> bytes:
+    return zlib.decompress(bytes(data)) if data else b""
+
+
+@dataclass
+class Paid:
+    """Buyers (ids, ascending and distinct), their paid orders and revenue in cents."""
+
+    ids: np.ndarray
+    n: np.ndarray
+    cents: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Paid:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    @classmethod
+    def from_sql(cls, data: bytes) -> Paid:
+        rows = np.frombuffer(bytes(data), dtype=PAID_DTYPE)
+        return cls(rows["id"].astype(np.int64), rows["n"].astype(np.int64),
+                   rows["cents"].astype(np.int64))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Paid:
+        raw = _unpack(data)
+        if not raw:
+            return cls.empty()
+        n = int(np.frombuffer(raw[:4], dtype="<u4")[0])
+        gaps = np.frombuffer(raw, dtype="<u4", count=n, offset=4)
+        orders = np.frombuffer(raw, dtype="<u4", count=n, offset=4 + 4 * n)
+        cents = np.frombuffer(raw, dtype="<i8", count=n, offset=4 + 8 * n)
+        return cls(np.cumsum(gaps, dtype=np.int64), orders.astype(np.int64),
+                   cents.astype(np.int64))
+
+    def encode(self) -> bytes:
+        """Stored as the gaps between the ascending ids, the orders and the cents (each a
+        column, so that they compress)."""
+        gaps = np.diff(self.ids, prepend=0).astype("<u4")
+        return _pack(np.array([len(self.ids)], dtype="<u4").tobytes() + gaps.tobytes()
+                     + self.n.astype("<u4").tobytes() + self.cents.astype("<i8").tobytes())
+
+    @classmethod
+    def merge(cls, parts: list[Paid]) -> Paid:
+        if not parts:
+            return cls.empty()
+        ids = np.concatenate([p.ids for p in parts])
+        unique, inverse = np.unique(ids, return_inverse=True)
+        n = np.zeros(len(unique), np.int64)
+        cents = np.zeros(len(unique), np.int64)
+        np.add.at(n, inverse, np.concatenate([p.n for p in parts]))
+        np.add.at(cents, inverse, np.concatenate([p.cents for p in parts]))
+        return cls(unique, n, cents)
+
+
+def _ids(data: bytes | None) -> np.ndarray:
+    """Customer ids sent by PostgreSQL as concatenated `int4send` values."""
+    if not data:
+        return np.zeros(0, np.int64)
+    return np.frombuffer(bytes(data), dtype=">i4").astype(np.int64)
+
+
+def encode_bitmap(ids: np.ndarray) -> bytes:
+    if len(ids) == 0:
+        return b""
+    bits = np.zeros(int(ids.max()) + 1, dtype=bool)
+    bits[ids] = True
+    return _pack(np.packbits(bits, bitorder="little").tobytes())
+
+
+def decode_bitmap(data: bytes, size: int) -> np.ndarray:
+    """A bool array of `size` entries (bits beyond the stored ones are False)."""
+    bits = np.unpackbits(np.frombuffer(_unpack(data), dtype=np.uint8), bitorder="little")
+    result = np.zeros(size, dtype=bool)
+    n = min(size, len(bits))
+    result[:n] = bits[:n].view(bool)
+    return result
+
+
+def _or_bitmaps(datas: list[bytes]) -> bytes:
+    """The union of packed bitmaps of any lengths, packed."""
+    datas = [_unpack(d) for d in datas if d]
+    if not datas:
+        return b""
+    result = np.zeros(max(len(d) for d in datas), dtype=np.uint8)
+    for d in datas:
+        result[:len(d)] |= np.frombuffer(d, dtype=np.uint8)
+    return _pack(result.tobytes())
+
+
+# --- Reading the days from the events and orders -------------------------------------------
+
+DAYS_SQL = {
+    CustomerBitmap.Kind.INBOUND: """
+        SELECT x.d, string_agg(int4send(x.customer_id::int), ''::bytea) FROM (
+            SELECT DISTINCT (occurred_at AT TIME ZONE %(tz)s)::date AS d, customer_id
+            FROM crm_event WHERE type = ANY(%(inbound)s)
+            AND occurred_at >= %(since)s AND occurred_at < %(until)s) x
+        GROUP BY x.d""",
+    CustomerBitmap.Kind.CHURN: """
+        SELECT x.d, string_agg(int4send(x.customer_id::int), ''::bytea) FROM (
+            SELECT DISTINCT (at AT TIME ZONE %(tz)s)::date AS d, customer_id
+            FROM lifecycle_stagetransition
+            WHERE model_id = (SELECT id FROM lifecycle_stagemodel WHERE key = %(churn_model)s)
+            AND to_key = %(churn_stage)s AND at >= %(since)s AND at < %(until)s) x
+        GROUP BY x.d""",
+    CustomerBitmap.Kind.PAID: """
+        SELECT x.d, string_agg(int4send(x.customer_id::int) || int4send(x.n::int)
+                               || int8send(x.cents), ''::bytea ORDER BY x.customer_id) FROM (
+            SELECT (placed_at AT TIME ZONE %(tz)s)::date AS d, customer_id, COUNT(*) AS n,
+                   (SUM(amount) * 100)::bigint AS cents
+            FROM crm_order WHERE status = %(paid)s
+            AND placed_at >= %(since)s AND placed_at < %(until)s
+            GROUP BY 1, 2) x
+        GROUP BY x.d""",
+}
+
+
+def _params(**extra) -> dict[str, Any]:
+    return {"tz": settings.TIME_ZONE, "inbound": INBOUND, "paid": Order.Status.PAID,
+            "churn_model": CHURN_MODEL, "churn_stage": CHURN_STAGE,
+            "friend_deleted": Event.Type.FRIEND_DELETED,
+            "group_joined": Event.Type.GROUP_JOINED, "active": Customer.Status.ACTIVE,
+            "refunded": Order.Status.REFUNDED, "epoch": EPOCH, "never": NEVER,
+            "long_ago": LONG_AGO, **extra}
+
+
+def read_days(kind: str, first: date, last: date) -> dict[date, bytes]:
+    """The days `first` … `last` of one kind, encoded as stored, read from the source tables
+    (days without anyone are absent)."""
+    rows = _raw(DAYS_SQL[kind], _params(since=day_start(first),
+                                        until=day_start(last + timedelta(days=1))))
+    result = {}
+    for day, data in rows:
+        if kind == CustomerBitmap.Kind.PAID:
+            result[day] = Paid.from_sql(data).encode()
+        else:
+            result[day] = encode_bitmap(_ids(data))
+    return result
+
+
+def read_since(kind: str, since: datetime, until: datetime) -> list[bytes]:
+    """The pieces (encoded, one a day) of what happened in [since, until)."""
+    rows = _raw(DAYS_SQL[kind], _params(since=since, until=until))
+    if kind == CustomerBitmap.Kind.PAID:
+        return [Paid.from_sql(data).encode() for _day, data in rows]
+    return [encode_bitmap(_ids(data)) for _day, data in rows]
+
+
+# --- The customer columns --------------------------------------------------------------------
+
+def _day_sql(expression: str, missing: str) -> str:
+    """The day number of a timestamp (system time zone), clamped to int16; `missing` if NULL."""
+    return (f"COALESCE(GREATEST(LEAST(({expression} AT TIME ZONE %(tz)s)::date - %(epoch)s::date,"
+            f" {NEVER - 1}), {LONG_AGO + 1}), {missing})")
+
+
+COLUMNS_SQL = f"""
+SELECT string_agg(int4send(c.id::int)
+       || int2send({_day_sql("c.joined_at", str(NEVER))}::smallint)
+       || int2send((CASE WHEN c.status = %(active)s THEN {NEVER}
+                         ELSE {_day_sql("c.status_changed_at", str(LONG_AGO))} END)::smallint)
+       || int2send({_day_sql("c.first_order_at", str(NEVER))}::smallint)
+       || int2send({_day_sql("g.first_at", str(NEVER))}::smallint)
+       || int2send(({EXISTS}
+                    + CASE WHEN d.customer_id IS NOT NULL THEN {DELETED_7D} ELSE 0 END
+                    + CASE WHEN c.referred_by_id IS NOT NULL THEN {REFERRED} ELSE 0 END
+                   )::smallint), ''::bytea)
+FROM crm_customer c
+{{joins}}
+"""
+# Every customer: the first group joined since joining and the deletions within 7 days of
+# joining, aggregated once.
+ALL_JOINS = f"""
+LEFT JOIN (
+    SELECT m.customer_id, MIN(m.joined_at) AS first_at FROM crm_groupmembership m
+    JOIN crm_customer j ON j.id = m.customer_id
+    WHERE m.joined_at >= j.joined_at
+    GROUP BY m.customer_id
+) g ON g.customer_id = c.id
+LEFT JOIN (
+    SELECT DISTINCT e.customer_id FROM crm_event e JOIN crm_customer j ON j.id = e.customer_id
+    WHERE e.type = %(friend_deleted)s AND e.occurred_at >= j.joined_at
+      AND e.occurred_at < j.joined_at + interval '{FRIEND_LOSS_DAYS} days'
+) d ON d.customer_id = c.id
+"""
+# A few customers (`%(ids)s`): the same, looked up per customer in the indexes.
+SOME_JOINS = f"""
+LEFT JOIN LATERAL (
+    SELECT MIN(m.joined_at) AS first_at FROM crm_groupmembership m
+    WHERE m.customer_id = c.id AND m.joined_at >= c.joined_at
+) g ON true
+LEFT JOIN LATERAL (
+    SELECT e.customer_id FROM crm_event e
+    WHERE e.customer_id = c.id AND e.type = %(friend_deleted)s AND e.occurred_at >= c.joined_at
+      AND e.occurred_at < c.joined_at + interval '{FRIEND_LOSS_DAYS} days' LIMIT 1
+) d ON true
+WHERE c.id = ANY(%(ids)s)
+"""
+COLUMN_DTYPE = np.dtype([("id", ">i4"), ("joined", ">i2"), ("gone", ">i2"),
+                         ("first_order", ">i2"), ("grouped", ">i2"), ("flags", ">i2")])
+
+# The customers whose columns may have changed since they were read at %(at)s: new customers,
+# a status change, a (new) first order, an order refunded or recorded late (the first order may
+# move), a deletion (within 7 days of joining) — and, kind 1, a group joined (which matters only
+# to those without a group since joining).
+CHANGED_SQL = """
+SELECT k, string_agg(int4send(id::int), ''::bytea) FROM (
+    SELECT id, 0 AS k FROM crm_customer WHERE id > %(max_id)s
+    UNION SELECT id, 0 FROM crm_customer WHERE joined_at >= %(at)s
+    UNION SELECT id, 0 FROM crm_customer WHERE status = ANY(%(statuses)s)
+                                         AND status_changed_at >= %(at)s
+    UNION SELECT id, 0 FROM crm_customer WHERE first_order_at >= %(at)s
+    UNION SELECT customer_id, 0 FROM crm_order WHERE updated_at >= %(at)s
+                                               AND (status = %(refunded)s OR placed_at < %(at)s)
+    UNION SELECT customer_id, 0 FROM crm_event WHERE type = %(friend_deleted)s
+                                               AND occurred_at >= %(at)s
+    UNION SELECT customer_id, 1 FROM crm_event WHERE type = %(group_joined)s
+                                               AND occurred_at >= %(at)s
+) x GROUP BY k
+"""
+
+
+def _read_columns(ids: np.ndarray | None = None) -> np.ndarray:
+    """Rows (id and the columns) of every customer, or of the customers `ids`."""
+    if ids is None:
+        sql, params = COLUMNS_SQL.format(joins=ALL_JOINS), _params()
+    else:
+        if len(ids) == 0:
+            return np.zeros(0, dtype=COLUMN_DTYPE)
+        sql, params = COLUMNS_SQL.format(joins=SOME_JOINS), _params(ids=[int(i) for i in ids])
+    (data,), = _raw(sql, params)
+    if not data:
+        return np.zeros(0, dtype=COLUMN_DTYPE)
+    return np.frombuffer(bytes(data), dtype=COLUMN_DTYPE)
+
+
+def build_columns() -> dict[str, bytes]:
+    """Every customer's columns now, each as an int16 array indexed by customer id (entries of
+    ids without a customer: flags 0)."""
+    rows = _read_columns()
+    size = int(rows["id"].max()) + 1 if len(rows) else 0
+    result = {}
+    for name in COLUMNS:
+        column = np.zeros(size, dtype="<i2")
+        column[rows["id"].astype(np.int64)] = rows[name]
+        result[name] = _pack(column.tobytes())
+    return result
+
+
+@dataclass
+class Columns:
+    """The customers' columns as int16 arrays of `size` entries (indexed by id)."""
+
+    joined: np.ndarray
+    gone: np.ndarray
+    first_order: np.ndarray
+    grouped: np.ndarray
+    flags: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.flags)
+
+
+# A change committed just after a read may carry a time just before it: look back this far.
+READ_MARGIN = timedelta(minutes=2)
+
+
+def changed_rows(*, at: datetime, max_id: int, grouped: np.ndarray | None) -> np.ndarray:
+    """The columns, read now, of the customers that may have changed since `at` (and every id
+    above `max_id`); a group joined counts only for those without one since joining in the
+    stored `grouped` column (None: the column is not wanted, nor those customers)."""
+    found = dict(_raw(CHANGED_SQL, _params(
+        max_id=max_id, at=at, statuses=[value for value, _label in Customer.Status.choices])))
+    ids = _ids(found.get(0))
+    if grouped is not None:
+        joined_group = _ids(found.get(1))
+        inside = joined_group < len(grouped)
+        ids = np.union1d(ids, np.concatenate([
+            joined_group[~inside], joined_group[inside][grouped[joined_group[inside]] == NEVER]]))
+    return _read_columns(ids)
+
+
+def load_columns(*, names: tuple[str, ...], table: BitmapTable, size: int) -> Columns:
+    """The stored columns `names` (the others empty), then today's changed customers as the
+    frequent refresh read them, then those changed since then read now, padded to at least
+    `size` entries."""
+    wanted = {*names, "flags"}
+    stored = {row[0]: _unpack(row[1]) for row in CustomerColumn.objects.filter(
+        name__in=[*wanted, PATCH]).values_list("name", "data")}
+    flags = np.frombuffer(stored.get("flags", b""), dtype="<i2")
+    at = min(table.read_at, day_start(local_today()))
+    layers = []
+    if PATCH in stored and table.patch_at is not None and table.patch_at > table.read_at:
+        layers.append(np.frombuffer(stored[PATCH], dtype=COLUMN_DTYPE))
+        at = table.patch_at - READ_MARGIN
+    grouped = None
+    if "grouped" in names:
+        grouped = np.frombuffer(stored.get("grouped", b""), dtype="<i2")
+        if layers:          # with the patch applied: the stored state before now
+            grouped = grouped.copy() if len(grouped) else grouped
+            inside = layers[0]["id"] < len(grouped)
+            grouped[layers[0]["id"][inside].astype(np.int64)] = layers[0]["grouped"][inside]
+    layers.append(changed_rows(at=at, max_id=len(flags) - 1, grouped=grouped))
+    size = max([size, len(flags)] + [int(rows["id"].max()) + 1 for rows in layers if len(rows)])
+    arrays = {}
+    for name in COLUMNS:
+        column = np.zeros(size if name in wanted else 0, dtype=np.int16)
+        if name in stored:
+            values = np.frombuffer(stored[name], dtype="<i2")
+            column[:len(values)] = values
+        if len(column):
+            for rows in layers:
+                column[rows["id"].astype(np.int64)] = rows[name]
+        arrays[name] = column
+    return Columns(**arrays)
+
+
+def refresh_today(table: BitmapTable, today: date) -> int:
+    """Store the columns of the customers changed since the columns were read (today's
+    changes), so that a request reads only those changed since. Call holding the
+    `BitmapTable` row; returns the number of customers."""
+    stored = {name: _unpack(data) for name, data in CustomerColumn.objects.filter(
+        name__in=["flags", "grouped"]).values_list("name", "data")}
+    flags = np.frombuffer(stored.get("flags", b""), dtype="<i2")
+    rows = changed_rows(at=min(table.read_at, day_start(today)), max_id=len(flags) - 1,
+                        grouped=np.frombuffer(bytes(stored.get("grouped", b"")), dtype="<i2"))
+    CustomerColumn.objects.update_or_create(name=PATCH,
+                                            defaults={"data": _pack(rows.tobytes())})
+    # The buyers with an order (placed before today) recorded or changed since the pieces were
+    # read: a request counts their orders again.
+    (buyers,), = _raw(f"SELECT string_agg(DISTINCT int4send(x.customer_id::int), ''::bytea) "
+                      f"FROM ({CHANGED_BUYERS_SQL}) x",
+                      _params(since=table.read_at - CHANGE_MARGIN,
+                              first=day_start(table.first_day),
+                              t0=day_start(today)))
+    CustomerColumn.objects.update_or_create(name=PATCH_BUYERS,
+                                            defaults={"data": _pack(bytes(buyers or b""))})
+    # Today's pieces so far: a request reads only what happened since.
+    as_of = timezone.now()
+    CustomerBitmap.objects.filter(start=today, days=1).delete()
+    CustomerBitmap.objects.bulk_create([
+        CustomerBitmap(kind=kind, start=today, days=1, as_of=as_of,
+                       data=read_days(kind, today, today).get(today, b"")) for kind in KINDS])
+    return len(rows)
+
+
+# --- The nightly refresh ----------------------------------------------------------------------
+
+@dataclass
+class RefreshResult:
+    first_day: date | None = None
+    last_day: date | None = None
+    days_built: int = 0
+    days_repaired: int = 0
+    repaired: list = field(default_factory=list, repr=False)
+    blocks_built: int = 0
+    customers: int = 0
+    bytes: int = 0
+    duration_ms: int = 0
+
+
+def _build_days(days: list[date]) -> int:
+    """Read and store (replace) the pieces of the given days, a few days per statement."""
+    built = 0
+    runs: list[list[date]] = []
+    for day in sorted(days):
+        if runs and runs[-1][-1] == day - timedelta(days=1) and len(runs[-1]) < BUILD_CHUNK_DAYS:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    for run in runs:
+        as_of = timezone.now()
+        for kind in KINDS:
+            found = read_days(kind, run[0], run[-1])
+            CustomerBitmap.objects.filter(kind=kind, days=1, start__in=run).delete()
+            CustomerBitmap.objects.bulk_create([
+                CustomerBitmap(kind=kind, start=day, days=1, data=found.get(day, b""),
+                               as_of=as_of) for day in run])
+        built += len(run)
+    return built
+
+
+def _build_blocks(size: int, starts: list[date]) -> None:
+    """Store (replace) the blocks of `size` days from `starts`, each from the four blocks (or
+    days) below it: one read, one delete and one insert per kind."""
+    child = size // 4
+    children = {start: [start + timedelta(days=i * child) for i in range(4)] for start in starts}
+    wanted = sorted({c for group in children.values() for c in group})
+    for kind in KINDS:
+        found = {start: (data, as_of) for start, data, as_of in CustomerBitmap.objects.filter(
+            kind=kind, days=child, start__in=wanted).values_list("start", "data", "as_of")}
+        blocks = []
+        for start, group in children.items():
+            rows = [found[c] for c in group if c in found]
+            if len(rows) != 4:
+                raise RuntimeError(f"bitmap block {kind} {start} +{size}: children missing")
+            if kind == CustomerBitmap.Kind.PAID:
+                data = Paid.merge([Paid.decode(d) for d, _a in rows]).encode()
+            else:
+                data = _or_bitmaps([d for d, _a in rows])
+            blocks.append(CustomerBitmap(kind=kind, start=start, days=size, data=data,
+                                         as_of=min(a for _d, a in rows)))
+        CustomerBitmap.objects.filter(kind=kind, days=size, start__in=starts).delete()
+        CustomerBitmap.objects.bulk_create(blocks, batch_size=50)
+
+
+# An order recorded or changed in a transaction that began before a day was read may carry an
+# `updated_at` just before the reading and still be missing from it: look back this far (a day
+# or a customer taken again costs only time).
+CHANGE_MARGIN = timedelta(hours=1)
+
+
+def _changed_order_days(first: date, last: date, since: datetime) -> list[date]:
+    """Stored days with an order recorded or changed (refunded) since `since`."""
+    rows = _raw("""
+        SELECT DISTINCT (placed_at AT TIME ZONE %(tz)s)::date FROM crm_order
+        WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(until)s""",
+                _params(since=since - CHANGE_MARGIN, first=day_start(first),
+                        until=day_start(last + timedelta(days=1))))
+    return [row[0] for row in rows]
+
+
+def refresh(today: date, *, since: datetime | None = None,
+            rebuild: tuple[date, date] | None = None) -> RefreshResult:
+    """Bring the bitmaps up to the day before `today`: drop the days before the history, build
+    the days not stored (all of them the first time), rebuild the days with an order refunded
+    (or changed) since the last refresh began reading at `since` (and those of `rebuild`, first
+    and last day), build the blocks over
+    them, and read every customer's columns anew. Call in a transaction holding the
+    `BitmapTable` row."""
+    started = time.monotonic()
+    result = RefreshResult()
+    last = today - timedelta(days=1)
+    first = today - timedelta(days=history_days())
+    result.first_day, result.last_day = first, last
+    # Blocks wholly in [first, last] only; pieces leaving the history go.
+    stale = CustomerBitmap.objects.filter(start__lt=first)
+    stale.delete()
+    for start, days in CustomerBitmap.objects.filter(days__gt=1).values_list("start", "days"):
+        if start + timedelta(days=days - 1) > last:
+            CustomerBitmap.objects.filter(start=start, days=days).delete()
+    CustomerBitmap.objects.filter(start__gt=last).delete()
+    stored = {}
+    for kind, start in CustomerBitmap.objects.filter(days=1).values_list("kind", "start"):
+        stored.setdefault(start, set()).add(kind)
+    wanted = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    missing = [d for d in wanted if stored.get(d) != set(KINDS)
+               or (rebuild is not None and rebuild[0] <= d <= rebuild[1])]
+    repaired = [d for d in (_changed_order_days(first, last, since) if since else [])
+                if d not in set(missing)]
+    result.days_built = _build_days(missing)
+    result.days_repaired = _build_days(repaired) if repaired else 0
+    result.repaired = repaired
+    changed = {day_number(d) for d in [*missing, *repaired]}
+    # Blocks, bottom up: each one whose days changed (or that is not stored yet).
+    existing = set(CustomerBitmap.objects.filter(kind=CustomerBitmap.Kind.PAID, days__gt=1)
+                   .values_list("start", "days"))
+    for size in reversed(SIZES[:-1]):
+        a = day_number(first)
+        a += (-a) % size
+        starts = []
+        while a + size - 1 <= day_number(last):
+            if any(a <= d < a + size for d in changed) or (day_of(a), size) not in existing:
+                starts.append(day_of(a))
+                changed.add(a)      # so the block above it is rebuilt too
+            a += size
+        if starts:
+            _build_blocks(size, starts)
+            result.blocks_built += len(starts)
+    columns = build_columns()
+    for name, data in columns.items():
+        CustomerColumn.objects.update_or_create(name=name, defaults={"data": data})
+    result.customers = len(_unpack(columns["flags"])) // 2
+    result.duration_ms = round((time.monotonic() - started) * 1000)
+    return result
+
+
+def storage_bytes() -> int:
+    (n,), = _raw("SELECT COALESCE(pg_total_relation_size('metrics_customerbitmap'), 0)"
+                 " + COALESCE(pg_total_relation_size('metrics_customercolumn'), 0)", {})
+    return int(n)
+
+
+# --- Answers ----------------------------------------------------------------------------------
+
+def header() -> BitmapTable | None:
+    return BitmapTable.objects.first()
+
+
+def stored_period(period: Period, table: BitmapTable | None = None) -> bool:
+    """Whether the bitmaps hold every day of `period` before today (the days up to yesterday
+    stored, the columns read)."""
+    if not available():
+        return False
+    table = table if table is not None else header()
+    today = local_today()
+    return (table is not None and table.read_at is not None
+            and table.last_day == today - timedelta(days=1) and table.first_day is not None
+            and period.start >= table.first_day)
+
+
+def _scope_ids(scope: Scope) -> np.ndarray | None:
+    """The ids of the customers in scope (current channel and owner), None for every
+    customer."""
+    if not scope.restricted:
+        return None
+    customers = scope.apply(Customer.objects.order_by()).values("pk")
+    if customers.query.is_empty():
+        return np.zeros(0, np.int64)
+    sql, params = customers.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT string_agg(int4send(s.pk::int), ''::bytea) FROM ({sql}) s",
+                       list(params))
+        (data,), = cursor.fetchall()
+    return _ids(data)
+
+
+@dataclass
+class RangeSets:
+    """One range's customers: inbound (bool array), churn (bool array) and paid orders and
+    revenue in cents per customer (int arrays), all of the same size."""
+
+    inbound: np.ndarray | None
+    churn: np.ndarray | None
+    orders: np.ndarray | None
+    cents: np.ndarray | None
+
+
+def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
+                changed: ChangedBuyers | None = None) -> RangeSets:
+    """The range's stored pieces (days before today, and today as the frequent refresh read it
+    when recent, `changed.today_since`), the buyers whose orders changed since the pieces were
+    read (`changed`) counted again, and the rest of today read live."""
+    today = local_today()
+    last = min(period.end, today - timedelta(days=1))
+    wanted = pieces(period.start, last) if last >= period.start else []
+    today_since = changed.today_since if changed is not None else None
+    with_today = today_since is not None and period.start <= today <= period.end
+    sets = RangeSets(None, None, None, None)
+    rows = []
+    if wanted or with_today:
+        exact = Q()
+        for start, days in [*wanted, *([(today, 1)] if with_today else [])]:
+            exact |= Q(start=start, days=days)
+        rows = list(CustomerBitmap.objects.filter(exact, kind__in=kinds).values_list(
+            "kind", "start", "days", "data", "as_of"))
+        if len(rows) != (len(wanted) + with_today) * len(kinds):
+            raise Inconsistent(period)
+    # Today (unless stored) and any later day of the range (events dated ahead) read live;
+    # with today stored, what happened since it was read.
+    first_live = today + timedelta(days=1) if with_today else max(period.start, today)
+    live = (first_live, period.end) if period.end >= first_live else None
+    through = today if with_today else last
+    for kind in kinds:
+        datas = [row[3] for row in rows if row[0] == kind]
+        if kind == CustomerBitmap.Kind.PAID:
+            parts = [Paid.decode(d) for d in datas]
+            live_parts = ([Paid.decode(d) for d in read_days(kind, *live).values()]
+                          if live else [])
+            orders = np.zeros(size, np.int64)
+            cents = np.zeros(size, np.int64)
+            for part in parts:          # ids are distinct within a piece
+                keep = part.ids < size  # (a customer deleted since, with the largest id)
+                orders[part.ids[keep]] += part.n[keep]
+                cents[part.ids[keep]] += part.cents[keep]
+            # Customers with an order recorded or changed (refunded) since the pieces were
+            # read: their orders and revenue of the stored days counted again now.
+            if (wanted or with_today) and changed is not None and len(changed.ids):
+                keep = changed.ids < size
+                orders[changed.ids[keep]] = 0
+                cents[changed.ids[keep]] = 0
+                now = changed.rows
+                now = now[(now["id"] < size) & (now["day"] >= day_number(period.start))
+                          & (now["day"] <= day_number(through))]
+                np.add.at(orders, now["id"].astype(np.int64), now["n"].astype(np.int64))
+                np.add.at(cents, now["id"].astype(np.int64), now["cents"].astype(np.int64))
+            for part in live_parts:
+                keep = part.ids < size
+                orders[part.ids[keep]] += part.n[keep]
+                cents[part.ids[keep]] += part.cents[keep]
+            sets.orders, sets.cents = orders, cents
+        else:
+            packed = _or_bitmaps(datas)
+            bits = decode_bitmap(packed, size) if packed else np.zeros(size, dtype=bool)
+            if live:
+                for data in read_days(kind, *live).values():
+                    bits |= decode_bitmap(data, size)
+            if with_today:
+                for data in read_since(kind, today_since,
+                                       day_start(today + timedelta(days=1))):
+                    bits |= decode_bitmap(data, size)
+            setattr(sets, kind, bits)
+    return sets
+
+
+CHANGED_BUYERS_SQL = """
+SELECT customer_id FROM crm_order
+WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(t0)s
+"""
+CHANGED_ORDERS_SQL = """
+SELECT string_agg(int4send(o.customer_id::int) || int2send(o.d::smallint)
+                  || int4send(o.n::int) || int8send(o.cents), ''::bytea)
+FROM (SELECT customer_id, (placed_at AT TIME ZONE %(tz)s)::date - %(epoch)s::date AS d,
+             COUNT(*) AS n, (SUM(amount) * 100)::bigint AS cents
+      FROM crm_order WHERE customer_id = ANY(%(ids)s) AND status = %(paid)s
+      AND placed_at >= %(first)s AND placed_at < %(t0)s GROUP BY 1, 2) o
+"""
+CHANGED_DTYPE = np.dtype([("id", ">i4"), ("day", ">i2"), ("n", ">i4"), ("cents", ">i8")])
+
+
+@dataclass
+class ChangedBuyers:
+    """The customers with an order recorded or changed since the pieces were read (`ids`) and
+    their paid orders per day now (`rows`: id, day number, orders, cents); with today's pieces
+    stored and recent, the time from which today is read live (`today_since`)."""
+
+    ids: np.ndarray
+    rows: np.ndarray
+    today_since: datetime | None = None
+
+
+def changed_buyers(*, table: BitmapTable, first: date, stored: bytes | None,
+                   today_since: datetime | None) -> ChangedBuyers:
+    """The buyers to count again for ranges starting at `first` or later: those the frequent
+    refresh found (`stored`, ids) and those with an order recorded or changed since, with
+    their paid orders of the days before today (and of today, when today's piece is used)
+    read now (index on the customer)."""
+    today = local_today()
+    until = day_start(today + timedelta(days=1) if today_since else today)
+    ids = _ids(stored) if stored is not None else np.zeros(0, np.int64)
+    since = table.read_at - CHANGE_MARGIN
+    if stored is not None:
+        since = table.patch_at - READ_MARGIN
+    found = _raw(f"SELECT string_agg(int4send(x.customer_id::int), ''::bytea) "
+                 f"FROM ({CHANGED_BUYERS_SQL}) x",
+                 _params(since=since, first=day_start(first), t0=until))
+    ids = np.union1d(ids, _ids(found[0][0]))
+    if not len(ids):
+        return ChangedBuyers(ids, np.zeros(0, dtype=CHANGED_DTYPE), today_since)
+    (data,), = _raw(CHANGED_ORDERS_SQL, _params(ids=[int(i) for i in ids],
+                                                first=day_start(first), t0=until))
+    rows = np.frombuffer(bytes(data), dtype=CHANGED_DTYPE) if data else np.zeros(
+        0, dtype=CHANGED_DTYPE)
+    return ChangedBuyers(ids, rows, today_since)
+
+
+def _patch_is_fresh(table: BitmapTable) -> bool:
+    """Whether the frequent refresh's part (today's changed customers and pieces) is from
+    after the nightly read and recent enough to read only what happened since."""
+    if table.patch_at is None or table.patch_at <= table.read_at:
+        return False
+    return ((timezone.now() - table.patch_at).total_seconds() <= rangefacts.today_max_age()
+            and timezone.localdate(table.patch_at, timezone=system_tz()) == local_today())
+
+
+def _load_changed_buyers(table: BitmapTable, first: date, last: date) -> ChangedBuyers:
+    """The changed buyers for ranges within `first` … `last` (today's orders only when a range
+    reaches today)."""
+    stored = today_since = None
+    if table.patch_at is not None and table.patch_at > table.read_at:
+        stored = (CustomerColumn.objects.filter(name=PATCH_BUYERS)
+                  .values_list("data", flat=True).first())
+        stored = _unpack(stored) if stored is not None else None
+    if last >= local_today() and _patch_is_fresh(table):
+        today_since = table.patch_at - READ_MARGIN
+    return changed_buyers(table=table, first=first, stored=stored, today_since=today_since)
+
+
+class Inconsistent(Exception):
+    """A piece the header says is stored is missing (being rewritten): compute live."""
+
+
+def _universe(table: BitmapTable) -> int:
+    """Entries every array needs: past the largest customer id now."""
+    (n,), = _raw("SELECT COALESCE(MAX(id), 0) + 1 FROM crm_customer", {})
+    return int(n)
+
+
+def _masked(scope: Scope, columns: Columns) -> np.ndarray:
+    """Bool array: the customers in scope (existing now)."""
+    mask = (columns.flags & EXISTS) != 0
+    ids = _scope_ids(scope)
+    if ids is not None:
+        inside = np.zeros(columns.size, dtype=bool)
+        inside[ids[ids < columns.size]] = True
+        mask &= inside
+    return mask
+
+
+def _domain(columns: Columns, period: Period) -> np.ndarray:
+    """In the private domain during the period: joined by its end, not gone before its
+    start."""
+    return ((columns.joined <= day_number(period.end))
+            & (columns.gone >= day_number(period.start)))
+
+
+def relationship_figures(*, scope: Scope, period: Period) -> dict[str, int] | None:
+    """The overview's counts over distinct customers for `period` (and its preceding range),
+    and the customers entering the value lifecycle's churn in it (`churned`), or None when
+    the bitmaps do not hold them."""
+    table = header()
+    previous = period.previous()
+    if not stored_period(previous, table):
+        return None
+    columns = load_columns(names=COLUMNS, table=table, size=_universe(table))
+    size = columns.size
+    kinds = (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID)
+    changed = _load_changed_buyers(table, previous.start, period.end)
+    try:
+        now = _range_sets(period, (*kinds, CustomerBitmap.Kind.CHURN), size, changed)
+        before = _range_sets(previous, kinds, size, changed)
+    except Inconsistent:
+        return None
+    mask = _masked(scope, columns)
+    s, e = day_number(period.start), day_number(period.end)
+    joined = mask & (columns.joined >= s) & (columns.joined <= e)
+    domain = mask & _domain(columns, period)
+    paid = now.orders > 0
+    active = mask & (now.inbound | paid)
+    active_before = mask & (before.inbound | (before.orders > 0))
+
+    def count(bits) -> int:
+        return int(np.count_nonzero(bits))
+
+    return {
+        "joined": count(joined),
+        "deleted_within_7_days": count(joined & ((columns.flags & DELETED_7D) != 0)),
+        "joined_group": count(joined & (columns.grouped <= e)),
+        "referred_customers": count(joined & ((columns.flags & REFERRED) != 0)),
+        "customers": count(domain),
+        "never_bought_before": count(domain & (columns.first_order >= s)),
+        "first_time_buyers": count(domain & (columns.first_order >= s)
+                                   & (columns.first_order <= e)),
+        "interacting": count(domain & now.inbound),
+        "active": count(active),
+        "active_previous": count(active_before),
+        "retained": count(active & active_before),
+        "buyers": count(mask & paid),
+        "repeat_buyers": count(mask & (now.orders >= 2)),
+        "churned": count(mask & now.churn),
+    }
+
+
+@dataclass
+class RevenueFigures:
+    traffic: int
+    buyers: int
+    paid_orders: int
+    revenue: Decimal
+
+
+def revenue_figures(*, scope: Scope, periods: list[Period]) -> list[RevenueFigures | None]:
+    """Traffic, buyers, paid orders and revenue of each period (the columns and the scope read
+    once), None for a period the bitmaps do not hold."""
+    table = header()
+    stored = [stored_period(period, table) for period in periods]
+    if not any(stored):
+        return [None] * len(periods)
+    columns = load_columns(names=("joined", "gone"), table=table, size=_universe(table))
+    mask = _masked(scope, columns)
+    held = [p for p, found in zip(periods, stored, strict=True) if found]
+    changed = _load_changed_buyers(table, min(p.start for p in held), max(p.end for p in held))
+    result: list[RevenueFigures | None] = []
+    for period, found in zip(periods, stored, strict=True):
+        try:
+            if not found:
+                raise Inconsistent(period)
+            sets = _range_sets(period, (CustomerBitmap.Kind.PAID,), columns.size, changed)
+        except Inconsistent:
+            result.append(None)
+            continue
+        buyers = mask & (sets.orders > 0)
+        domain = _domain(columns, period)
+        outside = int(np.count_nonzero(buyers & ~domain))
+        result.append(RevenueFigures(
+            traffic=int(np.count_nonzero(mask & domain)) + outside,
+            buyers=int(np.count_nonzero(buyers)),
+            paid_orders=int(sets.orders[mask].sum()),
+            revenue=Decimal(int(sets.cents[mask].sum())) / 100))
+    return result
+
+
+def churned(*, scope: Scope, period: Period) -> int | None:
+    """Distinct customers who entered the value lifecycle's churn stage in `period`, or None
+    when the bitmaps do not hold them."""
+    table = header()
+    if not stored_period(period, table):
+        return None
+    columns = load_columns(names=(), table=table, size=_universe(table))
+    try:
+        sets = _range_sets(period, (CustomerBitmap.Kind.CHURN,), columns.size)
+    except Inconsistent:
+        return None
+    return int(np.count_nonzero(_masked(scope, columns) & sets.churn))
