@@ -361,8 +361,8 @@ def main() -> None:
                         help="'off': do not call the transition hooks (campaigns' SOP "
                              "enrolment), to time evaluation proper")
     parser.add_argument("--sessions", type=int, default=None,
-                        help="LIFECYCLE_EVALUATION_SESSIONS for the runs (default: the "
-                             "setting's, 2): database sessions a full run spreads over")
+                        help="LIFECYCLE_EVALUATION_SESSIONS for the runs (default: the setting, 1): "
+                             "database sessions a full run spreads over")
     parser.add_argument("--force", action="store_true",
                         help="Run on a database whose name lacks 'bench'.")
     args = parser.parse_args()

@@ -96,7 +96,7 @@ TEMPLATES = [
 DB_HEAVY_WORK_MEM = os.environ.get("DB_HEAVY_WORK_MEM", "64MB")
 # Database sessions a full lifecycle evaluation spreads its chunks of customers over (each
 # writes its own range in its own transaction; PostgreSQL writes with one core per session).
-LIFECYCLE_EVALUATION_SESSIONS = int(os.environ.get("LIFECYCLE_EVALUATION_SESSIONS", "2"))
+LIFECYCLE_EVALUATION_SESSIONS = int(os.environ.get("LIFECYCLE_EVALUATION_SESSIONS", "1"))
 if os.environ.get("DATABASE_URL"):
     DATABASES = {
         "default": dj_database_url.parse(

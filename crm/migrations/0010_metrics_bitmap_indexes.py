@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('crm', '0008_event_counts'),
+        ('crm', '0009_event_count_latest'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
