@@ -4,9 +4,11 @@ group membership. Registered in `CrmConfig.ready()`."""
 from __future__ import annotations
 
 import json
+import operator
 import re
 from dataclasses import replace
 from decimal import Decimal
+from functools import reduce
 from typing import Any
 
 from django.db.models import (
@@ -375,9 +377,9 @@ def _event_latest_compile(leaf: Leaf, ctx: Context) -> Q | None:
     if kinds and len(kinds) == 1:
         rows = rows.filter(in_window(k))
     else:
-        n = sum((Case(When(in_window(i), then=1), default=0)
-                 for i in range(2, EVENT_COUNT_LATEST + 1)),
-                Case(When(in_window(1), then=1), default=0))
+        # per row: how many of its latest times fall in the window
+        n = reduce(operator.add, (Case(When(in_window(i), then=1), default=0)
+                                  for i in range(1, EVENT_COUNT_LATEST + 1)))
         rows = (rows.order_by().values("customer_id")
                 .annotate(n=Sum(n, output_field=IntegerField())).filter(n__gte=k))
     q = Q(pk__in=ctx.scope(rows).values("customer_id"))

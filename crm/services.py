@@ -383,10 +383,10 @@ def _event_counts_add(rows: list[tuple[int, str, datetime]]) -> None:
         "customer_id", "type", *LATEST_FIELDS)}
     table = EventCount._meta.db_table
     items = []
+    adapt = connection.ops.adapt_datetimefield_value
     for key, (total, since, times) in counts.items():
         merged = sorted([t for t in stored.get(key, ()) if t is not None] + times,
                         reverse=True)[:EVENT_COUNT_LATEST]
-        adapt = connection.ops.adapt_datetimefield_value
         items.append((*key, total, since, *(adapt(t) for t in merged),
                       *[None] * (EVENT_COUNT_LATEST - len(merged))))
     columns = ("customer_id", "type", "total", "since_joined", *LATEST_FIELDS)
