@@ -209,7 +209,11 @@ def bench_endpoints(opts, today: date) -> list[list]:
           f"channel filter: {channel.code}; owner filter: {operator.username}")
     variants = [("admin", admin, {}), (f"admin ch={channel.code}", admin, {"channel": channel.code}),
                 (f"admin owner={operator.username}", admin, {"owner": operator.username}),
-                (f"operator {operator.username}", operator, {})]
+                (f"admin ch={channel.code}+owner={operator.username}", admin,
+                 {"channel": channel.code, "owner": operator.username}),
+                (f"operator {operator.username}", operator, {}),
+                (f"operator {operator.username} ch={channel.code}", operator,
+                 {"channel": channel.code})]
     rows = []
     for endpoint, label, params in loads(today, opts.ranges, opts.endpoints,
                                          opts.custom_ranges):
@@ -376,10 +380,11 @@ def verify(today: date, operator) -> list[list]:
     return rows
 
 
-def verify_details(today: date, operator, ranges: list[int], custom=()) -> list[list]:
+def verify_details(today: date, operator, channel, ranges: list[int], custom=()) -> list[list]:
     """Stages, flows (the dashboard's default model) and channels answered from the stored
     spells and channel cells against the live computation, per standard range and per
-    --custom-ranges range."""
+    --custom-ranges range, as admin, operator and an operator filtering on a channel (the
+    (channel, owner) grain)."""
     from lifecycle.models import StageModel
     from metrics import attribution, channelfacts, spells
 
@@ -390,7 +395,9 @@ def verify_details(today: date, operator, ranges: list[int], custom=()) -> list[
     periods += [(f"{start:%m-%d}..{end:%m-%d}", Period(start, end)) for start, end in custom]
     for label, period in periods:
         for who, scope in (("admin", Scope()), (f"operator {operator.username}",
-                                                Scope(user=operator))):
+                                                Scope(user=operator)),
+                           (f"operator {operator.username} ch={channel.code}",
+                            Scope(user=operator, channel=channel))):
             for name, fn in (("stages", lambda s, period=period: selectors.stages_report(
                                  scope=s, model=model, period=period)),
                              ("flows", lambda s, period=period: selectors.flows_report(
@@ -505,11 +512,11 @@ def main() -> None:
         print(f"load average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     if opts.verify:
-        _admin, operator, _owned, _channel = pick_people()
+        _admin, operator, _owned, channel = pick_people()
         table(["report (30 days)", "who", "stored vs live", "stored ms", "live ms"],
               verify(opts.today, operator), "Stored answers against the live computation")
         table(["report", "who", "stored vs live", "stored ms", "live ms"],
-              verify_details(opts.today, operator, opts.ranges, opts.custom_ranges),
+              verify_details(opts.today, operator, channel, opts.ranges, opts.custom_ranges),
               "Stage spells and channel cells against the live computation")
         if opts.custom_ranges:
             table(["report", "who", "stored vs live", "stored ms", "live ms"],

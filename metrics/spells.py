@@ -296,8 +296,8 @@ def first_stored_day(today: date) -> date:
 def stored_range(period: Period, scope: Scope) -> Period | None:
     """`period` when the stored spells answer it for the scope: a range within the 90 days up
     to today, with the spells stored for today and today's part fresh — from the standard
-    range's cells (the last 7, 30 or 90 days), else from the day cells (not for a (channel,
-    owner) scope). None when the reports are computed live."""
+    range's cells (the last 7, 30 or 90 days), else from the day cells, or for a (channel,
+    owner) scope from its spells. None when the reports are computed live."""
     today = local_today()
     if period.start < first_stored_day(today) or period.end > today:
         return None
@@ -306,10 +306,6 @@ def stored_range(period: Period, scope: Scope) -> Period | None:
     table = FactsTable.objects.first()
     if (table is None or table.spells_as_of != table.as_of
             or not rangefacts.today_is_fresh(table)):
-        return None
-    where = scope_cell(scope)
-    if (_window(period) is None and where is not None
-            and where[0] not in DAY_GRAINS):
         return None
     return period
 
@@ -381,6 +377,9 @@ def _figures(*, scope: Scope, period: Period, model_id: int, kinds: list[str]
         return {}
     grain, channel, owner = where
     window = _window(period)
+    if window is None and grain not in DAY_GRAINS:
+        return _scope_figures(period=period, model_id=model_id, kinds=kinds, channel=channel,
+                              owner=owner)
     if window is not None:
         cells = StageSpellCell.objects.filter(days=window.days, model_id=model_id, grain=grain,
                                               kind__in=kinds)
@@ -398,6 +397,48 @@ def _figures(*, scope: Scope, period: Period, model_id: int, kinds: list[str]
     for kind, stage, next_key, spells, histogram in cells.values_list(
             "kind", "stage_key", "next_key", "spells", "histogram"):
         figures[(kind, stage, next_key)].add(spells, histogram)
+    return {key: f for key, f in figures.items() if f.spells}
+
+
+# A (channel, owner) scope's figures for a range without cells of its own, counted from its
+# spells (the nightly rows less those today's rows stand in for, then today's): the same
+# classing as the cells' — an exit on its end, a first entry (and its move on) on its start when
+# the previous entry into the stage is before the range.
+SCOPE_FIGURES_SQL = """
+WITH s AS (
+    SELECT stage_key, next_key, exit_matches, started_at, ended_at, previous_entry_at, bucket
+    FROM metrics_stagespell s
+    WHERE s.model_id = %(model)s AND s.channel_id = %(channel)s AND s.owner_id = %(owner)s
+      AND NOT EXISTS (SELECT 1 FROM metrics_todaystagespell x WHERE x.spell_id = s.spell_id)
+    UNION ALL
+    SELECT stage_key, next_key, exit_matches, started_at, ended_at, previous_entry_at, bucket
+    FROM metrics_todaystagespell s
+    WHERE s.model_id = %(model)s AND s.channel_id = %(channel)s AND s.owner_id = %(owner)s
+), entered AS (
+    SELECT * FROM s WHERE started_at >= %(since)s AND started_at < %(until)s
+                      AND (previous_entry_at IS NULL OR previous_entry_at < %(since)s)
+)
+SELECT 'exit', stage_key, '', bucket, COUNT(*) FROM s
+WHERE exit_matches AND ended_at >= %(since)s AND ended_at < %(until)s GROUP BY 2, 4
+UNION ALL
+SELECT 'entered', stage_key, '', NULL, COUNT(*) FROM entered GROUP BY 2
+UNION ALL
+SELECT 'next', stage_key, next_key, bucket, COUNT(*) FROM entered WHERE next_key <> ''
+GROUP BY 2, 3, 4
+"""
+
+
+def _scope_figures(*, period: Period, model_id: int, kinds: list[str], channel: int,
+                   owner: int) -> dict[Key, Figure]:
+    """A (channel, owner) scope's figures for a range other than the standard ones: its
+    spells in the 90 days are few (an index range), so they are counted directly instead of
+    storing per-day cells for every (channel, owner)."""
+    figures: dict[Key, Figure] = defaultdict(Figure)
+    rows = _raw(SCOPE_FIGURES_SQL, {"model": model_id, "channel": channel, "owner": owner,
+                                    "since": period.since, "until": period.until})
+    for kind, stage, next_key, bucket, n in rows:
+        if kind in kinds:
+            figures[(kind, stage, next_key)].add(n, {} if bucket is None else {bucket: n})
     return {key: f for key, f in figures.items() if f.spells}
 
 
