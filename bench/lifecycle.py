@@ -34,12 +34,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 import django  # noqa: E402
 
 django.setup()
 
+from _common import vacuum_stale_tables  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection, connections, transaction  # noqa: E402
@@ -397,6 +399,9 @@ def run(args, stack: ExitStack) -> None:
         print(f"(dropped for this run, rebuilt at its end: {', '.join(dropped)})")
     if args.sessions is not None:
         settings.LIFECYCLE_EVALUATION_SESSIONS = args.sessions
+    vacuumed = vacuum_stale_tables(sql)
+    if vacuumed:
+        print(f"(vacuumed first, as autovacuum would have: {', '.join(vacuumed)})")
     recorder = Recorder()
     connection.execute_wrappers.append(recorder)
 

@@ -61,7 +61,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from _common import machine  # noqa: E402
+from _common import machine, vacuum_stale_tables  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.cache import cache  # noqa: E402
@@ -496,6 +496,9 @@ def main() -> None:
     print(f"database: PostgreSQL {sql('SHOW server_version')[0][0]}, {name}; cache: "
           f"{settings.CACHES['default']['BACKEND'].rsplit('.', 1)[-1]}")
     print(f"clock: {frozen.isoformat()} (today = {opts.today})")
+    vacuumed = vacuum_stale_tables(sql)
+    if vacuumed:
+        print(f"(vacuumed first, as autovacuum would have: {', '.join(vacuumed)})")
     table(["table", "rows", "size"], sizes(), "Data")
 
     jobs = []

@@ -35,12 +35,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 import django  # noqa: E402
 
 django.setup()
 
+from _common import vacuum_stale_tables  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import OperationalError, connection, connections, transaction  # noqa: E402
 from django.db.backends.signals import connection_created  # noqa: E402
@@ -541,6 +543,9 @@ def run(args, stack: ExitStack) -> None:
     if args.drop_redundant_indexes:
         dropped = stack.enter_context(indexes_dropped(REDUNDANT_INDEXES))
         print(f"(dropped for this run, rebuilt at its end: {', '.join(dropped)})")
+    vacuumed = vacuum_stale_tables(sql)
+    if vacuumed:
+        print(f"(vacuumed first, as autovacuum would have: {', '.join(vacuumed)})")
     recorder = Recorder()
     connection.execute_wrappers.append(recorder)
 

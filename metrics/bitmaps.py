@@ -254,12 +254,19 @@ def read_days(kind: str, first: date, last: date) -> dict[date, bytes]:
     return result
 
 
-def read_since(kind: str, since: datetime, until: datetime) -> list[bytes]:
-    """The pieces (encoded, one a day) of what happened in [since, until)."""
+def read_live(kind: str, since: datetime, until: datetime) -> list[np.ndarray] | list[Paid]:
+    """What happened in [since, until), one piece a day, as a request uses it at once (not
+    encoded for storing): the customer ids, or for `paid` the buyers."""
     rows = _raw(DAYS_SQL[kind], _params(since=since, until=until))
     if kind == CustomerBitmap.Kind.PAID:
-        return [Paid.from_sql(data).encode() for _day, data in rows]
-    return [encode_bitmap(_ids(data)) for _day, data in rows]
+        return [Paid.from_sql(data) for _day, data in rows]
+    return [_ids(data) for _day, data in rows]
+
+
+def _set_ids(bits: np.ndarray, ids: np.ndarray) -> None:
+    """bits[ids] = True for the ids within the array (a customer created since the columns
+    were read falls outside and is masked out anyway)."""
+    bits[ids[ids < len(bits)]] = True
 
 
 # --- The customer columns --------------------------------------------------------------------
@@ -672,8 +679,8 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
         datas = [row[3] for row in rows if row[0] == kind]
         if kind == CustomerBitmap.Kind.PAID:
             parts = [Paid.decode(d) for d in datas]
-            live_parts = ([Paid.decode(d) for d in read_days(kind, *live).values()]
-                          if live else [])
+            live_parts = (read_live(kind, day_start(live[0]),
+                                    day_start(live[1] + timedelta(days=1))) if live else [])
             orders = np.zeros(size, np.int64)
             cents = np.zeros(size, np.int64)
             for part in parts:          # ids are distinct within a piece
@@ -700,12 +707,12 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
             packed = _or_bitmaps(datas)
             bits = decode_bitmap(packed, size) if packed else np.zeros(size, dtype=bool)
             if live:
-                for data in read_days(kind, *live).values():
-                    bits |= decode_bitmap(data, size)
+                for ids in read_live(kind, day_start(live[0]),
+                                     day_start(live[1] + timedelta(days=1))):
+                    _set_ids(bits, ids)
             if with_today:
-                for data in read_since(kind, today_since,
-                                       day_start(today + timedelta(days=1))):
-                    bits |= decode_bitmap(data, size)
+                for ids in read_live(kind, today_since, day_start(today + timedelta(days=1))):
+                    _set_ids(bits, ids)
             setattr(sets, kind, bits)
     return sets
 

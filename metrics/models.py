@@ -326,7 +326,8 @@ class SpellFields(models.Model):
     started_at = models.DateTimeField(_("entered at"))
     previous_entry_at = models.DateTimeField(
         _("previous entry into the stage"), null=True, blank=True,
-        help_text=_("Only when within the 90 days before today; earlier ones are not needed."))
+        help_text=_("Only when within the detail days before today (METRICS_DETAIL_DAYS); "
+                    "earlier ones are not needed."))
     ended_at = models.DateTimeField(_("left at"), null=True, blank=True)
     next_key = models.CharField(_("next stage"), max_length=32, blank=True)
     exit_matches = models.BooleanField(
@@ -343,7 +344,8 @@ class SpellFields(models.Model):
 
 
 class StageSpell(SpellFields):
-    """The stays the standard ranges need — begun or ended in the 90 days before today — as of
+    """The stays the ranges need — begun or ended in the detail days before today
+    (METRICS_DETAIL_DAYS, default 400) — as of
     the nightly refresh. The medians of the stages and flows reports are read from these
     (docs/METRICS.md, "Precomputed stage spells and channel cells"). An unlogged table on
     PostgreSQL (migration 0005): rebuilt every night, it needs no WAL; after a crash it is
@@ -422,12 +424,12 @@ class StageSpellCell(SpellCellFields):
 
 
 class StageSpellDayCell(SpellCellFields):
-    """The stays of one day of the 90 days up to today (`day`: the day of the exit, or of the
-    entry for first entries and moves on), so that any range within them sums its days' cells
-    — see `SpellCellFields`. An entry counts as a first entry of the ranges that begin after
-    the customer's previous entry into the stage (`previous_on`, when within the 90 days).
-    Stored at the grains every customer, channel and owner; a (channel, owner) scope is
-    computed live for such ranges."""
+    """The stays of one day of the detail days up to today (METRICS_DETAIL_DAYS; `day`: the day
+    of the exit, or of the entry for first entries and moves on), so that any range within them
+    sums its days' cells — see `SpellCellFields`. An entry counts as a first entry of the ranges
+    that begin after the customer's previous entry into the stage (`previous_on`, when within
+    the detail days). Stored at the grains every customer, channel and owner; a (channel,
+    owner) scope counts its own spells for such ranges."""
 
     day = models.DateField(_("day"))
     previous_on = models.DateField(_("day of the previous entry into the stage"), null=True,
@@ -444,7 +446,7 @@ class StageSpellDayCell(SpellCellFields):
 
 
 class JoinerFacts(models.Model):
-    """Per customer who joined in the 90 days before today, what channel attribution needs, as
+    """Per customer who joined in the detail days before today, what channel attribution needs, as
     of the nightly refresh: whether they bought since joining and how much, and whether they
     deleted us within 30 and 90 days of joining (docs/METRICS.md, "Channel attribution")."""
 

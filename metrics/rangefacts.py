@@ -67,6 +67,13 @@ def available() -> bool:
     return connection.vendor == "postgresql"
 
 
+def detail_days() -> int:
+    """How many days up to today the stage spells and the channel join-day cells cover: any
+    range starting within them is answered from those (METRICS_DETAIL_DAYS, default 400 — the
+    history the customer bitmaps keep too); a range starting earlier is computed live."""
+    return max(int(getattr(settings, "METRICS_DETAIL_DAYS", 400)), max(WINDOWS))
+
+
 @dataclass(frozen=True)
 class Window:
     """The standard range of `days` days ending `today`, and the range before it."""

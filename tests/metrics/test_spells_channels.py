@@ -289,8 +289,11 @@ def test_arbitrary_ranges_count_todays_moves(data, monkeypatch):
     assert mature["next"] == {"dormant": {"customers": 1, "median_days": 3.625}}
 
 
-def test_a_range_reaching_outside_the_window_is_computed_live(data, monkeypatch,
+def test_a_range_reaching_outside_the_window_is_computed_live(data, monkeypatch, settings,
                                                                api_client_for):
+    # The detail window cut to the standard 90 days (2023-12-12 … 03-10), so that the hand-built
+    # data reaches before it.
+    settings.METRICS_DETAIL_DAYS = 90
     services.metrics_today(today=TODAY)
     outside = [Period(date(2023, 12, 11), date(2024, 1, 20)),
                Period(date(2023, 11, 1), date(2024, 3, 10))]
@@ -395,3 +398,33 @@ def test_stored_answers_read_no_transitions_or_orders(data):
         assert not [sql for sql in statements if "crm_order" in sql]
         # A fixed number of statements: the header, the cells, the exact middle values.
         assert len(statements) <= 16
+
+
+def test_ranges_longer_ago_than_ninety_days_are_stored_within_the_detail_window(data,
+                                                                                monkeypatch):
+    """By default the spells and the join-day cells cover 400 days (METRICS_DETAIL_DAYS): a
+    range starting before the standard 90 days — here from before c7 joined (2023-12-01), the
+    data's first day — is answered from them, and equals the live answer; one starting before
+    the 400 days is computed live."""
+    services.metrics_today(today=TODAY)
+    assert spells.first_stored_day(TODAY) == TODAY - timedelta(days=399)
+    earlier = [Period(date(2023, 12, 11), date(2024, 1, 20)),
+               Period(date(2023, 11, 1), date(2024, 3, 10)),
+               Period(date(2023, 11, 20), date(2024, 2, 29))]
+    for period in earlier:
+        assert channelfacts.stored_range(period) == period
+        for scope in _scopes(data):
+            assert spells.stored_range(period, scope) == period, (period, scope)
+    calls = _count_fast_calls(monkeypatch)
+    stored = _reports(data, earlier)
+    assert len(calls) == len(earlier) * len(_scopes(data)) * (
+        2 * StageModel.objects.count() + 1)
+    _assert_same(stored, _live(data, monkeypatch, earlier))
+    # Hand-computed, value model, every customer, 2023-11-01 … 03-10: the exits from intro are
+    # c1 4 days (03-01 01:00 → 03-05 01:00), c2 6.5 (03-02 10:00 → 03-08 22:00), c5 22
+    # (01-10 10:00 → 02-01 10:00), c6 37.583 (01-15 10:00 → 02-22 00:00) and c7 44.583
+    # (2023-12-01 10:00 → 01-15 00:00): the median is the third, 22.
+    intro = stored[(Scope(), earlier[1], "value", "medians")]["intro"]
+    assert intro == {"exits": 5, "median_days": 22.0}
+    assert spells.stored_range(Period(date(2023, 1, 15), TODAY), Scope()) is None
+    assert channelfacts.stored_range(Period(date(2023, 1, 15), TODAY)) is None
