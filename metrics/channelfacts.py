@@ -1,9 +1,10 @@
-"""Precomputed channel attribution for any range within the detail days up to today
-(`rangefacts.detail_days`, default 400: the standard ranges and any other): the acquired customers' purchases since joining and their deletions, per
+"""Precomputed channel attribution for any range within the channel days up to today
+(`rangefacts.channel_days`, METRICS_CHANNEL_DAYS, default 400: the standard ranges and any other):
+the acquired customers' purchases since joining and their deletions, per
 join day, so a request sums the stored cells of the range's join days instead of reading its
 joiners and their orders.
 
-The nightly refresh stores, as of today 00:00, per customer who joined in the detail days before
+The nightly refresh stores, as of today 00:00, per customer who joined in the channel days before
 today what attribution needs (`JoinerFacts`: bought since joining, revenue since joining,
 deleted us within 30 / 90 days of joining) and those summed per join day, channel and owner
 (`ChannelDayCell`). Today's changes — the customers who joined today, placed a paid order or had
@@ -112,7 +113,7 @@ GROUP BY 1, 2, 3
 
 
 def _params(today: date) -> dict[str, Any]:
-    window = rangefacts.Window(today, rangefacts.detail_days()).period
+    window = rangefacts.Window(today, rangefacts.channel_days()).period
     return {"t0": day_start(today), "since": window.since, "until": window.until,
             "tz": settings.TIME_ZONE, "paid": Order.Status.PAID,
             "friend_deleted": Event.Type.FRIEND_DELETED,
@@ -169,11 +170,11 @@ def refresh_today(today: date) -> dict[str, int]:
 # --- Answers --------------------------------------------------------------------------------
 
 def stored_range(period: Period) -> Period | None:
-    """`period` when the join-day cells answer it: a range within the detail days up to today (any
+    """`period` when the join-day cells answer it: a range within the channel days up to today (any
     start and end, since a request sums the cells of its days), with the cells stored for
     today; else None (computed live)."""
     today = local_today()
-    if period.start < rangefacts.Window(today, rangefacts.detail_days()).period.start:
+    if period.start < rangefacts.Window(today, rangefacts.channel_days()).period.start:
         return None
     if period.end > today or not rangefacts.stored_for_today():
         return None

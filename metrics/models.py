@@ -326,7 +326,7 @@ class SpellFields(models.Model):
     started_at = models.DateTimeField(_("entered at"))
     previous_entry_at = models.DateTimeField(
         _("previous entry into the stage"), null=True, blank=True,
-        help_text=_("Only when within the detail days before today (METRICS_DETAIL_DAYS); "
+        help_text=_("Only when within the spell days before today (METRICS_SPELL_DAYS); "
                     "earlier ones are not needed."))
     ended_at = models.DateTimeField(_("left at"), null=True, blank=True)
     next_key = models.CharField(_("next stage"), max_length=32, blank=True)
@@ -344,8 +344,8 @@ class SpellFields(models.Model):
 
 
 class StageSpell(SpellFields):
-    """The stays the ranges need — begun or ended in the detail days before today
-    (METRICS_DETAIL_DAYS, default 400) — as of
+    """The stays the ranges need — begun or ended in the spell days before today
+    (METRICS_SPELL_DAYS, default 90) — as of
     the nightly refresh. The medians of the stages and flows reports are read from these
     (docs/METRICS.md, "Precomputed stage spells and channel cells"). An unlogged table on
     PostgreSQL (migration 0005): rebuilt every night, it needs no WAL; after a crash it is
@@ -424,11 +424,11 @@ class StageSpellCell(SpellCellFields):
 
 
 class StageSpellDayCell(SpellCellFields):
-    """The stays of one day of the detail days up to today (METRICS_DETAIL_DAYS; `day`: the day
+    """The stays of one day of the spell days up to today (METRICS_SPELL_DAYS; `day`: the day
     of the exit, or of the entry for first entries and moves on), so that any range within them
     sums its days' cells — see `SpellCellFields`. An entry counts as a first entry of the ranges
     that begin after the customer's previous entry into the stage (`previous_on`, when within
-    the detail days). Stored at the grains every customer, channel and owner; a (channel,
+    the spell days). Stored at the grains every customer, channel and owner; a (channel,
     owner) scope counts its own spells for such ranges."""
 
     day = models.DateField(_("day"))
@@ -446,7 +446,8 @@ class StageSpellDayCell(SpellCellFields):
 
 
 class JoinerFacts(models.Model):
-    """Per customer who joined in the detail days before today, what channel attribution needs, as
+    """Per customer who joined in the channel days before today (METRICS_CHANNEL_DAYS), what
+    channel attribution needs, as
     of the nightly refresh: whether they bought since joining and how much, and whether they
     deleted us within 30 and 90 days of joining (docs/METRICS.md, "Channel attribution")."""
 

@@ -1,6 +1,6 @@
 """Precomputed stage spells: the medians and counts of the stages and flows reports
-(`median_days_in_stage`, the stage-to-stage conversion) for any range within the detail days up
-to today (`rangefacts.detail_days`, default 400) — the standard ranges (the last 7, 30 and 90
+(`median_days_in_stage`, the stage-to-stage conversion) for any range within the spell days up
+to today (`rangefacts.spell_days`, METRICS_SPELL_DAYS, default 90) — the standard ranges (the last 7, 30 and 90
 days) from their own cells, any other from per-day cells (`StageSpellDayCell`, summed over the
 range's days) or, for a (channel, owner) scope, from its spells — without reading the range's
 transitions per request.
@@ -9,7 +9,7 @@ A spell is a customer's stay in a stage of a model: from the transition into the
 next transition in the model. Both reports are about spells: the days in stage are those of the
 spells ended in the range by a move out of the stage, the conversion is about the spells begun in
 the range that are the customer's first entry into the stage in it, and where they went next.
-So the nightly refresh stores (as of today 00:00) every spell begun or ended in the detail days
+So the nightly refresh stores (as of today 00:00) every spell begun or ended in the spell days
 before today (`StageSpell`), and per range, model, stage and scope cell the spells each report
 counts with a histogram of their durations in whole days (`StageSpellCell`); the frequent
 refresh stores the spells today's transitions began or ended (`TodayStageSpell`, standing in
@@ -77,7 +77,7 @@ DURATION = ("CROSS JOIN LATERAL (SELECT (EXTRACT(EPOCH FROM (s.next_at - s.at)) 
 NIGHTLY_SQL = f"""
 INSERT INTO metrics_stagespell ({COLUMNS})
 WITH w AS (
-    -- The transitions of the detail days before today, each with the customer's next one in
+    -- The transitions of the spell days before today, each with the customer's next one in
     -- the model (all of them in those days too) and their previous entry into the same stage
     -- in them (an earlier one cannot make an entry of the ranges not the first).
     SELECT id, model_id, customer_id, from_key, to_key, at,
@@ -93,7 +93,7 @@ WITH w AS (
            next_from
     FROM w
     UNION ALL
-    -- The stays begun before the detail days and ended in them by a move out of the stage:
+    -- The stays begun before the spell days and ended in them by a move out of the stage:
     -- the customer's last transition before, ended by their first one in those days.
     SELECT p.id, f.model_id, f.customer_id, p.to_key, p.at, NULL, f.at, f.to_key, f.from_key
     FROM w f CROSS JOIN LATERAL (
@@ -189,7 +189,7 @@ TODAY_SOURCE = f"""
 """
 
 
-# The same counts per day of the detail days instead of per standard range: an exit on the day of
+# The same counts per day of the spell days instead of per standard range: an exit on the day of
 # its end, a first entry (and its move on) on the day of its start, with the day of the
 # previous entry into the stage — a range counts the entry when that day is before the range.
 DAY_CELLS_SQL = """
@@ -238,7 +238,7 @@ def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"t0": day_start(today), "today": today_rows,
                               "tz": settings.TIME_ZONE,
                               "until": rangefacts.Window(today, 1).period.until,
-                              "since": _detail(today).since}
+                              "since": _spell_window(today).since}
     for n in WINDOWS:
         params[f"since_{n}"] = rangefacts.Window(today, n).period.since
     return params
@@ -289,19 +289,19 @@ def refresh_today(today: date) -> dict[str, int]:
 
 # --- Answers --------------------------------------------------------------------------------
 
-def _detail(today: date) -> Period:
-    """The days the spells and the day cells cover (`rangefacts.detail_days`, up to today)."""
-    return rangefacts.Window(today, rangefacts.detail_days()).period
+def _spell_window(today: date) -> Period:
+    """The days the spells and the day cells cover (`rangefacts.spell_days`, up to today)."""
+    return rangefacts.Window(today, rangefacts.spell_days()).period
 
 
 def first_stored_day(today: date) -> date:
-    """The first day of the detail days up to today: the earliest start a stored range may
+    """The first day of the spell days up to today: the earliest start a stored range may
     have."""
-    return _detail(today).start
+    return _spell_window(today).start
 
 
 def stored_range(period: Period, scope: Scope) -> Period | None:
-    """`period` when the stored spells answer it for the scope: a range within the detail days
+    """`period` when the stored spells answer it for the scope: a range within the spell days
     up to today, with the spells stored for today and today's part fresh — from the standard
     range's cells (the last 7, 30 or 90 days), else from the day cells, or for a (channel,
     owner) scope from its spells. None when the reports are computed live."""
@@ -438,7 +438,7 @@ GROUP BY 2, 3, 4
 def _scope_figures(*, period: Period, model_id: int, kinds: list[str], channel: int,
                    owner: int) -> dict[Key, Figure]:
     """A (channel, owner) scope's figures for a range other than the standard ones: its
-    spells in the detail days are few (an index range), so they are counted directly instead of
+    spells in the spell days are few (an index range), so they are counted directly instead of
     storing per-day cells for every (channel, owner)."""
     figures: dict[Key, Figure] = defaultdict(Figure)
     rows = _raw(SCOPE_FIGURES_SQL, {"model": model_id, "channel": channel, "owner": owner,

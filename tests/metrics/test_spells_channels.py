@@ -291,9 +291,9 @@ def test_arbitrary_ranges_count_todays_moves(data, monkeypatch):
 
 def test_a_range_reaching_outside_the_window_is_computed_live(data, monkeypatch, settings,
                                                                api_client_for):
-    # The detail window cut to the standard 90 days (2023-12-12 … 03-10), so that the hand-built
-    # data reaches before it.
-    settings.METRICS_DETAIL_DAYS = 90
+    # The channel cells cut to the standard 90 days as the spells are by default (2023-12-12 …
+    # 03-10), so that the hand-built data reaches before them.
+    settings.METRICS_CHANNEL_DAYS = 90
     services.metrics_today(today=TODAY)
     outside = [Period(date(2023, 12, 11), date(2024, 1, 20)),
                Period(date(2023, 11, 1), date(2024, 3, 10))]
@@ -400,17 +400,23 @@ def test_stored_answers_read_no_transitions_or_orders(data):
         assert len(statements) <= 16
 
 
-def test_ranges_longer_ago_than_ninety_days_are_stored_within_the_detail_window(data,
-                                                                                monkeypatch):
-    """By default the spells and the join-day cells cover 400 days (METRICS_DETAIL_DAYS): a
-    range starting before the standard 90 days — here from before c7 joined (2023-12-01), the
-    data's first day — is answered from them, and equals the live answer; one starting before
-    the 400 days is computed live."""
-    services.metrics_today(today=TODAY)
-    assert spells.first_stored_day(TODAY) == TODAY - timedelta(days=399)
+def test_ranges_longer_ago_than_ninety_days_are_stored_within_the_longer_windows(
+        data, monkeypatch, settings):
+    """The channel cells cover 400 days by default (METRICS_CHANNEL_DAYS), the spells 90
+    (METRICS_SPELL_DAYS), which a deployment may lengthen: a range starting before the standard
+    90 days — here from before c7 joined (2023-12-01), the data's first day — is then answered
+    from them and equals the live answer; one starting before the windows is computed live."""
     earlier = [Period(date(2023, 12, 11), date(2024, 1, 20)),
                Period(date(2023, 11, 1), date(2024, 3, 10)),
                Period(date(2023, 11, 20), date(2024, 2, 29))]
+    services.metrics_today(today=TODAY)
+    for period in earlier:
+        assert channelfacts.stored_range(period) == period
+        assert spells.stored_range(period, Scope()) is None
+    settings.METRICS_SPELL_DAYS = 400
+    FactsTable.objects.update(spells_as_of=None)    # the nightly job again, with the longer window
+    services.metrics_today(today=TODAY)
+    assert spells.first_stored_day(TODAY) == TODAY - timedelta(days=399)
     for period in earlier:
         assert channelfacts.stored_range(period) == period
         for scope in _scopes(data):
