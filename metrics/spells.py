@@ -1,9 +1,9 @@
 """Precomputed stage spells: the medians and counts of the stages and flows reports
 (`median_days_in_stage`, the stage-to-stage conversion) for any range within the spell days up
-to today (`rangefacts.spell_days`, METRICS_SPELL_DAYS, default 90) — the standard ranges (the last 7, 30 and 90
-days) from their own cells, any other from per-day cells (`StageSpellDayCell`, summed over the
-range's days) or, for a (channel, owner) scope, from its spells — without reading the range's
-transitions per request.
+to today (`rangefacts.spell_days`, METRICS_SPELL_DAYS, default 90) — the standard ranges (the
+last 7, 30 and 90 days) from their own cells, any other from per-day cells
+(`StageSpellDayCell`, summed over the range's days) or, for a (channel, owner) scope, from its
+spells — without reading the range's transitions per request.
 
 A spell is a customer's stay in a stage of a model: from the transition into the stage to their
 next transition in the model. Both reports are about spells: the days in stage are those of the
