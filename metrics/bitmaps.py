@@ -673,14 +673,14 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
     # Today (unless stored) and any later day of the range (events dated ahead) read live;
     # with today stored, what happened since it was read.
     first_live = today + timedelta(days=1) if with_today else max(period.start, today)
-    live = (first_live, period.end) if period.end >= first_live else None
+    live = ((day_start(first_live), day_start(period.end + timedelta(days=1)))
+            if period.end >= first_live else None)
     through = today if with_today else last
     for kind in kinds:
         datas = [row[3] for row in rows if row[0] == kind]
         if kind == CustomerBitmap.Kind.PAID:
             parts = [Paid.decode(d) for d in datas]
-            live_parts = (read_live(kind, day_start(live[0]),
-                                    day_start(live[1] + timedelta(days=1))) if live else [])
+            live_parts = read_live(kind, *live) if live else []
             orders = np.zeros(size, np.int64)
             cents = np.zeros(size, np.int64)
             for part in parts:          # ids are distinct within a piece
@@ -707,8 +707,7 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
             packed = _or_bitmaps(datas)
             bits = decode_bitmap(packed, size) if packed else np.zeros(size, dtype=bool)
             if live:
-                for ids in read_live(kind, day_start(live[0]),
-                                     day_start(live[1] + timedelta(days=1))):
+                for ids in read_live(kind, *live):
                     _set_ids(bits, ids)
             if with_today:
                 for ids in read_live(kind, today_since, day_start(today + timedelta(days=1))):

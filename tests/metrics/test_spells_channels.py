@@ -96,6 +96,22 @@ def _count_fast_calls(monkeypatch) -> list:
     return calls
 
 
+def _all_stored(data, monkeypatch, periods) -> dict:
+    """The reports of `periods` for every scope, asserting that each is answered from the
+    stored spells and channel cells (none computed live)."""
+    for period in periods:
+        assert channelfacts.stored_range(period) == period
+        for scope in _scopes(data):
+            assert spells.stored_range(period, scope) == period, (period, scope)
+    calls = _count_fast_calls(monkeypatch)
+    stored = _reports(data, periods)
+    # Every scope, per model and report (the (channel, owner) ones from their spells, the others
+    # from the day cells), and the channels.
+    assert len(calls) == len(periods) * len(_scopes(data)) * (
+        2 * StageModel.objects.count() + 1)
+    return stored
+
+
 def move(customer, model_key: str, to_key: str, at) -> None:
     """One more transition of the customer in the model (from their current stage), as the
     lifecycle engine records it."""
@@ -239,18 +255,8 @@ def test_arbitrary_ranges_in_the_window_are_stored_and_equal_the_live_ones(data,
     assert StageSpellDayCell.objects.filter(today=False).exists()
     assert StageSpellDayCell.objects.filter(today=True).exists()
     assert set(StageSpellDayCell.objects.values_list("grain", flat=True)) == {0, 1, 2}
-    for period in ARBITRARY:
-        assert channelfacts.stored_range(period) == period
-        for scope in _scopes(data):
-            assert spells.stored_range(period, scope) == period, (period, scope)
-    calls = _count_fast_calls(monkeypatch)
-    stored = _reports(data, ARBITRARY)
+    stored = _all_stored(data, monkeypatch, ARBITRARY)
     _assert_same(stored, live)
-    # Every scope, per model and report (the (channel, owner) ones from their spells, the others
-    # from the day cells), and the channels.
-    models = StageModel.objects.count()
-    scopes = len(_scopes(data))
-    assert len(calls) == len(ARBITRARY) * (scopes * 2 * models + scopes)
     # A (channel, owner) scope's figures are not all empty (the test would prove nothing).
     both = [Scope(channel=data.qr, owner=data.op_b), Scope(channel=data.store, owner=data.op_b)]
     assert [key for key, answer in stored.items() if key[0] in both and answer]
@@ -417,14 +423,7 @@ def test_ranges_longer_ago_than_ninety_days_are_stored_within_the_longer_windows
     FactsTable.objects.update(spells_as_of=None)    # the nightly job again, with the longer window
     services.metrics_today(today=TODAY)
     assert spells.first_stored_day(TODAY) == TODAY - timedelta(days=399)
-    for period in earlier:
-        assert channelfacts.stored_range(period) == period
-        for scope in _scopes(data):
-            assert spells.stored_range(period, scope) == period, (period, scope)
-    calls = _count_fast_calls(monkeypatch)
-    stored = _reports(data, earlier)
-    assert len(calls) == len(earlier) * len(_scopes(data)) * (
-        2 * StageModel.objects.count() + 1)
+    stored = _all_stored(data, monkeypatch, earlier)
     _assert_same(stored, _live(data, monkeypatch, earlier))
     # Hand-computed, value model, every customer, 2023-11-01 … 03-10: the exits from intro are
     # c1 4 days (03-01 01:00 → 03-05 01:00), c2 6.5 (03-02 10:00 → 03-08 22:00), c5 22
