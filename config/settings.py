@@ -99,7 +99,7 @@ DB_HEAVY_WORK_MEM = os.environ.get("DB_HEAVY_WORK_MEM", "64MB")
 LIFECYCLE_EVALUATION_SESSIONS = int(os.environ.get("LIFECYCLE_EVALUATION_SESSIONS", "1"))
 # Days up to today the metrics' stage spells (stages/, flows/) and channel join-day cells
 # (channels/) are stored for; a range starting earlier is computed live (docs/METRICS.md).
-METRICS_SPELL_DAYS = int(os.environ.get("METRICS_SPELL_DAYS", "90"))
+METRICS_SPELL_DAYS = int(os.environ.get("METRICS_SPELL_DAYS", "400"))
 METRICS_CHANNEL_DAYS = int(os.environ.get("METRICS_CHANNEL_DAYS", "400"))
 if os.environ.get("DATABASE_URL"):
     DATABASES = {

@@ -165,6 +165,14 @@ class FactsTable(models.Model):
     channels_as_of = models.DateField(
         _("channel join-day cells through"), null=True, blank=True,
         help_text=_("The last day whose channel attribution cells are stored."))
+    spells_days = models.PositiveSmallIntegerField(
+        _("stage spell days"), null=True, blank=True,
+        help_text=_("The spell days the stored stage spells were built for "
+                    "(METRICS_SPELL_DAYS); another setting rebuilds them."))
+    spells_read_id = models.BigIntegerField(
+        _("last stage transition read"), null=True, blank=True,
+        help_text=_("The highest stage transition id when the spells were last brought up to "
+                    "date: the nightly update re-reads the customers of those recorded since."))
 
     class Meta:
         verbose_name = _("range facts table")
@@ -320,6 +328,7 @@ class SpellFields(models.Model):
 
     spell_id = models.BigIntegerField(_("transition into the stage (id)"), primary_key=True)
     model_id = models.BigIntegerField(_("model id"))
+    customer_id = models.BigIntegerField(_("customer id"), null=True, blank=True)
     stage_key = models.CharField(_("stage"), max_length=32)
     channel_id = models.IntegerField(_("channel id"), null=True, blank=True)
     owner_id = models.IntegerField(_("owner id"), null=True, blank=True)
@@ -345,11 +354,11 @@ class SpellFields(models.Model):
 
 class StageSpell(SpellFields):
     """The stays the ranges need — begun or ended in the spell days before today
-    (METRICS_SPELL_DAYS, default 90) — as of
-    the nightly refresh. The medians of the stages and flows reports are read from these
+    (METRICS_SPELL_DAYS, default 400) — as of the nightly refresh, which replaces those of the
+    customers who moved. The medians of the stages and flows reports are read from these
     (docs/METRICS.md, "Precomputed stage spells and channel cells"). An unlogged table on
-    PostgreSQL (migration 0005): rebuilt every night, it needs no WAL; after a crash it is
-    empty until the next refresh and the medians are computed live meanwhile."""
+    PostgreSQL (migration 0005): it needs no WAL; after a crash it is empty, the medians are
+    computed live until the next nightly refresh, which then rebuilds it."""
 
     class Meta:
         verbose_name = _("stage spell")
@@ -362,7 +371,9 @@ class StageSpell(SpellFields):
                    # A (channel, owner) scope's spells, counted for a range other than the
                    # standard ones (a few thousand at 1M customers).
                    models.Index(fields=["model_id", "channel_id", "owner_id"],
-                                name="metrics_spell_scope")]
+                                name="metrics_spell_scope"),
+                   # A customer's spells, replaced when they moved (the nightly update).
+                   models.Index(fields=["customer_id"], name="metrics_spell_customer")]
 
 
 class TodayStageSpell(SpellFields):
@@ -385,6 +396,10 @@ class SpellCellFields(models.Model):
         EXIT = "exit", _("exits")
         ENTERED = "entered", _("first entries")
         NEXT = "next", _("moved on")
+        # Block cells only (`StageSpellDayCell`): entries whose previous entry into the stage is
+        # on `previous_on`, subtracted from the entries of the ranges beginning by then.
+        REENTRY = "reentry", _("re-entries")
+        RENEXT = "renext", _("re-entries moved on")
 
     class Grain(models.IntegerChoices):
         ALL = 0, _("every customer")
@@ -424,25 +439,30 @@ class StageSpellCell(SpellCellFields):
 
 
 class StageSpellDayCell(SpellCellFields):
-    """The stays of one day of the spell days up to today (METRICS_SPELL_DAYS; `day`: the day
-    of the exit, or of the entry for first entries and moves on), so that any range within them
-    sums its days' cells — see `SpellCellFields`. An entry counts as a first entry of the ranges
-    that begin after the customer's previous entry into the stage (`previous_on`, when within
-    the spell days). Stored at the grains every customer, channel and owner; a (channel,
-    owner) scope counts its own spells for such ranges."""
+    """The stays of one aligned block of the spell days up to today (METRICS_SPELL_DAYS): the
+    `days` (1, 4, 16, 64 or 256) from `day`, counted on the day of the exit, or of the entry for
+    entries and moves on — so that any range within the spell days sums the few blocks it is
+    made of (see `SpellCellFields`). Entries here are all entries; a range counts only the first
+    one of a customer in it, so the one-day cells also hold the re-entries (kinds `reentry`
+    and `renext`) with the day of the previous entry into the stage (`previous_on`, when within
+    the spell days), which a range subtracts when that day falls in it. Stored at the grains
+    every customer, channel and owner; a (channel, owner) scope counts its own spells for such
+    ranges."""
 
-    day = models.DateField(_("day"))
+    day = models.DateField(_("first day"))
+    days = models.PositiveSmallIntegerField(_("days"), default=1)
     previous_on = models.DateField(_("day of the previous entry into the stage"), null=True,
                                    blank=True)
 
     class Meta:
-        verbose_name = _("stage spell day cell")
-        verbose_name_plural = _("stage spell day cells")
-        indexes = [models.Index(fields=["model_id", "grain", "day"],
-                                name="metrics_spellday_range")]
+        verbose_name = _("stage spell block cell")
+        verbose_name_plural = _("stage spell block cells")
+        indexes = [models.Index(fields=["model_id", "grain", "days", "day"],
+                                name="metrics_spellblock")]
 
     def __str__(self) -> str:
-        return f"{self.day} {self.kind} {self.stage_key}→{self.next_key}: {self.spells}"
+        return (f"{self.day}+{self.days} {self.kind} {self.stage_key}→{self.next_key}: "
+                f"{self.spells}")
 
 
 class JoinerFacts(models.Model):

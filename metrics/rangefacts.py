@@ -69,11 +69,11 @@ def available() -> bool:
 
 def spell_days() -> int:
     """How many days up to today the stage spells cover: any range of `stages/` and `flows/`
-    starting within them is answered from the spells (METRICS_SPELL_DAYS, default 90; at 1M
-    customers 400 days measured 194 s for the nightly spells instead of 84 s on the same
-    machine, and ranges of half a year 4–6 s from the day cells, so longer ranges are computed
-    live instead)."""
-    return max(int(getattr(settings, "METRICS_SPELL_DAYS", 90)), max(WINDOWS))
+    starting within them is answered from the spells (METRICS_SPELL_DAYS, default 400 — the
+    history the customer bitmaps and the channel cells keep too). The nightly refresh updates
+    them by the customers who moved; a full rebuild (monthly, or after a change of this
+    setting) costs time in proportion (docs/METRICS.md)."""
+    return max(int(getattr(settings, "METRICS_SPELL_DAYS", 400)), max(WINDOWS))
 
 
 def channel_days() -> int:

@@ -174,6 +174,8 @@ class RangeFactsResult:
     cohort_cells: int = 0
     spells: int = 0
     spell_cells: int = 0
+    spells_rebuilt: bool = False
+    spell_movers: int | None = None
     joiners: int = 0
     channel_cells: int = 0
     range_facts_ms: int = 0
@@ -197,8 +199,9 @@ def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
     result = RangeFactsResult(as_of=today - timedelta(days=1), **counts)
     result.range_facts_ms = round((time.monotonic() - started) * 1000)
     lap = time.monotonic()
-    stored = spells.refresh(today)
+    stored = spells.refresh(today, header)
     result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
+    result.spells_rebuilt, result.spell_movers = stored["rebuilt"], stored["moved"]
     result.spells_ms = round((time.monotonic() - lap) * 1000)
     lap = time.monotonic()
     stored = channelfacts.refresh(today)

@@ -1,26 +1,29 @@
 """Precomputed stage spells: the medians and counts of the stages and flows reports
 (`median_days_in_stage`, the stage-to-stage conversion) for any range within the spell days up
-to today (`rangefacts.spell_days`, METRICS_SPELL_DAYS, default 90) — the standard ranges (the
-last 7, 30 and 90 days) from their own cells, any other from per-day cells
-(`StageSpellDayCell`, summed over the range's days) or, for a (channel, owner) scope, from its
-spells — without reading the range's transitions per request.
+to today (`rangefacts.spell_days`, METRICS_SPELL_DAYS, default 400) — the standard ranges (the
+last 7, 30 and 90 days) from their own cells, any other from block cells (`StageSpellDayCell`:
+the few aligned blocks of 1 … 256 days the range is made of, summed in the database) or, for a
+(channel, owner) scope, from its spells — without reading the range's transitions per request.
 
 A spell is a customer's stay in a stage of a model: from the transition into the stage to their
 next transition in the model. Both reports are about spells: the days in stage are those of the
 spells ended in the range by a move out of the stage, the conversion is about the spells begun in
 the range that are the customer's first entry into the stage in it, and where they went next.
-So the nightly refresh stores (as of today 00:00) every spell begun or ended in the spell days
-before today (`StageSpell`), and per range, model, stage and scope cell the spells each report
-counts with a histogram of their durations in whole days (`StageSpellCell`); the frequent
-refresh stores the spells today's transitions began or ended (`TodayStageSpell`, standing in
-for their nightly rows) and the cells' change (the cells marked `today`). A request then sums
-its scope's cells — one row per figure, since the cells are stored at each grain a scope can
-have (every customer, channel, owner, channel and owner) — and finds the exact median in the
-summed histogram: the whole-day bucket holding the middle rank(s) from the counts, then the
-exact durations of that bucket's spells in the range and scope (an index range of a few
-thousand rows at most), the k-th of them. The answer equals the live computation
-(metrics.selectors) over the transitions as the refreshes saw them (docs/METRICS.md,
-"Precomputed stage spells and channel cells").
+So the nightly refresh keeps (as of today 00:00) every spell begun or ended in the spell days
+before today (`StageSpell`), per block, model, stage and scope cell the spells each report
+counts with a histogram of their durations in whole days (`StageSpellDayCell`), and the same
+per standard range (`StageSpellCell`). It re-reads only the customers who moved (or changed
+channel or owner, or are gone) since the last night and adds the difference into the block
+cells; everything is rebuilt the first time, monthly and when it cannot update
+(`_full_rebuild_needed`). The frequent refresh stores the spells today's transitions began or
+ended (`TodayStageSpell`, standing in for their nightly rows) and the cells' change (the cells
+marked `today`). A request then sums its scope's cells — the cells are stored at each grain a
+scope can have (every customer, channel, owner; and per standard range channel and owner) —
+and finds the exact median in the summed histogram: the whole-day bucket holding the middle
+rank(s) from the counts, then the exact durations of that bucket's spells in the range and
+scope (an index range of a few thousand rows), the k-th of them. The answer equals the live
+computation (metrics.selectors) over the transitions as the refreshes saw them
+(docs/METRICS.md, "Precomputed stage spells and channel cells").
 
 PostgreSQL only, like metrics.rangefacts; elsewhere (and when today's part is not fresh) the
 reports are computed live.
@@ -30,25 +33,26 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from fractions import Fraction
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
 
 from core import access
-from metrics import rangefacts
-from metrics.models import FactsTable, StageSpell, StageSpellCell, StageSpellDayCell
+from metrics import bitmaps, rangefacts
+from metrics.models import FactsTable, StageSpell, StageSpellCell
 from metrics.periods import Period, Scope, day_start, local_today
 
 US_PER_DAY = 86_400_000_000
+# The block sizes of the block cells, aligned on metrics.bitmaps' day numbers.
+BLOCKS = bitmaps.SIZES
 # For building the spells' index after the nightly insert in memory (this transaction only).
 INDEX_BUILD_MEMORY = "256MB"
 WINDOWS = rangefacts.WINDOWS
-COLUMNS = ("spell_id, model_id, stage_key, channel_id, owner_id, started_at, previous_entry_at, "
-           "ended_at, next_key, exit_matches, duration_us, bucket")
+COLUMNS = ("spell_id, model_id, customer_id, stage_key, channel_id, owner_id, started_at, "
+           "previous_entry_at, ended_at, next_key, exit_matches, duration_us, bucket")
 
 
 def _raw(sql: str, params: dict[str, Any] | list) -> list[tuple]:
@@ -66,7 +70,7 @@ def _execute(sql: str, params: dict[str, Any]) -> int:
 # A spell's row from its transition `s` (to_key, at), the next transition (next_at, next_key,
 # next_from) and the customer `c`; the duration exact in microseconds, bucketed in whole days.
 SPELL_VALUES = f"""
-    s.id, s.model_id, s.to_key, c.channel_id, c.owner_id, s.at,
+    s.id, s.model_id, s.customer_id, s.to_key, c.channel_id, c.owner_id, s.at,
     CASE WHEN s.previous_entry_at >= %(since)s THEN s.previous_entry_at END,
     s.next_at, COALESCE(s.next_key, ''), COALESCE(s.next_from = s.to_key, false),
     d.us, d.us / {US_PER_DAY}
@@ -75,7 +79,7 @@ DURATION = ("CROSS JOIN LATERAL (SELECT (EXTRACT(EPOCH FROM (s.next_at - s.at)) 
             "::bigint AS us) d")
 
 NIGHTLY_SQL = f"""
-INSERT INTO metrics_stagespell ({COLUMNS})
+{{target}}
 WITH w AS (
     -- The transitions of the spell days before today, each with the customer's next one in
     -- the model (all of them in those days too) and their previous entry into the same stage
@@ -85,7 +89,7 @@ WITH w AS (
            LEAD(from_key) OVER seq AS next_from, LAG(at) OVER same AS previous_entry_at,
            ROW_NUMBER() OVER seq AS k
     FROM lifecycle_stagetransition
-    WHERE at >= %(since)s AND at < %(t0)s
+    WHERE at >= %(since)s AND at < %(t0)s{{customers}}
     WINDOW seq AS (PARTITION BY customer_id, model_id ORDER BY at, id),
            same AS (PARTITION BY customer_id, model_id, to_key ORDER BY at, id)
 ), s AS (
@@ -106,6 +110,13 @@ SELECT {SPELL_VALUES}
 FROM s JOIN crm_customer c ON c.id = s.customer_id {DURATION}
 ORDER BY s.id
 """
+# Every customer's spells into the table (the full rebuild), or those of the customers to
+# re-read (`spell_movers`) into a temporary table (the nightly update).
+FULL_SPELLS_SQL = NIGHTLY_SQL.format(target=f"INSERT INTO metrics_stagespell ({COLUMNS})",
+                                     customers="")
+MOVERS_SPELLS_SQL = NIGHTLY_SQL.format(
+    target=f"INSERT INTO spell_new ({COLUMNS})",
+    customers=" AND customer_id IN (SELECT customer_id FROM spell_movers)")
 
 TODAY_SQL = f"""
 INSERT INTO metrics_todaystagespell ({COLUMNS})
@@ -189,54 +200,89 @@ TODAY_SOURCE = f"""
 """
 
 
-# The same counts per day of the spell days instead of per standard range: an exit on the day of
-# its end, a first entry (and its move on) on the day of its start, with the day of the
-# previous entry into the stage — a range counts the entry when that day is before the range.
-DAY_CELLS_SQL = """
-INSERT INTO metrics_stagespelldaycell (day, previous_on, today, kind, model_id, stage_key,
-                                       next_key, grain, channel_id, owner_id, spells, histogram)
+# The same counts per aligned block of the spell days (`BLOCKS` days, as the customer
+# bitmaps' blocks) instead of per standard range: an exit on the day of its end, every entry
+# (and its move on) on the day of its start, rolled up into each block holding the day; and on
+# their own day the re-entries with the day of the previous entry into the stage, which a range
+# subtracts when that day is in it (only the customer's first entry in a range counts).
+# First per day and grain (a temporary table, so that the roll-up into blocks is planned on
+# its real size), then into blocks.
+DAY_GRAINS_SQL = """
+CREATE TEMPORARY TABLE spell_day_grains ON COMMIT DROP AS
 WITH src AS ({source}), classed AS (
     SELECT 'exit' AS kind, model_id, stage_key, '' AS next_key, channel_id, owner_id, bucket,
            (ended_at AT TIME ZONE %(tz)s)::date AS day, NULL::date AS previous_on, sign
     FROM src WHERE exit_matches AND ended_at >= %(since)s AND ended_at < %(until)s
     UNION ALL
-    SELECT 'entered', model_id, stage_key, '', channel_id, owner_id, NULL,
-           (started_at AT TIME ZONE %(tz)s)::date, (previous_entry_at AT TIME ZONE %(tz)s)::date,
-           sign
-    FROM src WHERE started_at >= %(since)s AND started_at < %(until)s
+    SELECT k.kind, model_id, stage_key, '', channel_id, owner_id, NULL,
+           (started_at AT TIME ZONE %(tz)s)::date, k.previous_on, sign
+    FROM src CROSS JOIN LATERAL (
+        VALUES ('entered', NULL::date),
+               ('reentry', (previous_entry_at AT TIME ZONE %(tz)s)::date)) k(kind, previous_on)
+    WHERE started_at >= %(since)s AND started_at < %(until)s
+      AND (k.kind = 'entered' OR previous_entry_at IS NOT NULL)
     UNION ALL
-    SELECT 'next', model_id, stage_key, next_key, channel_id, owner_id, bucket,
-           (started_at AT TIME ZONE %(tz)s)::date, (previous_entry_at AT TIME ZONE %(tz)s)::date,
-           sign
-    FROM src WHERE next_key <> '' AND started_at >= %(since)s AND started_at < %(until)s
+    SELECT k.kind, model_id, stage_key, next_key, channel_id, owner_id, bucket,
+           (started_at AT TIME ZONE %(tz)s)::date, k.previous_on, sign
+    FROM src CROSS JOIN LATERAL (
+        VALUES ('next', NULL::date),
+               ('renext', (previous_entry_at AT TIME ZONE %(tz)s)::date)) k(kind, previous_on)
+    WHERE next_key <> '' AND started_at >= %(since)s AND started_at < %(until)s
+      AND (k.kind = 'next' OR previous_entry_at IS NOT NULL)
 ), fine AS (
     SELECT kind, model_id, stage_key, next_key, day, previous_on, channel_id, owner_id, bucket,
            SUM(sign) AS n
     FROM classed GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-), grains AS (
-    SELECT day, previous_on, kind, model_id, stage_key, next_key,
-           CASE GROUPING(channel_id, owner_id) WHEN 3 THEN 0 WHEN 1 THEN 1 ELSE 2 END AS grain,
-           channel_id, owner_id, bucket, SUM(n) AS n
-    FROM fine
-    GROUP BY GROUPING SETS (
-        (day, previous_on, kind, model_id, stage_key, next_key, bucket),
-        (day, previous_on, kind, model_id, stage_key, next_key, channel_id, bucket),
-        (day, previous_on, kind, model_id, stage_key, next_key, owner_id, bucket))
 )
-SELECT day, previous_on, %(today)s, kind, model_id, stage_key, next_key, grain, channel_id,
-       owner_id, SUM(n), COALESCE(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL
-                                                                     AND n <> 0), '{{}}'::jsonb)
-FROM grains
-GROUP BY day, previous_on, kind, model_id, stage_key, next_key, grain, channel_id, owner_id
-HAVING SUM(n) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
+SELECT day, previous_on, kind, model_id, stage_key, next_key,
+       CASE GROUPING(channel_id, owner_id) WHEN 3 THEN 0 WHEN 1 THEN 1 ELSE 2 END AS grain,
+       channel_id, owner_id, bucket, SUM(n) AS n
+FROM fine
+GROUP BY GROUPING SETS (
+    (day, previous_on, kind, model_id, stage_key, next_key, bucket),
+    (day, previous_on, kind, model_id, stage_key, next_key, channel_id, bucket),
+    (day, previous_on, kind, model_id, stage_key, next_key, owner_id, bucket))
 """
-# The grains of the day cells (a (channel, owner) scope has too many to store per day).
-DAY_GRAINS = (StageSpellCell.Grain.ALL, StageSpellCell.Grain.CHANNEL, StageSpellCell.Grain.OWNER)
+CELL_COLUMNS = ("day, days, previous_on, today, kind, model_id, stage_key, next_key, grain, "
+                "channel_id, owner_id, spells, histogram")
+DAY_CELLS_SQL = """
+WITH blocks AS (
+    -- Each day into the block of each size holding it (the re-entries: their own day only).
+    SELECT %(epoch)s::date + (g.day - %(epoch)s::date) / b.days * b.days AS day, b.days,
+           g.previous_on, g.kind, g.model_id, g.stage_key, g.next_key, g.grain, g.channel_id,
+           g.owner_id, g.bucket, SUM(g.n) AS n
+    FROM spell_day_grains g JOIN (VALUES {sizes}) b(days)
+         ON b.days = 1 OR g.kind IN ('exit', 'entered', 'next')
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+)
+SELECT day, days, previous_on, %(today)s AS today, kind, model_id, stage_key, next_key,
+       grain, channel_id, owner_id, SUM(n) AS spells,
+       COALESCE(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL AND n <> 0),
+                '{}'::jsonb) AS histogram
+FROM blocks
+GROUP BY day, days, previous_on, kind, model_id, stage_key, next_key, grain, channel_id,
+         owner_id
+HAVING SUM(n) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
+""".replace("{sizes}", ", ".join(f"({size})" for size in BLOCKS))
+
+
+def _block_cells(source: str, params: dict[str, Any], *,
+                 target: str = f"INSERT INTO metrics_stagespelldaycell ({CELL_COLUMNS})") -> int:
+    """Store the block cells of the spells `source` selects (signed)."""
+    _execute(DAY_GRAINS_SQL.format(source=source), params)
+    _execute("ANALYZE spell_day_grains", {})
+    cells = _execute(f"{target} {DAY_CELLS_SQL}", params)
+    _execute("DROP TABLE spell_day_grains", {})
+    return cells
+
+
+# The grains of the block cells (a (channel, owner) scope has too many to store per block).
+BLOCK_GRAINS = (StageSpellCell.Grain.ALL, StageSpellCell.Grain.CHANNEL, StageSpellCell.Grain.OWNER)
 
 
 def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"t0": day_start(today), "today": today_rows,
-                              "tz": settings.TIME_ZONE,
+                              "tz": settings.TIME_ZONE, "epoch": bitmaps.EPOCH,
                               "until": rangefacts.Window(today, 1).period.until,
                               "since": _spell_window(today).since}
     for n in WINDOWS:
@@ -244,10 +290,82 @@ def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
     return params
 
 
-def refresh(today: date) -> dict[str, int]:
-    """Rewrite the spells and their cells as of today 00:00. Call in a transaction holding the
-    `FactsTable` row (like metrics.rangefacts.refresh)."""
+# How many nights the nightly update may catch up on (more: a full rebuild).
+UPDATE_DAYS = 7
+# The customers whose spells the nightly update re-reads: those with a stage transition recorded
+# since the last refresh (by id, and by time for one committed late with a lower id), and those
+# whose stored spells name another channel or owner than they have now, or who are gone.
+MOVERS_SQL = """
+CREATE TEMPORARY TABLE spell_movers ON COMMIT DROP AS
+SELECT customer_id FROM lifecycle_stagetransition WHERE id > %(read_id)s OR at >= %(changed)s
+UNION
+SELECT s.customer_id FROM metrics_stagespell s LEFT JOIN crm_customer c ON c.id = s.customer_id
+WHERE c.id IS NULL OR c.channel_id IS DISTINCT FROM s.channel_id
+      OR c.owner_id IS DISTINCT FROM s.owner_id
+"""
+# The block cells' change: the movers' spells now, less as stored.
+MOVERS_SOURCE = f"""
+    SELECT {COLUMNS}, 1 AS sign FROM spell_new
+    UNION ALL
+    SELECT {", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))}, -1
+    FROM metrics_stagespell o JOIN spell_movers m ON m.customer_id = o.customer_id
+"""
+# The change added into the stored block cells (the keys compared with their empty values for
+# NULL), then the cells it zeroed removed.
+CELL_KEY = ("x.day = d.day AND x.days = d.days AND x.kind = d.kind AND x.model_id = d.model_id "
+            "AND x.stage_key = d.stage_key AND x.next_key = d.next_key AND x.grain = d.grain "
+            "AND COALESCE(x.previous_on, '0001-01-01') = COALESCE(d.previous_on, '0001-01-01') "
+            "AND COALESCE(x.channel_id, 0) = COALESCE(d.channel_id, 0) "
+            "AND COALESCE(x.owner_id, 0) = COALESCE(d.owner_id, 0) AND NOT x.today")
+MERGE_CELLS_SQL = [
+    f"""UPDATE metrics_stagespelldaycell x SET spells = x.spells + d.spells, histogram = (
+            SELECT COALESCE(jsonb_object_agg(k, n) FILTER (WHERE n <> 0), '{{}}'::jsonb)
+            FROM (SELECT key AS k, SUM(value::int) AS n
+                  FROM (SELECT * FROM jsonb_each_text(x.histogram)
+                        UNION ALL SELECT * FROM jsonb_each_text(d.histogram)) e
+                  GROUP BY key) h)
+        FROM spell_delta d WHERE {CELL_KEY}""",
+    f"""INSERT INTO metrics_stagespelldaycell ({CELL_COLUMNS})
+        SELECT {CELL_COLUMNS} FROM spell_delta d
+        WHERE NOT EXISTS (SELECT 1 FROM metrics_stagespelldaycell x WHERE {CELL_KEY})""",
+    """DELETE FROM metrics_stagespelldaycell
+       WHERE NOT today AND spells = 0 AND histogram = '{}'::jsonb""",
+]
+
+
+def _full_rebuild_needed(today: date, header: FactsTable) -> bool:
+    """Whether the nightly refresh rebuilds every spell rather than updating the stored ones: the
+    first time, after another spell-days setting, after more than `UPDATE_DAYS` nights, on the
+    first of the month (what the update does not see — a stage model deleted, transitions
+    deleted or edited in place — is then rebuilt too), or when the spells are gone (an unlogged
+    table after a crash)."""
+    as_of = header.spells_as_of
+    if (as_of is None or header.spells_read_id is None
+            or header.spells_days != rangefacts.spell_days() or today.day == 1
+            or not today - timedelta(days=UPDATE_DAYS + 1) <= as_of < today):
+        return True
+    return not StageSpell.objects.exists()
+
+
+def refresh(today: date, header: FactsTable) -> dict[str, Any]:
+    """Bring the spells and their cells up to today 00:00: the spells of the customers who moved
+    (or changed channel or owner) since the last refresh re-read and the block cells changed by
+    the difference, or everything rebuilt (`_full_rebuild_needed`). Call in a transaction
+    holding the `FactsTable` row `header` (like metrics.rangefacts.refresh); sets its spell
+    days and the last transition read."""
     params = _params(today, today_rows=False)
+    read_id = _raw("SELECT COALESCE(MAX(id), 0) FROM lifecycle_stagetransition", {})[0][0]
+    if _full_rebuild_needed(today, header):
+        result = _rebuild(params)
+    else:
+        result = _update(params, read_id=header.spells_read_id,
+                         changed=day_start(header.spells_as_of + timedelta(days=1)))
+    header.spells_days = rangefacts.spell_days()
+    header.spells_read_id = read_id
+    return result
+
+
+def _rebuild(params: dict[str, Any]) -> dict[str, Any]:
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE metrics_stagespell, metrics_todaystagespell")
         cursor.execute("DELETE FROM metrics_stagespellcell")
@@ -261,15 +379,49 @@ def refresh(today: date) -> dict[str, int]:
     with connection.schema_editor(atomic=False) as editor:
         for index in indexes:
             editor.remove_index(StageSpell, index)
-    spells = _execute(NIGHTLY_SQL, params)
+    spells = _execute(FULL_SPELLS_SQL, params)
     with connection.schema_editor(atomic=False) as editor:
         for index in indexes:
             editor.add_index(StageSpell, index)
     _execute("ANALYZE metrics_stagespell", {})
     cells = _execute(CELLS_SQL.format(source=NIGHTLY_SOURCE), params)
-    cells += _execute(DAY_CELLS_SQL.format(source=NIGHTLY_SOURCE), params)
+    cells += _block_cells(NIGHTLY_SOURCE, params)
     _execute("ANALYZE metrics_stagespelldaycell", {})
-    return {"spells": spells, "spell_cells": cells}
+    return {"spells": spells, "spell_cells": cells, "rebuilt": True, "moved": None}
+
+
+def _update(params: dict[str, Any], *, read_id: int, changed) -> dict[str, Any]:
+    """The nightly update: the movers' spells re-read, their difference added into the block
+    cells, the spells and blocks before the spell days dropped, the standard ranges' cells
+    recounted."""
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM metrics_todaystagespell")
+        cursor.execute("DELETE FROM metrics_stagespellcell")
+        cursor.execute("DELETE FROM metrics_stagespelldaycell WHERE today")
+    moved = _execute(MOVERS_SQL, {**params, "read_id": read_id, "changed": changed})
+    _execute("ALTER TABLE spell_movers ADD PRIMARY KEY (customer_id)", {})
+    _execute("ANALYZE spell_movers", {})
+    _execute("CREATE TEMPORARY TABLE spell_new (LIKE metrics_stagespell) ON COMMIT DROP", {})
+    spells = _execute(MOVERS_SPELLS_SQL, params)
+    _execute("ANALYZE spell_new", {})
+    _block_cells(MOVERS_SOURCE, params,
+                 target="CREATE TEMPORARY TABLE spell_delta ON COMMIT DROP AS")
+    for sql in MERGE_CELLS_SQL:
+        _execute(sql, params)
+    _execute("DELETE FROM metrics_stagespell o USING spell_movers m "
+             "WHERE o.customer_id = m.customer_id", {})
+    _execute(f"INSERT INTO metrics_stagespell ({COLUMNS}) SELECT {COLUMNS} FROM spell_new", {})
+    # Out of the spell days: the stays begun before them and not ended in them, and the blocks
+    # ending before them (never read: a range within the spell days reads whole blocks in it).
+    _execute("DELETE FROM metrics_stagespell WHERE started_at < %(since)s "
+             "AND (ended_at IS NULL OR ended_at < %(since)s)", params)
+    _execute("DELETE FROM metrics_stagespelldaycell "
+             "WHERE day + days <= (%(since)s AT TIME ZONE %(tz)s)::date", params)
+    for table in ("spell_movers", "spell_new", "spell_delta"):
+        _execute(f"DROP TABLE {table}", {})
+    cells = _execute(CELLS_SQL.format(source=NIGHTLY_SOURCE), params)
+    _execute("ANALYZE metrics_stagespell", {})
+    return {"spells": spells, "spell_cells": cells, "rebuilt": False, "moved": moved}
 
 
 def refresh_today(today: date) -> dict[str, int]:
@@ -283,7 +435,7 @@ def refresh_today(today: date) -> dict[str, int]:
         cursor.execute("DELETE FROM metrics_stagespelldaycell WHERE today")
     spells = _execute(TODAY_SQL, params)
     cells = _execute(CELLS_SQL.format(source=TODAY_SOURCE), params)
-    cells += _execute(DAY_CELLS_SQL.format(source=TODAY_SOURCE), params)
+    cells += _block_cells(TODAY_SOURCE, params)
     return {"spells": spells, "spell_cells": cells}
 
 
@@ -377,25 +529,22 @@ Key = tuple[str, str, str]          # (kind, stage key, next stage key or '')
 
 def _figures(*, scope: Scope, period: Period, model_id: int, kinds: list[str]
              ) -> dict[Key, Figure]:
-    """The scope's cells of the range summed: the standard range's own cells, else the day
-    cells of its days (an entry only when the previous one into the stage is before it)."""
+    """The scope's cells of the range summed: the standard range's own cells, else the block
+    cells of its days (less the re-entries after an entry in it), else for a (channel, owner)
+    scope its own spells."""
     where = scope_cell(scope)
     if where is None:
         return {}
     grain, channel, owner = where
     window = _window(period)
-    if window is None and grain not in DAY_GRAINS:
+    if window is None and grain not in BLOCK_GRAINS:
         return _scope_figures(period=period, model_id=model_id, kinds=kinds, channel=channel,
                               owner=owner)
-    if window is not None:
-        cells = StageSpellCell.objects.filter(days=window.days, model_id=model_id, grain=grain,
-                                              kind__in=kinds)
-    else:
-        cells = StageSpellDayCell.objects.filter(
-            Q(kind=StageSpellCell.Kind.EXIT) | Q(previous_on__isnull=True)
-            | Q(previous_on__lt=period.start),
-            model_id=model_id, grain=grain, day__gte=period.start, day__lte=period.end,
-            kind__in=kinds)
+    if window is None:
+        return _block_figures(period=period, model_id=model_id, kinds=kinds, grain=grain,
+                              channel=channel, owner=owner)
+    cells = StageSpellCell.objects.filter(days=window.days, model_id=model_id, grain=grain,
+                                          kind__in=kinds)
     if grain & StageSpellCell.Grain.CHANNEL:
         cells = cells.filter(channel_id=channel)
     if grain & StageSpellCell.Grain.OWNER:
@@ -404,6 +553,58 @@ def _figures(*, scope: Scope, period: Period, model_id: int, kinds: list[str]
     for kind, stage, next_key, spells, histogram in cells.values_list(
             "kind", "stage_key", "next_key", "spells", "histogram"):
         figures[(kind, stage, next_key)].add(spells, histogram)
+    return {key: f for key, f in figures.items() if f.spells}
+
+
+# A range's figures from the block cells, summed in the database: the cells of the blocks the
+# range is made of (every entry), less the re-entries in it whose previous entry into the stage
+# is in it too (not the customer's first entry in the range).
+BLOCK_FIGURES_SQL = """
+WITH b(day, days) AS (VALUES {blocks}), c AS (
+    SELECT x.kind, x.stage_key, x.next_key, x.spells, x.histogram, 1 AS sign
+    FROM metrics_stagespelldaycell x JOIN b ON x.day = b.day AND x.days = b.days
+    WHERE x.model_id = %(model)s AND x.grain = %(grain)s AND x.kind = ANY(%(kinds)s){scope}
+    UNION ALL
+    SELECT CASE x.kind WHEN 'reentry' THEN 'entered' ELSE 'next' END, x.stage_key,
+           x.next_key, x.spells, x.histogram, -1
+    FROM metrics_stagespelldaycell x
+    WHERE x.model_id = %(model)s AND x.grain = %(grain)s AND x.days = 1
+      AND x.day >= %(start)s AND x.day <= %(end)s AND x.previous_on >= %(start)s
+      AND x.kind = ANY(%(re_kinds)s){scope}
+)
+SELECT kind, stage_key, next_key, NULL::int, SUM(sign * spells) FROM c GROUP BY 1, 2, 3
+UNION ALL
+SELECT kind, stage_key, next_key, h.key::int, SUM(sign * h.value::int)
+FROM c CROSS JOIN LATERAL jsonb_each_text(c.histogram) h GROUP BY 1, 2, 3, 4
+"""
+REENTRY_KINDS = {StageSpellCell.Kind.ENTERED: StageSpellCell.Kind.REENTRY,
+                 StageSpellCell.Kind.NEXT: StageSpellCell.Kind.RENEXT}
+
+
+def _block_figures(*, period: Period, model_id: int, kinds: list[str], grain: int,
+                   channel: int | None, owner: int | None) -> dict[Key, Figure]:
+    """The figures of a range other than the standard ones at a grain with block cells: a
+    fixed statement over the few blocks the range is made of and its re-entries."""
+    params: dict[str, Any] = {"model": model_id, "grain": grain, "kinds": kinds,
+                              "re_kinds": [REENTRY_KINDS[k] for k in kinds if k in REENTRY_KINDS],
+                              "start": period.start, "end": period.end,
+                              "channel": channel, "owner": owner}
+    blocks = []
+    for i, (day, days) in enumerate(bitmaps.pieces(period.start, period.end)):
+        params.update({f"d{i}": day, f"n{i}": days})
+        blocks.append(f"(%(d{i})s::date, %(n{i})s::int)")
+    scope = ""
+    if grain & StageSpellCell.Grain.CHANNEL:
+        scope += " AND x.channel_id = %(channel)s"
+    if grain & StageSpellCell.Grain.OWNER:
+        scope += " AND x.owner_id = %(owner)s"
+    figures: dict[Key, Figure] = defaultdict(Figure)
+    for kind, stage, next_key, bucket, n in _raw(
+            BLOCK_FIGURES_SQL.format(blocks=", ".join(blocks), scope=scope), params):
+        if bucket is None:
+            figures[(kind, stage, next_key)].spells += n
+        elif n:
+            figures[(kind, stage, next_key)].add(0, {bucket: n})
     return {key: f for key, f in figures.items() if f.spells}
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from crm.models import Customer, Event, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
-from metrics import attribution, channelfacts, selectors, services, spells
+from metrics import attribution, bitmaps, channelfacts, selectors, services, spells
 from metrics.models import (
     FactsTable,
     StageSpell,
@@ -297,8 +297,9 @@ def test_arbitrary_ranges_count_todays_moves(data, monkeypatch):
 
 def test_a_range_reaching_outside_the_window_is_computed_live(data, monkeypatch, settings,
                                                                api_client_for):
-    # The channel cells cut to the standard 90 days as the spells are by default (2023-12-12 …
-    # 03-10), so that the hand-built data reaches before them.
+    # The spells and the channel cells cut to the standard 90 days (2023-12-12 … 03-10), so
+    # that the hand-built data reaches before them.
+    settings.METRICS_SPELL_DAYS = 90
     settings.METRICS_CHANNEL_DAYS = 90
     services.metrics_today(today=TODAY)
     outside = [Period(date(2023, 12, 11), date(2024, 1, 20)),
@@ -408,18 +409,19 @@ def test_stored_answers_read_no_transitions_or_orders(data):
 
 def test_ranges_longer_ago_than_ninety_days_are_stored_within_the_longer_windows(
         data, monkeypatch, settings):
-    """The channel cells cover 400 days by default (METRICS_CHANNEL_DAYS), the spells 90
-    (METRICS_SPELL_DAYS), which a deployment may lengthen: a range starting before the standard
-    90 days — here from before c7 joined (2023-12-01), the data's first day — is then answered
-    from them and equals the live answer; one starting before the windows is computed live."""
+    """The spells and the channel cells cover 400 days by default (METRICS_SPELL_DAYS,
+    METRICS_CHANNEL_DAYS): a range starting before the standard 90 days — here from before c7
+    joined (2023-12-01), the data's first day — is answered from them and equals the live
+    answer; with 90 spell days it is computed live, and so is one starting before the 400."""
     earlier = [Period(date(2023, 12, 11), date(2024, 1, 20)),
                Period(date(2023, 11, 1), date(2024, 3, 10)),
                Period(date(2023, 11, 20), date(2024, 2, 29))]
+    settings.METRICS_SPELL_DAYS = 90
     services.metrics_today(today=TODAY)
     for period in earlier:
         assert channelfacts.stored_range(period) == period
         assert spells.stored_range(period, Scope()) is None
-    settings.METRICS_SPELL_DAYS = 400
+    del settings.METRICS_SPELL_DAYS
     FactsTable.objects.update(spells_as_of=None)    # the nightly job again, with the longer window
     services.metrics_today(today=TODAY)
     assert spells.first_stored_day(TODAY) == TODAY - timedelta(days=399)
@@ -431,5 +433,88 @@ def test_ranges_longer_ago_than_ninety_days_are_stored_within_the_longer_windows
     # (2023-12-01 10:00 → 01-15 00:00): the median is the third, 22.
     intro = stored[(Scope(), earlier[1], "value", "medians")]["intro"]
     assert intro == {"exits": 5, "median_days": 22.0}
+    # The same range from blocks of 1, 4, 16 and 64 days. Entries into growth: c5 02-01 10:00
+    # (on to dormant after 19.083 days), c6 02-22 00:00 (to mature after 14), c1 03-05 01:00 (to
+    # mature today 01:00, after 5); c5's second entry, 03-04 12:00 (to mature today 12:00), is
+    # not its first in the range — the block cells count it, the re-entries take it off.
+    assert {days for _day, days in bitmaps.pieces(earlier[1].start, earlier[1].end)} == {
+        1, 4, 16, 64}
+    growth = stored[(Scope(), earlier[1], "value", "conversions")]["growth"]
+    assert growth == {"entered": 3, "next": {
+        "dormant": {"customers": 1, "median_days": 19.083},
+        "mature": {"customers": 2, "median_days": 9.5}}}
+    assert StageSpellDayCell.objects.filter(kind="reentry", stage_key="growth", days=1,
+                                            grain=0).exists()
+    assert set(StageSpellDayCell.objects.values_list("days", flat=True)) == {1, 4, 16, 64, 256}
     assert spells.stored_range(Period(date(2023, 1, 15), TODAY), Scope()) is None
     assert channelfacts.stored_range(Period(date(2023, 1, 15), TODAY)) is None
+
+
+def _readable_cells() -> dict:
+    """The stored block cells a range within the spell days can read — the whole blocks in them,
+    and the re-entries whose previous entry is in them too — by key."""
+    first = spells.first_stored_day(TODAY)
+    cells = {}
+    for cell in StageSpellDayCell.objects.filter(today=False, day__gte=first):
+        if cell.previous_on is not None and cell.previous_on < first:
+            continue
+        key = (cell.day, cell.days, cell.previous_on, cell.kind, cell.model_id, cell.stage_key,
+               cell.next_key, cell.grain, cell.channel_id, cell.owner_id)
+        cells[key] = (cell.spells, cell.histogram)
+    return cells
+
+
+# 60 spell days: the first night's begin on 01-10, the second's on 01-11 — c5's entry into
+# intro (01-10 10:00) leaves them (its exit on 02-01 stays); 400: the default.
+@pytest.mark.parametrize("spell_days", [60, 400])
+def test_the_nightly_update_equals_a_rebuild(data, monkeypatch, settings, spell_days):
+    """The nightly refresh re-reads only the customers who moved (or changed channel or owner,
+    or are gone) since the last night and adds the difference into the block cells: the cells
+    equal those of a full rebuild, and the answers the live ones."""
+    settings.METRICS_SPELL_DAYS = spell_days
+    c = data.c
+    first = services.range_facts_refresh(today=TODAY - timedelta(days=1))
+    assert first.spells_rebuilt
+    # After that night: c4 (intro since 03-09 12:00) moves on to growth at 20:00 the same day;
+    # c6 goes to another owner and channel; c7 is deleted outright.
+    move(c[4], "value", "growth", mar(9, 20))
+    Customer.objects.filter(pk=c[6].pk).update(owner=data.op_a, channel=data.qr)
+    Customer.objects.filter(pk=c[7].pk).delete()
+    second = services.range_facts_refresh(today=TODAY)
+    assert not second.spells_rebuilt
+    # Re-read: c4, c6 and c7, and c1 and c5 for their transitions after the first night's
+    # 00:00 (today's) — not the others.
+    assert second.spell_movers == 5
+    updated = _readable_cells()
+    assert [key for key in updated if key[3] == "reentry"]
+    # The same night again changes nothing.
+    again = services.range_facts_refresh(today=TODAY)
+    assert not again.spells_rebuilt
+    assert _readable_cells() == updated
+    # Today's part and the answers: the same as live, for the standard and other ranges.
+    services.metrics_today(today=TODAY)
+    first_day = spells.first_stored_day(TODAY)
+    periods = [_period(days) for days in WINDOWS if _period(days).start >= first_day] + [
+        period for period in ARBITRARY if period.start >= first_day]
+    stored = _all_stored(data, monkeypatch, periods)
+    _assert_same(stored, _live(data, monkeypatch, periods))
+    # A rebuild of the same night stores the same cells.
+    FactsTable.objects.update(spells_as_of=None)
+    rebuilt = services.range_facts_refresh(today=TODAY)
+    assert rebuilt.spells_rebuilt
+    assert _readable_cells() == updated
+
+
+def test_the_nightly_refresh_rebuilds_when_it_cannot_update(data, settings):
+    services.range_facts_refresh(today=TODAY - timedelta(days=1))
+    # The spells gone (an unlogged table after a crash): rebuilt.
+    StageSpell.objects.all().delete()
+    assert services.range_facts_refresh(today=TODAY).spells_rebuilt
+    # Another spell-days setting: rebuilt; then updated again.
+    settings.METRICS_SPELL_DAYS = 120
+    assert services.range_facts_refresh(today=TODAY).spells_rebuilt
+    assert not services.range_facts_refresh(today=TODAY).spells_rebuilt
+    # More than a week of nights missed, or the first of a month: rebuilt.
+    assert services.range_facts_refresh(today=TODAY + timedelta(days=9)).spells_rebuilt
+    assert services.range_facts_refresh(today=date(2024, 4, 1)).spells_rebuilt
+    assert not services.range_facts_refresh(today=date(2024, 4, 2)).spells_rebuilt
