@@ -306,7 +306,9 @@ def bench_nightly(today: date) -> list[list]:
     facts = done.range_facts
     parts = [f"range facts {getattr(facts, 'range_facts_ms', 0) / 1000:.1f} s"]
     if getattr(facts, "spells", 0):
-        parts += [f"stage spells {facts.spells_ms / 1000:.1f} s ({facts.spells:,} spells, "
+        how = ("rebuilt" if facts.spells_rebuilt
+               else f"updated: {facts.spell_movers:,} customers re-read")
+        parts += [f"stage spells {facts.spells_ms / 1000:.1f} s ({how}; {facts.spells:,} spells, "
                   f"{facts.spell_cells:,} cells)",
                   f"channel cells {facts.channels_ms / 1000:.1f} s ({facts.joiners:,} joiners, "
                   f"{facts.channel_cells:,} cells)"]

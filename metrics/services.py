@@ -214,7 +214,8 @@ def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
     header.save()
     logger.info("metrics.range_facts_refreshed", extra={
         "as_of": result.as_of.isoformat(), "customers": result.customers,
-        "spells": result.spells, "joiners": result.joiners, "ms": result.duration_ms,
+        "spells": result.spells, "spells_rebuilt": result.spells_rebuilt,
+        "spell_movers": result.spell_movers, "joiners": result.joiners, "ms": result.duration_ms,
         "spells_ms": result.spells_ms, "channels_ms": result.channels_ms})
     return result
 

@@ -292,6 +292,10 @@ def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
 
 # How many nights the nightly update may catch up on (more: a full rebuild).
 UPDATE_DAYS = 7
+# The share of the customers above which the update rebuilds instead (when more than
+# REBUILD_MIN: below that, either takes moments).
+REBUILD_SHARE = 0.25
+REBUILD_MIN = 10_000
 # The customers whose spells the nightly update re-reads: those with a stage transition recorded
 # since the last refresh (by id, and by time for one committed late with a lower id), and those
 # whose stored spells name another channel or owner than they have now, or who are gone.
@@ -338,7 +342,7 @@ def _full_rebuild_needed(today: date, header: FactsTable) -> bool:
     first time, after another spell-days setting, after more than `UPDATE_DAYS` nights, on the
     first of the month (what the update does not see — a stage model deleted, transitions
     deleted or edited in place — is then rebuilt too), or when the spells are gone (an unlogged
-    table after a crash)."""
+    table after a crash). The update itself rebuilds when most customers moved."""
     as_of = header.spells_as_of
     if (as_of is None or header.spells_read_id is None
             or header.spells_days != rangefacts.spell_days() or today.day == 1
@@ -399,6 +403,12 @@ def _update(params: dict[str, Any], *, read_id: int, changed) -> dict[str, Any]:
         cursor.execute("DELETE FROM metrics_stagespellcell")
         cursor.execute("DELETE FROM metrics_stagespelldaycell WHERE today")
     moved = _execute(MOVERS_SQL, {**params, "read_id": read_id, "changed": changed})
+    customers = _raw("SELECT COUNT(*) FROM crm_customer", {})[0][0]
+    if moved > max(REBUILD_SHARE * customers, REBUILD_MIN):
+        # Most customers moved (a re-evaluation from scratch, an import of history): re-reading
+        # them all and subtracting their old spells costs more than a rebuild.
+        _execute("DROP TABLE spell_movers", {})
+        return _rebuild(params)
     _execute("ALTER TABLE spell_movers ADD PRIMARY KEY (customer_id)", {})
     _execute("ANALYZE spell_movers", {})
     _execute("CREATE TEMPORARY TABLE spell_new (LIKE metrics_stagespell) ON COMMIT DROP", {})

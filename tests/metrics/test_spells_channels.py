@@ -505,7 +505,7 @@ def test_the_nightly_update_equals_a_rebuild(data, monkeypatch, settings, spell_
     assert _readable_cells() == updated
 
 
-def test_the_nightly_refresh_rebuilds_when_it_cannot_update(data, settings):
+def test_the_nightly_refresh_rebuilds_when_it_cannot_update(data, settings, monkeypatch):
     services.range_facts_refresh(today=TODAY - timedelta(days=1))
     # The spells gone (an unlogged table after a crash): rebuilt.
     StageSpell.objects.all().delete()
@@ -518,3 +518,8 @@ def test_the_nightly_refresh_rebuilds_when_it_cannot_update(data, settings):
     assert services.range_facts_refresh(today=TODAY + timedelta(days=9)).spells_rebuilt
     assert services.range_facts_refresh(today=date(2024, 4, 1)).spells_rebuilt
     assert not services.range_facts_refresh(today=date(2024, 4, 2)).spells_rebuilt
+    # Most customers moved (more than a quarter; the minimum lifted for 8 customers): rebuilt.
+    monkeypatch.setattr(spells, "REBUILD_MIN", 0)
+    for customer in list(data.c.values())[:3]:
+        move(customer, "aipl", "loyalty", mar(10, 16))
+    assert services.range_facts_refresh(today=date(2024, 4, 3)).spells_rebuilt

@@ -82,10 +82,16 @@ class Command(BaseCommand):
                                   % {"customers": facts.customers, "cells": facts.range_cells,
                                      "as_of": facts.as_of.isoformat(),
                                      "ms": facts.duration_ms})
-                self.stdout.write(_("Stage spells: %(spells)d spells, %(cells)d cells in "
-                                    "%(ms)d ms; channel cells: %(joiners)d joiners, "
+                if facts.spells_rebuilt:
+                    how = _("rebuilt")
+                else:
+                    how = _("updated for %(movers)d customers who moved") % {
+                        "movers": facts.spell_movers or 0}
+                self.stdout.write(_("Stage spells (%(how)s): %(spells)d spells, %(cells)d "
+                                    "cells in %(ms)d ms; channel cells: %(joiners)d joiners, "
                                     "%(channel_cells)d cells in %(channel_ms)d ms")
-                                  % {"spells": facts.spells, "cells": facts.spell_cells,
+                                  % {"how": how, "spells": facts.spells,
+                                     "cells": facts.spell_cells,
                                      "ms": facts.spells_ms, "joiners": facts.joiners,
                                      "channel_cells": facts.channel_cells,
                                      "channel_ms": facts.channels_ms})
