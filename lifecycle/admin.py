@@ -53,3 +53,6 @@ class StageTransitionAdmin(CustomerScopedAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False    # the history is written by the services only
+
+    def has_delete_permission(self, request, obj=None):
+        return False    # nor deleted by hand (the metrics' stored spells build on it)

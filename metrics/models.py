@@ -169,6 +169,11 @@ class FactsTable(models.Model):
         _("stage spell days"), null=True, blank=True,
         help_text=_("The spell days the stored stage spells were built for "
                     "(METRICS_SPELL_DAYS); another setting rebuilds them."))
+    spells_rebuilt_on = models.DateField(
+        _("stage spells last rebuilt"), null=True, blank=True,
+        help_text=_("The nightly refresh updates the spells by the customers who moved, and "
+                    "rebuilds them all every 30 days."))
+    spells_time_zone = models.CharField(_("stage spells' time zone"), max_length=64, blank=True)
     spells_read_id = models.BigIntegerField(
         _("last stage transition read"), null=True, blank=True,
         help_text=_("The highest stage transition id when the spells were last brought up to "

@@ -664,9 +664,9 @@ MEDIAN_ROWS = "rn IN ((n + 1) / 2, (n + 2) / 2)"
 def median_days_in_stage(*, scope: Scope, model: StageModel, period: Period
                          ) -> dict[str, dict[str, Any]]:
     """Stage key → exits in the period and the median days between entering the stage and
-    that exit (the transition before the exit is the entry). A range within the 90 days up to
-    today, with its spells stored for today, is answered from them (metrics.spells), the same
-    figures."""
+    that exit (the transition before the exit is the entry). A range within the spell days up
+    to today, with its spells stored for today, is answered from them (metrics.spells), the
+    same figures."""
     if spells.stored_range(period, scope) is not None:
         try:
             return spells.median_days_in_stage(scope=scope, model_id=model.pk, period=period)
@@ -702,7 +702,7 @@ def stage_conversions(*, scope: Scope, model: StageModel, period: Period
                       ) -> dict[str, dict[str, Any]]:
     """Of the customers entering each stage in the period (their first entry in it), how many
     moved next to each other stage (at any time since) and the median days it took. A range
-    within the 90 days up to today, with its spells stored for today, is answered from them
+    within the spell days up to today, with its spells stored for today, is answered from them
     (metrics.spells)."""
     if spells.stored_range(period, scope) is not None:
         try:

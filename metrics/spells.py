@@ -31,6 +31,7 @@ reports are computed live.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -38,7 +39,7 @@ from fractions import Fraction
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import OperationalError, connection, transaction
 
 from core import access
 from metrics import bitmaps, rangefacts
@@ -46,6 +47,7 @@ from metrics.models import FactsTable, StageSpell, StageSpellCell
 from metrics.periods import Period, Scope, day_start, local_today
 
 US_PER_DAY = 86_400_000_000
+LOCK_NOT_AVAILABLE = "55P03"
 # The block sizes of the block cells, aligned on metrics.bitmaps' day numbers.
 BLOCKS = bitmaps.SIZES
 # For building the spells' index after the nightly insert in memory (this transaction only).
@@ -290,15 +292,22 @@ def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
     return params
 
 
-# How many nights the nightly update may catch up on (more: a full rebuild).
+# How many nights the nightly update may catch up on (more: a full rebuild), and how many days
+# after a rebuild the next one comes anyway.
 UPDATE_DAYS = 7
+REBUILD_DAYS = 30
+# A transition committed after the last refresh read the highest id may have a lower one (its
+# transaction began before): the update also re-reads the customers with a transition this long
+# before the last refresh's day ended — a lifecycle run's transaction takes minutes, not a day.
+LATE = timedelta(days=1)
 # The share of the customers above which the update rebuilds instead (when more than
 # REBUILD_MIN: below that, either takes moments).
 REBUILD_SHARE = 0.25
 REBUILD_MIN = 10_000
 # The customers whose spells the nightly update re-reads: those with a stage transition recorded
-# since the last refresh (by id, and by time for one committed late with a lower id), and those
-# whose stored spells name another channel or owner than they have now, or who are gone.
+# since the last refresh (by id; and by time, from `LATE` before the end of its day, for one
+# committed late with a lower id), and those whose stored spells name another channel or owner
+# than they have now, or who are gone.
 MOVERS_SQL = """
 CREATE TEMPORARY TABLE spell_movers ON COMMIT DROP AS
 SELECT customer_id FROM lifecycle_stagetransition WHERE id > %(read_id)s OR at >= %(changed)s
@@ -339,13 +348,16 @@ MERGE_CELLS_SQL = [
 
 def _full_rebuild_needed(today: date, header: FactsTable) -> bool:
     """Whether the nightly refresh rebuilds every spell rather than updating the stored ones: the
-    first time, after another spell-days setting, after more than `UPDATE_DAYS` nights, on the
-    first of the month (what the update does not see — a stage model deleted, transitions
-    deleted or edited in place — is then rebuilt too), or when the spells are gone (an unlogged
-    table after a crash). The update itself rebuilds when most customers moved."""
-    as_of = header.spells_as_of
-    if (as_of is None or header.spells_read_id is None
-            or header.spells_days != rangefacts.spell_days() or today.day == 1
+    first time, after another spell-days setting or time zone, after more than `UPDATE_DAYS`
+    nights, `REBUILD_DAYS` after the last rebuild (what the update does not see — a stage model
+    deleted, transitions deleted or edited in place — is then rebuilt too), or when the spells
+    are gone (an unlogged table after a crash). The update itself rebuilds when most customers
+    moved."""
+    as_of, rebuilt_on = header.spells_as_of, header.spells_rebuilt_on
+    if (as_of is None or header.spells_read_id is None or rebuilt_on is None
+            or header.spells_days != rangefacts.spell_days()
+            or header.spells_time_zone != settings.TIME_ZONE
+            or (today - rebuilt_on).days >= REBUILD_DAYS
             or not today - timedelta(days=UPDATE_DAYS + 1) <= as_of < today):
         return True
     return not StageSpell.objects.exists()
@@ -363,9 +375,12 @@ def refresh(today: date, header: FactsTable) -> dict[str, Any]:
         result = _rebuild(params)
     else:
         result = _update(params, read_id=header.spells_read_id,
-                         changed=day_start(header.spells_as_of + timedelta(days=1)))
+                         changed=day_start(header.spells_as_of + timedelta(days=1)) - LATE)
     header.spells_days = rangefacts.spell_days()
+    header.spells_time_zone = settings.TIME_ZONE
     header.spells_read_id = read_id
+    if result["rebuilt"]:
+        header.spells_rebuilt_on = today
     return result
 
 
@@ -681,7 +696,32 @@ REPLACED = (" AND NOT EXISTS (SELECT 1 FROM metrics_todaystagespell x "
 
 
 class Inconsistent(Exception):
-    """The stored spells do not match their cells (a refresh in between): compute live."""
+    """The stored spells do not match their cells (a refresh in between), or are being rebuilt:
+    compute live."""
+
+
+# How long a request waits for the spells' tables: a rebuild holds them (TRUNCATE, index
+# builds) for minutes, and a request meanwhile answers live instead of waiting.
+LOCK_WAIT = "500ms"
+
+
+def _not_waiting(answer):
+    """Run `answer` with a short lock timeout (in a savepoint, restored after); a timeout raises
+    `Inconsistent`."""
+    @functools.wraps(answer)
+    def wrapper(**kwargs):
+        try:
+            with transaction.atomic():
+                previous = _raw("SELECT current_setting('lock_timeout'), "
+                                "set_config('lock_timeout', %s, true)", [LOCK_WAIT])[0][0]
+                result = answer(**kwargs)
+                _raw("SELECT set_config('lock_timeout', %s, true)", [previous])
+                return result
+        except OperationalError as error:
+            if getattr(error.__cause__, "pgcode", None) == LOCK_NOT_AVAILABLE:
+                raise Inconsistent("the stage spells are being rebuilt") from error
+            raise
+    return wrapper
 
 
 def _medians(*, scope: Scope, period: Period, model_id: int, kind: str,
@@ -731,6 +771,7 @@ def _medians(*, scope: Scope, period: Period, model_id: int, kind: str,
             for key, values in middle.items()}
 
 
+@_not_waiting
 def median_days_in_stage(*, scope: Scope, model_id: int, period: Period
                          ) -> dict[str, dict[str, Any]]:
     """As metrics.selectors.median_days_in_stage, from the stored spells (a `stored_range`)."""
@@ -741,6 +782,7 @@ def median_days_in_stage(*, scope: Scope, model_id: int, period: Period
             for key, figure in figures.items()}
 
 
+@_not_waiting
 def stage_conversions(*, scope: Scope, model_id: int, period: Period
                       ) -> dict[str, dict[str, Any]]:
     """As metrics.selectors.stage_conversions, from the stored spells (a `stored_range`)."""
