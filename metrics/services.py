@@ -209,6 +209,9 @@ def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
     result.channels_ms = round((time.monotonic() - lap) * 1000)
     result.duration_ms = round((time.monotonic() - started) * 1000)
     header.as_of = header.spells_as_of = header.channels_as_of = result.as_of
+    # The refreshes replaced today's changes too: none stored until the next frequent refresh
+    # (the ranges ending today are computed live meanwhile).
+    header.today_at = None
     header.refreshed_at = timezone.now()
     header.duration_ms = result.duration_ms
     header.save()

@@ -575,3 +575,22 @@ def test_a_request_during_a_rebuild_answers_live_instead_of_waiting(data, monkey
     calls = _count_fast_calls(monkeypatch)
     assert selectors.stage_conversions(scope=Scope(), model=value, period=period) == answer
     assert calls == ["stage_conversions"]
+
+
+def test_a_second_nightly_run_the_same_day_drops_todays_part_until_the_next_refresh(
+        data, monkeypatch):
+    """The nightly refresh replaces today's changes too: run again during the day, the stages
+    and flows of the ranges ending today are computed live (not short of today's moves) until
+    the next frequent refresh stores today's part again (the channels count today's part per
+    request meanwhile)."""
+    services.metrics_today(today=TODAY)
+    period = _period(7)
+    assert spells.stored_range(period, Scope()) == period
+    services.range_facts_refresh(today=TODAY)
+    assert not TodayStageSpell.objects.exists()
+    assert spells.stored_range(period, Scope()) is None
+    live = _live(data, monkeypatch, [period])
+    assert _reports(data, [period]) == live
+    services.metrics_today(today=TODAY)
+    assert spells.stored_range(period, Scope()) == period
+    _assert_same(_all_stored(data, monkeypatch, [period]), live)
