@@ -367,8 +367,9 @@ def refresh(today: date, header: FactsTable) -> dict[str, Any]:
     """Bring the spells and their cells up to today 00:00: the spells of the customers who moved
     (or changed channel or owner) since the last refresh re-read and the block cells changed by
     the difference, or everything rebuilt (`_full_rebuild_needed`). Call in a transaction
-    holding the `FactsTable` row `header` (like metrics.rangefacts.refresh); sets its spell
-    days and the last transition read."""
+    holding the `FactsTable` row `header` (like metrics.rangefacts.refresh); records on it what
+    the next night's update needs: the spell days, the time zone, the last transition read and
+    the day of the last rebuild."""
     params = _params(today, today_rows=False)
     read_id = _raw("SELECT COALESCE(MAX(id), 0) FROM lifecycle_stagetransition", {})[0][0]
     if _full_rebuild_needed(today, header):
