@@ -193,13 +193,23 @@ HAVING SUM(n) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
 """.format(source="{source}", ended=_range_of("ended_at"), started=_range_of("started_at"),
            previous=_range_of("previous_entry_at"))
 NIGHTLY_SOURCE = f"SELECT {COLUMNS}, 1 AS sign FROM metrics_stagespell"
-# Today's spells counted now, minus the nightly rows they replace.
-TODAY_SOURCE = f"""
-    SELECT {COLUMNS}, 1 AS sign FROM metrics_todaystagespell
+
+
+def _change_source(table: str, replaced: str) -> str:
+    """The spells of `table` counted now, minus the stored spells (`o`) they replace — those
+    the `replaced` join matches — as a signed source of the cells."""
+    stored = ", ".join(f"o.{column.strip()}" for column in COLUMNS.split(","))
+    return f"""
+    SELECT {COLUMNS}, 1 AS sign FROM {table}
     UNION ALL
-    SELECT {", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))}, -1
-    FROM metrics_stagespell o JOIN metrics_todaystagespell t ON t.spell_id = o.spell_id
+    SELECT {stored}, -1 FROM metrics_stagespell o {replaced}
 """
+
+
+# Today's spells counted now, minus the nightly rows they replace.
+TODAY_SOURCE = _change_source(
+    "metrics_todaystagespell",
+    "JOIN metrics_todaystagespell t ON t.spell_id = o.spell_id")
 
 
 # The same counts per aligned block of the spell days (`BLOCKS` days, as the customer
@@ -317,12 +327,8 @@ WHERE c.id IS NULL OR c.channel_id IS DISTINCT FROM s.channel_id
       OR c.owner_id IS DISTINCT FROM s.owner_id
 """
 # The block cells' change: the movers' spells now, less as stored.
-MOVERS_SOURCE = f"""
-    SELECT {COLUMNS}, 1 AS sign FROM spell_new
-    UNION ALL
-    SELECT {", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))}, -1
-    FROM metrics_stagespell o JOIN spell_movers m ON m.customer_id = o.customer_id
-"""
+MOVERS_SOURCE = _change_source("spell_new",
+                               "JOIN spell_movers m ON m.customer_id = o.customer_id")
 # The change added into the stored block cells (the keys compared with their empty values for
 # NULL), then the cells it zeroed removed.
 CELL_KEY = ("x.day = d.day AND x.days = d.days AND x.kind = d.kind AND x.model_id = d.model_id "
@@ -468,7 +474,7 @@ def refresh_today(today: date) -> dict[str, int]:
 # --- Answers --------------------------------------------------------------------------------
 
 def _spell_window(today: date) -> Period:
-    """The days the spells and the day cells cover (`rangefacts.spell_days`, up to today)."""
+    """The days the spells and the block cells cover (`rangefacts.spell_days`, up to today)."""
     return rangefacts.Window(today, rangefacts.spell_days()).period
 
 
@@ -481,7 +487,7 @@ def first_stored_day(today: date) -> date:
 def stored_range(period: Period, scope: Scope) -> Period | None:
     """`period` when the stored spells answer it for the scope: a range within the spell days
     up to today, with the spells stored for today and today's part fresh — from the standard
-    range's cells (the last 7, 30 or 90 days), else from the day cells, or for a (channel,
+    range's cells (the last 7, 30 or 90 days), else from the block cells, or for a (channel,
     owner) scope from its spells. None when the reports are computed live."""
     today = local_today()
     if period.start < first_stored_day(today) or period.end > today:
@@ -666,7 +672,7 @@ def _scope_figures(*, period: Period, model_id: int, kinds: list[str], channel: 
                    owner: int) -> dict[Key, Figure]:
     """A (channel, owner) scope's figures for a range other than the standard ones: its
     spells in the spell days are few (an index range), so they are counted directly instead of
-    storing per-day cells for every (channel, owner)."""
+    storing block cells for every (channel, owner)."""
     figures: dict[Key, Figure] = defaultdict(Figure)
     rows = _raw(SCOPE_FIGURES_SQL, {"model": model_id, "channel": channel, "owner": owner,
                                     "since": period.since, "until": period.until})

@@ -11,14 +11,20 @@ NEW_FIELD = models.CharField(max_length=200, verbose_name="idempotency key")
 CONSTRAINT = models.UniqueConstraint(fields=("idempotency_key",), name=NAME)
 
 
+def _fields(Event) -> tuple[models.Field, models.Field]:
+    """The key's field before and after, bound to the historical model."""
+    old, new = OLD_FIELD.clone(), NEW_FIELD.clone()
+    for field in (old, new):
+        field.set_attributes_from_name("idempotency_key")
+        field.model = Event
+    return old, new
+
+
 def forwards(apps, schema_editor):
     Event = apps.get_model("crm", "Event")
     connection = schema_editor.connection
     if connection.vendor != "postgresql":
-        old, new = OLD_FIELD.clone(), NEW_FIELD.clone()
-        old.set_attributes_from_name("idempotency_key")
-        new.set_attributes_from_name("idempotency_key")
-        old.model = new.model = Event
+        old, new = _fields(Event)
         schema_editor.alter_field(Event, old, new)
         schema_editor.add_constraint(Event, CONSTRAINT)
         return
@@ -45,10 +51,7 @@ def forwards(apps, schema_editor):
 def backwards(apps, schema_editor):
     Event = apps.get_model("crm", "Event")
     schema_editor.remove_constraint(Event, CONSTRAINT)
-    old, new = OLD_FIELD.clone(), NEW_FIELD.clone()
-    old.set_attributes_from_name("idempotency_key")
-    new.set_attributes_from_name("idempotency_key")
-    old.model = new.model = Event
+    old, new = _fields(Event)
     schema_editor.alter_field(Event, new, old)
 
 
