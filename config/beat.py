@@ -34,6 +34,11 @@ BEAT_SCHEDULE = {
         "schedule": 300.0,
         "options": {"expires": 280},
     },
+    "tagging-segment-index": {
+        "task": "tagging.tasks.build_segment_index",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     "tagging-sweep-orphans": {
         "task": "tagging.tasks.sweep_orphans",
         "schedule": crontab(minute=52, hour=3),

@@ -324,6 +324,12 @@ def _to_leaf(node: dict, path: str) -> Leaf:
     return leaf
 
 
+def to_leaf(node: dict, path: str = "") -> Leaf:
+    """The validated `Leaf` of a leaf node (its value normalised as its field's compiler gets
+    it), for evaluators other than the SQL compiler (tagging.segment_index)."""
+    return _to_leaf(node, path)
+
+
 def known_field_names() -> list[str]:
     return sorted(f"{name}<key>" if spec.prefix else name for name, spec in fields.items())
 

@@ -246,3 +246,44 @@ def materialize_rows(name: str, rows: models.QuerySet | tuple[str, Sequence],
         cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({connection.ops.quote_name(columns[0])})")
         cursor.execute(f"ANALYZE {table}")
     return count
+
+
+
+# wire type → native type; a timestamptz travels as microseconds since 2000-01-01 UTC
+# (-infinity and infinity as the smallest and largest int64).
+_COPY_TYPES = {"bool": (">?", "?"), "int2": (">i2", "<i2"), "int4": (">i4", "<i4"),
+               "int8": (">i8", "<i8"), "timestamptz": (">i8", "<i8")}
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+PG_EPOCH_MICROSECONDS = 946_684_800_000_000   # 2000-01-01 UTC after 1970-01-01, in µs
+
+
+def copy_columns(sql: str, params: Sequence[Any], types: Sequence[str]) -> list:
+    """Run a SELECT through `COPY … TO STDOUT (FORMAT BINARY)` and return its columns as numpy
+    arrays (PostgreSQL only): a million rows arrive as one stream, not a million Python tuples.
+
+    The SELECT must give exactly `types` (bool, int2, int4, int8 or timestamptz — the latter as
+    int64 microseconds since 2000-01-01 UTC) and never NULL (COALESCE to a sentinel; for a
+    timestamptz, '-infinity'): every row then has the same width and the stream is read as one
+    structured array."""
+    import io
+
+    import numpy as np
+
+    fields = [("n", ">i2")]
+    for i, kind in enumerate(types):
+        fields += [(f"l{i}", ">i4"), (f"c{i}", _COPY_TYPES[kind][0])]
+    with connection.cursor() as cursor:
+        statement = cursor.mogrify(sql, params).decode()
+        buffer = io.BytesIO()
+        cursor.copy_expert(f"COPY ({statement}) TO STDOUT (FORMAT BINARY)", buffer)
+    data = buffer.getbuffer()
+    if bytes(data[:11]) != _COPY_SIGNATURE:
+        raise ValueError("not a binary COPY stream")
+    start = 19 + int.from_bytes(data[15:19], "big")     # after the header extension
+    rows = np.frombuffer(data[start:len(data) - 2], dtype=np.dtype(fields))
+    if len(rows) and (rows["n"] != len(types)).any():
+        raise ValueError("the SELECT gives other columns than `types`")
+    for i in range(len(types)):
+        if len(rows) and (rows[f"l{i}"] < 0).any():
+            raise ValueError(f"column {i} holds NULL: COALESCE it in the SELECT")
+    return [rows[f"c{i}"].astype(_COPY_TYPES[kind][1]) for i, kind in enumerate(types)]

@@ -2,7 +2,12 @@
 
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
-from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -77,6 +82,10 @@ class SegmentSerializer(serializers.ModelSerializer):
 
 class PreviewSerializer(serializers.Serializer):
     condition = ConditionField()
+    exact = serializers.BooleanField(
+        required=False, default=False,
+        help_text=gettext_lazy("Count in the database now instead of from the segment index "
+                               "(a few minutes old, much faster)."))
 
 
 class TagChangeInSerializer(serializers.Serializer):
@@ -111,13 +120,19 @@ RUN_OUT = inline_serializer("TagRuleRunResult", {
     "matched": serializers.IntegerField(), "added": serializers.IntegerField(),
     "removed": serializers.IntegerField(), "duration_ms": serializers.IntegerField()})
 PREVIEW_OUT = inline_serializer("SegmentPreview", {
-    "count": serializers.IntegerField(), "sample": CustomerSerializer(many=True)})
+    "count": serializers.IntegerField(), "sample": CustomerSerializer(many=True),
+    "as_of": serializers.DateTimeField(help_text=gettext_lazy(
+        "When the data counted was read: the segment index's build, or now.")),
+    "source": serializers.ChoiceField(choices=["index", "live"], help_text=gettext_lazy(
+        "'index': from the segment index; 'live': counted in the database now."))})
 
 
-def _preview(request, condition) -> Response:
-    data = selectors.segment_preview(user=request.user, condition=condition)
+def _preview(request, condition, *, exact: bool = False) -> Response:
+    data = selectors.segment_preview(user=request.user, condition=condition, exact=exact)
     return Response({"count": data["count"],
-                     "sample": CustomerSerializer(data["sample"], many=True).data})
+                     "sample": CustomerSerializer(data["sample"], many=True).data,
+                     "as_of": serializers.DateTimeField().to_representation(data["as_of"]),
+                     "source": data["source"]})
 
 
 class TagGroupViewSet(viewsets.ModelViewSet):
@@ -216,12 +231,16 @@ class SegmentViewSet(viewsets.ModelViewSet):
         """Count + a sample of 20 for a condition (analysts get the count only)."""
         serializer = PreviewSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return _preview(request, serializer.validated_data["condition"])
+        return _preview(request, serializer.validated_data["condition"],
+                        exact=serializer.validated_data["exact"])
 
-    @extend_schema(request=None, responses=PREVIEW_OUT)
+    @extend_schema(request=None, responses=PREVIEW_OUT, parameters=[OpenApiParameter(
+        "exact", bool, description=gettext_lazy("Count in the database now instead of from "
+                                                "the segment index."))])
     @action(detail=True, methods=["get"], url_path="preview")
     def saved_preview(self, request, pk=None):
-        return _preview(request, self.get_object().condition)
+        exact = request.query_params.get("exact", "").lower() in ("1", "true", "yes")
+        return _preview(request, self.get_object().condition, exact=exact)
 
 
 class CustomerTagsView(APIView):

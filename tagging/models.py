@@ -259,3 +259,40 @@ class BulkTagJob(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.status}"
+
+
+class SegmentIndex(models.Model):
+    """One build of the segment index (`tagging.segment_index`): the customers' columns, tags
+    and event counts that segment previews read, as they were at `built_at`."""
+
+    built_at = models.DateTimeField(_("data as of"), db_index=True)
+    customers = models.PositiveIntegerField(_("customers"), default=0)
+    size_bytes = models.BigIntegerField(_("stored size (bytes)"), default=0)
+    seconds = models.FloatField(_("build time (s)"), default=0)
+
+    class Meta:
+        verbose_name = _("segment index")
+        verbose_name_plural = _("segment indexes")
+        ordering = ["-built_at"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.built_at:%Y-%m-%d %H:%M}"
+
+
+class SegmentIndexPart(models.Model):
+    """A named part of a build (`customers`, `tags`, `events:<type>`, `attributes`): numpy
+    arrays, compressed. A preview loads only the parts its condition reads."""
+
+    index = models.ForeignKey(SegmentIndex, verbose_name=_("segment index"),
+                              on_delete=models.CASCADE, related_name="parts")
+    name = models.CharField(_("name"), max_length=100)
+    data = models.BinaryField(_("data"))
+
+    class Meta:
+        verbose_name = _("segment index part")
+        verbose_name_plural = _("segment index parts")
+        constraints = [models.UniqueConstraint(fields=["index", "name"],
+                                               name="tagging_segment_index_part_once")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -6,11 +6,13 @@ from django.db import transaction
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from core import access, conditions
 from core.db import heavy_statements, materialize_ids
 from crm.models import Customer
 from crm.selectors import customer_list
+from tagging import segment_index
 from tagging.models import CustomerTag, Tag
 
 SAMPLE_SIZE = 20
@@ -39,11 +41,23 @@ def customer_tags(*, customer_id: int) -> list[dict[str, Any]]:
     } for ct in rows]
 
 
-def segment_preview(*, user, condition: Any) -> dict[str, Any]:
+def segment_preview(*, user, condition: Any, exact: bool = False) -> dict[str, Any]:
     """How many customers match (within what the user may see) and a sample of the newest.
-    Analysts read aggregates only: they get the count over all customers and no sample."""
-    q = conditions.compile_condition(condition)
+    Analysts read aggregates only: they get the count over all customers and no sample.
+
+    Answered from the segment index when it can (`tagging.segment_index`: data as of its last
+    build, a few minutes old; `as_of` says when), else — or with `exact` — in SQL now."""
+    conditions.validate(condition)
     analyst = access.user_role(user) == access.ANALYST
+    if not exact:
+        answer = segment_index.preview(condition, user=user, sample_size=SAMPLE_SIZE)
+        if answer is not None:
+            sample = [] if analyst else list(customer_list(user=user).filter(
+                pk__in=answer.newest).order_by("-pk"))
+            return {"count": answer.count, "sample": sample, "as_of": answer.as_of,
+                    "source": "index"}
+    now = timezone.now()
+    q = conditions.compile_condition(condition, now=now)
     matching = Customer.objects.filter(q) if analyst else customer_list(user=user).filter(q)
     with transaction.atomic():
         # PostgreSQL: the condition is evaluated once, set-based, into a temporary table; the
@@ -59,4 +73,4 @@ def segment_preview(*, user, condition: Any) -> dict[str, Any]:
                             (SAMPLE_SIZE,))
             sample = [] if analyst else list(customer_list(user=user).filter(pk__in=newest)
                                              .order_by("-pk"))
-    return {"count": count, "sample": sample}
+    return {"count": count, "sample": sample, "as_of": now, "source": "live"}

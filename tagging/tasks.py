@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from crm.hooks import touched_customers_process
-from tagging import services
+from tagging import segment_index, services
 from tagging.models import TagRule
 
 
@@ -49,3 +49,11 @@ def resume_bulk_tag_jobs() -> int:
 def sweep_orphans() -> int:
     """Nightly: remove tags a rule run wrote for a customer deleted while it ran."""
     return services.orphans_sweep()
+
+
+@shared_task(acks_late=True)
+def build_segment_index() -> int | None:
+    """Beat, every minute: a new build of the segment index once SEGMENT_INDEX_MINUTES have
+    passed since the last."""
+    index = segment_index.build_due()
+    return index.pk if index else None

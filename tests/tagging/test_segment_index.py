@@ -1,0 +1,196 @@
+"""Segment previews from the segment index (tagging.segment_index): the answer says where it
+comes from and as of when; it is the build's data until the next build; a leaf the index
+cannot answer, an index too old, or `exact` are counted in SQL; scopes hold; builds are one at
+a time, due by the interval, the two newest kept; a new build is swapped in once loaded.
+
+Which customers each leaf selects is held equal to SQL case by case in tests/core
+(`test_the_segment_index_gives_the_same_customers`)."""
+
+from datetime import datetime, timedelta
+from unittest import mock
+
+import psycopg2
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from crm.models import Customer
+from tagging import segment_index, services
+from tagging.models import CustomerTag, SegmentIndex
+from tests.factories import CustomerFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres_only]
+
+PREVIEW = "/api/v1/segments/preview/"
+SHANGHAI = {"field": "city", "op": "eq", "value": "上海"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process():
+    segment_index.forget()
+    yield
+    segment_index.forget()
+
+
+@pytest.fixture
+def crowd(operator, other_operator):
+    mine = [CustomerFactory(external_id=f"m{n}", owner=operator,
+                            city="上海" if n < 3 else "北京") for n in range(5)]
+    theirs = [CustomerFactory(external_id=f"t{n}", owner=other_operator, city="上海")
+              for n in range(2)]
+    return mine, theirs
+
+
+def ids_of(body) -> list[str]:
+    return [c["external_id"] for c in body["sample"]]
+
+
+def test_a_preview_reads_the_index_and_says_as_of_when(op_api, crowd):
+    index = segment_index.build()
+
+    body = op_api.post(PREVIEW, {"condition": SHANGHAI}, format="json").json()
+    exact = op_api.post(PREVIEW, {"condition": SHANGHAI, "exact": True}, format="json").json()
+
+    assert body["source"] == "index"
+    assert datetime.fromisoformat(body["as_of"]) == index.built_at
+    assert (body["count"], ids_of(body)) == (3, ["m2", "m1", "m0"])
+    assert exact["source"] == "live"
+    assert (exact["count"], ids_of(exact)) == (3, ["m2", "m1", "m0"])
+
+
+def test_the_index_is_the_builds_data_until_the_next_build(op_api, operator, crowd, tags):
+    segment_index.build()
+    CustomerFactory(external_id="new", owner=operator, city="上海")
+    services.customers_tags_change(customers=Customer.objects.filter(external_id="m0"),
+                                   add=[tags["美妆"]], remove=[], actor=operator)
+    tagged = {"field": "tag", "op": "any", "value": ["美妆"]}
+
+    assert op_api.post(PREVIEW, {"condition": SHANGHAI}, format="json").json()["count"] == 3
+    assert op_api.post(PREVIEW, {"condition": tagged}, format="json").json()["count"] == 0
+
+    segment_index.build()
+    # (a process keeps answering from the first build while it loads the second in the
+    # background — test_a_new_build_is_swapped_in_once_its_parts_are_loaded; this one starts
+    # from the second)
+    segment_index.forget()
+
+    body = op_api.post(PREVIEW, {"condition": SHANGHAI}, format="json").json()
+    assert (body["source"], body["count"], ids_of(body)[0]) == ("index", 4, "new")
+    assert op_api.post(PREVIEW, {"condition": tagged}, format="json").json()["count"] == 1
+
+
+def test_only_the_two_newest_builds_are_kept(crowd):
+    builds = [segment_index.build() for _n in range(3)]
+    assert set(SegmentIndex.objects.values_list("pk", flat=True)) == {b.pk for b in builds[1:]}
+    assert builds[-1].customers == 7
+    assert builds[-1].size_bytes > 0
+
+
+@pytest.mark.parametrize("condition", [
+    {"field": "order", "op": "count_gte", "value": 1},
+    {"all": [SHANGHAI, {"field": "name", "op": "contains", "value": "张"}]},
+    {"field": "event", "op": "count_gte", "value": 6, "type": "message_in", "within_days": 7},
+])
+def test_what_the_index_cannot_answer_is_counted_live(op_api, crowd, condition):
+    segment_index.build()
+    body = op_api.post(PREVIEW, {"condition": condition}, format="json").json()
+    assert body["source"] == "live"
+
+
+def test_an_index_older_than_the_limit_is_not_used(op_api, crowd, settings):
+    index = segment_index.build()
+    assert op_api.post(PREVIEW, {"condition": SHANGHAI}, format="json").json()["source"] \
+        == "index"
+
+    SegmentIndex.objects.filter(pk=index.pk).update(
+        built_at=timezone.now() - timedelta(minutes=settings.SEGMENT_INDEX_MAX_AGE_MINUTES + 1))
+    body = op_api.post(PREVIEW, {"condition": SHANGHAI}, format="json").json()
+    assert (body["source"], body["count"]) == ("live", 3)
+
+    settings.SEGMENT_INDEX_MINUTES = 0      # switched off
+    assert segment_index.build() is None
+    assert segment_index.build_due() is None
+
+
+def test_scopes_hold_for_operators_and_analysts(english_client, other_operator, analyst,
+                                                admin_user, crowd):
+    segment_index.build()
+    theirs = english_client(other_operator).post(PREVIEW, {"condition": SHANGHAI},
+                                                 format="json").json()
+    counted = english_client(analyst).post(PREVIEW, {"condition": SHANGHAI},
+                                           format="json").json()
+    everyone = english_client(admin_user).post(PREVIEW, {"condition": SHANGHAI},
+                                               format="json").json()
+
+    assert (theirs["source"], theirs["count"], ids_of(theirs)) == ("index", 2, ["t1", "t0"])
+    assert (counted["source"], counted["count"], counted["sample"]) == ("index", 5, [])
+    assert (everyone["count"], ids_of(everyone)) == (5, ["t1", "t0", "m2", "m1", "m0"])
+
+
+def test_the_saved_segment_preview_reads_the_index_unless_asked_for_exact(op_api, crowd):
+    segment_index.build()
+    segment = op_api.post("/api/v1/segments/", {"name": "上海", "condition": SHANGHAI},
+                          format="json").json()
+    url = f"/api/v1/segments/{segment['id']}/preview/"
+    assert op_api.get(url).json()["source"] == "index"
+    assert op_api.get(url, {"exact": "1"}).json()["source"] == "live"
+
+
+def test_a_build_is_due_after_the_interval(crowd, settings):
+    first = segment_index.build_due()
+    assert first is not None
+    assert segment_index.build_due() is None
+    later = timezone.now() + timedelta(minutes=settings.SEGMENT_INDEX_MINUTES)
+    assert segment_index.build_due(now=later) is not None
+
+
+def test_a_second_build_while_one_runs_is_skipped(crowd):
+    other = psycopg2.connect(dbname=connection.settings_dict["NAME"],
+                             user=connection.settings_dict["USER"] or "postgres",
+                             host=connection.settings_dict["HOST"] or "127.0.0.1",
+                             port=connection.settings_dict["PORT"] or 5432)
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [segment_index.LOCK_KEY])
+        assert segment_index.build() is None
+    finally:
+        other.close()
+    assert segment_index.build() is not None
+
+
+def test_tag_rows_of_customers_gone_are_left_out(op_api, operator, crowd, tags):
+    """Customer tags have no foreign keys: a row may outlive its customer for a while."""
+    mine, _theirs = crowd
+    services.customers_tags_change(customers=Customer.objects.filter(pk=mine[0].pk),
+                                   add=[tags["美妆"]], remove=[], actor=operator)
+    CustomerTag.objects.create(customer_id=mine[-1].pk + 1000, tag=tags["美妆"],
+                               added_at=timezone.now())
+    CustomerTag.objects.create(customer_id=mine[1].pk, tag=tags["美妆"], added_at=timezone.now())
+    Customer.objects.filter(pk=mine[1].pk).delete()
+    segment_index.build()
+
+    body = op_api.post(PREVIEW, {"condition": {"field": "tag", "op": "any", "value": ["美妆"]}},
+                       format="json").json()
+    assert (body["source"], body["count"], ids_of(body)) == ("index", 1, ["m0"])
+    none = op_api.post(PREVIEW, {"condition": {"field": "tag", "op": "none",
+                                               "value": ["美妆"]}}, format="json").json()
+    assert none["count"] == 3
+
+
+def test_a_new_build_is_swapped_in_once_its_parts_are_loaded(op_api, crowd):
+    first = segment_index.build()
+    op_api.post(PREVIEW, {"condition": SHANGHAI}, format="json")     # loads "customers"
+    second = segment_index.build()
+
+    with mock.patch.object(segment_index.threading, "Thread") as thread:
+        answering = segment_index.current()
+    # the previous build keeps answering while the new one loads in the background
+    assert answering.index_id == first.pk
+    target, (snapshot, names) = (thread.call_args.kwargs["target"],
+                                 thread.call_args.kwargs["args"])
+    assert (snapshot.index_id, names) == (second.pk, ["customers"])
+    assert thread.return_value.start.called
+
+    assert segment_index.load_and_swap(snapshot, names)
+    assert segment_index.current().index_id == second.pk
+    assert snapshot.loaded_parts == ["customers"]
