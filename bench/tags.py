@@ -11,7 +11,8 @@ What it does, on the database DATABASE_URL names (meant for 1M customers / 10M e
 2. Runs every rule once from scratch, then again (the no-change re-run: 0 rows written), with
    the `exists()` pre-checks of `tagging.services._add` / `_remove` as they are — then empties
    the tags again and repeats both runs with the pre-checks bypassed (monkeypatched here).
-3. Times `tagging.selectors.segment_preview` over random 3-condition combinations (a tag leaf,
+3. Builds the segment index and times `tagging.selectors.segment_preview` from it, then in SQL
+   (`exact`), over random 3-condition combinations (a tag leaf,
    an attribute or customer-field leaf, an event leaf): p50 / p95.
 4. Compares the join table `tagging_customertag` (EXISTS on (tag, customer)) with a GIN index
    on a `tag_ids int[]` copy (`bench_customer_tags`): A AND B, A OR B, a rare tag, sizes.
@@ -50,7 +51,7 @@ from django.db.models import QuerySet  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from core import access  # noqa: E402
-from tagging import services  # noqa: E402
+from tagging import segment_index, services  # noqa: E402
 from tagging.models import (  # noqa: E402
     CustomerTag,
     Tag,
@@ -370,17 +371,39 @@ def random_condition(rng: random.Random, tag_ids: list[int]) -> dict:
     return {"any" if rng.random() < 0.2 else "all": leaves}
 
 
-def previews(admin, tag_ids: list[int], n: int, seed: int, recorder: Recorder) -> list[dict]:
-    rng = random.Random(seed)
-    segment_preview(user=admin, condition={"field": "tag", "op": "any", "value": tag_ids[:1]})
+def previews(admin, conditions: list[dict], recorder: Recorder, *, exact: bool) -> list[dict]:
     out = []
-    for _i in range(n):
-        condition = random_condition(rng, tag_ids)
+    for condition in conditions:
         with recorder.recording() as statements:
-            seconds, result = timed(segment_preview, user=admin, condition=condition)
+            seconds, result = timed(segment_preview, user=admin, condition=condition,
+                                    exact=exact)
         out.append({"condition": condition, "s": seconds, "count": result["count"],
-                    "statements": list(statements)})
+                    "source": result["source"], "statements": list(statements)})
     return out
+
+
+def index_previews(admin, conditions: list[dict], recorder: Recorder) -> list[dict]:
+    """Build the segment index, then preview from it: the first preview of a fresh process
+    (it loads the customers' and tags' parts), the conditions as they come (each event type
+    and the attributes loaded the first time a condition reads them), and the same again."""
+    seconds, index = timed(segment_index.build)
+    print(f"\nSegment index built in {seconds:.1f} s: {index.customers:,} customers, "
+          f"{index.size_bytes / 1e6:.1f} MB stored")
+    segment_index.forget()
+    first, _r = timed(segment_preview, user=admin, condition=conditions[0])
+    cold = previews(admin, conditions, recorder, exact=False)
+    warm = previews(admin, conditions, recorder, exact=False)
+    rows = [["first preview of a process", 1, ms(first), "", ms(first), "index"]]
+    for label, results in (("as they come (parts loaded on first use)", cold),
+                           ("again (parts loaded)", warm)):
+        times = [r["s"] for r in results]
+        sources = {r["source"] for r in results}
+        rows.append([label, len(times), ms(pct(times, 0.5)), ms(pct(times, 0.95)),
+                     ms(max(times)), "/".join(sorted(sources))])
+    table(["from the segment index", "previews", "p50 ms", "p95 ms", "max ms", "source"], rows,
+          "Segment preview from the segment index, 3-condition combinations "
+          "(target p95 ≤ 200 ms)")
+    return warm
 
 
 # --- Join table vs GIN ----------------------------------------------------------------------
@@ -509,6 +532,8 @@ def main() -> None:
                         help="drop the indexes other indexes cover for the run, then rebuild "
                              "them (a scratch experiment on the bench database)")
     parser.add_argument("--no-gin", action="store_true", help="skip the GIN comparison")
+    parser.add_argument("--skip-rules", action="store_true",
+                        help="keep the tags of an earlier run and only measure the previews")
     parser.add_argument("--rule-timeout", type=int, default=120,
                         help="statement_timeout (s) while rules run; a rule that hits it is "
                              "reported as TIMEOUT and rolled back")
@@ -519,49 +544,9 @@ def main() -> None:
         run(args, stack)
 
 
-def run(args, stack: ExitStack) -> None:
-    if connection.vendor != "postgresql":
-        sys.exit("bench/tags.py measures PostgreSQL; set DATABASE_URL")
-    name = connection.settings_dict["NAME"]
-    if "bench" not in name and not args.force:
-        sys.exit(f"refusing to empty the tags of database {name!r} (pass --force)")
-    started = time.perf_counter()
-    _time_commits()
-    if args.jit == "off":
-        connection_created.connect(_jit_off)
-        sql("SET jit = off")
-    if args.work_mem:
-        def _work_mem(sender, connection, **kwargs) -> None:
-            with connection.cursor() as cursor:
-                cursor.execute(f"SET work_mem = '{args.work_mem}'")
-
-        connection_created.connect(_work_mem, weak=False)
-        sql(f"SET work_mem = '{args.work_mem}'")
-    if args.fk_checks == "off":
-        connection_created.connect(_no_fk_checks)
-        sql("SET session_replication_role = replica")
-    if args.drop_redundant_indexes:
-        dropped = stack.enter_context(indexes_dropped(REDUNDANT_INDEXES))
-        print(f"(dropped for this run, rebuilt at its end: {', '.join(dropped)})")
-    vacuumed = vacuum_stale_tables(sql)
-    if vacuumed:
-        print(f"(vacuumed first, as autovacuum would have: {', '.join(vacuumed)})")
-    recorder = Recorder()
-    connection.execute_wrappers.append(recorder)
-
-    counts = {t: sql(f"SELECT reltuples::bigint FROM pg_class WHERE relname = '{t}'")[0][0]
-              for t in ("crm_customer", "crm_event", "crm_order", "crm_groupmembership")}
-    counts["crm_customer"] = sql("SELECT count(*) FROM crm_customer")[0][0]
-    version = sql("SHOW server_version")[0][0]
-    print(f"# bench/tags.py — database {name}, PostgreSQL {version}, "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, jit {sql('SHOW jit')[0][0]}, "
-          f"work_mem {sql('SHOW work_mem')[0][0]}, pre-checks {args.prechecks}, "
-          f"fk checks {args.fk_checks}")
-    print("data: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
-
+def rule_runs(args, *, rules: list[TagRule], recorder: Recorder) -> tuple[list, dict]:
     # After TRUNCATE the tag tables are as a fresh install has them: never analyzed, so the
     # planner sizes them from their files as they grow.
-    rules = setup_rules(args.rules)
     variants = {"both": ["as-is", "bypassed"], "as-is": ["as-is"],
                 "bypassed": ["bypassed"]}[args.prechecks]
     runs: dict[str, tuple[dict, dict]] = {}
@@ -606,16 +591,72 @@ def run(args, stack: ExitStack) -> None:
            "rules timed out", "re-run s", "rows written re-run", "re-run timed out"], summary,
           "All rules (target: 1st run ≤ 60 s; re-run writes 0 rows of tags or history)")
 
+    return rules, first
+
+
+def run(args, stack: ExitStack) -> None:
+    if connection.vendor != "postgresql":
+        sys.exit("bench/tags.py measures PostgreSQL; set DATABASE_URL")
+    name = connection.settings_dict["NAME"]
+    if "bench" not in name and not args.force:
+        sys.exit(f"refusing to empty the tags of database {name!r} (pass --force)")
+    started = time.perf_counter()
+    _time_commits()
+    if args.jit == "off":
+        connection_created.connect(_jit_off)
+        sql("SET jit = off")
+    if args.work_mem:
+        def _work_mem(sender, connection, **kwargs) -> None:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SET work_mem = '{args.work_mem}'")
+
+        connection_created.connect(_work_mem, weak=False)
+        sql(f"SET work_mem = '{args.work_mem}'")
+    if args.fk_checks == "off":
+        connection_created.connect(_no_fk_checks)
+        sql("SET session_replication_role = replica")
+    if args.drop_redundant_indexes:
+        dropped = stack.enter_context(indexes_dropped(REDUNDANT_INDEXES))
+        print(f"(dropped for this run, rebuilt at its end: {', '.join(dropped)})")
+    vacuumed = vacuum_stale_tables(sql)
+    if vacuumed:
+        print(f"(vacuumed first, as autovacuum would have: {', '.join(vacuumed)})")
+    recorder = Recorder()
+    connection.execute_wrappers.append(recorder)
+
+    counts = {t: sql(f"SELECT reltuples::bigint FROM pg_class WHERE relname = '{t}'")[0][0]
+              for t in ("crm_customer", "crm_event", "crm_order", "crm_groupmembership")}
+    counts["crm_customer"] = sql("SELECT count(*) FROM crm_customer")[0][0]
+    version = sql("SHOW server_version")[0][0]
+    print(f"# bench/tags.py — database {name}, PostgreSQL {version}, "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, jit {sql('SHOW jit')[0][0]}, "
+          f"work_mem {sql('SHOW work_mem')[0][0]}, pre-checks {args.prechecks}, "
+          f"fk checks {args.fk_checks}")
+    print("data: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+
+    if args.skip_rules:
+        layers = TagRule.objects.filter(tag__group__key="value_layer")
+        rules = list(layers.order_by("priority", "pk")) + list(
+            TagRule.objects.filter(name__startswith="bench: ", active=True).order_by("priority"))
+        first = None
+    else:
+        rules, first = rule_runs(args, rules=setup_rules(args.rules), recorder=recorder)
+
     admin = get_user_model().objects.filter(is_superuser=True).first() or next(
         u for u in get_user_model().objects.all() if access.user_role(u) == access.ADMIN)
     tag_ids = [r.tag_id for r in rules]
     if args.previews:
-        results = previews(admin, tag_ids, args.previews, args.seed, recorder)
+        rng = random.Random(args.seed)
+        conditions = [random_condition(rng, tag_ids) for _i in range(args.previews)]
+        indexed = index_previews(admin, conditions, recorder)
+        segment_preview(user=admin, condition=conditions[0], exact=True)     # warm
+        results = previews(admin, conditions, recorder, exact=True)
         times = [r["s"] for r in results]
-        table(["previews", "p50 ms", "p95 ms", "max ms", "mean ms"],
+        same = sum(a["count"] == b["count"] for a, b in zip(indexed, results, strict=True))
+        table(["previews", "p50 ms", "p95 ms", "max ms", "mean ms", "counts as the index's"],
               [[len(times), ms(pct(times, 0.5)), ms(pct(times, 0.95)), ms(max(times)),
-                ms(statistics.mean(times))]], "Segment preview, 3-condition combinations "
-                                              "(target p95 ≤ 200 ms)")
+                ms(statistics.mean(times)), f"{same} of {len(times)}"]],
+              "Segment preview counted in SQL now (`exact`), the same conditions")
         by_window: dict[str, list[float]] = {}
         for r in results:
             leaf = next(x for x in next(iter(r["condition"].values())) if x["field"] == "event")
@@ -640,6 +681,9 @@ def run(args, stack: ExitStack) -> None:
     if not args.no_gin:
         gin_compare()
 
+    if first is None:
+        print(f"\nbench/tags.py done in {time.perf_counter() - started:.0f} s")
+        return
     worst_rule = max(first["rules"], key=lambda r: r["s"])
     index = max(range(len(worst_rule["statements"])),
                 key=lambda i: worst_rule["statements"][i][0])

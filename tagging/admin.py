@@ -10,6 +10,7 @@ from tagging.models import (
     BulkTagJob,
     CustomerTag,
     Segment,
+    SegmentIndex,
     Tag,
     TagChange,
     TagGroup,
@@ -115,3 +116,18 @@ class BulkTagJobAdmin(admin.ModelAdmin):
     list_filter = ("status",)
     readonly_fields = ("status", "total", "processed", "added", "removed", "last_customer_id",
                        "error")
+
+
+@admin.register(SegmentIndex)
+class SegmentIndexAdmin(admin.ModelAdmin):
+    """The builds of the segment index: when, how big, how long (read-only; beat builds them,
+    `manage.py build_segment_index` builds one now)."""
+
+    list_display = ("id", "built_at", "customers", "size_bytes", "seconds")
+    fields = list_display
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

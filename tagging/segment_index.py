@@ -226,15 +226,18 @@ def build() -> SegmentIndex | None:
             return None
         heavy_statements()
         built_at = _rows("SELECT transaction_timestamp()")[0][0]
+        # each part packed as soon as it is read: the raw arrays of one part at a time in memory
         customers = _customers_part()
-        size = len(customers["exists"])
-        parts = {"customers": customers, "attributes": _attributes_part(size),
-                 "tags": _tags_part()}
-        for kind in Event.Type.values:
-            parts[f"events:{kind}"] = _events_part(kind)
-        packed = {name: _pack(arrays) for name, arrays in parts.items()}
+        size, count = len(customers["exists"]), int(customers["exists"].sum())
+        readers = {"attributes": lambda: _attributes_part(size), "tags": _tags_part,
+                   **{f"events:{kind}": (lambda kind=kind: _events_part(kind))
+                      for kind in Event.Type.values}}
+        packed = {"customers": _pack(customers)}
+        del customers
+        for name, read in readers.items():
+            packed[name] = _pack(read())
         index = SegmentIndex.objects.create(
-            built_at=built_at, customers=int(customers["exists"].sum()),
+            built_at=built_at, customers=count,
             size_bytes=sum(len(data) for data in packed.values()))
         SegmentIndexPart.objects.bulk_create(
             [SegmentIndexPart(index=index, name=name, data=data) for name, data in packed.items()])

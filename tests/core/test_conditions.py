@@ -449,7 +449,13 @@ def segment_index_build(dataset, django_db_blocker):
     from tagging import segment_index
 
     with django_db_blocker.unblock():
-        return segment_index.Snapshot(segment_index.build())
+        index = segment_index.build()
+        snapshot = segment_index.Snapshot(index)
+        for name in index.parts.values_list("name", flat=True):
+            snapshot.part(name)
+        # loaded: the build goes, so that the module's other previews count in SQL
+        index.delete()
+    return snapshot
 
 
 _SQL_ONLY_FIELDS = {"external_id", "name", "phone", "order", "group", "stage"}
