@@ -188,6 +188,7 @@ def test_a_new_build_is_swapped_in_once_its_parts_are_loaded(op_api, crowd):
     assert answering.index_id == first.pk
     target, (snapshot, names) = (thread.call_args.kwargs["target"],
                                  thread.call_args.kwargs["args"])
+    assert target is segment_index._swap
     assert (snapshot.index_id, names) == (second.pk, ["customers"])
     assert thread.return_value.start.called
 
