@@ -197,6 +197,9 @@ SPECTACULAR_SETTINGS = {
         "CustomerStatusEnum": "crm.models.Customer.Status",
         "OrderStatusEnum": "crm.models.Order.Status",
         "BulkTagJobStatusEnum": "tagging.models.BulkTagJob.Status",
+        "SegmentPreviewSourceEnum": ["index", "live"],
+        # the name it had before the preview's `source` came (generated clients use it)
+        "SourceEnum": "lifecycle.models.TransitionSource",
     },
 }
 

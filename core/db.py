@@ -280,10 +280,17 @@ def copy_columns(sql: str, params: Sequence[Any], types: Sequence[str]) -> list:
     if bytes(data[:11]) != _COPY_SIGNATURE:
         raise ValueError("not a binary COPY stream")
     start = 19 + int.from_bytes(data[15:19], "big")     # after the header extension
-    rows = np.frombuffer(data[start:len(data) - 2], dtype=np.dtype(fields))
+    try:
+        rows = np.frombuffer(data[start:len(data) - 2], dtype=np.dtype(fields))
+    except ValueError:
+        # a NULL (no bytes) or a wider value makes its row shorter or longer than the rest
+        raise ValueError("rows of unequal width: a column holds NULL or is not of its type "
+                         "in `types`; COALESCE and cast it in the SELECT") from None
     if len(rows) and (rows["n"] != len(types)).any():
         raise ValueError("the SELECT gives other columns than `types`")
-    for i in range(len(types)):
-        if len(rows) and (rows[f"l{i}"] < 0).any():
-            raise ValueError(f"column {i} holds NULL: COALESCE it in the SELECT")
+    for i, kind in enumerate(types):
+        width = np.dtype(_COPY_TYPES[kind][0]).itemsize
+        if len(rows) and (rows[f"l{i}"] != width).any():
+            raise ValueError(f"column {i} is not {kind} or holds NULL: COALESCE and cast it "
+                             "in the SELECT")
     return [rows[f"c{i}"].astype(_COPY_TYPES[kind][1]) for i, kind in enumerate(types)]

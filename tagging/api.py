@@ -239,7 +239,8 @@ class SegmentViewSet(viewsets.ModelViewSet):
                                                 "the segment index."))])
     @action(detail=True, methods=["get"], url_path="preview")
     def saved_preview(self, request, pk=None):
-        exact = request.query_params.get("exact", "").lower() in ("1", "true", "yes")
+        exact = serializers.BooleanField(required=False).run_validation(
+            request.query_params.get("exact", False))
         return _preview(request, self.get_object().condition, exact=exact)
 
 

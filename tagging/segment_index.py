@@ -37,12 +37,13 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import threading
 import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -69,7 +70,7 @@ KEEP_BUILDS = 2
 LATEST = 5                      # crm.EventCount keeps the 5 latest times per type
 DATETIMES = ("joined_at", "last_active_at", "first_order_at", "last_order_at",
              "status_changed_at")
-_ATTRIBUTE_KEY_SQL = r"^[\w\-]{1,64}$"
+ATTRIBUTE_KEY = re.compile(r"^[\w\-]{1,64}$")   # as crm.conditions accepts them
 
 
 def available() -> bool:
@@ -153,10 +154,12 @@ def _attributes_part(size: int) -> dict[str, np.ndarray]:
     pairs = _rows(
         "SELECT e.key, CASE WHEN jsonb_typeof(e.value) = 'string' THEN e.value #>> '{}' END "
         "FROM crm_customer c CROSS JOIN LATERAL jsonb_each(c.attributes) AS e "
-        "WHERE jsonb_typeof(e.value) <> 'null' AND e.key ~ %s GROUP BY 1, 2",
-        [_ATTRIBUTE_KEY_SQL])
+        "WHERE jsonb_typeof(c.attributes) = 'object' AND jsonb_typeof(e.value) <> 'null' "
+        "GROUP BY 1, 2")
     values: dict[str, list[str]] = {}
     for key, value in pairs:
+        if not ATTRIBUTE_KEY.match(key):
+            continue        # a key no condition can name (crm.conditions validates keys)
         values.setdefault(key, [])
         if value is not None:
             values[key].append(value)
@@ -180,7 +183,7 @@ def _attributes_part(size: int) -> dict[str, np.ndarray]:
         "JOIN unnest(%s::text[]) WITH ORDINALITY AS ek(k, n) ON ek.k = e.key "
         "LEFT JOIN unnest(%s::text[], %s::text[]) WITH ORDINALITY AS ev(k, v, n) "
         "ON jsonb_typeof(e.value) = 'string' AND ev.k = e.key AND ev.v = e.value #>> '{}' "
-        "WHERE jsonb_typeof(e.value) <> 'null'",
+        "WHERE jsonb_typeof(c.attributes) = 'object' AND jsonb_typeof(e.value) <> 'null'",
         [keys, flat_keys, flat_values], ["int4", "int4", "int4"])
     for number, key in enumerate(keys, start=1):
         rows = key_codes == number
@@ -424,9 +427,9 @@ def _cents(column: np.ndarray, op: str, value: Any) -> np.ndarray:
         return ~found if op == "not_in" else found
     if op == "between":
         return _cents(column, "gte", value[0]) & _cents(column, "lte", value[1])
-    scaled = Decimal(value) * 100
+    scaled = Fraction(value) * 100         # exact, whatever the number of digits
     if op in ("eq", "ne"):
-        found = (column == _clamp(int(scaled)) if scaled == scaled.to_integral_value()
+        found = (column == _clamp(int(scaled)) if scaled.denominator == 1
                  else np.zeros(len(column), dtype=bool))
         return ~found if op == "ne" else found
     bound = {"gte": math.ceil, "lt": math.ceil, "gt": math.floor, "lte": math.floor}[op]
@@ -554,8 +557,12 @@ def _attribute(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
     if op not in ("eq", "ne", "in", "not_in", "is_null") or (
             op != "is_null" and not all(isinstance(v, str) for v in operands)):
         raise Unsupported(leaf.field)
-    part = ev.snapshot.part("attributes")
     key = leaf.key
+    if key.isdigit():
+        # the SQL compiler reads `attributes -> 2024` (an array index) for such a key; the
+        # index would read the object's key: left to SQL so that both agree
+        raise Unsupported(leaf.field)
+    part = ev.snapshot.part("attributes")
     if f"codes:{key}" not in part:
         if key in {str(k) for k in part["excluded"]}:
             raise Unsupported(leaf.field)
@@ -595,7 +602,8 @@ def _tag(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
 def _event(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
     """As crm.conditions: a whole history or "since joining" sums the per-type counts; a window
     counts, per type, how many of the 5 latest times fall in it (exact up to 5)."""
-    kinds = leaf.params.get("type") or list(Event.Type.values)
+    # a type listed twice counts once, as `type IN (…)` does
+    kinds = list(dict.fromkeys(leaf.params.get("type") or Event.Type.values))
     k = leaf.value if leaf.op == "count_gte" else leaf.value + 1
     if k <= 0:
         return np.ones(ev.size, dtype=bool)

@@ -509,6 +509,13 @@ def test_the_segment_index_gives_the_same_customers(dataset, segment_index_build
     leaf("total_spent", "in", ["0", "99.5", "300.001"]),
     leaf("total_spent", "between", ["99.491", "1999.999"]),
     leaf("total_spent", "gte", "1e30"), leaf("orders_count", "gte", 10 ** 30),
+    # more digits than a default decimal context keeps
+    leaf("total_spent", "gt", "1999.99999999999999999999999999999"),
+    leaf("total_spent", "lte", "1999.99999999999999999999999999999"),
+    leaf("total_spent", "ne", "1999.99999999999999999999999999999"),
+    # a type listed twice counts once
+    leaf("event", "count_gte", 2, type=["message_in", "message_in"]),
+    leaf("event", "count_lte", 1, type=["message_in", "message_in"], within_days=400),
     leaf("orders_count", "in", [1, 10 ** 30]), leaf("orders_count", "not_in", [-(10 ** 30)]),
     # windows of events since joining: an event before joining does not count
     leaf("event", "count_gte", 2, type="message_in", within_days=400, since_joined=True),

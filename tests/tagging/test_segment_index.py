@@ -153,6 +153,8 @@ def test_a_second_build_while_one_runs_is_skipped(crowd):
         with other.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_lock(%s)", [segment_index.LOCK_KEY])
         assert segment_index.build() is None
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [segment_index.LOCK_KEY])
     finally:
         other.close()
     assert segment_index.build() is not None
@@ -195,3 +197,41 @@ def test_a_new_build_is_swapped_in_once_its_parts_are_loaded(op_api, crowd):
     assert segment_index.load_and_swap(snapshot, names)
     assert segment_index.current().index_id == second.pk
     assert snapshot.loaded_parts == ["customers"]
+
+
+def test_attribute_keys_of_any_script_and_odd_attributes(op_api, operator):
+    """A Chinese key is indexed; a customer whose attributes are not an object (the admin's
+    JSON field accepts any JSON) does not stop the build; a key of digits, which the SQL
+    compiler reads as an array index, is left to SQL so that both agree."""
+    CustomerFactory(external_id="gold", owner=operator, attributes={"等级": "金卡", "2024": "x"})
+    CustomerFactory(external_id="silver", owner=operator, attributes={"等级": "银卡"})
+    CustomerFactory(external_id="odd", owner=operator, attributes=["等级"])
+    assert segment_index.build() is not None
+
+    def preview(condition):
+        return op_api.post(PREVIEW, {"condition": condition}, format="json").json()
+
+    gold = preview({"field": "attributes.等级", "op": "eq", "value": "金卡"})
+    assert (gold["source"], ids_of(gold)) == ("index", ["gold"])
+    unset = preview({"field": "attributes.等级", "op": "is_null", "value": True})
+    assert (unset["source"], ids_of(unset)) == ("index", ["odd"])
+    digits = preview({"field": "attributes.2024", "op": "eq", "value": "x"})
+    assert digits["source"] == "live"
+    assert digits["count"] == op_api.post(PREVIEW, {"condition": {
+        "field": "attributes.2024", "op": "eq", "value": "x"}, "exact": True},
+        format="json").json()["count"]
+
+
+def test_exact_on_a_saved_segment_takes_a_yes_or_no(op_api, crowd):
+    segment = op_api.post("/api/v1/segments/", {"name": "上海", "condition": SHANGHAI},
+                          format="json").json()
+    response = op_api.get(f"/api/v1/segments/{segment['id']}/preview/", {"exact": "maybe"})
+    assert response.status_code == 400
+
+
+def test_the_preview_answer_keeps_the_existing_schema_names(admin_api):
+    """`source` of the preview has its own enum; the transitions' `SourceEnum` keeps its name
+    (generated clients use it)."""
+    schemas = admin_api.get("/api/schema/", {"format": "json"}).json()["components"]["schemas"]
+    assert "SourceEnum" in schemas
+    assert "SegmentPreviewSourceEnum" in schemas
