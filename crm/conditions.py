@@ -267,6 +267,12 @@ def _attribute_validate(leaf: Leaf) -> None:
     if not _ATTRIBUTE_KEY.match(leaf.key) or "__" in leaf.key:
         raise ConditionError(_path(leaf, "field"), _("attribute keys are 1-64 letters, digits, "
                                                      "'_' or '-'"))
+    if leaf.key.isdigit():
+        # Django's JSON lookups read a key of digits as a position in a list
+        # (`attributes -> 2024`), never as the object's key "2024": refuse it rather than
+        # answer for another key.
+        raise ConditionError(_path(leaf, "field"), _("an attribute key of digits only cannot "
+                                                     "be used in conditions"))
     _scalar_validator("attribute")(leaf)
 
 

@@ -558,10 +558,6 @@ def _attribute(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
             op != "is_null" and not all(isinstance(v, str) for v in operands)):
         raise Unsupported(leaf.field)
     key = leaf.key
-    if key.isdigit():
-        # the SQL compiler reads `attributes -> 2024` (an array index) for such a key; the
-        # index would read the object's key: left to SQL so that both agree
-        raise Unsupported(leaf.field)
     part = ev.snapshot.part("attributes")
     if f"codes:{key}" not in part:
         if key in {str(k) for k in part["excluded"]}:

@@ -721,6 +721,8 @@ ERRORS = [
      "field: attribute keys are 1-64 letters, digits, '_' or '-'"),
     ("attribute-lookup-injection", leaf("attributes.a__b", "eq", 1),
      "field: attribute keys are 1-64 letters, digits, '_' or '-'"),
+    ("attribute-key-of-digits", {"all": [OK_B, leaf("attributes.2024", "eq", "x")]},
+     "all[1].field: an attribute key of digits only cannot be used in conditions"),
     ("attribute-value-object", leaf("attributes.level", "eq", {"a": 1}),
      "value: must be a string or a number"),
     ("tag-unknown", {"any": [OK_B, leaf("tag", "any", ["nope"])]},
