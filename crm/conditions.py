@@ -56,7 +56,7 @@ NUMBER_OPS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "between")
 DATETIME_OPS = ("gt", "gte", "lt", "lte", "between", "within_days", "older_than_days", "is_null")
 ATTRIBUTE_OPS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "between", "contains",
                  "is_null")
-_ATTRIBUTE_KEY = re.compile(r"^[\w\-]{1,64}$")
+ATTRIBUTE_KEY = re.compile(r"^[\w\-]{1,64}$")
 
 
 def _path(leaf: Leaf, key: str = "value") -> str:
@@ -264,7 +264,7 @@ def _attribute_compile(leaf: Leaf, ctx: Context) -> Q:
 
 
 def _attribute_validate(leaf: Leaf) -> None:
-    if not _ATTRIBUTE_KEY.match(leaf.key) or "__" in leaf.key:
+    if not ATTRIBUTE_KEY.match(leaf.key) or "__" in leaf.key:
         raise ConditionError(_path(leaf, "field"), _("attribute keys are 1-64 letters, digits, "
                                                      "'_' or '-'"))
     if leaf.key.isdigit():

@@ -13,7 +13,7 @@ numpy arrays indexed by customer id (`build`, beat task `tagging.tasks.build_seg
   int64);
 - `attributes`: per attribute key, its string value as a code into the key's values, "another
   JSON type" or "no value" (missing or JSON null);
-- `tags`: every customer tag as (tag, customer, expiry), sorted by tag;
+- `tags`: every customer tag as (tag, customer, expiry — 'infinity' for none), sorted by tag;
 - `events:<type>`: the per-customer event counts of a type (`crm.EventCount`: total, since
   joining, the five latest times).
 
@@ -28,8 +28,9 @@ count above 5 within a window — sends the whole preview to SQL, as does an ind
 
 The build reads one consistent snapshot (REPEATABLE READ) through binary COPY; two builds at
 once are one build (an advisory lock), and the two newest builds are kept so that a process
-loading parts of the previous one is not cut off. A process keeps the parts of the newest build
-it has used (`_loaded`) and loads a part the first time a condition reads it.
+loading parts of the previous one is not cut off. A process keeps the parts of one build it has
+used (`_loaded`) and loads a part the first time a condition reads it; when a newer build
+appears it loads the parts in use in the background and switches once they are in (`current`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import re
 import threading
 import time
 import zlib
@@ -54,6 +54,8 @@ from django.utils import timezone
 
 from core import access, conditions
 from core.db import copy_columns, heavy_statements
+from crm.conditions import ATTRIBUTE_KEY
+from crm.models import EVENT_COUNT_LATEST as LATEST
 from crm.models import Channel, Customer, Event
 from tagging.models import SegmentIndex, SegmentIndexPart
 
@@ -62,15 +64,12 @@ logger = logging.getLogger(__name__)
 LOCK_KEY = 0x5E6_1D0            # pg advisory lock: one build at a time
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 NULL_TIME = np.iinfo(np.int64).min          # '-infinity': NULL date-times
-NO_EXPIRY = np.iinfo(np.int64).max          # 'infinity': a tag without expiry
 MAX_CODES = 50_000              # distinct values a text column may have to be indexed
 MAX_ATTRIBUTE_KEYS = 200
 NO_VALUE, OTHER_TYPE = -2, -1   # attribute codes besides the index of a string value
 KEEP_BUILDS = 2
-LATEST = 5                      # crm.EventCount keeps the 5 latest times per type
 DATETIMES = ("joined_at", "last_active_at", "first_order_at", "last_order_at",
              "status_changed_at")
-ATTRIBUTE_KEY = re.compile(r"^[\w\-]{1,64}$")   # as crm.conditions accepts them
 
 
 def available() -> bool:
@@ -158,7 +157,7 @@ def _attributes_part(size: int) -> dict[str, np.ndarray]:
         "GROUP BY 1, 2")
     values: dict[str, list[str]] = {}
     for key, value in pairs:
-        if not ATTRIBUTE_KEY.match(key):
+        if not ATTRIBUTE_KEY.match(key) or "__" in key or key.isdigit():
             continue        # a key no condition can name (crm.conditions validates keys)
         values.setdefault(key, [])
         if value is not None:
