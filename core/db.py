@@ -248,13 +248,11 @@ def materialize_rows(name: str, rows: models.QuerySet | tuple[str, Sequence],
     return count
 
 
-
 # wire type → native type; a timestamptz travels as microseconds since 2000-01-01 UTC
 # (-infinity and infinity as the smallest and largest int64).
 _COPY_TYPES = {"bool": (">?", "?"), "int2": (">i2", "<i2"), "int4": (">i4", "<i4"),
                "int8": (">i8", "<i8"), "timestamptz": (">i8", "<i8")}
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-PG_EPOCH_MICROSECONDS = 946_684_800_000_000   # 2000-01-01 UTC after 1970-01-01, in µs
 
 
 def copy_columns(sql: str, params: Sequence[Any], types: Sequence[str]) -> list:

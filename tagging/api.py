@@ -239,8 +239,11 @@ class SegmentViewSet(viewsets.ModelViewSet):
                                                 "the segment index."))])
     @action(detail=True, methods=["get"], url_path="preview")
     def saved_preview(self, request, pk=None):
-        exact = serializers.BooleanField(required=False).run_validation(
-            request.query_params.get("exact", False))
+        try:
+            exact = serializers.BooleanField().run_validation(
+                request.query_params.get("exact", False))
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({"exact": exc.detail}) from exc
         return _preview(request, self.get_object().condition, exact=exact)
 
 

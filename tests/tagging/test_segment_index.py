@@ -226,6 +226,7 @@ def test_exact_on_a_saved_segment_takes_a_yes_or_no(op_api, crowd):
                           format="json").json()
     response = op_api.get(f"/api/v1/segments/{segment['id']}/preview/", {"exact": "maybe"})
     assert response.status_code == 400
+    assert response.json()["message"] == "exact: Must be a valid boolean."
 
 
 def test_the_preview_answer_keeps_the_existing_schema_names(admin_api):
