@@ -14,6 +14,7 @@ numpy arrays indexed by customer id (`build`, beat task `tagging.tasks.build_seg
 - `attributes`: per attribute key, its string value as a code into the key's values, "another
   JSON type" or "no value" (missing or JSON null);
 - `tags`: every customer tag as (tag, customer, expiry — 'infinity' for none), sorted by tag;
+- `orders`: the paid orders (customer, placed at, cents) and their items' categories;
 - `events:<type>`: the per-customer event counts of a type (`crm.EventCount`: total, since
   joining, the five latest times).
 
@@ -21,8 +22,8 @@ A preview then evaluates the tree as boolean arrays (`evaluate`): `all` / `any` 
 `&` / `|` / complement, each leaf a comparison of a column with the same meaning as its SQL
 compiler — the tests hold the two to the same customers, leaf by leaf (tests/core). Windows
 ("within 30 days", tag expiry) are measured from the moment of the request; the data is as of
-the build (`as_of` in the answer). A leaf the index cannot answer — orders, groups, stages,
-names, phones and external ids, `contains`, attributes compared as numbers or ordered, an event
+the build (`as_of` in the answer). A leaf the index cannot answer — groups, stages, names,
+phones and external ids, `contains`, attributes compared as numbers or ordered, an event
 count above 5 within a window — sends the whole preview to SQL, as does an index older than
 `SEGMENT_INDEX_MAX_AGE_MINUTES`, SQLite, or a request for an exact (`exact`) answer.
 
@@ -41,7 +42,7 @@ import math
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
@@ -56,7 +57,7 @@ from core import access, conditions
 from core.db import copy_columns, heavy_statements
 from crm.conditions import ATTRIBUTE_KEY
 from crm.models import EVENT_COUNT_LATEST as LATEST
-from crm.models import Channel, Customer, Event
+from crm.models import Channel, Customer, Event, Order
 from tagging.models import SegmentIndex, SegmentIndexPart
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,31 @@ def _tags_part() -> dict[str, np.ndarray]:
     return {"tag": tag[order], "customer": customer[order], "expires": expires[order]}
 
 
+def _orders_part() -> dict[str, np.ndarray]:
+    """The paid orders (customer, placed at, amount in cents) and, per order, the categories
+    of its items as (row of the order, category code) pairs."""
+    order_ids, customer, placed, cents = copy_columns(
+        "SELECT id::int8, customer_id::int4, placed_at, (amount * 100)::int8 FROM crm_order "
+        "WHERE status = %s ORDER BY id", [Order.Status.PAID],
+        ["int8", "int4", "timestamptz", "int8"])
+    categories = [c for (c,) in _rows(
+        "SELECT DISTINCT i.category FROM crm_orderitem i JOIN crm_order o ON o.id = i.order_id "
+        "WHERE o.status = %s", [Order.Status.PAID])]
+    part = {"customer": customer, "placed": placed, "cents": cents,
+            "categories_indexed": np.array(len(categories) <= MAX_CODES)}
+    if len(categories) > MAX_CODES:
+        categories = []             # category leaves are answered in SQL
+    item_orders, codes = copy_columns(
+        "SELECT DISTINCT i.order_id::int8, ci.n::int4 FROM crm_orderitem i "
+        "JOIN crm_order o ON o.id = i.order_id "
+        "JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) ON ci.v = i.category "
+        "WHERE o.status = %s", [categories, Order.Status.PAID], ["int8", "int4"])
+    part["item_rows"] = np.searchsorted(order_ids, item_orders).astype(np.int32)
+    part["item_codes"] = codes
+    part["categories"] = np.array(categories or [""], dtype=str)
+    return part
+
+
 def _events_part(kind: str) -> dict[str, np.ndarray]:
     latest = ", ".join(f"COALESCE(latest_{i}, '-infinity')" for i in range(1, LATEST + 1))
     columns = copy_columns(
@@ -232,6 +258,7 @@ def build() -> SegmentIndex | None:
         customers = _customers_part()
         size, count = len(customers["exists"]), int(customers["exists"].sum())
         readers = {"attributes": lambda: _attributes_part(size), "tags": _tags_part,
+                   "orders": _orders_part,
                    **{f"events:{kind}": (lambda kind=kind: _events_part(kind))
                       for kind in Event.Type.values}}
         packed = {"customers": _pack(customers)}
@@ -631,12 +658,46 @@ def _event(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
     return found if leaf.op == "count_gte" else ~found
 
 
+def _order(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
+    """As crm.conditions: paid orders, within a window or since joining, optionally with an
+    item of a category; counted, or their amounts summed (exactly, in cents)."""
+    value = leaf.value
+    if leaf.op == "count_lte":
+        found = _order(ev, replace(leaf, op="count_gte", value=value + 1))
+        return ~found
+    if value <= 0:
+        return np.ones(ev.size, dtype=bool)
+    part = ev.snapshot.part("orders")
+    rows = np.ones(len(part["customer"]), dtype=bool)
+    if leaf.params.get("within_days") is not None:
+        rows &= part["placed"] >= ev.since(leaf.params["within_days"])
+    customers, known = ev.known(part["customer"])
+    if known is not None:
+        rows &= part["customer"] < ev.size
+        customers = np.where(known, part["customer"], 0)
+    if leaf.params.get("since_joined"):
+        rows &= part["placed"] >= ev.snapshot.customers["joined_at"][customers]
+    if leaf.params.get("category"):
+        if not bool(part["categories_indexed"]):
+            raise Unsupported(leaf.field)
+        wanted = np.array(_codes(part["categories"], leaf.params["category"]) or [-1],
+                          dtype=np.int32)
+        with_category = np.zeros(len(rows), dtype=bool)
+        with_category[part["item_rows"][np.isin(part["item_codes"], wanted)]] = True
+        rows &= with_category
+    if leaf.op == "sum_gte":
+        totals = np.bincount(customers[rows], weights=part["cents"][rows], minlength=ev.size)
+        return totals[:ev.size] >= _clamp(math.ceil(Fraction(value) * 100))
+    counts = np.bincount(customers[rows], minlength=ev.size)[:ev.size]
+    return counts >= _clamp(int(value))
+
+
 _HANDLERS = {
     **{name: _datetime for name in DATETIMES},
     "orders_count": _number, "total_spent": _number,
     "gender": _choice, "status": _choice, "opted_out": _opted_out,
     "city": _city, "channel": _channel, "owner": _owner,
-    "tag": _tag, "event": _event,
+    "tag": _tag, "event": _event, "order": _order,
 }
 
 

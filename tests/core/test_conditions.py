@@ -458,7 +458,7 @@ def segment_index_build(dataset, django_db_blocker):
     return snapshot
 
 
-_SQL_ONLY_FIELDS = {"external_id", "name", "phone", "order", "group", "stage"}
+_SQL_ONLY_FIELDS = {"external_id", "name", "phone", "group", "stage"}
 
 
 def _index_answers(tree) -> bool:
@@ -529,6 +529,12 @@ def test_the_segment_index_gives_the_same_customers(dataset, segment_index_build
     leaf("channel", "is_null", True), leaf("channel", "not_in", ["store-qr"]),
     leaf("owner", "ne", "op-a"), leaf("attributes.nothing", "is_null", True),
     leaf("attributes.nothing", "ne", "x"), leaf("attributes.tier", "eq", "2"),
+    # paid orders: sums in cents, windows since joining, categories, counts at most
+    leaf("order", "sum_gte", "1999.99", within_days=400),
+    leaf("order", "sum_gte", "1000.005"), leaf("order", "sum_gte", "99.501"),
+    leaf("order", "count_lte", 1, category="skincare"),
+    leaf("order", "count_gte", 2, category=["makeup", "food"], since_joined=True),
+    leaf("order", "count_gte", 1, category="nothing-sold"),
 ])
 def test_the_segment_index_agrees_with_sql_at_the_edges(dataset, segment_index_build, tree):
     from tagging import segment_index
