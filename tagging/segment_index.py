@@ -15,6 +15,7 @@ numpy arrays indexed by customer id (`build`, beat task `tagging.tasks.build_seg
   JSON type" or "no value" (missing or JSON null);
 - `tags`: every customer tag as (tag, customer, expiry — 'infinity' for none), sorted by tag;
 - `orders`: the paid orders (customer, placed at, cents) and their items' categories;
+- `groups`: the group memberships (customer, group, joined at, current or left);
 - `events:<type>`: the per-customer event counts of a type (`crm.EventCount`: total, since
   joining, the five latest times).
 
@@ -22,8 +23,8 @@ A preview then evaluates the tree as boolean arrays (`evaluate`): `all` / `any` 
 `&` / `|` / complement, each leaf a comparison of a column with the same meaning as its SQL
 compiler — the tests hold the two to the same customers, leaf by leaf (tests/core). Windows
 ("within 30 days", tag expiry) are measured from the moment of the request; the data is as of
-the build (`as_of` in the answer). A leaf the index cannot answer — groups, stages, names,
-phones and external ids, `contains`, attributes compared as numbers or ordered, an event
+the build (`as_of` in the answer). A leaf the index cannot answer — stages, names, phones
+and external ids, `contains`, attributes compared as numbers or ordered, an event
 count above 5 within a window — sends the whole preview to SQL, as does an index older than
 `SEGMENT_INDEX_MAX_AGE_MINUTES`, SQLite, or a request for an exact (`exact`) answer.
 
@@ -57,7 +58,7 @@ from core import access, conditions
 from core.db import copy_columns, heavy_statements
 from crm.conditions import ATTRIBUTE_KEY
 from crm.models import EVENT_COUNT_LATEST as LATEST
-from crm.models import Channel, Customer, Event, Order
+from crm.models import Channel, Customer, Event, Group, Order
 from tagging.models import SegmentIndex, SegmentIndexPart
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,13 @@ def _orders_part() -> dict[str, np.ndarray]:
     return part
 
 
+def _groups_part() -> dict[str, np.ndarray]:
+    customer, group, joined, current = copy_columns(
+        "SELECT customer_id::int4, group_id::int4, joined_at, left_at IS NULL "
+        "FROM crm_groupmembership", [], ["int4", "int4", "timestamptz", "bool"])
+    return {"customer": customer, "group": group, "joined": joined, "current": current}
+
+
 def _events_part(kind: str) -> dict[str, np.ndarray]:
     latest = ", ".join(f"COALESCE(latest_{i}, '-infinity')" for i in range(1, LATEST + 1))
     columns = copy_columns(
@@ -258,7 +266,7 @@ def build() -> SegmentIndex | None:
         customers = _customers_part()
         size, count = len(customers["exists"]), int(customers["exists"].sum())
         readers = {"attributes": lambda: _attributes_part(size), "tags": _tags_part,
-                   "orders": _orders_part,
+                   "orders": _orders_part, "groups": _groups_part,
                    **{f"events:{kind}": (lambda kind=kind: _events_part(kind))
                       for kind in Event.Type.values}}
         packed = {"customers": _pack(customers)}
@@ -495,6 +503,11 @@ class Evaluator:
     def since(self, days: int) -> int:
         return micros(self.now - timedelta(days=days))
 
+    def ids(self, customer_ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.size, dtype=bool)
+        out[customer_ids] = True
+        return out
+
     def known(self, customer_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Customer ids within the build's range, and the mask of those rows (None: all).
         Tags and event counts have no foreign keys: a row may outlive its customer."""
@@ -692,12 +705,37 @@ def _order(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
     return counts >= _clamp(int(value))
 
 
+def _group(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
+    """As crm.conditions: memberships now (or `ever`), optionally begun since joining; `in`
+    any of the groups (none named: any group), or `count_gte` distinct groups."""
+    if leaf.op == "count_gte" and leaf.value <= 0:
+        return np.ones(ev.size, dtype=bool)
+    part = ev.snapshot.part("groups")
+    rows = part["customer"] < ev.size
+    if not leaf.params.get("ever"):
+        rows &= part["current"]
+    customers = np.where(rows, part["customer"], 0)
+    if leaf.params.get("since_joined"):
+        rows &= part["joined"] >= ev.snapshot.customers["joined_at"][customers]
+    if leaf.op == "count_gte":
+        pairs = np.sort(customers[rows].astype(np.int64) << 32 | part["group"][rows])
+        if len(pairs):      # distinct (customer, group): sorted, then unlike the one before
+            pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+        counts = np.bincount((pairs >> 32).astype(np.int64), minlength=ev.size)[:ev.size]
+        return counts >= _clamp(int(leaf.value))
+    if leaf.value:
+        ids = _matching_ids(Group, "chat_id", leaf.value)
+        rows &= np.isin(part["group"], np.array(ids or [-1], dtype=np.int32))
+    found = ev.ids(customers[rows])
+    return ~found if leaf.op == "not_in" else found
+
+
 _HANDLERS = {
     **{name: _datetime for name in DATETIMES},
     "orders_count": _number, "total_spent": _number,
     "gender": _choice, "status": _choice, "opted_out": _opted_out,
     "city": _city, "channel": _channel, "owner": _owner,
-    "tag": _tag, "event": _event, "order": _order,
+    "tag": _tag, "event": _event, "order": _order, "group": _group,
 }
 
 

@@ -458,7 +458,7 @@ def segment_index_build(dataset, django_db_blocker):
     return snapshot
 
 
-_SQL_ONLY_FIELDS = {"external_id", "name", "phone", "group", "stage"}
+_SQL_ONLY_FIELDS = {"external_id", "name", "phone", "stage"}
 
 
 def _index_answers(tree) -> bool:
@@ -535,6 +535,11 @@ def test_the_segment_index_gives_the_same_customers(dataset, segment_index_build
     leaf("order", "count_lte", 1, category="skincare"),
     leaf("order", "count_gte", 2, category=["makeup", "food"], since_joined=True),
     leaf("order", "count_gte", 1, category="nothing-sold"),
+    # groups: now or ever, since joining, named or any, distinct groups
+    leaf("group", "count_gte", 2, ever=True), leaf("group", "count_gte", 2),
+    leaf("group", "not_in", ["wr-old", "no-such-group"], ever=True, since_joined=True),
+    leaf("group", "in", [], since_joined=True), leaf("group", "count_gte", 1, since_joined=True,
+                                                     ever=True),
 ])
 def test_the_segment_index_agrees_with_sql_at_the_edges(dataset, segment_index_build, tree):
     from tagging import segment_index

@@ -87,7 +87,7 @@ def test_only_the_two_newest_builds_are_kept(crowd):
 
 
 @pytest.mark.parametrize("condition", [
-    {"field": "group", "op": "in", "value": []},
+    {"field": "phone", "op": "eq", "value": "13800000000"},
     {"all": [SHANGHAI, {"field": "name", "op": "contains", "value": "张"}]},
     {"field": "event", "op": "count_gte", "value": 6, "type": "message_in", "within_days": 7},
 ])
