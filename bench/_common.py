@@ -95,3 +95,30 @@ def vacuum_stale_tables(execute) -> list[str]:
     for name in stale:
         execute(f'VACUUM (ANALYZE) "{name}"', None)
     return stale
+
+
+def session_settings(execute, *, jit: str = "server", work_mem: str = "",
+                     fk_checks: str = "on") -> None:
+    """The benches' session options (`--jit off`, `--work-mem`, `--fk-checks off`), set on the
+    current connection through `execute(statement)` and on every connection Django opens
+    later (a worker's, a thread's)."""
+    from django.db.backends.signals import connection_created
+
+    statements = []
+    if jit == "off":
+        statements.append("SET jit = off")
+    if work_mem:
+        statements.append(f"SET work_mem = '{work_mem}'")
+    if fk_checks == "off":      # no foreign-key checks at all: to measure what they cost
+        statements.append("SET session_replication_role = replica")
+    if not statements:
+        return
+
+    def apply(sender, connection, **kwargs) -> None:
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+
+    connection_created.connect(apply, weak=False)
+    for statement in statements:
+        execute(statement)

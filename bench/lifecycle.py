@@ -41,7 +41,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from _common import vacuum_stale_tables  # noqa: E402
+from _common import session_settings, vacuum_stale_tables  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection, connections, transaction  # noqa: E402
@@ -161,11 +161,6 @@ def indexes_dropped(names: tuple[str, ...]):
     finally:
         for _index, definition in found:
             sql(definition)
-
-
-def _no_fk_checks(sender, connection, **kwargs) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
 
 
 def timed(fn, *args, **kwargs):
@@ -334,11 +329,6 @@ def explain(statement: str, params, models: list[StageModel], at) -> str:
     return "\n".join(line for (line,) in plan)
 
 
-def _jit_off(sender, connection, **kwargs) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SET jit = off")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunk", type=int, default=services.CHUNK,
@@ -380,19 +370,7 @@ def run(args, stack: ExitStack) -> None:
         sys.exit(f"refusing to empty the stages of database {name!r} (pass --force)")
     started = time.perf_counter()
     _time_commits()
-    if args.jit == "off":
-        connection_created.connect(_jit_off)
-        sql("SET jit = off")
-    if args.work_mem:
-        def _work_mem(sender, connection, **kwargs) -> None:
-            with connection.cursor() as cursor:
-                cursor.execute(f"SET work_mem = '{args.work_mem}'")
-
-        connection_created.connect(_work_mem, weak=False)
-        sql(f"SET work_mem = '{args.work_mem}'")
-    if args.fk_checks == "off":
-        connection_created.connect(_no_fk_checks)
-        sql("SET session_replication_role = replica")
+    session_settings(sql, jit=args.jit, work_mem=args.work_mem, fk_checks=args.fk_checks)
     HOOKS_ON[0] = args.hooks == "on"
     if args.drop_redundant_indexes:
         dropped = stack.enter_context(indexes_dropped(REDUNDANT_INDEXES))

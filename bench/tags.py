@@ -43,10 +43,9 @@ import django  # noqa: E402
 
 django.setup()
 
-from _common import vacuum_stale_tables  # noqa: E402
+from _common import session_settings, vacuum_stale_tables  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import OperationalError, connection, connections, transaction  # noqa: E402
-from django.db.backends.signals import connection_created  # noqa: E402
 from django.db.models import QuerySet  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
@@ -108,11 +107,6 @@ def _time_commits() -> None:
     wrapper._commit = commit
 
 
-def _jit_off(sender, connection, **kwargs) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SET jit = off")
-
-
 REDUNDANT_INDEXES = (
     # covered by unique (customer_id, tag_id), (tag_id, customer_id), (rule_id, customer_id)
     "tagging_customertag_customer_id_b2323298", "tagging_customertag_tag_id_055a73a9",
@@ -154,11 +148,6 @@ def indexes_dropped(names: tuple[str, ...]):
     finally:
         for _index, definition in found:
             sql(definition)
-
-
-def _no_fk_checks(sender, connection, **kwargs) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
 
 
 def timed(fn, *args, **kwargs):
@@ -619,19 +608,7 @@ def run(args, stack: ExitStack) -> None:
         sys.exit(f"refusing to empty the tags of database {name!r} (pass --force)")
     started = time.perf_counter()
     _time_commits()
-    if args.jit == "off":
-        connection_created.connect(_jit_off)
-        sql("SET jit = off")
-    if args.work_mem:
-        def _work_mem(sender, connection, **kwargs) -> None:
-            with connection.cursor() as cursor:
-                cursor.execute(f"SET work_mem = '{args.work_mem}'")
-
-        connection_created.connect(_work_mem, weak=False)
-        sql(f"SET work_mem = '{args.work_mem}'")
-    if args.fk_checks == "off":
-        connection_created.connect(_no_fk_checks)
-        sql("SET session_replication_role = replica")
+    session_settings(sql, jit=args.jit, work_mem=args.work_mem, fk_checks=args.fk_checks)
     if args.drop_redundant_indexes:
         dropped = stack.enter_context(indexes_dropped(REDUNDANT_INDEXES))
         print(f"(dropped for this run, rebuilt at its end: {', '.join(dropped)})")

@@ -6,6 +6,13 @@ from typing import Any
 from django.db import IntegrityError, connection, models, transaction
 
 
+def raw_rows(sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple]:
+    """Run one raw statement; its rows (none for a statement that returns no rows)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params if params is not None else [])
+        return cursor.fetchall() if cursor.description else []
+
+
 def insert_ignore_returning(
     model: type[models.Model],
     fields: Sequence[str],

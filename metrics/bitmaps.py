@@ -46,6 +46,7 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from core.db import raw_rows as _raw
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, Order
 from metrics import rangefacts
 from metrics.models import BitmapTable, CustomerBitmap, CustomerColumn
@@ -95,11 +96,6 @@ def pieces(first: date, last: date) -> list[tuple[date, int]]:
         a += size
     return result
 
-
-def _raw(sql: str, params: dict[str, Any]) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
 
 
 # --- Encoding -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Sum
 
+from core.db import raw_rows as _raw
 from crm.models import Customer, Event, Order
 from metrics import rangefacts
 from metrics.models import ChannelDayCell, FactsTable
@@ -36,11 +37,6 @@ from metrics.periods import Period, Scope, day_start, local_today
 RETENTION_DAYS = (30, 90)
 FIGURES = ("acquired", "buyers", "revenue", "deleted_30d", "deleted_90d")
 
-
-def _raw(sql: str, params: dict[str, Any]) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
 
 
 def _deleted(alias: str, days: int, before: str = "") -> str:

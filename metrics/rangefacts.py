@@ -35,6 +35,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from core import access
+from core.db import raw_rows as _raw
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, Order
 from metrics.models import CohortMonthCell, FactsTable, RangeFacts
 from metrics.periods import (
@@ -195,11 +196,6 @@ def _sum(figure: str, expression: str, condition: str = "true") -> str:
         return f"SUM(CASE WHEN {condition} AND {expression} THEN 1 ELSE 0 END)"
     return f"SUM(CASE WHEN {condition} THEN {expression} ELSE 0 END)"
 
-
-def _raw(sql: str, params: dict[str, Any]) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
 
 
 # --- The nightly refresh ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from django.db.models import Case, Count, Exists, F, OuterRef, Q, QuerySet, Sum,
 from django.db.models.functions import TruncDate, TruncMonth
 from django.utils import timezone
 
+from core.db import raw_rows
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
 from metrics import bitmaps, rangefacts, spells
@@ -72,9 +73,7 @@ def _day(field: str) -> TruncDate:
 
 
 def _raw(sql: str, params) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, list(params))
-        return cursor.fetchall()
+    return raw_rows(sql, list(params))
 
 
 # Stored per day besides the series' columns: referral events (for the overview's KPI).

@@ -42,6 +42,7 @@ from django.conf import settings
 from django.db import OperationalError, connection, transaction
 
 from core import access
+from core.db import raw_rows as _raw
 from metrics import bitmaps, rangefacts
 from metrics.models import FactsTable, StageSpell, StageSpellCell
 from metrics.periods import Period, Scope, day_start, local_today
@@ -56,11 +57,6 @@ WINDOWS = rangefacts.WINDOWS
 COLUMNS = ("spell_id, model_id, customer_id, stage_key, channel_id, owner_id, started_at, "
            "previous_entry_at, ended_at, next_key, exit_matches, duration_us, bucket")
 
-
-def _raw(sql: str, params: dict[str, Any] | list) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
 
 
 def _execute(sql: str, params: dict[str, Any]) -> int:

@@ -56,6 +56,7 @@ from django.utils import timezone
 
 from core import access, conditions
 from core.db import copy_columns, heavy_statements
+from core.db import raw_rows as _rows
 from crm.conditions import ATTRIBUTE_KEY
 from crm.models import EVENT_COUNT_LATEST as LATEST
 from crm.models import Channel, Customer, Event, Group, Order
@@ -102,12 +103,6 @@ def _pack(arrays: dict[str, np.ndarray]) -> bytes:
 def _unpack(data: bytes | memoryview) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False) as stored:
         return {name: stored[name] for name in stored.files}
-
-
-def _rows(sql: str, params: list | None = None) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params or [])
-        return cursor.fetchall()
 
 
 def _dense(size: int, ids: np.ndarray, values: np.ndarray, fill) -> np.ndarray:
@@ -256,8 +251,7 @@ def build() -> SegmentIndex | None:
     with transaction.atomic():
         if outermost:
             # every part from one snapshot of the database
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            _rows("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         if not _rows("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])[0][0]:
             return None
         heavy_statements()
@@ -561,29 +555,28 @@ def _city(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
     return _coded(customers["city"], customers["cities"], leaf.op, leaf.value)
 
 
-def _matching_ids(model, field: str, values: list) -> list[int]:
-    return list(model.objects.filter(**{f"{field}__in": values}).values_list("pk", flat=True))
+def _isin_ids(column: np.ndarray, model, field: str, values: list) -> np.ndarray:
+    """Whose `column` (an id of `model`) is one of the rows whose `field` is in `values` (read
+    now: a handful of channels or staff)."""
+    ids = list(model.objects.filter(**{f"{field}__in": values}).values_list("pk", flat=True))
+    return np.isin(column, np.array(ids or [-1], dtype=column.dtype))
 
 
 def _channel(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
     column = ev.snapshot.customers["channel"]
     if leaf.op == "contains":
         raise Unsupported(leaf.field)
-    if leaf.op == "is_null":
-        blank = _matching_ids(Channel, "code", [""])
-        found = (column == 0) | np.isin(column, np.array(blank or [-1], dtype=column.dtype))
+    if leaf.op == "is_null":      # no channel (0), or one with a blank code
+        found = (column == 0) | _isin_ids(column, Channel, "code", [""])
         return found if leaf.value else ~found
     values = leaf.value if leaf.op in ("in", "not_in") else [leaf.value]
-    ids = _matching_ids(Channel, "code", values)
-    found = np.isin(column, np.array(ids or [-1], dtype=column.dtype))
+    found = _isin_ids(column, Channel, "code", values)
     return ~found if leaf.op in ("ne", "not_in") else found
 
 
 def _owner(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    column = ev.snapshot.customers["owner"]
     values = leaf.value if leaf.op in ("in", "not_in") else [leaf.value]
-    ids = _matching_ids(get_user_model(), "username", values)
-    found = np.isin(column, np.array(ids or [-1], dtype=column.dtype))
+    found = _isin_ids(ev.snapshot.customers["owner"], get_user_model(), "username", values)
     return ~found if leaf.op in ("ne", "not_in") else found
 
 
@@ -681,13 +674,10 @@ def _order(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
     if value <= 0:
         return np.ones(ev.size, dtype=bool)
     part = ev.snapshot.part("orders")
-    rows = np.ones(len(part["customer"]), dtype=bool)
+    rows = part["customer"] < ev.size      # ids beyond the build's customers left out
+    customers = np.where(rows, part["customer"], 0)
     if leaf.params.get("within_days") is not None:
         rows &= part["placed"] >= ev.since(leaf.params["within_days"])
-    customers, known = ev.known(part["customer"])
-    if known is not None:
-        rows &= part["customer"] < ev.size
-        customers = np.where(known, part["customer"], 0)
     if leaf.params.get("since_joined"):
         rows &= part["placed"] >= ev.snapshot.customers["joined_at"][customers]
     if leaf.params.get("category"):
@@ -724,8 +714,7 @@ def _group(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
         counts = np.bincount((pairs >> 32).astype(np.int64), minlength=ev.size)[:ev.size]
         return counts >= _clamp(int(leaf.value))
     if leaf.value:
-        ids = _matching_ids(Group, "chat_id", leaf.value)
-        rows &= np.isin(part["group"], np.array(ids or [-1], dtype=np.int32))
+        rows &= _isin_ids(part["group"], Group, "chat_id", leaf.value)
     found = ev.ids(customers[rows])
     return ~found if leaf.op == "not_in" else found
 
