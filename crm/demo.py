@@ -49,7 +49,6 @@ from crm.models import (
     GroupMembership,
     Order,
     OrderItem,
-    TouchCursor,
 )
 
 logger = logging.getLogger(__name__)
@@ -812,10 +811,9 @@ def demo_reset() -> list[str]:
     """Delete crm's data (and, on PostgreSQL, rows of other apps that point at it).
 
     Returns the tables emptied besides crm's own."""
-    # The touch queue and its cursors go too: touches of deleted customers mean nothing, and
-    # cursors must not stay ahead of restarted touch ids.
+    # The touch queue goes too: touches of deleted customers mean nothing.
     models = (EventCount, Event, OrderItem, Order, GroupMembership, Customer, Group, Channel,
-              CustomerTouch, TouchCursor)
+              CustomerTouch)
     if connection.vendor == "postgresql":
         tables = ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
         with connection.cursor() as cursor:

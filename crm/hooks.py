@@ -1,56 +1,80 @@
 """The queue of touched customers: how apps below crm learn whose facts changed.
 
-Ingest writes one `CustomerTouch` row per touched customer in its own transaction (so a touch
-exists exactly when the facts it points at do). A consumer (`tagging`, `lifecycle`, …) calls
-`touched_customers_process(consumer, handler)` from a periodic task: it locks the consumer's
-cursor (a second worker skips instead of doing the same work), hands the distinct customer ids
-touched since the cursor to `handler`, and advances the cursor in the same transaction. Rows
-every consumer has passed are pruned. No signals, no upward imports, nothing lost when a broker
-message is.
+A consumer (`tagging`, `lifecycle`, …) registers a handler in `touch_consumers` from its
+`AppConfig.ready()`. Ingest writes one `CustomerTouch` row per touched customer *and consumer* in
+its own transaction, so a touch exists exactly when the facts it points at do. A periodic task
+calls `touched_customers_process(consumer)`: it takes the consumer's lock (a second worker skips
+instead of doing the same work), claims and deletes a batch of that consumer's rows in one
+statement, hands the distinct customer ids to the handler and commits; a failing handler rolls
+the claim back.
+
+Why claim-and-delete and not a cursor: touch ids come from a sequence, so a transaction that
+took id 100 may commit after one that took id 101. A cursor moved past 101 would never read 100.
+A claim reads only committed rows and leaves every other row where it is, whatever the order in
+which transactions commit. No signals, no upward imports, nothing lost when a broker message is.
 """
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from django.db import transaction
-from django.db.models import Min
+from django.db import connection, transaction
 from django.utils import timezone
 
-from crm.models import CustomerTouch, TouchCursor
+from core.registry import Registry
+from crm.models import CustomerTouch, TouchConsumer
+
+TouchHandler = Callable[[list[int]], Any]
+touch_consumers: Registry[TouchHandler] = Registry("touch_consumers")
 
 
 def notify_customers_touched(customer_ids: Iterable[int]) -> None:
     ids = sorted(set(customer_ids))
-    if ids:
+    consumers = [name for name, _handler in touch_consumers.items()]
+    if ids and consumers:
         now = timezone.now()
-        CustomerTouch.objects.bulk_create([CustomerTouch(customer_id=i, at=now) for i in ids],
-                                          batch_size=1000)
+        CustomerTouch.objects.bulk_create(
+            [CustomerTouch(consumer=name, customer_id=i, at=now) for name in consumers
+             for i in ids], batch_size=2000)
 
 
-def touched_customers_process(consumer: str, handler: Callable[[list[int]], None], *,
-                              limit: int = 50_000) -> int | None:
-    """Hand the customers touched since the consumer's cursor to `handler`; returns how many,
-    or None when another worker holds this consumer's cursor right now."""
-    TouchCursor.objects.get_or_create(consumer=consumer)
+def _claim(consumer: str, limit: int) -> list[int]:
+    """Delete up to `limit` of the consumer's oldest committed touches; their customer ids.
+
+    One statement, so a row committed while it runs is either claimed whole or left for the
+    next run — never deleted unread."""
+    table = connection.ops.quote_name(CustomerTouch._meta.db_table)
+    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked \
+        else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE consumer = %s "
+            f"ORDER BY id LIMIT %s{lock}) RETURNING customer_id", [consumer, limit])
+        return sorted({row[0] for row in cursor.fetchall()})
+
+
+def touched_customers_process(consumer: str, *, limit: int = 50_000) -> int | None:
+    """Hand the customers touched since the consumer's last run to its handler; returns how
+    many, or None when another worker is processing this consumer's touches right now."""
+    handler = touch_consumers.get(consumer)
+    if handler is None:
+        raise LookupError(f"no touch consumer named {consumer!r} is registered")
+    TouchConsumer.objects.get_or_create(consumer=consumer)
     with transaction.atomic():
-        cursor = (TouchCursor.objects.select_for_update(skip_locked=True)
-                  .filter(consumer=consumer).first())
-        if cursor is None:
+        lock = (TouchConsumer.objects.select_for_update(skip_locked=True)
+                .filter(consumer=consumer).first())
+        if lock is None:
             return None
-        rows = list(CustomerTouch.objects.filter(id__gt=cursor.position).order_by("id")
-                    .values_list("id", "customer_id")[:limit])
-        if not rows:
-            return 0
-        ids = sorted({customer_id for _id, customer_id in rows})
-        handler(ids)
-        cursor.position = rows[-1][0]
-        cursor.save(update_fields=["position", "updated_at"])
+        ids = _claim(consumer, limit)
+        if ids:
+            handler(ids)
+        lock.save(update_fields=["updated_at"])
     return len(ids)
 
 
 def touches_prune() -> int:
-    """Delete touches every consumer has read."""
-    low = TouchCursor.objects.aggregate(low=Min("position"))["low"]
-    if low is None:
-        return 0
-    deleted, _ = CustomerTouch.objects.filter(id__lte=low).delete()
+    """Delete the touches waiting for a consumer that is no longer installed (its app was
+    removed): nobody will claim them. A live consumer's rows are never dropped unread."""
+    consumers = [name for name, _handler in touch_consumers.items()]
+    TouchConsumer.objects.exclude(consumer__in=consumers).delete()
+    deleted, _ = CustomerTouch.objects.exclude(consumer__in=consumers).delete()
     return deleted

@@ -344,34 +344,37 @@ STATUS_EVENT_TYPES = {
 
 
 class CustomerTouch(models.Model):
-    """A customer whose facts changed; written in the ingest transaction.
+    """A customer whose facts changed, waiting for one consumer; written in the ingest
+    transaction.
 
-    Consumers (tag rules, lifecycle) each keep a cursor into this queue and re-evaluate just the
-    customers touched since, in batches — the incremental path, with the database as the truth.
+    Each consumer (tag rules, lifecycle) has its own row per touch and claims-and-deletes them in
+    batches (crm.hooks) — the incremental path, with the database as the truth.
     """
 
     id = models.BigAutoField(primary_key=True)
+    consumer = models.CharField(_("consumer"), max_length=64)
     customer_id = models.BigIntegerField(_("customer id"))
     at = models.DateTimeField(_("at"), default=timezone.now)
 
     class Meta:
         verbose_name = _("customer touch")
         verbose_name_plural = _("customer touches")
+        indexes = [models.Index(fields=["consumer", "id"], name="crm_touch_consumer_id")]
 
     def __str__(self) -> str:
-        return f"{self.customer_id} @ {self.at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.consumer}: {self.customer_id} @ {self.at:%Y-%m-%d %H:%M:%S}"
 
 
-class TouchCursor(models.Model):
-    """How far one consumer has read the touch queue."""
+class TouchConsumer(models.Model):
+    """One consumer of the touch queue; its row is the lock that keeps two workers from
+    processing the same consumer's touches at once."""
 
     consumer = models.CharField(_("consumer"), max_length=64, primary_key=True)
-    position = models.BigIntegerField(_("last touch id processed"), default=0)
-    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    updated_at = models.DateTimeField(_("last run"), auto_now=True)
 
     class Meta:
-        verbose_name = _("touch cursor")
-        verbose_name_plural = _("touch cursors")
+        verbose_name = _("touch consumer")
+        verbose_name_plural = _("touch consumers")
 
     def __str__(self) -> str:
-        return f"{self.consumer}@{self.position}"
+        return self.consumer

@@ -14,7 +14,7 @@ def refresh_customer_aggregates(customer_ids: list[int] | None = None) -> int:
 
 @shared_task(acks_late=True)
 def prune_touches() -> int:
-    """Drop touched-customer rows every consumer has read."""
+    """Drop touches waiting for a consumer that is no longer installed."""
     from crm.hooks import touches_prune
 
     return touches_prune()

@@ -9,11 +9,12 @@ class LifecycleConfig(AppConfig):
     def ready(self) -> None:
         from core.conditions import register_field
         from crm import extensions as crm_extensions
-        from crm import timeline
-        from lifecycle import conditions, extensions, views
+        from crm import hooks, timeline
+        from lifecycle import conditions, extensions, services, views
 
         register_field(conditions.FIELD)
         crm_extensions.customer_fields.register("stages", extensions.STAGES_FIELD)
         crm_extensions.customer_filters.register("stage", extensions.STAGE_FILTER)
         timeline.sources.register("stage", extensions.TIMELINE)
         crm_extensions.customer_panels.register("stages", views.customer_stages_panel)
+        hooks.touch_consumers.register("lifecycle", services.stage_models_evaluate_touched)

@@ -9,8 +9,8 @@ class TaggingConfig(AppConfig):
     def ready(self) -> None:
         from core.conditions import register_field
         from crm import extensions as crm_extensions
-        from crm import timeline
-        from tagging import conditions, extensions, views
+        from crm import hooks, timeline
+        from tagging import conditions, extensions, services, views
 
         register_field(conditions.FIELD)
         crm_extensions.customer_fields.register("tags", extensions.TAGS_FIELD)
@@ -18,3 +18,4 @@ class TaggingConfig(AppConfig):
         crm_extensions.customer_filters.register("segment", extensions.SEGMENT_FILTER)
         timeline.sources.register("tag", extensions.TIMELINE)
         crm_extensions.customer_panels.register("tags", views.customer_tags_panel)
+        hooks.touch_consumers.register("tagging", services.tag_rules_run_for_customers)
