@@ -83,25 +83,39 @@ def _contexts(customer_ids: list[int]) -> dict[int, dict[str, Any]]:
 
 
 def _render_many(source: str, customer_ids: list[int]) -> dict[int, str]:
+    """Each customer's text; a customer the template fails for, or renders nothing for, gets
+    no message (logged)."""
     template = templates.compile_template(source)
     rendered = {}
     for start in range(0, len(customer_ids), RENDER_CHUNK):
         chunk = customer_ids[start:start + RENDER_CHUNK]
         for customer_id, context in _contexts(chunk).items():
             try:
-                rendered[customer_id] = templates.render(template, context)
+                text = templates.render(template, context)
             except Exception as exc:  # checked at save; a customer's odd data must not stop all
                 logger.warning("campaigns.render_failed", extra={"customer": customer_id,
                                                                  "error": str(exc)})
+                continue
+            if text:
+                rendered[customer_id] = text
     return rendered
 
 
 def template_preview(*, source: str, customer: Customer | None) -> str:
+    """The text as the sample customer, or the given one, would receive it."""
+    text = templates.check_template(source)
     if customer is None:
-        return templates.check_template(source)
-    templates.check_template(source)
-    return templates.render(templates.compile_template(source), _contexts([customer.pk])
-                            [customer.pk])
+        return text
+    try:
+        text = templates.render(templates.compile_template(source),
+                                _contexts([customer.pk])[customer.pk])
+    except Exception as exc:   # this customer's data takes the template past a limit
+        raise ApplicationError(_("template: the template does not render for this customer: "
+                                 "%(error)s") % {"error": exc}) from exc
+    if not text:
+        raise ApplicationError(_("template: the template renders to nothing for this "
+                                 "customer"))
+    return text
 
 
 # --- Guards at save time -------------------------------------------------------------------
@@ -384,6 +398,8 @@ def campaign_save(*, campaign: Campaign | None, actor, **fields) -> Campaign:
         except conditions.ConditionError as exc:
             raise _condition_error("condition", exc) from exc
     templates.check_template(campaign.template)
+    if not campaign.paused:
+        campaign.paused_reason = ""      # a template that could not be rewritten, now mended
     if campaign.category == Category.PROMOTIONAL:
         guarded = _guarded_count(_audience(campaign))
         if guarded:

@@ -229,6 +229,10 @@ OUTREACH_CHURN_WARNING_STAGES = env_list("OUTREACH_CHURN_WARNING_STAGES", "value
 # A customer's first placement in a model starts its SOPs only if they joined this recently
 # (a new customer's welcome), never for the existing customers of a first evaluation.
 OUTREACH_FIRST_PLACEMENT_HOURS = int(os.environ.get("OUTREACH_FIRST_PLACEMENT_HOURS", "24"))
+# CPU seconds one message template may take to render (campaigns.templates); past it the
+# message is skipped with the reason, and a template that does so for the sample customer is
+# refused at save time.
+MESSAGE_TEMPLATE_RENDER_SECONDS = float(os.environ.get("MESSAGE_TEMPLATE_RENDER_SECONDS", "0.5"))
 WECOM_CORP_ID = os.environ.get("WECOM_CORP_ID", "")
 WECOM_SECRET = os.environ.get("WECOM_SECRET", "")
 WECOM_TOKEN = os.environ.get("WECOM_TOKEN", "")

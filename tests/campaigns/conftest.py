@@ -142,6 +142,16 @@ def outreach_policy(db):
     return make
 
 
+@pytest.fixture
+def admin_api(admin_user, api_client_for):
+    return api_client_for(admin_user)
+
+
+@pytest.fixture
+def op_api(operator, api_client_for):
+    return api_client_for(operator)
+
+
 # --- Built-in data (recreated after a transactional test's flush) --------------------------
 
 @pytest.fixture
@@ -153,8 +163,8 @@ def builtin_models(db):
 
 @pytest.fixture
 def default_sops(builtin_models):
-    migration = importlib.import_module("campaigns.migrations.0002_default_sops")
-    migration.create(django_apps, None)
+    importlib.import_module("campaigns.migrations.0002_default_sops").create(django_apps, None)
+    importlib.import_module("campaigns.migrations.0005_jinja_templates").rewrite(django_apps, None)
     return {(s.model.key, s.stage.key): s for s in
             Sop.objects.filter(built_in=True).select_related("model", "stage")}
 

@@ -26,16 +26,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.both_dbs]
 WELCOME = "{{ name }}您好，我是{{ owner.name }}"
 
 
-@pytest.fixture
-def admin_api(admin_user, api_client_for):
-    return api_client_for(admin_user)
-
-
-@pytest.fixture
-def op_api(operator, api_client_for):
-    return api_client_for(operator)
-
-
 def _step(**fields):
     return {"order": 1, "delay_minutes": 5, "channel": "wecom", "category": "service",
             "template": WELCOME, **fields}
@@ -51,7 +41,7 @@ def _sop(api, model="value", stage="intro", steps=None, **fields):
 def test_sop_crud_with_nested_steps(admin_api, op_api, builtin_models):
     created = _sop(admin_api, stage="growth", holdout_percent=10, steps=[
         _step(), _step(order=2, delay_minutes=0, day=2, at_time="19:30", category="promotional",
-                       template="{{ name }}，{% if categories %}看您喜欢{{ categories|join:'、' }}"
+                       template="{{ name }}，{% if categories %}看您喜欢{{ categories|join('、') }}"
                                 "{% endif %}，新品会员价")])
     assert created.status_code == 201, created.json()
     body = created.json()
@@ -199,7 +189,8 @@ def test_a_deactivated_sop_sends_nothing_more(admin_api, make_sop, owner):
 
 @pytest.mark.parametrize("template, reason", [
     ("{{ name }}{% if %}{% endif %}", "the template does not compile"),
-    ("{% url 'nowhere' %}", "the template does not render"),
+    ("{% url 'nowhere' %}", "the template does not compile"),
+    ("{{ customer.city + 1 }}", "the template does not render"),
     ("{% if False %}x{% endif %}", "the template renders to nothing"),
 ])
 def test_a_step_template_that_does_not_render_is_refused_naming_the_step(
@@ -230,8 +221,8 @@ def known_customer(operator, builtin_models):
     return customer
 
 
-PREVIEW = ("{{ name }}|{{ tags|join:',' }}|{{ stages.value }}/{{ stages.journey }}|"
-           "{{ categories|join:'、' }}|{{ owner.username }}|{{ customer.city }}")
+PREVIEW = ("{{ name }}|{{ tags|join(',') }}|{{ stages.value }}/{{ stages.journey }}|"
+           "{{ categories|join('、') }}|{{ owner.username }}|{{ customer.city }}")
 
 
 def test_preview_for_a_real_customer(op_api, operator, known_customer):

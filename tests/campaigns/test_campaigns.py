@@ -20,11 +20,6 @@ HANGZHOU = {"field": "city", "op": "eq", "value": "杭州"}
 
 
 @pytest.fixture
-def admin_api(admin_user, api_client_for):
-    return api_client_for(admin_user)
-
-
-@pytest.fixture
 def hangzhou(owner):
     """Three customers in Hangzhou and one in Beijing."""
     people = [Customer.objects.create(external_id=f"hz-{i}", name=name, city="杭州",
@@ -287,7 +282,8 @@ def test_the_guard_by_the_service_for_a_non_admin(operator, newcomers):
 @pytest.mark.parametrize("template, expected", [
     ("{% if %}hi{% endif %}", "template: the template does not compile: "),
     ("{% for x in %}", "template: the template does not compile: "),
-    ("您好 {% url 'nowhere' %}", "template: the template does not render: "),
+    ("您好 {% url 'nowhere' %}", "template: the template does not compile: "),
+    ("您好 {{ 1 / 0 }}", "template: the template does not render: "),
     ("{% if False %}never{% endif %}", "template: the template renders to nothing"),
 ])
 def test_a_template_that_does_not_render_is_refused(admin_api, hangzhou, template, expected):
