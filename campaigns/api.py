@@ -23,7 +23,8 @@ from campaigns.models import (
 )
 from core import access
 from core.exceptions import ApplicationError
-from core.serializers import ConditionField
+from core.filters import MomentFilter
+from core.serializers import ConditionField, LocalTimeField
 from crm import selectors as crm_selectors
 from lifecycle.models import Stage, StageModel
 from tagging.models import Segment
@@ -33,6 +34,7 @@ from tagging.models import Segment
 # (`steps[0].condition.op: …`, `goal.…`, `condition.…`).
 class SopStepSerializer(serializers.ModelSerializer):
     condition = ConditionField(required=False, allow_null=True, check=False)
+    at_time = LocalTimeField(required=False, allow_null=True)
     stats = serializers.SerializerMethodField()
 
     class Meta:
@@ -53,8 +55,8 @@ class SopSerializer(serializers.ModelSerializer):
     override_stage_guard = serializers.BooleanField(
         required=False, help_text=gettext_lazy(
             "Admins only: send promotional steps to journey interest / value intro anyway."))
-    overridden_by = serializers.CharField(source="overridden_by.username", read_only=True,
-                                          default=None)
+    overridden_by = serializers.SlugRelatedField(slug_field="username", read_only=True,
+                                                 allow_null=True)
 
     class Meta:
         model = Sop
@@ -69,8 +71,8 @@ class CampaignSerializer(serializers.ModelSerializer):
     segment = serializers.PrimaryKeyRelatedField(queryset=Segment.objects.all(), required=False,
                                                  allow_null=True)
     override_stage_guard = serializers.BooleanField(required=False)
-    overridden_by = serializers.CharField(source="overridden_by.username", read_only=True,
-                                          default=None)
+    overridden_by = serializers.SlugRelatedField(slug_field="username", read_only=True,
+                                                 allow_null=True)
     progress = serializers.SerializerMethodField()
 
     class Meta:
@@ -233,7 +235,7 @@ class MessageFilter(filters.FilterSet):
     status = filters.MultipleChoiceFilter(choices=Message.Status.choices)
     channel = filters.ChoiceFilter(choices=Channel.choices)
     category = filters.ChoiceFilter(choices=Category.choices)
-    due_before = filters.IsoDateTimeFilter(field_name="due_at", lookup_expr="lt")
+    due_before = MomentFilter(field_name="due_at", lookup_expr="lt")
 
     class Meta:
         model = Message

@@ -866,7 +866,8 @@ def receipts_record(*, items: list[dict], actor) -> dict[str, Any]:
     by_provider = {str(i.get("provider_id")) for i in items if isinstance(i, dict)
                    and i.get("provider_id")}
     found = list(access.scope_customers(Message.objects.filter(
-        Q(pk__in=[int(x) for x in by_id if x.isdigit()]) | Q(provider_id__in=by_provider)),
+        Q(pk__in=[int(x) for x in by_id if x.isascii() and x.isdigit() and len(x) < 19])
+        | Q(provider_id__in=by_provider)),
         actor, owner_field="customer__owner").select_related("customer"))
     messages = {str(m.pk): m for m in found} | {m.provider_id: m for m in found if m.provider_id}
     for index, item in enumerate(items):
@@ -874,7 +875,7 @@ def receipts_record(*, items: list[dict], actor) -> dict[str, Any]:
             rejected.append({"index": index, "message": _("item is not an object")})
             continue
         kind = item.get("status")
-        if kind not in RECEIPT_EVENTS:
+        if not isinstance(kind, str) or kind not in RECEIPT_EVENTS:
             rejected.append({"index": index, "message": _("status: one of %(s)s")
                              % {"s": ", ".join(RECEIPT_EVENTS)}})
             continue

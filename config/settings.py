@@ -61,6 +61,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "core.middleware.RefuseUnstorableInput",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -177,8 +178,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["core.access.HasRole"],
     "DEFAULT_PAGINATION_CLASS": "core.pagination.PageNumberPagination",
-    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser", "rest_framework.parsers.FormParser",
-                               "rest_framework.parsers.MultiPartParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser", "core.parsers.FormParser",
+                               "core.parsers.MultiPartParser"],
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -193,6 +194,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "core.schema.document_errors"],
     "ENUM_NAME_OVERRIDES": {
         "CustomerStatusEnum": "crm.models.Customer.Status",
         "OrderStatusEnum": "crm.models.Order.Status",
@@ -261,6 +264,9 @@ OUTREACH_SMS_URL = os.environ.get("OUTREACH_SMS_URL", "")
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "crm@localhost")
 INGEST_MAX_BATCH = 1000
+# Facts (events, orders, joins, receipts) dated more than this many minutes ahead of the
+# server's clock are refused (core.moments): a client's clock may run a little fast.
+INGEST_MAX_FUTURE_MINUTES = int(os.environ.get("INGEST_MAX_FUTURE_MINUTES", "5"))
 IMPORT_MAX_ROWS = 100_000
 
 # --- Logging --------------------------------------------------------------------------------

@@ -53,3 +53,6 @@ urlpatterns = [
     path("", include("metrics.urls_dashboard")),
     path("", include("crm.urls")),
 ]
+
+handler404 = "core.views.not_found"
+handler500 = "core.views.server_error"

@@ -2,19 +2,46 @@
 
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import ResolvedComponent
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from core import conditions
+from core import conditions, moments
+
+
+class MomentField(serializers.DateTimeField):
+    """A date-time within the years the product holds, in UTC (core.moments); with `past`
+    (the default) not more than a few minutes ahead of now — a fact's time. DRF's own field
+    lets an OverflowError escape (a 500) for `0001-01-01T00:00:00` read east of UTC."""
+
+    def __init__(self, *args, past: bool = True, **kwargs) -> None:
+        self.past = past
+        super().__init__(*args, **kwargs)
+
+    def to_internal_value(self, value):
+        try:
+            parsed = moments.in_utc(super().to_internal_value(value))
+            return moments.check_past(parsed) if self.past else parsed
+        except (moments.MomentError, OverflowError) as exc:
+            raise serializers.ValidationError(str(exc) or self.error_messages["overflow"])
+
+
+@extend_schema_field({"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$",
+                      "example": "20:00"})
+class LocalTimeField(serializers.TimeField):
+    """A time of day in the system time zone, `HH:MM[:SS]` (OpenAPI's `format: time` asks for
+    an offset, which a local time of day has not)."""
 
 
 class ConditionField(serializers.JSONField):
     """A condition in the language of DESIGN §3, validated on input with the bad node's path.
 
-    `check=False` leaves validation to the service, for conditions whose values refer to
-    thresholds only the service knows (stage entry conditions)."""
+    `check=False` leaves validation to the service (which names the condition's place in the
+    request, or knows the thresholds); `thresholds=True` marks a stage entry condition, whose
+    values may be `{"threshold": name}`."""
 
-    def __init__(self, *args, check: bool = True, **kwargs) -> None:
-        self.check = check
+    def __init__(self, *args, check: bool = True, thresholds: bool = False, **kwargs) -> None:
+        self.check = check and not thresholds
+        self.thresholds = thresholds
         super().__init__(*args, **kwargs)
 
     def to_internal_value(self, data):
@@ -34,6 +61,12 @@ class ConditionFieldSchema(OpenApiSerializerFieldExtension):
     target_class = ConditionField
 
     def map_serializer_field(self, auto_schema, direction):
+        if self.target.thresholds:
+            # A stage entry condition: `Condition` whose values may be {"threshold": name} —
+            # checked by the service against the model's thresholds, described here.
+            return {"type": "object", "additionalProperties": True,
+                    "description": "A Condition whose values may name a threshold of the "
+                                   "model: {\"threshold\": \"dormant_days\"}."}
         component = ResolvedComponent(name="Condition", type=ResolvedComponent.SCHEMA,
                                       object="Condition", schema=conditions.json_schema())
         auto_schema.registry.register_on_missing(component)

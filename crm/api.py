@@ -1,6 +1,5 @@
 """REST API of crm (DESIGN §4): parse, call a service or selector, respond."""
 
-from datetime import UTC
 
 from django.contrib.auth import get_user_model
 from django.utils.translation import gettext as _
@@ -15,14 +14,15 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import access
 from core.exceptions import ApplicationError
+from core.filters import MomentFilter
 from core.pagination import PageNumberPagination
-from core.parsers import JSONParser
+from core.parsers import FormParser, JSONParser, MultiPartParser
+from core.serializers import MomentField
 from crm import extensions, selectors, services
 from crm.models import Channel, Customer, Event, Group, Order
 
@@ -31,23 +31,6 @@ User = get_user_model()
 
 # --- Serializers ----------------------------------------------------------------------------
 
-class CalendarDateTimeField(serializers.DateTimeField):
-    """A date-time within the years ingestion accepts. DRF's own field lets an OverflowError
-    escape (a 500) for `0001-01-01T00:00:00` read in a time zone east of UTC."""
-
-    def to_internal_value(self, value):
-        try:
-            parsed = super().to_internal_value(value)
-            year = parsed.astimezone(UTC).year
-        except OverflowError:
-            year = None
-        if year is None or not services.MIN_YEAR <= year <= services.MAX_YEAR:
-            raise serializers.ValidationError(
-                _("must be between the years %(min)d and %(max)d")
-                % {"min": services.MIN_YEAR, "max": services.MAX_YEAR})
-        return parsed
-
-
 class CustomerSerializer(serializers.ModelSerializer):
     channel = serializers.SlugRelatedField(
         slug_field="code", queryset=Channel.objects.all(), required=False, allow_null=True,
@@ -55,8 +38,9 @@ class CustomerSerializer(serializers.ModelSerializer):
     owner = serializers.SlugRelatedField(
         slug_field="username", queryset=User.objects.filter(is_active=True), required=False,
         help_text=gettext_lazy("Staff username; operators may only name themselves."))
-    referred_by = serializers.SlugRelatedField(slug_field="external_id", read_only=True)
-    joined_at = CalendarDateTimeField(
+    referred_by = serializers.SlugRelatedField(slug_field="external_id", read_only=True,
+                                               allow_null=True)
+    joined_at = MomentField(
         required=False, help_text=gettext_lazy("When the customer entered the private domain."))
     tags = serializers.SerializerMethodField()
     stages = serializers.SerializerMethodField()
@@ -188,8 +172,8 @@ class CustomerFilter(filters.FilterSet):
     gender = filters.ChoiceFilter(choices=Customer.Gender.choices)
     city = filters.CharFilter()
     opted_out = filters.BooleanFilter()
-    joined_after = filters.IsoDateTimeFilter(field_name="joined_at", lookup_expr="gte")
-    joined_before = filters.IsoDateTimeFilter(field_name="joined_at", lookup_expr="lt")
+    joined_after = MomentFilter(field_name="joined_at", lookup_expr="gte")
+    joined_before = MomentFilter(field_name="joined_at", lookup_expr="lt")
     search = filters.CharFilter(method="filter_search",
                                 help_text="Name, external_id or phone.")
     ordering = filters.OrderingFilter(fields=(
@@ -291,8 +275,8 @@ class CustomerViewSet(viewsets.ModelViewSet):
 class EventFilter(filters.FilterSet):
     customer = filters.CharFilter(field_name="customer__external_id")
     type = filters.MultipleChoiceFilter(choices=Event.Type.choices)
-    occurred_after = filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    occurred_before = filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
+    occurred_after = MomentFilter(field_name="occurred_at", lookup_expr="gte")
+    occurred_before = MomentFilter(field_name="occurred_at", lookup_expr="lt")
 
     class Meta:
         model = Event
@@ -321,8 +305,8 @@ class OrderFilter(filters.FilterSet):
     customer = filters.CharFilter(field_name="customer__external_id")
     source = filters.CharFilter()
     status = filters.ChoiceFilter(choices=Order.Status.choices)
-    placed_after = filters.IsoDateTimeFilter(field_name="placed_at", lookup_expr="gte")
-    placed_before = filters.IsoDateTimeFilter(field_name="placed_at", lookup_expr="lt")
+    placed_after = MomentFilter(field_name="placed_at", lookup_expr="gte")
+    placed_before = MomentFilter(field_name="placed_at", lookup_expr="lt")
 
     class Meta:
         model = Order
@@ -356,6 +340,13 @@ class ChannelViewSet(viewsets.ModelViewSet):
     queryset = Channel.objects.all()
     filterset_fields = ["code", "kind", "active"]
 
+    def perform_create(self, serializer):
+        serializer.instance = services.channel_save(channel=None, **serializer.validated_data)
+
+    def perform_update(self, serializer):
+        serializer.instance = services.channel_save(channel=serializer.instance,
+                                                    **serializer.validated_data)
+
 
 class GroupViewSet(viewsets.ModelViewSet):
     """Customer groups (社群); membership follows `group_joined` / `group_left` events."""
@@ -368,13 +359,14 @@ class GroupViewSet(viewsets.ModelViewSet):
         return selectors.group_list(user=self.request.user)
 
     def perform_create(self, serializer):
-        serializer.instance = services.group_save(actor=self.request.user, group=None,
-                                                  **serializer.validated_data)
+        group = services.group_save(actor=self.request.user, group=None,
+                                    **serializer.validated_data)
+        serializer.instance = self.get_queryset().get(pk=group.pk)   # with its member count
 
     def perform_update(self, serializer):
-        serializer.instance = services.group_save(actor=self.request.user,
-                                                  group=serializer.instance,
-                                                  **serializer.validated_data)
+        group = services.group_save(actor=self.request.user, group=serializer.instance,
+                                    **serializer.validated_data)
+        serializer.instance = self.get_queryset().get(pk=group.pk)
 
     def perform_destroy(self, instance):
         services.group_delete(actor=self.request.user, group=instance)

@@ -282,6 +282,8 @@ def _count_validate(leaf: Leaf) -> None:
     value = leaf.value
     if leaf.op == "sum_gte":
         leaf.value = number_value(value, _path(leaf))
+        if leaf.value < 0:
+            raise ConditionError(_path(leaf), _("must be a number at or above 0"))
     elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConditionError(_path(leaf), _("must be a whole number at or above 0"))
     if "since_joined" in leaf.params and not isinstance(leaf.params["since_joined"], bool):
@@ -529,7 +531,8 @@ def register() -> None:
         description=_("How many events (of `type`) the customer has, within `within_days` or "
                       "since joining."),
         value_schema={"type": "integer", "minimum": 0},
-        params={"type": {"oneOf": [{"type": "string", "enum": list(Event.Type.values)},
+        params={"type": {"nullable": True,
+                         "oneOf": [{"type": "string", "enum": list(Event.Type.values)},
                                    {"type": "array", "items": {"type": "string"}}]},
                 "within_days": days, "since_joined": {"type": "boolean"}}))
     register_field(ConditionField(
@@ -539,7 +542,8 @@ def register() -> None:
                       "optionally of a `category`."),
         value_schema={"type": "number", "minimum": 0},
         params={"within_days": days, "since_joined": {"type": "boolean"},
-                "category": {"oneOf": [{"type": "string"},
+                "category": {"nullable": True,
+                             "oneOf": [{"type": "string"},
                                        {"type": "array", "items": {"type": "string"}}]}}))
     register_field(ConditionField(
         name="group", ops=("in", "not_in", "count_gte"), compile=_group_compile,

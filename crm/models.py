@@ -3,6 +3,7 @@
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -29,7 +30,8 @@ class Channel(TimeStampedModel):
     name = models.CharField(_("name"), max_length=100)
     kind = models.CharField(_("kind"), max_length=32, choices=Kind.choices, default=Kind.OTHER)
     cost = models.DecimalField(_("cost (CNY)"), max_digits=14, decimal_places=2,
-                               default=Decimal("0"), help_text=_("Spend on this channel, for ROI."))
+                               default=Decimal("0"), validators=[MinValueValidator(0)],
+                               help_text=_("Spend on this channel, for ROI."))
     description = models.TextField(_("description"), blank=True)
     active = models.BooleanField(_("active"), default=True)
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -44,7 +44,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
 
-from core import access
+from core import access, moments
 from core.db import (
     heavy_statements,
     in_pk_range,
@@ -73,7 +73,6 @@ logger = logging.getLogger(__name__)
 User = get_user_model()
 
 MAX_BATCH = 1000
-MIN_YEAR, MAX_YEAR = 1900, 2999
 MAX_QUANTITY = 2_147_483_647  # the column is a PostgreSQL integer
 PROFILE_FIELDS = ("name", "phone", "city", "gender")
 
@@ -104,7 +103,10 @@ class ItemError(Exception):
 
 # --- Small parsers shared by the ingest paths --------------------------------------------------
 
-def parse_timestamp(value: Any, name: str, *, default_now: bool = False) -> datetime | None:
+def parse_timestamp(value: Any, name: str, *, default_now: bool = False,
+                    past: bool = True) -> datetime | None:
+    """An ISO 8601 date or date-time, in UTC. A fact's time (`past`, the default) may not lie
+    more than INGEST_MAX_FUTURE_MINUTES ahead of now."""
     if value in (None, ""):
         if default_now:
             return timezone.now()
@@ -129,17 +131,10 @@ def parse_timestamp(value: Any, name: str, *, default_now: bool = False) -> date
     else:
         raise ItemError(_("%(name)s: must be an ISO 8601 string") % {"name": name})
     try:
-        if timezone.is_naive(parsed):
-            parsed = timezone.make_aware(parsed, timezone.get_current_timezone())
-        in_utc = parsed.astimezone(UTC)
-    except (OverflowError, ValueError):
-        in_utc = None
-    # Years the database stores but Python cannot read back (0001 minus an offset) would turn
-    # every later read of the row into a server error; no CRM fact happened outside these.
-    if in_utc is None or not MIN_YEAR <= in_utc.year <= MAX_YEAR:
-        raise ItemError(_("%(name)s: must be between the years %(min)d and %(max)d")
-                        % {"name": name, "min": MIN_YEAR, "max": MAX_YEAR})
-    return parsed
+        parsed = moments.in_utc(parsed)
+        return moments.check_past(parsed) if past else parsed
+    except moments.MomentError as exc:
+        raise ItemError(f"{name}: {exc}")
 
 
 def _text(item: dict, name: str, *, required: bool = False, max_length: int = 128,
@@ -1048,6 +1043,18 @@ def group_save(*, actor, group: Group | None, **fields: Any) -> Group:
     group.full_clean()
     group.save()
     return group
+
+
+@transaction.atomic
+def channel_save(*, channel: Channel | None, **fields: Any) -> Channel:
+    """Create (channel=None) or change an acquisition channel; the model's rules (a code of
+    its own, a cost not below 0) are a 400 naming the field."""
+    channel = channel or Channel()
+    for name, value in fields.items():
+        setattr(channel, name, value)
+    channel.full_clean()
+    channel.save()
+    return channel
 
 
 @transaction.atomic

@@ -28,7 +28,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core import access
+from core import access, moments
 from core.db import heavy_statements
 from core.exceptions import ApplicationError
 from crm.models import Channel
@@ -51,9 +51,13 @@ def _date(query, name: str) -> date | None:
     if raw in (None, ""):
         return None
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise _bad(name, _("not a date; expected YYYY-MM-DD, got %(value)r") % {"value": raw})
+    try:
+        return moments.check_day(day)
+    except moments.MomentError as exc:
+        raise _bad(name, str(exc))
 
 
 def _range(query, start_name: str, end_name: str, *, default: Period | None) -> Period | None:

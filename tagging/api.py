@@ -160,9 +160,13 @@ class TagViewSet(viewsets.ModelViewSet):
     def get_queryset(self):
         return selectors.tag_list()
 
+    def perform_create(self, serializer):
+        tag = services.tag_save(tag=None, **serializer.validated_data)
+        serializer.instance = self.get_queryset().get(pk=tag.pk)     # with its holder count
+
     def perform_update(self, serializer):
-        serializer.instance = services.tag_save(tag=serializer.instance,
-                                                **serializer.validated_data)
+        tag = services.tag_save(tag=serializer.instance, **serializer.validated_data)
+        serializer.instance = self.get_queryset().get(pk=tag.pk)
 
     def perform_destroy(self, instance):
         services.tag_delete(tag=instance, actor=self.request.user)

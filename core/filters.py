@@ -1,0 +1,25 @@
+"""List filters every app's API shares."""
+
+from django import forms
+from django_filters import rest_framework as filters
+from django_filters.fields import IsoDateTimeField
+
+from core import moments
+
+
+class MomentFormField(IsoDateTimeField):
+    """An ISO 8601 date-time in UTC, within the years the product holds (core.moments): an
+    offset PostgreSQL refuses (`+17:09`) or a year it cannot convert is a 400, not a 500."""
+
+    def to_python(self, value):
+        moment = super().to_python(value)
+        if moment is None:
+            return None
+        try:
+            return moments.in_utc(moment)
+        except moments.MomentError as exc:
+            raise forms.ValidationError(str(exc), code="invalid")
+
+
+class MomentFilter(filters.IsoDateTimeFilter):
+    field_class = MomentFormField
