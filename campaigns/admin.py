@@ -1,4 +1,6 @@
-"""Django admin for outreach."""
+"""Django admin for outreach: SOPs (with their steps), campaigns and the policy are written by
+campaigns' services (core.admin.ServiceAdmin) — the stage guard and the template checks
+included; enrolments, the outbox and to-dos are shown only."""
 
 from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
@@ -13,30 +15,37 @@ from campaigns.models import (
     Sop,
     SopStep,
 )
-from core.admin import CustomerScopedAdmin
+from core.admin import CustomerScopedAdmin, ReadOnlyAdmin, ServiceAdmin
 
 
 class SopStepInline(admin.TabularInline):
     model = SopStep
     extra = 0
     fields = ("order", "delay_minutes", "day", "at_time", "channel", "category", "template",
-              "paused", "paused_reason")
+              "condition", "paused", "paused_reason")
     readonly_fields = ("paused_reason",)
 
 
 @admin.register(Sop)
-class SopAdmin(admin.ModelAdmin):
+class SopAdmin(ServiceAdmin):
     list_display = ("name", "model", "stage", "active", "holdout_percent",
                     "override_stage_guard", "built_in")
     list_filter = ("active", "model", "built_in")
     search_fields = ("name",)
     list_select_related = ("model", "stage")
-    readonly_fields = ("override_stage_guard", "overridden_by", "built_in")
+    readonly_fields = ("overridden_by", "built_in")
     inlines = (SopStepInline,)
+    service_inline = SopStepInline
+
+    def service_save(self, request, original, fields, rows):
+        return services.sop_save(sop=original, actor=request.user, steps=rows, **fields)
+
+    def service_delete(self, request, obj):
+        services.sop_delete(sop=obj)
 
 
 @admin.register(Enrollment)
-class EnrollmentAdmin(CustomerScopedAdmin):
+class EnrollmentAdmin(CustomerScopedAdmin, ReadOnlyAdmin):
     list_display = ("customer", "sop", "entered_at", "status", "ended_at", "exit_reason")
     list_filter = ("status", "sop")
     search_fields = ("=customer__external_id", "customer__name")
@@ -45,13 +54,13 @@ class EnrollmentAdmin(CustomerScopedAdmin):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(ServiceAdmin):
     list_display = ("name", "status", "channel", "category", "send_at", "audience_size",
                     "started_at", "finished_at")
     list_filter = ("status", "channel", "category")
     search_fields = ("name",)
-    readonly_fields = ("status", "audience_size", "started_at", "finished_at",
-                       "override_stage_guard", "overridden_by")
+    readonly_fields = ("status", "audience_size", "started_at", "finished_at", "overridden_by",
+                       "paused", "paused_reason", "created_by")
     actions = ("cancel",)
 
     @admin.action(description=_("Cancel the unsent rest"))
@@ -59,9 +68,15 @@ class CampaignAdmin(admin.ModelAdmin):
         for campaign in queryset.exclude(status__in=["done", "cancelled"]):
             services.campaign_cancel(campaign=campaign)
 
+    def service_save(self, request, original, fields, rows):
+        return services.campaign_save(campaign=original, actor=request.user, **fields)
+
+    def service_delete(self, request, obj):
+        services.campaign_delete(campaign=obj)
+
 
 @admin.register(Message)
-class MessageAdmin(CustomerScopedAdmin):
+class MessageAdmin(CustomerScopedAdmin, ReadOnlyAdmin):
     list_display = ("id", "customer", "channel", "category", "status", "skip_reason", "due_at",
                     "sent_at", "attempts")
     list_filter = ("status", "skip_reason", "channel", "category")
@@ -73,7 +88,7 @@ class MessageAdmin(CustomerScopedAdmin):
 
 
 @admin.register(OperatorTask)
-class OperatorTaskAdmin(admin.ModelAdmin):
+class OperatorTaskAdmin(ReadOnlyAdmin):
     list_display = ("title", "assignee", "kind", "status", "due_at", "closed_at")
     list_filter = ("status", "kind")
     search_fields = ("title", "=customer__external_id")
@@ -82,9 +97,15 @@ class OperatorTaskAdmin(admin.ModelAdmin):
 
 
 @admin.register(OutreachPolicy)
-class OutreachPolicyAdmin(admin.ModelAdmin):
+class OutreachPolicyAdmin(ServiceAdmin):
     list_display = ("promo_min_days_between", "promo_max_per_month", "block_rate_pause",
                     "block_min_sends", "max_attempts")
 
     def has_add_permission(self, request):
         return not OutreachPolicy.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def service_save(self, request, original, fields, rows):
+        return services.policy_save(**fields)

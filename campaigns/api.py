@@ -331,6 +331,5 @@ class PolicyView(APIView):
     def put(self, request):
         serializer = PolicySerializer(services.policy(), data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        serializer.save()
-        return Response(serializer.data)
+        return Response(PolicySerializer(services.policy_save(**serializer.validated_data)).data)
 

@@ -62,6 +62,17 @@ def policy() -> OutreachPolicy:
     return found if found is not None else OutreachPolicy.objects.create()
 
 
+@transaction.atomic
+def policy_save(**fields) -> OutreachPolicy:
+    """Change the one outreach policy."""
+    pol = policy()
+    for name, value in fields.items():
+        setattr(pol, name, value)
+    pol.full_clean()
+    pol.save()
+    return pol
+
+
 # --- Rendering for many customers at once --------------------------------------------------
 
 def _contexts(customer_ids: list[int]) -> dict[int, dict[str, Any]]:

@@ -2,19 +2,22 @@
 
 Querysets go through `core.access.scope_customers`, so an operator with admin-site access sees
 only their own customers here too. Large tables use `show_full_result_count = False` and raw-id
-widgets so that pages stay fast at a million rows.
+widgets so that pages stay fast at a million rows. Channels, customers and groups are written by
+crm's services (core.admin.ServiceAdmin); events, orders and memberships — facts from ingest —
+are shown only.
 """
 
 from django.contrib import admin
 from django.db.models import Count, Q
 from django.utils.translation import gettext_lazy as _
 
-from core.admin import CustomerScopedAdmin
+from core.admin import CustomerScopedAdmin, ReadOnlyAdmin, ReadOnlyInline, ServiceAdmin
+from crm import services
 from crm.models import Channel, Customer, Event, Group, GroupMembership, Order, OrderItem
 
 
 @admin.register(Channel)
-class ChannelAdmin(admin.ModelAdmin):
+class ChannelAdmin(ServiceAdmin):
     list_display = ("name", "code", "kind", "cost", "active", "customer_count", "created_at")
     list_filter = ("kind", "active")
     search_fields = ("name", "code")
@@ -27,12 +30,14 @@ class ChannelAdmin(admin.ModelAdmin):
     def customer_count(self, obj):
         return obj._customers
 
+    def service_save(self, request, original, fields, rows):
+        return services.channel_save(channel=original, **fields)
 
-class GroupMembershipInline(admin.TabularInline):
+
+class GroupMembershipInline(ReadOnlyInline):
     model = GroupMembership
-    extra = 0
-    raw_id_fields = ("customer", "group")
     fields = ("group", "customer", "joined_at", "left_at")
+    readonly_fields = fields
     ordering = ("-joined_at",)
     show_change_link = False
 
@@ -40,19 +45,15 @@ class GroupMembershipInline(admin.TabularInline):
         return super().get_queryset(request).select_related("group", "customer")
 
 
-class OrderInline(admin.TabularInline):
+class OrderInline(ReadOnlyInline):
     model = Order
-    extra = 0
     fields = ("source", "external_id", "amount", "status", "placed_at", "refunded_at")
     readonly_fields = fields
     ordering = ("-placed_at",)
-    show_change_link = True
-    can_delete = False
-    max_num = 0
 
 
 @admin.register(Customer)
-class CustomerAdmin(CustomerScopedAdmin):
+class CustomerAdmin(CustomerScopedAdmin, ServiceAdmin):
     owner_field = "owner"
     list_display = ("name", "external_id", "phone", "channel", "owner", "status", "opted_out",
                     "joined_at", "last_active_at", "orders_count", "total_spent")
@@ -74,9 +75,17 @@ class CustomerAdmin(CustomerScopedAdmin):
     )
     inlines = (GroupMembershipInline, OrderInline)
 
+    def service_save(self, request, original, fields, rows):
+        if original is None:
+            return services.customer_create(actor=request.user, **fields)
+        return services.customer_update(actor=request.user, customer=original, **fields)
+
+    def service_delete(self, request, obj):
+        services.customer_delete(customer=obj)
+
 
 @admin.register(Group)
-class GroupAdmin(admin.ModelAdmin):
+class GroupAdmin(ServiceAdmin):
     list_display = ("name", "chat_id", "owner", "member_count", "created_at")
     search_fields = ("name", "=chat_id")
     list_filter = ("owner",)
@@ -90,9 +99,15 @@ class GroupAdmin(admin.ModelAdmin):
     def member_count(self, obj):
         return obj._members
 
+    def service_save(self, request, original, fields, rows):
+        return services.group_save(actor=request.user, group=original, **fields)
+
+    def service_delete(self, request, obj):
+        services.group_delete(actor=request.user, group=obj)
+
 
 @admin.register(GroupMembership)
-class GroupMembershipAdmin(CustomerScopedAdmin):
+class GroupMembershipAdmin(CustomerScopedAdmin, ReadOnlyAdmin):
     list_display = ("group", "customer", "joined_at", "left_at")
     list_filter = ("group",)
     search_fields = ("=customer__external_id", "customer__name", "group__name")
@@ -100,14 +115,15 @@ class GroupMembershipAdmin(CustomerScopedAdmin):
     raw_id_fields = ("group", "customer")
 
 
-class OrderItemInline(admin.TabularInline):
+class OrderItemInline(ReadOnlyInline):
     model = OrderItem
-    extra = 0
     fields = ("sku", "name", "category", "quantity", "price")
+    readonly_fields = fields
+    show_change_link = False
 
 
 @admin.register(Order)
-class OrderAdmin(CustomerScopedAdmin):
+class OrderAdmin(CustomerScopedAdmin, ReadOnlyAdmin):
     list_display = ("external_id", "source", "customer", "amount", "status", "placed_at",
                     "refunded_at")
     list_filter = ("status", "source", "placed_at")
@@ -118,7 +134,7 @@ class OrderAdmin(CustomerScopedAdmin):
 
 
 @admin.register(OrderItem)
-class OrderItemAdmin(CustomerScopedAdmin):
+class OrderItemAdmin(CustomerScopedAdmin, ReadOnlyAdmin):
     owner_field = "order__customer__owner"
     list_display = ("name", "sku", "category", "quantity", "price", "order")
     list_filter = ("category",)
@@ -128,7 +144,7 @@ class OrderItemAdmin(CustomerScopedAdmin):
 
 
 @admin.register(Event)
-class EventAdmin(CustomerScopedAdmin):
+class EventAdmin(CustomerScopedAdmin, ReadOnlyAdmin):
     list_display = ("type", "customer", "occurred_at", "idempotency_key", "received_at")
     list_filter = ("type", "occurred_at")
     search_fields = ("=idempotency_key", "=customer__external_id")

@@ -273,8 +273,18 @@ def customer_owner_for(*, actor, requested_owner=None):
     return requested_owner
 
 
+def _joined_at(fields: dict[str, Any]) -> None:
+    """A joining date is a fact's time: within the years held, not ahead of now."""
+    if fields.get("joined_at") is not None:
+        try:
+            fields["joined_at"] = moments.check_past(moments.in_utc(fields["joined_at"]))
+        except moments.MomentError as exc:
+            raise ApplicationError(f"joined_at: {exc}", extra={"field": "joined_at"})
+
+
 @transaction.atomic
 def customer_create(*, actor, external_id: str, owner=None, **fields: Any) -> Customer:
+    _joined_at(fields)
     customer = Customer(external_id=external_id,
                         owner=customer_owner_for(actor=actor, requested_owner=owner), **fields)
     if customer.status != Customer.Status.ACTIVE and customer.status_changed_at is None:
@@ -292,6 +302,7 @@ def customer_update(*, actor, customer: Customer, **fields: Any) -> Customer:
         fields["owner"] = customer_owner_for(actor=actor, requested_owner=fields["owner"])
     if "status" in fields and fields["status"] != customer.status:
         customer.status_changed_at = timezone.now()
+    _joined_at(fields)
     joined_before = customer.joined_at
     for name, value in fields.items():
         setattr(customer, name, value)

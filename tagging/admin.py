@@ -1,10 +1,12 @@
-"""Django admin for tagging."""
+"""Django admin for tagging: tag groups, tags, rules and segments are written by tagging's
+services (core.admin.ServiceAdmin); customers' tags, their history, rule runs and bulk jobs are
+shown only (manual tagging goes through the dashboard or `customers/{id}/tags/`)."""
 
 from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from core.admin import CustomerScopedAdmin
+from core.admin import CustomerScopedAdmin, ReadOnlyAdmin, ReadOnlyInline, ServiceAdmin
 from tagging import services
 from tagging.models import (
     BulkTagJob,
@@ -19,30 +21,40 @@ from tagging.models import (
 )
 
 
-class TagInline(admin.TabularInline):
+class TagInline(ReadOnlyInline):
+    """The group's tags; each is changed on its own page (tags keep their holders' history)."""
+
     model = Tag
-    extra = 0
     fields = ("name", "color", "order", "description")
+    readonly_fields = fields
 
 
 @admin.register(TagGroup)
-class TagGroupAdmin(admin.ModelAdmin):
+class TagGroupAdmin(ServiceAdmin):
     list_display = ("name", "exclusive", "key", "order")
-    list_editable = ("order",)
     search_fields = ("name",)
     inlines = (TagInline,)
 
+    def service_save(self, request, original, fields, rows):
+        return services.tag_group_save(group=original, **fields)
+
 
 @admin.register(Tag)
-class TagAdmin(admin.ModelAdmin):
+class TagAdmin(ServiceAdmin):
     list_display = ("name", "group", "color", "order")
     list_filter = ("group",)
     search_fields = ("name", "group__name")
     list_select_related = ("group",)
 
+    def service_save(self, request, original, fields, rows):
+        return services.tag_save(tag=original, **fields)
+
+    def service_delete(self, request, obj):
+        services.tag_delete(tag=obj, actor=request.user)
+
 
 @admin.register(CustomerTag)
-class CustomerTagAdmin(CustomerScopedAdmin):
+class CustomerTagAdmin(CustomerScopedAdmin, ReadOnlyAdmin):
     list_display = ("customer", "tag", "source", "rule", "added_by", "added_at", "expires_at")
     list_filter = ("source", "tag__group", "tag")
     search_fields = ("=customer__external_id", "customer__name")
@@ -51,7 +63,7 @@ class CustomerTagAdmin(CustomerScopedAdmin):
 
 
 @admin.register(TagChange)
-class TagChangeAdmin(CustomerScopedAdmin):
+class TagChangeAdmin(CustomerScopedAdmin, ReadOnlyAdmin):
     list_display = ("at", "customer", "action", "tag_name", "group_name", "source", "rule", "actor")
     list_filter = ("action", "source")
     search_fields = ("=customer__external_id", "tag_name")
@@ -59,23 +71,18 @@ class TagChangeAdmin(CustomerScopedAdmin):
     raw_id_fields = ("customer", "tag")
     show_full_result_count = False
 
-    def has_change_permission(self, request, obj=None):
-        return False   # history is written by the services only
 
 
-
-class TagRuleRunInline(admin.TabularInline):
+class TagRuleRunInline(ReadOnlyInline):
     model = TagRuleRun
-    extra = 0
-    max_num = 0
-    can_delete = False
     fields = ("trigger", "started_at", "duration_ms", "matched", "added", "removed")
     readonly_fields = fields
     ordering = ("-started_at",)
+    show_change_link = False
 
 
 @admin.register(TagRule)
-class TagRuleAdmin(admin.ModelAdmin):
+class TagRuleAdmin(ServiceAdmin):
     list_display = ("name", "tag", "mode", "active", "priority", "interval_minutes",
                     "last_run_at")
     list_filter = ("active", "mode", "tag__group")
@@ -94,9 +101,12 @@ class TagRuleAdmin(admin.ModelAdmin):
             "n": len(done), "added": sum(r.added for r in done),
             "removed": sum(r.removed for r in done)}, messages.SUCCESS)
 
+    def service_save(self, request, original, fields, rows):
+        return services.tag_rule_save(rule=original, **fields)
+
 
 @admin.register(TagRuleRun)
-class TagRuleRunAdmin(admin.ModelAdmin):
+class TagRuleRunAdmin(ReadOnlyAdmin):
     list_display = ("rule", "trigger", "started_at", "duration_ms", "matched", "added",
                     "removed", "scope_size")
     list_filter = ("trigger", "rule")
@@ -104,13 +114,17 @@ class TagRuleRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(Segment)
-class SegmentAdmin(admin.ModelAdmin):
+class SegmentAdmin(ServiceAdmin):
     list_display = ("name", "created_by", "updated_at")
     search_fields = ("name",)
+    readonly_fields = ("created_by",)
+
+    def service_save(self, request, original, fields, rows):
+        return services.segment_save(segment=original, actor=request.user, **fields)
 
 
 @admin.register(BulkTagJob)
-class BulkTagJobAdmin(admin.ModelAdmin):
+class BulkTagJobAdmin(ReadOnlyAdmin):
     list_display = ("id", "actor", "status", "total", "processed", "added", "removed",
                     "created_at")
     list_filter = ("status",)
@@ -119,15 +133,9 @@ class BulkTagJobAdmin(admin.ModelAdmin):
 
 
 @admin.register(SegmentIndex)
-class SegmentIndexAdmin(admin.ModelAdmin):
-    """The builds of the segment index: when, how big, how long (read-only; beat builds them,
+class SegmentIndexAdmin(ReadOnlyAdmin):
+    """The builds of the segment index: when, how big, how long (beat builds them,
     `manage.py build_segment_index` builds one now)."""
 
     list_display = ("id", "built_at", "customers", "size_bytes", "seconds")
     fields = list_display
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False

@@ -193,6 +193,13 @@ class TagRuleViewSet(viewsets.ModelViewSet):
     queryset = TagRule.objects.select_related("tag").all()
     filterset_fields = ["tag", "active", "mode"]
 
+    def perform_create(self, serializer):
+        serializer.instance = services.tag_rule_save(rule=None, **serializer.validated_data)
+
+    def perform_update(self, serializer):
+        serializer.instance = services.tag_rule_save(rule=serializer.instance,
+                                                     **serializer.validated_data)
+
     @extend_schema(request=None, responses=RUN_OUT)
     @action(detail=True, methods=["post"])
     def run(self, request, pk=None):
@@ -227,7 +234,13 @@ class SegmentViewSet(viewsets.ModelViewSet):
         return [access.CustomerDataPermission()]
 
     def perform_create(self, serializer):
-        serializer.save(created_by=self.request.user)
+        serializer.instance = services.segment_save(segment=None, actor=self.request.user,
+                                                    **serializer.validated_data)
+
+    def perform_update(self, serializer):
+        serializer.instance = services.segment_save(segment=serializer.instance,
+                                                    actor=self.request.user,
+                                                    **serializer.validated_data)
 
     @extend_schema(request=PreviewSerializer, responses=PREVIEW_OUT)
     @action(detail=False, methods=["post"])

@@ -45,6 +45,7 @@ from crm.models import Customer
 from tagging.models import (
     BulkTagJob,
     CustomerTag,
+    Segment,
     Tag,
     TagChange,
     TagGroup,
@@ -544,6 +545,39 @@ def tag_group_save(*, group: TagGroup | None, **fields) -> TagGroup:
     CustomerTag.objects.filter(tag__group=group).update(
         exclusive_group=group if group.exclusive else None)
     return group
+
+
+def _checked_condition(condition, name: str = "condition"):
+    try:
+        conditions.validate(condition)
+    except conditions.ConditionError as exc:
+        raise ApplicationError(f"{name}.{exc.message}" if exc.path else f"{name}: {exc.message}",
+                               extra=exc.extra) from exc
+    return condition
+
+
+@transaction.atomic
+def tag_rule_save(*, rule: TagRule | None, **fields) -> TagRule:
+    """Create or change a tag rule; its condition is checked here, so a rule that could only
+    fail when it runs is never stored."""
+    rule = rule or TagRule()
+    for name, value in fields.items():
+        setattr(rule, name, value)
+    _checked_condition(rule.condition)
+    rule.full_clean()
+    rule.save()
+    return rule
+
+
+@transaction.atomic
+def segment_save(*, segment: Segment | None, actor, **fields) -> Segment:
+    segment = segment or Segment(created_by=actor)
+    for name, value in fields.items():
+        setattr(segment, name, value)
+    _checked_condition(segment.condition)
+    segment.full_clean()
+    segment.save()
+    return segment
 
 
 # --- Bulk jobs ------------------------------------------------------------------------------
