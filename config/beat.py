@@ -4,6 +4,11 @@ backlog after an outage never runs the same job many times over."""
 from celery.schedules import crontab
 
 BEAT_SCHEDULE = {
+    "core-analyze-database": {
+        "task": "core.tasks.analyze_database",
+        "schedule": crontab(minute=7),
+        "options": {"expires": 3000},
+    },
     "crm-repair-customer-aggregates": {
         "task": "crm.tasks.refresh_customer_aggregates",
         "schedule": crontab(minute=17, hour=3),

@@ -5,7 +5,8 @@ database cannot store (a NUL character, a lone surrogate): a 400 naming where, a
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.utils.translation import gettext as _
 
-from core.parsers import find_unstorable, form_fields, unstorable_text
+from core.parsers import form_fields
+from core.text import find_unstorable, unstorable_text
 
 
 def _problem(request) -> tuple[str, str] | None:

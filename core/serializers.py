@@ -9,18 +9,12 @@ from core import conditions, moments
 
 
 class MomentField(serializers.DateTimeField):
-    """A date-time within the years the product holds, in UTC (core.moments); with `past`
-    (the default) not more than a few minutes ahead of now — a fact's time. DRF's own field
+    """A date-time in UTC, within the years the product holds (core.moments). DRF's own field
     lets an OverflowError escape (a 500) for `0001-01-01T00:00:00` read east of UTC."""
-
-    def __init__(self, *args, past: bool = True, **kwargs) -> None:
-        self.past = past
-        super().__init__(*args, **kwargs)
 
     def to_internal_value(self, value):
         try:
-            parsed = moments.in_utc(super().to_internal_value(value))
-            return moments.check_past(parsed) if self.past else parsed
+            return moments.in_utc(super().to_internal_value(value))
         except (moments.MomentError, OverflowError) as exc:
             raise serializers.ValidationError(str(exc) or self.error_messages["overflow"])
 

@@ -14,6 +14,7 @@ A claim reads only committed rows and leaves every other row where it is, whatev
 which transactions commit. No signals, no upward imports, nothing lost when a broker message is.
 """
 
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,13 +29,23 @@ touch_consumers: Registry[TouchHandler] = Registry("touch_consumers")
 
 
 def notify_customers_touched(customer_ids: Iterable[int]) -> None:
+    """One touch row per customer and consumer, in one statement: the pairs are made in SQL
+    from two arrays (ORM objects cost 60 ms a 1,000-event batch; this, a few)."""
     ids = sorted(set(customer_ids))
     consumers = [name for name, _handler in touch_consumers.items()]
-    if ids and consumers:
-        now = timezone.now()
-        CustomerTouch.objects.bulk_create(
-            [CustomerTouch(consumer=name, customer_id=i, at=now) for name in consumers
-             for i in ids], batch_size=2000)
+    if not ids or not consumers:
+        return
+    table = connection.ops.quote_name(CustomerTouch._meta.db_table)
+    if connection.vendor == "postgresql":
+        pairs = "unnest(%s::text[]) AS c (value), unnest(%s::bigint[]) AS i (value)"
+        arrays = [consumers, ids]
+    else:
+        pairs = "json_each(%s) AS c, json_each(%s) AS i"
+        arrays = [json.dumps(consumers), json.dumps(ids)]
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} (consumer, customer_id, at) "
+                       f"SELECT c.value, i.value, %s FROM {pairs}",
+                       [connection.ops.adapt_datetimefield_value(timezone.now()), *arrays])
 
 
 def _claim(consumer: str, limit: int) -> list[int]:

@@ -53,6 +53,7 @@ from core.db import (
     update_to_later,
 )
 from core.exceptions import ApplicationError
+from core.text import find_unstorable
 from crm.hooks import notify_customers_touched
 from crm.models import (
     EVENT_COUNT_LATEST,
@@ -103,10 +104,9 @@ class ItemError(Exception):
 
 # --- Small parsers shared by the ingest paths --------------------------------------------------
 
-def parse_timestamp(value: Any, name: str, *, default_now: bool = False,
-                    past: bool = True) -> datetime | None:
-    """An ISO 8601 date or date-time, in UTC. A fact's time (`past`, the default) may not lie
-    more than INGEST_MAX_FUTURE_MINUTES ahead of now."""
+def parse_timestamp(value: Any, name: str, *, default_now: bool = False) -> datetime | None:
+    """A fact's time: an ISO 8601 date or date-time, in UTC, not more than
+    INGEST_MAX_FUTURE_MINUTES ahead of now (core.moments)."""
     if value in (None, ""):
         if default_now:
             return timezone.now()
@@ -131,8 +131,7 @@ def parse_timestamp(value: Any, name: str, *, default_now: bool = False,
     else:
         raise ItemError(_("%(name)s: must be an ISO 8601 string") % {"name": name})
     try:
-        parsed = moments.in_utc(parsed)
-        return moments.check_past(parsed) if past else parsed
+        return moments.check_past(moments.in_utc(parsed))
     except moments.MomentError as exc:
         raise ItemError(f"{name}: {exc}")
 
@@ -159,24 +158,8 @@ def _text(item: dict, name: str, *, required: bool = False, max_length: int = 12
 
 
 def _storable(value: Any) -> bool:
-    """Whether PostgreSQL can store every string (key or value) of a JSON value: text and
-    jsonb refuse NUL, and a lone surrogate (`"\\ud800"` in JSON) is not UTF-8."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return False
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return True
+    """Whether the database can store every string (key or value) of a JSON value."""
+    return find_unstorable(value) is None
 
 
 def _decimal(value: Any, name: str) -> Decimal:
