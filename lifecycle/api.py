@@ -20,9 +20,10 @@ from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
 
 
 class StageSerializer(serializers.ModelSerializer):
-    condition = ConditionField(thresholds=True, required=False, allow_null=True, help_text=gettext_lazy(
-        "Entry condition; values may refer to the model's thresholds as "
-        "{\"threshold\": \"name\"}. No condition = the fallback stage."))
+    condition = ConditionField(
+        thresholds=True, required=False, allow_null=True, help_text=gettext_lazy(
+            "Entry condition; values may refer to the model's thresholds as "
+            "{\"threshold\": \"name\"}. No condition = the fallback stage."))
     customers = serializers.SerializerMethodField(help_text=gettext_lazy(
         "Customers in the stage now."))
 
