@@ -2,7 +2,9 @@
 campaigns' services (core.admin.ServiceAdmin) — the stage guard and the template checks
 included; enrolments, the outbox and to-dos are shown only."""
 
+from django import forms
 from django.contrib import admin
+from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from campaigns import services
@@ -21,6 +23,10 @@ from core.admin import CustomerScopedAdmin, ReadOnlyAdmin, ServiceAdmin
 class SopStepInline(admin.TabularInline):
     model = SopStep
     extra = 0
+    formfield_overrides = {models.JSONField: {"widget": forms.Textarea(attrs={"rows": 2,
+                                                                              "cols": 24})},
+                           models.TextField: {"widget": forms.Textarea(attrs={"rows": 3,
+                                                                              "cols": 40})}}
     fields = ("order", "delay_minutes", "day", "at_time", "channel", "category", "template",
               "condition", "paused", "paused_reason")
     readonly_fields = ("paused_reason",)
@@ -33,7 +39,7 @@ class SopAdmin(ServiceAdmin):
     list_filter = ("active", "model", "built_in")
     search_fields = ("name",)
     list_select_related = ("model", "stage")
-    readonly_fields = ("overridden_by", "built_in")
+    readonly_fields = ("overridden_by", "created_by", "built_in")
     inlines = (SopStepInline,)
     service_inline = SopStepInline
 

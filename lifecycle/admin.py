@@ -3,7 +3,9 @@
 customers' stages and their transitions are shown only (moves go through the dashboard or
 `customers/{id}/stage/`)."""
 
+from django import forms
 from django.contrib import admin
+from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from core.admin import CustomerScopedAdmin, ReadOnlyAdmin, ServiceAdmin
@@ -18,6 +20,10 @@ class StageInline(admin.TabularInline):
     model = Stage
     extra = 0
     can_delete = False
+    formfield_overrides = {models.JSONField: {"widget": forms.Textarea(attrs={"rows": 2,
+                                                                              "cols": 40})},
+                           models.TextField: {"widget": forms.Textarea(attrs={"rows": 2,
+                                                                              "cols": 24})}}
     fields = ("position", "key", "name", "description", "precedence", "color", "condition",
               "win_back_from")
     ordering = ("position",)

@@ -90,6 +90,7 @@ class TagRuleAdmin(ServiceAdmin):
     list_select_related = ("tag",)
     actions = ("run_now",)
     inlines = (TagRuleRunInline,)
+    readonly_fields = ("last_run_at",)
 
     @admin.action(description=_("Run the selected rules now"))
     def run_now(self, request, queryset):
