@@ -86,6 +86,16 @@ def english():
 
 
 @pytest.fixture
+def admin_api(admin_user, api_client_for):
+    return api_client_for(admin_user)
+
+
+@pytest.fixture
+def op_api(operator, api_client_for):
+    return api_client_for(operator)
+
+
+@pytest.fixture
 def english_client(api_client_for):
     """`english_client(user)`: an authenticated APIClient asking for English messages."""
     return api_client_for

@@ -16,11 +16,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_api(admin_user, api_client_for):
-    return api_client_for(admin_user)
-
-
-@pytest.fixture
 def mine(admin_user):
     return CustomerFactory(external_id="wm-1", owner=admin_user)
 

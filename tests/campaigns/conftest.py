@@ -142,16 +142,6 @@ def outreach_policy(db):
     return make
 
 
-@pytest.fixture
-def admin_api(admin_user, api_client_for):
-    return api_client_for(admin_user)
-
-
-@pytest.fixture
-def op_api(operator, api_client_for):
-    return api_client_for(operator)
-
-
 # --- Built-in data (recreated after a transactional test's flush) --------------------------
 
 @pytest.fixture

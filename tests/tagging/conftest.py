@@ -9,16 +9,6 @@ def _english(english):
 
 
 @pytest.fixture
-def admin_api(admin_user, english_client):
-    return english_client(admin_user)
-
-
-@pytest.fixture
-def op_api(operator, english_client):
-    return english_client(operator)
-
-
-@pytest.fixture
 def tags(db):
     """Two groups: 兴趣 (interests, any number) and 会员等级 (membership level, exclusive)."""
     from tagging.models import Tag, TagGroup
