@@ -19,7 +19,7 @@ On the database DATABASE_URL names (meant for 1M customers / 10M events / 1.5M o
 3. --backfill N: snapshots the N days before today (`snapshot_metrics_range`), timed.
 4. The nightly job (`metrics.services.metrics_nightly`: yesterday's snapshot, the cohort
    table, the range facts), timed — unless --no-nightly; then the frequent refresh
-   (`metrics_today`: today so far, and `metrics.api.warm`) — unless --no-frequent.
+   (`metrics_today`: today so far, and `metrics.reports.warm`) — unless --no-frequent.
    --verify compares the stored answers (overview, revenue, cohorts; 30 days; and stages,
    flows and channels for each range) with the live computation.
 5. Every endpoint (`metrics/overview/`, `funnel/`, `stages/`, `flows/`, `revenue/`,
@@ -72,9 +72,9 @@ from rest_framework.test import APIClient  # noqa: E402
 
 from core import access  # noqa: E402
 from crm.models import Channel, Customer  # noqa: E402
-from metrics import api, rangefacts, selectors, services  # noqa: E402
+from metrics import rangefacts, reports, selectors, services  # noqa: E402
 from metrics.periods import Period, Scope, add_months, month_start  # noqa: E402
-from metrics.views import AIPL_MODEL, DEFAULT_MODEL  # noqa: E402
+from metrics.reports import AIPL_MODEL, DEFAULT_MODEL  # noqa: E402
 
 ENDPOINTS = ("overview", "funnel", "stages", "flows", "revenue", "cohorts", "channels", "sops",
              "campaigns")
@@ -338,9 +338,9 @@ def bench_frequent(today: date) -> list[list]:
         done = services.metrics_today(today=today)
     refreshed = time.perf_counter() - started
     _admin, operator, _owned, _channel = pick_people()
-    api._note_operator(Scope(user=operator))        # one operator used the dashboard lately
+    reports._note_operator(Scope(user=operator))        # one operator used the dashboard lately
     started = time.perf_counter()
-    warmed = api.warm()
+    warmed = reports.warm()
     warming = time.perf_counter() - started
     return [[f"frequent refresh: today so far ({today}, clock at {later:%H:%M})", f"{refreshed:,.1f} s",
              f"today's snapshot {done.snapshot.duration_ms / 1000:.1f} s, today's changes to "

@@ -1,224 +1,18 @@
 """REST API of the KPIs (DESIGN §4 `metrics/overview/`, `funnel/`, `stages/`, `flows/`,
-`revenue/`, plus `cohorts/`): parse the period and filters, answer from the cache or the
-selectors. docs/METRICS.md defines every figure."""
+`revenue/`, plus `cohorts/`): each view answers its report (metrics.reports: parameters, scope,
+cache) and documents it. docs/METRICS.md defines every figure."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from collections.abc import Callable
-from contextvars import ContextVar
-from datetime import date, timedelta
-from typing import Any
-
-from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.core.cache import cache
-from django.db import transaction
-from django.http import HttpRequest, QueryDict
-from django.utils import translation
 from django.utils.text import format_lazy
-from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core import access, moments
-from core.db import heavy_statements
-from core.exceptions import ApplicationError
-from crm.models import Channel
-from lifecycle.models import StageModel
-from metrics import selectors
-from metrics.periods import MAX_RANGE_DAYS, Period, Scope, add_months, local_today, month_start
-
-DEFAULT_DAYS = 30
-DEFAULT_CACHE_SECONDS = 300
-
-
-# --- Parameters ------------------------------------------------------------------------------
-
-def _bad(name: str, message: str) -> ApplicationError:
-    return ApplicationError(f"{name}: {message}", extra={"parameter": name})
-
-
-def _date(query, name: str) -> date | None:
-    raw = query.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        day = date.fromisoformat(raw)
-    except ValueError:
-        raise _bad(name, _("not a date; expected YYYY-MM-DD, got %(value)r") % {"value": raw})
-    try:
-        return moments.check_day(day)
-    except moments.MomentError as exc:
-        raise _bad(name, str(exc))
-
-
-def _range(query, start_name: str, end_name: str, *, default: Period | None) -> Period | None:
-    """Inclusive dates in the system time zone; `default` when neither is given; at most
-    366 days, the end not before the start."""
-    start, end = _date(query, start_name), _date(query, end_name)
-    if start is None and end is None:
-        return default
-    if default is None and (start is None or end is None):
-        missing = start_name if start is None else end_name
-        raise _bad(missing, _("required with %(other)s") % {
-            "other": end_name if start is None else start_name})
-    end = end or max(start, local_today())
-    start = start or end - timedelta(days=default.days - 1)
-    if end < start:
-        raise _bad(end_name, _("%(end)s is before %(start)s") % {"end": end, "start": start})
-    if (end - start).days + 1 > MAX_RANGE_DAYS:
-        raise _bad(end_name, _("the range is at most %(days)d days, %(start)s to %(end)s is "
-                               "%(n)d") % {"days": MAX_RANGE_DAYS, "start": start, "end": end,
-                                           "n": (end - start).days + 1})
-    return Period(start, end)
-
-
-def _period(query, *, default_days: int = DEFAULT_DAYS, months: bool = False) -> Period:
-    today = local_today()
-    first = (add_months(month_start(today), -11) if months
-             else today - timedelta(days=default_days - 1))
-    return _range(query, "start", "end", default=Period(first, today))
-
-
-def _scope(request) -> Scope:
-    query = request.query_params
-    channel = owner = None
-    if code := query.get("channel"):
-        channel = Channel.objects.filter(code=code).first()
-        if channel is None:
-            raise _bad("channel", _("unknown channel %(code)r") % {"code": code})
-    if username := query.get("owner"):
-        owner = get_user_model().objects.filter(username=username).first()
-        if owner is None:
-            raise _bad("owner", _("unknown user %(name)r") % {"name": username})
-    return Scope(user=request.user, channel=channel, owner=owner)
-
-
-def _model(query) -> StageModel:
-    key = query.get("model")
-    model = StageModel.objects.filter(key=key).first() if key else None
-    if model is None:
-        known = ", ".join(StageModel.objects.order_by("order", "key")
-                          .values_list("key", flat=True))
-        if not key:
-            raise _bad("model", _("required: the key of a stage model (%(known)s)")
-                       % {"known": known})
-        raise _bad("model", _("unknown stage model %(key)r; known: %(known)s")
-                   % {"key": key, "known": known})
-    return model
-
-
-# Set while warming the cache: compute every answer afresh and store it.
-_recompute: ContextVar[bool] = ContextVar("metrics_recompute", default=False)
-
-
-def cached(kind: str, scope: Scope, params: dict[str, Any], compute: Callable[[], dict]
-           ) -> dict:
-    """The answer from Django's cache (Redis in production) for METRICS_CACHE_SECONDS (default
-    300), keyed by what the user may see and the parameters."""
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-    key = f"metrics:{kind}:{scope.key}:{digest}"
-    if not _recompute.get():
-        _note_operator(scope)
-    answer = None if _recompute.get() else cache.get(key)
-    if answer is None:
-        with transaction.atomic():
-            heavy_statements()          # room for the big aggregates (PostgreSQL work_mem)
-            answer = compute()
-        cache.set(key, answer, getattr(settings, "METRICS_CACHE_SECONDS",
-                                       DEFAULT_CACHE_SECONDS))
-    return answer
-
-
-def answer(view: type[APIView], user, params: dict[str, str]) -> dict:
-    """What the endpoint `view` (of this module or metrics.api_performance) answers `user` for
-    the query `params`, without HTTP: the same parsing, errors (an ApplicationError whose
-    message names the parameter), cache and selectors — the dashboard's Metrics page shows
-    exactly what the API returns. The caller checks the user's role (HasRole)."""
-    http = HttpRequest()
-    http.method = "GET"
-    http.GET = QueryDict(mutable=True)
-    http.GET.update({name: value for name, value in params.items() if value not in (None, "")})
-    request = Request(http)
-    request.user = user
-    return view().get(request).data
-
-
-def dashboard_loads() -> list[tuple[type[APIView], dict[str, str]]]:
-    """The requests the dashboard's Metrics page makes by default (the last 30 days, every
-    customer, its default stage model): what `warm` keeps in the cache."""
-    from metrics import api_performance, views
-
-    return [(OverviewView, {}), (RevenueView, {}), (CohortsView, {}),
-            (FunnelView, {"model": views.AIPL_MODEL}),
-            (StagesView, {"model": views.DEFAULT_MODEL}),
-            (FlowsView, {"model": views.DEFAULT_MODEL}),
-            (api_performance.ChannelsView, {}), (api_performance.SopsView, {})]
-
-
-RECENT_OPERATORS = "metrics:recent-operators"
-
-
-def _recent_seconds() -> int:
-    return int(getattr(settings, "METRICS_WARM_RECENT_SECONDS", 3600))
-
-
-def _note_operator(scope: Scope) -> None:
-    """Remember (for METRICS_WARM_RECENT_SECONDS, default an hour) that an operator asked for
-    metrics, so that `warm` keeps their default answers too. Best effort, at most once a
-    minute per operator."""
-    user = scope.user
-    if user is None or access.user_role(user) != access.OPERATOR:
-        return
-    now = time.time()
-    seen = cache.get(RECENT_OPERATORS) or {}
-    if now - seen.get(user.pk, 0) < 60:
-        return
-    seen = {pk: at for pk, at in seen.items() if now - at < _recent_seconds()}
-    seen[user.pk] = now
-    cache.set(RECENT_OPERATORS, seen, _recent_seconds())
-
-
-def warm(loads=None) -> int:
-    """Compute the dashboard's default answers afresh and store them in the cache: for admins
-    and analysts (who share one scope), and for each operator who asked for metrics in the last
-    METRICS_WARM_RECENT_SECONDS (default an hour) — in every language of the site for the
-    reports that name things in it. The frequent refresh calls this, so those loads are
-    answered from the cache even where the figure can only be computed (medians, stage-to-stage
-    conversion, channel attribution); an answer is then at most METRICS_CACHE_SECONDS old.
-    Returns the number of answers stored."""
-    users = [get_user_model()(username="metrics-warm", is_superuser=True, is_active=True)]
-    now = time.time()
-    recent = [pk for pk, at in (cache.get(RECENT_OPERATORS) or {}).items()
-              if now - at < _recent_seconds()]
-    users += [user for user in get_user_model().objects.filter(pk__in=recent, is_active=True)
-              if access.user_role(user) == access.OPERATOR]
-    token = _recompute.set(True)
-    stored = 0
-    try:
-        for view, params in (loads or dashboard_loads()):
-            if "model" in params and not StageModel.objects.filter(key=params["model"]).exists():
-                continue
-            # Channel, SOP and campaign reports are cached per language; the others are not.
-            per_language = view.__module__ == "metrics.api_performance"
-            for language in ([code for code, _name in settings.LANGUAGES] if per_language
-                             else [settings.LANGUAGE_CODE]):
-                with translation.override(language):
-                    for user in users:
-                        answer(view, user, params)
-                        stored += 1
-    finally:
-        _recompute.reset(token)
-    return stored
-
+from metrics import reports
 
 # --- Schema --------------------------------------------------------------------------------
 
@@ -304,9 +98,7 @@ class OverviewView(APIView):
             "win-back transitions in the range ÷ customers in dormant or churn at its start. "
             "Rates are null when the denominator is 0.")))
     def get(self, request):
-        period, scope = _period(request.query_params), _scope(request)
-        return Response(cached("overview", scope, period.as_dict(),
-                               lambda: selectors.overview_report(scope=scope, period=period)))
+        return Response(reports.overview(request.user, request.query_params))
 
 
 class FunnelView(APIView):
@@ -320,13 +112,7 @@ class FunnelView(APIView):
             "end of `date`). reach = customers at the stage or a later one; rate_to_next = "
             "reach of the next stage ÷ reach of this one (AIPL: A→I, I→P, P→L).")))
     def get(self, request):
-        query = request.query_params
-        model, scope = _model(query), _scope(request)
-        day = _date(query, "date")
-        if day is not None and day > local_today():
-            raise _bad("date", _("%(day)s is in the future") % {"day": day})
-        return Response(cached("funnel", scope, {"model": model.key, "date": day},
-                               lambda: selectors.funnel_report(scope=scope, model=model, day=day)))
+        return Response(reports.funnel(request.user, request.query_params))
 
 
 class StagesView(APIView):
@@ -343,11 +129,7 @@ class StagesView(APIView):
             "transitions in the range ÷ customers in a win-back stage (dormant, churn) at the "
             "range start; null for models without such stages.")))
     def get(self, request):
-        query = request.query_params
-        model, period, scope = _model(query), _period(query), _scope(request)
-        return Response(cached("stages", scope, {"model": model.key, **period.as_dict()},
-                               lambda: selectors.stages_report(scope=scope, model=model,
-                                                               period=period)))
+        return Response(reports.stages(request.user, request.query_params))
 
 
 class FlowsView(APIView):
@@ -361,11 +143,7 @@ class FlowsView(APIView):
             "share = those ÷ entered, and the median days from entering to that move; "
             "still_in_stage = entered and not moved since.")))
     def get(self, request):
-        query = request.query_params
-        model, period, scope = _model(query), _period(query), _scope(request)
-        return Response(cached("flows", scope, {"model": model.key, **period.as_dict()},
-                               lambda: selectors.flows_report(scope=scope, model=model,
-                                                              period=period)))
+        return Response(reports.flows(request.user, request.query_params))
 
 
 class RevenueView(APIView):
@@ -390,13 +168,7 @@ class RevenueView(APIView):
             "the factors); the parts add up exactly to `change`, the rounding remainder in "
             "the largest part. Money in CNY as strings with 2 decimals.")))
     def get(self, request):
-        query = request.query_params
-        period, scope = _period(query), _scope(request)
-        compare = _range(query, "compare_start", "compare_end", default=None) or period.previous()
-        return Response(cached("revenue", scope, {**period.as_dict(), "compare":
-                                                  compare.as_dict()},
-                               lambda: selectors.revenue_report(scope=scope, period=period,
-                                                                compare=compare)))
+        return Response(reports.revenue(request.user, request.query_params))
 
 
 class CohortsView(APIView):
@@ -409,6 +181,4 @@ class CohortsView(APIView):
             "month) and rate = active ÷ cohort size. Complete months come from the table the "
             "nightly job refreshes, the current month is computed live.")))
     def get(self, request):
-        period, scope = _period(request.query_params, months=True), _scope(request)
-        return Response(cached("cohorts", scope, period.as_dict(),
-                               lambda: selectors.cohort_retention(scope=scope, period=period)))
+        return Response(reports.cohorts(request.user, request.query_params))

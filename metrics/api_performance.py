@@ -1,184 +1,23 @@
 """REST API of channel attribution, SOP performance and campaign performance (DESIGN §4
-`metrics/channels/`, `metrics/sops/`, `metrics/campaigns/`): parse the period and filters,
-answer from the cache or the selectors. The period, the filters and the cache are those of the
-other metrics (metrics.api)."""
+`metrics/channels/`, `metrics/sops/`, `metrics/campaigns/`): each view answers its report
+(metrics.reports) and documents it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from django.utils import timezone
 from django.utils.text import format_lazy
-from django.utils.translation import get_language, gettext_lazy
-from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from campaigns.models import Campaign, Sop
-from metrics import attribution, sops
-from metrics.api import FILTER_PARAMETERS, RANGE_PARAMETERS, _bad, _period, _scope, cached
-
-# --- Parameters ----------------------------------------------------------------------------
-
-def _one(query, name: str, model) -> Any:
-    """The `sop` / `campaign` filter: an id of an existing row, or None when not given."""
-    raw = query.get(name)
-    if raw in (None, ""):
-        return None
-    found = model.objects.filter(pk=int(raw)).first() if raw.isdigit() else None
-    if found is None:
-        raise _bad(name, _("no %(what)s with id %(id)r") % {"what": model._meta.verbose_name,
-                                                            "id": raw})
-    return found
-
-
-def _report(kind: str, request, serializer: type[serializers.Serializer],
-            compute: Callable[..., dict[str, Any]], **filters) -> Response:
-    """Parse the period and scope, answer the report shaped by its serializer, from the cache
-    (5 minutes) or computed now."""
-    period, scope = _period(request.query_params), _scope(request)
-    key = {**period.as_dict(), **{name: row.pk for name, row in filters.items() if row},
-           # "No channel" is translated: one answer per language.
-           "language": get_language()}
-
-    def run() -> dict[str, Any]:
-        return dict(serializer({**period.as_dict(), "computed_at": timezone.now(),
-                                **compute(scope=scope, period=period, **filters)}).data)
-
-    return Response(cached(f"performance:{kind}", scope, key, run))
-
-
-# --- Response shapes (for the schema) -----------------------------------------------------
-
-RATE = {"allow_null": True}
-
-
-class ChannelRetentionSerializer(serializers.Serializer):
-    eligible = serializers.IntegerField(help_text=gettext_lazy(
-        "Acquired customers whose window has elapsed (joined_at + N days ≤ now)."))
-    retained = serializers.IntegerField(help_text=gettext_lazy(
-        "Of those, the ones who did not delete us within N days of joining."))
-    rate = serializers.FloatField(**RATE, help_text=gettext_lazy("retained ÷ eligible"))
-
-
-class ChannelAttributionTotalsSerializer(serializers.Serializer):
-    acquired = serializers.IntegerField()
-    buyers = serializers.IntegerField()
-    conversion_rate = serializers.FloatField(**RATE)
-    revenue = serializers.DecimalField(max_digits=16, decimal_places=2)
-    cost = serializers.DecimalField(max_digits=16, decimal_places=2)
-    roi = serializers.FloatField(**RATE)
-    retention_30d = ChannelRetentionSerializer()
-    retention_90d = ChannelRetentionSerializer()
-
-
-class ChannelAttributionRowSerializer(ChannelAttributionTotalsSerializer):
-    channel = serializers.CharField(allow_null=True, help_text=gettext_lazy(
-        "Channel code; null for customers without a channel."))
-    name = serializers.CharField()
-    channel_cost = serializers.DecimalField(max_digits=16, decimal_places=2, allow_null=True)
-    customers_to_date = serializers.IntegerField(allow_null=True)
-    cost_per_acquisition = serializers.DecimalField(max_digits=16, decimal_places=2,
-                                                    allow_null=True)
-    cost = serializers.DecimalField(max_digits=16, decimal_places=2, allow_null=True)
-
-
-class ChannelAttributionReportSerializer(serializers.Serializer):
-    start = serializers.DateField()
-    end = serializers.DateField()
-    computed_at = serializers.DateTimeField()
-    results = ChannelAttributionRowSerializer(many=True)
-    totals = ChannelAttributionTotalsSerializer()
-
-
-class DeliveryFunnelSerializer(serializers.Serializer):
-    sent = serializers.IntegerField()
-    delivered = serializers.IntegerField()
-    read = serializers.IntegerField()
-    replied = serializers.IntegerField()
-    failed = serializers.IntegerField()
-    pending = serializers.IntegerField()
-    skipped = serializers.IntegerField()
-    skipped_by_reason = serializers.DictField(child=serializers.IntegerField())
-    converted = serializers.IntegerField()
-    blocked = serializers.IntegerField()
-    delivery_rate = serializers.FloatField(**RATE)
-    read_rate = serializers.FloatField(**RATE)
-    reply_rate = serializers.FloatField(**RATE)
-    conversion_rate = serializers.FloatField(**RATE)
-    block_rate = serializers.FloatField(**RATE)
-
-
-class SopMessagesSerializer(DeliveryFunnelSerializer):
-    total = serializers.IntegerField()
-
-
-class SopStepPerformanceSerializer(SopMessagesSerializer):
-    id = serializers.IntegerField()
-    order = serializers.IntegerField()
-    channel = serializers.CharField()
-    category = serializers.CharField()
-
-
-class HoldoutGroupSerializer(serializers.Serializer):
-    size = serializers.IntegerField()
-    count = serializers.IntegerField()
-    rate = serializers.FloatField(**RATE)
-
-
-class HoldoutComparisonSerializer(serializers.Serializer):
-    treatment = HoldoutGroupSerializer()
-    control = HoldoutGroupSerializer()
-    uplift_pp = serializers.FloatField(**RATE)
-    relative_uplift = serializers.FloatField(**RATE)
-    p_value = serializers.FloatField(**RATE)
-    window_open = serializers.IntegerField()
-
-
-class SopPerformanceSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    model = serializers.CharField()
-    stage = serializers.CharField()
-    active = serializers.BooleanField()
-    holdout_percent = serializers.IntegerField()
-    enrolled = serializers.IntegerField()
-    treatment = serializers.IntegerField()
-    control = serializers.IntegerField()
-    messages = SopMessagesSerializer()
-    conversion = HoldoutComparisonSerializer()
-    advancement = HoldoutComparisonSerializer()
-    steps = SopStepPerformanceSerializer(many=True)
-
-
-class SopPerformanceReportSerializer(serializers.Serializer):
-    start = serializers.DateField()
-    end = serializers.DateField()
-    computed_at = serializers.DateTimeField()
-    results = SopPerformanceSerializer(many=True)
-
-
-class CampaignPerformanceSerializer(DeliveryFunnelSerializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    status = serializers.CharField()
-    channel = serializers.CharField()
-    category = serializers.CharField()
-    started_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField(allow_null=True)
-    audience = serializers.IntegerField()
-
-
-class CampaignPerformanceReportSerializer(serializers.Serializer):
-    start = serializers.DateField()
-    end = serializers.DateField()
-    computed_at = serializers.DateTimeField()
-    results = CampaignPerformanceSerializer(many=True)
-
+from metrics import reports
+from metrics.api import FILTER_PARAMETERS, RANGE_PARAMETERS
+from metrics.serializers import (
+    CampaignPerformanceReportSerializer,
+    ChannelAttributionReportSerializer,
+    SopPerformanceReportSerializer,
+)
 
 # --- Views ---------------------------------------------------------------------------------
 
@@ -243,8 +82,7 @@ class ChannelsView(APIView):
     @extend_schema(parameters=PERIOD_PARAMETERS, responses=ChannelAttributionReportSerializer,
                    description=_description(CHANNELS_DESCRIPTION))
     def get(self, request):
-        return _report("channels", request, ChannelAttributionReportSerializer,
-                       attribution.channel_attribution)
+        return Response(reports.channels(request.user, request.query_params))
 
 
 class SopsView(APIView):
@@ -254,8 +92,7 @@ class SopsView(APIView):
         "sop", OpenApiTypes.INT, description=gettext_lazy("Only this SOP (id)."))],
         responses=SopPerformanceReportSerializer, description=_description(SOPS_DESCRIPTION))
     def get(self, request):
-        return _report("sops", request, SopPerformanceReportSerializer, sops.sop_performance,
-                       sop=_one(request.query_params, "sop", Sop))
+        return Response(reports.sop_performance(request.user, request.query_params))
 
 
 class CampaignsView(APIView):
@@ -266,6 +103,4 @@ class CampaignsView(APIView):
         responses=CampaignPerformanceReportSerializer,
         description=_description(CAMPAIGNS_DESCRIPTION))
     def get(self, request):
-        return _report("campaigns", request, CampaignPerformanceReportSerializer,
-                       sops.campaign_performance,
-                       campaign=_one(request.query_params, "campaign", Campaign))
+        return Response(reports.campaign_performance(request.user, request.query_params))

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from metrics import api, services
+from metrics import reports, services
 
 
 @shared_task(acks_late=True)
@@ -21,6 +21,6 @@ def metrics_today() -> dict:
     warm the cache with the dashboard's default answers. Safe to run twice: each part replaces
     what it writes, under a lock."""
     done = services.metrics_today()
-    warmed = api.warm()
+    warmed = reports.warm()
     return {"date": done.date.isoformat(), "rows": done.snapshot.rows,
             "range_cells": done.range_cells, "ms": done.duration_ms, "warmed": warmed}

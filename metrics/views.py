@@ -1,9 +1,9 @@
 """The dashboard's Metrics page: the figures of the metrics API (docs/METRICS.md) for a date
 range, a channel and an owner, as cards, tables and bars drawn with CSS widths.
 
-Every figure is what an endpoint answers for the same user and parameters (`metrics.api.answer`
-runs the endpoint's own handler: parsing, cache, selectors), so the page and the API agree, and
-bad input shows the API's message, which names the parameter.
+Every figure is what the API answers for the same user and parameters: both call the report
+functions of metrics.reports (parsing, scope, cache, selectors), so the page and the API agree,
+and bad input shows the same message, which names the parameter.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ from core import access
 from core.exceptions import ApplicationError
 from crm.models import Channel, Customer
 from lifecycle.models import Stage, StageModel
-from metrics import api, api_performance
+from metrics import reports
 from metrics.periods import add_months, local_today, month_start
 from metrics.templatetags.metrics_format import count, decimal2, money, percent
 
-DEFAULT_MODEL = "journey"
-AIPL_MODEL = "aipl"
 TOP_FLOWS = 10
 COHORT_MONTHS = 12
 FILTERS = ("start", "end", "channel", "owner")
@@ -199,8 +197,8 @@ def _cohorts(report: dict[str, Any]) -> dict[str, Any]:
 
 def _reports(user, filters: dict[str, str], model_key: str | None,
              aipl: bool) -> dict[str, Any]:
-    """Every section's figures, from the endpoints; raises the endpoint's ApplicationError."""
-    overview = api.answer(api.OverviewView, user, filters)
+    """Every section's figures, from the reports; raises a report's ApplicationError."""
+    overview = reports.overview(user, filters)
     end = date.fromisoformat(overview["end"])
     scope = {"channel": filters["channel"], "owner": filters["owner"]}
     # Stage counts at the end of the range (now when it ends today or later).
@@ -209,23 +207,22 @@ def _reports(user, filters: dict[str, str], model_key: str | None,
         "overview": overview, "cards": _kpi_cards(overview),
         "overview_empty": not (overview["relationship"]["interaction"]["customers"]
                                or overview["relationship"]["acquaintance"]["joined"]),
-        "revenue": _revenue(api.answer(api.RevenueView, user, filters)),
-        "channels": api.answer(api_performance.ChannelsView, user, filters),
-        "sops": _sops(api.answer(api_performance.SopsView, user, filters)),
-        "cohorts": _cohorts(api.answer(api.CohortsView, user, {
+        "revenue": _revenue(reports.revenue(user, filters)),
+        "channels": reports.channels(user, filters),
+        "sops": _sops(reports.sop_performance(user, filters)),
+        "cohorts": _cohorts(reports.cohorts(user, {
             "start": add_months(month_start(end), 1 - COHORT_MONTHS).isoformat(),
             "end": end.isoformat(), **scope})),
         "funnel": None, "flows": None, "aipl": None,
     }
     if model_key:
-        stages = _funnel(api.answer(api.StagesView, user, {**filters, "model": model_key}))
+        stages = _funnel(reports.stages(user, {**filters, "model": model_key}))
         names = {row["stage"]: row["name"] for row in stages["rows"]}
         context["funnel"] = stages
-        context["flows"] = _flows(api.answer(api.FlowsView, user,
-                                             {**filters, "model": model_key}), names)
+        context["flows"] = _flows(reports.flows(user, {**filters, "model": model_key}), names)
     if aipl:
-        context["aipl"] = _funnel(api.answer(api.FunnelView, user,
-                                             {"model": AIPL_MODEL, "date": day, **scope}))
+        context["aipl"] = _funnel(reports.funnel(user, {"model": reports.AIPL_MODEL,
+                                                         "date": day, **scope}))
     return context
 
 
@@ -241,7 +238,7 @@ def dashboard(request):
     query = request.GET
     models = list(StageModel.objects.order_by("order", "key").values_list("key", "name"))
     keys = [key for key, _name in models]
-    model_key = query.get("model") or (DEFAULT_MODEL if DEFAULT_MODEL in keys
+    model_key = query.get("model") or (reports.DEFAULT_MODEL if reports.DEFAULT_MODEL in keys
                                        else keys[0] if keys else "")
     filters = {name: query.get(name, "").strip() for name in FILTERS}
     context: dict[str, Any] = {
@@ -254,7 +251,7 @@ def dashboard(request):
     }
     status = 200
     try:
-        context.update(_reports(user, filters, model_key, AIPL_MODEL in keys))
+        context.update(_reports(user, filters, model_key, reports.AIPL_MODEL in keys))
     except ApplicationError as exc:
         context["error"] = exc.message
         status = 400

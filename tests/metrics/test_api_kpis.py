@@ -216,12 +216,12 @@ def test_warming_caches_the_dashboards_default_answers(data, get, analyst,
                                                        django_assert_max_num_queries):
     from django.conf import settings
 
-    from metrics import api
+    from metrics import reports
 
     get("funnel", model="aipl")                     # the token is made on the first request
     cache.clear()
     # Eight loads; channel attribution and SOP performance once per language.
-    assert api.warm() == 8 + 2 * (len(settings.LANGUAGES) - 1)
+    assert reports.warm() == 8 + 2 * (len(settings.LANGUAGES) - 1)
     for path, params, most in [("overview", {}, 3), ("revenue", {}, 3), ("cohorts", {}, 3),
                                ("channels", {}, 3), ("sops", {}, 3),
                                ("stages", {"model": "journey"}, 4),
@@ -233,10 +233,33 @@ def test_warming_caches_the_dashboards_default_answers(data, get, analyst,
     joined = get("overview", analyst).json()["relationship"]["acquaintance"]["joined"]
     Customer.objects.create(external_id="today", owner=data.op_a)      # joins now
     assert get("overview").json()["relationship"]["acquaintance"]["joined"] == joined
-    api.warm()
+    reports.warm()
     assert get("overview").json()["relationship"]["acquaintance"]["joined"] == joined + 1
     # An operator who asked for metrics lately is warmed too (their own scope).
     get("sops", data.op_a)
-    assert api.warm() == 2 * (8 + 2 * (len(settings.LANGUAGES) - 1))
+    assert reports.warm() == 2 * (8 + 2 * (len(settings.LANGUAGES) - 1))
     with django_assert_max_num_queries(4):
         assert get("flows", data.op_a, model="journey").status_code == 200
+
+
+def test_every_report_is_a_plain_function_whose_answer_the_api_returns(data, get, admin_user):
+    """The API views, the dashboard and the cache warmer call the same report functions: user
+    and parameters in, the answer out — no request object, one parsing, one cache."""
+    import json
+
+    from rest_framework.renderers import JSONRenderer
+
+    from core.exceptions import ApplicationError
+    from metrics import reports
+
+    for path, report, params in [
+            ("overview", reports.overview, RANGE), ("revenue", reports.revenue, RANGE),
+            ("stages", reports.stages, {**RANGE, "model": "value"}),
+            ("flows", reports.flows, {**RANGE, "model": "value"}),
+            ("funnel", reports.funnel, {"model": "aipl"}), ("cohorts", reports.cohorts, RANGE),
+            ("channels", reports.channels, RANGE), ("sops", reports.sop_performance, RANGE),
+            ("campaigns", reports.campaign_performance, RANGE)]:
+        answer = json.loads(JSONRenderer().render(report(admin_user, params)))
+        assert answer == get(path, **params).json(), path
+    with pytest.raises(ApplicationError, match="^end: 2024-03-01 is before 2024-03-10$"):
+        reports.overview(admin_user, {"start": "2024-03-10", "end": "2024-03-01"})
