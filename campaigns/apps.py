@@ -8,6 +8,8 @@ class CampaignsConfig(AppConfig):
 
     def ready(self) -> None:
         from campaigns import services
+        from crm.hooks import deleted_us_hooks
         from lifecycle.hooks import stage_entered_hooks
 
         stage_entered_hooks.register("sops", services.sops_on_stage_entered)
+        deleted_us_hooks.register("warnings", services.deletion_warnings)

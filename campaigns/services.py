@@ -146,7 +146,7 @@ def _check_stage_guard(*, promotional: bool, aimed_at: set[tuple[str, str]], ove
                                  "guard"))
     raise ApplicationError(
         _("%(what)s: promotional messages to customers in %(stages)s are refused — a newcomer "
-          "who is sold to before trusting the brand deletes it (seed 000). Send service or "
+          "who is sold to before trusting the brand deletes it. Send service or "
           "content instead, exclude these stages, or ask an admin to override explicitly "
           "(override_stage_guard).") % {"what": what, "stages": names})
 
@@ -352,6 +352,21 @@ def _queue_step(step: SopStep, *, sop: Sop, entered_at: datetime, stamp: int) ->
                              f":{stamp}", at(_step_due(step, entered_at)),
                              Message.Status.QUEUED, at(timezone.now()), sop.pk, at(entered_at),
                              Enrollment.Status.ACTIVE])
+
+
+def deletion_warnings(deleted: dict[int, datetime]) -> int:
+    """Customers who deleted or blocked us (crm calls this as it stores the event) become a
+    to-do for their owner, like a churn warning: find out why and try another way back."""
+    tasks = [OperatorTask(
+        assignee_id=c.owner_id, customer=c, kind=OperatorTask.Kind.CHURN_WARNING,
+        title=_("%(name)s deleted you: find out why") % {"name": c.name or c.external_id},
+        body=_("Ask in a group you share or through another channel (SMS, e-mail) what went "
+               "wrong; note what you learn."),
+        due_at=deleted[c.pk], dedupe_key=f"deleted:{c.pk}:{int(deleted[c.pk].timestamp())}")
+        for c in Customer.objects.filter(pk__in=list(deleted)).only("pk", "name",
+                                                                    "external_id", "owner")]
+    OperatorTask.objects.bulk_create(tasks, batch_size=2000, ignore_conflicts=True)
+    return len(tasks)
 
 
 def churn_warnings(entry: StageEntry, customer_ids: list[int]) -> int:

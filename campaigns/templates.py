@@ -37,6 +37,7 @@ from jinja2.filters import FILTERS as JINJA_FILTERS
 from jinja2.sandbox import SandboxedEnvironment
 
 from core.exceptions import ApplicationError
+from core.people import staff_name
 
 MAX_LENGTH = 4000         # characters of template source
 MAX_OUTPUT = 8000         # characters of one rendered message
@@ -327,7 +328,7 @@ def context_for(customer, *, tags: list[str], stages: dict[str, str],
                 categories: list[str]) -> dict[str, Any]:
     owner = customer.owner
     owner_values = SimpleNamespace(username=owner.get_username(),
-                                   name=owner.get_full_name() or owner.get_username())
+                                   name=staff_name(owner))
     return {
         "customer": _customer_values(customer, owner_values),
         "name": customer.name or _("customer"),
@@ -341,7 +342,7 @@ def context_for(customer, *, tags: list[str], stages: dict[str, str],
 
 def sample_context() -> dict[str, Any]:
     """A believable customer for previews and save-time checks."""
-    owner = SimpleNamespace(get_username=lambda: "op_wang", get_full_name=lambda: "王店长")
+    owner = SimpleNamespace(get_username=lambda: "op_wang", first_name="店长", last_name="王")
     customer = SimpleNamespace(
         id=1, external_id="wm_sample", name="林小姐", phone="13800000000", gender="female",
         city="杭州", channel=SimpleNamespace(code="store-qr", name="门店扫码"), owner=owner,

@@ -125,6 +125,8 @@ class TimelineEntrySerializer(serializers.Serializer):
     kind = serializers.CharField(help_text=gettext_lazy("event, order, tag, stage, message, …"))
     type = serializers.CharField()
     title = serializers.CharField()
+    detail = serializers.CharField(help_text=gettext_lazy(
+        "Who, why or what it said, as a sentence; may be empty."))
     data = serializers.DictField()
 
 

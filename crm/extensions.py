@@ -21,6 +21,9 @@ class FieldExtension:
     prepare: Callable[[QuerySet], QuerySet]
     value: Callable[[Any], Any]
     empty: Callable[[], Any]
+    # For pages: the value as chips people read — [{"label", "color", "title"}] (stage and tag
+    # names with their colours, never keys). None: the value's items as plain chips.
+    chips: Callable[[Any], list[dict[str, str]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,20 @@ def extension_values(customer) -> dict[str, Any]:
     for extension in customer_fields:
         values[extension.name] = extension.value(customer)
     return values
+
+
+def extension_chips(customer) -> dict[str, list[dict[str, str]]]:
+    """Each field extension's value as chips for a page (see FieldExtension.chips)."""
+    out = {}
+    for extension in customer_fields:
+        if extension.chips is not None:
+            out[extension.name] = extension.chips(customer)
+        else:
+            value = extension.value(customer)
+            items = value.values() if isinstance(value, dict) else value
+            out[extension.name] = [{"label": str(item), "color": "", "title": ""}
+                                   for item in items]
+    return out
 
 
 # Panels other apps add to the dashboard's customer page (tags, stages, …): each renders its

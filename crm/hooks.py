@@ -16,6 +16,7 @@ which transactions commit. No signals, no upward imports, nothing lost when a br
 
 import json
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
@@ -26,6 +27,17 @@ from crm.models import CustomerTouch, TouchConsumer
 
 TouchHandler = Callable[[list[int]], Any]
 touch_consumers: Registry[TouchHandler] = Registry("touch_consumers")
+
+# Called in the ingest transaction with {customer id: when} for the customers who just deleted
+# (or blocked) us: campaigns turns each into a to-do for the owner.
+DeletedUsHook = Callable[[dict[int, datetime]], Any]
+deleted_us_hooks: Registry[DeletedUsHook] = Registry("deleted_us")
+
+
+def customers_deleted_us(deleted: dict[int, datetime]) -> None:
+    if deleted:
+        for hook in deleted_us_hooks:
+            hook(deleted)
 
 
 def notify_customers_touched(customer_ids: Iterable[int]) -> None:

@@ -10,6 +10,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core import access
+from core.people import staff_name
 from crm import extensions, timeline
 from crm.models import Channel, Customer, Event, Group, GroupMembership, Order
 
@@ -183,7 +184,7 @@ def customer_filter_choices(*, user) -> dict[str, list[tuple[str, str]]]:
         staff = (get_user_model().objects.filter(is_active=True)
                  .filter(Q(groups__name=access.OPERATOR) | Exists(owns)).distinct()
                  .order_by("username"))
-        owners = [(u.username, u.get_full_name() or u.username) for u in staff]
+        owners = [(u.username, staff_name(u)) for u in staff]
     return {"channels": channels, "owners": owners}
 
 

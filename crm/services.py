@@ -54,7 +54,7 @@ from core.db import (
 )
 from core.exceptions import ApplicationError
 from core.text import find_unstorable
-from crm.hooks import notify_customers_touched
+from crm.hooks import customers_deleted_us, notify_customers_touched
 from crm.models import (
     EVENT_COUNT_LATEST,
     INBOUND_EVENT_TYPES,
@@ -567,6 +567,12 @@ def _apply_status_events(items: list[_EventItem], ids: dict[str, int]) -> None:
     Customer.objects.filter(pk__in=latest.keys()).filter(
         Q(status_changed_at__isnull=True) | Q(status_changed_at__lte=at_case)
     ).update(status=status_case, status_changed_at=at_case, updated_at=timezone.now())
+    deleting = {pk: i.occurred_at for pk, i in latest.items()
+                if i.type == Event.Type.FRIEND_DELETED}
+    if deleting:     # the ones this batch really moved to deleted_us (not an older event)
+        moved = Customer.objects.filter(pk__in=deleting, status=Customer.Status.DELETED_US)
+        customers_deleted_us({pk: at for pk, at in moved.values_list("pk", "status_changed_at")
+                              if at == deleting[pk]})
 
 
 def _apply_group_events(items: list[_EventItem], ids: dict[str, int]) -> None:

@@ -2,13 +2,16 @@
 
 crm contributes events and orders; later apps (tag changes, stage transitions, messages)
 register their own source in `AppConfig.ready()`. A source answers the newest `limit` entries
-of one customer and how many it has in all, each entry a dict with `at`, `kind`, `title`, `data`.
+of one customer and how many it has in all, each entry a dict with `at`, `kind`, `title` (what
+happened, in a few words of the user's language), `detail` (who, why, what it said — a sentence
+for people, may be empty) and `data` (the facts, for programs).
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 
 from core.registry import Registry
@@ -26,6 +29,19 @@ class TimelineSource:
 sources: Registry[TimelineSource] = Registry("timeline_sources")
 
 
+# Keys of an event's data that say in a few words what happened, in order of preference.
+SUMMARY_KEYS = ("content", "text", "title", "name", "group", "url", "referred", "answer", "coupon")
+
+
+def summary(data: dict) -> str:
+    """What an event's data says, in a few words (its text, the group, the link …)."""
+    for key in SUMMARY_KEYS:
+        value = data.get(key)
+        if value not in (None, "", [], {}):
+            return Truncator(str(value)).chars(80)
+    return ""
+
+
 def _event_entries(customer_id: int, limit: int) -> list[Entry]:
     from crm.models import Event
 
@@ -33,7 +49,7 @@ def _event_entries(customer_id: int, limit: int) -> list[Entry]:
             .order_by("-occurred_at", "-id")[:limit])
     return [
         {"at": e.occurred_at, "kind": "event", "type": e.type, "title": e.get_type_display(),
-         "data": {"id": e.id, **(e.data or {})}}
+         "detail": summary(e.data or {}), "data": {"id": e.id, **(e.data or {})}}
         for e in rows
     ]
 
@@ -55,6 +71,8 @@ def _order_entries(customer_id: int, limit: int) -> list[Entry]:
             "amount": o.amount, "status": o.get_status_display()}
         out.append({
             "at": o.placed_at, "kind": "order", "type": o.status, "title": title,
+            "detail": _("%(source)s order %(number)s") % {"source": o.source,
+                                                           "number": o.external_id},
             "data": {"id": o.id, "source": o.source, "external_id": o.external_id,
                      "amount": str(o.amount), "status": o.status,
                      "items": [{"sku": i.sku, "name": i.name, "category": i.category,

@@ -1,6 +1,5 @@
 """Dashboard pages for operators, admins and analysts; thin over the selectors."""
 
-import json
 from typing import Any
 
 from django import forms
@@ -9,13 +8,12 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.shortcuts import render
 from django.utils.safestring import mark_safe
-from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from core import access
 from core.exceptions import ApplicationError
-from crm import extensions, selectors
+from crm import extensions, selectors, timeline
 from crm.models import Customer
 
 CUSTOMERS_PAGE_SIZE = 50
@@ -35,8 +33,6 @@ TIMELINE_KIND_LABELS = {
 }
 EXTENSION_FILTER_LABELS = {"tag": gettext_lazy("Tags"), "stage": gettext_lazy("Stage"),
                            "segment": gettext_lazy("Segment")}
-# Keys of an event's data that say in a few words what happened, in order of preference.
-SUMMARY_KEYS = ("content", "text", "title", "name", "group", "url", "referred", "answer", "coupon")
 
 
 class CustomerFilterForm(forms.Form):
@@ -89,27 +85,13 @@ def _positive_int(value: str | None) -> int:
         return 1
 
 
-def _summary(data: dict) -> str:
-    for key in SUMMARY_KEYS:
-        value = data.get(key)
-        if value not in (None, "", [], {}):
-            return Truncator(str(value)).chars(80)
-    return ""
-
-
-def _display(value: Any) -> str:
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
 @login_required
 def home(request):
     user = request.user
     figures = selectors.dashboard_figures(user=user)
     events = []
     if access.can_see_customers(user):
-        events = [{"event": e, "summary": _summary(e.data or {})}
+        events = [{"event": e, "summary": timeline.summary(e.data or {})}
                   for e in selectors.dashboard_recent_events(user=user, limit=RECENT_EVENTS)]
     return render(request, "dashboard/home.html",
                   _page(request, figures=figures, events=events))
@@ -138,7 +120,8 @@ def customer_list(request):
     except ApplicationError as exc:   # e.g. a tag name that two tag groups share
         error = exc.message
         page_obj = Paginator(Customer.objects.none(), CUSTOMERS_PAGE_SIZE).get_page(1)
-    rows = [{"customer": c, **extensions.extension_values(c)} for c in page_obj.object_list]
+    rows = [{"customer": c, **extensions.extension_values(c),
+             "chips": extensions.extension_chips(c)} for c in page_obj.object_list]
     sort_links = {}
     for column, first in SORTABLE_COLUMNS.items():
         direction = "asc" if sort == column else "desc" if sort == f"-{column}" else ""
@@ -164,25 +147,17 @@ def customer_detail(request, pk: int):
     _require_customer_access(user)
     customer = selectors.customer_get(user=user, pk=pk)
     requested = _positive_int(request.GET.get("page"))
-    timeline = selectors.customer_timeline(customer_id=customer.pk, page=requested,
-                                           page_size=TIMELINE_PAGE_SIZE)
+    history = selectors.customer_timeline(customer_id=customer.pk, page=requested,
+                                          page_size=TIMELINE_PAGE_SIZE)
     # The timeline merges several sources, so it is paginated by the selector; a Paginator
     # over its count only draws the page links (and pulls a page past the end back in).
-    page_obj = Paginator(range(timeline["count"]), TIMELINE_PAGE_SIZE).get_page(requested)
+    page_obj = Paginator(range(history["count"]), TIMELINE_PAGE_SIZE).get_page(requested)
     if page_obj.number != requested:
-        timeline = selectors.customer_timeline(customer_id=customer.pk, page=page_obj.number,
-                                               page_size=TIMELINE_PAGE_SIZE)
-    entries = []
-    for entry in timeline["results"]:
-        data = entry.get("data") or {}
-        hidden = {"id", "items"} | ({"amount", "status"} if entry["kind"] == "order" else set())
-        entries.append({
-            **entry,
-            "kind_label": TIMELINE_KIND_LABELS.get(entry["kind"], entry["kind"]),
-            "details": [(k, _display(v)) for k, v in data.items()
-                        if k not in hidden and v not in (None, "", [], {})],
-            "items": data.get("items") or [],
-        })
+        history = selectors.customer_timeline(customer_id=customer.pk, page=page_obj.number,
+                                              page_size=TIMELINE_PAGE_SIZE)
+    entries = [{**entry, "kind_label": TIMELINE_KIND_LABELS.get(entry["kind"], entry["kind"]),
+                "items": (entry.get("data") or {}).get("items") or []}
+               for entry in history["results"]]
     average_order = (customer.total_spent / customer.orders_count
                      if customer.orders_count else None)
     panels = [mark_safe(panel(request, customer)) for panel in extensions.customer_panels]
@@ -190,6 +165,6 @@ def customer_detail(request, pk: int):
         request, customer=customer, extension=extensions.extension_values(customer),
         panels=panels,
         groups=selectors.customer_current_groups(customer=customer), entries=entries,
-        timeline_count=timeline["count"], page_obj=page_obj, average_order=average_order,
+        timeline_count=history["count"], page_obj=page_obj, average_order=average_order,
         page_range=page_obj.paginator.get_elided_page_range(page_obj.number, on_each_side=2,
                                                             on_ends=1)))

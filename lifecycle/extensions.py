@@ -3,6 +3,7 @@ filter and stage transitions in the timeline."""
 
 from django.db.models import Exists, OuterRef, Prefetch
 from django.utils.translation import gettext as _
+from django.utils.translation import pgettext
 
 from core.exceptions import ApplicationError
 from crm.extensions import FieldExtension, FilterExtension
@@ -23,7 +24,12 @@ def _value(customer) -> dict[str, str]:
     return {cs.model.key: cs.stage.key for cs in getattr(customer, "_stages", [])}
 
 
-STAGES_FIELD = FieldExtension("stages", _prepare, _value, dict)
+def _chips(customer) -> list[dict[str, str]]:
+    return [{"label": cs.stage.name, "color": cs.stage.color, "title": cs.model.name}
+            for cs in getattr(customer, "_stages", [])]
+
+
+STAGES_FIELD = FieldExtension("stages", _prepare, _value, dict, _chips)
 
 
 def _filter(queryset, values: list[str]):
@@ -44,6 +50,28 @@ STAGE_FILTER = FilterExtension(
     "stage", _filter, "`model_key:stage_key` (e.g. `value:dormant`; repeatable).")
 
 
+def _transition_detail(transition) -> str:
+    """Why a customer moved, in a sentence: moved by a person (with their reason), by the
+    model's rules, by an event; a win-back or a step back said so."""
+    from core.people import staff_name
+
+    if transition.actor is not None:
+        said = _("Moved by %(person)s") % {"person": staff_name(transition.actor)}
+    else:
+        said = {"rule": _("By the model's rules"), "event": _("By an event"),
+                "system": _("By the system")}.get(transition.source,
+                                                   _("Moved by hand"))
+    parts = [said]
+    if transition.reason:
+        parts.append(_("reason: %(reason)s") % {"reason": transition.reason})
+    if transition.win_back:
+        parts.append(_("a win-back (回流)"))
+    if transition.backward:
+        parts.append(_("a step back"))
+    return pgettext("joins the parts of a sentence", "; ").join(parts) + pgettext(
+        "ends a sentence", ".")
+
+
 def _timeline_entries(customer_id: int, limit: int):
     from lifecycle.models import StageTransition
 
@@ -58,6 +86,7 @@ def _timeline_entries(customer_id: int, limit: int):
             "at": t.at, "kind": "stage", "type": t.source,
             "title": _("%(model)s: %(from)s → %(to)s") % {"model": t.model.name,
                                                           "from": from_name, "to": to_name},
+            "detail": _transition_detail(t),
             "data": {"model": t.model.key, "from": t.from_key or None, "to": t.to_key,
                      "source": t.source, "reason": t.reason, "win_back": t.win_back,
                      "backward": t.backward, "by": t.actor.username if t.actor else None},

@@ -22,6 +22,7 @@ from django.utils.translation import gettext_lazy
 
 from core import access
 from core.exceptions import ApplicationError
+from core.people import staff_name
 from crm.models import Channel, Customer
 from lifecycle.models import Stage, StageModel
 from metrics import reports
@@ -97,7 +98,7 @@ def _owner_choices() -> list[tuple[str, str]]:
     staff = (get_user_model().objects.filter(is_active=True)
              .filter(Q(groups__name=access.OPERATOR) | Exists(owns)).distinct()
              .order_by("username"))
-    return [(u.get_username(), u.get_full_name() or u.get_username()) for u in staff]
+    return [(u.get_username(), staff_name(u)) for u in staff]
 
 
 def _kpi_cards(overview: dict[str, Any]) -> list[dict[str, Any]]:

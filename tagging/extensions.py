@@ -15,7 +15,7 @@ def _prepare(queryset):
 
     return queryset.prefetch_related(Prefetch(
         "customer_tags",
-        queryset=CustomerTag.objects.select_related("tag").order_by("tag__group__order",
+        queryset=CustomerTag.objects.select_related("tag__group").order_by("tag__group__order",
                                                                      "tag__order", "tag__name"),
         to_attr="_tags"))
 
@@ -24,7 +24,12 @@ def _value(customer) -> list[str]:
     return [ct.tag.name for ct in getattr(customer, "_tags", [])]
 
 
-TAGS_FIELD = FieldExtension("tags", _prepare, _value, list)
+def _chips(customer) -> list[dict[str, str]]:
+    return [{"label": ct.tag.name, "color": ct.tag.color, "title": ct.tag.group.name}
+            for ct in getattr(customer, "_tags", [])]
+
+
+TAGS_FIELD = FieldExtension("tags", _prepare, _value, list, _chips)
 
 
 def _filter_tags(queryset, values: list[str]):
@@ -54,6 +59,24 @@ TAG_FILTER = FilterExtension("tag", _filter_tags,
 SEGMENT_FILTER = FilterExtension("segment", _filter_segment, "Saved segment id.")
 
 
+def _change_detail(change) -> str:
+    """Who made a tag change, in a sentence: a person, a rule, expiry, an import."""
+    from core.people import staff_name
+    from tagging.models import TagSource
+
+    group = _("group %(group)s") % {"group": change.group_name}
+    if change.rule is not None:
+        return _("By the rule “%(rule)s”; %(group)s.") % {"rule": change.rule.name,
+                                                          "group": group}
+    if change.actor is not None:
+        return _("By %(person)s; %(group)s.") % {"person": staff_name(change.actor),
+                                                 "group": group}
+    if change.action == change.Action.EXPIRED:
+        return _("It expired; %(group)s.") % {"group": group}
+    return _("%(source)s; %(group)s.") % {"source": TagSource(change.source).label,
+                                           "group": group}
+
+
 def _timeline_entries(customer_id: int, limit: int):
     from tagging.models import TagChange
 
@@ -63,6 +86,7 @@ def _timeline_entries(customer_id: int, limit: int):
         "at": c.at, "kind": "tag", "type": c.action,
         "title": _("Tag %(action)s: %(tag)s") % {"action": c.get_action_display(),
                                                  "tag": c.tag_name},
+        "detail": _change_detail(c),
         "data": {"tag": c.tag_name, "tag_id": c.tag_id, "group": c.group_name,
                  "source": c.source, "rule": c.rule.name if c.rule else None,
                  "by": c.actor.username if c.actor else None},

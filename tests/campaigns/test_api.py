@@ -108,7 +108,7 @@ def test_a_promotional_step_for_newcomers_is_refused_with_the_reason(admin_api, 
     assert response.status_code == 400
     assert response.json()["message"] == (
         f"steps: promotional messages to customers in {model}:{stage} are refused — a newcomer "
-        "who is sold to before trusting the brand deletes it (seed 000). Send service or "
+        "who is sold to before trusting the brand deletes it. Send service or "
         "content instead, exclude these stages, or ask an admin to override explicitly "
         "(override_stage_guard).")
     assert not Sop.objects.filter(name="测试SOP").exists()

@@ -307,3 +307,21 @@ def test_entering_dormant_makes_a_churn_warning_for_the_owner(world, default_sop
     services.churn_warnings(StageEntry(model="value", stage="dormant", at=later, source="rule",
                                        customer_ids=[customer.pk]), [customer.pk])
     assert OperatorTask.objects.count() == 1
+
+
+@pytest.mark.both_dbs
+def test_a_customer_deleting_us_makes_a_to_do_for_the_owner(world, owner):
+    customer = world.add("wx-gone", joined_at=JOINED, name="Gone Lin")
+    world.event(customer, "friend_deleted", NOW)
+
+    task = OperatorTask.objects.get(kind="churn_warning")
+    assert (task.assignee, task.customer, task.status, task.due_at) == (owner, customer,
+                                                                         "open", NOW)
+    assert task.title == "Gone Lin deleted you: find out why"
+    # The same event again, or an older deletion arriving late, makes no second to-do.
+    world.event(customer, "friend_deleted", NOW - timedelta(days=2))
+    assert OperatorTask.objects.count() == 1
+    # Adding us back and deleting us again is a new deletion.
+    world.event(customer, "friend_added", NOW + timedelta(days=1))
+    world.event(customer, "friend_deleted", NOW + timedelta(days=3))
+    assert OperatorTask.objects.filter(customer=customer).count() == 2
