@@ -28,6 +28,12 @@ def campaign_progress(*, campaign: Campaign) -> dict[str, int]:
     return counts
 
 
+S = Message.Status
+# The cards of Today's outreach: a message delivered, read or replied to was sent.
+TODAY_CARDS = {"queued": (S.QUEUED, S.SENDING), "sent": (S.SENT, S.DELIVERED, S.READ, S.REPLIED),
+               "skipped": (S.SKIPPED,), "failed": (S.FAILED,)}
+
+
 def today_for(*, user) -> dict:
     """An operator's day: open to-dos (overdue first) and the messages due today for their
     customers, counted by status, with the next ones to go out."""
@@ -46,8 +52,11 @@ def today_for(*, user) -> dict:
              .select_related("customer").order_by("due_at")[:200])
     todays = access.scope_customers(Message.objects.filter(due_at__gte=start, due_at__lt=end),
                                     user, owner_field="customer__owner")
-    counts = dict(todays.values_list("status").annotate(n=Count("id")))
+    by_status = dict(todays.values_list("status").annotate(n=Count("id")))
+    # Every message due today in exactly one card, whatever receipts have said of it since.
+    counts = {card: sum(by_status.get(status, 0) for status in statuses)
+              for card, statuses in TODAY_CARDS.items()}
     upcoming = (todays.filter(status=Message.Status.QUEUED).select_related("customer")
                 .order_by("due_at")[:50])
     return {"tasks": tasks, "counts": counts, "upcoming": upcoming, "now": now,
-            "total_today": sum(counts.values())}
+            "total_today": sum(by_status.values())}

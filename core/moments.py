@@ -8,13 +8,33 @@ orders, joins, receipts) may also not lie in the future, beyond a few minutes of
 (`INGEST_MAX_FUTURE_MINUTES`).
 """
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 MIN_YEAR, MAX_YEAR = 1900, 2999
+
+
+def system_tz():
+    return timezone.get_default_timezone()
+
+
+def local_today() -> date:
+    """Today in the system time zone (TIME_ZONE): the calendar every "last N days" counts in."""
+    return timezone.localdate(timezone=system_tz())
+
+
+def day_start(day: date) -> datetime:
+    """00:00 of `day` in the system time zone, as an aware datetime."""
+    return datetime.combine(day, time.min, tzinfo=system_tz())
+
+
+def last_days_start(days: int) -> datetime:
+    """Where "the last `days` days" begin: 00:00 of the calendar day `days - 1` days before
+    today — the same days on the home page and in the metrics (their default range)."""
+    return day_start(local_today() - timedelta(days=days - 1))
 
 
 class MomentError(ValueError):

@@ -1,15 +1,13 @@
 """Every non-trivial read of crm data, always scoped to the user who asks."""
 
-from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db.models import Count, DecimalField, Exists, F, OuterRef, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 
-from core import access
+from core import access, moments
 from core.people import staff_name
 from crm import extensions, timeline
 from crm.models import Channel, Customer, Event, Group, GroupMembership, Order
@@ -117,11 +115,12 @@ CUSTOMER_SORTS: dict[str, tuple] = {
 CUSTOMER_DEFAULT_SORT = "-joined_at"
 
 
-def dashboard_figures(*, user, now: datetime | None = None) -> dict[str, Any]:
+def dashboard_figures(*, user) -> dict[str, Any]:
     """The home page's figures in two aggregate queries: the user's customers (admins and
     analysts: all customers, analysts only ever as counts) and their paid orders."""
-    now = now or timezone.now()
-    week_ago, month_ago = now - timedelta(days=7), now - timedelta(days=30)
+    # "The last N days" are calendar days ending today, as in the metrics (their default
+    # range), so the home page and the Metrics page count the same orders.
+    week_ago, month_ago = moments.last_days_start(7), moments.last_days_start(30)
     customers, orders = Customer.objects.all(), Order.objects.all()
     if access.user_role(user) != access.ANALYST:
         customers = access.scope_customers(customers, user)

@@ -178,7 +178,8 @@ class CohortsView(APIView):
             "Cohort retention: customers grouped by the month they joined (the months from "
             "start to end; default the last 12 months), and for each month since joining up "
             "to the current one the active customers (an inbound event or a paid order in that "
-            "month) and rate = active ÷ cohort size. Complete months come from the table the "
+            "month) and rate = active ÷ cohort size; the last cell of each cohort is the "
+            "current month so far (partial: true). Complete months come from the table the "
             "nightly job refreshes, the current month is computed live.")))
     def get(self, request):
         return Response(reports.cohorts(request.user, request.query_params))

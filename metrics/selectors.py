@@ -894,8 +894,10 @@ def cohort_retention(*, scope: Scope, period: Period) -> dict[str, Any]:
         size = sizes.get(month, 0)
         cohorts.append({
             "cohort": month.strftime("%Y-%m"), "customers": size,
+            # The last cell is the current month: so far, not complete (`partial`).
             "retention": [{"month": offset, "active": active.get((month, offset), 0),
-                           "rate": ratio(active.get((month, offset), 0), size)}
+                           "rate": ratio(active.get((month, offset), 0), size),
+                           "partial": offset == months_between(month, current)}
                           for offset in range(months_between(month, current) + 1)],
         })
         month = add_months(month, 1)

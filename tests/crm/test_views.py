@@ -508,3 +508,24 @@ def test_admin_opens_any_customer(signed_in, admin_user, rich_customer):
 
 def test_unknown_customer_is_404(signed_in, operator):
     assert signed_in(operator).get("/customers/999999/").status_code == 404
+
+
+def test_the_home_pages_30_days_are_the_metrics_30_days(signed_in, admin_user, operator):
+    """Both count calendar days ending today: an order placed the evening before the 30th day
+    counts on neither page, one placed on it counts on both."""
+    from datetime import timedelta
+
+    from core.moments import day_start, local_today
+    from crm.models import Order
+    from metrics import reports
+
+    customer = CustomerFactory(owner=operator)
+    first_day = day_start(local_today() - timedelta(days=29))
+    for n, at in enumerate([first_day - timedelta(hours=1), first_day + timedelta(hours=1)]):
+        Order.objects.create(customer=customer, source="store", external_id=f"o{n}",
+                             amount=Decimal("100.00"), status="paid", placed_at=at)
+
+    figures = signed_in(admin_user).get("/").context["figures"]
+    revenue = reports.revenue(admin_user, {})
+    assert figures["orders_30d"] == revenue["paid_orders"] == 1
+    assert figures["revenue_30d"] == Decimal(revenue["revenue"]) == Decimal("100.00")

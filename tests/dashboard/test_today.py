@@ -63,3 +63,17 @@ def test_closing_someone_elses_todo_is_refused(operator, other_operator):
 
 def test_analysts_have_no_todo_page(analyst):
     assert _client(analyst).get("/today/").status_code == 403
+
+
+def test_the_cards_add_up_to_the_messages_due_today_whatever_receipts_said(operator):
+    customer = CustomerFactory(owner=operator)
+    noon = timezone.localtime().replace(hour=12, minute=0, second=0, microsecond=0)
+    for n, status in enumerate(["queued", "sending", "sent", "delivered", "read", "replied",
+                                "skipped", "failed"]):
+        Message.objects.create(customer=customer, channel="wecom", category="content",
+                               content="x", due_at=noon, status=status, dedupe_key=f"c{n}")
+
+    context = _client(operator).get("/today/").context
+    assert context["total_today"] == 8
+    assert context["counts"] == {"queued": 2, "sent": 4, "skipped": 1, "failed": 1}
+    assert sum(context["counts"].values()) == context["total_today"]

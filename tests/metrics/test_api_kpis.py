@@ -263,3 +263,14 @@ def test_every_report_is_a_plain_function_whose_answer_the_api_returns(data, get
         assert answer == get(path, **params).json(), path
     with pytest.raises(ApplicationError, match="^end: 2024-03-01 is before 2024-03-10$"):
         reports.overview(admin_user, {"start": "2024-03-10", "end": "2024-03-01"})
+
+
+def test_the_current_month_of_every_cohort_is_marked_as_so_far(data, get, admin_user, client):
+    cohorts = get("cohorts", **RANGE).json()["cohorts"]
+    assert cohorts
+    for cohort in cohorts:
+        flags = [cell["partial"] for cell in cohort["retention"]]
+        assert flags == [False] * (len(flags) - 1) + [True], cohort["cohort"]
+    client.force_login(admin_user)
+    page = client.get("/metrics/", {**RANGE}, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "* this month so far" in page

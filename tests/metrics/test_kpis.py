@@ -306,7 +306,8 @@ def test_cohort_retention_live(data):
     # 2024-03 (c1 joined 03-01 00:30 local, Feb 29 in UTC): c1 c2 c3 c4 c8; active in March
     # c1, c3 and c2 (group join 03-11).
     assert cohorts["2024-03"]["customers"] == 5
-    assert cohorts["2024-03"]["retention"][0] == {"month": 0, "active": 3, "rate": 3 / 5}
+    assert cohorts["2024-03"]["retention"][0] == {"month": 0, "active": 3, "rate": 3 / 5,
+                                                  "partial": False}
 
 
 def test_activity_by_day(data):
