@@ -66,13 +66,18 @@ class CampaignAdmin(ServiceAdmin):
     list_filter = ("status", "channel", "category")
     search_fields = ("name",)
     readonly_fields = ("status", "audience_size", "started_at", "finished_at", "overridden_by",
-                       "paused", "paused_reason", "created_by")
-    actions = ("cancel",)
+                       "paused", "paused_reason", "counted_since", "created_by")
+    actions = ("cancel", "resume")
 
     @admin.action(description=_("Cancel the unsent rest"))
     def cancel(self, request, queryset):
         for campaign in queryset.exclude(status__in=["done", "cancelled"]):
             services.campaign_cancel(campaign=campaign)
+
+    @admin.action(description=_("Resume the paused campaigns"))
+    def resume(self, request, queryset):
+        for campaign in queryset.filter(paused=True):
+            services.campaign_resume(campaign=campaign, actor=request.user)
 
     def service_save(self, request, original, fields, rows):
         return services.campaign_save(campaign=original, actor=request.user, **fields)

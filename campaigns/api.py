@@ -78,10 +78,11 @@ class CampaignSerializer(serializers.ModelSerializer):
     class Meta:
         model = Campaign
         fields = ["id", "name", "condition", "segment", "channel", "category", "template",
-                  "send_at", "status", "audience_size", "started_at", "finished_at",
-                  "override_stage_guard", "overridden_by", "paused", "progress", "created_at"]
+                  "send_at", "holdout_percent", "status", "audience_size", "started_at",
+                  "finished_at", "override_stage_guard", "overridden_by", "paused",
+                  "paused_reason", "counted_since", "progress", "created_at"]
         read_only_fields = ["status", "audience_size", "started_at", "finished_at", "paused",
-                            "created_at"]
+                            "paused_reason", "counted_since", "created_at"]
 
     def get_progress(self, campaign) -> dict:
         progress = selectors.campaign_progress(campaign=campaign)
@@ -229,6 +230,14 @@ class CampaignViewSet(viewsets.ModelViewSet):
         if not access.is_admin(request.user):
             self.permission_denied(request, message=_("Only admins may cancel campaigns."))
         return Response({"skipped": services.campaign_cancel(campaign=self.get_object())})
+
+    @extend_schema(request=None, responses=CampaignSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        """Send a campaign that paused itself (block rate over the policy's threshold) after
+        all: its waiting messages go out, and its block rate is counted afresh."""
+        campaign = services.campaign_resume(campaign=self.get_object(), actor=request.user)
+        return Response(CampaignSerializer(campaign).data)
 
 
 class MessageFilter(filters.FilterSet):

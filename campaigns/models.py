@@ -163,8 +163,15 @@ class Campaign(TimeStampedModel):
     overridden_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                       verbose_name=_("overridden by"), on_delete=models.SET_NULL,
                                       related_name="+")
+    holdout_percent = models.PositiveSmallIntegerField(
+        _("holdout (%)"), default=0,
+        help_text=_("This share of the audience is kept out as a control group, to measure "
+                    "the campaign's uplift."))
     paused = models.BooleanField(_("paused"), default=False)
     paused_reason = models.CharField(_("paused because"), max_length=300, blank=True)
+    counted_since = models.DateTimeField(
+        _("block rate counted since"), null=True, blank=True,
+        help_text=_("Set when a paused campaign is resumed: its block rate starts afresh."))
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                    verbose_name=_("created by"), on_delete=models.SET_NULL,
                                    related_name="+")
@@ -176,6 +183,26 @@ class Campaign(TimeStampedModel):
 
     def __str__(self) -> str:
         return self.name
+
+
+class CampaignControl(models.Model):
+    """A customer of a campaign's audience kept out as its control group (holdout): sent
+    nothing, compared with those who were sent it."""
+
+    id = models.BigAutoField(primary_key=True)
+    campaign = models.ForeignKey(Campaign, verbose_name=_("campaign"), on_delete=models.CASCADE,
+                                 related_name="controls")
+    customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),
+                                 on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        verbose_name = _("campaign control customer")
+        verbose_name_plural = _("campaign control customers")
+        constraints = [models.UniqueConstraint(fields=["campaign", "customer"],
+                                               name="campaigns_one_control_per_customer")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} held out of {self.campaign_id}"
 
 
 class Message(models.Model):

@@ -30,6 +30,7 @@ from django.utils.translation import gettext as _
 from campaigns import backends, templates
 from campaigns.models import (
     Campaign,
+    CampaignControl,
     Category,
     Channel,
     Enrollment,
@@ -244,6 +245,13 @@ def sop_delete(*, sop: Sop) -> None:
 
 # --- Enrolment (the lifecycle transition hook) ---------------------------------------------
 
+def _in_campaign_holdout(campaign_id: int, customer_id: int, percent: int) -> bool:
+    if percent <= 0:
+        return False
+    digest = hashlib.sha256(f"campaign:{campaign_id}:{customer_id}".encode())
+    return int.from_bytes(digest.digest()[:4], "big") % 100 < percent
+
+
 def _in_holdout(sop_id: int, customer_id: int, entered_at: datetime, percent: int) -> bool:
     if percent <= 0:
         return False
@@ -418,6 +426,8 @@ def campaign_save(*, campaign: Campaign | None, actor, **fields) -> Campaign:
         setattr(campaign, name, value)
     if (campaign.segment_id is None) == (campaign.condition is None):
         raise ApplicationError(_("condition: give a segment or a condition (one of them)"))
+    if not 0 <= campaign.holdout_percent <= 50:
+        raise ApplicationError(_("holdout_percent: between 0 and 50"))
     if campaign.condition is not None:
         try:
             conditions.validate(campaign.condition)
@@ -469,6 +479,13 @@ def campaign_start(*, campaign: Campaign) -> Campaign:
             audience = audience.exclude(Exists(CustomerStage.objects.filter(
                 customer=OuterRef("pk"), model__key=model_key, stage__key=stage_key)))
     ids = list(audience.order_by("pk").values_list("pk", flat=True))
+    control = [c for c in ids if _in_campaign_holdout(campaign.pk, c, campaign.holdout_percent)]
+    if control:
+        held = set(control)
+        ids = [c for c in ids if c not in held]
+        CampaignControl.objects.bulk_create(
+            [CampaignControl(campaign=campaign, customer_id=c) for c in control],
+            batch_size=5000, ignore_conflicts=True)
     texts = _render_many(campaign.template, ids)
     Message.objects.bulk_create([
         Message(customer_id=c, channel=campaign.channel, category=campaign.category,
@@ -582,8 +599,10 @@ def _customer_tz(customer):
 
 def _claim(batch_size: int, now: datetime) -> list[int]:
     with transaction.atomic():
-        ids = list(Message.objects.select_for_update(skip_locked=True)
+        # A paused campaign's messages wait (queued) until it is resumed or cancelled.
+        ids = list(Message.objects.select_for_update(skip_locked=True, of=("self",))
                    .filter(status=Message.Status.QUEUED, due_at__lte=now)
+                   .exclude(campaign__paused=True)
                    .order_by("due_at", "id").values_list("pk", flat=True)[:batch_size])
         if ids:
             Message.objects.filter(pk__in=ids).update(status=Message.Status.SENDING,
@@ -698,9 +717,8 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
             if m.enrollment_id and not (m.sop_step and m.sop_step.sop.steps.exclude(
                     channel__in=RELATIONSHIP_CHANNELS).exists()):
                 ended["deleted_us"].append(m.enrollment_id)
-        elif (step and (step.paused or not sop.active)) or (m.campaign_id and
-                                                            m.campaign.paused):
-            # A paused step or campaign, or a deactivated SOP, sends nothing more.
+        elif step and (step.paused or not sop.active):
+            # A paused step or a deactivated SOP sends nothing more.
             skips[Message.SkipReason.PAUSED].append(m)
         elif m.enrollment_id and m.enrollment.status != Enrollment.Status.ACTIVE:
             skips[Message.SkipReason.GOAL_REACHED
@@ -954,7 +972,9 @@ def block_stats(*, step_ids=None, campaign_ids=None) -> dict[tuple[str, int], di
                                           occurred_at__lt=window))
     sent = Message.objects.filter(sent_at__isnull=False).exclude(channel=Channel.MANUAL).filter(
         # a resumed step counts only what it sent since
-        Q(sop_step__counted_since__isnull=True) | Q(sent_at__gte=F("sop_step__counted_since")))
+        Q(sop_step__counted_since__isnull=True) | Q(sent_at__gte=F("sop_step__counted_since"))
+    ).filter(Q(campaign__counted_since__isnull=True)
+             | Q(sent_at__gte=F("campaign__counted_since")))
     out = {}
     for key, column, ids in (("step", "sop_step", step_ids), ("campaign", "campaign",
                                                               campaign_ids)):
@@ -967,35 +987,66 @@ def block_stats(*, step_ids=None, campaign_ids=None) -> dict[tuple[str, int], di
     return out
 
 
-def harassment_check() -> list[int]:
-    """Pause every step whose block rate is over the policy's threshold (after enough sends)
-    and alert the admins; answers the paused step ids."""
+def _alert_admins(*, title: str, body: str, dedupe: str) -> None:
+    admins = User.objects.filter(Q(is_superuser=True) | Q(groups__name=access.ADMIN),
+                                 is_active=True).distinct()
+    OperatorTask.objects.bulk_create([OperatorTask(
+        assignee=admin, kind=OperatorTask.Kind.ALERT, due_at=timezone.now(), title=title,
+        body=body, dedupe_key=f"{dedupe}:{admin.pk}") for admin in admins],
+        ignore_conflicts=True)
+
+
+def harassment_check() -> list[tuple[str, int]]:
+    """Pause every SOP step and every sending campaign whose block rate is over the policy's
+    threshold (after enough sends) and alert the admins; answers what was paused, as
+    ("step" | "campaign", id). A paused campaign's unsent messages wait for a resume."""
     pol = policy()
     paused = []
-    for (kind, pk), stats in block_stats(step_ids=SopStep.objects.filter(paused=False)
-                                         .values("pk")).items():
-        if kind != "step" or stats["sends"] < pol.block_min_sends:
+    stats_by_key = block_stats(
+        step_ids=SopStep.objects.filter(paused=False).values("pk"),
+        campaign_ids=Campaign.objects.filter(status=Campaign.Status.SENDING,
+                                             paused=False).values("pk"))
+    for (kind, pk), stats in stats_by_key.items():
+        if stats["sends"] < pol.block_min_sends:
             continue
         rate = stats["blocks"] / stats["sends"]
         if rate <= float(pol.block_rate_pause):
             continue
-        step = SopStep.objects.select_related("sop").get(pk=pk)
-        reason = _("%(blocks)d of %(sends)d customers (%(rate).1f%%) deleted us within "
-                   "%(hours)d h of this step") % {
-            "blocks": stats["blocks"], "sends": stats["sends"], "rate": rate * 100,
-            "hours": pol.block_window_hours}
-        SopStep.objects.filter(pk=pk).update(paused=True, paused_reason=reason[:300])
-        admins = User.objects.filter(Q(is_superuser=True) | Q(groups__name=access.ADMIN),
-                                     is_active=True).distinct()
-        OperatorTask.objects.bulk_create([OperatorTask(
-            assignee=admin, kind=OperatorTask.Kind.ALERT, due_at=timezone.now(),
-            title=_("SOP step paused: %(sop)s #%(order)d") % {"sop": step.sop.name,
-                                                             "order": step.order},
-            body=reason, dedupe_key=f"pause:{pk}:{admin.pk}:{stats['sends']}")
-            for admin in admins], ignore_conflicts=True)
-        logger.warning("campaigns.step_paused", extra={"step": pk, "rate": rate})
-        paused.append(pk)
+        figures = {"blocks": stats["blocks"], "sends": stats["sends"], "rate": rate * 100,
+                   "hours": pol.block_window_hours}
+        if kind == "step":
+            step = SopStep.objects.select_related("sop").get(pk=pk)
+            reason = _("%(blocks)d of %(sends)d customers (%(rate).1f%%) deleted us within "
+                       "%(hours)d h of this step") % figures
+            SopStep.objects.filter(pk=pk).update(paused=True, paused_reason=reason[:300])
+            title = _("SOP step paused: %(sop)s #%(order)d") % {"sop": step.sop.name,
+                                                               "order": step.order}
+        else:
+            campaign = Campaign.objects.get(pk=pk)
+            reason = _("%(blocks)d of %(sends)d customers (%(rate).1f%%) deleted us within "
+                       "%(hours)d h of this campaign") % figures
+            Campaign.objects.filter(pk=pk).update(paused=True, paused_reason=reason[:300])
+            title = _("Campaign paused: %(campaign)s") % {"campaign": campaign.name}
+        _alert_admins(title=title, body=reason, dedupe=f"pause:{kind}:{pk}:{stats['sends']}")
+        logger.warning("campaigns.paused", extra={"kind": kind, "id": pk, "rate": rate})
+        paused.append((kind, pk))
     return paused
+
+
+@transaction.atomic
+def campaign_resume(*, campaign: Campaign, actor) -> Campaign:
+    """An admin sends a paused campaign's remaining messages after all; its block rate is
+    counted afresh from now, or the sends before would pause it again at once."""
+    if not access.is_admin(actor):
+        raise ApplicationError(_("Only an admin may resume a paused campaign."))
+    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    if not campaign.paused:
+        raise ApplicationError(_("status: the campaign is not paused"))
+    campaign.paused, campaign.paused_reason = False, ""
+    campaign.counted_since = timezone.now()
+    campaign.save(update_fields=["paused", "paused_reason", "counted_since", "updated_at"])
+    transaction.on_commit(_kick_dispatch)
+    return campaign
 
 
 # --- Operator tasks ------------------------------------------------------------------------

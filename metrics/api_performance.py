@@ -69,7 +69,10 @@ CAMPAIGNS_DESCRIPTION = gettext_lazy(
     "Per campaign started in the period (started_at in it): audience = its messages to the "
     "customers in scope, and the same delivery funnel as SOP messages — sent, delivered, read, "
     "replied, failed, pending, skipped by reason, converted (paid order in [sent_at, sent_at + "
-    "7 days]), blocked (deleted us in [sent_at, sent_at + 48 h)); every *_rate = count ÷ sent.")
+    "7 days]), blocked (deleted us in [sent_at, sent_at + 48 h)); every *_rate = count ÷ sent. "
+    "With a holdout: control = the audience kept out, and conversion compares the customers "
+    "sent it with them (a paid order within 7 days of the campaign's start), with uplift_pp, "
+    "relative_uplift and p_value as for SOPs.")
 
 
 def _description(text):

@@ -121,6 +121,12 @@ class CampaignPerformanceSerializer(DeliveryFunnelSerializer):
     started_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
     audience = serializers.IntegerField()
+    holdout_percent = serializers.IntegerField()
+    control = serializers.IntegerField(help_text=gettext_lazy(
+        "Customers of the audience kept out as the control group (sent nothing)."))
+    conversion = HoldoutComparisonSerializer(help_text=gettext_lazy(
+        "Customers sent the campaign against the control group: a paid order within 7 days "
+        "of the campaign's start."))
 
 
 class CampaignPerformanceReportSerializer(serializers.Serializer):

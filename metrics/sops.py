@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import Count, DateTimeField, Exists, ExpressionWrapper, OuterRef, Q
 from django.utils import timezone
 
-from campaigns.models import Campaign, Enrollment, Message, Sop, SopStep
+from campaigns.models import Campaign, CampaignControl, Enrollment, Message, Sop, SopStep
 from campaigns.services import policy
 from crm.models import Event, Order
 from lifecycle.models import StageTransition
@@ -217,18 +217,21 @@ def _sop_row(sop: Sop, steps: list[SopStep], row: dict, by_step: dict,
     }
 
 
-def campaign_performance(*, scope: Scope, period: Period,
-                         campaign: Campaign | None = None) -> dict[str, Any]:
+def campaign_performance(*, scope: Scope, period: Period, campaign: Campaign | None = None,
+                         now: datetime | None = None) -> dict[str, Any]:
     """Per campaign started in the period: the funnel of its messages to the customers in
-    scope. Three queries: the campaigns, their messages aggregated, the skipped ones by
-    reason."""
+    scope and, for a campaign with a holdout, its uplift: customers sent it against the
+    control group, converted = a paid order within CONVERSION_DAYS of the campaign's start.
+    Five queries: the campaigns, their messages aggregated, the skipped ones by reason, the
+    treatment and the control groups' conversions."""
+    now = now or timezone.now()
     campaigns = Campaign.objects.filter(
         started_at__gte=period.since, started_at__lt=period.until).order_by("-started_at", "-pk")
     if campaign is not None:
         campaigns = campaigns.filter(pk=campaign.pk)
     campaigns = list(campaigns)
-    messages = scope.apply(Message.objects.filter(campaign__in=[c.pk for c in campaigns]),
-                           path="customer__")
+    ids = [c.pk for c in campaigns]
+    messages = scope.apply(Message.objects.filter(campaign__in=ids), path="customer__")
     annotations, aggregates = _message_figures(policy().block_window_hours)
     by_campaign = {row["campaign"]: row for row in messages.annotate(**annotations)
                    .values("campaign").annotate(**aggregates).order_by()}
@@ -236,11 +239,27 @@ def campaign_performance(*, scope: Scope, period: Period,
     for row in (messages.filter(status=S.SKIPPED).values("campaign", "skip_reason")
                 .annotate(n=Count("id")).order_by()):
         skipped[row["campaign"]][row["skip_reason"]] = row["n"]
+    converted = _paid_order_within("campaign__started_at", CONVERSION_DAYS)
+    groups: dict[int, dict[str, int]] = defaultdict(dict)
+    for row in (messages.filter(status__in=SENT).values("campaign")
+                .annotate(n=Count("customer", distinct=True),
+                          x=Count("customer", distinct=True, filter=converted))
+                .order_by()):
+        groups[row["campaign"]].update(treatment=row["n"], converted_treatment=row["x"])
+    for row in (scope.apply(CampaignControl.objects.filter(campaign__in=ids), path="customer__")
+                .values("campaign").annotate(n=Count("id"), x=Count("id", filter=converted))
+                .order_by()):
+        groups[row["campaign"]].update(control=row["n"], converted_control=row["x"])
     results = []
     for c in campaigns:
         funnel = _funnel(_counts(by_campaign.get(c.pk)), skipped.get(c.pk, {}))
+        group = groups.get(c.pk, {})
+        open_ = c.started_at + timedelta(days=CONVERSION_DAYS) > now
         results.append({
             "id": c.pk, "name": c.name, "status": c.status, "channel": c.channel,
             "category": c.category, "started_at": c.started_at, "finished_at": c.finished_at,
-            "audience": funnel.pop("total"), **funnel})
+            "audience": funnel.pop("total"), **funnel, "holdout_percent": c.holdout_percent,
+            "control": group.get("control", 0),
+            "conversion": _comparison(group, "converted", window_open=(
+                group.get("treatment", 0) + group.get("control", 0)) if open_ else 0)})
     return {"results": results}

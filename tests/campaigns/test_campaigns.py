@@ -291,3 +291,46 @@ def test_a_template_that_does_not_render_is_refused(admin_api, hangzhou, templat
     assert response.status_code == 400
     assert response.json()["message"].startswith(expected)
     assert not Campaign.objects.exists()
+
+
+def test_a_campaign_with_a_holdout_reports_its_uplift_over_the_control_group(
+        admin_api, admin_user, bulk_customers):
+    from django.core.cache import cache
+
+    from crm.models import Order
+    from metrics import reports
+
+    people = bulk_customers(60, "ho", city="杭州")
+    body = _create(admin_api, holdout_percent=50, category="content").json()
+    assert body["holdout_percent"] == 50
+    started = admin_api.post(f"/api/v1/campaigns/{body['id']}/schedule/")
+    assert started.status_code == 200, started.json()
+    campaign = Campaign.objects.get(pk=body["id"])
+    control = set(campaign.controls.values_list("customer_id", flat=True))
+    messaged = set(Message.objects.filter(campaign=campaign).values_list("customer_id",
+                                                                         flat=True))
+    assert control and messaged and not control & messaged
+    assert control | messaged == {c.pk for c in people}
+    assert started.json()["audience_size"] == len(messaged)
+    Message.objects.filter(campaign=campaign).update(status="sent",
+                                                     sent_at=campaign.started_at)
+    # Every treated customer orders within the week; two of the control group do.
+    buyers = sorted(messaged) + sorted(control)[:2]
+    Order.objects.bulk_create([
+        Order(customer_id=c, source="store", external_id=f"ho-{c}", amount="50.00",
+              status="paid", placed_at=campaign.started_at) for c in buyers])
+
+    cache.clear()
+    row = reports.campaign_performance(admin_user, {})["results"][0]
+    assert (row["holdout_percent"], row["control"]) == (50, len(control))
+    conversion = row["conversion"]
+    assert conversion["treatment"] == {"size": len(messaged), "count": len(messaged),
+                                       "rate": 1.0}
+    assert conversion["control"]["count"] == 2
+    assert conversion["uplift_pp"] == pytest.approx(100 - 200 / len(control))
+
+
+def test_a_holdout_over_half_the_audience_is_refused(admin_api, hangzhou):
+    response = _create(admin_api, holdout_percent=60)
+    assert response.status_code == 400
+    assert response.json()["message"] == "holdout_percent: between 0 and 50"

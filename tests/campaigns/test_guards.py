@@ -57,7 +57,8 @@ def test_each_guard_records_its_skip_reason(queue, owner, make_sop):
         queue(person("gone", status="deleted_us")).pk: ("skipped", "deleted_us"),
         queue(person("removed", status="removed")).pk: ("skipped", "deleted_us"),
         queue(person("c1"), campaign=cancelled).pk: ("skipped", "cancelled"),
-        queue(person("c2"), campaign=paused_campaign).pk: ("skipped", "paused"),
+        # A paused campaign's message waits, queued, for a resume (or a cancel).
+        queue(person("c2"), campaign=paused_campaign).pk: ("queued", ""),
         queue(person("s1"), sop_step=paused_step).pk: ("skipped", "paused"),
     }
 
@@ -65,7 +66,7 @@ def test_each_guard_records_its_skip_reason(queue, owner, make_sop):
 
     assert {m.pk: (m.status, m.skip_reason) for m in Message.objects.all()} == expected
     assert result.sent == 1
-    assert result.skipped == {"opted_out": 1, "deleted_us": 2, "cancelled": 1, "paused": 2}
+    assert result.skipped == {"opted_out": 1, "deleted_us": 2, "cancelled": 1, "paused": 1}
     # A skip is not a send: nothing went to a backend and no sent_at was stamped.
     assert not Message.objects.filter(status="skipped", sent_at__isnull=False).exists()
 
@@ -304,7 +305,7 @@ def test_a_step_with_too_many_blocks_pauses_and_alerts_admins(make_sop, bulk_cus
     UserFactory(username="admin-gone", roles=["admin"], is_active=False)
     step = _step_with_blocks(make_sop, bulk_customers, sends=200, blocks=5)
 
-    assert services.harassment_check() == [step.pk]
+    assert services.harassment_check() == [("step", step.pk)]
 
     step.refresh_from_db()
     assert step.paused
@@ -361,3 +362,42 @@ def test_block_rate_per_campaign(queue, owner):
 
     assert services.block_stats(campaign_ids=[campaign.pk]) == {
         ("campaign", campaign.pk): {"sends": 4, "blocks": 1}}
+
+
+@pytest.mark.both_dbs
+def test_a_campaign_with_too_many_blocks_pauses_its_rest_until_an_admin_resumes_it(
+        bulk_customers, admin_user, operator, owner):
+    campaign = Campaign.objects.create(name="双十一", condition={"all": []}, template="x",
+                                       status="sending", started_at=SENT_AT)
+    customers = bulk_customers(220, "cp")
+    sent, waiting = customers[:200], customers[200:]
+    Message.objects.bulk_create(
+        [Message(customer=c, channel="wecom", category="content", content="hi",
+                 campaign=campaign, dedupe_key=f"cp:{c.pk}", due_at=SENT_AT, status="sent",
+                 sent_at=SENT_AT, attempts=1) for c in sent]
+        + [Message(customer=c, channel="wecom", category="content", content="hi",
+                   campaign=campaign, dedupe_key=f"cp:{c.pk}", due_at=NOW - timedelta(hours=1))
+           for c in waiting])
+    Event.objects.bulk_create([
+        Event(customer=c, type="friend_deleted", occurred_at=SENT_AT + timedelta(hours=5),
+              idempotency_key=f"del-cp-{c.pk}") for c in sent[:6]])
+
+    assert services.harassment_check() == [("campaign", campaign.pk)]
+    campaign.refresh_from_db()
+    assert campaign.paused
+    assert campaign.paused_reason == ("6 of 200 customers (3.0%) deleted us within 48 h of "
+                                      "this campaign")
+    assert {a.title for a in OperatorTask.objects.filter(kind="alert")} == {
+        "Campaign paused: 双十一"}
+    # Paused, its rest waits: queued, not skipped, not sent.
+    services.messages_dispatch(now=NOW)
+    assert set(Message.objects.filter(customer__in=waiting).values_list("status", flat=True)) \
+        == {"queued"}
+
+    with pytest.raises(ApplicationError, match="Only an admin may resume"):
+        services.campaign_resume(campaign=campaign, actor=operator)
+    services.campaign_resume(campaign=campaign, actor=admin_user)
+    result = services.messages_dispatch(now=NOW)
+    assert result.sent == 20
+    # The block rate starts afresh: the old sends no longer pause it.
+    assert services.harassment_check() == []

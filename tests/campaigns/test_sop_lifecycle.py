@@ -72,7 +72,7 @@ def test_a_resumed_step_counts_its_block_rate_afresh(sop, admin_user, outreach_p
     Event.objects.bulk_create([
         Event(customer=c, type="friend_deleted", occurred_at=sent_at + timedelta(hours=1),
               idempotency_key=f"del:{c.pk}") for c in customers[:5]])
-    assert services.harassment_check() == [step.pk]
+    assert services.harassment_check() == [("step", step.pk)]
     step.refresh_from_db()
     assert step.paused and "5 of 20" in step.paused_reason
 

@@ -313,10 +313,17 @@ def test_two_proportion_p_value_edges():
 
 @pytest.mark.both_dbs
 def test_campaign_performance_hand_computed(data, django_assert_max_num_queries):
-    with django_assert_max_num_queries(5):     # role, campaigns, policy, messages, skipped
+    # role, campaigns, policy, messages, skipped, the treated and the control group
+    with django_assert_max_num_queries(7):
         report = campaign_performance(scope=Scope(user=data.admin), period=MARCH_P)
     assert [r["name"] for r in report["results"]] == ["Spring sale"]    # not Winter, Draft
-    assert report["results"][0] == {
+    row = report["results"][0]
+    # No holdout: no control group, no uplift to report.
+    assert (row.pop("holdout_percent"), row.pop("control")) == (0, 0)
+    conversion = row.pop("conversion")
+    assert conversion["control"] == {"size": 0, "count": 0, "rate": None}
+    assert conversion["uplift_pp"] is None and conversion["p_value"] is None
+    assert row == {
         "id": data.campaign.pk, "name": "Spring sale", "status": "done", "channel": "wecom",
         "category": "promotional", "started_at": K, "finished_at": K + HOUR,
         "audience": 5, "sent": 3,              # sent, delivered, read
