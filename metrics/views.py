@@ -227,6 +227,97 @@ def _reports(user, filters: dict[str, str], model_key: str | None,
     return context
 
 
+# --- Charts ---------------------------------------------------------------------------------
+# Each chart's data, embedded with json_script and drawn by static/dashboard/charts.js (ECharts);
+# labels come translated from here, so the script holds no words of its own.
+
+DAILY_LINES = [("new_customers", gettext_lazy("New customers")),
+               ("active_customers", gettext_lazy("Active customers")),
+               ("deleted_us", gettext_lazy("Deleted us")),
+               ("paid_orders", gettext_lazy("Paid orders"))]
+
+
+def _daily_chart(overview: dict[str, Any]) -> dict[str, Any]:
+    series = overview["series"]
+    return {"dates": [day["date"] for day in series],
+            "lines": [{"name": str(label), "data": [day[key] for day in series]}
+                      for key, label in DAILY_LINES],
+            "money": {"name": str(_("Revenue")),
+                      "data": [float(day["revenue"]) for day in series]}}
+
+
+def _funnel_chart(funnel: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not funnel or funnel["empty"]:
+        return None
+    return {"stages": [{"name": row["name"], "value": row["reach"], "color": row["color"]}
+                       for row in funnel["rows"]]}
+
+
+def _flows_chart(flows: dict[str, Any] | None, names: dict[str, str]) -> dict[str, Any] | None:
+    """A Sankey of the moves: stages on the left are where customers came from, on the right
+    where they went (two columns, so a move back and forth still draws)."""
+    if not flows or not flows["flows"]:
+        return None
+    first = str(_("First placement"))
+    nodes, links = {}, []
+    for flow in flows["flows"]:
+        source = f"from:{flow['from'] or ''}"
+        target = f"to:{flow['to']}"
+        nodes[source] = names.get(flow["from"], flow["from"]) if flow["from"] else first
+        nodes[target] = names.get(flow["to"], flow["to"])
+        links.append({"source": source, "target": target, "value": flow["count"]})
+    return {"nodes": [{"name": key, "label": label} for key, label in nodes.items()],
+            "links": links}
+
+
+def _revenue_chart(revenue: dict[str, Any]) -> dict[str, Any] | None:
+    """The change in revenue as a waterfall: the earlier range, each factor's part, this
+    range."""
+    if revenue["empty"]:
+        return None
+    steps = [{"name": str(factor["label"]), "value": float(factor["part"])}
+             for factor in revenue["factors"]]
+    return {"start": {"name": f"{revenue['previous']['start']} – {revenue['previous']['end']}",
+                      "value": float(revenue["previous"]["revenue"])},
+            "steps": steps,
+            "end": {"name": f"{revenue['start']} – {revenue['end']}",
+                    "value": float(revenue["revenue"])}}
+
+
+def _channels_chart(channels: dict[str, Any]) -> dict[str, Any] | None:
+    rows = [row for row in channels["results"] if row["acquired"]]
+    if not rows:
+        return None
+    return {"channels": [row["name"] for row in rows],
+            "bars": [{"name": str(_("Revenue")), "data": [float(r["revenue"]) for r in rows]},
+                     {"name": str(_("Cost")),
+                      "data": [float(r["cost"]) if r["cost"] is not None else None
+                               for r in rows]}]}
+
+
+def _cohorts_chart(cohorts: dict[str, Any]) -> dict[str, Any] | None:
+    if cohorts["empty"]:
+        return None
+    months = list(cohorts["months"])
+    return {"months": [str(_("M%(n)s") % {"n": m}) for m in months],
+            "cohorts": [c["cohort"] for c in cohorts["rows"]],
+            "cells": [[x, y, round(cell["rate"] * 100, 1)]
+                      for y, cohort in enumerate(cohorts["rows"])
+                      for x, cell in enumerate(cohort["cells"])
+                      if cell is not None and cell["rate"] is not None]}
+
+
+def _charts(context: dict[str, Any]) -> dict[str, Any]:
+    names = {row["stage"]: row["name"] for row in (context["funnel"] or {}).get("rows", [])}
+    return {"daily": _daily_chart(context["overview"]),
+            "funnel": _funnel_chart(context["funnel"]),
+            "aipl": _funnel_chart(context["aipl"]),
+            "flows": _flows_chart(context["flows"], names),
+            "revenue": _revenue_chart(context["revenue"]),
+            "channels": _channels_chart(context["channels"]),
+            "cohorts": _cohorts_chart(context["cohorts"])}
+
+
 # --- The page ------------------------------------------------------------------------------
 
 @login_required
@@ -257,6 +348,7 @@ def dashboard(request):
         context["error"] = exc.message
         status = 400
     else:
+        context["charts"] = _charts(context)
         # The range the figures are for (the defaults filled in).
         context["values"].update(start=context["overview"]["start"],
                                  end=context["overview"]["end"])

@@ -6,12 +6,14 @@ the revenue section. Screenshots land in $SCREENSHOT_DIR (/tmp).
 """
 
 
+from pathlib import Path
+
 import pytest
 from django.core.cache import cache
 from playwright import sync_api
 
 from tests.e2e.conftest import SCREENSHOT_DIR
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, UserFactory
 from tests.metrics.handbuilt import build
 
 expect = sync_api.expect
@@ -78,3 +80,40 @@ def test_an_operator_reads_the_funnel_and_revenue_of_a_range(page, live_server, 
     page.click(".filters button[type=submit]")
     expect(page.locator("[data-error]")).to_have_text("end: 2024-03-01 is before 2024-03-10")
     expect(page.locator("#revenue")).to_have_count(0)
+
+
+DRAWN_PIXELS = """(el) => {
+  const canvas = el.querySelector('canvas');
+  if (!canvas) return 0;
+  const ctx = canvas.getContext('2d');
+  const {data} = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  let drawn = 0;
+  for (let i = 3; i < data.length; i += 4) if (data[i] > 0) drawn++;
+  return drawn;
+}"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_sees_the_figures_as_charts_and_downloads_a_table(page, live_server, data):
+    UserFactory(username="chief", is_superuser=True, is_staff=True)
+    page.goto("/login/?next=/metrics/")
+    page.fill("input[name=username]", "chief")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("main form button[type=submit]")
+    page.goto("/metrics/?start=2024-03-01&end=2024-03-10&model=value")
+    page.click(".lang-switch button[value=en]")
+
+    # Every chart with data is drawn on a canvas with pixels on it: the day-by-day lines, the
+    # revenue waterfall, both funnels, the Sankey of moves, channels and the cohort heatmap.
+    for kind in ("daily", "revenue", "funnel", "aipl", "flows", "channels", "cohorts"):
+        chart = page.locator(f"[data-source=chart-{kind}]")
+        expect(chart).to_have_attribute("data-drawn", "true")
+        assert chart.evaluate(DRAWN_PIXELS) > 500, kind
+    shot(page, "charts")
+
+    with page.expect_download() as download:
+        page.click("[data-export-csv=funnel]")
+    assert download.value.suggested_filename == "funnel_2024-03-01_2024-03-10.csv"
+    csv = Path(download.value.path()).read_text(encoding="utf-8-sig").splitlines()
+    assert csv[0] == "Stage,Customers,Reach,Rate to next,Entered,Median days"
+    assert len(csv) == 1 + 5                       # the header and the value model's 5 stages
