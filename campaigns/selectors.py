@@ -1,8 +1,8 @@
 """Reads of outreach data."""
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 
-from campaigns.models import Campaign, Message
+from campaigns.models import Campaign, Enrollment, Message
 
 PROGRESS_STATES = ("queued", "sending", "sent", "delivered", "read", "replied", "failed",
                    "skipped")
@@ -60,3 +60,22 @@ def today_for(*, user) -> dict:
                 .order_by("due_at")[:50])
     return {"tasks": tasks, "counts": counts, "upcoming": upcoming, "now": now,
             "total_today": sum(by_status.values())}
+
+
+def customer_outreach(*, customer, messages: int = 20) -> dict:
+    """What the customer was sent, is about to be sent or was spared (with the reason), and
+    the SOPs they are going through with the next step and when it is due: three queries."""
+    recent = list(Message.objects.filter(customer=customer)
+                  .select_related("sop_step__sop", "campaign")
+                  .order_by("-due_at", "-id")[:messages])
+    queued = Message.objects.filter(enrollment=OuterRef("pk"), status=Message.Status.QUEUED
+                                    ).order_by("due_at", "id")
+    enrolments = list(
+        Enrollment.objects.filter(customer=customer, status__in=[Enrollment.Status.ACTIVE,
+                                                                 Enrollment.Status.HOLDOUT],
+                                  ended_at__isnull=True)
+        .select_related("sop__model", "sop__stage")
+        .annotate(next_due=Subquery(queued.values("due_at")[:1]),
+                  next_step=Subquery(queued.values("sop_step__order")[:1]))
+        .order_by("next_due", "-entered_at"))
+    return {"recent_messages": recent, "enrolments": enrolments}

@@ -1,9 +1,11 @@
-"""Dashboard pages of outreach: what an operator has to do today."""
+"""Dashboard pages of outreach: what an operator has to do today, and the outreach panel of the
+customer page."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
@@ -35,3 +37,11 @@ def task_close(request, pk: int):
         messages.success(request, _("Marked as done.") if task.status == "done"
                          else _("Skipped."))
     return redirect("outreach:today")
+
+
+def customer_outreach_panel(request, customer) -> str:
+    """The customer's messages (sent, queued, skipped with the reason) and the SOPs they are
+    going through with the next step."""
+    return render_to_string("campaigns/_customer_outreach.html",
+                            {"customer": customer, **selectors.customer_outreach(
+                                customer=customer)}, request=request)

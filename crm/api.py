@@ -24,7 +24,7 @@ from core.pagination import PageNumberPagination
 from core.parsers import FormParser, JSONParser, MultiPartParser
 from core.serializers import MomentField
 from crm import extensions, selectors, services
-from crm.models import Channel, Customer, Event, Group, Order
+from crm.models import Channel, Customer, CustomerNote, Event, Group, Order
 
 User = get_user_model()
 
@@ -120,12 +120,22 @@ class EventSerializer(serializers.ModelSerializer):
                   "received_at"]
 
 
+class NoteSerializer(serializers.ModelSerializer):
+    author = serializers.SlugRelatedField(slug_field="username", read_only=True,
+                                          allow_null=True)
+
+    class Meta:
+        model = CustomerNote
+        fields = ["id", "text", "author", "created_at"]
+        read_only_fields = ["author", "created_at"]
+
+
 class TimelineEntrySerializer(serializers.Serializer):
     at = serializers.DateTimeField()
     kind = serializers.CharField(help_text=gettext_lazy("event, order, tag, stage, message, …"))
     type = serializers.CharField()
     title = serializers.CharField()
-    detail = serializers.CharField(help_text=gettext_lazy(
+    detail = serializers.CharField(default="", help_text=gettext_lazy(
         "Who, why or what it said, as a sentence; may be empty."))
     data = serializers.DictField()
 
@@ -254,6 +264,20 @@ class CustomerViewSet(viewsets.ModelViewSet):
             "previous": f"{base}?page={page - 1}&page_size={page_size}" if page > 1 else None,
             "results": TimelineEntrySerializer(data["results"], many=True).data,
         })
+
+    @extend_schema(methods=["get"], responses=NoteSerializer(many=True))
+    @extend_schema(methods=["post"], request=inline_serializer("NoteIn", {
+        "text": serializers.CharField()}), responses={201: NoteSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def notes(self, request, pk=None):
+        """Operators' notes on the customer, newest first; POST `{"text": …}` adds one."""
+        customer = self.get_object()
+        if request.method == "POST":
+            text = request.data.get("text") if isinstance(request.data, dict) else None
+            note = services.note_add(customer=customer, author=request.user, text=text)
+            return Response(NoteSerializer(note).data, status=status.HTTP_201_CREATED)
+        page = self.paginate_queryset(selectors.customer_notes(customer=customer))
+        return self.get_paginated_response(NoteSerializer(page, many=True).data)
 
     @extend_schema(
         request={"multipart/form-data": inline_serializer("CustomerImport", {

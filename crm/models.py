@@ -345,6 +345,27 @@ STATUS_EVENT_TYPES = {
 }
 
 
+class CustomerNote(models.Model):
+    """What an operator wrote down about a customer (a call, a preference, a promise); shown in
+    the customer's timeline, exported with their data."""
+
+    id = models.BigAutoField(primary_key=True)
+    customer = models.ForeignKey(Customer, verbose_name=_("customer"), on_delete=models.CASCADE,
+                                 related_name="notes")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("author"), null=True,
+                               on_delete=models.SET_NULL, related_name="+")
+    text = models.TextField(_("text"))
+    created_at = models.DateTimeField(_("written at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("note")
+        verbose_name_plural = _("notes")
+        indexes = [models.Index(fields=["customer", "-created_at"], name="crm_note_customer")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}: {self.text[:40]}"
+
+
 class CustomerTouch(models.Model):
     """A customer whose facts changed, waiting for one consumer; written in the ingest
     transaction.

@@ -10,7 +10,7 @@ from django.db.models.functions import Coalesce
 from core import access, moments
 from core.people import staff_name
 from crm import extensions, timeline
-from crm.models import Channel, Customer, Event, Group, GroupMembership, Order
+from crm.models import Channel, Customer, CustomerNote, Event, Group, GroupMembership, Order
 
 
 def customer_list(*, user, filters: dict[str, Any] | None = None) -> QuerySet[Customer]:
@@ -63,6 +63,17 @@ def customer_timeline(*, customer_id: int, page: int, page_size: int) -> dict[st
         entries.extend(source.entries(customer_id, need))
     entries.sort(key=lambda e: e["at"], reverse=True)
     return {"count": total, "results": entries[start:start + page_size]}
+
+
+def customer_notes(*, customer: Customer) -> QuerySet[CustomerNote]:
+    return (CustomerNote.objects.filter(customer=customer).select_related("author")
+            .order_by("-created_at", "-id"))
+
+
+def customer_orders(*, customer: Customer, limit: int = 10) -> list[Order]:
+    """The customer's latest orders with their items (two queries)."""
+    return list(Order.objects.filter(customer=customer).prefetch_related("items")
+                .order_by("-placed_at", "-id")[:limit])
 
 
 def event_list(*, user) -> QuerySet[Event]:

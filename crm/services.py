@@ -62,6 +62,7 @@ from crm.models import (
     STATUS_EVENT_TYPES,
     Channel,
     Customer,
+    CustomerNote,
     Event,
     EventCount,
     Group,
@@ -1043,6 +1044,24 @@ def group_save(*, actor, group: Group | None, **fields: Any) -> Group:
     group.full_clean()
     group.save()
     return group
+
+
+NOTE_MAX_LENGTH = 2000
+
+
+@transaction.atomic
+def note_add(*, customer: Customer, author, text: Any) -> CustomerNote:
+    """An operator's note on a customer (whoever may see the customer may write one)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ApplicationError(_("text: write the note"), extra={"field": "text"})
+    text = text.strip()
+    if len(text) > NOTE_MAX_LENGTH:
+        raise ApplicationError(_("text: at most %(n)d characters") % {"n": NOTE_MAX_LENGTH},
+                               extra={"field": "text"})
+    if not _storable(text):
+        raise ApplicationError(_("text: must be text without NUL characters or lone "
+                                 "surrogates"), extra={"field": "text"})
+    return CustomerNote.objects.create(customer=customer, author=author, text=text)
 
 
 @transaction.atomic

@@ -88,6 +88,28 @@ def _order_count(customer_id: int) -> int:
     return Order.objects.filter(customer_id=customer_id).count()
 
 
+def _note_entries(customer_id: int, limit: int) -> list[Entry]:
+    from core.people import staff_name
+    from crm.models import CustomerNote
+
+    rows = (CustomerNote.objects.filter(customer_id=customer_id).select_related("author")
+            .order_by("-created_at", "-id")[:limit])
+    return [{
+        "at": n.created_at, "kind": "note", "type": "note",
+        "title": (_("Note by %(person)s") % {"person": staff_name(n.author)} if n.author
+                  else _("Note")),
+        "detail": n.text,
+        "data": {"id": n.id, "text": n.text, "by": n.author.username if n.author else None},
+    } for n in rows]
+
+
+def _note_count(customer_id: int) -> int:
+    from crm.models import CustomerNote
+
+    return CustomerNote.objects.filter(customer_id=customer_id).count()
+
+
 def register_builtin_sources() -> None:
     sources.register("event", TimelineSource("event", _event_entries, _event_count))
     sources.register("order", TimelineSource("order", _order_entries, _order_count))
+    sources.register("note", TimelineSource("note", _note_entries, _note_count))

@@ -3,20 +3,23 @@
 from typing import Any
 
 from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from core import access
 from core.exceptions import ApplicationError
-from crm import extensions, selectors, timeline
+from crm import extensions, selectors, services, timeline
 from crm.models import Customer
 
 CUSTOMERS_PAGE_SIZE = 50
+NOTES_SHOWN = 20
 TIMELINE_PAGE_SIZE = 20
 RECENT_EVENTS = 15
 
@@ -30,6 +33,7 @@ TIMELINE_KIND_LABELS = {
     "tag": pgettext_lazy("timeline entry kind", "Tag"),
     "stage": pgettext_lazy("timeline entry kind", "Stage"),
     "message": pgettext_lazy("timeline entry kind", "Message"),
+    "note": pgettext_lazy("timeline entry kind", "Note"),
 }
 EXTENSION_FILTER_LABELS = {"tag": gettext_lazy("Tags"), "stage": gettext_lazy("Stage"),
                            "segment": gettext_lazy("Segment")}
@@ -160,11 +164,37 @@ def customer_detail(request, pk: int):
                for entry in history["results"]]
     average_order = (customer.total_spent / customer.orders_count
                      if customer.orders_count else None)
+    notes = list(selectors.customer_notes(customer=customer)[:NOTES_SHOWN])
+    orders = selectors.customer_orders(customer=customer)
     panels = [mark_safe(panel(request, customer)) for panel in extensions.customer_panels]
     return render(request, "dashboard/customer_detail.html", _page(
         request, customer=customer, extension=extensions.extension_values(customer),
-        panels=panels,
+        panels=panels, notes=notes, orders=orders,
         groups=selectors.customer_current_groups(customer=customer), entries=entries,
         timeline_count=history["count"], page_obj=page_obj, average_order=average_order,
         page_range=page_obj.paginator.get_elided_page_range(page_obj.number, on_each_side=2,
                                                             on_ends=1)))
+
+
+@login_required
+def customer_notes(request, pk: int):
+    """The notes panel of a customer; POST adds a note (crm.services.note_add). An htmx request
+    gets the panel back, a plain one goes back to the customer's page."""
+    user = request.user
+    _require_customer_access(user)
+    customer = selectors.customer_get(user=user, pk=pk)
+    context = {"customer": customer, "text": "", "error": ""}
+    if request.method == "POST":
+        try:
+            services.note_add(customer=customer, author=user, text=request.POST.get("text"))
+        except ApplicationError as exc:
+            # Shown in the panel, with what was typed (htmx swaps only a 2xx answer in).
+            context.update(text=request.POST.get("text", ""), error=exc.message)
+            if not request.htmx:
+                messages.error(request, exc.message)
+        if not request.htmx:
+            return redirect(reverse("dashboard:customer-detail", args=[customer.pk]) + "#notes")
+    elif not request.htmx:
+        return redirect(reverse("dashboard:customer-detail", args=[customer.pk]) + "#notes")
+    context["notes"] = list(selectors.customer_notes(customer=customer)[:NOTES_SHOWN])
+    return render(request, "dashboard/_notes.html", context)

@@ -110,7 +110,8 @@ def test_operator_signs_in_searches_and_reads_a_timeline(page, live_server, shop
     rows.first.locator("a", has_text="林小姐").click()
     expect(page.locator("h1")).to_contain_text("林小姐")
     expect(page.locator(".props")).to_contain_text("13811112222")
-    expect(page.locator(".list")).to_contain_text("VIP 福利群")
+    expect(page.locator("#groups .list")).to_contain_text("VIP 福利群")
+    expect(page.locator("#orders")).to_contain_text("¥536.00")
     entries = page.locator(".timeline-entry")
     expect(entries).to_have_count(6)
     # Newest first: the order, then the reply we sent, the question, ..., the friend request.
@@ -119,6 +120,16 @@ def test_operator_signs_in_searches_and_reads_a_timeline(page, live_server, shop
     expect(entries.nth(2)).to_contain_text("龙井礼盒还有货吗？")
     expect(entries.nth(5)).to_have_class("timeline-entry kind-event type-friend_added")
     shot(page, "customer")
+
+    # A note goes in through htmx: the panel is swapped in place, the page is not reloaded.
+    page.evaluate("window.__sameDocument = true")
+    page.fill("#notes textarea[name=text]", "电话回访：喜欢龙井，下月再联系")
+    page.click("#notes button[type=submit]")
+    expect(page.locator("#notes li")).to_have_count(1)
+    expect(page.locator("#notes li")).to_contain_text("电话回访：喜欢龙井，下月再联系")
+    expect(page.locator("#notes li")).to_contain_text("林店长")
+    assert page.evaluate("window.__sameDocument") is True
+    expect(page.locator("#notes textarea[name=text]")).to_have_value("")
 
     page.click(".lang-switch button[value=zh-hans]")
     expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
