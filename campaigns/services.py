@@ -245,18 +245,21 @@ def sop_delete(*, sop: Sop) -> None:
 
 # --- Enrolment (the lifecycle transition hook) ---------------------------------------------
 
-def _in_campaign_holdout(campaign_id: int, customer_id: int, percent: int) -> bool:
+def _held_out(key: str, percent: int) -> bool:
+    """Whether `key` falls in the `percent` kept out as a control group: a stable hash, so the
+    same customer of the same entry (or campaign) is always on the same side."""
     if percent <= 0:
         return False
-    digest = hashlib.sha256(f"campaign:{campaign_id}:{customer_id}".encode())
+    digest = hashlib.sha256(key.encode())
     return int.from_bytes(digest.digest()[:4], "big") % 100 < percent
+
+
+def _in_campaign_holdout(campaign_id: int, customer_id: int, percent: int) -> bool:
+    return _held_out(f"campaign:{campaign_id}:{customer_id}", percent)
 
 
 def _in_holdout(sop_id: int, customer_id: int, entered_at: datetime, percent: int) -> bool:
-    if percent <= 0:
-        return False
-    digest = hashlib.sha256(f"{sop_id}:{customer_id}:{entered_at.isoformat()}".encode())
-    return int.from_bytes(digest.digest()[:4], "big") % 100 < percent
+    return _held_out(f"{sop_id}:{customer_id}:{entered_at.isoformat()}", percent)
 
 
 def _step_due(step: SopStep, entered_at: datetime) -> datetime:

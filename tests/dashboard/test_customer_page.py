@@ -18,22 +18,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def wang(db):
-    return UserFactory(username="op_wang", roles=["operator"], first_name="芳", last_name="王")
-
-
-@pytest.fixture
 def lin(wang):
     return CustomerFactory(owner=wang, name="林小姐", external_id="wm-lin")
-
-
-@pytest.fixture
-def reader(client):
-    def sign_in(user):
-        client.force_login(user)
-        client.defaults["HTTP_ACCEPT_LANGUAGE"] = "en"
-        return client
-    return sign_in
 
 
 def test_a_note_is_added_shown_and_in_the_timeline(reader, wang, lin):

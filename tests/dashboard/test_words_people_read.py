@@ -18,20 +18,6 @@ from tests.factories import CustomerFactory, UserFactory
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def wang(db):
-    return UserFactory(username="op_wang", roles=["operator"], first_name="芳", last_name="王")
-
-
-@pytest.fixture
-def reader(client):
-    def sign_in(user, language="en"):
-        client.force_login(user)
-        client.defaults["HTTP_ACCEPT_LANGUAGE"] = language
-        return client
-    return sign_in
-
-
 def _place(customer, model_key, stage_key, actor, reason="checked by phone"):
     model = StageModel.objects.get(key=model_key)
     stage = Stage.objects.get(model=model, key=stage_key)
