@@ -42,14 +42,32 @@ def summary(data: dict) -> str:
     return ""
 
 
+def event_summaries(events) -> dict[int, str]:
+    """What each event says, in a few words (`summary`); a group event names its group, not
+    its chat id (one query for all the events)."""
+    from crm.models import Group
+
+    data = {e.pk: (e.data if isinstance(e.data, dict) else {}) for e in events}
+    chat_ids = {str(d["group"]) for d in data.values() if d.get("group") and not d.get("name")}
+    names = dict(Group.objects.filter(chat_id__in=chat_ids).exclude(name="")
+                 .values_list("chat_id", "name")) if chat_ids else {}
+
+    def say(d: dict) -> str:
+        group = str(d.get("group") or "")
+        return names[group] if group in names and not d.get("name") else summary(d)
+
+    return {pk: say(d) for pk, d in data.items()}
+
+
 def _event_entries(customer_id: int, limit: int) -> list[Entry]:
     from crm.models import Event
 
-    rows = (Event.objects.filter(customer_id=customer_id)
-            .order_by("-occurred_at", "-id")[:limit])
+    rows = list(Event.objects.filter(customer_id=customer_id)
+                .order_by("-occurred_at", "-id")[:limit])
+    details = event_summaries(rows)
     return [
         {"at": e.occurred_at, "kind": "event", "type": e.type, "title": e.get_type_display(),
-         "detail": summary(e.data or {}), "data": {"id": e.id, **(e.data or {})}}
+         "detail": details[e.pk], "data": {"id": e.id, **(e.data or {})}}
         for e in rows
     ]
 

@@ -95,8 +95,9 @@ def home(request):
     figures = selectors.dashboard_figures(user=user)
     events = []
     if access.can_see_customers(user):
-        events = [{"event": e, "summary": timeline.summary(e.data or {})}
-                  for e in selectors.dashboard_recent_events(user=user, limit=RECENT_EVENTS)]
+        recent = selectors.dashboard_recent_events(user=user, limit=RECENT_EVENTS)
+        summaries = timeline.event_summaries(recent)
+        events = [{"event": e, "summary": summaries[e.pk]} for e in recent]
     return render(request, "dashboard/home.html",
                   _page(request, figures=figures, events=events))
 

@@ -173,9 +173,16 @@ def _flows(report: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
 
 def _sops(report: dict[str, Any]) -> dict[str, Any]:
     """The SOPs that enrolled someone in the range (or messaged them); the rest have no
-    figures to show."""
-    return {**report, "rows": [sop for sop in report["results"]
-                               if sop["enrolled"] or sop["messages"]["total"]]}
+    figures to show. Their model and stage by name (the report gives keys)."""
+    rows = [dict(sop) for sop in report["results"]
+            if sop["enrolled"] or sop["messages"]["total"]]
+    names = {(model, key): (model_name, name) for model, model_name, key, name in
+             Stage.objects.filter(model__key__in={r["model"] for r in rows})
+             .values_list("model__key", "model__name", "key", "name")}
+    for sop in rows:
+        sop["model_name"], sop["stage_name"] = names.get((sop["model"], sop["stage"]),
+                                                         (sop["model"], sop["stage"]))
+    return {**report, "rows": rows}
 
 
 def _cohorts(report: dict[str, Any]) -> dict[str, Any]:

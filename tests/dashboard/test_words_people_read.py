@@ -85,3 +85,19 @@ def test_the_stage_guard_does_not_talk_about_seed_articles(admin_user):
                          "category": "promotional", "template": "限时优惠"}])
     assert "seed" not in refused.value.message
     assert CustomerTag.objects.count() == 0
+
+
+def test_a_group_event_names_the_group_not_its_chat_id(reader, wang):
+    from crm import services as crm_services
+
+    customer = CustomerFactory(owner=wang, external_id="wm-grp")
+    crm_services.events_ingest(actor=wang, items=[
+        {"customer": "wm-grp", "type": "group_joined", "idempotency_key": "g1",
+         "data": {"group": "wrX9chat", "name": "老客专属群"}},
+        {"customer": "wm-grp", "type": "group_left", "idempotency_key": "g2",
+         "data": {"group": "wrX9chat"}}])
+    client = reader(wang)
+    detail = client.get(f"/customers/{customer.pk}/").content.decode()
+    home = client.get("/").content.decode()
+    for page in (detail, home):
+        assert "老客专属群" in page and "wrX9chat" not in page

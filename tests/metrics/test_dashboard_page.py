@@ -110,6 +110,7 @@ def test_an_admin_sees_every_section_with_the_hand_computed_figures(data, admin_
     sops = section(html, "sops")
     assert re.findall(r'data-sop="(\d+)"', sops) == [str(data.sop.pk)]   # only SOPs with figures
     assert "Welcome test" in sops and "+100.0 pp" in text(sops) and "50% holdout" in text(sops)
+    assert "价值生命周期 · 引入期" in text(sops) and "value · intro" not in text(sops)  # names
     assert 'data-cohort="2024-03"' in section(html, "cohorts")
     assert 'name="owner"' in html                             # admins filter by owner
     assert 'style="width: 100.0%' in html                     # bars drawn with CSS widths
