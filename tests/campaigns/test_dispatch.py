@@ -3,13 +3,12 @@ backend and recorded; two dispatchers at once never send a row twice; transient 
 retried with backoff up to the cap, permanent ones recorded; the sweeper returns rows whose
 worker died; `dispatch_messages` does one pass by hand."""
 
-import threading
 from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from campaigns import services
@@ -17,6 +16,7 @@ from campaigns.backends import SendResult
 from campaigns.models import Message, OutreachPolicy
 from crm.models import Customer
 from tests.campaigns.conftest import NOW
+from tests.threads import run_at_once
 
 pytestmark = [pytest.mark.django_db]
 
@@ -90,25 +90,8 @@ def test_two_dispatchers_at_once_send_every_message_exactly_once(owner, recorder
                 due_at=NOW - timedelta(minutes=n), dedupe_key=f"race:{c.pk}:{n}")
         for c in customers for n in range(5)])
     recorder.delay = 0.002
-    barrier = threading.Barrier(2)
-    results, errors = [None, None], []
+    results = run_at_once(*[lambda: services.messages_dispatch(now=NOW, batch_size=10)] * 2)
 
-    def run(index):
-        try:
-            barrier.wait(timeout=10)
-            results[index] = services.messages_dispatch(now=NOW, batch_size=10)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-
-    assert not errors, errors
     assert len(recorder.calls) == 300
     assert len(set(recorder.calls)) == 300                       # nobody sent twice
     assert set(recorder.calls) == set(Message.objects.values_list("pk", flat=True))

@@ -4,8 +4,6 @@ the web server run them. On SQLite one write lock serves them all, so a job must
 for long — which needs the planner statistics `analyze_database` keeps (scripts/demo runs it,
 beat hourly)."""
 
-import threading
-import time
 
 import pytest
 from django.db import connection
@@ -23,6 +21,7 @@ from metrics.periods import Scope, day_start, local_today
 from metrics.selectors import latest_transitions
 from tagging import services as tagging_services
 from tests.factories import UserFactory
+from tests.threads import run_at_once
 
 pytestmark = pytest.mark.both_dbs
 
@@ -77,27 +76,8 @@ def test_every_demo_job_runs_alongside_the_others(demo_world):
         "stage_models": lambda: lifecycle_services.stage_models_evaluate(due_only=True),
         "harassment": lambda: campaign_services.harassment_check(),
     }
-    results, errors, seconds = {}, {}, {}
-    start = threading.Barrier(len(jobs))
+    results = dict(zip(jobs, run_at_once(*jobs.values(), timeout=120), strict=True))
 
-    def run(name, job):
-        try:
-            start.wait()
-            began = time.monotonic()
-            results[name] = job()
-            seconds[name] = time.monotonic() - began
-        except BaseException as exc:
-            errors[name] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=item) for item in jobs.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-
-    assert not errors, errors
     assert set(results) == set(jobs)
     assert results["ingest"].accepted == 300
     # Each message went out, or was held back by a guard with its reason (opted out, …).
@@ -105,7 +85,6 @@ def test_every_demo_job_runs_alongside_the_others(demo_world):
                    .annotate(n=Count("id")))
     assert set(outcome) <= {"sent", "skipped"} and sum(outcome.values()) == queued, outcome
     assert outcome["sent"] > 0.9 * queued
-    print("seconds per job:", {k: round(v, 2) for k, v in sorted(seconds.items())})
     # The touched customers are handed to the rules and models by the next run.
     touched_customers_process("tagging")
     touched_customers_process("lifecycle")

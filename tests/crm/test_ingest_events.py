@@ -1,15 +1,14 @@
 """POST /api/v1/events/: one event or a batch, stored once per idempotency key, with effects."""
 
 import json
-import threading
 from datetime import datetime, timedelta
 
 import pytest
-from django.db import connection
 from django.utils.dateparse import parse_datetime
 
 from crm.models import Channel, Customer, Event, Group, GroupMembership
 from tests.factories import CustomerFactory, EventFactory, UserFactory
+from tests.threads import run_at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -119,27 +118,14 @@ def test_two_concurrent_posts_of_the_same_keys_store_each_key_once(api_client_fo
     customer = CustomerFactory(external_id="wm-race", owner=owner)
     keys = [f"race-{n}" for n in range(200)]
     body = [event(customer, key=k, occurred_at=at(1 + n % 20)) for n, k in enumerate(keys)]
-    barrier = threading.Barrier(2)
-    reports, errors = [], []
+    clients = [api_client_for(owner) for _ in range(2)]
 
-    def send():
-        client = api_client_for(owner)
-        try:
-            barrier.wait(timeout=10)
-            response = post(client, body)
-            reports.append((response.status_code, response.json()))
-        except Exception as exc:  # surfaced below; a thread's exception is otherwise lost
-            errors.append(exc)
-        finally:
-            connection.close()
+    def send(client):
+        response = post(client, body)
+        return response.status_code, response.json()
 
-    threads = [threading.Thread(target=send) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    reports = run_at_once(*[lambda c=c: send(c) for c in clients])
 
-    assert not errors
     assert [status for status, _r in reports] == [200, 200]
     assert sum(r["accepted"] for _s, r in reports) == len(keys)
     assert sum(r["duplicates"] for _s, r in reports) == len(keys)

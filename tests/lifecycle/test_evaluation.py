@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from lifecycle import services
 from lifecycle.models import CustomerStage, StageModel, StageTransition, TransitionSource
 from tests.lifecycle.conftest import NOW, World, ago
+from tests.threads import run_at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -482,30 +483,6 @@ def test_chunks_give_the_same_answer_as_one_pass(world, entered):
 
 # --- Two evaluations at once (PostgreSQL) ---------------------------------------------------
 
-def _run_at_once(*calls):
-    """Run the calls in threads released together; returns their results in order."""
-    barrier = threading.Barrier(len(calls))
-    results: list = [None] * len(calls)
-    errors: list[BaseException] = []
-
-    def run(index, call):
-        try:
-            barrier.wait(timeout=10)
-            results[index] = call()
-        except BaseException as exc:  # surfaced below; a thread's exception is otherwise lost
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
-    return results
-
-
 def _expected_value_stage(i: int) -> str:
     silent_days = 10 + i * 3
     if i % 4 == 0:
@@ -535,7 +512,7 @@ def test_two_full_evaluations_at_once_record_each_move_once(admin_user, builtin_
     _world, customers = _concurrent_world(admin_user)
     model = StageModel.objects.get(key="value")
 
-    results = _run_at_once(*[lambda: services.stage_model_evaluate(model=model, now=NOW)] * 2)
+    results = run_at_once(*[lambda: services.stage_model_evaluate(model=model, now=NOW)] * 2)
 
     assert sum(r.changed for r in results if r is not None) == len(customers)
     per_customer = dict(StageTransition.objects.filter(model=model, from_key="")
@@ -601,7 +578,7 @@ def test_two_evaluations_of_overlapping_customers_at_once(admin_user, builtin_mo
     first, second = ids[:30], ids[10:]
     model = StageModel.objects.get(key="value")
 
-    _run_at_once(
+    run_at_once(
         lambda: services.stage_model_evaluate(model=model, customer_ids=first, now=NOW),
         lambda: services.stage_model_evaluate(model=model, customer_ids=second, now=NOW))
 

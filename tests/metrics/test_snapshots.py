@@ -2,14 +2,12 @@
 stage counts from transitions, stored days agreeing with live ones, the cohort table, the
 nightly task and the command."""
 
-import threading
 from datetime import date, timedelta
 from decimal import Decimal
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone, translation
 
@@ -28,6 +26,7 @@ from metrics.models import (
 )
 from metrics.periods import Period, Scope, add_months, day_start, local_today, month_start
 from tests.metrics.handbuilt import build, event, mar, moves, order
+from tests.threads import run_at_once
 
 pytestmark = [pytest.mark.django_db, pytest.mark.both_dbs]
 
@@ -258,24 +257,7 @@ def test_command_rejects_bad_dates(db, args, message):
 def test_two_workers_snapshotting_the_same_day_store_it_once():
     data = build()
     day = date(2024, 3, 5)
-    barrier = threading.Barrier(2)
-    errors = []
-
-    def work():
-        try:
-            barrier.wait()
-            services.snapshot_metrics(day=day)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    run_at_once(*[lambda: services.snapshot_metrics(day=day)] * 2)
     assert Snapshot.objects.filter(date=day).count() == 1
     row = DailyActivity.objects.get(date=day, owner=data.op_a)
     assert (row.paid_orders, row.revenue, row.active_customers) == (1, Decimal("100.00"), 2)
