@@ -140,3 +140,27 @@ def test_operator_signs_in_searches_and_reads_a_timeline(page, live_server, shop
     expect(page).to_have_url(f"{live_server.url}/login/")
     page.goto("/customers/")
     expect(page).to_have_url(f"{live_server.url}/login/?next=/customers/")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_big_month_of_revenue_shows_whole_on_a_laptop_screen(page, live_server):
+    """¥1,234,567.89 in a month must read in full on a 1280-pixel screen, in both languages —
+    not "¥1,234,5…"."""
+    operator = UserFactory(username="big.ops", roles=["operator"])
+    CustomerFactory(owner=operator, name="大客户", external_id="wm-big")
+    services.orders_ingest(actor=operator, items=[
+        {"customer": "wm-big", "source": "store", "external_id": "big-1",
+         "amount": "1234567.89", "placed_at": timezone.now().isoformat()}])
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto("/login/")
+    page.fill("input[name=username]", "big.ops")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("main form button[type=submit]")
+    clipped = "[...document.querySelectorAll('.figure-value')]" \
+              ".filter(e => e.scrollWidth > e.clientWidth).map(e => e.textContent)"
+    for switch_to, shown in ((None, "1,234,567.89"), ("zh-hans", "1234567.89")):
+        if switch_to:
+            page.click(f".lang-switch button[value={switch_to}]")
+        revenue = page.locator("[data-figure=revenue_30d] .figure-value")
+        expect(revenue).to_contain_text(shown)
+        assert page.evaluate(clipped) == []
