@@ -291,21 +291,37 @@ def customers_tags_change(*, customers, add: list[Tag], remove: list[Tag], actor
                                  now=now)
     for tag in add:
         # Claim the rows a rule gave before adding (the UPDATE locks them, so a sync run that
-        # would delete them waits and then leaves them), and again after (a rule may have
-        # inserted the tag concurrently, which made our INSERT skip the customer).
+        # would delete them waits and then leaves them); then add, and claim what a rule run
+        # racing us gave meanwhile (see _claim).
         if source == TagSource.MANUAL:
             _claim(customers, tag, actor)
         change.added += _add(customers, tag, source=source, actor=actor, expires_at=expires_at,
                              now=now)
         if source == TagSource.MANUAL:
-            _claim(customers, tag, actor)
+            change.added += _claim(customers, tag, actor, now=now, expires_at=expires_at)
     return change
 
 
-def _claim(customers, tag: Tag, actor) -> None:
-    """Make the customers' rule-given `tag` manual, so no `sync` rule takes it away again."""
-    CustomerTag.objects.filter(customer__in=customers, tag=tag).exclude(
-        source=TagSource.MANUAL).update(source=TagSource.MANUAL, rule=None, added_by=actor)
+def _claim(customers, tag: Tag, actor, *, now: datetime | None = None,
+           expires_at: datetime | None = None) -> int:
+    """Make the customers' rule-given `tag` manual, so no `sync` rule takes it away again.
+
+    After an add (`now` given), also make sure each of them holds it: a rule run may have given
+    the tag after our INSERT's snapshot (so the INSERT skipped the customer) and a sync run
+    deleted it before our UPDATE (which waited for that DELETE and found nothing) — those
+    customers are tagged again. Each round needs a rule run to commit in between, so a few
+    rounds settle it. Returns how many rows the rounds added."""
+    added = 0
+    for _round in range(5):
+        CustomerTag.objects.filter(customer__in=customers, tag=tag).exclude(
+            source=TagSource.MANUAL).update(source=TagSource.MANUAL, rule=None, added_by=actor)
+        if now is None or not _nonempty(customers.exclude(
+                Exists(CustomerTag.objects.filter(customer=OuterRef("pk"), tag=tag)))):
+            return added
+        added += _add(customers, tag, source=TagSource.MANUAL, actor=actor,
+                      expires_at=expires_at, now=now)
+    raise ApplicationError(_("Tag rules kept changing %(tag)r while it was being added; "
+                             "try again.") % {"tag": tag.name})
 
 
 # --- Rules ----------------------------------------------------------------------------------

@@ -573,6 +573,87 @@ def test_setting_an_exclusive_tag_while_a_rule_sets_another_keeps_the_manual_one
 
 @pytest.mark.postgres_only
 @pytest.mark.django_db(transaction=True)
+def test_a_sync_run_deleting_the_rule_tag_an_operator_is_claiming_leaves_it_manual(racing):
+    """The interleaving the loop below once caught (CI, a loaded machine), replayed: the
+    operator's change finds no tag, a rule run gives it and commits, the operator's INSERT
+    therefore skips the customer, a sync run deletes the rule's tag — and the operator's claim
+    waits for that DELETE and finds nothing to claim. The operator must still end up holding
+    the tag, as a manual one."""
+    operator, tag, rule = racing
+    customer = CustomerFactory(city="上海", owner=operator)
+    claimed, rule_added, checked, deleted = (threading.Event() for _n in range(4))
+    pid: list[int] = []
+    errors: list[BaseException] = []
+
+    def by_hand():
+        statements = []
+
+        def hook(execute, sql, params, many, context):
+            result = execute(sql, params, many, context)
+            statements.append(sql)
+            if len(statements) == 1 and not claimed.is_set():
+                # Right after the first claim (it found nothing): let the rule tag them.
+                assert re.match(r"\s*UPDATE", sql), sql
+                claimed.set()
+                assert rule_added.wait(10)
+            elif claimed.is_set() and not checked.is_set():
+                checked.set()                     # the INSERT's pre-check saw the rule's tag
+                assert deleted.wait(10)           # the sync run has deleted it, uncommitted
+            return result
+
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                pid.append(cursor.fetchone()[0])
+            with connection.execute_wrapper(hook):
+                services.customers_tags_change(customers=Customer.objects.filter(pk=customer.pk),
+                                               add=[tag], remove=[], actor=operator)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            claimed.set()
+            checked.set()
+            connection.close()
+
+    def rules():
+        def hold_the_delete(execute, sql, params, many, context):
+            result = execute(sql, params, many, context)
+            if re.search(r"DELETE\s+FROM\s+\"?tagging_customertag", sql):
+                deleted.set()
+                # Commit only once the operator's claim waits for the deleted row.
+                _until(lambda: _waiting(pid[0]))
+            return result
+
+        try:
+            assert claimed.wait(10)
+            services.tag_rule_run(rule=rule)                     # 上海: gives the tag
+            rule_added.set()
+            assert checked.wait(10)
+            Customer.objects.filter(pk=customer.pk).update(city="北京")
+            with connection.execute_wrapper(hold_the_delete):
+                services.tag_rule_run(rule=rule)                 # 北京: takes it away
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            rule_added.set()
+            deleted.set()
+            connection.close()
+
+    threads = [threading.Thread(target=by_hand), threading.Thread(target=rules)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+
+    assert held(customer) == {"跟进"}
+    assert CustomerTag.objects.get(customer=customer).source == TagSource.MANUAL
+    services.tag_rule_run(rule=rule)
+    assert held(customer) == {"跟进"}
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
 def test_rule_runs_concurrent_with_manual_tagging_lose_no_manual_tag(racing):
     """Operators tag thirty customers one by one while the sync rule runs again and again."""
     operator, tag, rule = racing
