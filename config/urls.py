@@ -1,10 +1,13 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.decorators.cache import cache_page
+from django.views.i18n import JavaScriptCatalog
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from campaigns import api as campaigns_api
+from core.api import ConditionFieldsView
 from core.views import healthz
 from crm import api as crm_api
 from lifecycle import api as lifecycle_api
@@ -37,6 +40,7 @@ urlpatterns = [
     path("api/v1/templates/preview/", campaigns_api.TemplatePreviewView.as_view(),
          name="template-preview"),
     path("api/v1/outreach-policy/", campaigns_api.PolicyView.as_view(), name="outreach-policy"),
+    path("api/v1/conditions/fields/", ConditionFieldsView.as_view(), name="condition-fields"),
     path("api/v1/metrics/", include("metrics.urls")),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -47,6 +51,9 @@ urlpatterns = [
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),
+    # The dashboard scripts' words (gettext in JavaScript), per language; cached a day.
+    path("jsi18n/", cache_page(86400)(JavaScriptCatalog.as_view()), name="javascript-catalog"),
+    path("", include("tagging.urls_segments")),
     path("", include("campaigns.urls")),
     path("", include("tagging.urls")),
     path("", include("lifecycle.urls")),

@@ -22,6 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, pgettext_lazy
 
 from core.exceptions import ApplicationError
 from core.registry import Registry
@@ -31,6 +32,28 @@ OPERATORS = (
     "within_days", "older_than_days", "count_gte", "count_lte", "sum_gte",
     "any", "all", "none",
 )
+# How the segment builder names each operator (`describe()`).
+OPERATOR_LABELS = {
+    "eq": pgettext_lazy("condition operator", "is"),
+    "ne": pgettext_lazy("condition operator", "is not"),
+    "in": pgettext_lazy("condition operator", "is one of"),
+    "not_in": pgettext_lazy("condition operator", "is none of"),
+    "gt": pgettext_lazy("condition operator", "more than"),
+    "gte": pgettext_lazy("condition operator", "at least"),
+    "lt": pgettext_lazy("condition operator", "less than"),
+    "lte": pgettext_lazy("condition operator", "at most"),
+    "between": pgettext_lazy("condition operator", "between"),
+    "contains": pgettext_lazy("condition operator", "contains"),
+    "is_null": pgettext_lazy("condition operator", "is empty"),
+    "within_days": pgettext_lazy("condition operator", "within the last … days"),
+    "older_than_days": pgettext_lazy("condition operator", "at least … days ago"),
+    "count_gte": pgettext_lazy("condition operator", "count at least"),
+    "count_lte": pgettext_lazy("condition operator", "count at most"),
+    "sum_gte": pgettext_lazy("condition operator", "amount at least"),
+    "any": pgettext_lazy("condition operator", "any of"),
+    "all": pgettext_lazy("condition operator", "all of"),
+    "none": pgettext_lazy("condition operator", "none of"),
+}
 MAX_DEPTH = 12
 MAX_NODES = 300
 
@@ -229,6 +252,14 @@ class ConditionField:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     validate: Callable[[Leaf], None] | None = None
     prefix: bool = False      # name is a prefix: "attributes." matches "attributes.level"
+    # What the segment builder shows (`describe()`); a field without them still appears there,
+    # named by its key, with a text box.
+    label: Any = ""           # a (lazy) translated name
+    section: Any = ""         # where the builder's field picker lists it
+    kind: str = ""            # the value's widget: text, choice, bool, integer, number, datetime
+    choices: Callable[[], list[dict[str, Any]]] | None = None   # [{"value", "label", …}]
+    param_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → label, kind,
+    #                                            choices (a callable), required, multiple
 
 
 fields: Registry[ConditionField] = Registry("condition_fields")
@@ -328,6 +359,44 @@ def to_leaf(node: dict, path: str = "") -> Leaf:
     """The validated `Leaf` of a leaf node (its value normalised as its field's compiler gets
     it), for evaluators other than the SQL compiler (tagging.segment_index)."""
     return _to_leaf(node, path)
+
+
+def _schema_kind(schema: dict[str, Any]) -> str:
+    kinds = {schema.get("type")} | {s.get("type") for s in schema.get("oneOf", [])}
+    for kind, name in (("boolean", "bool"), ("integer", "integer"), ("number", "number")):
+        if kinds == {kind}:
+            return name
+    return "text"
+
+
+def _param_description(name: str, schema: dict[str, Any], info: dict[str, Any]) -> dict:
+    choices = info.get("choices")
+    return {"name": name, "label": str(info.get("label") or name),
+            "kind": info.get("kind") or _schema_kind(schema),
+            "choices": choices() if choices else None,
+            "required": bool(info.get("required")), "multiple": bool(info.get("multiple"))}
+
+
+def describe() -> dict[str, Any]:
+    """Every field of the language as the segment builder draws it: label, section, the
+    operators with their names, the value's widget and choices, and the extra keys a leaf may
+    carry. The registry fills it, so a field registered in code appears in the builder."""
+    described = []
+    for name, spec in fields.items():
+        described.append({
+            "name": name, "label": str(spec.label or name), "section": str(spec.section or ""),
+            "description": str(spec.description), "prefix": spec.prefix,
+            "kind": spec.kind or _schema_kind(spec.value_schema),
+            "ops": list(spec.ops),
+            "choices": spec.choices() if spec.choices else None,
+            "params": [_param_description(p, schema, spec.param_info.get(p, {}))
+                       for p, schema in spec.params.items()],
+        })
+    return {"operators": {op: str(OPERATOR_LABELS[op]) for op in OPERATORS},
+            "groups": {"all": str(gettext_lazy("all of these")),
+                       "any": str(gettext_lazy("any of these")),
+                       "not": str(gettext_lazy("not"))},
+            "fields": described}
 
 
 def known_field_names() -> list[str]:

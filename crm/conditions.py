@@ -35,6 +35,7 @@ from django.db.models.lookups import (
     LessThanOrEqual,
 )
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
 
 from core.conditions import (
     ConditionError,
@@ -147,13 +148,52 @@ def _scalar_compiler(lookup: str, *, blank_is_null: bool = False):
     return compile_leaf
 
 
+# The builder's widget for each kind of scalar (`ConditionField.kind`).
+_WIDGETS = {"str": "text", "choice": "choice", "bool": "bool", "int": "integer",
+            "decimal": "number", "datetime": "datetime"}
+
+
 def _scalar(name: str, lookup: str, kind: str, ops: tuple[str, ...], description: str,
-            choices: tuple[str, ...] = (), schema: dict | None = None) -> ConditionField:
+            allowed: tuple[str, ...] = (), schema: dict | None = None,
+            **shown: Any) -> ConditionField:
     return ConditionField(
         name=name, ops=ops, description=description,
         compile=_scalar_compiler(lookup, blank_is_null=kind == "str"),
-        validate=_scalar_validator(kind, choices),
-        value_schema=schema or {})
+        validate=_scalar_validator(kind, allowed),
+        value_schema=schema or {}, kind=shown.pop("widget", _WIDGETS[kind]), **shown)
+
+
+# --- What the segment builder offers (`ConditionField.choices`) -----------------------------
+
+def _text_choices(choices) -> Any:
+    return lambda: [{"value": value, "label": str(label)} for value, label in choices.choices]
+
+
+def _channel_choices() -> list[dict[str, Any]]:
+    from crm.models import Channel
+
+    return [{"value": code, "label": name or code}
+            for code, name in Channel.objects.order_by("name", "code").values_list("code", "name")]
+
+
+def _owner_choices() -> list[dict[str, Any]]:
+    from django.contrib.auth import get_user_model
+
+    from core.people import staff_name
+
+    staff = get_user_model().objects.filter(is_active=True).order_by("username")
+    return [{"value": user.get_username(), "label": staff_name(user)} for user in staff]
+
+
+GROUP_CHOICES_SHOWN = 1000
+
+
+def _group_choices() -> list[dict[str, Any]]:
+    from crm.models import Group
+
+    rows = Group.objects.order_by("name", "chat_id").values_list("chat_id", "name")
+    return [{"value": chat_id, "label": name or chat_id}
+            for chat_id, name in rows[:GROUP_CHOICES_SHOWN]]
 
 
 # Text that reads as a decimal number: what CSV import stores for "35" or "-2.5".
@@ -490,6 +530,7 @@ def _group_compile(leaf: Leaf, ctx: Context) -> Q:
 def register() -> None:
     from crm.models import Customer, Event
 
+    profile, activity = _lazy("Profile"), _lazy("Activity and purchases")
     str_schema = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                             {"type": "boolean"}]}
     num_schema = {"oneOf": [{"type": "number"}, {"type": "string"},
@@ -497,34 +538,52 @@ def register() -> None:
     dt_schema = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer"},
                            {"type": "boolean"},
                            {"type": "array", "items": {"type": "string"}}]}
+    labels = {"external_id": _lazy("External id"), "name": _lazy("Name"),
+              "phone": _lazy("Phone"), "city": _lazy("City"),
+              "joined_at": _lazy("Joined"), "last_active_at": _lazy("Last active"),
+              "first_order_at": _lazy("First order"), "last_order_at": _lazy("Last order"),
+              "status_changed_at": _lazy("Status changed")}
     for name in ("external_id", "name", "phone", "city"):
         register_field(_scalar(name, name, "str", STRING_OPS,
-                               _("The customer's %(field)s.") % {"field": name}, schema=str_schema))
+                               _("The customer's %(field)s.") % {"field": name},
+                               schema=str_schema, label=labels[name], section=profile))
     register_field(_scalar("channel", "channel__code", "str", STRING_OPS,
-                           _("Acquisition channel code."), schema=str_schema))
+                           _("Acquisition channel code."), schema=str_schema, widget="choice",
+                           label=_lazy("Channel"), section=profile, choices=_channel_choices))
     register_field(_scalar("owner", "owner__username", "str", CHOICE_OPS,
-                           _("Owning staff member's username."), schema=str_schema))
+                           _("Owning staff member's username."), schema=str_schema,
+                           widget="choice", label=_lazy("Owner"), section=profile,
+                           choices=_owner_choices))
     register_field(_scalar("gender", "gender", "choice", CHOICE_OPS, _("Gender."),
-                           tuple(Customer.Gender.values), schema=str_schema))
+                           tuple(Customer.Gender.values), schema=str_schema,
+                           label=_lazy("Gender"), section=profile,
+                           choices=_text_choices(Customer.Gender)))
     register_field(_scalar("status", "status", "choice", CHOICE_OPS,
                            _("Relationship status."), tuple(Customer.Status.values),
-                           schema=str_schema))
+                           schema=str_schema, label=_lazy("Status"), section=profile,
+                           choices=_text_choices(Customer.Status)))
     register_field(_scalar("opted_out", "opted_out", "bool", BOOL_OPS, _("Opted out."),
-                           schema={"type": "boolean"}))
+                           schema={"type": "boolean"}, label=_lazy("Opted out"),
+                           section=profile))
     register_field(_scalar("orders_count", "orders_count", "int", NUMBER_OPS,
-                           _("Paid orders, lifetime."), schema=num_schema))
+                           _("Paid orders, lifetime."), schema=num_schema,
+                           label=_lazy("Orders (lifetime)"), section=activity))
     register_field(_scalar("total_spent", "total_spent", "decimal", NUMBER_OPS,
-                           _("Paid spend net of refunds, lifetime (CNY)."), schema=num_schema))
+                           _("Paid spend net of refunds, lifetime (CNY)."), schema=num_schema,
+                           label=_lazy("Total spent (CNY)"), section=activity))
     for name in ("joined_at", "last_active_at", "first_order_at", "last_order_at",
                  "status_changed_at"):
         register_field(_scalar(name, name, "datetime", DATETIME_OPS,
                                _("Date-time %(field)s; within_days / older_than_days take days.")
-                               % {"field": name}, schema=dt_schema))
+                               % {"field": name}, schema=dt_schema, label=labels[name],
+                               section=activity if name != "joined_at" else profile))
     register_field(ConditionField(
         name="attributes.", prefix=True, ops=ATTRIBUTE_OPS, compile=_attribute_compile,
         validate=_attribute_validate, description=_("A key of the customer's attributes."),
-        value_schema={}))
+        value_schema={}, label=_lazy("Attribute"), section=profile, kind="text"))
     days = {"type": "integer", "minimum": 0}
+    within = {"label": _lazy("within the last (days)"), "kind": "integer"}
+    since_joined = {"label": _lazy("since joining"), "kind": "bool"}
     register_field(ConditionField(
         name="event", ops=("count_gte", "count_lte"), compile=_event_compile,
         validate=_event_validate,
@@ -534,7 +593,11 @@ def register() -> None:
         params={"type": {"nullable": True,
                          "oneOf": [{"type": "string", "enum": list(Event.Type.values)},
                                    {"type": "array", "items": {"type": "string"}}]},
-                "within_days": days, "since_joined": {"type": "boolean"}}))
+                "within_days": days, "since_joined": {"type": "boolean"}},
+        label=_lazy("Events"), section=activity, kind="integer",
+        param_info={"type": {"label": _lazy("of type"), "kind": "choice", "multiple": True,
+                             "choices": _text_choices(Event.Type)},
+                    "within_days": within, "since_joined": since_joined}))
     register_field(ConditionField(
         name="order", ops=("count_gte", "count_lte", "sum_gte"), compile=_order_compile,
         validate=_order_validate,
@@ -544,7 +607,10 @@ def register() -> None:
         params={"within_days": days, "since_joined": {"type": "boolean"},
                 "category": {"nullable": True,
                              "oneOf": [{"type": "string"},
-                                       {"type": "array", "items": {"type": "string"}}]}}))
+                                       {"type": "array", "items": {"type": "string"}}]}},
+        label=_lazy("Paid orders"), section=activity, kind="number",
+        param_info={"within_days": within, "since_joined": since_joined,
+                    "category": {"label": _lazy("of category"), "kind": "text"}}))
     register_field(ConditionField(
         name="group", ops=("in", "not_in", "count_gte"), compile=_group_compile,
         validate=_group_validate,
@@ -553,4 +619,7 @@ def register() -> None:
         value_schema={"nullable": True,
                       "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                                 {"type": "integer"}]},
-        params={"ever": {"type": "boolean"}, "since_joined": {"type": "boolean"}}))
+        params={"ever": {"type": "boolean"}, "since_joined": {"type": "boolean"}},
+        label=_lazy("Groups"), section=activity, kind="choice", choices=_group_choices,
+        param_info={"ever": {"label": _lazy("ever (also groups left)"), "kind": "bool"},
+                    "since_joined": since_joined}))

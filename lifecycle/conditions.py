@@ -3,6 +3,7 @@
 
 from django.db.models import Exists, OuterRef, Q
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from core.conditions import ConditionError, ConditionField, Context, Leaf, list_value
 
@@ -42,8 +43,28 @@ def _compile(leaf: Leaf, ctx: Context) -> Q:
     return q if leaf.op in ("eq", "in") else ~q
 
 
+def _stage_choices() -> list[dict]:
+    """Every stage, shown under the model the leaf names (`when`)."""
+    from lifecycle.models import Stage
+
+    rows = Stage.objects.select_related("model").order_by("model__pk", "position", "key")
+    return [{"value": stage.key, "label": stage.name, "color": stage.color,
+             "when": {"model": stage.model.key}} for stage in rows]
+
+
+def _model_choices() -> list[dict]:
+    from lifecycle.models import StageModel
+
+    return [{"value": key, "label": name}
+            for key, name in StageModel.objects.order_by("pk").values_list("key", "name")]
+
+
 FIELD = ConditionField(
     name="stage", ops=("eq", "ne", "in", "not_in"), compile=_compile, validate=_validate,
+    label=gettext_lazy("Stage"), section=gettext_lazy("Tags and stages"), kind="choice",
+    choices=_stage_choices,
+    param_info={"model": {"label": gettext_lazy("in the model"), "kind": "choice",
+                          "required": True, "choices": _model_choices}},
     description=_("The customer's current stage in a stage model (`model` = its key)."),
     value_schema={"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
     params={"model": {"type": "string"}})

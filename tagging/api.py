@@ -242,6 +242,9 @@ class SegmentViewSet(viewsets.ModelViewSet):
                                                     actor=self.request.user,
                                                     **serializer.validated_data)
 
+    def perform_destroy(self, instance):
+        services.segment_delete(segment=instance)
+
     @extend_schema(request=PreviewSerializer, responses=PREVIEW_OUT)
     @action(detail=False, methods=["post"])
     def preview(self, request):

@@ -3,6 +3,7 @@ tags named by id or name; an expired tag no longer counts even before the sweepe
 
 from django.db.models import Exists, OuterRef, Q
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from core.conditions import ConditionError, ConditionField, Context, Leaf, list_value
 from core.exceptions import ApplicationError
@@ -42,8 +43,19 @@ def _compile(leaf: Leaf, ctx: Context) -> Q:
     return q
 
 
+def _choices() -> list[dict]:
+    from tagging.models import Tag
+
+    rows = Tag.objects.select_related("group").order_by("group__order", "group__name", "order",
+                                                        "name")
+    return [{"value": tag.pk, "label": tag.name, "name": tag.name, "group": tag.group.name,
+             "color": tag.color} for tag in rows]
+
+
 FIELD = ConditionField(
     name="tag", ops=("any", "all", "none"), compile=_compile, validate=_validate,
+    label=gettext_lazy("Tags"), section=gettext_lazy("Tags and stages"), kind="choice",
+    choices=_choices,
     description=_("Tags the customer holds now: any, all or none of the listed (ids or names)."),
     value_schema={"type": "array", "minItems": 1,
                   "items": {"oneOf": [{"type": "integer"}, {"type": "string"}]}})

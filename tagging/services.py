@@ -24,6 +24,7 @@ from django.db.models import (
     Exists,
     IntegerField,
     OuterRef,
+    ProtectedError,
     Q,
     Value,
 )
@@ -594,6 +595,20 @@ def segment_save(*, segment: Segment | None, actor, **fields) -> Segment:
     segment.full_clean()
     segment.save()
     return segment
+
+
+def segment_delete(*, segment: Segment) -> None:
+    """Delete a saved segment; one that a campaign sends to is kept, and the error says which."""
+    try:
+        with transaction.atomic():
+            segment.delete()
+    except ProtectedError as exc:
+        names = sorted({str(item) for item in exc.protected_objects})
+        raise ApplicationError(
+            _("The segment “%(segment)s” is the audience of %(names)s; it cannot be deleted "
+              "while they use it.") % {"segment": segment.name,
+                                       "names": ", ".join(f"“{n}”" for n in names)},
+            extra={"used_by": names}) from exc
 
 
 # --- Bulk jobs ------------------------------------------------------------------------------
