@@ -102,6 +102,26 @@ class MessageSerializer(serializers.ModelSerializer):
                   "created_at"]
 
 
+
+class MessageRetrySerializer(serializers.Serializer):
+    ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), required=False,
+        max_length=services.RETRY_MAX_IDS,
+        help_text=gettext_lazy("The failed messages to queue again."))
+    all_failed = serializers.BooleanField(
+        required=False, help_text=gettext_lazy(
+            "Every failed message instead, narrowed by `campaign` and `sop` when given."))
+    campaign = serializers.IntegerField(required=False, min_value=1)
+    sop = serializers.IntegerField(required=False, min_value=1)
+
+    def validate(self, data):
+        if "ids" in data and data.get("all_failed"):
+            raise serializers.ValidationError(_("give ids or all_failed, not both"))
+        if "ids" not in data and not data.get("all_failed"):
+            raise serializers.ValidationError(
+                _("give ids (a list of message ids) or all_failed: true"))
+        return data
+
 class OperatorTaskSerializer(serializers.ModelSerializer):
     customer_name = serializers.CharField(source="customer.name", read_only=True, default=None)
 
@@ -277,6 +297,25 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def receipts(self, request):
         """Delivery receipts from a channel (one or a list); each becomes a customer event."""
         return Response(services.receipts_record(items=request.data, actor=request.user))
+
+    @extend_schema(request=MessageRetrySerializer, responses=inline_serializer(
+        "MessagesRetried", {"retried": serializers.IntegerField()}))
+    @action(detail=False, methods=["post"])
+    def retry(self, request):
+        """Admins: queue failed messages again (`ids`, or `all_failed` with an optional
+        `campaign` / `sop`); messages that are not failed are left alone."""
+        if not access.is_admin(request.user):
+            self.permission_denied(request, message=_("Only admins may retry failed messages."))
+        serializer = MessageRetrySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if "ids" in data:
+            retried = services.messages_retry(actor=request.user, ids=data["ids"])
+        else:
+            retried = services.messages_retry(actor=request.user, queryset=(
+                selectors.outbox_messages(user=request.user, status=Message.Status.FAILED,
+                                          campaign=data.get("campaign"), sop=data.get("sop"))))
+        return Response({"retried": retried})
 
 
 class OperatorTaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,

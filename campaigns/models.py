@@ -276,6 +276,9 @@ class Message(models.Model):
                          name="campaigns_msg_customer"),
             models.Index(fields=["campaign", "status"], name="campaigns_msg_campaign"),
             models.Index(fields=["sop_step", "status"], name="campaigns_msg_step"),
+            # The outbox page: newest due first, of every status or of one.
+            models.Index(fields=["due_at", "id"], name="campaigns_msg_outbox"),
+            models.Index(fields=["status", "due_at", "id"], name="campaigns_msg_outbox_status"),
         ]
 
     def __str__(self) -> str:

@@ -2,7 +2,8 @@
 
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 
-from campaigns.models import Campaign, Enrollment, Message
+from campaigns.models import Campaign, Enrollment, Message, Sop
+from core import access
 
 PROGRESS_STATES = ("queued", "sending", "sent", "delivered", "read", "replied", "failed",
                    "skipped")
@@ -79,3 +80,62 @@ def customer_outreach(*, customer, messages: int = 20) -> dict:
                   next_step=Subquery(queued.values("sop_step__order")[:1]))
         .order_by("next_due", "-entered_at"))
     return {"recent_messages": recent, "enrolments": enrolments}
+
+
+# --- The outbox page -------------------------------------------------------------------------
+
+# Enough campaigns for the outbox's picker; older ones are still reachable by URL.
+OUTBOX_CAMPAIGN_CHOICES = 300
+
+
+def _outbox_filtered(*, user, status: str = "", channel: str = "", skip_reason: str = "",
+                     sop=None, campaign=None) -> QuerySet[Message]:
+    queryset = access.scope_customers(Message.objects.all(), user,
+                                      owner_field="customer__owner")
+    if status:
+        queryset = queryset.filter(status=status)
+    if channel:
+        queryset = queryset.filter(channel=channel)
+    if skip_reason:
+        queryset = queryset.filter(skip_reason=skip_reason)
+    if sop is not None:
+        queryset = queryset.filter(sop_step__sop=sop)
+    if campaign is not None:
+        queryset = queryset.filter(campaign=campaign)
+    return queryset
+
+
+def outbox_messages(*, user, status: str = "", channel: str = "", skip_reason: str = "",
+                    sop=None, campaign=None) -> QuerySet[Message]:
+    """The outbox as the user may see it (an operator: their own customers' messages),
+    filtered, newest due first, with what a row of the outbox page shows joined in. `sop` and
+    `campaign` are ids or instances."""
+    return (_outbox_filtered(user=user, status=status, channel=channel,
+                             skip_reason=skip_reason, sop=sop, campaign=campaign)
+            .select_related("customer__owner", "sop_step__sop", "campaign")
+            .order_by("-due_at", "-id"))
+
+
+def outbox_status_counts(*, user, channel: str = "", skip_reason: str = "", sop=None,
+                         campaign=None) -> dict[str, int]:
+    """The messages of `outbox_messages` with the same filters but any status, counted by
+    status in one GROUP BY (every status present, in the order of `Message.Status`)."""
+    found = dict(_outbox_filtered(user=user, channel=channel, skip_reason=skip_reason, sop=sop,
+                                  campaign=campaign)
+                 .order_by().values_list("status").annotate(n=Count("id")))
+    return {status: found.get(status, 0) for status in Message.Status.values}
+
+
+def outbox_filter_choices(*, campaign: int | None = None) -> dict[str, list]:
+    """The outbox's SOP picker (grouped by stage model) and campaign picker (the latest ones,
+    and the chosen one even when it is older)."""
+    sops: dict[str, list[tuple[int, str]]] = {}
+    for pk, name, model_name, stage_name in (
+            Sop.objects.order_by("model__name", "stage__position", "name")
+            .values_list("pk", "name", "model__name", "stage__name")):
+        sops.setdefault(model_name, []).append((pk, f"{name} · {stage_name}"))
+    campaigns = list(Campaign.objects.order_by("-created_at", "-id")
+                     .values_list("pk", "name")[:OUTBOX_CAMPAIGN_CHOICES])
+    if campaign is not None and campaign not in {pk for pk, _name in campaigns}:
+        campaigns += list(Campaign.objects.filter(pk=campaign).values_list("pk", "name"))
+    return {"sops": list(sops.items()), "campaigns": campaigns}

@@ -888,6 +888,35 @@ def messages_sweep(*, stale_after_seconds: int = 300) -> int:
         status=Message.Status.QUEUED, claimed_at=None)
 
 
+# Ids an admin may hand over at once: one statement, and a request body that stays small.
+RETRY_MAX_IDS = 10_000
+
+
+@transaction.atomic
+def messages_retry(*, actor, ids: list[int] | None = None, queryset=None) -> int:
+    """Queue failed messages again, as new (admins): the given ids and/or the messages of
+    `queryset`, in one UPDATE. Only failed ones are touched — one sent, queued or skipped
+    meanwhile is left as it is — and the dispatcher is woken after commit."""
+    if not access.is_admin(actor):
+        raise ApplicationError(_("Only admins may retry failed messages."))
+    if ids is None and queryset is None:
+        raise ApplicationError(_("ids: give the messages to retry"))
+    if ids is not None and len(ids) > RETRY_MAX_IDS:
+        raise ApplicationError(_("ids: at most %(max)d messages at a time")
+                               % {"max": RETRY_MAX_IDS})
+    targets = Message.objects.filter(status=Message.Status.FAILED)
+    if ids is not None:
+        targets = targets.filter(pk__in=ids)
+    if queryset is not None:
+        targets = targets.filter(pk__in=queryset.values("pk"))
+    retried = targets.update(status=Message.Status.QUEUED, last_error="", claimed_at=None,
+                             attempts=0, due_at=timezone.now())
+    if retried:
+        transaction.on_commit(_kick_dispatch)
+    logger.info("campaigns.messages_retried", extra={"actor": actor.pk, "retried": retried})
+    return retried
+
+
 def _kick_dispatch() -> None:
     from campaigns.tasks import dispatch_messages
 

@@ -7,4 +7,6 @@ app_name = "outreach"
 urlpatterns = [
     path("today/", views.today, name="today"),
     path("tasks/<int:pk>/close/", views.task_close, name="task-close"),
+    path("outbox/", views.outbox, name="outbox"),
+    path("outbox/retry/", views.outbox_retry, name="outbox-retry"),
 ]

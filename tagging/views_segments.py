@@ -34,10 +34,8 @@ def _require_editor(user) -> None:
 
 
 def _page(request, **context):
-    role = access.user_role(request.user)
-    return {"role": role, "is_admin": role == access.ADMIN,
-            "can_see_customers": access.can_see_customers(request.user),
-            "can_edit": access.can_see_customers(request.user), **context}
+    """The layout's role comes from core.context_processors; pages add whether they edit."""
+    return {"can_edit": access.can_see_customers(request.user), **context}
 
 
 def _condition_from(text: str):
