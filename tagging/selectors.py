@@ -3,7 +3,7 @@
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -13,7 +13,7 @@ from core.db import heavy_statements, materialize_ids
 from crm.models import Customer
 from crm.selectors import customer_list
 from tagging import segment_index
-from tagging.models import CustomerTag, Tag
+from tagging.models import CustomerTag, Tag, TagGroup, TagRule, TagRuleRun
 
 SAMPLE_SIZE = 20
 PREVIEW_TABLE = "tagging_preview_match"   # temporary, per preview
@@ -26,6 +26,32 @@ def tag_list() -> QuerySet[Tag]:
     return (Tag.objects.select_related("group")
             .annotate(customer_count=Coalesce(Subquery(holders, output_field=IntegerField()), 0))
             .order_by("group__order", "group__name", "order", "name"))
+
+
+def tag_groups_with_tags() -> list[TagGroup]:
+    """Every tag group, each with its tags (`group.tag_rows`) from `tag_list` — customer counts
+    included — and how many rules add each tag (`rule_count`): two queries in all."""
+    rules = (TagRule.objects.filter(tag=OuterRef("pk")).order_by().values("tag")
+             .annotate(n=Count("id")).values("n"))
+    tags = tag_list().annotate(
+        rule_count=Coalesce(Subquery(rules, output_field=IntegerField()), 0))
+    return list(TagGroup.objects.order_by("order", "name").prefetch_related(
+        Prefetch("tags", queryset=tags, to_attr="tag_rows")))
+
+
+def tag_rule_list(*, tag_id: int | None = None) -> list[TagRule]:
+    """Rules (those adding `tag_id`, when given) with their tag and group, each with its latest
+    run (`rule.last_run`, or None): two queries whatever the number of rules."""
+    latest = (TagRuleRun.objects.filter(rule=OuterRef("pk")).order_by("-started_at", "-id")
+              .values("id")[:1])
+    rules = TagRule.objects.select_related("tag__group").annotate(last_run_id=Subquery(latest))
+    if tag_id is not None:
+        rules = rules.filter(tag_id=tag_id)
+    rules = list(rules)
+    runs = TagRuleRun.objects.in_bulk([r.last_run_id for r in rules if r.last_run_id])
+    for rule in rules:
+        rule.last_run = runs.get(rule.last_run_id)
+    return rules
 
 
 def customer_tags(*, customer_id: int) -> list[dict[str, Any]]:
@@ -74,3 +100,10 @@ def segment_preview(*, user, condition: Any, exact: bool = False) -> dict[str, A
             sample = [] if analyst else list(customer_list(user=user).filter(pk__in=newest)
                                              .order_by("-pk"))
     return {"count": count, "sample": sample, "as_of": now, "source": "live"}
+
+
+def tag_holders_of_both(*, source: Tag, target: Tag) -> int:
+    """How many holders of `source` hold `target` already (a merge adds it to the others)."""
+    return CustomerTag.objects.filter(
+        tag=source, customer_id__in=CustomerTag.objects.filter(tag=target).values("customer_id")
+    ).count()
