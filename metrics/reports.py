@@ -143,15 +143,16 @@ _recompute: ContextVar[bool] = ContextVar("metrics_recompute", default=False)
 RECENT_OPERATORS = "metrics:recent-operators"
 
 
-def cached(kind: str, scope: Scope, params: dict[str, Any], compute: Callable[[], dict]
-           ) -> dict:
+def cached(kind: str, scope: Scope, params: dict[str, Any], compute: Callable[[], dict],
+           *, fresh: bool = False) -> dict:
     """The answer from Django's cache (Redis in production) for METRICS_CACHE_SECONDS (default
-    300), keyed by what the user may see and the parameters."""
+    300), keyed by what the user may see and the parameters; `fresh` computes it anew (and
+    stores that)."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
     key = f"metrics:{kind}:{scope.key}:{digest}"
     if not _recompute.get():
         _note_operator(scope)
-    answer = None if _recompute.get() else cache.get(key)
+    answer = None if _recompute.get() or fresh else cache.get(key)
     if answer is None:
         with transaction.atomic():
             heavy_statements()          # room for the big aggregates (PostgreSQL work_mem)
@@ -224,7 +225,8 @@ def cohorts(user, params: Params) -> dict:
                   lambda: selectors.cohort_retention(scope=scope, period=period))
 
 
-def _performance(kind: str, user, params: Params, serializer, compute, **filters) -> dict:
+def _performance(kind: str, user, params: Params, serializer, compute, *, fresh: bool = False,
+                 **filters) -> dict:
     """A performance report shaped by its serializer, cached per language ("no channel" is a
     translated name)."""
     period, scope = _period(params), _scope(user, params)
@@ -235,7 +237,7 @@ def _performance(kind: str, user, params: Params, serializer, compute, **filters
         return dict(serializer({**period.as_dict(), "computed_at": timezone.now(),
                                 **compute(scope=scope, period=period, **filters)}).data)
 
-    return cached(f"performance:{kind}", scope, key, run)
+    return cached(f"performance:{kind}", scope, key, run, fresh=fresh)
 
 
 def channels(user, params: Params) -> dict:
@@ -248,9 +250,11 @@ def sop_performance(user, params: Params) -> dict:
                         sops.sop_performance, sop=_one(params, "sop", Sop))
 
 
-def campaign_performance(user, params: Params) -> dict:
+def campaign_performance(user, params: Params, *, fresh: bool = False) -> dict:
+    """`fresh`: not from the cache (a campaign's own page, while its results come in)."""
     return _performance("campaigns", user, params, CampaignPerformanceReportSerializer,
-                        sops.campaign_performance, campaign=_one(params, "campaign", Campaign))
+                        sops.campaign_performance, fresh=fresh,
+                        campaign=_one(params, "campaign", Campaign))
 
 
 # The reports whose answers name things in the user's language (cached per language).

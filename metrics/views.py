@@ -17,6 +17,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, OuterRef, Q
 from django.shortcuts import render
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -360,3 +361,30 @@ def dashboard(request):
         context["values"].update(start=context["overview"]["start"],
                                  end=context["overview"]["end"])
     return render(request, "metrics/dashboard.html", context, status=status)
+
+
+def campaign_results_panel(request, campaign) -> str:
+    """The results panel of a campaign's page (campaigns.extensions): its delivery funnel,
+    skips by reason and, with a holdout, the uplift over the control group — the metrics API's
+    `campaigns/` report for the day it started, within what the reader may see."""
+    from django.template.loader import render_to_string
+
+    from campaigns.models import Message
+
+    if campaign.started_at is None:
+        return ""
+    day = timezone.localtime(campaign.started_at).date().isoformat()
+    try:
+        report = reports.campaign_performance(request.user, {"campaign": str(campaign.pk),
+                                                             "start": day, "end": day},
+                                              fresh=True)
+    except ApplicationError as exc:
+        return render_to_string("metrics/_campaign_results.html", {"error": exc.message},
+                                request=request)
+    row = report["results"][0] if report["results"] else None
+    reasons = dict(Message.SkipReason.choices)
+    skipped = ([{"reason": reasons.get(key, key), "count": n}
+                for key, n in row["skipped_by_reason"].items()] if row else [])
+    return render_to_string("metrics/_campaign_results.html", {
+        "row": row, "skipped": skipped, "computed_at": report.get("computed_at")},
+        request=request)

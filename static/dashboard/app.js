@@ -37,4 +37,32 @@
       setTimeout(function () { URL.revokeObjectURL(link.href); }, 1000);
     });
   });
+
+  // Parts of a form shown only for one choice of a radio group: data-show-when="name=value".
+  function showWhen(root) {
+    root.querySelectorAll("[data-show-when]").forEach(function (part) {
+      var rule = part.dataset.showWhen.split("=");
+      var picked = document.querySelector('input[name="' + rule[0] + '"]:checked');
+      part.hidden = !picked || picked.value !== rule[1];
+    });
+  }
+  showWhen(document);
+  document.addEventListener("change", function (event) {
+    if (event.target.type === "radio") { showWhen(document); }
+  });
+
+  // A button that types its data-insert text into a field at the cursor (template variables).
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-insert-into]");
+    if (!button) { return; }
+    var field = document.querySelector(button.dataset.insertInto);
+    if (!field) { return; }
+    var text = button.dataset.insert;
+    var start = field.selectionStart || field.value.length;
+    var end = field.selectionEnd || start;
+    field.value = field.value.slice(0, start) + text + field.value.slice(end);
+    field.focus();
+    field.selectionStart = field.selectionEnd = start + text.length;
+    field.dispatchEvent(new Event("input", { bubbles: true }));
+  });
 })();

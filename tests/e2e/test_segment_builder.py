@@ -88,3 +88,39 @@ def test_an_admin_builds_a_segment_watches_the_count_and_saves_it(page, live_ser
     page.click("text=Open as customer list")
     rows = page.locator("table.table-customers tbody tr")
     expect(rows).to_have_count(2)
+
+
+def test_a_campaign_started_from_a_segment_shows_its_progress_until_done(
+        page, live_server, shop, settings):
+    from campaigns import backends, services
+
+    settings.OUTREACH_QUIET_HOURS = ""           # whatever the hour the suite runs at
+    backends.reset_backends()
+    segment = Segment.objects.create(name="上海客户", condition={
+        "field": "city", "op": "eq", "value": "上海"})
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"/login/?next=/segments/{segment.pk}/")
+    page.fill("input[name=username]", "boss")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("main form button[type=submit]")
+    page.click("text=Start a campaign")
+
+    expect(page.locator("h1")).to_have_text("New campaign")
+    expect(page.locator("select[name=segment]")).to_have_value(str(segment.pk))
+    expect(page.locator("[data-audience-count]")).to_have_text("3")
+    page.fill("input[name=name]", "上海双十二")
+    page.select_option("select[name=channel]", "console")
+    page.fill("textarea[name=template]", "{{ name }}，双十二见 & 满减")
+    expect(page.locator("[data-preview-content]")).to_contain_text("，双十二见 & 满减")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    page.screenshot(path=str(SCREENSHOT_DIR / "e2e-campaign-compose.png"), full_page=True)
+    page.click("text=Save and start")
+
+    expect(page.locator(".flash")).to_contain_text("Sending started to 3 customers.")
+    expect(page.locator("[data-campaign-status]")).to_have_text("Sending")
+    # The worker's part, done here: send what is due, then close the finished campaign.
+    services.messages_dispatch()
+    services.campaigns_finish()
+    expect(page.locator("[data-progress-percent]")).to_have_text("100%", timeout=10_000)
+    expect(page.locator("[data-campaign-status]")).to_have_text("Done")
+    expect(page.locator("[data-result=sent] .figure-value")).to_have_text("3")  # after reload
