@@ -62,12 +62,19 @@ class TransitionSerializer(serializers.ModelSerializer):
                   "actor", "win_back", "backward"]
 
 
-SIMULATE_IN = inline_serializer("SimulateIn", {"thresholds": serializers.DictField(
-    child=serializers.FloatField(), help_text=gettext_lazy("Proposed threshold values."))})
+SIMULATE_IN = inline_serializer("SimulateIn", {
+    "thresholds": serializers.DictField(child=serializers.FloatField(), help_text=gettext_lazy(
+        "Proposed threshold values; with `stages`, the model's whole set of thresholds.")),
+    "stages": StageSerializer(many=True, required=False, help_text=gettext_lazy(
+        "Optional: a proposed list of stages (as when saving the model) to simulate instead "
+        "of the stored ones.")),
+    "monotonic": serializers.BooleanField(required=False, help_text=gettext_lazy(
+        "Optional, with `stages`: the proposed monotonic flag."))})
 SIMULATE_OUT = inline_serializer("SimulateOut", {
     "model": serializers.CharField(), "thresholds": serializers.DictField(),
     "stages": serializers.ListField(child=inline_serializer("SimulatedStage", {
-        "stage": serializers.CharField(), "now": serializers.IntegerField(),
+        "stage": serializers.CharField(), "name": serializers.CharField(),
+        "color": serializers.CharField(), "now": serializers.IntegerField(),
         "proposed": serializers.IntegerField()})),
     "moves": serializers.ListField(child=inline_serializer("SimulatedMove", {
         "from": serializers.CharField(allow_null=True), "to": serializers.CharField(),
@@ -105,14 +112,22 @@ class StageModelViewSet(viewsets.ModelViewSet):
     @extend_schema(request=SIMULATE_IN, responses=SIMULATE_OUT)
     @action(detail=True, methods=["post"])
     def simulate(self, request, key=None):
-        """How many customers would be in each stage under changed thresholds, and who would
-        move where — computed, not written."""
-        thresholds = request.data.get("thresholds") if isinstance(request.data, dict) else None
-        if not isinstance(thresholds, dict):
-            raise ApplicationError(_("thresholds: an object of proposed values, e.g. "
-                                     "{\"dormant_days\": 45}"))
-        return Response(services.stage_model_simulate(model=self.get_object(),
-                                                      thresholds=thresholds))
+        """How many customers would be in each stage under changed thresholds — or under a
+        proposed list of stages — and who would move where: computed, not written."""
+        data = request.data if isinstance(request.data, dict) else {}
+        thresholds = data.get("thresholds")
+        if "stages" not in data:
+            if not isinstance(thresholds, dict):
+                raise ApplicationError(_("thresholds: an object of proposed values, e.g. "
+                                         "{\"dormant_days\": 45}"))
+            return Response(services.stage_model_simulate(model=self.get_object(),
+                                                          thresholds=thresholds))
+        stages = StageSerializer(data=data["stages"], many=True)
+        stages.is_valid(raise_exception=True)
+        monotonic = data.get("monotonic")
+        return Response(services.stage_model_simulate(
+            model=self.get_object(), thresholds=thresholds, stages=stages.validated_data,
+            monotonic=monotonic if isinstance(monotonic, bool) else None))
 
     @extend_schema(request=None, responses=EVALUATE_OUT)
     @action(detail=True, methods=["post"])

@@ -11,6 +11,7 @@ rows the upsert changed, so two evaluations at once cannot record a move twice.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import Counter, defaultdict
@@ -486,31 +487,20 @@ def customer_stage_unlock(*, customer: Customer, model: StageModel) -> bool:
 
 # --- Models and stages ----------------------------------------------------------------------
 
-@transaction.atomic
-def stage_model_save(*, model: StageModel | None, stages: list[dict] | None = None,
-                     **fields: Any) -> StageModel:
-    """Create or change a model and (when given) its whole list of stages. Stages are matched by
-    key: new keys are created, missing ones must be deleted with `stage_delete` first (their
-    customers need a destination)."""
-    model = model or StageModel()
-    for name, value in fields.items():
-        setattr(model, name, value)
-    if not isinstance(model.thresholds, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool)
-            for v in model.thresholds.values()):
+def _thresholds_check(thresholds: Any) -> None:
+    if not isinstance(thresholds, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in thresholds.values()):
         raise ApplicationError(_("thresholds: an object of numbers, e.g. {\"dormant_days\": 30}"))
-    model.full_clean()
-    model.save()
-    if stages is None:
-        stages = [{"key": s.key, "name": s.name, "description": s.description,
-                   "position": s.position, "precedence": s.precedence, "color": s.color,
-                   "condition": s.condition, "win_back_from": s.win_back_from}
-                  for s in model.stages.all()]
-    existing = {s.key: s for s in model.stages.all()}
+
+
+def _stages_check(*, stages: list[dict], existing: set[str], thresholds: dict) -> None:
+    """The rules of a model's whole list of stages (saving and simulating a definition): keys
+    once each, none of the `existing` ones dropped, one fallback at most, a position each, and
+    every condition compiling with `thresholds` (a 400 naming the stage and the bad node)."""
     keys = [s["key"] for s in stages]
     if len(set(keys)) != len(keys):
         raise ApplicationError(_("stages: each stage key appears once"))
-    missing = set(existing) - set(keys)
+    missing = existing - set(keys)
     if missing:
         raise ApplicationError(
             _("stages: %(keys)s would be dropped; delete a stage with its own endpoint, which "
@@ -528,15 +518,38 @@ def stage_model_save(*, model: StageModel | None, stages: list[dict] | None = No
                 % {"index": index, "position": position, "other": taken[position]},
                 extra={"stage": data["key"]})
         taken[position] = index
-    # Positions are unique: park the old ones out of the way before writing the new ones.
-    Stage.objects.filter(model=model).update(position=F("position") + 10_000)
     for index, data in enumerate(stages):
         try:
-            validate_stage_condition(model=model, condition=data.get("condition"))
+            if data.get("condition") is not None:
+                conditions.validate(data["condition"], thresholds=thresholds)
         except conditions.ConditionError as exc:
             raise ApplicationError(f"stages[{index}].condition.{exc.message}"
                                    if exc.path else f"stages[{index}].condition: {exc.message}",
-                                   extra={"stage": data["key"]})
+                                   extra={"stage": data["key"]}) from exc
+
+
+@transaction.atomic
+def stage_model_save(*, model: StageModel | None, stages: list[dict] | None = None,
+                     **fields: Any) -> StageModel:
+    """Create or change a model and (when given) its whole list of stages. Stages are matched by
+    key: new keys are created, missing ones must be deleted with `stage_delete` first (their
+    customers need a destination)."""
+    model = model or StageModel()
+    for name, value in fields.items():
+        setattr(model, name, value)
+    _thresholds_check(model.thresholds)
+    model.full_clean()
+    model.save()
+    if stages is None:
+        stages = [{"key": s.key, "name": s.name, "description": s.description,
+                   "position": s.position, "precedence": s.precedence, "color": s.color,
+                   "condition": s.condition, "win_back_from": s.win_back_from}
+                  for s in model.stages.all()]
+    existing = {s.key: s for s in model.stages.all()}
+    _stages_check(stages=stages, existing=set(existing), thresholds=model.thresholds)
+    # Positions are unique: park the old ones out of the way before writing the new ones.
+    Stage.objects.filter(model=model).update(position=F("position") + 10_000)
+    for index, data in enumerate(stages):
         stage = existing.get(data["key"]) or Stage(model=model, key=data["key"])
         for name in ("name", "description", "precedence", "color", "condition",
                      "win_back_from"):
@@ -583,56 +596,96 @@ def stage_delete(*, stage: Stage, move_to: Stage, actor) -> int:
 
 # --- Simulation -----------------------------------------------------------------------------
 
-def stage_model_simulate(*, model: StageModel, thresholds: dict[str, Any]) -> dict[str, Any]:
-    """Per-stage counts now and under the proposed thresholds, and the from→to matrix — with
-    the same rules, locks and monotonicity as evaluation, and without writing anything."""
-    unknown = set(thresholds) - set(model.thresholds)
-    if unknown:
-        raise ApplicationError(_("thresholds: unknown %(names)s; the model has %(known)s")
-                               % {"names": ", ".join(sorted(unknown)),
-                                  "known": ", ".join(sorted(model.thresholds)) or "-"})
-    for name, value in thresholds.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ApplicationError(_("thresholds.%(name)s: must be a number") % {"name": name})
-    proposal = {**model.thresholds, **thresholds}
-    stages = _stages(model)
-    for stage in stages:
-        try:
-            validate_stage_condition(model=model, condition=stage.condition, thresholds=proposal)
-        except conditions.ConditionError as exc:
-            raise ApplicationError(
-                _("thresholds: the proposed values do not fit the rule of stage %(stage)s "
-                  "(%(error)s)") % {"stage": stage.key, "error": exc.message}) from exc
-    keys = {s.pk: s.key for s in stages}
-    now_counts = Counter({keys[sid]: n for sid, n in CustomerStage.objects.filter(model=model)
-                         .values_list("stage_id").annotate(n=Count("id"))})
+def stage_model_simulate(*, model: StageModel, thresholds: dict[str, Any] | None = None,
+                         stages: list[dict] | None = None,
+                         monotonic: bool | None = None) -> dict[str, Any]:
+    """Per-stage counts now and under a proposal, and the from→to matrix — with the same
+    rules, locks and monotonicity as evaluation, and without writing anything.
+
+    `thresholds` alone proposes other values for thresholds the model has. With `stages` —
+    the whole list, as `stage_model_save` takes it (renamed, reordered, new stages, other
+    conditions) — the proposal is a model definition: `thresholds` is then its whole set (the
+    model's when omitted) and `monotonic` may change too. An unsaved model can be simulated
+    that way: nobody is in it yet."""
+    current = _stages(model) if model.pk else []
+    if stages is None:
+        thresholds = {} if thresholds is None else thresholds
+        unknown = set(thresholds) - set(model.thresholds)
+        if unknown:
+            raise ApplicationError(_("thresholds: unknown %(names)s; the model has %(known)s")
+                                   % {"names": ", ".join(sorted(unknown)),
+                                      "known": ", ".join(sorted(model.thresholds)) or "-"})
+        for name, value in thresholds.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ApplicationError(_("thresholds.%(name)s: must be a number")
+                                       % {"name": name})
+        proposal = {**model.thresholds, **thresholds}
+        for stage in current:
+            try:
+                validate_stage_condition(model=model, condition=stage.condition,
+                                         thresholds=proposal)
+            except conditions.ConditionError as exc:
+                raise ApplicationError(
+                    _("thresholds: the proposed values do not fit the rule of stage %(stage)s "
+                      "(%(error)s)") % {"stage": stage.key, "error": exc.message}) from exc
+        proposed = current
+    else:
+        proposal = dict(model.thresholds if thresholds is None else thresholds)
+        _thresholds_check(proposal)
+        _stages_check(stages=stages, existing={s.key for s in current}, thresholds=proposal)
+        proposed = _proposed_stages(current, stages)
+    simulated = copy.copy(model)
+    if monotonic is not None:
+        simulated.monotonic = monotonic
+    if simulated.pk is None:
+        simulated.pk = 0        # no customer has a place in a model not saved yet
+    names = {s.pk: s.key for s in [*current, *proposed]}
+    now_counts = Counter({names[sid]: n for sid, n in CustomerStage.objects.filter(
+        model_id=simulated.pk).values_list("stage_id").annotate(n=Count("id"))})
     moves: Counter = Counter()
     now = timezone.now()
     # Chunked by primary key like evaluation, so each chunk's aggregates stay small enough to
     # hash; read-only, in one transaction for the work_mem setting.
     with transaction.atomic():
         heavy_statements()
-        features = _features([(model, stages, proposal)], now=now,
-                             customer_ids=None) if stages else None
-        for _ids, pk_range in (_pk_ranges(None, CHUNK) if stages else ()):
-            sql, params = _changes_sql(model, stages, now=now, thresholds=proposal,
+        features = _features([(simulated, proposed, proposal)], now=now,
+                             customer_ids=None) if proposed else None
+        for _ids, pk_range in (_pk_ranges(None, CHUNK) if proposed else ()):
+            sql, params = _changes_sql(simulated, proposed, now=now, thresholds=proposal,
                                        customer_ids=None, pk_range=pk_range, features=features)
             with connection.cursor() as cursor:
                 cursor.execute(f"SELECT current_id, final_id, COUNT(*) FROM ({sql}) AS moves "
                                f"GROUP BY current_id, final_id", params)
                 for current_id, final_id, n in cursor.fetchall():
                     moves[(current_id, final_id)] += n
-    proposed = Counter(now_counts)
+    after = Counter(now_counts)
     matrix = []
     for (current_id, final_id), n in moves.items():
         if current_id is not None:
-            proposed[keys[current_id]] -= n
-        proposed[keys[final_id]] += n
-        matrix.append({"from": keys.get(current_id), "to": keys[final_id], "count": n})
+            after[names[current_id]] -= n
+        after[names[final_id]] += n
+        matrix.append({"from": names.get(current_id), "to": names[final_id], "count": n})
     matrix.sort(key=lambda m: -m["count"])
     return {
         "model": model.key, "thresholds": proposal,
-        "stages": [{"stage": s.key, "now": now_counts.get(s.key, 0),
-                    "proposed": proposed.get(s.key, 0)} for s in stages],
+        "stages": [{"stage": s.key, "name": s.name, "color": s.color,
+                    "now": now_counts.get(s.key, 0), "proposed": after.get(s.key, 0)}
+                   for s in sorted(proposed, key=lambda s: s.position)],
         "moves": matrix,
     }
+
+
+def _proposed_stages(current: list[Stage], stages: list[dict]) -> list[Stage]:
+    """Unsaved stages as a proposed list describes them: a kept stage keeps its id (customers
+    are in it now), a new one gets a negative stand-in id for the statement's CASE."""
+    by_key = {s.key: s for s in current}
+    out = []
+    for index, data in enumerate(stages):
+        stage = copy.copy(by_key[data["key"]]) if data["key"] in by_key else Stage(
+            pk=-1 - index, key=data["key"], name=data.get("name") or data["key"])
+        for name in ("name", "precedence", "color", "condition", "win_back_from"):
+            if name in data:
+                setattr(stage, name, data[name])
+        stage.position = data.get("position", index)
+        out.append(stage)
+    return out
