@@ -216,8 +216,7 @@ def sop_save(*, sop: Sop | None, actor, steps: list[dict] | None = None, **field
             if name in data:
                 setattr(step, name, data[name])
         if "paused" in data and step.pk and step.paused and not data["paused"]:
-            # Resumed: the block rate starts afresh, or the old sends would pause it again.
-            step.paused, step.paused_reason, step.counted_since = False, "", now
+            _resume_step(step, now)
         elif data.get("paused") and not step.paused:
             step.paused, step.paused_reason = True, _("paused by %(user)s") % {
                 "user": actor.get_username()}
@@ -231,6 +230,24 @@ def sop_save(*, sop: Sop | None, actor, steps: list[dict] | None = None, **field
     for step in existing.values():
         step.delete()
     return sop
+
+
+def _resume_step(step: SopStep, now: datetime) -> None:
+    """Resumed: the block rate starts afresh, or the old sends would pause it again."""
+    step.paused, step.paused_reason, step.counted_since = False, "", now
+
+
+@transaction.atomic
+def sop_step_resume(*, step: SopStep, actor) -> SopStep:
+    """An admin lets a paused step send again (its block rate counted afresh from now)."""
+    if not access.is_admin(actor):
+        raise ApplicationError(_("Only an admin may resume a paused SOP step."))
+    step = SopStep.objects.select_for_update().get(pk=step.pk)
+    if not step.paused:
+        raise ApplicationError(_("The step is not paused."))
+    _resume_step(step, timezone.now())
+    step.save(update_fields=["paused", "paused_reason", "counted_since"])
+    return step
 
 
 @transaction.atomic

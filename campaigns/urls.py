@@ -1,6 +1,6 @@
 from django.urls import path
 
-from campaigns import views
+from campaigns import views, views_sops
 
 app_name = "outreach"
 
@@ -17,4 +17,9 @@ urlpatterns = [
     path("campaigns/<int:pk>/progress/", views.campaign_progress, name="campaign-progress"),
     path("campaigns/<int:pk>/<slug:action>/", views.campaign_action, name="campaign-action"),
     path("templates/preview/", views.template_preview, name="template-preview"),
+    path("sops/", views_sops.sop_list, name="sops"),
+    path("sops/new/", views_sops.sop_edit, name="sop-new"),
+    path("sops/<int:pk>/", views_sops.sop_edit, name="sop"),
+    path("sops/<int:pk>/delete/", views_sops.sop_delete, name="sop-delete"),
+    path("sops/steps/<int:pk>/resume/", views_sops.sop_step_resume, name="sop-step-resume"),
 ]

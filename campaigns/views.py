@@ -356,7 +356,9 @@ def template_preview(request):
                                  "customers."))
     context = {"error": "", "content": "", "customer": None}
     raw = request.POST.get("customer", "").strip()
-    if not request.POST.get("template", "").strip():
+    field = request.POST.get("template_field") or "template"
+    source = request.POST.get(field if field.endswith("template") else "template", "")
+    if not source.strip():
         return render(request, "campaigns/_template_preview.html", {"empty": True})
     try:
         if raw:
@@ -366,8 +368,8 @@ def template_preview(request):
                 raise ApplicationError(_("No customer of yours matches “%(term)s”.")
                                        % {"term": raw})
             context["customer"] = found
-        context["content"] = services.template_preview(
-            source=request.POST.get("template", ""), customer=context["customer"])
+        context["content"] = services.template_preview(source=source,
+                                                       customer=context["customer"])
     except ApplicationError as exc:
         context["error"] = exc.message
     return render(request, "campaigns/_template_preview.html", context)
