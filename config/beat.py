@@ -1,7 +1,13 @@
 """The beat schedule, in one place. Each entry expires before its next run would start, so a
-backlog after an outage never runs the same job many times over."""
+backlog after an outage never runs the same job many times over.
+
+These are the defaults: beat runs the rows of django-celery-beat's PeriodicTask table, seeded from
+BEAT_SCHEDULE by `core.services.periodic_tasks_sync` (`manage.py seed_periodic_tasks`, and at
+every beat start) and editable by admins at /settings/schedules/. JOB_TEXTS names each job for
+that page."""
 
 from celery.schedules import crontab
+from django.utils.translation import gettext_lazy as _
 
 BEAT_SCHEDULE = {
     "core-analyze-database": {
@@ -18,6 +24,21 @@ BEAT_SCHEDULE = {
         "task": "crm.tasks.prune_touches",
         "schedule": crontab(minute=41),
         "options": {"expires": 3000},
+    },
+    "crm-resume-imports": {
+        "task": "crm.tasks.resume_customer_imports",
+        "schedule": 300.0,
+        "options": {"expires": 280},
+    },
+    "crm-resume-exports": {
+        "task": "crm.tasks.resume_customer_exports",
+        "schedule": 300.0,
+        "options": {"expires": 280},
+    },
+    "lifecycle-resume-bulk-jobs": {
+        "task": "lifecycle.tasks.resume_bulk_stage_jobs",
+        "schedule": 300.0,
+        "options": {"expires": 280},
     },
     "tagging-run-due-rules": {
         "task": "tagging.tasks.run_due_tag_rules",
@@ -99,4 +120,75 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute="*/4"),
         "options": {"expires": 200},
     },
+}
+
+
+# What the settings page shows for each job: a name and one line on what it does.
+JOB_TEXTS = {
+    "core-analyze-database": (
+        _("Planner statistics"),
+        _("Refreshes the embedded SQLite database's query statistics (nothing to do on "
+          "PostgreSQL).")),
+    "crm-repair-customer-aggregates": (
+        _("Repair customer figures"),
+        _("Recomputes every customer's order count, spend and last activity from the orders "
+          "and events.")),
+    "crm-prune-touches": (
+        _("Prune the change queue"),
+        _("Drops queued customer changes that no installed consumer will read.")),
+    "crm-resume-imports": (
+        _("Resume customer imports"),
+        _("Restarts CSV imports that stopped making progress.")),
+    "crm-resume-exports": (
+        _("Resume customer exports"),
+        _("Restarts large CSV exports of the customer list that stopped making progress.")),
+    "lifecycle-resume-bulk-jobs": (
+        _("Resume bulk stage moves"),
+        _("Restarts bulk stage moves from the customer list that stopped making progress.")),
+    "tagging-run-due-rules": (
+        _("Run due tag rules"),
+        _("Runs every tag rule whose own interval has passed.")),
+    "tagging-touched-customers": (
+        _("Tag recently changed customers"),
+        _("Re-evaluates the tag rules for customers whose events or orders just arrived.")),
+    "tagging-expire-tags": (
+        _("Expire tags"),
+        _("Removes tags whose validity has run out.")),
+    "tagging-resume-bulk-jobs": (
+        _("Resume bulk tag jobs"),
+        _("Restarts bulk tagging jobs that stopped making progress.")),
+    "tagging-segment-index": (
+        _("Segment index"),
+        _("Rebuilds the index behind fast segment counts once it is old enough.")),
+    "tagging-sweep-orphans": (
+        _("Tag clean-up"),
+        _("Removes tags written for customers deleted while a rule ran.")),
+    "lifecycle-evaluate-due-models": (
+        _("Evaluate stage models"),
+        _("Moves customers between stages for every model whose interval has passed.")),
+    "lifecycle-sweep-orphans": (
+        _("Stage clean-up"),
+        _("Removes stage rows left by customers deleted while an evaluation ran.")),
+    "lifecycle-touched-customers": (
+        _("Stages of recently changed customers"),
+        _("Re-evaluates the stages of customers whose events or orders just arrived.")),
+    "campaigns-dispatch": (
+        _("Send due messages"),
+        _("Sends every queued message that is due, through its channel.")),
+    "campaigns-sweep": (
+        _("Outbox sweeper"),
+        _("Puts messages stuck in sending after a worker died back in the queue.")),
+    "campaigns-start-due": (
+        _("Start scheduled campaigns"),
+        _("Starts campaigns whose send time has come and closes finished ones.")),
+    "campaigns-harassment": (
+        _("Block-rate guard"),
+        _("Pauses SOP steps and campaigns whose block rate passes the policy's threshold and "
+          "alerts the admins.")),
+    "metrics-snapshot-nightly": (
+        _("Nightly metric snapshot"),
+        _("Stores yesterday's figures and refreshes the cohort table.")),
+    "metrics-today": (
+        _("Today's figures"),
+        _("Stores today's figures so far and warms the dashboard's cache.")),
 }

@@ -1,11 +1,12 @@
-"""The Celery app: `celery -A config worker` / `celery -A config beat`."""
+"""The Celery app: `celery -A config worker` / `celery -A config beat`.
+
+Beat takes its schedule from the database (django-celery-beat, settings.CELERY_BEAT_SCHEDULER),
+seeded from config/beat.py; `beat_schedule` stays empty so nothing is scheduled twice."""
 
 import os
 
 from celery import Celery
 from kombu import Queue
-
-from config.beat import BEAT_SCHEDULE
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -29,7 +30,10 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     timezone=os.environ.get("TIME_ZONE", "Asia/Shanghai"),
     enable_utc=True,
-    beat_schedule=BEAT_SCHEDULE,
+    # Empty on purpose: the DatabaseScheduler would otherwise write these entries over the
+    # rows at every start, undoing an admin's edit (core.services.periodic_tasks_sync seeds
+    # them from config/beat.py without doing so).
+    beat_schedule={},
 )
 app.autodiscover_tasks()
 

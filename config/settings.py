@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",       # Swagger UI served from here: /api/docs/ works offline
     "django_htmx",
+    "django_celery_beat",            # the periodic jobs' schedules, editable at run time
     "core",
     "crm",
     "tagging",
@@ -150,7 +151,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "dashboard:home"
+LOGIN_REDIRECT_URL = "metrics:home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "zh-hans"
@@ -229,7 +230,10 @@ else:
     # Longer than any countdown we use, so Redis does not redeliver a task still waiting.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
-CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# Beat reads the periodic jobs from the database (django-celery-beat), so admins change their
+# schedules at run time (/settings/schedules/); config/beat.py holds the defaults they are seeded
+# from (core.services.periodic_tasks_sync, run by `seed_periodic_tasks` and when beat starts).
+CELERY_BEAT_SCHEDULER = "core.scheduler:SeedingDatabaseScheduler"
 
 # --- Product settings -----------------------------------------------------------------------
 OUTREACH_QUIET_HOURS = os.environ.get("OUTREACH_QUIET_HOURS", "22:00-08:00")

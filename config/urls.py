@@ -50,6 +50,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="registration/login.html"),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("settings/", include("config.urls_settings")),
     path("i18n/", include("django.conf.urls.i18n")),
     # The dashboard scripts' words (gettext in JavaScript), per language; cached a day.
     path("jsi18n/", cache_page(86400)(JavaScriptCatalog.as_view()), name="javascript-catalog"),
