@@ -215,8 +215,11 @@ def campaign_list(request):
                                                                on_ends=1)})
 
 
-def _campaign_form(campaign: Campaign | None, data=None, *, segment_id: str = "") -> dict:
-    """What the composer shows: the campaign's values, or what was posted."""
+def _campaign_form(campaign: Campaign | None, data=None, *, segment_id: str = "",
+                   condition: str = "") -> dict:
+    """What the composer shows: the campaign's values, or what was posted. A new campaign
+    may start from a saved segment (`?segment=`) or a condition (`?condition=`, JSON: the
+    customer list's filter)."""
     if data is not None:
         return {key: data.get(key, "") for key in (
             "name", "audience", "segment", "condition", "channel", "category", "template",
@@ -224,7 +227,7 @@ def _campaign_form(campaign: Campaign | None, data=None, *, segment_id: str = ""
                 data.get("override_stage_guard"))}
     if campaign is None:
         return {"name": "", "audience": "segment" if segment_id else "condition",
-                "segment": segment_id, "condition": "", "channel": Channel.WECOM,
+                "segment": segment_id, "condition": condition, "channel": Channel.WECOM,
                 "category": Category.CONTENT, "template": "", "send_at": "",
                 "holdout_percent": "0", "override_stage_guard": False}
     return {"name": campaign.name,
@@ -287,7 +290,8 @@ def campaign_edit(request, pk: int | None = None):
                                                         Campaign.Status.SCHEDULED):
         messages.error(request, _("A campaign that has started cannot be changed."))
         return redirect("outreach:campaign", pk=campaign.pk)
-    form = _campaign_form(campaign, segment_id=request.GET.get("segment", ""))
+    form = _campaign_form(campaign, segment_id=request.GET.get("segment", ""),
+                          condition=request.GET.get("condition", ""))
     error, status = "", 200
     if request.method == "POST":
         form = _campaign_form(campaign, request.POST)

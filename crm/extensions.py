@@ -71,3 +71,19 @@ def extension_chips(customer) -> dict[str, list[dict[str, str]]]:
 # own HTML — typically with a form posting to a view of its app — for one customer.
 CustomerPanel = Callable[[Any, Any], str]       # (request, customer) -> HTML
 customer_panels: Registry[CustomerPanel] = Registry("customer_panels")
+
+
+@dataclass(frozen=True)
+class IndexPart:
+    """A part another app adds to tagging's segment index (lifecycle: the stages), so that
+    conditions on its fields are answered from memory too. `read(size)` gives the part's
+    numpy arrays, read inside the build's snapshot (customer ids below `size`); `handlers`
+    maps a condition field to `handler(evaluator, leaf) -> boolean array by customer id`,
+    with the same meaning as the field's SQL compiler."""
+
+    name: str
+    read: Callable[[int], dict[str, Any]]
+    handlers: dict[str, Callable[[Any, Any], Any]]
+
+
+segment_index_parts: Registry[IndexPart] = Registry("segment_index_parts")

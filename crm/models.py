@@ -401,3 +401,106 @@ class TouchConsumer(models.Model):
 
     def __str__(self) -> str:
         return self.consumer
+
+
+class CustomerImport(TimeStampedModel):
+    """A CSV file of customers imported in the background, chunk by chunk, with its progress
+    and the rows it rejected (crm.services.customer_import_start / customer_import_run).
+
+    The file is kept in the row (a BinaryField) rather than under a media directory: the web
+    server and the worker then need no shared disk, the file and its job are written in one
+    transaction, and it works alike on SQLite and PostgreSQL.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("uploaded by"),
+                              on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(_("file name"), max_length=255)
+    content = models.BinaryField(_("file content"))
+    columns = models.JSONField(_("columns"), default=list, blank=True)   # the header row
+    language = models.CharField(_("language"), max_length=16, blank=True,
+                                help_text=_("The uploader's language, for the row messages."))
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices,
+                              default=Status.QUEUED)
+    total_rows = models.PositiveIntegerField(_("rows"), default=0)
+    # The rows handled so far, and so the cursor: the next chunk starts at this data row
+    # (0-based). It is committed with each chunk's customers, so no chunk counts twice.
+    next_row = models.PositiveIntegerField(_("rows processed"), default=0)
+    accepted = models.PositiveIntegerField(_("accepted"), default=0)
+    created = models.PositiveIntegerField(_("created"), default=0)
+    updated = models.PositiveIntegerField(_("updated"), default=0)
+    duplicates = models.PositiveIntegerField(_("duplicates"), default=0)
+    rejected = models.PositiveIntegerField(_("rejected"), default=0)
+    # [{"row": line number (the header is line 1), "message": …, "values": [cells]}], the first
+    # services.IMPORT_ERRORS_KEPT of them; `rejected` counts them all.
+    rejected_rows = models.JSONField(_("rejected rows"), default=list, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("customer import")
+        verbose_name_plural = _("customer imports")
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["actor", "-created_at"], name="crm_import_actor"),
+            models.Index(fields=["status", "updated_at"], name="crm_import_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        return min(100, self.next_row * 100 // self.total_rows) if self.total_rows else 0
+
+
+class CustomerExport(TimeStampedModel):
+    """A CSV export of the customer list too large to stream in the request: written in the
+    background, chunk by chunk, to a file under DATA_DIR/exports, downloadable when done.
+    `bytes_written` and `last_customer_id` are committed together after each chunk, so a
+    resumed export cuts the file back to what was committed and carries on from there."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("by"),
+                              on_delete=models.CASCADE, related_name="+")
+    condition = models.JSONField(_("condition"), null=True, blank=True)
+    customer_ids = models.JSONField(_("customer ids"), null=True, blank=True)
+    language = models.CharField(_("language"), max_length=16, blank=True)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices,
+                              default=Status.QUEUED)
+    total = models.PositiveIntegerField(_("customers"), default=0)
+    processed = models.PositiveIntegerField(_("processed"), default=0)
+    last_customer_id = models.BigIntegerField(_("resume after customer id"), default=0)
+    bytes_written = models.BigIntegerField(_("bytes written"), default=0)
+    error = models.TextField(_("error"), blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("customer export")
+        verbose_name_plural = _("customer exports")
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "updated_at"], name="crm_export_status")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.status}"
+
+    @property
+    def file_name(self) -> str:
+        return f"customers-{self.pk}.csv"

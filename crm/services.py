@@ -13,7 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -40,7 +40,7 @@ from django.db.models import (
     Window,
 )
 from django.db.models.functions import Coalesce, Greatest, RowNumber
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
 
@@ -62,6 +62,7 @@ from crm.models import (
     STATUS_EVENT_TYPES,
     Channel,
     Customer,
+    CustomerImport,
     CustomerNote,
     Event,
     EventCount,
@@ -864,64 +865,117 @@ def orders_ingest(*, items: Any, actor) -> IngestReport:
 
 
 # --- CSV import -----------------------------------------------------------------------------
+#
+# One implementation for both ways in: `customers_import` (the API, synchronous, one
+# transaction) and the background job of the dashboard (`customer_import_start` /
+# `customer_import_run`, a transaction per chunk of rows). Both parse rows with
+# `_ImportParser` and write them with `_import_write`, set-based: a few statements per chunk,
+# none per row.
 
 IMPORT_COLUMNS = ("external_id", "name", "phone", "gender", "city", "channel", "owner",
                   "joined_at", "status", "opted_out")
+IMPORT_MAX_BYTES = 32 * 1024 * 1024
+IMPORT_MAX_ROWS = 100_000
+IMPORT_CHUNK_ROWS = 1000       # rows per transaction of a background import
+IMPORT_ERRORS_KEPT = 10_000    # rejected rows a background import keeps with their cells
 _TRUE = {"1", "true", "yes", "y", "是", "t"}
 _FALSE = {"0", "false", "no", "n", "否", "f", ""}
 
 
-def _decode_csv(content: bytes) -> list[dict[str, str]]:
+def _decode_csv(content: bytes, *, max_rows: int) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and the rows of an import file; a file that cannot be imported at all (too
+    large, not UTF-8, a header naming unknown columns or no external_id, too many rows) is an
+    ApplicationError saying what is wrong."""
+    if len(content) > IMPORT_MAX_BYTES:
+        raise ApplicationError(
+            _("The file is too large: at most %(max)d MB, got %(size).1f MB.")
+            % {"max": IMPORT_MAX_BYTES // (1024 * 1024), "size": len(content) / (1024 * 1024)},
+            extra={"max_bytes": IMPORT_MAX_BYTES, "bytes": len(content)})
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ApplicationError(_("The file is not UTF-8 text (byte %(pos)d); save it as CSV "
                                  "UTF-8.") % {"pos": exc.start})
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    if not header:
-        raise ApplicationError(_("The file is empty: the first row must name the columns."))
-    unknown = [h for h in header if h not in IMPORT_COLUMNS and not h.startswith("attributes.")]
-    if unknown:
-        raise ApplicationError(
-            _("Unknown column(s) %(cols)s; known columns: %(known)s and attributes.<key>.")
-            % {"cols": ", ".join(repr(u) for u in unknown), "known": ", ".join(IMPORT_COLUMNS)})
-    if "external_id" not in header:
-        raise ApplicationError(_("The header row has no external_id column."))
-    reader.fieldnames = header
-    return list(reader)
-
-
-@transaction.atomic
-def customers_import(*, content: bytes, actor, max_rows: int = 100_000) -> IngestReport:
-    """Create or update customers from a CSV file (header row of field names).
-
-    New external ids are created, known ones (that the actor may change) get the non-empty
-    cells of the row; a row repeating an external id of an earlier row is a duplicate.
-    """
-    rows = _decode_csv(content)
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if not header:
+            raise ApplicationError(_("The file is empty: the first row must name the columns."))
+        unknown = [h for h in header
+                   if h not in IMPORT_COLUMNS and not h.startswith("attributes.")]
+        if unknown:
+            raise ApplicationError(
+                _("Unknown column(s) %(cols)s; known columns: %(known)s and attributes.<key>.")
+                % {"cols": ", ".join(repr(u) for u in unknown),
+                   "known": ", ".join(IMPORT_COLUMNS)})
+        if "external_id" not in header:
+            raise ApplicationError(_("The header row has no external_id column."))
+        reader.fieldnames = header
+        rows = list(reader)
+    except csv.Error as exc:      # e.g. a cell longer than the csv module's field limit
+        raise ApplicationError(_("The file is not valid CSV after line %(line)d: %(error)s")
+                               % {"line": reader.line_num, "error": exc})
     if len(rows) > max_rows:
         raise ApplicationError(_("Too many rows: at most %(max)d per file, got %(n)d.")
                                % {"max": max_rows, "n": len(rows)})
-    report = IngestReport()
-    owners = _users_by_username({r.get("owner", "").strip() for r in rows if r.get("owner")})
-    channels = channels_by_code({r.get("channel", "").strip() for r in rows if r.get("channel")},
-                                create_missing=False)
-    is_admin = access.user_role(actor) == access.ADMIN
-    parsed: dict[str, tuple[int, dict[str, Any]]] = {}
-    for index, row in enumerate(rows):
-        line = index + 2  # the header is line 1
-        try:
-            values = _parse_import_row(row, owners, channels, actor, is_admin)
-        except ItemError as exc:
-            report.reject(index, _("line %(line)d: %(msg)s") % {"line": line, "msg": exc})
-            continue
-        if values["external_id"] in parsed:
-            report.duplicates += 1
-            continue
-        parsed[values["external_id"]] = (index, values)
+    return header, rows
 
-    existing = {c.external_id: c for c in Customer.objects.filter(external_id__in=parsed.keys())}
+
+@dataclass
+class _ImportChunk:
+    """Rows of an import file after parsing (`rows`: the first row of each external id, by
+    external id, ready to write; `rejected`: (row index, message)) and, once written, what
+    became of them."""
+
+    rows: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    duplicates: int = 0
+    created: int = 0
+    updated: int = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.created + self.updated
+
+
+class _ImportParser:
+    """Parses the rows of one file for one actor: the owners and channels the file names are
+    looked up once, and the external ids of the rows taken so far are remembered, so a row
+    repeating one is a duplicate whichever chunk it falls in."""
+
+    def __init__(self, rows: list[dict[str, str]], actor) -> None:
+        self.actor = actor
+        self.is_admin = access.user_role(actor) == access.ADMIN
+        self.owners = _users_by_username(
+            {r.get("owner", "").strip() for r in rows if r.get("owner")})
+        self.channels = channels_by_code(
+            {r.get("channel", "").strip() for r in rows if r.get("channel")},
+            create_missing=False)
+        self.seen: set[str] = set()
+
+    def parse(self, rows: list[dict[str, str]], *, start: int = 0) -> _ImportChunk:
+        """`rows` are the file's rows from index `start` on."""
+        chunk = _ImportChunk()
+        for index, row in enumerate(rows, start=start):
+            try:
+                values = _parse_import_row(row, self.owners, self.channels, self.actor,
+                                           self.is_admin)
+            except ItemError as exc:
+                chunk.rejected.append((index, str(exc)))
+                continue
+            if values["external_id"] in self.seen:
+                chunk.duplicates += 1
+                continue
+            self.seen.add(values["external_id"])
+            chunk.rows[values["external_id"]] = (index, values)
+        return chunk
+
+
+def _import_write(chunk: _ImportChunk, *, actor) -> None:
+    """Create the chunk's new external ids and update the known ones the actor may change
+    (with the row's non-empty cells); a known one the actor may not change is rejected."""
+    existing = {c.external_id: c
+                for c in Customer.objects.filter(external_id__in=chunk.rows.keys())}
     visible = set(access.scope_customers(Customer.objects.filter(pk__in=[
         c.pk for c in existing.values()]), actor).values_list("pk", flat=True))
     now = timezone.now()
@@ -929,14 +983,14 @@ def customers_import(*, content: bytes, actor, max_rows: int = 100_000) -> Inges
     update_fields: set[str] = set()
     rejoined: list[int] = []     # whose "since joining" event counts move with the new date
     new_rows = []
-    for ext, (index, values) in parsed.items():
+    for ext, (index, values) in chunk.rows.items():
         customer = existing.get(ext)
         if customer is None:
             new_rows.append(values)
             continue
         if customer.pk not in visible:
-            report.reject(index, _("line %(line)d: external_id %(id)r belongs to another "
-                                   "owner's customer") % {"line": index + 2, "id": ext})
+            chunk.rejected.append((index, _("external_id %(id)r belongs to another owner's "
+                                            "customer") % {"id": ext}))
             continue
         if "joined_at" in values and values["joined_at"] != customer.joined_at:
             rejoined.append(customer.pk)
@@ -952,6 +1006,7 @@ def customers_import(*, content: bytes, actor, max_rows: int = 100_000) -> Inges
             update_fields.add(name)
         customer.updated_at = now
         to_update.append(customer)
+    chunk.rejected.sort()
     update_fields.discard("external_id")
     if to_update and update_fields:
         Customer.objects.bulk_update(to_update, sorted(update_fields | {"updated_at"}),
@@ -969,11 +1024,135 @@ def customers_import(*, content: bytes, actor, max_rows: int = 100_000) -> Inges
           (None, Customer.Status.ACTIVE) else None, v.get("opted_out", False),
           v.get("attributes", {}), 0, Decimal("0"), now, now) for v in new_rows],
         returning=("id",))
-    report.accepted = len(created) + len(to_update)
-    report.duplicates += len(new_rows) - len(created)
-    report.extra = {"created": len(created), "updated": len(to_update)}
+    chunk.created, chunk.updated = len(created), len(to_update)
+    chunk.duplicates += len(new_rows) - len(created)   # created by someone else meanwhile
     notify_customers_touched([row[0] for row in created] + [c.pk for c in to_update])
+
+
+@transaction.atomic
+def customers_import(*, content: bytes, actor, max_rows: int = IMPORT_MAX_ROWS) -> IngestReport:
+    """Create or update customers from a CSV file (header row of field names), at once.
+
+    New external ids are created, known ones (that the actor may change) get the non-empty
+    cells of the row; a row repeating an external id of an earlier row is a duplicate.
+    """
+    _header, rows = _decode_csv(content, max_rows=max_rows)
+    chunk = _ImportParser(rows, actor).parse(rows)
+    _import_write(chunk, actor=actor)
+    report = IngestReport(accepted=chunk.accepted, duplicates=chunk.duplicates,
+                          extra={"created": chunk.created, "updated": chunk.updated})
+    for index, message in chunk.rejected:
+        report.reject(index, _("line %(line)d: %(msg)s") % {"line": index + 2, "msg": message})
     return report
+
+
+def _row_cells(row: dict, columns: list[str]) -> list[str]:
+    """A row's cells in the file's order, cells beyond the header last."""
+    return [row.get(c) or "" for c in columns] + list(row.get(None) or [])
+
+
+@transaction.atomic
+def customer_import_start(*, actor, name: str, content: bytes) -> CustomerImport:
+    """Check an uploaded file as `customers_import` does (size, encoding, header, rows) and
+    queue it as a background import; the worker starts once this transaction commits."""
+    columns, rows = _decode_csv(content, max_rows=IMPORT_MAX_ROWS)
+    if not rows:
+        raise ApplicationError(_("The file has a header row but no customers under it."))
+    name = (name or "").strip()[:255]
+    if not name or not _storable(name):
+        name = "customers.csv"
+    job = CustomerImport.objects.create(
+        actor=actor, name=name, content=content, columns=columns, total_rows=len(rows),
+        language=translation.get_language() or "")
+    from crm.tasks import run_customer_import
+
+    transaction.on_commit(lambda: run_customer_import.delay(job.pk))
+    logger.info("crm.import_queued", extra={"import_id": job.pk, "rows": len(rows)})
+    return job
+
+
+def customer_import_run(*, import_id: int) -> CustomerImport | None:
+    """Work through an import in chunks of IMPORT_CHUNK_ROWS, one transaction each: the
+    chunk's customers, the counters and the cursor (`next_row`) commit together, so the page
+    sees progress after every chunk and a chunk is never applied twice.
+
+    Safe to run twice or in two workers at once: each chunk locks the job's row (SKIP LOCKED)
+    and goes on only where this run left the cursor; a run that finds the row locked or the
+    cursor moved leaves the job to the run that holds it. A job whose worker died resumes at
+    its cursor (`customer_imports_resume`).
+    """
+    job = CustomerImport.objects.select_related("actor").filter(pk=import_id).first()
+    if job is None or job.finished:
+        return job
+    try:
+        with translation.override(job.language or None):
+            return _import_chunks(job)
+    except Exception as exc:
+        CustomerImport.objects.filter(pk=import_id).update(
+            status=CustomerImport.Status.FAILED, error=str(exc)[:2000] or repr(exc),
+            finished_at=timezone.now(), updated_at=timezone.now())
+        logger.exception("crm.import_failed", extra={"import_id": import_id})
+        raise
+
+
+def _import_chunks(job: CustomerImport) -> CustomerImport | None:
+    actor = job.actor
+    if not access.can_see_customers(actor):
+        raise ApplicationError(_("The uploader may no longer import customers."))
+    _header, rows = _decode_csv(bytes(job.content), max_rows=IMPORT_MAX_ROWS)
+    parser = _ImportParser(rows, actor)
+    cursor = job.next_row
+    parser.parse(rows[:cursor])     # a resumed job: the external ids its done chunks took
+    while True:
+        with transaction.atomic():
+            locked = (CustomerImport.objects.select_for_update(skip_locked=True)
+                      .defer("content", "rejected_rows").filter(pk=job.pk).first())
+            if locked is None or locked.finished or locked.next_row != cursor:
+                return locked       # another run holds or has moved the job
+            end = min(cursor + IMPORT_CHUNK_ROWS, len(rows))
+            chunk = parser.parse(rows[cursor:end], start=cursor)
+            _import_write(chunk, actor=actor)
+            fields = ["next_row", "accepted", "created", "updated", "duplicates", "rejected",
+                      "status", "updated_at"]
+            kept = min(locked.rejected, IMPORT_ERRORS_KEPT)
+            if chunk.rejected and kept < IMPORT_ERRORS_KEPT:
+                stored = (CustomerImport.objects.filter(pk=job.pk)
+                          .values_list("rejected_rows", flat=True).get())[:kept]
+                locked.rejected_rows = stored + [
+                    {"row": index + 2, "message": message,
+                     "values": _row_cells(rows[index], job.columns)}
+                    for index, message in chunk.rejected[:IMPORT_ERRORS_KEPT - kept]]
+                fields.append("rejected_rows")
+            locked.next_row = end
+            locked.accepted += chunk.accepted
+            locked.created += chunk.created
+            locked.updated += chunk.updated
+            locked.duplicates += chunk.duplicates
+            locked.rejected += len(chunk.rejected)
+            if locked.status == CustomerImport.Status.QUEUED:
+                locked.status = CustomerImport.Status.RUNNING
+                locked.started_at = timezone.now()
+                fields.append("started_at")
+            if end >= len(rows):
+                locked.status = CustomerImport.Status.DONE
+                locked.finished_at = timezone.now()
+                fields.append("finished_at")
+            locked.save(update_fields=fields)
+        if locked.status == CustomerImport.Status.DONE:
+            logger.info("crm.import_done", extra={
+                "import_id": job.pk, "accepted": locked.accepted,
+                "duplicates": locked.duplicates, "rejected": locked.rejected})
+            return locked
+        cursor = end
+
+
+def customer_imports_resume(*, stale_after_seconds: int = 300) -> list[int]:
+    """Import ids left queued or running without progress (a lost broker message, a dead
+    worker), for the sweeper to enqueue again."""
+    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
+    return list(CustomerImport.objects.filter(
+        status__in=[CustomerImport.Status.QUEUED, CustomerImport.Status.RUNNING],
+        updated_at__lt=cutoff).values_list("pk", flat=True))
 
 
 def _parse_import_row(row: dict[str, str], owners, channels, actor, is_admin) -> dict[str, Any]:
@@ -1080,3 +1259,184 @@ def channel_save(*, channel: Channel | None, **fields: Any) -> Channel:
 def group_delete(*, actor, group: Group) -> None:
     _check_group_owner(actor=actor, group=group, owner=None)
     group.delete()
+
+
+# --- Customer list exports ------------------------------------------------------------------
+
+EXPORT_STREAM_LIMIT = 5_000   # this many customers or fewer stream in the request
+EXPORT_CHUNK = 2_000          # customers read (and written) per chunk
+
+
+def _export_stage_columns() -> tuple[list[tuple[str, str]], dict[tuple[str, str], str]]:
+    """The stage models (key, name) and every stage's name by (model, stage key), from the
+    condition language's registered `stage` field (crm knows no stage model of its own)."""
+    from core import conditions
+
+    spec = conditions.fields.get("stage")
+    if spec is None or spec.choices is None:
+        return [], {}
+    model_choices = spec.param_info.get("model", {}).get("choices")
+    models_ = [(c["value"], c["label"]) for c in (model_choices() if model_choices else [])]
+    names = {((c.get("when") or {}).get("model", ""), c["value"]): c["label"]
+             for c in spec.choices()}
+    return models_, names
+
+
+def customer_export_header(models_: list[tuple[str, str]]) -> list[str]:
+    return [_("Name"), _("External ID"), _("City"), _("Channel"), _("Owner"), _("Status"),
+            _("Tags"), *[name for _key, name in models_], _("Joined"), _("Last active"),
+            _("Orders"), _("Spent (CNY)")]
+
+
+def customer_export_rows(customers, models_: list[tuple[str, str]],
+                         stage_names: dict[tuple[str, str], str]) -> list[list[str]]:
+    """The list's columns as people read them: names, never keys (channel, owner, status,
+    tags and each model's stage by name)."""
+    from core.people import staff_name
+    from crm import extensions
+
+    rows = []
+    for customer in customers:
+        values = extensions.extension_values(customer)
+        stages = values.get("stages") or {}
+        rows.append([
+            customer.name, customer.external_id, customer.city,
+            customer.channel.name if customer.channel_id else "",
+            staff_name(customer.owner) if customer.owner_id else "",
+            customer.get_status_display(), "; ".join(values.get("tags") or []),
+            *[stage_names.get((key, stages[key]), stages[key]) if key in stages else ""
+              for key, _name in models_],
+            timezone.localtime(customer.joined_at).strftime("%Y-%m-%d %H:%M")
+            if customer.joined_at else "",
+            timezone.localtime(customer.last_active_at).strftime("%Y-%m-%d %H:%M")
+            if customer.last_active_at else "",
+            str(customer.orders_count), f"{customer.total_spent:.2f}",
+        ])
+    return rows
+
+
+def _csv_cell(value: str) -> str:
+    """A cell a spreadsheet will not run as a formula (a customer's name such as "=HYPERLINK(…)"
+    comes from outside): such text gets a leading apostrophe (OWASP's CSV injection advice)."""
+    return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(
+        [[_csv_cell(str(cell)) for cell in row] for row in rows])
+    return buffer.getvalue()
+
+
+def _export_chunks(*, user, condition: Any, customer_ids: list[int] | None,
+                   after: int = 0):
+    """(last id, customers) per chunk of the set, by primary key, with tags and stages
+    loaded (a fixed number of queries a chunk)."""
+    from core import conditions
+    from crm.selectors import customer_list
+
+    customers = customer_list(user=user)
+    if customer_ids is not None:
+        customers = customers.filter(pk__in=customer_ids)
+    if condition is not None:
+        customers = customers.filter(conditions.compile_condition(condition))
+    while True:
+        chunk = list(customers.filter(pk__gt=after).order_by("pk")[:EXPORT_CHUNK])
+        if not chunk:
+            return
+        after = chunk[-1].pk
+        yield after, chunk
+
+
+def customer_export_stream(*, user, condition: Any = None,
+                           customer_ids: list[int] | None = None):
+    """The CSV of a set (UTF-8 with a BOM, so spreadsheet programs read the Chinese right),
+    as text pieces for a streaming response."""
+    models_, names = _export_stage_columns()
+    yield "\ufeff" + _csv_text([customer_export_header(models_)])
+    for _last, chunk in _export_chunks(user=user, condition=condition,
+                                       customer_ids=customer_ids):
+        yield _csv_text(customer_export_rows(chunk, models_, names))
+
+
+def customer_export_path(export) -> Any:
+    from django.conf import settings
+
+    return settings.DATA_DIR / "exports" / export.file_name
+
+
+def customer_export_start(*, actor, customers, condition: Any = None,
+                          customer_ids: list[int] | None = None, language: str = ""):
+    """A background export of a large set (`customers`, the scoped queryset the condition or
+    the ids describe); the task writes the file (customer_export_run)."""
+    from crm.models import CustomerExport
+
+    export = CustomerExport.objects.create(actor=actor, condition=condition,
+                                           customer_ids=customer_ids, total=customers.count(),
+                                           language=language or translation.get_language() or "")
+    from crm.tasks import run_customer_export
+
+    transaction.on_commit(lambda: run_customer_export.delay(export.pk))
+    return export
+
+
+def customer_export_run(*, export_id: int):
+    """Write the export chunk by chunk. Each chunk locks the job row, cuts the file back to
+    the committed size (what a dead worker wrote after its last commit), appends, flushes and
+    commits the new size and cursor with it: resumable, never a row twice."""
+    import os
+
+    from crm.models import CustomerExport
+
+    export = CustomerExport.objects.select_related("actor").get(pk=export_id)
+    path = customer_export_path(export)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with translation.override(export.language or None):
+            models_, names = _export_stage_columns()
+            while True:
+                with transaction.atomic():
+                    export = CustomerExport.objects.select_for_update().get(pk=export_id)
+                    if export.status in (CustomerExport.Status.DONE,
+                                         CustomerExport.Status.FAILED):
+                        return export
+                    chunks = _export_chunks(user=export.actor, condition=export.condition,
+                                            customer_ids=export.customer_ids,
+                                            after=export.last_customer_id)
+                    found = next(chunks, None)
+                    with open(path, "ab") as handle:
+                        handle.truncate(export.bytes_written)
+                        if export.bytes_written == 0:
+                            handle.write(("\ufeff" + _csv_text(
+                                [customer_export_header(models_)])).encode())
+                        if found is not None:
+                            handle.write(_csv_text(customer_export_rows(
+                                found[1], models_, names)).encode())
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                        export.bytes_written = handle.tell()
+                    export.status = CustomerExport.Status.RUNNING
+                    if found is not None:
+                        export.last_customer_id = found[0]
+                        export.processed += len(found[1])
+                    else:
+                        export.status = CustomerExport.Status.DONE
+                        export.total = export.processed
+                        export.finished_at = timezone.now()
+                    export.save()
+                if found is None:
+                    return export
+    except Exception as exc:
+        CustomerExport.objects.filter(pk=export_id).update(status=CustomerExport.Status.FAILED,
+                                                           error=str(exc)[:2000])
+        raise
+
+
+def customer_exports_resume(*, stale_after_seconds: int = 300) -> list[int]:
+    """Exports left queued or running without progress, for the sweeper to enqueue again."""
+    from crm.models import CustomerExport
+
+    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
+    return list(CustomerExport.objects.filter(
+        status__in=[CustomerExport.Status.QUEUED, CustomerExport.Status.RUNNING],
+        updated_at__lt=cutoff).values_list("pk", flat=True))

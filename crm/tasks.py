@@ -18,3 +18,33 @@ def prune_touches() -> int:
     from crm.hooks import touches_prune
 
     return touches_prune()
+
+
+@shared_task(acks_late=True)
+def run_customer_import(import_id: int) -> None:
+    """A CSV import from the dashboard, chunk by chunk (crm.services.customer_import_run)."""
+    services.customer_import_run(import_id=import_id)
+
+
+@shared_task(acks_late=True)
+def resume_customer_imports() -> int:
+    """Sweeper: enqueue again the imports that stopped making progress."""
+    ids = services.customer_imports_resume()
+    for import_id in ids:
+        run_customer_import.delay(import_id)
+    return len(ids)
+
+
+@shared_task(acks_late=True)
+def run_customer_export(export_id: int) -> None:
+    """A large export of the customer list (crm.services.customer_export_run)."""
+    services.customer_export_run(export_id=export_id)
+
+
+@shared_task(acks_late=True)
+def resume_customer_exports() -> int:
+    """Sweeper: enqueue again the exports that stopped making progress."""
+    ids = services.customer_exports_resume()
+    for export_id in ids:
+        run_customer_export.delay(export_id)
+    return len(ids)

@@ -1,5 +1,6 @@
 """Dashboard pages for operators, admins and analysts; thin over the selectors."""
 
+import json
 from typing import Any
 
 from django import forms
@@ -13,15 +14,14 @@ from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext_lazy
 
-from core import access
+from core import access, conditions
 from core.exceptions import ApplicationError
-from crm import extensions, selectors, services, timeline
+from crm import extensions, listing, selectors, services
 from crm.models import Customer
 
 CUSTOMERS_PAGE_SIZE = 50
 NOTES_SHOWN = 20
 TIMELINE_PAGE_SIZE = 20
-RECENT_EVENTS = 15
 
 # Columns of the customer list that sort, and the direction a first click sorts them in.
 SORTABLE_COLUMNS = {"name": "", "joined_at": "-", "last_active_at": "-", "orders_count": "-",
@@ -49,21 +49,121 @@ class CustomerFilterForm(forms.Form):
     gender = forms.ChoiceField(
         label=gettext_lazy("Gender"), required=False,
         choices=[("", gettext_lazy("Any gender")), *Customer.Gender.choices])
+    tag_mode = forms.ChoiceField(
+        label=gettext_lazy("Tags match"), required=False,
+        choices=[("any", gettext_lazy("any of")), ("all", gettext_lazy("all of")),
+                 ("none", gettext_lazy("none of"))])
+    segment = forms.ChoiceField(label=gettext_lazy("Segment"), required=False)
+    joined_from = forms.DateField(label=gettext_lazy("Joined from"), required=False)
+    joined_to = forms.DateField(label=gettext_lazy("Joined to"), required=False)
     sort = forms.ChoiceField(required=False,
                              choices=[(key, key) for key in selectors.CUSTOMER_SORTS])
 
-    def __init__(self, data, *, channels: list, owners: list) -> None:
+    def __init__(self, data, *, channels: list, owners: list, segments: list) -> None:
         super().__init__(data)
         self.fields["channel"].choices = [("", _("All channels")), *channels]
+        self.fields["segment"].choices = [("", _("Any segment")),
+                                          *[(str(pk), name) for pk, name in segments]]
         if owners:
             self.fields["owner"].choices = [("", _("All owners")), *owners]
         else:
             del self.fields["owner"]
 
-    def values(self) -> dict[str, str]:
+    def values(self) -> dict[str, Any]:
         """The valid filters; an invalid one (a stale link, a hand-edited URL) is ignored."""
         self.is_valid()
-        return {name: self.cleaned_data.get(name) or "" for name in self.fields}
+        return {name: self.cleaned_data.get(name) or ("" if name not in DATE_FILTERS else None)
+                for name in self.fields}
+
+
+DATE_FILTERS = ("joined_from", "joined_to")
+
+
+class CountedPaginator(Paginator):
+    """A Paginator told the total (an estimate, or the segment index's count) instead of
+    running COUNT(*) itself; a page past the real end is empty, never an error."""
+
+    def __init__(self, object_list, per_page, *, count: int) -> None:
+        super().__init__(object_list, per_page)
+        self._given_count = count
+
+    @property
+    def count(self) -> int:
+        return self._given_count
+
+
+def _listed(request, name: str) -> list[str]:
+    """A repeatable parameter (`?tag=a&tag=b`); one box may hold "a, b" as well."""
+    return [v.strip() for raw in request.GET.getlist(name)
+            for v in raw.replace("，", ",").split(",") if v.strip()]
+
+
+def _listed_stages(request) -> list[str]:
+    """`?stage=` values as `model:stage`; a link may list several stages of one model after
+    it (`value:dormant,churn`)."""
+    stages, model = [], ""
+    for value in _listed(request, "stage"):
+        if ":" in value:
+            model = value.partition(":")[0]
+            stages.append(value)
+        else:
+            stages.append(f"{model}:{value}" if model else value)
+    return stages
+
+
+def _advanced_condition(text: str) -> Any:
+    """The "Advanced" condition typed or built; a clear error for what is not one."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        tree = json.loads(text)
+    except ValueError as exc:
+        raise ApplicationError(_("Advanced condition: not valid JSON (%(error)s)")
+                               % {"error": exc}) from exc
+    if tree in ({}, {"all": []}, {"any": []}):
+        return None
+    try:
+        conditions.validate(tree)
+    except ApplicationError as exc:
+        raise ApplicationError(_("Advanced condition: %(error)s") % {"error": exc.message}
+                               ) from exc
+    return tree
+
+
+def customer_list_filters(request, *, user) -> dict[str, Any]:
+    """The customer list's filter bar read from the URL: the form (with its choices), the
+    filters as a condition (None: none), the other extension filters, and an error for a
+    filter the condition language refuses. The list and the bulk actions both read it."""
+    choices = selectors.customer_filter_choices(user=user)
+    form = CustomerFilterForm(request.GET, channels=choices["channels"],
+                              owners=choices["owners"], segments=choices["segments"])
+    values = form.values()
+    # Stages and tags come from pickers (several values) or from links such as
+    # ?stage=value:dormant and ?tag=美妆; a tag named by a name one group holds is picked by id.
+    tag_ids = {t["name"]: [] for t in choices["tags"]}
+    for tag in choices["tags"]:
+        tag_ids[tag["name"]].append(str(tag["value"]))
+    tags = [tag_ids[t][0] if len(tag_ids.get(t, [])) == 1 else t for t in _listed(request, "tag")]
+    filters = selectors.CustomerFilters(
+        search=values["q"], channel=values["channel"], owner=values.get("owner", ""),
+        status=values["status"], gender=values["gender"], stages=_listed_stages(request),
+        tags=tags, tag_mode=values["tag_mode"] or "any", segment=values["segment"],
+        joined_from=values["joined_from"], joined_to=values["joined_to"])
+    advanced_text = request.GET.get("condition", "")
+    extension_filters = {
+        name: _listed(request, name) for name, _extension in extensions.customer_filters.items()
+        if name not in selectors.CONDITION_FILTERS}
+    condition, error = None, ""
+    try:
+        filters.advanced = _advanced_condition(advanced_text)
+        condition = selectors.customer_filters_condition(filters=filters)
+    except ApplicationError as exc:     # e.g. a tag name that two tag groups share
+        error = exc.message
+    return {"form": form, "values": values, "choices": choices, "filters": filters,
+            "condition": condition, "extension_filters": extension_filters, "error": error,
+            "advanced_text": advanced_text,
+            "narrowed": any(extension_filters.values())}
 
 
 def _page(request, **context: Any) -> dict[str, Any]:
@@ -90,43 +190,33 @@ def _positive_int(value: str | None) -> int:
 
 
 @login_required
-def home(request):
-    user = request.user
-    figures = selectors.dashboard_figures(user=user)
-    events = []
-    if access.can_see_customers(user):
-        recent = selectors.dashboard_recent_events(user=user, limit=RECENT_EVENTS)
-        summaries = timeline.event_summaries(recent)
-        events = [{"event": e, "summary": summaries[e.pk]} for e in recent]
-    return render(request, "dashboard/home.html",
-                  _page(request, figures=figures, events=events))
-
-
-@login_required
 def customer_list(request):
+    """The customer list: the filter bar (pickers, an advanced condition) as one condition,
+    its total without a full COUNT(*) (crm.selectors.customer_count), and the bulk bar."""
     user = request.user
     _require_customer_access(user)
-    form = CustomerFilterForm(request.GET, **selectors.customer_filter_choices(user=user))
-    values = form.values()
+    parsed = customer_list_filters(request, user=user)
+    values, filters = parsed["values"], parsed["filters"]
     sort = values["sort"] or selectors.CUSTOMER_DEFAULT_SORT
-    # Repeatable parameters (`?tag=a&tag=b`); the filter bar's one box takes "a, b" as well.
-    extension_filters = {
-        name: [v.strip() for raw in request.GET.getlist(name)
-               for v in raw.replace("，", ",").split(",") if v.strip()]
-        for name, _extension in extensions.customer_filters.items()
-    }
-    error = ""
-    try:
-        queryset = selectors.customer_browse(
-            user=user, search=values["q"], channel=values["channel"],
-            owner=values.get("owner", ""), status=values["status"], gender=values["gender"],
-            sort=sort, extension_filters=extension_filters)
-        page_obj = Paginator(queryset, CUSTOMERS_PAGE_SIZE).get_page(request.GET.get("page"))
-    except ApplicationError as exc:   # e.g. a tag name that two tag groups share
-        error = exc.message
+    error, total = parsed["error"], None
+    queryset = Customer.objects.none()
+    if not error:
+        try:
+            queryset = selectors.customer_browse(
+                user=user, condition=parsed["condition"], sort=sort,
+                extension_filters=parsed["extension_filters"])
+            total = selectors.customer_count(user=user, condition=parsed["condition"],
+                                             queryset=queryset, narrowed=parsed["narrowed"])
+            page_obj = CountedPaginator(queryset, CUSTOMERS_PAGE_SIZE,
+                                        count=total.value).get_page(request.GET.get("page"))
+            customers = list(page_obj.object_list)
+        except ApplicationError as exc:   # a filter extension refusing its value
+            error, total = exc.message, None
+    if error:
         page_obj = Paginator(Customer.objects.none(), CUSTOMERS_PAGE_SIZE).get_page(1)
+        customers = []
     rows = [{"customer": c, **extensions.extension_values(c),
-             "chips": extensions.extension_chips(c)} for c in page_obj.object_list]
+             "chips": extensions.extension_chips(c)} for c in customers]
     sort_links = {}
     for column, first in SORTABLE_COLUMNS.items():
         direction = "asc" if sort == column else "desc" if sort == f"-{column}" else ""
@@ -134,16 +224,33 @@ def customer_list(request):
         sort_links[column] = {"next": following, "direction": direction}
     extension_fields = [
         {"name": name, "label": EXTENSION_FILTER_LABELS.get(name, name),
-         "help": extension.help_text, "value": ", ".join(extension_filters.get(name, []))}
-        for name, extension in extensions.customer_filters.items()
-    ]
-    filtered = any(values.get(k) for k in ("q", "channel", "owner", "status", "gender")) or any(
-        extension_filters.values())
+         "help": extensions.customer_filters.get(name).help_text,
+         "value": ", ".join(values_)}
+        for name, values_ in parsed["extension_filters"].items()]
+    filtered = filters.active or parsed["narrowed"] or bool(parsed["advanced_text"].strip())
+    choices = parsed["choices"]
+    picked_stages = set(filters.stages)
+    picked_tags = set(filters.tags)
     return render(request, "dashboard/customer_list.html", _page(
-        request, form=form, rows=rows, page_obj=page_obj, error=error, sort=sort,
+        request, form=parsed["form"], rows=rows, page_obj=page_obj, error=error, sort=sort,
         sort_links=sort_links, extension_fields=extension_fields, filtered=filtered,
+        total=total, condition=parsed["condition"],
+        condition_json=json.dumps(parsed["condition"], ensure_ascii=False)
+        if parsed["condition"] is not None else "",
+        advanced_text=parsed["advanced_text"],
+        advanced_open=bool(parsed["advanced_text"].strip()),
+        stage_groups=[{**group, "stages": [{**s, "selected": s["value"] in picked_stages}
+                                           for s in group["stages"]]}
+                      for group in choices["stage_groups"]],
+        tag_options=[{**t, "selected": str(t["value"]) in picked_tags}
+                     for t in choices["tags"]],
+        can_bulk=not parsed["narrowed"], bulk_actions=bulk_action_names(),
         page_range=page_obj.paginator.get_elided_page_range(page_obj.number, on_each_side=2,
                                                             on_ends=1)))
+
+
+def bulk_action_names() -> list[str]:
+    return [name for name, _action in listing.bulk_actions.items()]
 
 
 @login_required

@@ -17,4 +17,6 @@ class LifecycleConfig(AppConfig):
         crm_extensions.customer_filters.register("stage", extensions.STAGE_FILTER)
         timeline.sources.register("stage", extensions.TIMELINE)
         crm_extensions.customer_panels.register("stages", views.customer_stages_panel)
+        crm_extensions.segment_index_parts.register("stages", extensions.INDEX_PART)
         hooks.touch_consumers.register("lifecycle", services.stage_models_evaluate_touched)
+        services.register_customer_list_extensions()

@@ -108,6 +108,9 @@ class CustomerStage(models.Model):
         ]
         indexes = [
             models.Index(fields=["model", "stage", "customer"], name="lifecycle_cs_stage"),
+            # The board: each stage's newest arrivals first.
+            models.Index(fields=["model", "stage", "-entered_at", "-id"],
+                         name="lifecycle_cs_arrivals"),
             models.Index(fields=["locked_until"], name="lifecycle_cs_locked",
                          condition=Q(locked_until__isnull=False)),
         ]
@@ -151,6 +154,9 @@ class StageTransition(models.Model):
         indexes = [
             models.Index(fields=["customer", "at"], name="lifecycle_tr_customer"),
             models.Index(fields=["model", "at"], name="lifecycle_tr_model"),
+            # The transition log, newest first: of one model, and of all.
+            models.Index(fields=["model", "-at", "-id"], name="lifecycle_tr_log"),
+            models.Index(fields=["-at", "-id"], name="lifecycle_tr_log_all"),
             # The metrics: customers entering a stage (e.g. churn) in a range, from the index.
             models.Index(fields=["model", "to_key", "at"], include=["customer"],
                          name="lifecycle_tr_entered"),
@@ -158,3 +164,42 @@ class StageTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id}: {self.from_key or '∅'} → {self.to_key}"
+
+
+class BulkStageJob(TimeStampedModel):
+    """Moving many customers to a stage by hand (the customer list's bulk action), run in
+    the background with progress when the set is large; `last_customer_id` is where a resumed
+    job carries on."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("by"),
+                              on_delete=models.CASCADE, related_name="+")
+    model = models.ForeignKey(StageModel, verbose_name=_("model"), on_delete=models.CASCADE,
+                              related_name="+")
+    stage = models.ForeignKey(Stage, verbose_name=_("stage"), on_delete=models.CASCADE,
+                              related_name="+")
+    reason = models.CharField(_("reason"), max_length=500)
+    condition = models.JSONField(_("condition"), null=True, blank=True)
+    customer_ids = models.JSONField(_("customer ids"), null=True, blank=True)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices,
+                              default=Status.QUEUED)
+    total = models.PositiveIntegerField(_("customers"), default=0)
+    processed = models.PositiveIntegerField(_("processed"), default=0)
+    moved = models.PositiveIntegerField(_("moved"), default=0)
+    refused = models.PositiveIntegerField(_("refused"), default=0)
+    last_customer_id = models.BigIntegerField(_("resume after customer id"), default=0)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        verbose_name = _("bulk stage job")
+        verbose_name_plural = _("bulk stage jobs")
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "updated_at"], name="lifecycle_bulkjob_status")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.status}"

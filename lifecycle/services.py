@@ -42,6 +42,7 @@ from core.exceptions import ApplicationError
 from crm.models import Customer
 from lifecycle import hooks
 from lifecycle.models import (
+    BulkStageJob,
     CustomerStage,
     Stage,
     StageModel,
@@ -689,3 +690,242 @@ def _proposed_stages(current: list[Stage], stages: list[dict]) -> list[Stage]:
         stage.position = data.get("position", index)
         out.append(stage)
     return out
+
+
+# --- Bulk manual moves ------------------------------------------------------------------------
+
+BULK_STAGE_SYNC = 5_000   # a bulk move this large or smaller runs in the request; also the chunk
+
+
+@dataclass
+class BulkStageResult:
+    moved: int = 0
+    refused: int = 0      # backward in a monotonic model, asked by someone not an admin
+    customer_ids: list[int] = field(default_factory=list)
+
+
+def _bulk_move_check(*, model: StageModel, stage: Stage, reason: str) -> str:
+    """customer_stage_move's own checks, once for the whole set."""
+    if stage.model_id != model.pk:
+        raise ApplicationError(_("stage: %(stage)r is not a stage of model %(model)r")
+                               % {"stage": stage.key, "model": model.key})
+    if not isinstance(reason, str) or not reason.strip():
+        raise ApplicationError(_("reason: say why the customers are moved"))
+    return reason.strip()[:500]
+
+
+@transaction.atomic
+def customers_stage_move_bulk(*, actor, customers, model: StageModel, stage: Stage,
+                              reason: str) -> BulkStageResult:
+    """Put a set of customers (a queryset, already scoped to what `actor` may see) in a stage
+    by hand, under customer_stage_move's rules, in one statement: the reason is required; a
+    manual move overrides an evaluation lock and sets a new one; in a monotonic model only an
+    admin moves a customer back (the others are `refused`, not moved); customers already in
+    the stage are left alone. One transition row per moved customer, with the reason.
+
+    Idempotent and safe beside another writer: each place is changed only while it still holds
+    the stage this statement read (compare-and-set) and a new place is inserted only where
+    none exists, so a move is never recorded twice."""
+    reason = _bulk_move_check(model=model, stage=stage, reason=reason)
+    now = timezone.now()
+    refuse_back = bool(model.monotonic and not access.is_admin(actor))
+    locked_until = now + timedelta(days=model.lock_days) if model.lock_days else None
+    if connection.vendor != "postgresql":
+        return _bulk_move_portable(actor=actor, customers=customers, model=model, stage=stage,
+                                   reason=reason, now=now, refuse_back=refuse_back,
+                                   locked_until=locked_until)
+    ids_sql, ids_params = customers.order_by().values("pk").query.sql_with_params()
+    cs, tr, st = (CustomerStage._meta.db_table, StageTransition._meta.db_table,
+                  Stage._meta.db_table)
+    at = connection.ops.adapt_datetimefield_value(now)
+    lock = connection.ops.adapt_datetimefield_value(locked_until)
+    manual = TransitionSource.MANUAL
+    sql = (
+        f"WITH cur AS MATERIALIZED (SELECT c.id AS customer_id, p.stage_id AS current_id, "
+        f"fs.position AS from_position FROM ({ids_sql}) AS c(id) "
+        f"LEFT JOIN {cs} p ON p.customer_id = c.id AND p.model_id = %s "
+        f"LEFT JOIN {st} fs ON fs.id = p.stage_id), "
+        f"ch AS (SELECT customer_id, current_id FROM cur "
+        f"WHERE current_id IS DISTINCT FROM %s AND NOT (%s AND COALESCE(from_position, -1) > %s)), "
+        f"ins AS (INSERT INTO {cs} (customer_id, model_id, stage_id, entered_at, source, "
+        f"locked_until) SELECT customer_id, %s, %s, %s, %s, %s FROM ch WHERE current_id IS NULL "
+        f"ON CONFLICT (customer_id, model_id) DO NOTHING RETURNING customer_id), "
+        f"upd AS (UPDATE {cs} SET stage_id = %s, entered_at = %s, source = %s, "
+        f"locked_until = %s FROM ch WHERE ch.current_id IS NOT NULL AND {cs}.model_id = %s "
+        f"AND {cs}.customer_id = ch.customer_id AND {cs}.stage_id = ch.current_id "
+        f"RETURNING {cs}.customer_id), "
+        f"up AS (SELECT customer_id FROM ins UNION ALL SELECT customer_id FROM upd), "
+        f"moved AS (INSERT INTO {tr} (customer_id, model_id, from_stage_id, to_stage_id, "
+        f"from_key, to_key, at, source, reason, actor_id, win_back, backward) "
+        f"SELECT up.customer_id, %s, ch.current_id, %s, COALESCE(fs.key, ''), %s, %s, %s, %s, "
+        f"CAST(%s AS integer), (COALESCE(fs.win_back_from, FALSE) AND NOT %s), "
+        f"(fs.position IS NOT NULL AND %s < fs.position) "
+        f"FROM up JOIN ch ON ch.customer_id = up.customer_id "
+        f"LEFT JOIN {st} fs ON fs.id = ch.current_id RETURNING customer_id, from_stage_id) "
+        f"SELECT customer_id, from_stage_id, FALSE FROM moved UNION ALL "
+        f"SELECT customer_id, NULL, TRUE FROM cur "
+        f"WHERE %s AND from_position > %s AND current_id IS DISTINCT FROM %s")
+    params = [*ids_params, model.pk,
+              stage.pk, refuse_back, stage.position,
+              model.pk, stage.pk, at, manual, lock,
+              stage.pk, at, manual, lock, model.pk,
+              model.pk, stage.pk, stage.key, at, manual, reason, actor.pk if actor else None,
+              stage.win_back_from, stage.position,
+              refuse_back, stage.position, stage.pk]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    moves = [(c, frm, stage.pk) for c, frm, refused in rows if not refused]
+    _announce(model, [stage], moves, now, manual)
+    return BulkStageResult(moved=len(moves), refused=sum(1 for r in rows if r[2]),
+                           customer_ids=[c for c, _f, _s in moves])
+
+
+def _bulk_move_portable(*, actor, customers, model, stage, reason, now, refuse_back,
+                        locked_until) -> BulkStageResult:
+    """The same move where data-modifying CTEs are missing (SQLite, which writes one at a
+    time): read the places under the write lock, then write them in bulk."""
+    places = {p.customer_id: p for p in CustomerStage.objects.select_related("stage").filter(
+        model=model, customer_id__in=customers.values("pk"))}
+    ids = list(customers.order_by("pk").values_list("pk", flat=True))
+    refused = [c for c in ids if refuse_back and c in places
+               and places[c].stage.position > stage.position]
+    moving = [c for c in ids if c not in refused
+              and (c not in places or places[c].stage_id != stage.pk)]
+    CustomerStage.objects.bulk_create(
+        [CustomerStage(customer_id=c, model=model, stage=stage, entered_at=now,
+                       source=TransitionSource.MANUAL, locked_until=locked_until)
+         for c in moving],
+        update_conflicts=True, unique_fields=["customer", "model"],
+        update_fields=["stage", "entered_at", "source", "locked_until"], batch_size=2000)
+    StageTransition.objects.bulk_create([
+        _transition(model, c, places[c].stage if c in places else None, stage, now=now,
+                    source=TransitionSource.MANUAL, reason=reason, actor=actor)
+        for c in moving], batch_size=2000)
+    moves = [(c, places[c].stage_id if c in places else None, stage.pk) for c in moving]
+    _announce(model, [stage], moves, now, TransitionSource.MANUAL)
+    return BulkStageResult(moved=len(moving), refused=len(refused), customer_ids=moving)
+
+
+def bulk_stage_start(*, actor, customers, model: StageModel, stage: Stage, reason: str,
+                     condition: Any = None, customer_ids: list[int] | None = None
+                     ) -> tuple[BulkStageJob, BulkStageResult | None]:
+    """Small sets are moved at once; larger ones become a background job with progress
+    (`bulk_stage_job_run`). `condition` / `customer_ids` describe `customers` for the job."""
+    reason = _bulk_move_check(model=model, stage=stage, reason=reason)
+    total = customers.count()
+    job = BulkStageJob(actor=actor, model=model, stage=stage, reason=reason,
+                       condition=condition, customer_ids=customer_ids, total=total)
+    if total <= BULK_STAGE_SYNC:
+        with transaction.atomic():
+            result = customers_stage_move_bulk(actor=actor, customers=customers, model=model,
+                                               stage=stage, reason=reason)
+            job.status = BulkStageJob.Status.DONE
+            job.processed, job.moved, job.refused = total, result.moved, result.refused
+            job.save()
+        return job, result
+    job.save()
+    from lifecycle.tasks import run_bulk_stage_job
+
+    transaction.on_commit(lambda: run_bulk_stage_job.delay(job.pk))
+    return job, None
+
+
+def bulk_stage_job_run(*, job_id: int) -> BulkStageJob:
+    """Work through the job in primary-key chunks, committing progress with each chunk's
+    moves. Each chunk locks the job row and reads its progress afresh, so a job resumed by the
+    sweeper while a slow worker still runs it is never processed twice, and one whose worker
+    died resumes where it stopped."""
+    from crm.selectors import customer_set
+
+    job = BulkStageJob.objects.select_related("actor", "model", "stage").get(pk=job_id)
+    customers = customer_set(user=job.actor, condition=job.condition,
+                             customer_ids=job.customer_ids)
+    try:
+        while True:
+            with transaction.atomic():
+                job = (BulkStageJob.objects.select_for_update().select_related("model", "stage")
+                       .get(pk=job_id))
+                if job.status in (BulkStageJob.Status.DONE, BulkStageJob.Status.FAILED):
+                    return job
+                rest = customers.filter(pk__gt=job.last_customer_id)
+                upper = list(rest.order_by("pk").values_list("pk", flat=True)
+                             [BULK_STAGE_SYNC - 1:BULK_STAGE_SYNC])
+                chunk = rest.filter(pk__lte=upper[0]) if upper else rest
+                size = chunk.count()
+                result = customers_stage_move_bulk(actor=job.actor, customers=chunk,
+                                                   model=job.model, stage=job.stage,
+                                                   reason=job.reason)
+                job.status = BulkStageJob.Status.RUNNING
+                job.processed += size
+                job.moved += result.moved
+                job.refused += result.refused
+                if upper:
+                    job.last_customer_id = upper[0]
+                else:
+                    job.status = BulkStageJob.Status.DONE
+                    job.total = max(job.total, job.processed)
+                job.save()
+            if not upper:
+                return job
+    except Exception as exc:
+        BulkStageJob.objects.filter(pk=job_id).update(status=BulkStageJob.Status.FAILED,
+                                                      error=str(exc)[:2000])
+        raise
+
+
+def bulk_stage_jobs_resume(*, stale_after_seconds: int = 300) -> list[int]:
+    """Job ids left queued or running without progress (a lost broker message, a dead
+    worker), for the sweeper to enqueue again."""
+    cutoff = timezone.now() - timedelta(seconds=stale_after_seconds)
+    return list(BulkStageJob.objects.filter(
+        status__in=[BulkStageJob.Status.QUEUED, BulkStageJob.Status.RUNNING],
+        updated_at__lt=cutoff).values_list("pk", flat=True))
+
+
+# --- The customer list's bulk action (crm.listing) --------------------------------------------
+
+def _bulk_stage_summary(job: BulkStageJob) -> str:
+    text = _("%(moved)d moved to %(stage)s (%(model)s)") % {
+        "moved": job.moved, "stage": job.stage.name, "model": job.model.name}
+    if job.refused:
+        text += "; " + _("%(refused)d not moved: in %(model)s only an admin moves customers "
+                         "back") % {"refused": job.refused, "model": job.model.name}
+    return text
+
+
+def _bulk_stage_action_start(*, actor, customers, condition, customer_ids, params):
+    from crm.listing import BulkStarted
+
+    model_key, _sep, stage_key = str(params.get("target") or "").partition(":")
+    stage = (Stage.objects.select_related("model").filter(model__key=model_key, key=stage_key)
+             .first())
+    if stage is None:
+        raise ApplicationError(_("stage: choose the stage to move the customers to"))
+    job, result = bulk_stage_start(actor=actor, customers=customers, model=stage.model,
+                                   stage=stage, reason=params.get("reason", ""),
+                                   condition=condition, customer_ids=customer_ids)
+    return BulkStarted(job_id=job.pk, done=result is not None,
+                       summary=_bulk_stage_summary(job) if result is not None else "")
+
+
+def _bulk_stage_action_progress(*, user, job_id: int):
+    from crm.listing import BulkProgress
+
+    jobs = BulkStageJob.objects.select_related("model", "stage").filter(pk=job_id)
+    if not access.is_admin(user):
+        jobs = jobs.filter(actor=user)
+    job = jobs.first()
+    if job is None:
+        return None
+    return BulkProgress(status=job.status, status_label=job.get_status_display(),
+                        total=job.total, processed=job.processed,
+                        summary=_bulk_stage_summary(job), error=job.error)
+
+
+def register_customer_list_extensions() -> None:
+    from crm.listing import BulkAction, bulk_actions
+
+    bulk_actions.register("stage", BulkAction(start=_bulk_stage_action_start,
+                                              progress=_bulk_stage_action_progress))
+

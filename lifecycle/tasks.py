@@ -27,3 +27,17 @@ def evaluate_touched_customers() -> int | None:
 def sweep_orphans() -> int:
     """Beat, nightly: stage rows left by a customer deleted while an evaluation ran."""
     return services.orphans_sweep()
+
+
+@shared_task(acks_late=True)
+def run_bulk_stage_job(job_id: int) -> None:
+    services.bulk_stage_job_run(job_id=job_id)
+
+
+@shared_task(acks_late=True)
+def resume_bulk_stage_jobs() -> int:
+    """Sweeper: enqueue again the bulk stage moves that stopped making progress."""
+    ids = services.bulk_stage_jobs_resume()
+    for job_id in ids:
+        run_bulk_stage_job.delay(job_id)
+    return len(ids)

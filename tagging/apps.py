@@ -19,3 +19,4 @@ class TaggingConfig(AppConfig):
         timeline.sources.register("tag", extensions.TIMELINE)
         crm_extensions.customer_panels.register("tags", views.customer_tags_panel)
         hooks.touch_consumers.register("tagging", services.tag_rules_run_for_customers)
+        services.register_customer_list_extensions()

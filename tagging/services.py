@@ -686,3 +686,71 @@ def bulk_tag_jobs_resume(*, stale_after_seconds: int = 300) -> list[int]:
     return list(BulkTagJob.objects.filter(
         status__in=[BulkTagJob.Status.QUEUED, BulkTagJob.Status.RUNNING],
         updated_at__lt=cutoff).values_list("pk", flat=True))
+
+
+# --- The customer list's extension points (crm.listing) --------------------------------------
+
+def _segment_choices() -> list[tuple[int, str]]:
+    return list(Segment.objects.order_by("name").values_list("pk", "name"))
+
+
+def _segment_condition(segment_id: int):
+    return Segment.objects.filter(pk=segment_id).values_list("condition", flat=True).first()
+
+
+def _count_from_index(*, user, condition):
+    """A customer list's total from the segment index (as of its build), or None."""
+    from crm.listing import CountAnswer
+    from tagging import segment_index
+
+    answer = segment_index.preview(condition, user=user, sample_size=0)
+    return CountAnswer(answer.count, answer.as_of) if answer is not None else None
+
+
+def _bulk_tag_summary(job: BulkTagJob) -> str:
+    return _("%(added)d tags added, %(removed)d removed for %(n)d customers") % {
+        "added": job.added, "removed": job.removed, "n": job.processed}
+
+
+def _bulk_tag_action_start(*, actor, customers, condition, customer_ids, params):
+    from crm.listing import BulkStarted
+
+    refs = {key: [int(v) if str(v).isdigit() else v for v in params.get(key) or []]
+            for key in ("add", "remove")}
+    add = tags_resolve(refs["add"], path="add")
+    remove = tags_resolve(refs["remove"], path="remove")
+    if not add and not remove:
+        raise ApplicationError(_("tags: choose a tag to add or to remove"))
+    job, change = bulk_tag_start(actor=actor, customers=customers, add=add, remove=remove,
+                                 condition=condition, customer_ids=customer_ids)
+    return BulkStarted(job_id=job.pk, done=change is not None,
+                       summary=_bulk_tag_summary(job) if change is not None else "")
+
+
+def _bulk_tag_action_progress(*, user, job_id: int):
+    from core import access
+    from crm.listing import BulkProgress
+
+    jobs = BulkTagJob.objects.filter(pk=job_id)
+    if not access.is_admin(user):
+        jobs = jobs.filter(actor=user)
+    job = jobs.first()
+    if job is None:
+        return None
+    return BulkProgress(status=job.status, status_label=job.get_status_display(),
+                        total=job.total, processed=job.processed,
+                        summary=_bulk_tag_summary(job), error=job.error)
+
+
+def register_customer_list_extensions() -> None:
+    from crm import listing
+
+    listing.segment_sources.register("segments", listing.SegmentSource(
+        choices=_segment_choices, condition=_segment_condition))
+    listing.customer_counters.register("segment_index", _count_from_index)
+    from tagging import segment_index
+
+    listing.index_summaries.register("segment_index", segment_index.summarize)
+    listing.bulk_actions.register("tags", listing.BulkAction(
+        start=_bulk_tag_action_start, progress=_bulk_tag_action_progress))
+
