@@ -139,3 +139,79 @@ def outbox_filter_choices(*, campaign: int | None = None) -> dict[str, list]:
     if campaign is not None and campaign not in {pk for pk, _name in campaigns}:
         campaigns += list(Campaign.objects.filter(pk=campaign).values_list("pk", "name"))
     return {"sops": list(sops.items()), "campaigns": campaigns}
+
+
+# --- The workbench: what needs someone's attention -------------------------------------------
+
+FAILED_SENDS_DAYS = 7
+TODOS_SHOWN = 8
+
+
+def workbench_alerts(*, user) -> list[dict]:
+    """What needs attention now, for the workbench: SOP steps and campaigns that paused
+    themselves, churn warnings waiting for the user (every operator's for admins), sends that
+    failed in the last week (within what the user may see) and bulk jobs still running. Each:
+    `kind`, `count`, a few `names`, and whether the user may open the page behind it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from campaigns.models import OperatorTask, SopStep
+    from tagging.models import BulkTagJob
+
+    role = access.user_role(user)
+    alerts = []
+    paused_steps = list(SopStep.objects.filter(paused=True, sop__active=True)
+                        .select_related("sop").order_by("sop__name", "order")[:50])
+    if paused_steps:
+        alerts.append({"kind": "paused_steps", "count": len(paused_steps),
+                       "names": [f"{s.sop.name} #{s.order}" for s in paused_steps[:3]]})
+    paused_campaigns = list(Campaign.objects.filter(paused=True,
+                                                    status=Campaign.Status.SENDING)
+                            .values_list("pk", "name")[:50])
+    if paused_campaigns:
+        alerts.append({"kind": "paused_campaigns", "count": len(paused_campaigns),
+                       "names": [name for _pk, name in paused_campaigns[:3]],
+                       "pk": paused_campaigns[0][0]})
+    if role in (access.ADMIN, access.OPERATOR):
+        warnings = OperatorTask.objects.filter(kind=OperatorTask.Kind.CHURN_WARNING,
+                                               status=OperatorTask.Status.OPEN)
+        if role == access.OPERATOR:
+            warnings = warnings.filter(assignee=user)
+        churn = warnings.count()
+        if churn:
+            alerts.append({"kind": "churn_warnings", "count": churn, "names": []})
+    since = timezone.now() - timedelta(days=FAILED_SENDS_DAYS)
+    failed = Message.objects.filter(status=Message.Status.FAILED, due_at__gte=since)
+    if role != access.ANALYST:
+        failed = access.scope_customers(failed, user, owner_field="customer__owner")
+    failed_count = failed.count()
+    if failed_count:
+        alerts.append({"kind": "failed_sends", "count": failed_count, "names": [],
+                       "days": FAILED_SENDS_DAYS})
+    jobs = BulkTagJob.objects.filter(status__in=[BulkTagJob.Status.QUEUED,
+                                                 BulkTagJob.Status.RUNNING])
+    if role != access.ADMIN:
+        jobs = jobs.filter(actor=user)
+    running = list(jobs.order_by("created_at")[:10])
+    if running:
+        alerts.append({"kind": "bulk_jobs", "count": len(running), "names": [],
+                       "jobs": [{"done": j.processed, "total": j.total,
+                                 "percent": round(100 * j.processed / j.total) if j.total else 0}
+                                for j in running]})
+    return alerts
+
+
+def due_todos(*, user, limit: int = TODOS_SHOWN) -> dict:
+    """The user's open to-dos due by the end of today, overdue first, and how many in all."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from campaigns.models import OperatorTask
+
+    start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    due = OperatorTask.objects.filter(assignee=user, status=OperatorTask.Status.OPEN,
+                                      due_at__lt=start + timedelta(days=1))
+    return {"tasks": list(due.select_related("customer").order_by("due_at")[:limit]),
+            "count": due.count(), "now": timezone.now()}

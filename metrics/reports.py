@@ -264,9 +264,16 @@ PER_LANGUAGE = {channels, sop_performance, campaign_performance}
 # --- Warming the cache -------------------------------------------------------------------------
 
 def dashboard_loads() -> list[tuple[Callable[..., dict], dict[str, str]]]:
-    """The reports the dashboard's Metrics page asks for by default (the last 30 days, every
-    customer, its default stage model): what `warm` keeps in the cache."""
-    return [(overview, {}), (revenue, {}), (cohorts, {}), (funnel, {"model": AIPL_MODEL}),
+    """The reports the dashboard's Metrics page and the workbench ask for by default (the last
+    30 days, every customer, the default stage model, a funnel per active model): what `warm`
+    keeps in the cache."""
+    # The workbench shows a funnel of every active model (the AIPL one is the Metrics page's).
+    keys = list(StageModel.objects.filter(active=True).order_by("order", "key")
+                .values_list("key", flat=True))
+    if AIPL_MODEL not in keys and StageModel.objects.filter(key=AIPL_MODEL).exists():
+        keys.append(AIPL_MODEL)
+    funnels = [(funnel, {"model": key}) for key in keys]
+    return [(overview, {}), (revenue, {}), (cohorts, {}), *funnels,
             (stages, {"model": DEFAULT_MODEL}), (flows, {"model": DEFAULT_MODEL}),
             (channels, {}), (sop_performance, {})]
 

@@ -5,5 +5,6 @@ from metrics import views
 app_name = "metrics"
 
 urlpatterns = [
+    path("", views.workbench, name="home"),
     path("metrics/", views.dashboard, name="dashboard"),
 ]

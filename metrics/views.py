@@ -12,10 +12,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef, Q
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -23,8 +21,7 @@ from django.utils.translation import gettext_lazy
 
 from core import access
 from core.exceptions import ApplicationError
-from core.people import staff_name
-from crm.models import Channel, Customer
+from crm.models import Channel
 from lifecycle.models import Stage, StageModel
 from metrics import reports
 from metrics.periods import add_months, local_today, month_start
@@ -95,11 +92,9 @@ def _width(value, largest) -> str:
 
 def _owner_choices() -> list[tuple[str, str]]:
     """Staff who own customers or hold the operator role (the owner filter's choices)."""
-    owns = Customer.objects.filter(owner=OuterRef("pk"))
-    staff = (get_user_model().objects.filter(is_active=True)
-             .filter(Q(groups__name=access.OPERATOR) | Exists(owns)).distinct()
-             .order_by("username"))
-    return [(u.get_username(), staff_name(u)) for u in staff]
+    from crm.selectors import staff_owner_choices
+
+    return staff_owner_choices()
 
 
 def _kpi_cards(overview: dict[str, Any]) -> list[dict[str, Any]]:
@@ -151,10 +146,10 @@ def _stage_colors(model_key: str) -> dict[str, str]:
     return dict(Stage.objects.filter(model__key=model_key).values_list("key", "color"))
 
 
-def _funnel(report: dict[str, Any]) -> dict[str, Any]:
+def _funnel(report: dict[str, Any], colors: dict[str, str] | None = None) -> dict[str, Any]:
     stages = report["stages"]
     top = max([s["reach"] for s in stages] + [0])
-    colors = _stage_colors(report["model"])
+    colors = _stage_colors(report["model"]) if colors is None else colors
     rows = []
     for i, stage in enumerate(stages):
         following = stages[i + 1]["name"] if i + 1 < len(stages) else None
@@ -388,3 +383,59 @@ def campaign_results_panel(request, campaign) -> str:
     return render_to_string("metrics/_campaign_results.html", {
         "row": row, "skipped": skipped, "computed_at": report.get("computed_at")},
         request=request)
+
+
+# --- The workbench (home) --------------------------------------------------------------------
+
+RECENT_EVENTS = 12
+
+
+@login_required
+def workbench(request):
+    """The home page: the user's figures for the last 30 days with their trend, what needs
+    attention (paused steps and campaigns, churn warnings, failed sends, bulk jobs), the to-dos
+    due, one funnel per active stage model and the latest activity. The figures are the
+    Metrics page's own (the `overview` and `funnel` reports, same parameters, same cache), so
+    a number never differs between the two pages."""
+    from campaigns import selectors as outreach
+    from crm import selectors as crm_selectors
+    from crm import timeline
+
+    user = request.user
+    role = access.user_role(user)
+    context: dict[str, Any] = {"error": ""}
+    if role is None:
+        return render(request, "metrics/workbench.html", context)
+    try:
+        overview = reports.overview(user, {})
+        models = list(StageModel.objects.filter(active=True).order_by("order", "key"))
+        colors: dict[str, dict[str, str]] = {}
+        for model_key, key, color in Stage.objects.filter(model__in=models).values_list(
+                "model__key", "key", "color"):
+            colors.setdefault(model_key, {})[key] = color
+        funnels = []
+        for model in models:
+            funnel = _funnel(reports.funnel(user, {"model": model.key}), colors.get(model.key, {}))
+            funnels.append({"model": model, "chart": _funnel_chart(funnel), "rows": funnel["rows"],
+                            "empty": funnel["empty"]})
+    except ApplicationError as exc:
+        context["error"] = exc.message
+        return render(request, "metrics/workbench.html", context, status=400)
+    totals = overview["totals"]
+    interaction = overview["relationship"]["interaction"]
+    orders, revenue = totals["paid_orders"], Decimal(str(totals["revenue"]))
+    context.update(
+        overview=overview, trend=_daily_chart(overview), funnels=funnels,
+        figures={"customers": interaction["customers"], "new": totals["new_customers"],
+                 "active": interaction["interacting"],
+                 "active_rate": interaction["interaction_rate"],
+                 "deleted_us": totals["deleted_us"], "orders": orders, "revenue": revenue,
+                 "average_order": (revenue / orders).quantize(Decimal("0.01"))
+                 if orders else None},
+        alerts=outreach.workbench_alerts(user=user))
+    if access.can_see_customers(user):
+        recent = crm_selectors.dashboard_recent_events(user=user, limit=RECENT_EVENTS)
+        summaries = timeline.event_summaries(recent)
+        context.update(todos=outreach.due_todos(user=user),
+                       events=[{"event": e, "summary": summaries[e.pk]} for e in recent])
+    return render(request, "metrics/workbench.html", context)

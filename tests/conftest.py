@@ -32,6 +32,15 @@ def pytest_sessionstart(session):
         )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Every test starts from an empty cache: the home page and the metrics answer from it,
+    and an answer cached by an earlier test (same user id, same range) would be stale."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def admin_user(db):
     return UserFactory(username="boss", is_superuser=True, is_staff=True)
