@@ -29,18 +29,52 @@ def _places(user) -> QuerySet[CustomerStage]:
     return places
 
 
+def _index_stage_counts(part: dict, visible) -> dict[tuple[int, int], int]:
+    """(model id, stage id) → customers, from the segment index's `stages` part."""
+    import numpy as np
+
+    counts = {}
+    for name, column in part.items():
+        model_id = int(name.split(":", 1)[1])
+        placed = column[visible & (column > 0)]
+        for stage_id, n in zip(*np.unique(placed, return_counts=True), strict=True):
+            counts[(model_id, int(stage_id))] = int(n)
+    return counts
+
+
+def stage_counts(*, user, model: StageModel | None = None
+                 ) -> tuple[dict[tuple[int, int], int], datetime | None]:
+    """(model id, stage id) → how many of the customers the user counts are there, and as
+    of when: from the segment index when it is recent (a GROUP BY over every customer's
+    place is 0.35 s per model at a million customers), else counted now (as of None)."""
+    from crm import listing
+
+    for summarize in listing.index_summaries:
+        answer = summarize("stages", _index_stage_counts, user=user)
+        if answer is not None:
+            counts, as_of = answer
+            if model is not None:
+                counts = {key: n for key, n in counts.items() if key[0] == model.pk}
+            return counts, as_of
+    places = _places(user)
+    if model is not None:
+        places = places.filter(model=model)
+    return ({(m, s): n for m, s, n in places.values_list("model_id", "stage_id")
+             .annotate(n=Count("id")).values_list("model_id", "stage_id", "n")}, None)
+
+
 def stage_models_overview(*, user) -> list[StageModel]:
     """Every model with its stages in position order; each stage carries `count` and each
-    model `total` (one aggregate query for all of them)."""
+    model `total` and `as_of` (`stage_counts`: one answer for all of them)."""
     models = list(StageModel.objects.order_by("order", "key").prefetch_related(
         Prefetch("stages", queryset=Stage.objects.order_by("position"))))
-    counts = {(m, s): n for m, s, n in _places(user).values_list("model_id", "stage_id")
-              .annotate(n=Count("id")).values_list("model_id", "stage_id", "n")}
+    counts, as_of = stage_counts(user=user)
     for model in models:
         model.stage_list = list(model.stages.all())
         for stage in model.stage_list:
             stage.count = counts.get((model.pk, stage.pk), 0)
         model.total = sum(s.count for s in model.stage_list)
+        model.counts_as_of = as_of
     return models
 
 
@@ -82,8 +116,9 @@ def stage_board(*, user, model: StageModel, with_cards: bool) -> list[Column]:
     """The board's columns: each stage with its count (one aggregate query) and, when the
     user may see customers, its newest arrivals (one query per column: stages are few)."""
     stages = model_stages(model=model)
-    counts = dict(_places(user).filter(model=model).values_list("stage_id")
-                  .annotate(n=Count("id")).values_list("stage_id", "n"))
+    by_place, as_of = stage_counts(user=user, model=model)
+    counts = {stage_id: n for (_model, stage_id), n in by_place.items()}
+    model.counts_as_of = as_of
     now = timezone.now()
     columns = [Column(stage=s, count=counts.get(s.pk, 0)) for s in stages]
     if with_cards:

@@ -23,7 +23,8 @@ A preview then evaluates the tree as boolean arrays (`evaluate`): `all` / `any` 
 `&` / `|` / complement, each leaf a comparison of a column with the same meaning as its SQL
 compiler — the tests hold the two to the same customers, leaf by leaf (tests/core). Windows
 ("within 30 days", tag expiry) are measured from the moment of the request; the data is as of
-the build (`as_of` in the answer). A leaf the index cannot answer — stages, names, phones
+the build (`as_of` in the answer). Apps add parts of their own (`crm.extensions.segment_index_parts`): lifecycle's `stages`, each
+customer's stage per model. A leaf the index cannot answer — names, phones
 and external ids, `contains`, attributes compared as numbers or ordered, an event
 count above 5 within a window — sends the whole preview to SQL, as does an index older than
 `SEGMENT_INDEX_MAX_AGE_MINUTES`, SQLite, or a request for an exact (`exact`) answer.
@@ -57,6 +58,7 @@ from django.utils import timezone
 from core import access, conditions
 from core.db import copy_columns, heavy_statements
 from core.db import raw_rows as _rows
+from crm import extensions as crm_extensions
 from crm.conditions import ATTRIBUTE_KEY
 from crm.models import EVENT_COUNT_LATEST as LATEST
 from crm.models import Channel, Customer, Event, Group, Order
@@ -263,6 +265,8 @@ def build() -> SegmentIndex | None:
                    "orders": _orders_part, "groups": _groups_part,
                    **{f"events:{kind}": (lambda kind=kind: _events_part(kind))
                       for kind in Event.Type.values}}
+        for part in crm_extensions.segment_index_parts:       # e.g. lifecycle's stages
+            readers[part.name] = lambda part=part: part.read(size)
         packed = {"customers": _pack(customers)}
         del customers
         for name, read in readers.items():
@@ -488,11 +492,12 @@ class Evaluator:
         if "not" in node:
             return ~self.node(node["not"], f"{path}.not")
         leaf = conditions.to_leaf(node, path)
-        handler = _HANDLERS.get(leaf.field) or (
+        handler = _HANDLERS.get(leaf.field) or _contributed(leaf.field) or (
             _attribute if leaf.field.startswith("attributes.") else None)
-        if handler is None:
+        found = handler(self, leaf) if handler is not None else None
+        if found is None:           # a contributed handler may decline (None)
             raise Unsupported(leaf.field)
-        return handler(self, leaf)
+        return found
 
     def since(self, days: int) -> int:
         return micros(self.now - timedelta(days=days))
@@ -509,6 +514,14 @@ class Evaluator:
             return customer_ids, None
         rows = customer_ids < self.size
         return customer_ids[rows], rows
+
+
+def _contributed(field: str):
+    """A handler another app's index part brings for `field` (crm.extensions)."""
+    for part in crm_extensions.segment_index_parts:
+        if field in part.handlers:
+            return part.handlers[field]
+    return None
 
 
 def _datetime(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
@@ -744,6 +757,31 @@ def evaluate(tree: Any, snapshot: Snapshot, *, now: datetime | None = None) -> n
         evaluator = Evaluator(snapshot, now or timezone.now())
         return evaluator.node(tree) & snapshot.customers["exists"]
     except (Unsupported, Missing):
+        return None
+
+
+def _visible(snapshot: Snapshot, user) -> np.ndarray:
+    """The customers of the build `user` may count (analysts: every customer)."""
+    visible = snapshot.customers["exists"].copy()
+    role = access.user_role(user)
+    if role == access.OPERATOR:
+        visible &= snapshot.customers["owner"] == user.pk
+    elif role not in (access.ADMIN, access.ANALYST):
+        visible[:] = False
+    return visible
+
+
+def summarize(part: str, summary, *, user, now: datetime | None = None):
+    """`summary(arrays of the part, customers the user may see)` over the current build, and
+    the build's time; None when there is no recent build or the part is missing. How an app
+    that contributed a part counts with it (lifecycle: customers per stage) without a pass
+    over every customer in SQL."""
+    snapshot = current(now)
+    if snapshot is None:
+        return None
+    try:
+        return summary(snapshot.part(part), _visible(snapshot, user)), snapshot.built_at
+    except Missing:
         return None
 
 

@@ -458,7 +458,7 @@ def segment_index_build(dataset, django_db_blocker):
     return snapshot
 
 
-_SQL_ONLY_FIELDS = {"external_id", "name", "phone", "stage"}
+_SQL_ONLY_FIELDS = {"external_id", "name", "phone"}
 
 
 def _index_answers(tree) -> bool:

@@ -235,3 +235,45 @@ def test_the_preview_answer_keeps_the_existing_schema_names(admin_api):
     schemas = admin_api.get("/api/schema/", {"format": "json"}).json()["components"]["schemas"]
     assert "SourceEnum" in schemas
     assert "SegmentPreviewSourceEnum" in schemas
+
+
+STAGE_TREES = [
+    {"field": "stage", "model": "value", "op": "in", "value": ["dormant", "churn"]},
+    {"field": "stage", "model": "value", "op": "eq", "value": "mature"},
+    {"field": "stage", "model": "value", "op": "not_in", "value": ["dormant"]},
+    {"field": "stage", "model": "value", "op": "ne", "value": "mature"},
+    {"field": "stage", "model": "journey", "op": "in", "value": ["trust"]},
+    {"all": [SHANGHAI, {"not": {"field": "stage", "model": "value", "op": "in",
+                                "value": ["dormant"]}}]},
+    {"any": [{"field": "stage", "model": "aipl", "op": "eq", "value": "loyalty"},
+             {"field": "stage", "model": "value", "op": "eq", "value": "churn"}]},
+]
+
+
+@pytest.mark.parametrize("tree", STAGE_TREES)
+def test_stage_leaves_are_answered_from_the_index_as_sql_answers_them(crowd, tree):
+    """lifecycle's `stages` part (crm.extensions.segment_index_parts): each customer's stage
+    per model; customers not placed in a model count as "not in" its stages, as in SQL."""
+    import importlib
+
+    from django.apps import apps as django_apps
+
+    from core import conditions
+    from lifecycle.models import CustomerStage, Stage
+
+    importlib.import_module("lifecycle.migrations.0002_builtin_models").create(django_apps,
+                                                                              None)
+    mine, theirs = crowd
+    places = {0: ("value", "dormant"), 1: ("value", "mature"), 2: ("value", "churn"),
+              3: ("journey", "trust"), 5: ("aipl", "loyalty"), 6: ("value", "dormant")}
+    customers = [*mine, *theirs]
+    for index, (model, key) in places.items():
+        stage = Stage.objects.get(model__key=model, key=key)
+        CustomerStage.objects.create(customer=customers[index], model=stage.model, stage=stage,
+                                     entered_at=timezone.now(), source="rule")
+    index = segment_index.build()
+    found = segment_index.evaluate(conditions.validate(tree), segment_index.Snapshot(index))
+    assert found is not None                          # answered from the index
+    expected = set(Customer.objects.filter(conditions.compile_condition(tree))
+                   .values_list("pk", flat=True))
+    assert {int(pk) for pk in found.nonzero()[0]} == expected
