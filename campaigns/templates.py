@@ -32,7 +32,7 @@ from django.template.base import Lexer, TokenType, filter_re
 from django.utils import formats, timezone
 from django.utils.timezone import template_localtime
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import gettext_lazy
 from jinja2 import nodes
 from jinja2.filters import FILTERS as JINJA_FILTERS
 from jinja2.sandbox import SandboxedEnvironment
@@ -310,15 +310,15 @@ def render(template: jinja2.Template, context: dict[str, Any]) -> str:
 
 # The variables a template may use, as the editors list them (name, what it holds).
 VARIABLES = (
-    ("name", _lazy("The customer's name (“customer” when none is known)")),
-    ("customer.city", _lazy("The customer's city; any field of the customer resource, e.g. "
+    ("name", gettext_lazy("The customer's name (“customer” when none is known)")),
+    ("customer.city", gettext_lazy("The customer's city; any field of the customer resource, e.g. "
                             "customer.total_spent, customer.last_order_at")),
-    ("customer.attributes.level", _lazy("A key of the customer's attributes")),
-    ("owner.name", _lazy("The owner's name as people write it (王芳)")),
-    ("tags", _lazy("The customer's tag names (a list: {% if '高价值客户' in tags %}…{% endif %})")),
-    ("stages.value", _lazy("The customer's stage key in a model (value, journey, aipl…)")),
-    ("categories", _lazy("Categories the customer has bought (a list)")),
-    ("now", _lazy("The moment the message is written")),
+    ("customer.attributes.level", gettext_lazy("A key of the customer's attributes")),
+    ("owner.name", gettext_lazy("The owner's name as people write it (王芳)")),
+    ("tags", gettext_lazy("The customer's tag names (a list: {% if '高价值客户' in tags %}…{% endif %})")),
+    ("stages.value", gettext_lazy("The customer's stage key in a model (value, journey, aipl…)")),
+    ("categories", gettext_lazy("Categories the customer has bought (a list)")),
+    ("now", gettext_lazy("The moment the message is written")),
 )
 
 

@@ -35,7 +35,7 @@ from django.db.models.lookups import (
     LessThanOrEqual,
 )
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import gettext_lazy
 
 from core.conditions import (
     ConditionError,
@@ -530,7 +530,7 @@ def _group_compile(leaf: Leaf, ctx: Context) -> Q:
 def register() -> None:
     from crm.models import Customer, Event
 
-    profile, activity = _lazy("Profile"), _lazy("Activity and purchases")
+    profile, activity = gettext_lazy("Profile"), gettext_lazy("Activity and purchases")
     str_schema = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                             {"type": "boolean"}]}
     num_schema = {"oneOf": [{"type": "number"}, {"type": "string"},
@@ -538,39 +538,39 @@ def register() -> None:
     dt_schema = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer"},
                            {"type": "boolean"},
                            {"type": "array", "items": {"type": "string"}}]}
-    labels = {"external_id": _lazy("External id"), "name": _lazy("Name"),
-              "phone": _lazy("Phone"), "city": _lazy("City"),
-              "joined_at": _lazy("Joined"), "last_active_at": _lazy("Last active"),
-              "first_order_at": _lazy("First order"), "last_order_at": _lazy("Last order"),
-              "status_changed_at": _lazy("Status changed")}
+    labels = {"external_id": gettext_lazy("External id"), "name": gettext_lazy("Name"),
+              "phone": gettext_lazy("Phone"), "city": gettext_lazy("City"),
+              "joined_at": gettext_lazy("Joined"), "last_active_at": gettext_lazy("Last active"),
+              "first_order_at": gettext_lazy("First order"), "last_order_at": gettext_lazy("Last order"),
+              "status_changed_at": gettext_lazy("Status changed")}
     for name in ("external_id", "name", "phone", "city"):
         register_field(_scalar(name, name, "str", STRING_OPS,
                                _("The customer's %(field)s.") % {"field": name},
                                schema=str_schema, label=labels[name], section=profile))
     register_field(_scalar("channel", "channel__code", "str", STRING_OPS,
                            _("Acquisition channel code."), schema=str_schema, widget="choice",
-                           label=_lazy("Channel"), section=profile, choices=_channel_choices))
+                           label=gettext_lazy("Channel"), section=profile, choices=_channel_choices))
     register_field(_scalar("owner", "owner__username", "str", CHOICE_OPS,
                            _("Owning staff member's username."), schema=str_schema,
-                           widget="choice", label=_lazy("Owner"), section=profile,
+                           widget="choice", label=gettext_lazy("Owner"), section=profile,
                            choices=_owner_choices))
     register_field(_scalar("gender", "gender", "choice", CHOICE_OPS, _("Gender."),
                            tuple(Customer.Gender.values), schema=str_schema,
-                           label=_lazy("Gender"), section=profile,
+                           label=gettext_lazy("Gender"), section=profile,
                            choices=_text_choices(Customer.Gender)))
     register_field(_scalar("status", "status", "choice", CHOICE_OPS,
                            _("Relationship status."), tuple(Customer.Status.values),
-                           schema=str_schema, label=_lazy("Status"), section=profile,
+                           schema=str_schema, label=gettext_lazy("Status"), section=profile,
                            choices=_text_choices(Customer.Status)))
     register_field(_scalar("opted_out", "opted_out", "bool", BOOL_OPS, _("Opted out."),
-                           schema={"type": "boolean"}, label=_lazy("Opted out"),
+                           schema={"type": "boolean"}, label=gettext_lazy("Opted out"),
                            section=profile))
     register_field(_scalar("orders_count", "orders_count", "int", NUMBER_OPS,
                            _("Paid orders, lifetime."), schema=num_schema,
-                           label=_lazy("Orders (lifetime)"), section=activity))
+                           label=gettext_lazy("Orders (lifetime)"), section=activity))
     register_field(_scalar("total_spent", "total_spent", "decimal", NUMBER_OPS,
                            _("Paid spend net of refunds, lifetime (CNY)."), schema=num_schema,
-                           label=_lazy("Total spent (CNY)"), section=activity))
+                           label=gettext_lazy("Total spent (CNY)"), section=activity))
     for name in ("joined_at", "last_active_at", "first_order_at", "last_order_at",
                  "status_changed_at"):
         register_field(_scalar(name, name, "datetime", DATETIME_OPS,
@@ -580,10 +580,10 @@ def register() -> None:
     register_field(ConditionField(
         name="attributes.", prefix=True, ops=ATTRIBUTE_OPS, compile=_attribute_compile,
         validate=_attribute_validate, description=_("A key of the customer's attributes."),
-        value_schema={}, label=_lazy("Attribute"), section=profile, kind="text"))
+        value_schema={}, label=gettext_lazy("Attribute"), section=profile, kind="text"))
     days = {"type": "integer", "minimum": 0}
-    within = {"label": _lazy("within the last (days)"), "kind": "integer"}
-    since_joined = {"label": _lazy("since joining"), "kind": "bool"}
+    within = {"label": gettext_lazy("within the last (days)"), "kind": "integer"}
+    since_joined = {"label": gettext_lazy("since joining"), "kind": "bool"}
     register_field(ConditionField(
         name="event", ops=("count_gte", "count_lte"), compile=_event_compile,
         validate=_event_validate,
@@ -594,8 +594,8 @@ def register() -> None:
                          "oneOf": [{"type": "string", "enum": list(Event.Type.values)},
                                    {"type": "array", "items": {"type": "string"}}]},
                 "within_days": days, "since_joined": {"type": "boolean"}},
-        label=_lazy("Events"), section=activity, kind="integer",
-        param_info={"type": {"label": _lazy("of type"), "kind": "choice", "multiple": True,
+        label=gettext_lazy("Events"), section=activity, kind="integer",
+        param_info={"type": {"label": gettext_lazy("of type"), "kind": "choice", "multiple": True,
                              "choices": _text_choices(Event.Type)},
                     "within_days": within, "since_joined": since_joined}))
     register_field(ConditionField(
@@ -608,9 +608,9 @@ def register() -> None:
                 "category": {"nullable": True,
                              "oneOf": [{"type": "string"},
                                        {"type": "array", "items": {"type": "string"}}]}},
-        label=_lazy("Paid orders"), section=activity, kind="number",
+        label=gettext_lazy("Paid orders"), section=activity, kind="number",
         param_info={"within_days": within, "since_joined": since_joined,
-                    "category": {"label": _lazy("of category"), "kind": "text"}}))
+                    "category": {"label": gettext_lazy("of category"), "kind": "text"}}))
     register_field(ConditionField(
         name="group", ops=("in", "not_in", "count_gte"), compile=_group_compile,
         validate=_group_validate,
@@ -620,6 +620,6 @@ def register() -> None:
                       "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                                 {"type": "integer"}]},
         params={"ever": {"type": "boolean"}, "since_joined": {"type": "boolean"}},
-        label=_lazy("Groups"), section=activity, kind="choice", choices=_group_choices,
-        param_info={"ever": {"label": _lazy("ever (also groups left)"), "kind": "bool"},
+        label=gettext_lazy("Groups"), section=activity, kind="choice", choices=_group_choices,
+        param_info={"ever": {"label": gettext_lazy("ever (also groups left)"), "kind": "bool"},
                     "since_joined": since_joined}))

@@ -4,7 +4,7 @@
 // file also shows a refusal (a 400) inside the fragment that asked, and confirms a deletion.
 (function () {
   "use strict";
-  var t = window.gettext || function (s) { return s; };
+  var gettext = window.gettext || function (s) { return s; };
   var interpolate = window.interpolate || function (fmt, obj) {
     return fmt.replace(/%\((\w+)\)s/g, function (_m, k) { return obj[k]; });
   };
@@ -40,8 +40,8 @@
       note.className = "alert alert-error";
       note.setAttribute("role", "alert");
       note.textContent = e.detail.xhr.status === 404
-        ? t("This customer is not yours to move, or no longer exists.")
-        : t("The move failed; reload the page and try again.");
+        ? gettext("This customer is not yours to move, or no longer exists.")
+        : gettext("The move failed; reload the page and try again.");
       errors.appendChild(note);
     });
 
@@ -83,7 +83,7 @@
       form.querySelector("[data-move-customer]").value = card.dataset.customer;
       form.querySelector("[data-move-stage]").value = column.dataset.column;
       form.querySelector("[data-move-title]").textContent = interpolate(
-        t("Move %(customer)s to %(stage)s"),
+        gettext("Move %(customer)s to %(stage)s"),
         { customer: card.dataset.name, stage: column.dataset.stageName }, true);
       form.querySelector("[data-move-reason]").value = "";
       errors.innerHTML = "";

@@ -6,7 +6,7 @@
 // which pages use to refresh a live count. Without JavaScript the textarea is edited directly.
 (function () {
   "use strict";
-  var t = window.gettext || function (s) { return s; };
+  var gettext = window.gettext || function (s) { return s; };
   var requests = {};
 
   function fields(url) {
@@ -48,12 +48,12 @@
       return { type: "group", mode: "all", negate: !!negate, children: [] };
     }
     if (typeof json !== "object" || Array.isArray(json)) {
-      throw new Error(t("The condition must be an object."));
+      throw new Error(gettext("The condition must be an object."));
     }
     if ("not" in json && Object.keys(json).length === 1) { return parse(json.not, !negate); }
     var mode = "all" in json ? "all" : "any" in json ? "any" : null;
     if (mode && Object.keys(json).length === 1) {
-      if (!Array.isArray(json[mode])) { throw new Error(mode + ": " + t("must be a list")); }
+      if (!Array.isArray(json[mode])) { throw new Error(mode + ": " + gettext("must be a list")); }
       return { type: "group", mode: mode, negate: !!negate,
                children: json[mode].map(function (c) { return parse(c, false); }) };
     }
@@ -65,7 +65,7 @@
       return { type: "leaf", negate: !!negate, field: json.field, op: json.op,
                value: json.value, params: params };
     }
-    throw new Error(t("Expected all, any, not or a field."));
+    throw new Error(gettext("Expected all, any, not or a field."));
   }
 
   function serialize(node, top) {
@@ -97,11 +97,11 @@
     var self = this;
     description.fields.forEach(function (f) { self.byName[f.name] = f; });
     this.host = el("div", { className: "cb", role: "group",
-                            "aria-label": t("Condition builder") });
+                            "aria-label": gettext("Condition builder") });
     this.message = el("p", { className: "cb-message", role: "alert", hidden: true });
     this.jsonMode = false;
     this.toggle = el("button", { type: "button", className: "link-button cb-toggle",
-                                 text: t("Edit as JSON") });
+                                 text: gettext("Edit as JSON") });
     this.toggle.addEventListener("click", function () { self.switchMode(); });
     textarea.parentNode.insertBefore(el("div", { className: "cb-wrap" },
                                         [this.host, this.message, this.toggle]),
@@ -120,14 +120,14 @@
         this.tree = { type: "group", mode: "all", negate: false, children: [this.tree] };
       }
     } catch (err) {
-      this.showJson(t("The builder cannot show this condition: ") + err.message);
+      this.showJson(gettext("The builder cannot show this condition: ") + err.message);
       return false;
     }
     this.jsonMode = false;
     this.textarea.hidden = true;
     this.host.hidden = false;
     this.message.hidden = true;
-    this.toggle.textContent = t("Edit as JSON");
+    this.toggle.textContent = gettext("Edit as JSON");
     this.render();
     return true;
   };
@@ -136,7 +136,7 @@
     this.jsonMode = true;
     this.textarea.hidden = false;
     this.host.hidden = true;
-    this.toggle.textContent = t("Back to the builder");
+    this.toggle.textContent = gettext("Back to the builder");
     this.message.textContent = message || "";
     this.message.hidden = !message;
   };
@@ -168,14 +168,14 @@
   Builder.prototype.group = function (node, parent, key) {
     var self = this;
     var mode = el("select", { className: "cb-mode", "data-cb-key": key + ".mode",
-                              "aria-label": t("Match") });
+                              "aria-label": gettext("Match") });
     ["all", "any"].forEach(function (m) {
       mode.appendChild(el("option", { value: m, text: self.d.groups[m],
                                       selected: node.mode === m }));
     });
     mode.addEventListener("change", function () { node.mode = mode.value; self.update(); });
     var head = el("div", { className: "cb-head" }, [
-      this.negation(node, key), el("span", { className: "cb-match", text: t("Match") }), mode]);
+      this.negation(node, key), el("span", { className: "cb-match", text: gettext("Match") }), mode]);
     if (parent) { head.appendChild(this.removal(node, parent)); }
     var list = el("div", { className: "cb-children" });
     node.children.forEach(function (child, i) {
@@ -184,10 +184,10 @@
     });
     if (!node.children.length) {
       list.appendChild(el("p", { className: "cb-empty", text: parent
-        ? t("An empty group is left out.") : t("No condition yet: add one.") }));
+        ? gettext("An empty group is left out.") : gettext("No condition yet: add one.") }));
     }
     var addLeaf = el("button", { type: "button", className: "button button-small",
-                                 "data-cb-key": key + ".add", text: "+ " + t("Condition") });
+                                 "data-cb-key": key + ".add", text: "+ " + gettext("Condition") });
     addLeaf.addEventListener("click", function () {
       node.children.push({ type: "leaf", negate: false, field: "", op: "", value: undefined,
                            params: {} });
@@ -197,7 +197,7 @@
       if (selects.length) { selects[0].focus(); }
     });
     var addGroup = el("button", { type: "button", className: "button button-small button-quiet",
-                                  text: "+ " + t("Group") });
+                                  text: "+ " + gettext("Group") });
     addGroup.addEventListener("click", function () {
       node.children.push({ type: "group", mode: node.mode === "all" ? "any" : "all",
                            negate: false, children: [] });
@@ -212,14 +212,14 @@
     var box = el("input", { type: "checkbox", "data-cb-key": key + ".not",
                             checked: node.negate });
     box.addEventListener("change", function () { node.negate = box.checked; self.update(); });
-    return el("label", { className: "cb-not", title: t("Customers who do NOT match this") },
+    return el("label", { className: "cb-not", title: gettext("Customers who do NOT match this") },
               [box, el("span", { text: self.d.groups.not })]);
   };
 
   Builder.prototype.removal = function (node, parent) {
     var self = this;
     var button = el("button", { type: "button", className: "cb-remove",
-                                "aria-label": t("Remove"), title: t("Remove"), text: "×" });
+                                "aria-label": gettext("Remove"), title: gettext("Remove"), text: "×" });
     button.addEventListener("click", function () {
       parent.children.splice(parent.children.indexOf(node), 1);
       self.update();
@@ -244,11 +244,11 @@
     row.appendChild(this.negation(node, key));
 
     var picker = el("select", { className: "cb-field", "data-cb-key": key + ".field",
-                                "aria-label": t("Field") });
-    picker.appendChild(el("option", { value: "", text: t("Choose a field…") }));
+                                "aria-label": gettext("Field") });
+    picker.appendChild(el("option", { value: "", text: gettext("Choose a field…") }));
     var sections = {};
     this.d.fields.forEach(function (f) {
-      var name = f.section || t("Other");
+      var name = f.section || gettext("Other");
       if (!sections[name]) {
         sections[name] = el("optgroup", { label: name });
         picker.appendChild(sections[name]);
@@ -274,14 +274,14 @@
     if (!spec) {
       if (node.field) {
         row.appendChild(el("span", { className: "cb-unknown",
-                                     text: t("Unknown field: ") + node.field }));
+                                     text: gettext("Unknown field: ") + node.field }));
       }
       row.appendChild(this.removal(node, parent));
       return row;
     }
     if (spec.prefix) {
       var keyInput = el("input", { type: "text", className: "cb-key", "data-cb-key": key + ".k",
-                                   placeholder: t("key"), "aria-label": t("Attribute key"),
+                                   placeholder: gettext("key"), "aria-label": gettext("Attribute key"),
                                    value: node.field.slice(spec.name.length) });
       keyInput.addEventListener("change", function () {
         node.field = spec.name + keyInput.value.trim();
@@ -296,7 +296,7 @@
     leading.forEach(function (p) { row.appendChild(self.param(node, spec, p, key)); });
 
     var op = el("select", { className: "cb-op", "data-cb-key": key + ".op",
-                            "aria-label": t("Operator") });
+                            "aria-label": gettext("Operator") });
     spec.ops.forEach(function (o) {
       op.appendChild(el("option", { value: o, text: self.d.operators[o] || o,
                                     selected: node.op === o }));
@@ -351,11 +351,11 @@
 
   Builder.prototype.refChip = function (ref, clear) {
     var self = this;
-    var undo = el("button", { type: "button", className: "cb-remove", title: t("Replace"),
-                              "aria-label": t("Replace"), text: "×" });
+    var undo = el("button", { type: "button", className: "cb-remove", title: gettext("Replace"),
+                              "aria-label": gettext("Replace"), text: "×" });
     undo.addEventListener("click", function () { clear(); self.update(); });
-    return el("span", { className: "cb-ref", title: t("A threshold of the stage model") }, [
-      el("span", { text: t("threshold") + " " + ref.threshold }), undo]);
+    return el("span", { className: "cb-ref", title: gettext("A threshold of the stage model") }, [
+      el("span", { text: gettext("threshold") + " " + ref.threshold }), undo]);
   };
 
   Builder.prototype.valueInput = function (node, spec, key) {
@@ -367,9 +367,9 @@
     }
     if (op === "is_null") {
       var empty = el("select", { className: "cb-value", "data-cb-key": k,
-                                 "aria-label": t("Value") });
-      empty.appendChild(el("option", { value: "true", text: t("yes"), selected: node.value !== false }));
-      empty.appendChild(el("option", { value: "false", text: t("no"), selected: node.value === false }));
+                                 "aria-label": gettext("Value") });
+      empty.appendChild(el("option", { value: "true", text: gettext("yes"), selected: node.value !== false }));
+      empty.appendChild(el("option", { value: "false", text: gettext("no"), selected: node.value === false }));
       empty.addEventListener("change", function () {
         node.value = empty.value === "true";
         self.changed();
@@ -381,13 +381,13 @@
     if (op === "sum_gte") { kind = "number"; }
     var choices = (DAYS.indexOf(op) >= 0 || COUNTS.indexOf(op) >= 0 || op === "sum_gte" ||
                    op === "contains") ? null : this.choicesFor(node, spec.choices);
-    var suffix = DAYS.indexOf(op) >= 0 ? t("days") : "";
+    var suffix = DAYS.indexOf(op) >= 0 ? gettext("days") : "";
     if (MULTI.indexOf(op) >= 0) {
       var values = Array.isArray(node.value) ? node.value
         : node.value === undefined || node.value === null ? [] : [node.value];
       if (choices) {
         var multi = el("select", { multiple: true, className: "cb-value cb-multi",
-                                   "data-cb-key": k, "aria-label": t("Values") });
+                                   "data-cb-key": k, "aria-label": gettext("Values") });
         var picked = values.map(function (v) { return matchChoice(choices, v); });
         // Values that no choice has (a deleted tag, a group beyond the first thousand)
         // stay, shown by their key.
@@ -419,7 +419,7 @@
           setTimeout(function () {
             if (!multi.isConnected || multi.tomselect) { return; }
             new window.TomSelect(multi, { plugins: ["remove_button"], maxOptions: 1000,
-                                          placeholder: t("Choose…"),
+                                          placeholder: gettext("Choose…"),
                                           onChange: read });
           }, 0);
           return wrap;
@@ -427,8 +427,8 @@
         return multi;
       }
       var list = el("input", { type: "text", className: "cb-value", "data-cb-key": k,
-                               placeholder: t("values, separated by commas"),
-                               "aria-label": t("Values"), value: values.join(", ") });
+                               placeholder: gettext("values, separated by commas"),
+                               "aria-label": gettext("Values"), value: values.join(", ") });
       list.addEventListener("change", function () {
         node.value = list.value.split(/[,，]/).map(function (s) { return s.trim(); })
           .filter(Boolean).map(function (s) { return scalar(kind, s); });
@@ -447,7 +447,7 @@
         return input;
       });
       return el("span", { className: "cb-between" }, [
-        inputs[0], el("span", { text: t("and") }), inputs[1]]);
+        inputs[0], el("span", { text: gettext("and") }), inputs[1]]);
     }
     var single = this.single(kind, choices, node.value, k, function (v) {
       node.value = v;
@@ -461,9 +461,9 @@
     var input;
     if (choices || kind === "bool") {
       input = el("select", { className: "cb-value", "data-cb-key": key,
-                             "aria-label": t("Value") });
-      input.appendChild(el("option", { value: "", text: t("Choose…") }));
-      var options = choices || [{ value: true, label: t("yes") }, { value: false, label: t("no") }];
+                             "aria-label": gettext("Value") });
+      input.appendChild(el("option", { value: "", text: gettext("Choose…") }));
+      var options = choices || [{ value: true, label: gettext("yes") }, { value: false, label: gettext("no") }];
       var current = choices ? matchChoice(options, value) : null;
       if (choices && value !== undefined && value !== null && !current) {
         input.appendChild(el("option", { value: String(value), text: String(value), selected: true }));
@@ -485,7 +485,7 @@
     var shown = value === undefined || value === null ? "" : String(value);
     if (type === "datetime-local" && shown) { shown = shown.slice(0, 16); }
     input = el("input", { type: type, className: "cb-value", "data-cb-key": key,
-                          "aria-label": t("Value"), value: shown,
+                          "aria-label": gettext("Value"), value: shown,
                           min: type === "number" ? "0" : null,
                           step: kind === "number" ? "any" : null });
     input.addEventListener("change", function () { set(scalar(kind, input.value)); });
@@ -531,7 +531,7 @@
       if (window.TomSelect) {
         setTimeout(function () {
           if (!multi.isConnected || multi.tomselect) { return; }
-          new window.TomSelect(multi, { plugins: ["remove_button"], placeholder: t("any"),
+          new window.TomSelect(multi, { plugins: ["remove_button"], placeholder: gettext("any"),
                                         onChange: read });
         }, 0);
       }
@@ -560,7 +560,7 @@
         ta.builder = new Builder(ta, description);
       }).catch(function (err) {
         var note = el("p", { className: "cb-message", role: "alert",
-                             text: t("The builder could not load its fields; edit the JSON.") +
+                             text: gettext("The builder could not load its fields; edit the JSON.") +
                                    " (" + err.message + ")" });
         ta.parentNode.insertBefore(note, ta.nextSibling);
       });

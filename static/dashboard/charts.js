@@ -36,6 +36,7 @@
         tooltip: { trigger: "item", formatter: "{b}: {c}" },
         series: [{
           type: "funnel", sort: "none", gap: 2, left: "10%", width: "80%", minSize: "8%",
+          top: 8, bottom: 8,
           label: { position: "inside", formatter: "{b} {c}" },
           data: d.stages.map(function (s) {
             return { name: s.name, value: s.value, itemStyle: s.color ? { color: s.color } : {} };
