@@ -150,13 +150,16 @@ TODOS_SHOWN = 8
 def workbench_alerts(*, user) -> list[dict]:
     """What needs attention now, for the workbench: SOP steps and campaigns that paused
     themselves, churn warnings waiting for the user (every operator's for admins), sends that
-    failed in the last week (within what the user may see) and bulk jobs still running. Each:
-    `kind`, `count`, a few `names`, and whether the user may open the page behind it."""
+    failed in the last week (within what the user may see) and the user's bulk jobs still
+    running — tags, stage moves, exports, imports (every one for admins). Each: `kind`,
+    `count`, a few `names` or `jobs` with their progress."""
     from datetime import timedelta
 
     from django.utils import timezone
 
     from campaigns.models import OperatorTask, SopStep
+    from crm.models import CustomerExport, CustomerImport
+    from lifecycle.models import BulkStageJob
     from tagging.models import BulkTagJob
 
     role = access.user_role(user)
@@ -189,16 +192,21 @@ def workbench_alerts(*, user) -> list[dict]:
     if failed_count:
         alerts.append({"kind": "failed_sends", "count": failed_count, "names": [],
                        "days": FAILED_SENDS_DAYS})
-    jobs = BulkTagJob.objects.filter(status__in=[BulkTagJob.Status.QUEUED,
-                                                 BulkTagJob.Status.RUNNING])
-    if role != access.ADMIN:
-        jobs = jobs.filter(actor=user)
-    running = list(jobs.order_by("created_at")[:10])
+    running = []
+    # (model, kind of job page, the field of rows done, the field of rows in all)
+    for model, kind, done, total in ((BulkTagJob, "tags", "processed", "total"),
+                                     (BulkStageJob, "stage", "processed", "total"),
+                                     (CustomerExport, "export", "processed", "total"),
+                                     (CustomerImport, "import", "next_row", "total_rows")):
+        jobs = model.objects.filter(status__in=["queued", "running"])
+        if role != access.ADMIN:
+            jobs = jobs.filter(actor=user)
+        for pk, n, of in jobs.order_by("created_at").values_list("pk", done, total)[:10]:
+            running.append({"kind": kind, "pk": pk, "done": n, "total": of,
+                            "percent": round(100 * n / of) if of else 0})
     if running:
         alerts.append({"kind": "bulk_jobs", "count": len(running), "names": [],
-                       "jobs": [{"done": j.processed, "total": j.total,
-                                 "percent": round(100 * j.processed / j.total) if j.total else 0}
-                                for j in running]})
+                       "jobs": running[:10]})
     return alerts
 
 
