@@ -35,7 +35,7 @@ def test_a_promotional_step_at_intro_meets_the_stage_guard(page, live_server, ad
     page.fill("input[name=step-0-delay]", "1")
     page.select_option("select[name=step-0-category]", "promotional")
     page.fill("textarea[name=step-0-template]", "{{ name }}，新人券今天到期")
-    page.click("[data-preview-step='1']")
+    # The preview follows the typing (no click needed).
     expect(page.locator("[data-preview-content]")).to_contain_text("，新人券今天到期")
     page.click("text=Save SOP")
 
