@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from django.views.decorators.cache import cache_page
+from django.views.decorators.cache import cache_control
 from django.views.i18n import JavaScriptCatalog
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
@@ -52,8 +52,11 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/", include("config.urls_settings")),
     path("i18n/", include("django.conf.urls.i18n")),
-    # The dashboard scripts' words (gettext in JavaScript), per language; cached a day.
-    path("jsi18n/", cache_page(86400)(JavaScriptCatalog.as_view()), name="javascript-catalog"),
+    # The dashboard scripts' words (gettext in JavaScript), per language (`?l=` in the URL,
+    # so a browser keeps one copy per language for an hour; not kept on the server, so a
+    # deploy's new words are served at once).
+    path("jsi18n/", cache_control(max_age=3600)(JavaScriptCatalog.as_view()),
+         name="javascript-catalog"),
     path("", include("tagging.urls_segments")),
     path("", include("campaigns.urls")),
     path("", include("tagging.urls")),
