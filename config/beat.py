@@ -25,6 +25,11 @@ BEAT_SCHEDULE = {
         "schedule": crontab(minute=41),
         "options": {"expires": 3000},
     },
+    "wecom-resume-callbacks": {
+        "task": "wecom.tasks.resume_callbacks",
+        "schedule": 120.0,
+        "options": {"expires": 110},
+    },
     "crm-resume-imports": {
         "task": "crm.tasks.resume_customer_imports",
         "schedule": 300.0,
@@ -136,6 +141,10 @@ JOB_TEXTS = {
     "crm-prune-touches": (
         _("Prune the change queue"),
         _("Drops queued customer changes that no installed consumer will read.")),
+    "wecom-resume-callbacks": (
+        _("Resume WeCom callbacks"),
+        _("Processes the WeCom callbacks whose task was lost (idempotent: each is applied "
+          "once).")),
     "crm-resume-imports": (
         _("Resume customer imports"),
         _("Restarts CSV imports that stopped making progress.")),

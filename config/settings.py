@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "lifecycle",
     "campaigns",
     "metrics",
+    "wecom",
 ]
 
 MIDDLEWARE = [
@@ -250,7 +251,7 @@ WECOM_CORP_ID = os.environ.get("WECOM_CORP_ID", "")
 WECOM_SECRET = os.environ.get("WECOM_SECRET", "")
 WECOM_TOKEN = os.environ.get("WECOM_TOKEN", "")
 WECOM_ENCODING_AES_KEY = os.environ.get("WECOM_ENCODING_AES_KEY", "")
-WECOM_API_BASE = os.environ.get("WECOM_API_BASE", "")
+WECOM_API_BASE = os.environ.get("WECOM_API_BASE", "https://qyapi.weixin.qq.com/cgi-bin/")
 # Outreach: the backend of each channel (dotted paths); every channel logs to the console unless
 # OUTREACH_CHANNEL_BACKENDS says otherwise, e.g. "sms=sms,email=email,wecom=webhook".
 _BACKEND_PATHS = {
