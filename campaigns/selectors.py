@@ -223,3 +223,18 @@ def due_todos(*, user, limit: int = TODOS_SHOWN) -> dict:
                                       due_at__lt=start + timedelta(days=1))
     return {"tasks": list(due.select_related("customer").order_by("due_at")[:limit]),
             "count": due.count(), "now": timezone.now()}
+
+
+def steps_with_block_rates(steps) -> list[dict]:
+    """Each SOP step with its sends, blocks and block rate (None before a first send), as the
+    harassment check counts them (`services.block_stats`, one query)."""
+    from campaigns.services import block_stats
+
+    stats = block_stats(step_ids=[s.pk for s in steps], campaign_ids=[])
+    rows = []
+    for step in steps:
+        figures = stats.get(("step", step.pk), {"sends": 0, "blocks": 0})
+        rows.append({"step": step, **figures,
+                     "block_rate": figures["blocks"] / figures["sends"]
+                     if figures["sends"] else None})
+    return rows

@@ -99,20 +99,11 @@ def _outbox_form(data) -> OutboxFilterForm:
         campaign=int(raw_campaign) if raw_campaign.isdigit() else None))
 
 
-def _require_outbox_access(user) -> None:
-    if access.user_role(user) is None:
-        raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
-                                 "ask an admin for one."))
-    if not access.can_see_customers(user):
-        raise PermissionDenied(_("Analysts see aggregate figures only, not individual "
-                                 "customers."))
-
-
 @login_required
 def outbox(request):
     """Every message of the user's customers by status, channel, skip reason, SOP or
     campaign; admins retry failed ones from here."""
-    _require_outbox_access(request.user)
+    access.require_customer_access(request.user)
     form = _outbox_form(request.GET)
     values = form.values()
     counts = selectors.outbox_status_counts(
@@ -180,18 +171,6 @@ CAMPAIGNS_PAGE_SIZE = 30
 FINAL_STATES = (Campaign.Status.DONE, Campaign.Status.CANCELLED)
 
 
-def _require_role(user) -> None:
-    if access.user_role(user) is None:
-        raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
-                                 "ask an admin for one."))
-
-
-def _require_admin(user, message: str) -> None:
-    _require_role(user)
-    if not access.is_admin(user):
-        raise PermissionDenied(message)
-
-
 def _progress_context(campaign: Campaign) -> dict:
     counts = selectors.campaign_progress(campaign=campaign)
     total = counts["total"]
@@ -205,7 +184,7 @@ def _progress_context(campaign: Campaign) -> dict:
 @login_required
 def campaign_list(request):
     """Every campaign with its status and progress; admins compose new ones."""
-    _require_role(request.user)
+    access.require_role(request.user)
     page_obj = Paginator(selectors.campaign_list(), CAMPAIGNS_PAGE_SIZE).get_page(
         request.GET.get("page"))
     rows = [_progress_context(c) for c in page_obj.object_list]
@@ -284,7 +263,7 @@ def campaign_edit(request, pk: int | None = None):
     """The composer (admins): audience (a saved segment or the builder) with its count,
     channel, category, template with a live preview, when to send and the holdout. "Save"
     keeps a draft; "Save and start" also schedules it (now, or at its time)."""
-    _require_admin(request.user, _("Only admins compose campaigns."))
+    access.require_admin(request.user, _("Only admins compose campaigns."))
     campaign = get_object_or_404(Campaign, pk=pk) if pk is not None else None
     if campaign is not None and campaign.status not in (Campaign.Status.DRAFT,
                                                         Campaign.Status.SCHEDULED):
@@ -325,7 +304,7 @@ def campaign_edit(request, pk: int | None = None):
 def campaign_audience(request):
     """The composer's audience count and sample (an htmx fragment): the saved segment's or
     the builder's condition, counted the way segment previews are."""
-    _require_role(request.user)
+    access.require_role(request.user)
     context = {"error": ""}
     try:
         if request.POST.get("audience") == "segment":
@@ -382,7 +361,7 @@ def template_preview(request):
 @login_required
 def campaign_detail(request, pk: int):
     """A campaign: what it sends to whom, its progress while sending, and its results."""
-    _require_role(request.user)
+    access.require_role(request.user)
     campaign = get_object_or_404(Campaign.objects.select_related("segment", "created_by",
                                                                  "overridden_by"), pk=pk)
     panels = [mark_safe(panel(request, campaign)) for panel in campaign_panels]
@@ -396,7 +375,7 @@ def campaign_detail(request, pk: int):
 def campaign_progress(request, pk: int):
     """The progress bar (polled by htmx every two seconds while the campaign sends; the
     answer for a finished campaign stops the polling)."""
-    _require_role(request.user)
+    access.require_role(request.user)
     campaign = get_object_or_404(Campaign, pk=pk)
     response = render(request, "campaigns/_campaign_progress.html", _progress_context(campaign))
     if request.htmx and campaign.status in FINAL_STATES:
@@ -411,7 +390,7 @@ def campaign_progress(request, pk: int):
 def campaign_action(request, pk: int, action: str):
     """Start (now or at its time), cancel, resume or delete a campaign (admins), through the
     services the API's actions call."""
-    _require_admin(request.user, _("Only admins start, cancel or resume campaigns."))
+    access.require_admin(request.user, _("Only admins start, cancel or resume campaigns."))
     campaign = get_object_or_404(Campaign, pk=pk)
     try:
         if action == "start":

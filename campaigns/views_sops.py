@@ -8,14 +8,13 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Prefetch
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from campaigns import services, templates
+from campaigns import selectors, services, templates
 from campaigns.models import Category, Channel, Sop, SopStep
 from core import access
 from core.exceptions import ApplicationError
@@ -29,39 +28,20 @@ STEP_FIELDS = ("order", "timing", "delay", "unit", "day", "at_time", "channel", 
                "template", "condition", "paused", "remove")
 
 
-def _require_role(user) -> None:
-    if access.user_role(user) is None:
-        raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
-                                 "ask an admin for one."))
-
-
 def _require_admin(user) -> None:
-    _require_role(user)
-    if not access.is_admin(user):
-        raise PermissionDenied(_("Only admins change SOPs."))
-
-
-def _with_stats(steps: list[SopStep]) -> list[dict[str, Any]]:
-    stats = services.block_stats(step_ids=[s.pk for s in steps], campaign_ids=[])
-    rows = []
-    for step in steps:
-        figures = stats.get(("step", step.pk), {"sends": 0, "blocks": 0})
-        rows.append({"step": step, **figures,
-                     "block_rate": figures["blocks"] / figures["sends"]
-                     if figures["sends"] else None})
-    return rows
+    access.require_admin(user, _("Only admins change SOPs."))
 
 
 @login_required
 def sop_list(request):
     """Every SOP under its model and stage, each step with its timing, sends, blocks, block
     rate and paused state."""
-    _require_role(request.user)
+    access.require_role(request.user)
     sops = list(Sop.objects.select_related("model", "stage", "overridden_by")
                 .prefetch_related(Prefetch("steps", queryset=SopStep.objects.order_by("order")))
                 .annotate(enrolled=Count("enrollments"))
                 .order_by("model__order", "model__key", "stage__position", "name", "pk"))
-    rows = _with_stats([step for sop in sops for step in sop.steps.all()])
+    rows = selectors.steps_with_block_rates([step for sop in sops for step in sop.steps.all()])
     by_step = {row["step"].pk: row for row in rows}
     models: dict[int, dict[str, Any]] = {}
     for sop in sops:
@@ -166,7 +146,7 @@ def sop_edit(request, pk: int | None = None):
     HH:MM", channel, category, template with a live preview, extra condition). Everyone with
     a role reads it; admins change it. A stage-guard refusal is shown with its reason and an
     admin may override it, on the record."""
-    _require_role(request.user)
+    access.require_role(request.user)
     sop = (get_object_or_404(Sop.objects.select_related("model", "stage", "overridden_by"),
                              pk=pk) if pk is not None else None)
     can_edit = access.is_admin(request.user)
@@ -202,7 +182,7 @@ def sop_edit(request, pk: int | None = None):
         existing = list(sop.steps.order_by("order")) if sop else []
         steps = [_step_form(step, index) for index, step in enumerate(existing)] or (
             [_step_form(None, 0) | {"order": "1"}] if can_edit else [])
-    stats = {row["step"].pk: row for row in _with_stats(
+    stats = {row["step"].pk: row for row in selectors.steps_with_block_rates(
         list(sop.steps.all()) if sop else [])}
     for step in steps:
         step["stats"] = stats.get(int(step["pk"])) if step.get("pk") else None

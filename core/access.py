@@ -6,6 +6,7 @@ analysts read aggregates only. Every endpoint scopes through `scope_customers` (
 helpers built on it), so someone else's customer is simply not in the queryset: a 404.
 """
 
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.utils.translation import gettext_lazy as _
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -29,6 +30,32 @@ def user_role(user) -> str | None:
     role = next((r for r in ROLES if r in names), None)
     user._crm_role = role
     return role
+
+
+NO_ROLE = _("Your account has no role (admin, operator or analyst); ask an admin for one.")
+FIGURES_ONLY = _("Analysts see aggregate figures only, not individual customers.")
+
+
+def require_role(user) -> str:
+    """The dashboard pages' gate: the user's role, or a 403 page saying they have none."""
+    role = user_role(user)
+    if role is None:
+        raise PermissionDenied(NO_ROLE)
+    return role
+
+
+def require_customer_access(user, message=None) -> None:
+    """Pages of individual customers: admins and operators; analysts get a 403 page."""
+    require_role(user)
+    if not can_see_customers(user):
+        raise PermissionDenied(message or FIGURES_ONLY)
+
+
+def require_admin(user, message) -> None:
+    """Pages that change shared configuration: admins only, `message` saying what."""
+    require_role(user)
+    if not is_admin(user):
+        raise PermissionDenied(message)
 
 
 def is_admin(user) -> bool:
@@ -56,7 +83,7 @@ def scope_customers(queryset: QuerySet, user, *, owner_field: str = "owner") -> 
 class HasRole(BasePermission):
     """Any of the three roles; the default for every endpoint."""
 
-    message = _("Your account has no role (admin, operator or analyst); ask an admin for one.")
+    message = NO_ROLE
 
     def has_permission(self, request, view) -> bool:
         return user_role(request.user) is not None
@@ -65,7 +92,7 @@ class HasRole(BasePermission):
 class CustomerDataPermission(BasePermission):
     """Admins and operators work with customer records; analysts see aggregates only."""
 
-    message = _("Analysts see aggregate figures only, not individual customers.")
+    message = FIGURES_ONLY
 
     def has_permission(self, request, view) -> bool:
         return can_see_customers(request.user)

@@ -6,7 +6,6 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -166,22 +165,6 @@ def customer_list_filters(request, *, user) -> dict[str, Any]:
             "narrowed": any(extension_filters.values())}
 
 
-def _page(request, **context: Any) -> dict[str, Any]:
-    """What the layout needs on every page: the user's role decides the navigation."""
-    role = access.user_role(request.user)
-    return {"role": role, "is_admin": role == access.ADMIN,
-            "can_see_customers": access.can_see_customers(request.user), **context}
-
-
-def _require_customer_access(user) -> None:
-    if access.user_role(user) is None:
-        raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
-                                 "ask an admin for one."))
-    if not access.can_see_customers(user):
-        raise PermissionDenied(_("Analysts see aggregate figures only, not individual "
-                                 "customers."))
-
-
 def _positive_int(value: str | None) -> int:
     try:
         return max(1, int(value or 1))
@@ -194,7 +177,7 @@ def customer_list(request):
     """The customer list: the filter bar (pickers, an advanced condition) as one condition,
     its total without a full COUNT(*) (crm.selectors.customer_count), and the bulk bar."""
     user = request.user
-    _require_customer_access(user)
+    access.require_customer_access(user)
     parsed = customer_list_filters(request, user=user)
     values, filters = parsed["values"], parsed["filters"]
     sort = values["sort"] or selectors.CUSTOMER_DEFAULT_SORT
@@ -231,8 +214,8 @@ def customer_list(request):
     choices = parsed["choices"]
     picked_stages = set(filters.stages)
     picked_tags = set(filters.tags)
-    return render(request, "dashboard/customer_list.html", _page(
-        request, form=parsed["form"], rows=rows, page_obj=page_obj, error=error, sort=sort,
+    return render(request, "dashboard/customer_list.html", dict(
+        form=parsed["form"], rows=rows, page_obj=page_obj, error=error, sort=sort,
         sort_links=sort_links, extension_fields=extension_fields, filtered=filtered,
         total=total, condition=parsed["condition"],
         condition_json=json.dumps(parsed["condition"], ensure_ascii=False)
@@ -256,7 +239,7 @@ def bulk_action_names() -> list[str]:
 @login_required
 def customer_detail(request, pk: int):
     user = request.user
-    _require_customer_access(user)
+    access.require_customer_access(user)
     customer = selectors.customer_get(user=user, pk=pk)
     requested = _positive_int(request.GET.get("page"))
     history = selectors.customer_timeline(customer_id=customer.pk, page=requested,
@@ -275,8 +258,8 @@ def customer_detail(request, pk: int):
     notes = list(selectors.customer_notes(customer=customer)[:NOTES_SHOWN])
     orders = selectors.customer_orders(customer=customer)
     panels = [mark_safe(panel(request, customer)) for panel in extensions.customer_panels]
-    return render(request, "dashboard/customer_detail.html", _page(
-        request, customer=customer, extension=extensions.extension_values(customer),
+    return render(request, "dashboard/customer_detail.html", dict(
+        customer=customer, extension=extensions.extension_values(customer),
         panels=panels, notes=notes, orders=orders,
         groups=selectors.customer_current_groups(customer=customer), entries=entries,
         timeline_count=history["count"], page_obj=page_obj, average_order=average_order,
@@ -289,7 +272,7 @@ def customer_notes(request, pk: int):
     """The notes panel of a customer; POST adds a note (crm.services.note_add). An htmx request
     gets the panel back, a plain one goes back to the customer's page."""
     user = request.user
-    _require_customer_access(user)
+    access.require_customer_access(user)
     customer = selectors.customer_get(user=user, pk=pk)
     context = {"customer": customer, "text": "", "error": ""}
     if request.method == "POST":

@@ -22,7 +22,6 @@ from core import access, conditions
 from core.exceptions import ApplicationError
 from crm import listing, selectors, services
 from crm.models import CustomerExport
-from crm.views import _page, _require_customer_access
 
 MAX_SELECTED = 1000
 JOB_KINDS = ("tags", "stage", "export")
@@ -93,7 +92,7 @@ def customer_bulk(request):
     """POST `action` (tags / stage / campaign / export) with `scope` = `selected` (the `ids`)
     or `all` (the filter's `condition`), and the action's own fields."""
     user = request.user
-    _require_customer_access(user)
+    access.require_customer_access(user)
     action = request.POST.get("action", "")
     back = _back(request)
     try:
@@ -153,20 +152,20 @@ def _job(user, kind: str, pk: int) -> dict[str, Any]:
 def customer_job(request, kind: str, pk: int):
     """A bulk job's page: its progress bar (polled while it runs) and, for an export, the
     download once it is written."""
-    _require_customer_access(request.user)
+    access.require_customer_access(request.user)
     context = _job(request.user, kind, pk)
     if request.htmx:
         return render(request, "dashboard/_customer_job_progress.html", context)
     titles = {"tags": _("Bulk tagging"), "stage": _("Bulk stage move"),
               "export": _("Customer export")}
     return render(request, "dashboard/customer_job.html",
-                  _page(request, title=titles[kind], **context))
+                  {"title": titles[kind], **context})
 
 
 @login_required
 def customer_job_progress(request, kind: str, pk: int):
     """The progress fragment the job page polls."""
-    _require_customer_access(request.user)
+    access.require_customer_access(request.user)
     return render(request, "dashboard/_customer_job_progress.html",
                   _job(request.user, kind, pk))
 
@@ -174,7 +173,7 @@ def customer_job_progress(request, kind: str, pk: int):
 @login_required
 def customer_export_download(request, pk: int):
     """The file of a finished export (its author's, or any for admins)."""
-    _require_customer_access(request.user)
+    access.require_customer_access(request.user)
     context = _job(request.user, "export", pk)
     export = context["export"]
     path = services.customer_export_path(export)

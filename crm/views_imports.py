@@ -14,7 +14,6 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -72,12 +71,8 @@ def _importers_only(view):
     @login_required
     @wraps(view)
     def checked(request, *args, **kwargs):
-        if access.user_role(request.user) is None:
-            raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
-                                     "ask an admin for one."))
-        if not access.can_see_customers(request.user):
-            raise PermissionDenied(_("Analysts see aggregate figures only; imports are for "
-                                     "admins and operators."))
+        access.require_customer_access(request.user, _(
+            "Analysts see aggregate figures only; imports are for admins and operators."))
         return view(request, *args, **kwargs)
     return checked
 

@@ -69,25 +69,8 @@ def customer_stage_edit(request, pk: int):
 
 # --- The lifecycle pages: models, boards, the model editor and the transition log ------------
 
-def _require_role(user) -> str:
-    role = access.user_role(user)
-    if role is None:
-        raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
-                                 "ask an admin for one."))
-    return role
-
-
-def _require_customers(user) -> None:
-    _require_role(user)
-    if not access.can_see_customers(user):
-        raise PermissionDenied(_("Analysts see aggregate figures only, not individual "
-                                 "customers."))
-
-
 def _require_admin(user) -> None:
-    _require_role(user)
-    if not access.is_admin(user):
-        raise PermissionDenied(_("Only admins change stage models."))
+    access.require_admin(user, _("Only admins change stage models."))
 
 
 def _error_text(exc: ApplicationError | ValidationError) -> str:
@@ -110,7 +93,7 @@ def _page_number(value: str | None) -> int:
 
 @login_required
 def model_list(request):
-    _require_role(request.user)
+    access.require_role(request.user)
     return render(request, "lifecycle/models.html",
                   {"models": selectors.stage_models_overview(user=request.user)})
 
@@ -119,7 +102,7 @@ def model_list(request):
 def board(request, key: str):
     """A model's board: a column per stage with its count and newest arrivals. Analysts see
     the counts only."""
-    _require_role(request.user)
+    access.require_role(request.user)
     model = selectors.stage_model_get(key=key)
     can_move = access.can_see_customers(request.user)
     columns = selectors.stage_board(user=request.user, model=model, with_cards=can_move)
@@ -132,7 +115,7 @@ def board(request, key: str):
 def board_column(request, key: str, stage_key: str):
     """More cards of one column: the cards of `?page=N` with the next "more" button (htmx),
     or the column as a page of its own."""
-    _require_customers(request.user)
+    access.require_customer_access(request.user)
     model = selectors.stage_model_get(key=key)
     stage = get_object_or_404(Stage, model=model, key=stage_key)
     page = selectors.stage_column_page(user=request.user, model=model, stage=stage,
@@ -149,7 +132,7 @@ def board_move(request, key: str):
     """Move a card (a customer) to another stage with a reason: `customer_stage_move`, with
     its locks, monotonic rule and roles. htmx: a 400 with the refusal for the dialog, or a
     refresh of the board; otherwise back to the board with a message."""
-    _require_customers(request.user)
+    access.require_customer_access(request.user)
     model = selectors.stage_model_get(key=key)
     board_url = reverse("lifecycle-dashboard:board", args=[model.key])
     try:
@@ -439,7 +422,7 @@ class TransitionFilterForm(forms.Form):
 @login_required
 def transition_log(request, key: str | None = None):
     """Stage transitions newest first, filtered; operators see their customers' only."""
-    _require_customers(request.user)
+    access.require_customer_access(request.user)
     form = TransitionFilterForm(request.GET)
     values = form.values()
     models = list(StageModel.objects.order_by("order", "key"))

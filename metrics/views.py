@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -326,10 +325,7 @@ def _charts(context: dict[str, Any]) -> dict[str, Any]:
 @login_required
 def dashboard(request):
     user = request.user
-    role = access.user_role(user)
-    if role is None:
-        raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
-                                 "ask an admin for one."))
+    role = access.require_role(user)
     query = request.GET
     models = list(StageModel.objects.order_by("order", "key").values_list("key", "name"))
     keys = [key for key, _name in models]

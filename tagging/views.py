@@ -69,16 +69,8 @@ def customer_tags_edit(request, pk: int):
 
 # --- Permissions (tagging/api.py: AdminWritePermission — every role reads, admins write) -------
 
-def _require_role(user) -> None:
-    if access.user_role(user) is None:
-        raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
-                                 "ask an admin for one."))
-
-
 def _require_admin(user) -> None:
-    _require_role(user)
-    if not access.is_admin(user):
-        raise PermissionDenied(_("Only admins may change tags and tag rules."))
+    access.require_admin(user, _("Only admins may change tags and tag rules."))
 
 
 # --- Forms: they parse; the services decide ---------------------------------------------------
@@ -178,7 +170,7 @@ def _tags_page(request, *, group_form: TagGroupForm | None = None,
 @login_required
 def tags(request):
     """Tag groups as sections, each tag with its colour, its holders and its rules."""
-    _require_role(request.user)
+    access.require_role(request.user)
     return _tags_page(request)
 
 
@@ -334,7 +326,7 @@ def _next_due(rule: TagRule):
 @login_required
 def rules(request):
     """Every rule: its tag, mode, schedule and last run, and "Run now" for admins."""
-    _require_role(request.user)
+    access.require_role(request.user)
     tag = request.GET.get("tag", "")
     only_tag = Tag.objects.filter(pk=int(tag)).first() if tag.isdigit() else None
     rows = selectors.tag_rule_list(tag_id=only_tag.pk if only_tag else None)
@@ -386,7 +378,7 @@ def rule_create(request):
 @require_http_methods(["GET", "POST"])
 def rule_edit(request, pk: int):
     """The rule's form (admins) or its description (other roles), and its last runs."""
-    _require_role(request.user)
+    access.require_role(request.user)
     rule = get_object_or_404(TagRule.objects.select_related("tag__group"), pk=pk)
     if request.method == "POST":
         _require_admin(request.user)

@@ -6,7 +6,6 @@ import json
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
@@ -18,19 +17,9 @@ from tagging import selectors, services
 from tagging.models import Segment
 
 
-def _require_role(user) -> str:
-    role = access.user_role(user)
-    if role is None:
-        raise PermissionDenied(_("Your account has no role (admin, operator or analyst); "
-                                 "ask an admin for one."))
-    return role
-
-
 def _require_editor(user) -> None:
-    _require_role(user)
-    if not access.can_see_customers(user):
-        raise PermissionDenied(_("Analysts read segments; only admins and operators save "
-                                 "them."))
+    access.require_customer_access(user, _("Analysts read segments; only admins and "
+                                           "operators save them."))
 
 
 def _page(request, **context):
@@ -52,7 +41,7 @@ def _condition_from(text: str):
 
 @login_required
 def segment_list(request):
-    _require_role(request.user)
+    access.require_role(request.user)
     segments = Segment.objects.select_related("created_by").order_by("name")
     return render(request, "tagging/segment_list.html", _page(request, segments=segments))
 
@@ -61,7 +50,7 @@ def segment_list(request):
 def segment_edit(request, pk: int | None = None):
     """The builder: GET shows it (a new segment, or a saved one); POST saves through
     `segment_save`. A refused condition is shown with its path, with what was typed kept."""
-    _require_role(request.user)
+    access.require_role(request.user)
     segment = get_object_or_404(Segment, pk=pk) if pk is not None else None
     form = {"name": segment.name if segment else "",
             "description": segment.description if segment else "",
@@ -104,7 +93,7 @@ def segment_delete(request, pk: int):
 def segment_preview(request):
     """The live count and sample of the condition in the builder (an htmx fragment), from
     the segment index when it can answer (saying as of when), else counted now."""
-    _require_role(request.user)
+    access.require_role(request.user)
     context = {"error": "", "can_see_customers": access.can_see_customers(request.user)}
     try:
         condition = _condition_from(request.POST.get("condition", ""))
@@ -122,7 +111,7 @@ def segment_preview(request):
 @login_required
 def segment_count(request, pk: int):
     """A saved segment's count for its row in the list (an htmx fragment, loaded lazily)."""
-    _require_role(request.user)
+    access.require_role(request.user)
     segment = get_object_or_404(Segment, pk=pk)
     try:
         answer = selectors.segment_preview(user=request.user, condition=segment.condition)
