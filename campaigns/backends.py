@@ -30,11 +30,33 @@ class SendResult:
     provider_id: str = ""
     transient: bool = False
     error: str = ""
+    # ok and submitted: handed over, a person still confirms it (the message waits as
+    # `submitted` until the channel reports); not ok with a skip reason: skipped, not failed.
+    submitted: bool = False
+    skip_reason: str = ""
 
 
 class ChannelBackend:
+    # Messages one customer may be handed per day through this backend (a platform's mass-send
+    # quota); the dispatcher's frequency guard skips past it. None: no such limit.
+    daily_quota: int | None = None
+
     def send(self, message) -> SendResult:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def send_many(self, messages: list) -> list[SendResult]:
+        """One result per message, in order. A backend whose platform takes many recipients
+        per call (WeCom's mass sends) overrides this; by default, one send at a time, a bug in
+        one not losing what the others sent."""
+        results = []
+        for message in messages:
+            try:
+                results.append(self.send(message))
+            except Exception as exc:
+                logger.exception("campaigns.backend_error", extra={"message_id": message.pk})
+                results.append(SendResult(ok=False, transient=True,
+                                          error=f"{type(exc).__name__}: {exc}"[:500]))
+        return results
 
 
 class ConsoleBackend(ChannelBackend):

@@ -212,6 +212,9 @@ class Message(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")
         SENDING = "sending", _("Sending")
+        # Handed to a channel where a person still confirms the send (a WeCom mass send waits
+        # for the staff member in the WeCom client); the channel's results make it sent.
+        SUBMITTED = "submitted", _("Awaiting confirmation")
         SENT = "sent", _("Sent")
         DELIVERED = "delivered", _("Delivered")
         READ = "read", _("Read")
@@ -230,6 +233,8 @@ class Message(models.Model):
         CANCELLED = "cancelled", _("Campaign cancelled")
         NO_ADDRESS = "no_address", _("No address for the channel")
         TEMPLATE_ERROR = "template_error", _("The template failed for this customer")
+        NOT_A_FRIEND = "not_a_friend", _("Not a contact of the sender")
+        PLATFORM_QUOTA = "platform_quota", _("Already received a mass message today")
 
     id = models.BigAutoField(primary_key=True)
     customer = models.ForeignKey("crm.Customer", verbose_name=_("customer"),

@@ -184,6 +184,15 @@ def workbench_alerts(*, user) -> list[dict]:
         churn = warnings.count()
         if churn:
             alerts.append({"kind": "churn_warnings", "count": churn, "names": []})
+    if role in (access.ADMIN, access.OPERATOR):
+        # Handed to a channel where the owner still confirms the send (WeCom's mass sends):
+        # an operator's own customers, every customer for admins.
+        waiting = Message.objects.filter(status=Message.Status.SUBMITTED)
+        if role == access.OPERATOR:
+            waiting = waiting.filter(customer__owner=user)
+        awaiting = waiting.count()
+        if awaiting:
+            alerts.append({"kind": "awaiting_confirmation", "count": awaiting, "names": []})
     since = timezone.now() - timedelta(days=FAILED_SENDS_DAYS)
     failed = Message.objects.filter(status=Message.Status.FAILED, due_at__gte=since)
     if role != access.ANALYST:

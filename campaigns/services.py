@@ -569,6 +569,7 @@ def campaigns_finish() -> int:
 class DispatchResult:
     claimed: int = 0
     sent: int = 0
+    submitted: int = 0
     failed: int = 0
     retried: int = 0
     held: int = 0
@@ -576,7 +577,8 @@ class DispatchResult:
     duration_ms: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"claimed": self.claimed, "sent": self.sent, "failed": self.failed,
+        return {"claimed": self.claimed, "sent": self.sent, "submitted": self.submitted,
+                "failed": self.failed,
                 "retried": self.retried, "held": self.held, "skipped": dict(self.skipped),
                 "duration_ms": self.duration_ms}
 
@@ -639,6 +641,36 @@ def _skip(messages: list[Message], reason: str, result: DispatchResult) -> None:
         result.skipped[str(reason)] += len(messages)
 
 
+def _handed_over_since(moment: datetime) -> Q:
+    """Sent since `moment`, or handed to the channel since then and awaiting confirmation."""
+    return Q(sent_at__gte=moment) | Q(status=Message.Status.SUBMITTED, claimed_at__gte=moment)
+
+
+def _daily_quotas(messages: list[Message]) -> dict[str, int]:
+    """The channels among `messages` whose backend has a daily quota per customer."""
+    quotas = {}
+    for channel in {m.channel for m in messages if m.channel != Channel.MANUAL}:
+        quota = backends.backend_for(channel).daily_quota
+        if quota is not None:
+            quotas[channel] = quota
+    return quotas
+
+
+def _quota_counts(messages: list[Message], now: datetime) -> dict[tuple[int, str], int]:
+    """Messages handed to a channel with a per-customer daily quota (WeCom's mass sends), per
+    (customer, channel), since the start of today."""
+    quotas = _daily_quotas(messages)
+    limited = [m for m in messages if m.channel in quotas]
+    if not limited:
+        return {}
+    day_start = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = (Message.objects.filter(_handed_over_since(day_start),
+                                   customer_id__in={m.customer_id for m in limited},
+                                   channel__in={m.channel for m in limited})
+            .values_list("customer_id", "channel").annotate(n=Count("id")))
+    return {(customer, channel): n for customer, channel, n in rows}
+
+
 def _promo_counts(messages: list[Message], now: datetime, pol: OutreachPolicy):
     """Promotional messages already sent per (customer, channel): in the recent window and in
     this calendar month."""
@@ -648,12 +680,12 @@ def _promo_counts(messages: list[Message], now: datetime, pol: OutreachPolicy):
     local_now = timezone.localtime(now)
     month_start = local_now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     recent_start = now - timedelta(days=pol.promo_min_days_between)
-    rows = (Message.objects.filter(customer_id__in={m.customer_id for m in promo},
-                                   category=Category.PROMOTIONAL,
-                                   sent_at__gte=min(month_start, recent_start))
+    rows = (Message.objects.filter(_handed_over_since(min(month_start, recent_start)),
+                                   customer_id__in={m.customer_id for m in promo},
+                                   category=Category.PROMOTIONAL)
             .values("customer_id", "channel")
-            .annotate(recent=Count("id", filter=Q(sent_at__gte=recent_start)),
-                      month=Count("id", filter=Q(sent_at__gte=month_start))))
+            .annotate(recent=Count("id", filter=_handed_over_since(recent_start)),
+                      month=Count("id", filter=_handed_over_since(month_start))))
     recent = {(r["customer_id"], r["channel"]): r["recent"] for r in rows}
     month = {(r["customer_id"], r["channel"]): r["month"] for r in rows}
     return recent, month
@@ -700,6 +732,8 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
     stage_of = {(cs.customer_id, cs.model_id): cs.stage_id for cs in
                 CustomerStage.objects.filter(customer_id__in=customer_ids)}
     recent, month = _promo_counts(messages, now, pol)
+    today = _quota_counts(messages, now)
+    quotas = _daily_quotas(messages)
     goal_hits: dict[int, set[int]] = {}
     step_hits: dict[int, set[int]] = {}
 
@@ -760,6 +794,9 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
                     recent.get(key, 0) >= 1 or month.get(key, 0) >= pol.promo_max_per_month):
                 skips[Message.SkipReason.FREQUENCY_CAP].append(m)
                 continue
+            if m.channel in quotas and today.get(key, 0) >= quotas[m.channel]:
+                skips[Message.SkipReason.PLATFORM_QUOTA].append(m)
+                continue
             until = (quiet_until(now, _customer_tz(customer), window)
                      if m.channel != Channel.MANUAL else None)
             if until is not None:
@@ -768,6 +805,8 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
             if m.category == Category.PROMOTIONAL:
                 recent[key] = recent.get(key, 0) + 1
                 month[key] = month.get(key, 0) + 1
+            if m.channel in quotas:
+                today[key] = today.get(key, 0) + 1
             to_send.append(m)
     for reason, rows in skips.items():
         _skip(rows, reason, result)
@@ -835,8 +874,10 @@ def _render_due(messages: list[Message], result: DispatchResult) -> list[Message
 
 def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
           result: DispatchResult) -> None:
-    sent, failed, retry = [], [], []
+    sent, failed, retry, submitted = [], [], [], []
+    skipped: dict[str, list[Message]] = defaultdict(list)
     tasks = []
+    by_channel: dict[str, list[Message]] = defaultdict(list)
     for m in messages:
         if m.channel == Channel.MANUAL:
             tasks.append(OperatorTask(
@@ -846,19 +887,27 @@ def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
                        % {"name": m.customer.name or m.customer.external_id}),
                 body=m.content, dedupe_key=f"message:{m.pk}"))
             sent.append((m, f"task-{m.pk}"))
-            continue
-        try:
-            outcome = backends.backend_for(m.channel).send(m)
-        except Exception as exc:   # a backend's bug must not lose what the batch already sent
-            logger.exception("campaigns.backend_error", extra={"message_id": m.pk})
-            outcome = backends.SendResult(ok=False, transient=True,
-                                          error=f"{type(exc).__name__}: {exc}"[:500])
-        if outcome.ok:
-            sent.append((m, outcome.provider_id))
-        elif outcome.transient and m.attempts < pol.max_attempts:
-            retry.append((m, outcome.error))
         else:
-            failed.append((m, outcome.error))
+            by_channel[m.channel].append(m)
+    for channel, batch in by_channel.items():
+        try:
+            outcomes = backends.backend_for(channel).send_many(batch)
+        except Exception as exc:   # a backend's bug must not lose what the batch already sent
+            logger.exception("campaigns.backend_error", extra={"channel": channel})
+            outcomes = [backends.SendResult(ok=False, transient=True,
+                                            error=f"{type(exc).__name__}: {exc}"[:500])] * len(batch)
+        for m, outcome in zip(batch, outcomes, strict=True):
+            if outcome.ok and outcome.submitted:
+                submitted.append((m, outcome.provider_id))
+            elif outcome.ok:
+                sent.append((m, outcome.provider_id))
+            elif outcome.skip_reason:
+                m.last_error = outcome.error
+                skipped[outcome.skip_reason].append(m)
+            elif outcome.transient and m.attempts < pol.max_attempts:
+                retry.append((m, outcome.error))
+            else:
+                failed.append((m, outcome.error))
     # The batch's outcomes land together: no reader sees a message `sent` whose provider id
     # or text is not written yet.
     with transaction.atomic():
@@ -866,15 +915,21 @@ def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
             OperatorTask.objects.bulk_create(tasks, ignore_conflicts=True)
         # One plain UPDATE per outcome; per-row values only for what really differs per row, in
         # small batches (bulk_update's CASE grows with rows × fields and dominated a batch).
-        if sent:
-            Message.objects.filter(pk__in=[m.pk for m, _p in sent]).update(
-                status=Message.Status.SENT, sent_at=now, last_error="")
-            for m, provider_id in sent:
+        for status, rows in ((Message.Status.SENT, sent), (Message.Status.SUBMITTED, submitted)):
+            if not rows:
+                continue
+            Message.objects.filter(pk__in=[m.pk for m, _p in rows]).update(
+                status=status, sent_at=now if status == Message.Status.SENT else None,
+                last_error="")
+            for m, provider_id in rows:
                 m.provider_id = provider_id[:128]
-            rendered = [m for m, _p in sent if getattr(m, "rendered_now", False)]
-            Message.objects.bulk_update([m for m, _p in sent], ["provider_id"], batch_size=100)
+            rendered = [m for m, _p in rows if getattr(m, "rendered_now", False)]
+            Message.objects.bulk_update([m for m, _p in rows], ["provider_id"], batch_size=100)
             if rendered:
                 Message.objects.bulk_update(rendered, ["content"], batch_size=100)
+        for reason, rows in skipped.items():
+            _skip(rows, reason, result)
+            Message.objects.bulk_update(rows, ["last_error"], batch_size=100)
         by_backoff: dict[int, list[Message]] = defaultdict(list)
         for m, error in retry:
             # Exponential backoff: 1, 2, 4, 8 … minutes, capped at an hour.
@@ -893,9 +948,41 @@ def _send(messages: list[Message], now: datetime, pol: OutreachPolicy,
                                         ["last_error"], batch_size=100)
     for m, _p in sent:
         m.status, m.sent_at = Message.Status.SENT, now
+    for m, _p in submitted:
+        m.status = Message.Status.SUBMITTED
     result.sent += len(sent)
+    result.submitted += len(submitted)
     result.retried += len(retry)
     result.failed += len(failed)
+
+
+@transaction.atomic
+def messages_submitted_resolve(*, sent: dict[int, datetime] | None = None,
+                               skipped: dict[int, str] | None = None,
+                               failed: dict[int, str] | None = None) -> int:
+    """What a channel reported about messages it took as `submitted` (by message id): sent at
+    a time, skipped with a reason, or failed with an error. Only messages still `submitted`
+    change, so a report read twice changes nothing the second time."""
+    waiting = Message.objects.filter(status=Message.Status.SUBMITTED)
+    changed = 0
+    by_time: dict[datetime, list[int]] = defaultdict(list)
+    for pk, at in (sent or {}).items():
+        by_time[at].append(pk)
+    for at, ids in by_time.items():
+        changed += waiting.filter(pk__in=ids).update(status=Message.Status.SENT, sent_at=at)
+    by_reason: dict[str, list[int]] = defaultdict(list)
+    for pk, reason in (skipped or {}).items():
+        by_reason[reason].append(pk)
+    for reason, ids in by_reason.items():
+        changed += waiting.filter(pk__in=ids).update(status=Message.Status.SKIPPED,
+                                                     skip_reason=reason)
+    by_error: dict[str, list[int]] = defaultdict(list)
+    for pk, error in (failed or {}).items():
+        by_error[error[:500]].append(pk)
+    for error, ids in by_error.items():
+        changed += waiting.filter(pk__in=ids).update(status=Message.Status.FAILED,
+                                                     last_error=error)
+    return changed
 
 
 def messages_sweep(*, stale_after_seconds: int = 300) -> int:

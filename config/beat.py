@@ -30,6 +30,31 @@ BEAT_SCHEDULE = {
         "schedule": 120.0,
         "options": {"expires": 110},
     },
+    "wecom-resume-syncs": {
+        "task": "wecom.tasks.resume_syncs",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
+    "wecom-push-tags": {
+        "task": "wecom.tasks.sync_tags",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
+    "wecom-poll-mass-sends": {
+        "task": "wecom.tasks.poll_mass_sends",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
+    "wecom-reminders": {
+        "task": "wecom.tasks.send_reminders",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
+    "wecom-sync-nightly": {
+        "task": "wecom.tasks.sync_all",
+        "schedule": crontab(hour=3, minute=30),
+        "options": {"expires": 3 * 3600},
+    },
     "crm-resume-imports": {
         "task": "crm.tasks.resume_customer_imports",
         "schedule": 300.0,
@@ -145,6 +170,27 @@ JOB_TEXTS = {
         _("Resume WeCom callbacks"),
         _("Processes the WeCom callbacks whose task was lost (idempotent: each is applied "
           "once).")),
+    "wecom-resume-syncs": (
+        _("Resume WeCom syncs"),
+        _("Continues WeCom sync runs that stopped making progress, from their cursor.")),
+    "wecom-push-tags": (
+        _("Sync tags with WeCom"),
+        _("Reads WeCom's corp tags, sends tags created, renamed or deleted here, and the "
+          "customers' tag changes (mark_tag). Nothing when WeCom is not configured.")),
+    "wecom-poll-mass-sends": (
+        _("WeCom mass send results"),
+        _("Asks WeCom which mass sends staff confirmed and marks their messages sent or "
+          "skipped with WeCom's reason. Nothing when WeCom is not configured.")),
+    "wecom-reminders": (
+        _("Reminders in WeCom"),
+        _("Sends each staff member their due to-dos, churn warnings and alerts as a WeCom "
+          "application message, once each, outside the staff's quiet hours. Nothing without "
+          "WECOM_AGENT_ID.")),
+    "wecom-sync-nightly": (
+        _("Full WeCom sync"),
+        _("Reads every follow user's contacts, the customer groups and the corp tags from "
+          "WeCom, the safety net for callbacks that never came. Nothing when WeCom is not "
+          "configured.")),
     "crm-resume-imports": (
         _("Resume customer imports"),
         _("Restarts CSV imports that stopped making progress.")),

@@ -92,6 +92,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "core.context_processors.roles",
+                "wecom.context_processors.wecom",
             ],
         },
     },
@@ -251,7 +252,19 @@ WECOM_CORP_ID = os.environ.get("WECOM_CORP_ID", "")
 WECOM_SECRET = os.environ.get("WECOM_SECRET", "")
 WECOM_TOKEN = os.environ.get("WECOM_TOKEN", "")
 WECOM_ENCODING_AES_KEY = os.environ.get("WECOM_ENCODING_AES_KEY", "")
-WECOM_API_BASE = os.environ.get("WECOM_API_BASE", "https://qyapi.weixin.qq.com/cgi-bin/")
+# Empty (as docker-compose passes an unset variable) is the official base too.
+WECOM_API_BASE = (os.environ.get("WECOM_API_BASE")
+                  or "https://qyapi.weixin.qq.com/cgi-bin/")
+# The application that sends staff reminders (message/send); empty: no reminders in WeCom.
+WECOM_AGENT_ID = os.environ.get("WECOM_AGENT_ID", "")
+# Hours in which staff get no reminders in WeCom ("HH:MM-HH:MM"; empty = none).
+WECOM_STAFF_QUIET_HOURS = os.environ.get("WECOM_STAFF_QUIET_HOURS", "21:00-09:00")
+# Days a mass send may wait for the staff member's confirmation before its messages fail.
+WECOM_CONFIRM_DAYS = int(os.environ.get("WECOM_CONFIRM_DAYS") or "3")
+# Mass messages one customer may receive per day from the corp (WeCom's rule; status 3 of
+# get_groupmsg_send_result when exceeded): the frequency guard skips past it when the wecom
+# channel sends through WeCom.
+WECOM_MASS_SEND_DAILY_QUOTA = int(os.environ.get("WECOM_MASS_SEND_DAILY_QUOTA") or "1")
 # Outreach: the backend of each channel (dotted paths); every channel logs to the console unless
 # OUTREACH_CHANNEL_BACKENDS says otherwise, e.g. "sms=sms,email=email,wecom=webhook".
 _BACKEND_PATHS = {
@@ -259,6 +272,7 @@ _BACKEND_PATHS = {
     "email": "campaigns.backends.EmailBackend",
     "sms": "campaigns.backends.SmsBackend",
     "webhook": "campaigns.backends.WebhookBackend",
+    "wecom": "wecom.backends.WeComBackend",
 }
 OUTREACH_BACKENDS = {channel: _BACKEND_PATHS["console"]
                      for channel in ("console", "email", "sms", "webhook", "wecom")}
@@ -268,6 +282,10 @@ for _pair in env_list("OUTREACH_CHANNEL_BACKENDS"):
         raise ImproperlyConfigured(f"OUTREACH_CHANNEL_BACKENDS: unknown backend {_kind!r} for "
                                    f"{_channel!r}; known: {', '.join(_BACKEND_PATHS)}")
     OUTREACH_BACKENDS[_channel.strip()] = _BACKEND_PATHS[_kind.strip()]
+# With WeCom configured, the wecom channel sends through it unless told otherwise above.
+if WECOM_CORP_ID and WECOM_SECRET and not any(
+        p.partition("=")[0].strip() == "wecom" for p in env_list("OUTREACH_CHANNEL_BACKENDS")):
+    OUTREACH_BACKENDS["wecom"] = _BACKEND_PATHS["wecom"]
 OUTREACH_WEBHOOK_URL = os.environ.get("OUTREACH_WEBHOOK_URL", "")
 OUTREACH_WEBHOOK_SECRET = os.environ.get("OUTREACH_WEBHOOK_SECRET", "")
 OUTREACH_WEBHOOK_TIMEOUT = float(os.environ.get("OUTREACH_WEBHOOK_TIMEOUT", "5"))

@@ -1046,6 +1046,20 @@ def customers_import(*, content: bytes, actor, max_rows: int = IMPORT_MAX_ROWS) 
     return report
 
 
+@transaction.atomic
+def customers_upsert(*, rows: list[dict[str, str]], actor) -> IngestReport:
+    """Create or update customers from rows shaped like an import file's (field name -> text;
+    empty cells leave a known customer's value alone): what another system that keeps the
+    customers, such as WeCom's contact sync, writes through."""
+    chunk = _ImportParser(rows, actor).parse(rows)
+    _import_write(chunk, actor=actor)
+    report = IngestReport(accepted=chunk.accepted, duplicates=chunk.duplicates,
+                          extra={"created": chunk.created, "updated": chunk.updated})
+    for index, message in chunk.rejected:
+        report.reject(index, message)
+    return report
+
+
 def _row_cells(row: dict, columns: list[str]) -> list[str]:
     """A row's cells in the file's order, cells beyond the header last."""
     return [row.get(c) or "" for c in columns] + list(row.get(None) or [])

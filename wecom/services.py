@@ -12,24 +12,29 @@ from datetime import UTC, datetime, timedelta
 from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
-from django.utils import timezone
+from django.db import transaction
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
-from core import access
+from campaigns.templates import compile_template, context_for, render
 from core.db import insert_ignore_returning
-from core.services import staff_user_create
-from crm.services import events_ingest
+from crm.models import Customer, Group, GroupMembership
+from crm.services import events_ingest, note_add
+from tagging.models import TagSource
+from tagging.services import customers_tags_change
+from wecom.accounts import staff_users_ensure, system_user
+from wecom.client import WeComError, api_enabled, client
 from wecom.crypto import WeComCryptoError, WXBizMsgCrypt
-from wecom.models import Callback
+from wecom.models import Callback, ContactWay
+from wecom.sync import contact_refresh, group_apply, tags_pull
 
 logger = logging.getLogger(__name__)
 
 MAX_SKEW_SECONDS = 300          # a callback's timestamp may be this far off our clock
 NONCE_WINDOW = timedelta(hours=2)   # WeCom does not repeat a nonce within 2 hours
 MAX_BODY_BYTES = 64 * 1024
-SYSTEM_USERNAME = "@wecom"      # a WeCom UserID starts with a letter or digit: never this
+WELCOME_CODE_SECONDS = 20      # WeCom accepts a welcome message this long after the event
 CONTACT_ADDED = ("add_external_contact", "add_half_external_contact")
 
 
@@ -56,13 +61,15 @@ def _crypto() -> WXBizMsgCrypt:
                          receive_id=settings.WECOM_CORP_ID)
 
 
-def _parse_xml(text: str | bytes) -> dict[str, str]:
-    """The top-level elements of a WeCom XML document as text (DTDs and entities refused)."""
+def _parse_xml(text: str | bytes) -> dict:
+    """The top-level elements of a WeCom XML document as text, or as the list of their items'
+    texts for a list such as MemChangeList (DTDs and entities refused)."""
     try:
         root = ElementTree.fromstring(text, forbid_dtd=True)
     except (ElementTree.ParseError, DefusedXmlException, ValueError) as exc:
         raise CallbackMalformed(_("The body is not acceptable XML.")) from exc
-    return {child.tag: (child.text or "").strip() for child in root}
+    return {child.tag: [(item.text or "").strip() for item in child] if len(child)
+            else (child.text or "").strip() for child in root}
 
 
 # --- Receiving (in the request) ------------------------------------------------------------
@@ -142,75 +149,201 @@ def callback_receive(*, signature: str, timestamp: str, nonce: str, body: bytes)
 
 # --- Processing (in a task) ----------------------------------------------------------------
 
-def _system_user():
-    """The actor of WeCom's ingests: an admin that cannot sign in."""
-    User = get_user_model()
-    user = User.objects.filter(username=SYSTEM_USERNAME).first()
-    if user is None:
-        try:
-            with transaction.atomic():
-                user = User.objects.create_user(username=SYSTEM_USERNAME, password=None,
-                                                first_name="WeCom", is_superuser=True)
-        except IntegrityError:          # created a moment ago by a concurrent task
-            user = User.objects.get(username=SYSTEM_USERNAME)
-    return user
-
-
-def _staff_user(user_id: str):
-    """The staff account for a WeCom UserID, created (operator, no password) when missing."""
-    User = get_user_model()
-    if not User.objects.filter(username=user_id).exists():
-        try:
-            with transaction.atomic():
-                staff_user_create(username=user_id, password=None, role=access.OPERATOR)
-        except IntegrityError:
-            pass
-    return user_id
-
-
-def _occurred_at(fields: dict[str, str]) -> str | None:
+def _occurred_at(fields: dict) -> str | None:
     try:
         return datetime.fromtimestamp(int(fields["CreateTime"]), tz=UTC).isoformat()
     except (KeyError, ValueError, OverflowError, OSError):
         return None     # crm takes the time of ingest
 
 
-def _idempotency_key(fields: dict[str, str]) -> str:
+def _idempotency_key(fields: dict) -> str:
     """The same WeCom change is one event, whichever delivery of it arrives."""
-    parts = [fields.get(k, "") for k in ("ChangeType", "UserID", "ExternalUserID", "CreateTime")]
+    parts = [str(fields.get(k, "")) for k in ("ChangeType", "UserID", "ExternalUserID",
+                                              "CreateTime")]
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
-    return f"wecom:{fields.get('ChangeType', '')[:40]}:{digest}"
+    return f"wecom:{str(fields.get('ChangeType', ''))[:40]}:{digest}"
 
 
-def _ingest(fields: dict[str, str], kind: str, data: dict) -> str:
+def _ingest(fields: dict, kind: str, data: dict) -> str:
     external = fields.get("ExternalUserID", "")
     if not external:
         raise ProcessingFailed(_("The event has no ExternalUserID."))
     report = events_ingest(items=[{
         "customer": external, "type": kind, "idempotency_key": _idempotency_key(fields),
         "occurred_at": _occurred_at(fields), "data": data,
-    }], actor=_system_user())
+    }], actor=system_user())
     if report.rejected:
         raise ProcessingFailed(report.rejected[0]["message"])
     return "" if report.accepted else "duplicate event: already recorded"
 
 
-def _handle_contact_change(fields: dict[str, str]) -> str:
+def _welcome(fields: dict, way: ContactWay | None) -> str:
+    """The channel's welcome message, sent with the event's WelcomeCode while it is valid."""
+    code = fields.get("WelcomeCode", "")
+    if way is None or not way.welcome_message.strip() or not code:
+        return ""
+    if not api_enabled():
+        return _("welcome message not sent: the WeCom API is not configured")
+    try:
+        age = time.time() - int(fields.get("CreateTime") or 0)
+    except ValueError:
+        age = 0
+    if age > WELCOME_CODE_SECONDS:
+        return _("welcome message not sent: its code expired before the event was processed")
+    customer = (Customer.objects.select_related("owner", "channel")
+                .get(external_id=fields["ExternalUserID"]))
+    try:
+        with translation.override(settings.LANGUAGE_CODE):
+            text = render(compile_template(way.welcome_message), context_for(
+                customer, tags=list(customer.customer_tags.values_list("tag__name", flat=True)),
+                stages={}, categories=[]))
+        client().post("externalcontact/send_welcome_msg",
+                      {"welcome_code": code, "text": {"content": text}})
+    except WeComError as exc:
+        return _("welcome message not sent: %(error)s") % {"error": exc}
+    except Exception as exc:        # a template that cannot render for this customer
+        logger.warning("wecom.welcome_failed", extra={"error": str(exc)})
+        return _("welcome message not sent: %(error)s") % {"error": exc}
+    return _("welcome message sent")
+
+
+def _contact_added(fields: dict) -> str:
+    staff = fields.get("UserID", "")
+    if not staff:
+        raise ProcessingFailed(_("The event has no UserID."))
+    staff_users_ensure([staff])
+    data = {"owner": staff, "source": "wecom"}
+    state = fields.get("State", "")[:64]
+    if state:
+        data["channel"] = state        # crm creates an unknown channel code
+    notes = [_ingest(fields, "friend_added", data)]
+    if api_enabled():
+        try:        # the profile (name, gender, WeCom's tags) for the customer and the welcome
+            contact_refresh(external_user_id=fields["ExternalUserID"])
+        except WeComError as exc:
+            notes.append(_("profile not read: %(error)s") % {"error": exc})
+    way = (ContactWay.objects.filter(channel__code=state).prefetch_related("tags").first()
+           if state else None)
+    if way is not None and way.tags.all():
+        customers_tags_change(
+            customers=Customer.objects.filter(external_id=fields["ExternalUserID"]),
+            add=list(way.tags.all()), remove=[], actor=system_user(),
+            source=TagSource.MANUAL)
+    notes.append(_welcome(fields, way))
+    return "; ".join(n for n in notes if n)
+
+
+def _customer_note(fields: dict, text: str) -> str:
+    customer = Customer.objects.filter(external_id=fields.get("ExternalUserID", "")).first()
+    if customer is None:
+        return _("not a customer here")
+    note_add(customer=customer, author=system_user(), text=text)
+    return ""
+
+
+TRANSFER_FAILURES = {
+    "customer_refused": gettext_lazy("the customer refused the transfer"),
+    "customer_limit_exceed": gettext_lazy("the receiving staff member has too many customers"),
+}
+
+
+def _handle_contact_change(fields: dict) -> str:
     change = fields.get("ChangeType", "")
     staff = fields.get("UserID", "")
     if change in CONTACT_ADDED:
-        if not staff:
-            raise ProcessingFailed(_("The event has no UserID."))
-        data = {"owner": _staff_user(staff), "source": "wecom"}
-        if fields.get("State"):
-            data["channel"] = fields["State"]      # crm creates an unknown channel code
-        return _ingest(fields, "friend_added", data)
+        return _contact_added(fields)
     if change == "del_follow_user":
         return _ingest(fields, "friend_deleted", {"staff": staff, "source": "wecom"})
     if change == "del_external_contact":
         return _ingest(fields, "friend_removed",
                        {"staff": staff, "source": "wecom", "reason": fields.get("Source", "")})
-    return "not handled yet"
+    if change == "edit_external_contact":
+        if not api_enabled():
+            return _("profile not refreshed: the WeCom API is not configured")
+        try:
+            return contact_refresh(external_user_id=fields.get("ExternalUserID", ""))
+        except WeComError as exc:
+            raise ProcessingFailed(str(exc)) from exc
+    if change == "transfer_fail":
+        reason = fields.get("FailReason", "")
+        return _customer_note(fields, _("WeCom: transferring this customer to %(staff)s failed "
+                                        "(%(reason)s).") % {
+            "staff": staff, "reason": TRANSFER_FAILURES.get(reason, reason)})
+    return _("not handled: %(change)s") % {"change": change}
+
+
+def _members_left(chat_id: str, external_ids, at: str | None) -> list[dict]:
+    """group_left items for the customers among `external_ids` (all, when None) still in the
+    group; keyed by the stay they end, like the group sync's."""
+    stays = GroupMembership.objects.filter(group__chat_id=chat_id, left_at__isnull=True)
+    if external_ids is not None:
+        stays = stays.filter(customer__external_id__in=external_ids)
+    return [{"customer": ext, "type": "group_left",
+             "idempotency_key": f"wecom:left:{chat_id}:{ext}:{int(joined.timestamp())}",
+             "occurred_at": at, "data": {"group": chat_id, "source": "wecom"}}
+            for ext, joined in stays.values_list("customer__external_id", "joined_at")]
+
+
+def _handle_chat_change(fields: dict) -> str:
+    chat_id, change = fields.get("ChatId", ""), fields.get("ChangeType", "")
+    if not chat_id:
+        raise ProcessingFailed(_("The event has no ChatId."))
+    at = _occurred_at(fields)
+    detail = fields.get("UpdateDetail", "")
+    items: list[dict] = []
+    members = fields.get("MemChangeList") or []
+    if isinstance(members, str):
+        members = [members] if members else []
+    if change == "update" and detail == "add_member":
+        known = Customer.objects.filter(external_id__in=members).values_list("external_id",
+                                                                          flat=True)
+        items = [{"customer": ext, "type": "group_joined",
+                  "idempotency_key": f"wecom:joined:{chat_id}:{ext}:{fields.get('CreateTime')}",
+                  "occurred_at": at, "data": {"group": chat_id, "source": "wecom"}}
+                 for ext in known]
+    elif change == "update" and detail == "del_member":
+        items = _members_left(chat_id, members, at)
+    elif change == "dismiss":
+        items = _members_left(chat_id, None, at)
+    elif change in ("create", "update"):
+        if not api_enabled():
+            return _("group not read: the WeCom API is not configured")
+        try:
+            group_apply(client().post("externalcontact/groupchat/get",
+                                      {"chat_id": chat_id, "need_name": 1})["group_chat"])
+        except WeComError as exc:
+            raise ProcessingFailed(str(exc)) from exc
+        return ""
+    else:
+        return _("not handled: %(change)s") % {"change": change}
+    if not items:
+        return _("no customer of ours among the members")
+    if change == "update" and detail == "add_member" and not Group.objects.filter(
+            chat_id=chat_id).exists() and api_enabled():
+        try:        # a group we never saw: its name and owner from WeCom first
+            group_apply(client().post("externalcontact/groupchat/get",
+                                      {"chat_id": chat_id, "need_name": 1})["group_chat"])
+        except WeComError as exc:
+            logger.warning("wecom.group_read_failed", extra={"chat": chat_id, "error": str(exc)})
+    report = events_ingest(items=items, actor=system_user())
+    return _("%(n)d member changes recorded") % {"n": report.accepted}
+
+
+def _handle_tag_change(fields: dict) -> str:
+    if not api_enabled():
+        return _("tags not read: the WeCom API is not configured")
+    try:
+        counts = tags_pull(api=client())
+    except WeComError as exc:
+        raise ProcessingFailed(str(exc)) from exc
+    return _("tags: %(created)d created, %(renamed)d renamed, %(deleted)d deleted") % counts
+
+
+HANDLERS = {
+    "change_external_contact": _handle_contact_change,
+    "change_external_chat": _handle_chat_change,
+    "change_external_tag": _handle_tag_change,
+}
 
 
 def _handle(callback: Callback) -> str:
@@ -218,9 +351,10 @@ def _handle(callback: Callback) -> str:
         fields = _parse_xml(callback.xml)
     except CallbackMalformed as exc:
         raise ProcessingFailed(str(exc)) from exc
-    if fields.get("Event") == "change_external_contact":
-        return _handle_contact_change(fields)
-    return "not handled yet"
+    handler = HANDLERS.get(str(fields.get("Event", "")))
+    if handler is None:
+        return _("not handled: %(event)s") % {"event": fields.get("Event", "") or "?"}
+    return handler(fields)
 
 
 def callback_process(*, callback_id: int) -> Callback | None:

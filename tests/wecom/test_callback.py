@@ -178,21 +178,6 @@ def test_deletion_of_an_unknown_customer_is_recorded_as_failed(deliver):
     assert not Event.objects.exists()
 
 
-@pytest.mark.parametrize("xml", [
-    event_xml("edit_external_contact"),
-    event_xml("transfer_fail", FailReason="customer_refused"),
-    "<xml><ToUserName>x</ToUserName><MsgType>event</MsgType><Event>change_external_chat</Event>"
-    "<ChatId>wrOgQhDgAA</ChatId><ChangeType>create</ChangeType></xml>",
-])
-def test_other_events_are_stored_and_not_handled_yet(deliver, xml):
-    response, _ = deliver(*signed(xml))
-    assert response.status_code == 200
-    process_all()
-    row = Callback.objects.get()
-    assert (row.status, row.error) == ("processed", "not handled yet")
-    assert not Event.objects.exists() and not Customer.objects.exists()
-
-
 # --- Refused: 403, nothing stored -----------------------------------------------------------
 
 def _refused(deliver, url, body, status=403):
