@@ -184,20 +184,21 @@ def workbench_alerts(*, user) -> list[dict]:
         churn = warnings.count()
         if churn:
             alerts.append({"kind": "churn_warnings", "count": churn, "names": []})
-    if role in (access.ADMIN, access.OPERATOR):
-        # Handed to a channel where the owner still confirms the send (WeCom's mass sends):
-        # an operator's own customers, every customer for admins.
-        waiting = Message.objects.filter(status=Message.Status.SUBMITTED)
-        if role == access.OPERATOR:
-            waiting = waiting.filter(customer__owner=user)
-        awaiting = waiting.count()
-        if awaiting:
-            alerts.append({"kind": "awaiting_confirmation", "count": awaiting, "names": []})
+    # One query for two counts: sends that failed lately and, for the staff, messages handed
+    # to a channel where the owner still confirms the send (WeCom's mass sends).
     since = timezone.now() - timedelta(days=FAILED_SENDS_DAYS)
-    failed = Message.objects.filter(status=Message.Status.FAILED, due_at__gte=since)
+    recent_failures = Q(status=Message.Status.FAILED, due_at__gte=since)
+    awaiting = Q(status=Message.Status.SUBMITTED)
+    messages = Message.objects.filter(recent_failures | awaiting if role != access.ANALYST
+                                      else recent_failures)
     if role != access.ANALYST:
-        failed = access.scope_customers(failed, user, owner_field="customer__owner")
-    failed_count = failed.count()
+        messages = access.scope_customers(messages, user, owner_field="customer__owner")
+    counts = messages.aggregate(failed=Count("id", filter=recent_failures),
+                                awaiting=Count("id", filter=awaiting))
+    if counts["awaiting"] and role != access.ANALYST:
+        alerts.append({"kind": "awaiting_confirmation", "count": counts["awaiting"],
+                       "names": []})
+    failed_count = counts["failed"]
     if failed_count:
         alerts.append({"kind": "failed_sends", "count": failed_count, "names": [],
                        "days": FAILED_SENDS_DAYS})

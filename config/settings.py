@@ -146,6 +146,11 @@ if REDIS_URL:
                           "LOCATION": REDIS_URL}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# WeCom's access token and connection state, shared by the web server and every worker (WeCom
+# limits how often a token may be fetched): Redis, else files under DATA_DIR.
+CACHES["wecom"] = ({**CACHES["default"], "KEY_PREFIX": "wecom"} if REDIS_URL else
+                   {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                    "LOCATION": str(DATA_DIR / "cache" / "wecom")})
 
 # --- Auth, i18n, static ---------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -36,9 +36,10 @@ def pytest_sessionstart(session):
 def _fresh_cache():
     """Every test starts from an empty cache: the home page and the metrics answer from it,
     and an answer cached by an earlier test (same user id, same range) would be stale."""
-    from django.core.cache import cache
+    from django.core.cache import caches
 
-    cache.clear()
+    for cache in caches.all():
+        cache.clear()
 
 
 @pytest.fixture

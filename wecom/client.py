@@ -1,5 +1,5 @@
-"""The WeCom server API: one client with the access token cached (the Django cache, Redis in
-production), refreshed when WeCom says it expired, and backoff when WeCom says "too often".
+"""The WeCom server API: one client with the access token cached (the shared "wecom" cache:
+Redis, else files), refreshed when WeCom says it expired, and backoff when WeCom says "too often".
 
 Every call answers the JSON body with `errcode` 0 or raises `WeComError`; callers record a
 failure per item and go on. See docs/WECOM.md for the endpoints used."""
@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 TOKEN_INVALID = {40001, 40014, 41001, 42001}   # invalid, missing or expired access token
 RATE_LIMITED = {-1, 45009, 45033, 45035}       # system busy, frequency and concurrency limits
 STATE_KEY = "wecom:state"                      # what the settings page shows
+
+
+def _cache():
+    """The cache every process shares (settings.CACHES["wecom"]): the token and the state."""
+    return caches["wecom"]
 
 
 class WeComError(Exception):
@@ -34,10 +39,12 @@ def api_enabled() -> bool:
     return bool(settings.WECOM_CORP_ID and settings.WECOM_SECRET)
 
 
+STATE_FIELDS = ("token_at", "last_call_at", "last_error")
+
+
 def _record(**values: Any) -> None:
-    state = cache.get(STATE_KEY) or {}
-    state.update(values)
-    cache.set(STATE_KEY, state, timeout=None)
+    _cache().set_many({f"{STATE_KEY}:{name}": value for name, value in values.items()},
+                      timeout=None)
 
 
 def _record_error(exc: WeComError) -> None:
@@ -47,8 +54,9 @@ def _record_error(exc: WeComError) -> None:
 
 def connection_state() -> dict[str, Any]:
     """`token_at` (when a token was last obtained), `last_call_at`, `last_error`
-    ({code, message, path, at}) — kept in the cache by the client."""
-    return cache.get(STATE_KEY) or {}
+    ({code, message, path, at}) — kept in the shared cache by the client."""
+    found = _cache().get_many([f"{STATE_KEY}:{name}" for name in STATE_FIELDS])
+    return {key.rsplit(":", 1)[1]: value for key, value in found.items()}
 
 
 class WeComClient:
@@ -68,7 +76,7 @@ class WeComClient:
 
     def token(self, *, refresh: bool = False) -> str:
         if not refresh:
-            token = cache.get(self.token_key)
+            token = _cache().get(self.token_key)
             if token:
                 return token
         try:
@@ -80,7 +88,7 @@ class WeComClient:
         token = data["access_token"]
         expires = int(data.get("expires_in") or 7200)
         # Renewed a little before WeCom's expiry; WeCom may still end it early (then 42001).
-        cache.set(self.token_key, token, timeout=max(60, expires - 300))
+        _cache().set(self.token_key, token, timeout=max(60, expires - 300))
         _record(token_at=timezone.now().isoformat())
         logger.info("wecom.token_obtained", extra={"expires_in": expires})
         return token

@@ -110,6 +110,10 @@ class TagLink(models.Model):
                                  blank=True, on_delete=models.SET_NULL,
                                  related_name="wecom_link")
     name = models.CharField(_("name"), max_length=64)
+    # Where the tag was made: one made here stays when WeCom loses its copy (and is sent again);
+    # one made in WeCom goes when WeCom deletes it.
+    origin = models.CharField(_("made in"), max_length=8, default="wecom",
+                              choices=[("wecom", _("WeCom")), ("here", _("this CRM"))])
     synced_at = models.DateTimeField(_("synced at"), default=timezone.now)
 
     class Meta:

@@ -9,7 +9,7 @@ from collections import defaultdict
 from datetime import time as dtime
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
@@ -66,12 +66,13 @@ def reminders_send(*, api: WeComClient | None = None, now=None) -> dict[str, int
     now = now or timezone.now()
     if staff_quiet_until(now) is not None:
         return {"quiet": 1}
-    if not cache.add(LOCK_KEY, 1, timeout=600):
+    lock = caches["wecom"]      # shared by every worker process
+    if not lock.add(LOCK_KEY, 1, timeout=600):
         return {"busy": 1}
     try:
         return _send_round(api or client(), now)
     finally:
-        cache.delete(LOCK_KEY)
+        lock.delete(LOCK_KEY)
 
 
 def _send_round(api: WeComClient, now) -> dict[str, int]:

@@ -7,11 +7,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from core import access
+from core.people import staff_name
 from crm.models import Customer
 from wecom.client import api_enabled, connection_state
 from wecom.models import Callback, ContactWay, MassSend, SyncRun
@@ -65,11 +67,14 @@ def contact_ways() -> list[dict[str, Any]]:
                 .order_by("channel__name"))
     counts = dict(Customer.objects.filter(channel__in=[w.channel_id for w in ways])
                   .values_list("channel").annotate(n=Count("id")))
+    people = {u.username: staff_name(u) for u in get_user_model().objects.filter(
+        username__in={s for w in ways for s in w.staff})}
     rows = []
     for way in ways:
         customers = counts.get(way.channel_id, 0)
         cost = way.channel.cost or 0
         rows.append({"way": way, "customers": customers,
+                     "staff": [people.get(s, s) for s in way.staff],
                      "tags": [{"label": t.name, "color": t.color, "title": t.group.name}
                               for t in way.tags.all()],
                      "cost_per_customer": (cost / customers) if customers and cost else None})

@@ -336,9 +336,10 @@ def _step_groups(run: SyncRun, api: WeComClient) -> bool:
 
 # --- Corp tags -----------------------------------------------------------------------------
 
-def _link(kind: str, wecom_id: str, name: str, **target) -> None:
+def _link(kind: str, wecom_id: str, name: str, *, origin: str = "wecom", **target) -> None:
     TagLink.objects.update_or_create(wecom_id=wecom_id, defaults={
-        "kind": kind, "name": name, "synced_at": timezone.now(), **target})
+        "kind": kind, "name": name, "synced_at": timezone.now(), **target},
+        create_defaults={"kind": kind, "name": name, "origin": origin, **target})
 
 
 def _unique_group_name(name: str) -> str:
@@ -399,12 +400,16 @@ def tags_pull(*, api: WeComClient, run: SyncRun | None = None) -> dict[str, int]
     for wecom_id, link in links.items():
         if wecom_id in seen:
             continue
-        if link.tag is not None:
-            tag_delete(tag=link.tag, actor=actor)
-            counts["deleted"] += 1
-        elif link.group is not None and not link.group.tags.exists():
-            link.group.delete()
-            counts["deleted"] += 1
+        local = link.tag or link.group
+        # Gone from WeCom. A tag made there goes here too; one made here, or built in (a rule
+        # or a stage model may need it), only loses its link: the push makes it in WeCom again.
+        if local is not None and link.origin == "wecom" and not local.key:
+            if link.tag is not None:
+                tag_delete(tag=link.tag, actor=actor)
+                counts["deleted"] += 1
+            elif not link.group.tags.exists():
+                link.group.delete()
+                counts["deleted"] += 1
         link.delete()
     if run is not None:
         run.processed += len(seen)
@@ -456,12 +461,13 @@ def tags_push(*, api: WeComClient, run: SyncRun | None = None) -> dict[str, int]
             continue
         wgroup = answer.get("tag_group") or {}
         if group.pk not in linked_groups and wgroup.get("group_id"):
-            _link(TagLink.Kind.GROUP, str(wgroup["group_id"]), group.name, group=group)
+            _link(TagLink.Kind.GROUP, str(wgroup["group_id"]), group.name, origin="here",
+                  group=group)
         by_name = {t.name: t for t in new_tags}
         for wtag in wgroup.get("tag") or []:
             tag = by_name.get(str(wtag.get("name")))
             if tag is not None:
-                _link(TagLink.Kind.TAG, str(wtag["id"]), tag.name, tag=tag)
+                _link(TagLink.Kind.TAG, str(wtag["id"]), tag.name, origin="here", tag=tag)
                 counts["created"] += 1
     if run is not None:
         run.updated += counts["created"] + counts["renamed"] + counts["deleted"]

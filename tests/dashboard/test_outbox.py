@@ -145,8 +145,9 @@ def test_the_pickers_show_names(reader, admin_user, outbox):
 
 def test_status_counts_follow_the_other_filters(reader, operator, admin_user, outbox):
     context = reader(admin_user).get("/outbox/?status=failed").context
-    assert context["counts"] == {"queued": 1, "sending": 0, "sent": 2, "delivered": 0,
-                                 "read": 0, "replied": 0, "failed": 2, "skipped": 1}
+    assert context["counts"] == {"queued": 1, "sending": 0, "submitted": 0, "sent": 2,
+                                 "delivered": 0, "read": 0, "replied": 0, "failed": 2,
+                                 "skipped": 1}
     tabs = {tab["status"]: tab["count"] for tab in context["tabs"]}
     assert tabs[""] == 6 and tabs["failed"] == 2
     assert context["page_obj"].paginator.count == 2

@@ -272,6 +272,21 @@ def test_tags_made_renamed_and_deleted_here_reach_wecom(fake):
     assert TagLink.objects.filter(tag=vip).exists()
 
 
+def test_tags_made_here_or_built_in_survive_wecoms_deletion_and_are_sent_again(fake):
+    local = Tag.objects.create(group=TagGroup.objects.create(name="兴趣"), name="茶")
+    builtin = Tag.objects.filter(key__isnull=False).first()
+    call_command("wecom_sync", "--tags")
+    api = client()
+    api.post("externalcontact/del_corp_tag", {"tag_id": [local.wecom_link.wecom_id,
+                                                         builtin.wecom_link.wecom_id]})
+    call_command("wecom_sync", "--tags")         # WeCom lost them: made there again
+    assert Tag.objects.filter(pk__in=[local.pk, builtin.pk]).count() == 2
+    names = {t["name"] for t in fake.tags.values()}
+    assert {"茶", builtin.name} <= names
+    local.refresh_from_db()
+    assert local.wecom_link.origin == "here"
+
+
 def test_customers_tag_changes_here_are_marked_in_wecom_and_not_echoed(fake, admin_user):
     _two_staff_contacts(fake)
     call_command("wecom_sync", "--tags")
