@@ -66,7 +66,14 @@ class SyncRun(models.Model):
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
     status = models.CharField(_("status"), max_length=16, choices=Status.choices,
                               default=Status.QUEUED)
-    trigger = models.CharField(_("started by"), max_length=16, default="manual")
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", _("By hand")
+        DASHBOARD = "dashboard", _("From the dashboard")
+        COMMAND = "command", _("From the command line")
+        BEAT = "beat", _("On schedule")
+
+    trigger = models.CharField(_("started by"), max_length=16, choices=Trigger.choices,
+                               default=Trigger.MANUAL)
     state = models.JSONField(_("cursor"), default=dict, blank=True)
     processed = models.PositiveIntegerField(_("processed"), default=0)
     created = models.PositiveIntegerField(_("created"), default=0)
