@@ -27,8 +27,6 @@ import json
 import os
 import random
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -37,7 +35,17 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from _common import ROOT, VENV_BIN, connect, database_url, ensure_database, machine, manage
+from _common import (
+    ROOT,
+    VENV_BIN,
+    connect,
+    database_url,
+    ensure_database,
+    free_port,
+    machine,
+    manage,
+    stop,
+)
 
 MIX = (("message_in", 30), ("message_out", 22), ("link_clicked", 18),
        ("moments_interaction", 18), ("group_joined", 5), ("coupon_redeemed", 4),
@@ -46,11 +54,6 @@ TEXTS_IN = ("在吗？", "这个还有货吗", "什么时候发货呀", "敏感�
 TEXTS_OUT = ("会员日活动预告，本周六全场满299减50", "护肤小课堂：换季如何保湿", "您的专属优惠券即将过期")
 URLS = tuple(f"https://shop.example.com/item/SK-H00{i}" for i in range(1, 9))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare_database(opts, env: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -145,15 +148,6 @@ def start_gunicorn(opts, env: dict[str, str], log: Path) -> tuple[subprocess.Pop
     proc.terminate()
     raise SystemExit(f"gunicorn did not answer within 60 s; see {log}")
 
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)     # the master stops its workers gracefully
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:

@@ -26,8 +26,6 @@ import argparse
 import http.client
 import os
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +36,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from _common import ROOT, VENV_BIN, connect, database_url, ensure_database, machine, manage
+from _common import (
+    ROOT,
+    VENV_BIN,
+    connect,
+    database_url,
+    ensure_database,
+    free_port,
+    machine,
+    manage,
+    stop,
+)
 
 sys.path.insert(0, str(ROOT))
 from wecom.crypto import WXBizMsgCrypt
@@ -49,11 +57,6 @@ AES_KEY = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt"
 CORP_ID = "ww1436e0e65a779aee"
 SECRET = "bench-secret"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def broker_url() -> str:
@@ -95,15 +98,6 @@ def start_gunicorn(opts, env: dict[str, str], log: Path) -> tuple[subprocess.Pop
     proc.terminate()
     raise SystemExit(f"gunicorn did not answer within 60 s; see {log}")
 
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def signed_callbacks(n: int, run: str) -> list[tuple[str, bytes]]:
