@@ -99,6 +99,18 @@ class SyncRun(models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} {self.created_at:%Y-%m-%d %H:%M}"
 
+    @property
+    def percent(self) -> int | None:
+        """How far a run is, where it can be known: the share of staff whose contacts were
+        read (contacts), or the phase reached (tags); None for groups (WeCom gives no total)."""
+        if self.status == self.Status.DONE:
+            return 100
+        if self.kind == self.Kind.CONTACTS and self.state.get("users"):
+            return min(99, round(100 * self.state.get("pos", 0) / len(self.state["users"])))
+        if self.kind == self.Kind.TAGS:
+            return {"pull": 0, "push": 33, "marks": 66}.get(self.state.get("phase", "pull"))
+        return None
+
 
 class TagLink(models.Model):
     """A WeCom corp tag or tag group and the tag or tag group it is here. `name` is the name

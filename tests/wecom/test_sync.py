@@ -133,10 +133,11 @@ def test_a_run_stopped_midway_resumes_from_its_cursor(fake):
     run.refresh_from_db()
     assert run.status == "running" and run.state["cursor"]
     assert 0 < Customer.objects.count() < 350
+    assert run.percent == 0                            # the first of two staff members
     read = len(_calls(fake, "externalcontact/batch/get_by_user"))
     sync.sync_run(run_id=run.pk)                       # e.g. the sweeper's task
     run.refresh_from_db()
-    assert run.status == "done" and Customer.objects.count() == 350
+    assert run.status == "done" and Customer.objects.count() == 350 and run.percent == 100
     assert len(_calls(fake, "externalcontact/batch/get_by_user")) - read >= 1
     assert sync.syncs_resume(stale_after_seconds=0) == []
 
