@@ -1,6 +1,15 @@
 // Small enhancements of the server-rendered dashboard; every page works without them.
 (function () {
   "use strict";
+  // A form with data-confirm asks first (deleting, cancelling): no inline handlers, so the
+  // Content-Security-Policy can forbid inline script.
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+      e.preventDefault();
+    }
+  });
+
   // A filter bar marked data-autosubmit applies a changed select at once (from page 1).
   document.querySelectorAll("form[data-autosubmit]").forEach(function (form) {
     form.querySelectorAll("select").forEach(function (select) {

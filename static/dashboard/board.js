@@ -18,13 +18,6 @@
     }
   });
 
-  document.addEventListener("submit", function (e) {
-    var form = e.target;
-    if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
-      e.preventDefault();
-    }
-  });
-
   function setUp() {
     var board = document.querySelector("[data-board]");
     var dialog = document.querySelector("[data-move-dialog]");
