@@ -271,9 +271,11 @@ class MessageFilter(filters.FilterSet):
         fields = ["customer", "campaign", "sop_step", "status", "channel", "category"]
 
 
-class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class MessageViewSet(access.IngestThrottled, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                     viewsets.GenericViewSet):
     """The outbox: every message, its status and why it was skipped."""
 
+    ingest_actions = frozenset({"receipts"})
     serializer_class = MessageSerializer
     permission_classes = [access.CustomerDataPermission]
     filterset_class = MessageFilter

@@ -108,3 +108,15 @@ class AdminWritePermission(BasePermission):
         if role is None:
             return False
         return request.method in SAFE_METHODS or role == ADMIN
+
+
+class IngestThrottled:
+    """A viewset mixin: its bulk writes of facts (events, orders, imports, receipts — the
+    actions named in `ingest_actions`) count against the tighter `ingest` API rate as well as
+    the user's; its reads do not."""
+
+    ingest_actions: frozenset[str] = frozenset({"create"})
+
+    @property
+    def throttle_scope(self) -> str | None:
+        return "ingest" if getattr(self, "action", None) in self.ingest_actions else None

@@ -25,6 +25,8 @@ ERRORS = {
     "403": "Signed in, but this role may not do this.",
     "404": "No such object, or not one of yours; or no such page of a list.",
     "405": "The method is not allowed here.",
+    "429": "Too many requests (or, for a token, too many failed sign-ins): wait as many "
+           "seconds as `Retry-After` says.",
 }
 BODY_ERRORS = {"415": "The request body is in a media type this operation does not read."}
 PUBLIC = {"/api/v1/auth/token/"}     # no 401/403: anyone may ask for a token

@@ -2,6 +2,7 @@
 
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django_filters import rest_framework as filters
@@ -215,9 +216,10 @@ class ExtensionFilterBackend:
                  "style": "form"} for name, ext in extensions.customer_filters.items()]
 
 
-class CustomerViewSet(viewsets.ModelViewSet):
+class CustomerViewSet(access.IngestThrottled, viewsets.ModelViewSet):
     """Customers the signed-in user may see: operators their own, admins all."""
 
+    ingest_actions = frozenset({"import_csv"})
     serializer_class = CustomerSerializer
     permission_classes = [access.CustomerDataPermission]
     filterset_class = CustomerFilter
@@ -309,7 +311,7 @@ class EventFilter(filters.FilterSet):
         fields = []
 
 
-class EventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class EventViewSet(access.IngestThrottled, mixins.ListModelMixin, viewsets.GenericViewSet):
     """POST one event or a list of up to 1000; GET lists stored events."""
 
     serializer_class = EventSerializer
@@ -339,7 +341,8 @@ class OrderFilter(filters.FilterSet):
         fields = []
 
 
-class OrderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class OrderViewSet(access.IngestThrottled, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                   viewsets.GenericViewSet):
     """POST one order or a list of up to 1000; the same order again with status `refunded`
     records the refund."""
 
@@ -407,10 +410,12 @@ class GroupViewSet(viewsets.ModelViewSet):
 
 
 class TokenView(APIView):
-    """Exchange a username and password for an API token."""
+    """Exchange a username and password for an API token (throttled tightly; a username that
+    fails too often from one address is locked out for a while — django-axes)."""
 
     permission_classes = []
     authentication_classes = []
+    throttle_scope = "token"
 
     @extend_schema(
         request=inline_serializer("TokenIn", {"username": serializers.CharField(),
@@ -421,7 +426,12 @@ class TokenView(APIView):
         from rest_framework.authtoken.models import Token
         from rest_framework.authtoken.serializers import AuthTokenSerializer
 
-        serializer = AuthTokenSerializer(data=request.data, context={"request": request})
+        # Django's own request: django-axes marks a lockout on it for its middleware to answer.
+        serializer = AuthTokenSerializer(data=request.data,
+                                         context={"request": request._request})
         serializer.is_valid(raise_exception=True)
-        token, _created = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        user = serializer.validated_data["user"]
+        # A sign-in like the login page's: django-axes forgets the failures, last_login moves.
+        user_logged_in.send(sender=user.__class__, request=request._request, user=user)
+        token, _created = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})
