@@ -40,7 +40,7 @@ from campaigns.models import (
     Sop,
     SopStep,
 )
-from core import access, conditions
+from core import access, audit, conditions
 from core.db import insert_ignore_returning
 from core.exceptions import ApplicationError
 from crm import extensions
@@ -67,10 +67,13 @@ def policy() -> OutreachPolicy:
 def policy_save(**fields) -> OutreachPolicy:
     """Change the one outreach policy."""
     pol = policy()
+    before = {name: getattr(pol, name) for name in fields}
     for name, value in fields.items():
         setattr(pol, name, value)
     pol.full_clean()
     pol.save()
+    audit.record("settings.policy", target=pol, summary=_("Outreach policy changed"),
+                 data={"before": before, "after": {n: getattr(pol, n) for n in fields}})
     return pol
 
 
@@ -201,12 +204,19 @@ def sop_save(*, sop: Sop | None, actor, steps: list[dict] | None = None, **field
         promotional=any(s.get("category") == Category.PROMOTIONAL for s in steps),
         aimed_at={(sop.model.key, sop.stage.key)}, override=override or sop.override_stage_guard,
         actor=actor, what="steps")
-    if overridden and not sop.override_stage_guard:
+    newly_overridden = overridden and not sop.override_stage_guard
+    if newly_overridden:
         sop.override_stage_guard, sop.overridden_by = True, actor
         logger.warning("campaigns.stage_guard_overridden", extra={"sop": sop.pk,
                                                                   "by": actor.pk})
     sop.full_clean()
     sop.save()
+    audit.record("sop.save", target=sop, actor=actor, summary=sop.name,
+                 data={"model": sop.model.key, "stage": sop.stage.key, "active": sop.active,
+                       "steps": len(steps)})
+    if newly_overridden:
+        audit.record("stage_guard.override", target=sop, actor=actor, summary=sop.name,
+                     data={"stage": f"{sop.model.key}:{sop.stage.key}"})
     existing = {s.order: s for s in sop.steps.all()}
     now = timezone.now()
     for data in steps:
@@ -247,6 +257,8 @@ def sop_step_resume(*, step: SopStep, actor) -> SopStep:
         raise ApplicationError(_("The step is not paused."))
     _resume_step(step, timezone.now())
     step.save(update_fields=["paused", "paused_reason", "counted_since"])
+    audit.record("sop_step.resume", target=step, actor=actor,
+                 summary=f"{step.sop.name} #{step.order}")
     return step
 
 
@@ -257,6 +269,7 @@ def sop_delete(*, sop: Sop) -> None:
     if sop.enrollments.exists():
         raise ApplicationError(_("This SOP has enrolled customers; deactivate it (active: "
                                  "false) to keep its history."))
+    audit.record("sop.delete", target=sop, summary=sop.name)
     sop.delete()
 
 
@@ -442,6 +455,7 @@ def campaign_save(*, campaign: Campaign | None, actor, **fields) -> Campaign:
     if campaign.pk and campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED):
         raise ApplicationError(_("status: a campaign that has started cannot be changed"))
     override = fields.pop("override_stage_guard", False)
+    guard_overridden = False
     for name, value in fields.items():
         setattr(campaign, name, value)
     if (campaign.segment_id is None) == (campaign.condition is None):
@@ -464,10 +478,16 @@ def campaign_save(*, campaign: Campaign | None, actor, **fields) -> Campaign:
                 promotional=True, aimed_at=stages,
                 override=override or campaign.override_stage_guard, actor=actor,
                 what=_("condition (%(n)d of the audience)") % {"n": guarded})
-            if overridden:
+            if overridden and not campaign.override_stage_guard:
                 campaign.override_stage_guard, campaign.overridden_by = True, actor
+                guard_overridden = True
     campaign.full_clean()
     campaign.save()
+    audit.record("campaign.save", target=campaign, actor=actor, summary=campaign.name,
+                 data={"channel": campaign.channel, "category": campaign.category})
+    if guard_overridden:
+        audit.record("stage_guard.override", target=campaign, actor=actor,
+                     summary=campaign.name)
     return campaign
 
 
@@ -478,6 +498,8 @@ def campaign_schedule(*, campaign: Campaign, actor) -> Campaign:
     if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED):
         raise ApplicationError(_("status: the campaign is %(status)s already")
                                % {"status": campaign.get_status_display()})
+    audit.record("campaign.schedule", target=campaign, actor=actor, summary=campaign.name,
+                 data={"send_at": campaign.send_at.isoformat() if campaign.send_at else None})
     if campaign.send_at and campaign.send_at > timezone.now():
         campaign.status = Campaign.Status.SCHEDULED
         campaign.save(update_fields=["status", "updated_at"])
@@ -530,6 +552,7 @@ def campaign_delete(*, campaign: Campaign) -> None:
     if campaign.status not in (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED):
         raise ApplicationError(_("status: a campaign that has started cannot be deleted; "
                                  "cancel it instead"))
+    audit.record("campaign.delete", target=campaign, summary=campaign.name)
     campaign.delete()
 
 
@@ -543,6 +566,8 @@ def campaign_cancel(*, campaign: Campaign) -> int:
         status=Message.Status.SKIPPED, skip_reason=Message.SkipReason.CANCELLED)
     campaign.status, campaign.finished_at = Campaign.Status.CANCELLED, timezone.now()
     campaign.save(update_fields=["status", "finished_at", "updated_at"])
+    audit.record("campaign.cancel", target=campaign, summary=campaign.name,
+                 data={"unsent_skipped": skipped})
     return skipped
 
 
@@ -1018,6 +1043,9 @@ def messages_retry(*, actor, ids: list[int] | None = None, queryset=None) -> int
     if retried:
         transaction.on_commit(_kick_dispatch)
     logger.info("campaigns.messages_retried", extra={"actor": actor.pk, "retried": retried})
+    if retried:
+        audit.record("messages.retry", actor=actor, data={"messages": retried},
+                     summary=_("%(n)d messages queued again") % {"n": retried})
     return retried
 
 
@@ -1181,6 +1209,7 @@ def campaign_resume(*, campaign: Campaign, actor) -> Campaign:
     campaign.paused, campaign.paused_reason = False, ""
     campaign.counted_since = timezone.now()
     campaign.save(update_fields=["paused", "paused_reason", "counted_since", "updated_at"])
+    audit.record("campaign.resume", target=campaign, actor=actor, summary=campaign.name)
     transaction.on_commit(_kick_dispatch)
     return campaign
 

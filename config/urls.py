@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import DefaultRouter
 
 from campaigns import api as campaigns_api
-from core.api import ConditionFieldsView
+from core.api import AuditViewSet, ConditionFieldsView
 from core.views import healthz
 from crm import api as crm_api
 from lifecycle import api as lifecycle_api
@@ -29,6 +29,7 @@ router.register("sops", campaigns_api.SopViewSet, basename="sop")
 router.register("campaigns", campaigns_api.CampaignViewSet, basename="campaign")
 router.register("messages", campaigns_api.MessageViewSet, basename="message")
 router.register("tasks", campaigns_api.OperatorTaskViewSet, basename="task")
+router.register("audit", AuditViewSet, basename="audit")
 
 urlpatterns = [
     path("api/v1/auth/token/", crm_api.TokenView.as_view(), name="api-token"),

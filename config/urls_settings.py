@@ -15,6 +15,7 @@ urlpatterns = [
     path("", campaigns_settings.policy, name="policy"),
     path("schedules/", core_settings.schedules, name="schedules"),
     path("users/", core_settings.users, name="users"),
+    path("audit/", core_settings.audit_log, name="audit"),
     path("wecom/", wecom_settings.settings_page, name="wecom"),
     path("wecom/runs/", wecom_settings.sync_runs, name="wecom-runs"),
 ]

@@ -9,6 +9,7 @@ helpers built on it), so someone else's customer is simply not in the queryset: 
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.utils.translation import gettext_lazy as _
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 ADMIN = "admin"
@@ -120,3 +121,34 @@ class IngestThrottled:
     @property
     def throttle_scope(self) -> str | None:
         return "ingest" if getattr(self, "action", None) in self.ingest_actions else None
+
+
+class AuditedTokenAuthentication(TokenAuthentication):
+    """Token authentication that makes the token's user the actor of the audit log."""
+
+    def authenticate(self, request):
+        from core.audit import set_actor
+
+        found = super().authenticate(request)
+        if found is not None:
+            set_actor(found[0])
+        return found
+
+
+class AuditedSessionAuthentication(SessionAuthentication):
+    def authenticate(self, request):
+        from core.audit import set_actor
+
+        found = super().authenticate(request)
+        if found is not None:
+            set_actor(found[0])
+        return found
+
+
+class AdminOnlyPermission(BasePermission):
+    """Admins only, whatever the method (the audit log)."""
+
+    message = _("Only admins may read this.")
+
+    def has_permission(self, request, view) -> bool:
+        return user_role(request.user) == ADMIN

@@ -20,6 +20,7 @@ from django.http import HttpResponseRedirect
 
 from core import access
 from core.exceptions import ApplicationError
+from core.models import AuditEntry
 
 
 class CustomerScopedAdmin(admin.ModelAdmin):
@@ -198,3 +199,23 @@ class ServiceAdmin(admin.ModelAdmin):
         except ApplicationError as exc:
             self.message_user(request, exc.message, messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit log, read-only: written by the services only."""
+
+    list_display = ("at", "actor_name", "action", "summary", "customer_id")
+    list_filter = ("action", "at")
+    search_fields = ("actor_name", "summary", "target_id", "=customer_id")
+    date_hierarchy = "at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,10 +1,15 @@
-"""REST endpoints of the shared pieces: what the condition language offers."""
+"""REST endpoints of the shared pieces: what the condition language offers, the audit log."""
 
+from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, serializers, viewsets
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import conditions
+from core.access import AdminOnlyPermission
+from core.audit import ACTIONS
+from core.models import AuditEntry
 
 _CHOICES = {"type": "array", "nullable": True, "items": {"type": "object"}}
 FIELDS_OUT = {
@@ -39,3 +44,38 @@ class ConditionFieldsView(APIView):
         names and colours, channels, staff, groups) and the extra keys a leaf may carry — in
         the reader's language. A field an app registers in code appears here."""
         return Response(conditions.describe())
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_name", read_only=True)
+    action_label = serializers.SerializerMethodField()
+    customer = serializers.IntegerField(source="customer_id", read_only=True)
+
+    class Meta:
+        model = AuditEntry
+        fields = ["id", "at", "actor", "action", "action_label", "summary", "target_type",
+                  "target_id", "customer", "data"]
+        read_only_fields = fields
+
+    def get_action_label(self, entry) -> str:
+        return str(ACTIONS.get(entry.action, entry.action))
+
+
+class AuditFilter(filters.FilterSet):
+    actor = filters.CharFilter(field_name="actor_name",
+                               help_text="Username of the person who acted.")
+    action = filters.ChoiceFilter(choices=list(ACTIONS.items()))
+    customer = filters.NumberFilter(field_name="customer_id")
+
+    class Meta:
+        model = AuditEntry
+        fields = ["actor", "action", "customer"]
+
+
+class AuditViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The audit log, newest first: who did what and when (admins)."""
+
+    serializer_class = AuditEntrySerializer
+    permission_classes = [AdminOnlyPermission]
+    filterset_class = AuditFilter
+    queryset = AuditEntry.objects.all()

@@ -8,6 +8,8 @@ rely on the schema for every status, not only the happy one.
 
 from typing import Any
 
+from drf_spectacular.authentication import SessionScheme
+
 ERROR_COMPONENT = {
     "type": "object",
     "description": "Every error: a message naming what is wrong, and details.",
@@ -62,3 +64,9 @@ def document_errors(result: dict[str, Any], generator, request, public) -> dict[
                 responses[code] = {"description": (existing or {}).get("description")
                                    or description, "content": _error_content(existing)}
     return result
+
+
+class AuditedSessionScheme(SessionScheme):
+    """The session scheme, under the subclass that also names the audit log's actor."""
+
+    target_class = "core.access.AuditedSessionAuthentication"

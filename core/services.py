@@ -33,7 +33,7 @@ from django_celery_beat.models import (
     PeriodicTasks,
 )
 
-from core import access
+from core import access, audit
 from core.exceptions import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -303,6 +303,8 @@ def periodic_task_update(*, task: PeriodicTask, enabled: bool, every: int | None
     task.enabled = bool(enabled)
     task.save()
     logger.info("core.periodic_task_changed", extra={"task": task.name, "enabled": task.enabled})
+    audit.record("settings.schedule", target=task, summary=task.name,
+                 data={"enabled": task.enabled, "schedule": schedule})
     return task
 
 
@@ -318,6 +320,8 @@ def periodic_task_reset(*, task: PeriodicTask, schedule: dict | None = None) -> 
     task.enabled = True
     _apply_default(task, default, schedule=default.schedule)
     task.save()
+    audit.record("settings.schedule", target=task, summary=task.name,
+                 data={"reset": True})
     return task
 
 
@@ -346,6 +350,8 @@ def staff_user_create(*, username: str, password: str, role: str, first_name: st
         username=username, password=password, first_name=first_name, last_name=last_name)
     _set_role(user, role)
     logger.info("core.staff_user_created", extra={"user": user.pk, "role": role})
+    audit.record("settings.user", target=user, summary=user.get_username(),
+                 data={"role": role, "created": True})
     return user
 
 
@@ -372,4 +378,6 @@ def staff_user_update(*, actor, user, role: str, is_active: bool):
     _set_role(user, role)
     logger.info("core.staff_user_changed", extra={"user": user.pk, "role": role,
                                                   "active": user.is_active, "actor": actor.pk})
+    audit.record("settings.user", target=user, actor=actor, summary=user.get_username(),
+                 data={"role": role, "active": user.is_active})
     return user

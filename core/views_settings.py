@@ -179,3 +179,34 @@ def users(request):
     return render(request, "settings/users.html", {
         "rows": rows, "create_form": create_form, "role_choices": ROLE_CHOICES,
         "error": error, "current": "users"}, status=status)
+
+
+AUDIT_PAGE_SIZE = 50
+
+
+@admin_required
+def audit_log(request):
+    """Who did what and when, newest first, filtered by person, action and customer."""
+    from django.core.paginator import Paginator
+
+    from core.audit import ACTIONS
+    from core.models import AuditEntry
+
+    entries = AuditEntry.objects.all()
+    wanted = {"actor": request.GET.get("actor", "").strip(),
+              "action": request.GET.get("action", ""),
+              "customer": request.GET.get("customer", "").strip()}
+    if wanted["actor"]:
+        entries = entries.filter(actor_name=wanted["actor"])
+    if wanted["action"] in ACTIONS:
+        entries = entries.filter(action=wanted["action"])
+    if wanted["customer"].isdigit():
+        entries = entries.filter(customer_id=int(wanted["customer"]))
+    page_obj = Paginator(entries, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    for entry in page_obj.object_list:
+        entry.label = ACTIONS.get(entry.action, entry.action)
+    actors = (AuditEntry.objects.exclude(actor_name="").order_by("actor_name")
+              .values_list("actor_name", flat=True).distinct()[:200])
+    return render(request, "settings/audit.html", {
+        "page_obj": page_obj, "wanted": wanted, "actions": list(ACTIONS.items()),
+        "actors": list(actors), "current": "audit"})

@@ -44,7 +44,7 @@ from django.utils import timezone, translation
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
 
-from core import access, moments
+from core import access, audit, moments
 from core.db import (
     heavy_statements,
     in_pk_range,
@@ -1367,6 +1367,8 @@ def customer_export_stream(*, user, condition: Any = None,
     """The CSV of a set (UTF-8 with a BOM, so spreadsheet programs read the Chinese right),
     as text pieces for a streaming response."""
     models_, names = _export_stage_columns()
+    audit.record("customers.export", actor=user, summary=_("CSV export (streamed)"),
+                 data={"condition": condition, "customer_ids": (customer_ids or [])[:1000]})
     yield "\ufeff" + _csv_text([customer_export_header(models_)])
     for _last, chunk in _export_chunks(user=user, condition=condition,
                                        customer_ids=customer_ids):
@@ -1388,6 +1390,9 @@ def customer_export_start(*, actor, customers, condition: Any = None,
     export = CustomerExport.objects.create(actor=actor, condition=condition,
                                            customer_ids=customer_ids, total=customers.count(),
                                            language=language or translation.get_language() or "")
+    audit.record("customers.export", target=export, actor=actor,
+                 summary=_("CSV export of %(n)d customers") % {"n": export.total},
+                 data={"condition": condition, "customer_ids": (customer_ids or [])[:1000]})
     from crm.tasks import run_customer_export
 
     transaction.on_commit(lambda: run_customer_export.delay(export.pk))

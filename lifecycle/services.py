@@ -36,7 +36,7 @@ from django.db.models import (
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from core import access, conditions
+from core import access, audit, conditions
 from core.db import execute_insert_skipping_conflicts, heavy_statements, pk_ranges
 from core.exceptions import ApplicationError
 from crm.models import Customer
@@ -474,6 +474,10 @@ def customer_stage_move(*, customer: Customer, model: StageModel, stage: Stage, 
     transition = _transition(model, customer.pk, from_stage, stage, now=now,
                              source=TransitionSource.MANUAL, reason=reason.strip(), actor=actor)
     transition.save()
+    audit.record("stage.move", target=transition, customer=customer, actor=actor,
+                 summary=f"{model.name}: {from_stage.name if from_stage else '—'} → {stage.name}",
+                 data={"model": model.key, "from": from_stage.key if from_stage else None,
+                       "to": stage.key, "reason": reason.strip()})
     _announce(model, [stage], [(customer.pk, from_stage.pk if from_stage else None, stage.pk)],
               now, TransitionSource.MANUAL)
     return transition
@@ -559,6 +563,8 @@ def stage_model_save(*, model: StageModel | None, stages: list[dict] | None = No
         stage.position = data.get("position", index)
         stage.full_clean(exclude=["model"])
         stage.save()
+    audit.record("stage_model.save", target=model, summary=model.name,
+                 data={"fields": sorted(fields), "stages": [d["key"] for d in stages]})
     return model
 
 
@@ -568,6 +574,7 @@ def stage_model_delete(*, model: StageModel) -> None:
     (A customer's place protects its stage, so the places go first.)"""
     if model.built_in:
         raise ApplicationError(_("Built-in models cannot be deleted; deactivate them."))
+    audit.record("stage_model.delete", target=model, summary=model.name)
     CustomerStage.objects.filter(model=model).delete()
     model.delete()
 
@@ -589,6 +596,12 @@ def stage_delete(*, stage: Stage, move_to: Stage, actor) -> int:
                                                                   source=TransitionSource.SYSTEM)
     StageTransition.objects.filter(from_stage=stage).update(from_stage=None)
     StageTransition.objects.filter(to_stage=stage).update(to_stage=None)
+    audit.record("stage_model.save", target=model, actor=actor,
+                 summary=_("%(model)s: stage %(stage)s deleted, %(n)d customers moved to "
+                           "%(to)s") % {"model": model.name, "stage": stage.name,
+                                        "n": len(moving), "to": move_to.name},
+                 data={"deleted_stage": stage.key, "moved_to": move_to.key,
+                       "customers": len(moving)})
     stage.delete()
     _announce(model, [move_to], [(c, stage.pk, move_to.pk) for c in moving], now,
               TransitionSource.SYSTEM)
@@ -816,6 +829,12 @@ def bulk_stage_start(*, actor, customers, model: StageModel, stage: Stage, reaso
     total = customers.count()
     job = BulkStageJob(actor=actor, model=model, stage=stage, reason=reason,
                        condition=condition, customer_ids=customer_ids, total=total)
+    audit.record("stage.move_bulk", actor=actor,
+                 summary=_("%(n)d customers to %(model)s: %(stage)s") % {
+                     "n": total, "model": model.name, "stage": stage.name},
+                 data={"model": model.key, "to": stage.key, "reason": reason,
+                       "customers": total, "condition": condition,
+                       "customer_ids": (customer_ids or [])[:1000]})
     if total <= BULK_STAGE_SYNC:
         with transaction.atomic():
             result = customers_stage_move_bulk(actor=actor, customers=customers, model=model,

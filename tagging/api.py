@@ -291,7 +291,7 @@ class CustomerTagsView(APIView):
             customers=crm_selectors.customer_list(user=request.user).filter(pk=customer.pk),
             add=services.tags_resolve(data["add"], path="add"),
             remove=services.tags_resolve(data["remove"], path="remove"),
-            actor=request.user, expires_at=data.get("expires_at"))
+            actor=request.user, customer=customer, expires_at=data.get("expires_at"))
         return Response({"added": change.added, "removed": change.removed,
                          "tags": selectors.customer_tags(customer_id=customer.pk)})
 

@@ -33,7 +33,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from core import conditions
+from core import audit, conditions
 from core.db import (
     delete_returning,
     execute_insert_skipping_conflicts,
@@ -274,7 +274,8 @@ def _check_exclusive(tags: list[Tag]) -> None:
 @transaction.atomic
 def customers_tags_change(*, customers, add: list[Tag], remove: list[Tag], actor,
                           source: str = TagSource.MANUAL,
-                          expires_at: datetime | None = None) -> Change:
+                          expires_at: datetime | None = None, customer=None,
+                          audited: bool = True) -> Change:
     """Add and remove tags for a set of customers (a queryset), as one person's decision.
 
     A manual add of a tag the customer already holds from a rule makes it manual, so a `sync`
@@ -300,7 +301,17 @@ def customers_tags_change(*, customers, add: list[Tag], remove: list[Tag], actor
                              now=now)
         if source == TagSource.MANUAL:
             change.added += _claim(customers, tag, actor, now=now, expires_at=expires_at)
+    if source == TagSource.MANUAL and audited and (change.added or change.removed):
+        _audit_tags(actor=actor, add=add, remove=remove, change=change, customer=customer)
     return change
+
+
+def _audit_tags(*, actor, add, remove, change: Change, customer=None, customers=None) -> None:
+    audit.record("tags.change", actor=actor, customer=customer,
+                 summary=" ".join([*(f"+{t.name}" for t in add), *(f"−{t.name}" for t in remove)]),
+                 data={"added": [t.name for t in add], "removed": [t.name for t in remove],
+                       "rows_added": change.added, "rows_removed": change.removed,
+                       **({"customers": customers} if customers is not None else {})})
 
 
 def _claim(customers, tag: Tag, actor, *, now: datetime | None = None,
@@ -508,6 +519,9 @@ def tag_merge(*, source: Tag, target: Tag, actor) -> Change:
     removed = _remove(CustomerTag.objects.filter(tag=source), action=TagChange.Action.MERGED,
                       source=TagSource.MANUAL, actor=actor, now=now)
     TagRule.objects.filter(tag=source).update(tag=target)
+    audit.record("tag.merge", target=target, actor=actor,
+                 summary=f"{source.name} → {target.name}",
+                 data={"source": source.name, "holders_moved": added})
     source.delete()
     return Change(added=added, removed=removed)
 
@@ -517,6 +531,8 @@ def tag_delete(*, tag: Tag, actor) -> int:
     """Delete a tag; each holder's history records that it went and why."""
     removed = _remove(CustomerTag.objects.filter(tag=tag), action=TagChange.Action.DELETED,
                       source=TagSource.MANUAL, actor=actor, now=timezone.now())
+    audit.record("tag.delete", target=tag, actor=actor, summary=tag.name,
+                 data={"group": tag.group.name, "holders": removed})
     tag.delete()
     return removed
 
@@ -542,6 +558,8 @@ def tag_save(*, tag: Tag | None, **fields) -> Tag:
     if moved:
         CustomerTag.objects.filter(tag=tag).update(
             exclusive_group=group if group.exclusive else None)
+    audit.record("tag.save", target=tag, summary=f"{group.name}: {tag.name}",
+                 data={"fields": sorted(fields)})
     return tag
 
 
@@ -561,6 +579,8 @@ def tag_group_save(*, group: TagGroup | None, **fields) -> TagGroup:
     group.save()
     CustomerTag.objects.filter(tag__group=group).update(
         exclusive_group=group if group.exclusive else None)
+    audit.record("tag_group.save", target=group, summary=group.name,
+                 data={"fields": sorted(fields)})
     return group
 
 
@@ -583,6 +603,8 @@ def tag_rule_save(*, rule: TagRule | None, **fields) -> TagRule:
     _checked_condition(rule.condition)
     rule.full_clean()
     rule.save()
+    audit.record("tag_rule.save", target=rule, summary=rule.name,
+                 data={"fields": sorted(fields)})
     return rule
 
 
@@ -620,8 +642,10 @@ def bulk_tag_start(*, actor, customers, add: list[Tag], remove: list[Tag],
     total = customers.count()
     job = BulkTagJob(actor=actor, add=[t.pk for t in add], remove=[t.pk for t in remove],
                      condition=condition, customer_ids=customer_ids, total=total)
+    _audit_tags(actor=actor, add=add, remove=remove, change=Change(), customers=total)
     if total <= SYNC_BATCH:
-        change = customers_tags_change(customers=customers, add=add, remove=remove, actor=actor)
+        change = customers_tags_change(customers=customers, add=add, remove=remove, actor=actor,
+                                       audited=False)
         job.status = BulkTagJob.Status.DONE
         job.processed, job.added, job.removed = total, change.added, change.removed
         job.save()
@@ -661,7 +685,7 @@ def bulk_tag_job_run(*, job_id: int) -> BulkTagJob:
                     chunk = chunk.filter(pk__lte=upper[0])
                 size = chunk.count()
                 change = customers_tags_change(customers=chunk, add=add, remove=remove,
-                                               actor=job.actor)
+                                               actor=job.actor, audited=False)
                 job.status = BulkTagJob.Status.RUNNING
                 job.processed += size
                 job.added += change.added

@@ -56,7 +56,8 @@ def customer_tags_edit(request, pk: int):
         change = services.customers_tags_change(
             customers=crm_selectors.customer_list(user=request.user).filter(pk=customer.pk),
             add=services.tags_resolve(add, path="add"),
-            remove=services.tags_resolve(remove, path="remove"), actor=request.user)
+            remove=services.tags_resolve(remove, path="remove"), actor=request.user,
+            customer=customer)
     except ApplicationError as exc:
         messages.error(request, exc.message)
     else:

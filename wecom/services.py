@@ -228,7 +228,7 @@ def _contact_added(fields: dict) -> str:
         customers_tags_change(
             customers=Customer.objects.filter(external_id=fields["ExternalUserID"]),
             add=list(way.tags.all()), remove=[], actor=system_user(),
-            source=TagSource.MANUAL)
+            source=TagSource.MANUAL, audited=False)
     notes.append(_welcome(fields, way))
     return "; ".join(n for n in notes if n)
 
