@@ -3,6 +3,7 @@
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in
+from django.core.exceptions import PermissionDenied
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django_filters import rest_framework as filters
@@ -238,6 +239,32 @@ class CustomerViewSet(access.IngestThrottled, viewsets.ModelViewSet):
 
     def perform_destroy(self, instance):
         services.customer_delete(customer=instance)
+
+    @extend_schema(responses={200: OpenApiResponse(description=(
+        "Everything held about the customer: profile, events, orders, notes, groups, tags, "
+        "stages, messages, to-dos."))})
+    @action(detail=True, methods=["get"])
+    def export(self, request, pk=None):
+        """A personal-data request (PIPL): everything held about the customer, as JSON
+        (admins; audited)."""
+        if not access.is_admin(request.user):
+            raise PermissionDenied(_("Only admins handle personal-data requests."))
+        customer = self.get_object()
+        return Response(services.customer_personal_data(customer=customer,
+                                                        actor=request.user))
+
+    @extend_schema(request=None, responses={200: OpenApiResponse(description=(
+        "What was erased: rows changed per kind."))})
+    @action(detail=True, methods=["post"])
+    def erase(self, request, pk=None):
+        """Erase the customer's personal data on request (PIPL), keeping anonymous aggregates
+        (admins; audited). A later import or sync does not bring them back; adding the brand
+        again does."""
+        if not access.is_admin(request.user):
+            raise PermissionDenied(_("Only admins handle personal-data requests."))
+        customer = self.get_object()
+        return Response({"erased": services.customer_erase(customer=customer,
+                                                           actor=request.user)})
 
     @extend_schema(
         parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],

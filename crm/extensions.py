@@ -87,3 +87,17 @@ class IndexPart:
 
 
 segment_index_parts: Registry[IndexPart] = Registry("segment_index_parts")
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """What another app holds about one customer, for personal-data requests (PIPL):
+    `export(customer)` the JSON-ready records under `name`, `erase(customer)` blanks the
+    personal parts in bulk and answers what it changed ({what: rows})."""
+
+    name: str
+    export: Callable[[Any], Any]
+    erase: Callable[[Any], dict[str, int]]
+
+
+personal_data: Registry[PersonalData] = Registry("personal_data")

@@ -504,3 +504,20 @@ class CustomerExport(TimeStampedModel):
     @property
     def file_name(self) -> str:
         return f"customers-{self.pk}.csv"
+
+
+class ErasedIdentity(models.Model):
+    """A customer erased on request (PIPL): the hash of their external id and when, so a
+    later import or sync does not bring them back; a `friend_added` after the erasure (they
+    added the brand again) does, and removes this row."""
+
+    external_id_hash = models.CharField(_("external id (SHA-256)"), max_length=64,
+                                        primary_key=True)
+    erased_at = models.DateTimeField(_("erased at"))
+
+    class Meta:
+        verbose_name = _("erased identity")
+        verbose_name_plural = _("erased identities")
+
+    def __str__(self) -> str:
+        return f"{self.external_id_hash[:12]}… {self.erased_at:%Y-%m-%d}"

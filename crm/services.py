@@ -8,6 +8,7 @@ query per item. It is idempotent under races because the database decides what i
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import time
@@ -64,6 +65,7 @@ from crm.models import (
     Customer,
     CustomerImport,
     CustomerNote,
+    ErasedIdentity,
     Event,
     EventCount,
     Group,
@@ -73,6 +75,7 @@ from crm.models import (
 )
 
 logger = logging.getLogger(__name__)
+ERASED_PREFIX = "erased:"       # the external id of a customer erased on request: erased:<id>
 User = get_user_model()
 
 MAX_BATCH = 1000
@@ -304,6 +307,89 @@ def customer_delete(*, customer: Customer) -> None:
     customer.delete()
 
 
+# --- Personal-data requests (PIPL) ---------------------------------------------------------
+
+def identity_hash(external_id: str) -> str:
+    return hashlib.sha256(external_id.encode()).hexdigest()
+
+
+def _erased_at(external_ids) -> dict[str, datetime]:
+    """Erasure times of the external ids that were erased on request."""
+    hashes = {identity_hash(e): e for e in external_ids}
+    return {hashes[h]: at for h, at in ErasedIdentity.objects.filter(
+        external_id_hash__in=hashes.keys()).values_list("external_id_hash", "erased_at")}
+
+
+def _own_personal_data(customer: Customer) -> dict[str, Any]:
+    profile = {name: getattr(customer, name) for name in (
+        "external_id", "name", "phone", "gender", "city", "joined_at", "status",
+        "status_changed_at", "opted_out", "attributes", "orders_count", "total_spent",
+        "first_order_at", "last_order_at", "last_active_at", "created_at")}
+    profile["owner"] = customer.owner.get_username() if customer.owner_id else None
+    profile["channel"] = customer.channel.code if customer.channel_id else None
+    return {
+        "profile": profile,
+        "events": list(customer.events.order_by("occurred_at", "pk").values(
+            "type", "occurred_at", "received_at", "data")),
+        "orders": [{**{k: getattr(o, k) for k in ("source", "external_id", "amount", "status",
+                                                  "placed_at", "refunded_at")},
+                    "items": list(o.items.values("sku", "name", "category", "quantity",
+                                                 "price"))}
+                   for o in customer.orders.prefetch_related("items").order_by("placed_at")],
+        "notes": list(customer.notes.order_by("created_at").values(
+            "text", "created_at", "author__username")),
+        "groups": list(GroupMembership.objects.filter(customer=customer).order_by(
+            "joined_at").values("group__chat_id", "group__name", "joined_at", "left_at")),
+    }
+
+
+def customer_personal_data(*, customer: Customer, actor) -> dict[str, Any]:
+    """Everything held about one customer (a personal-data request): the profile, events,
+    orders, notes and groups, and what the other apps hold (tags, stages, messages, …)."""
+    from crm.extensions import personal_data
+
+    data = _own_personal_data(Customer.objects.select_related("owner", "channel")
+                              .get(pk=customer.pk))
+    for part in personal_data:
+        data[part.name] = part.export(customer)
+    audit.record("customer.data_export", target=customer, customer=customer, actor=actor,
+                 summary=customer.external_id)
+    return data
+
+
+@transaction.atomic
+def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
+    """Erase a customer's personal data on request, keeping anonymous aggregates: the profile
+    blanked (name, phone, city, attributes; the external id replaced, so nothing sent later
+    under the old one lands here), the free text of events and notes gone, what other apps
+    hold blanked (message contents, to-do texts, …); no more outreach (opted out). Orders,
+    event types and times, stages and tags stay, without a person behind them. The old
+    external id is remembered hashed: an import or sync does not bring the customer back, a
+    `friend_added` after now (they added the brand again) does."""
+    from crm.extensions import personal_data
+
+    customer = Customer.objects.select_for_update().get(pk=customer.pk)
+    if customer.external_id.startswith(ERASED_PREFIX):
+        raise ApplicationError(_("This customer's personal data was erased already."))
+    now = timezone.now()
+    ErasedIdentity.objects.update_or_create(
+        external_id_hash=identity_hash(customer.external_id), defaults={"erased_at": now})
+    counts = {
+        "events": customer.events.exclude(data={}).update(data={}),
+        "notes": customer.notes.all().delete()[0],
+    }
+    Customer.objects.filter(pk=customer.pk).update(
+        external_id=f"{ERASED_PREFIX}{customer.pk}", name="", phone="", city="",
+        gender=Customer.Gender.UNKNOWN, attributes={}, opted_out=True, updated_at=now)
+    for part in personal_data:
+        counts.update({f"{part.name}.{k}": v for k, v in part.erase(customer).items()})
+    audit.record("customer.erase", target=customer, customer=customer, actor=actor,
+                 summary=_("personal data erased on request"), data=counts)
+    notify_customers_touched([customer.pk])
+    logger.info("crm.customer_erased", extra={"customer": customer.pk, **counts})
+    return counts
+
+
 def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) -> int:
     """Recompute every customer aggregate from the facts, set-based, in primary-key chunks.
 
@@ -510,14 +596,25 @@ def _create_customers_from_friend_added(items: list[_EventItem], actor,
                                         report: IngestReport) -> list[_EventItem]:
     """Create the customers that `friend_added` events introduce; returns items rejected."""
     first: dict[str, _EventItem] = {}
+    failed: list[_EventItem] = []
     for item in sorted(items, key=lambda i: (i.occurred_at, i.index)):
         first.setdefault(item.customer, item)
+    erased = _erased_at(first.keys())
+    for ext, at in erased.items():
+        if first[ext].occurred_at <= at:
+            report.reject(first[ext].index, _("customer: %(id)r was erased on request; only "
+                                              "adding the brand again after that brings "
+                                              "them back") % {"id": ext})
+            failed.append(first.pop(ext))
+    if erased:      # added again after the erasure: a new customer, remembered no longer
+        ErasedIdentity.objects.filter(external_id_hash__in=[
+            identity_hash(e) for e in erased if e in first]).delete()
     owners = _users_by_username({str(i.data["owner"]) for i in first.values()
                                  if i.data.get("owner")})
     channels = channels_by_code({str(i.data["channel"]) for i in first.values()
                                  if i.data.get("channel")}, create_missing=True)
     is_admin = access.user_role(actor) == access.ADMIN
-    rows, failed = [], []
+    rows = []
     now = timezone.now()
     for ext, item in first.items():
         owner_name = item.data.get("owner")
@@ -983,8 +1080,14 @@ def _import_write(chunk: _ImportChunk, *, actor) -> None:
     update_fields: set[str] = set()
     rejoined: list[int] = []     # whose "since joining" event counts move with the new date
     new_rows = []
+    erased = _erased_at([ext for ext in chunk.rows if ext not in existing])
     for ext, (index, values) in chunk.rows.items():
         customer = existing.get(ext)
+        if customer is None and ext in erased:
+            chunk.rejected.append((index, _("external_id %(id)r was erased on request; only "
+                                            "adding the brand again brings them back")
+                                   % {"id": ext}))
+            continue
         if customer is None:
             new_rows.append(values)
             continue

@@ -8,6 +8,8 @@ urlpatterns = [
     path("customers/", views.customer_list, name="customer-list"),
     path("customers/<int:pk>/", views.customer_detail, name="customer-detail"),
     path("customers/<int:pk>/notes/", views.customer_notes, name="customer-notes"),
+    path("customers/<int:pk>/personal-data/", views.customer_personal_data,
+         name="customer-personal-data"),
     path("imports/", views_imports.imports, name="imports"),
     path("imports/sample.csv", views_imports.import_sample, name="import-sample"),
     path("imports/<int:pk>/", views_imports.import_detail, name="import"),

@@ -7,11 +7,14 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import content_disposition_header
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext_lazy
+from django.views.decorators.http import require_http_methods
 
 from core import access, conditions
 from core.exceptions import ApplicationError
@@ -289,3 +292,25 @@ def customer_notes(request, pk: int):
         return redirect(reverse("dashboard:customer-detail", args=[customer.pk]) + "#notes")
     context["notes"] = list(selectors.customer_notes(customer=customer)[:NOTES_SHOWN])
     return render(request, "dashboard/_notes.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def customer_personal_data(request, pk: int):
+    """Personal-data requests (PIPL), admins: GET downloads everything held about the customer
+    as JSON; POST erases their personal data (crm.services.customer_erase)."""
+    access.require_admin(request.user, _("Only admins handle personal-data requests."))
+    customer = selectors.customer_get(user=request.user, pk=pk)
+    if request.method == "POST":
+        try:
+            services.customer_erase(customer=customer, actor=request.user)
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, _("Personal data erased; the figures stay, anonymous."))
+        return redirect("dashboard:customer-detail", pk=customer.pk)
+    data = services.customer_personal_data(customer=customer, actor=request.user)
+    response = JsonResponse(data, json_dumps_params={"ensure_ascii": False, "indent": 2})
+    response["Content-Disposition"] = content_disposition_header(
+        True, f"customer-{customer.pk}-personal-data.json")
+    return response

@@ -18,5 +18,6 @@ class LifecycleConfig(AppConfig):
         timeline.sources.register("stage", extensions.TIMELINE)
         crm_extensions.customer_panels.register("stages", views.customer_stages_panel)
         crm_extensions.segment_index_parts.register("stages", extensions.INDEX_PART)
+        crm_extensions.personal_data.register("stages", extensions.PERSONAL_DATA)
         hooks.touch_consumers.register("lifecycle", services.stage_models_evaluate_touched)
         services.register_customer_list_extensions()

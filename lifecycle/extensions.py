@@ -6,7 +6,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 
 from core.exceptions import ApplicationError
-from crm.extensions import FieldExtension, FilterExtension, IndexPart
+from crm.extensions import FieldExtension, FilterExtension, IndexPart, PersonalData
 from crm.timeline import TimelineSource
 
 
@@ -146,3 +146,26 @@ def _index_stage(ev, leaf):
 
 
 INDEX_PART = IndexPart("stages", _index_read, {"stage": _index_stage})
+
+
+def _stages_export(customer) -> dict:
+    from lifecycle.models import CustomerStage, StageTransition
+
+    return {
+        "current": list(CustomerStage.objects.filter(customer=customer).values(
+            "model__key", "stage__key", "entered_at", "source")),
+        "transitions": list(StageTransition.objects.filter(customer=customer).order_by("at")
+                            .values("model__key", "from_key", "to_key", "at", "source",
+                                    "reason")),
+    }
+
+
+def _stages_erase(customer) -> dict[str, int]:
+    """The reasons people wrote for moves are free text: blanked."""
+    from lifecycle.models import StageTransition
+
+    return {"reasons": StageTransition.objects.filter(customer=customer).exclude(reason="")
+            .update(reason="")}
+
+
+PERSONAL_DATA = PersonalData("stages", _stages_export, _stages_erase)

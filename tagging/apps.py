@@ -18,5 +18,6 @@ class TaggingConfig(AppConfig):
         crm_extensions.customer_filters.register("segment", extensions.SEGMENT_FILTER)
         timeline.sources.register("tag", extensions.TIMELINE)
         crm_extensions.customer_panels.register("tags", views.customer_tags_panel)
+        crm_extensions.personal_data.register("tags", extensions.PERSONAL_DATA)
         hooks.touch_consumers.register("tagging", services.tag_rules_run_for_customers)
         services.register_customer_list_extensions()

@@ -6,7 +6,7 @@ from django.utils.translation import gettext as _
 
 from core import conditions
 from core.exceptions import ApplicationError
-from crm.extensions import FieldExtension, FilterExtension
+from crm.extensions import FieldExtension, FilterExtension, PersonalData
 from crm.timeline import TimelineSource
 
 
@@ -100,3 +100,18 @@ def _timeline_count(customer_id: int) -> int:
 
 
 TIMELINE = TimelineSource("tag", _timeline_entries, _timeline_count)
+
+
+def _tags_export(customer) -> dict:
+    from tagging.models import CustomerTag, TagChange
+
+    return {
+        "held": list(CustomerTag.objects.filter(customer=customer).order_by("added_at").values(
+            "tag__name", "tag__group__name", "source", "added_at", "expires_at")),
+        "history": list(TagChange.objects.filter(customer=customer).order_by("at").values(
+            "tag_name", "group_name", "action", "source", "at")),
+    }
+
+
+# Tags are labels, not free text: an erasure keeps them (anonymous once the profile is gone).
+PERSONAL_DATA = PersonalData("tags", _tags_export, lambda customer: {})
