@@ -148,7 +148,8 @@ def cached(kind: str, scope: Scope, params: dict[str, Any], compute: Callable[[]
     """The answer from Django's cache (Redis in production) for METRICS_CACHE_SECONDS (default
     300), keyed by what the user may see and the parameters; `fresh` computes it anew (and
     stores that)."""
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode(),
+                          usedforsecurity=False).hexdigest()
     key = f"metrics:{kind}:{scope.key}:{digest}"
     if not _recompute.get():
         _note_operator(scope)

@@ -54,7 +54,8 @@ def _key(encoding_aes_key: str) -> bytes:
 
 def sign(token: str, timestamp: str, nonce: str, encrypt: str) -> str:
     joined = "".join(sorted([token, timestamp, nonce, encrypt]))
-    return hashlib.sha1(joined.encode()).hexdigest()
+    # SHA-1 is WeCom's protocol (msg_signature), not a choice made here.
+    return hashlib.sha1(joined.encode()).hexdigest()  # nosec B324
 
 
 class WXBizMsgCrypt:
