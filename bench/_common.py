@@ -66,6 +66,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_env(env: dict[str, str]) -> dict[str, str]:
+    """The production settings a benchmark's gunicorn runs with, on plain HTTP over loopback
+    (no HTTPS redirect: DJANGO_SECURE_COOKIES=0)."""
+    import secrets
+
+    return {**env, "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_DEBUG": "0",
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "DJANGO_SECURE_COOKIES": "0"}
+
+
+def start_gunicorn(env: dict[str, str], *, workers: int, ready_path: str, log: Path,
+                   timeout: int = 120) -> tuple[subprocess.Popen, int]:
+    """gunicorn `config.wsgi` on a free loopback port, once `ready_path` answers (any status
+    below 500); exits with the log's path when it does not come up within 60 s."""
+    import http.client
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "gunicorn"), "config.wsgi", "--workers", str(workers),
+         "--bind", f"127.0.0.1:{port}", "--timeout", str(timeout), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"gunicorn exited ({proc.returncode}); see {log}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", ready_path)
+            if conn.getresponse().status < 500:
+                return proc, port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit(f"gunicorn did not answer within 60 s; see {log}")
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server started by a benchmark (gunicorn's master stops its workers gracefully)."""
     if proc.poll() is None:

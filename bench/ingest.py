@@ -28,7 +28,6 @@ import os
 import random
 import secrets
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,14 +35,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from _common import (
-    ROOT,
-    VENV_BIN,
     connect,
     database_url,
     ensure_database,
-    free_port,
     machine,
     manage,
+    server_env,
+    start_gunicorn,
     stop,
 )
 
@@ -126,30 +124,6 @@ def post(port: int, path: str, body: bytes, token: str | None = None) -> tuple[i
         conn.close()
 
 
-def start_gunicorn(opts, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    server_env = {**env, "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_DEBUG": "0",
-                  "DJANGO_ALLOWED_HOSTS": "127.0.0.1"}
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "gunicorn"), "config.wsgi", "--workers", str(opts.gunicorn_workers),
-         "--bind", f"127.0.0.1:{port}", "--timeout", "120", "--log-level", "warning"],
-        cwd=ROOT, env=server_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"gunicorn exited ({proc.returncode}); see {log}")
-        try:
-            status, _ = post(port, "/api/v1/auth/token/", b"{}")
-            if status in (200, 400):
-                return proc, port
-        except OSError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit(f"gunicorn did not answer within 60 s; see {log}")
-
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", default="crm_bench_ingest")
@@ -182,7 +156,8 @@ def main() -> None:
           f"sync workers; {opts.clients} client threads; batches of {opts.batch_size}")
 
     log = Path(tempfile.mkdtemp(prefix="bench-ingest-")) / "gunicorn.log"
-    proc, port = start_gunicorn(opts, env, log)
+    proc, port = start_gunicorn(server_env(env), workers=opts.gunicorn_workers,
+                                ready_path="/healthz/", log=log)
     try:
         status, answer = post(port, "/api/v1/auth/token/", json.dumps(
             {"username": "admin", "password": opts.password}).encode())

@@ -27,7 +27,6 @@ import http.client
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,13 +37,13 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from _common import (
     ROOT,
-    VENV_BIN,
     connect,
     database_url,
     ensure_database,
-    free_port,
     machine,
     manage,
+    server_env,
+    start_gunicorn,
     stop,
 )
 
@@ -71,33 +70,8 @@ def flush_broker(url: str) -> None:
 
 
 def wecom_env(env: dict[str, str], api_base: str = "") -> dict[str, str]:
-    return {**env, "WECOM_CORP_ID": CORP_ID, "WECOM_SECRET": SECRET, "WECOM_TOKEN": TOKEN,
-            "WECOM_ENCODING_AES_KEY": AES_KEY, "WECOM_API_BASE": api_base,
-            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "DJANGO_DEBUG": "0",
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1"}
-
-
-def start_gunicorn(opts, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "gunicorn"), "config.wsgi", "--workers", str(opts.gunicorn_workers),
-         "--bind", f"127.0.0.1:{port}", "--timeout", "60", "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"gunicorn exited ({proc.returncode}); see {log}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/wecom/callback/")
-            if conn.getresponse().status in (400, 403):
-                return proc, port
-        except OSError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit(f"gunicorn did not answer within 60 s; see {log}")
-
+    return {**server_env(env), "WECOM_CORP_ID": CORP_ID, "WECOM_SECRET": SECRET,
+            "WECOM_TOKEN": TOKEN, "WECOM_ENCODING_AES_KEY": AES_KEY, "WECOM_API_BASE": api_base}
 
 
 def signed_callbacks(n: int, run: str) -> list[tuple[str, bytes]]:
@@ -123,7 +97,8 @@ def signed_callbacks(n: int, run: str) -> list[tuple[str, bytes]]:
 
 def bench_callbacks(opts, env: dict[str, str]) -> None:
     log = Path(tempfile.mkdtemp(prefix="bench-wecom-")) / "gunicorn.log"
-    proc, port = start_gunicorn(opts, wecom_env(env), log)
+    proc, port = start_gunicorn(wecom_env(env), workers=opts.gunicorn_workers,
+                                ready_path="/healthz/", log=log, timeout=60)
     local = threading.local()
 
     def send(path: str, body: bytes, at: float) -> tuple[float, int]:
