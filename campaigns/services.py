@@ -681,10 +681,10 @@ def _daily_quotas(messages: list[Message]) -> dict[str, int]:
     return quotas
 
 
-def _quota_counts(messages: list[Message], now: datetime) -> dict[tuple[int, str], int]:
+def _quota_counts(messages: list[Message], now: datetime,
+                  quotas: dict[str, int]) -> dict[tuple[int, str], int]:
     """Messages handed to a channel with a per-customer daily quota (WeCom's mass sends), per
     (customer, channel), since the start of today."""
-    quotas = _daily_quotas(messages)
     limited = [m for m in messages if m.channel in quotas]
     if not limited:
         return {}
@@ -757,8 +757,8 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
     stage_of = {(cs.customer_id, cs.model_id): cs.stage_id for cs in
                 CustomerStage.objects.filter(customer_id__in=customer_ids)}
     recent, month = _promo_counts(messages, now, pol)
-    today = _quota_counts(messages, now)
     quotas = _daily_quotas(messages)
+    today = _quota_counts(messages, now, quotas)
     goal_hits: dict[int, set[int]] = {}
     step_hits: dict[int, set[int]] = {}
 

@@ -123,8 +123,8 @@ class IngestThrottled:
         return "ingest" if getattr(self, "action", None) in self.ingest_actions else None
 
 
-class AuditedTokenAuthentication(TokenAuthentication):
-    """Token authentication that makes the token's user the actor of the audit log."""
+class _NamesTheActor:
+    """DRF authentication that also makes the user the actor of the audit log."""
 
     def authenticate(self, request):
         from core.audit import set_actor
@@ -135,14 +135,12 @@ class AuditedTokenAuthentication(TokenAuthentication):
         return found
 
 
-class AuditedSessionAuthentication(SessionAuthentication):
-    def authenticate(self, request):
-        from core.audit import set_actor
+class AuditedTokenAuthentication(_NamesTheActor, TokenAuthentication):
+    pass
 
-        found = super().authenticate(request)
-        if found is not None:
-            set_actor(found[0])
-        return found
+
+class AuditedSessionAuthentication(_NamesTheActor, SessionAuthentication):
+    pass
 
 
 class AdminOnlyPermission(BasePermission):

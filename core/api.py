@@ -1,6 +1,5 @@
 """REST endpoints of the shared pieces: what the condition language offers, the audit log."""
 
-from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.response import Response
@@ -9,6 +8,7 @@ from rest_framework.views import APIView
 from core import conditions
 from core.access import AdminOnlyPermission
 from core.audit import ACTIONS
+from core.filters import AuditFilter
 from core.models import AuditEntry
 
 _CHOICES = {"type": "array", "nullable": True, "items": {"type": "object"}}
@@ -59,17 +59,6 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
     def get_action_label(self, entry) -> str:
         return str(ACTIONS.get(entry.action, entry.action))
-
-
-class AuditFilter(filters.FilterSet):
-    actor = filters.CharFilter(field_name="actor_name",
-                               help_text="Username of the person who acted.")
-    action = filters.ChoiceFilter(choices=list(ACTIONS.items()))
-    customer = filters.NumberFilter(field_name="customer_id")
-
-    class Meta:
-        model = AuditEntry
-        fields = ["actor", "action", "customer"]
 
 
 class AuditViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):

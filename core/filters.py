@@ -1,10 +1,11 @@
-"""List filters every app's API shares."""
+"""List filters every app's API shares, and the audit log's."""
 
 from django import forms
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
 
-from core import moments
+from core import audit, moments
+from core.models import AuditEntry
 
 
 class MomentFormField(IsoDateTimeField):
@@ -23,3 +24,16 @@ class MomentFormField(IsoDateTimeField):
 
 class MomentFilter(filters.IsoDateTimeFilter):
     field_class = MomentFormField
+
+
+class AuditFilter(filters.FilterSet):
+    """The audit log's filters, for `audit/` and Settings › Audit log alike."""
+
+    actor = filters.CharFilter(field_name="actor_name",
+                               help_text="Username of the person who acted.")
+    action = filters.ChoiceFilter(choices=lambda: list(audit.ACTIONS.items()))
+    customer = filters.NumberFilter(field_name="customer_id")
+
+    class Meta:
+        model = AuditEntry
+        fields = ["actor", "action", "customer"]

@@ -190,18 +190,14 @@ def audit_log(request):
     from django.core.paginator import Paginator
 
     from core.audit import ACTIONS
+    from core.filters import AuditFilter
     from core.models import AuditEntry
 
-    entries = AuditEntry.objects.all()
     wanted = {"actor": request.GET.get("actor", "").strip(),
               "action": request.GET.get("action", ""),
               "customer": request.GET.get("customer", "").strip()}
-    if wanted["actor"]:
-        entries = entries.filter(actor_name=wanted["actor"])
-    if wanted["action"] in ACTIONS:
-        entries = entries.filter(action=wanted["action"])
-    if wanted["customer"].isdigit():
-        entries = entries.filter(customer_id=int(wanted["customer"]))
+    filtered = AuditFilter(wanted, queryset=AuditEntry.objects.all())
+    entries = filtered.qs if filtered.is_valid() else AuditEntry.objects.none()
     page_obj = Paginator(entries, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
     for entry in page_obj.object_list:
         entry.label = ACTIONS.get(entry.action, entry.action)

@@ -662,16 +662,13 @@ def bulk_tag_job_run(*, job_id: int) -> BulkTagJob:
     locks the job row and reads its progress afresh, so a job resumed by the sweeper while a
     slow worker still runs it is never processed twice, and a job whose worker died resumes
     where it stopped."""
-    from crm.selectors import customer_list
+    from crm.selectors import customer_set
 
     job = BulkTagJob.objects.select_related("actor").get(pk=job_id)
     add = list(Tag.objects.select_related("group").filter(pk__in=job.add))
     remove = list(Tag.objects.select_related("group").filter(pk__in=job.remove))
-    customers = customer_list(user=job.actor).order_by()
-    if job.customer_ids is not None:
-        customers = customers.filter(pk__in=job.customer_ids)
-    if job.condition is not None:
-        customers = customers.filter(conditions.compile_condition(job.condition))
+    customers = customer_set(user=job.actor, condition=job.condition,
+                             customer_ids=job.customer_ids)
     try:
         while True:
             with transaction.atomic():

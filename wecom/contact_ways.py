@@ -14,6 +14,7 @@ from django.utils.translation import gettext as _
 from campaigns.templates import check_template
 from core.exceptions import ApplicationError
 from crm.models import Channel
+from crm.services import channel_save
 from wecom.client import WeComClient, WeComError, api_enabled, client
 from wecom.models import ContactWay
 
@@ -61,13 +62,21 @@ def _fetch_qr(url: str) -> bytes:
 
 
 @transaction.atomic
-def contact_way_save(*, way: ContactWay | None, channel: Channel, staff: list[str],
+def contact_way_save(*, way: ContactWay | None, channel: Channel | None, staff: list[str],
                      skip_verify: bool = True, tags=(), welcome_message: str = "",
+                     new_channel: tuple[str, str] | None = None, cost=None,
                      api: WeComClient | None = None) -> ContactWay:
-    """Create or change a channel's QR code in WeCom and here. WeCom refusing is a 400 with
-    its message, and nothing changes here."""
+    """Create or change a channel's QR code in WeCom and here: for `channel`, or for a new
+    QR-code channel `new_channel` (code, name); `cost` (when given) becomes the channel's.
+    WeCom refusing is a 400 with its message, and nothing changes here."""
     if not api_enabled():
         raise ApplicationError(_("WeCom is not configured: set WECOM_CORP_ID and WECOM_SECRET."))
+    if channel is None:
+        code, name = new_channel
+        channel = channel_save(channel=None, code=code, name=name, kind=Channel.Kind.QR_CODE,
+                               cost=cost or 0)
+    elif cost is not None and cost != channel.cost:
+        channel = channel_save(channel=channel, cost=cost)
     staff = _check(channel=channel, staff=staff, welcome_message=welcome_message)
     if way is None and ContactWay.objects.filter(channel=channel).exists():
         raise ApplicationError(_("channel: this channel has a QR code already; edit it."),

@@ -27,7 +27,6 @@ from core import access
 from core.exceptions import ApplicationError
 from core.people import staff_name
 from crm.models import Channel, Group
-from crm.services import channel_save
 from tagging.models import Tag
 from wecom import contact_ways, mass_sends, selectors, sync
 from wecom.client import WeComError, api_enabled
@@ -166,15 +165,10 @@ def _way_form_page(request, way: ContactWay | None):
         if form.is_valid():
             data = form.cleaned_data
             try:
-                channel = data["channel"]
-                if channel is None:
-                    channel = channel_save(channel=None, code=data["new_code"],
-                                           name=data["new_name"], kind=Channel.Kind.QR_CODE,
-                                           cost=data["cost"] or 0)
-                elif data["cost"] is not None and data["cost"] != channel.cost:
-                    channel = channel_save(channel=channel, cost=data["cost"])
                 way = contact_ways.contact_way_save(
-                    way=way, channel=channel, staff=data["staff"],
+                    way=way, channel=data["channel"], cost=data["cost"],
+                    new_channel=(data["new_code"], data["new_name"])
+                    if data["channel"] is None else None, staff=data["staff"],
                     skip_verify=data["skip_verify"],
                     tags=Tag.objects.filter(pk__in=[int(t) for t in tag_ids if t.isdigit()]),
                     welcome_message=data["welcome_message"])

@@ -3,7 +3,6 @@ from django.utils.translation import gettext as _
 
 from core.exceptions import ApplicationError
 from crm.models import Channel
-from crm.services import channel_save
 from tagging.models import Tag
 from wecom import contact_ways
 from wecom.models import ContactWay
@@ -24,18 +23,18 @@ class Command(BaseCommand):
 
     def handle(self, *args, channel, name, staff, tag, welcome, **options):
         try:
-            found = Channel.objects.filter(code=channel).first() or channel_save(
-                channel=None, code=channel, name=name or channel, kind=Channel.Kind.QR_CODE)
+            found = Channel.objects.filter(code=channel).first()
             tags = list(Tag.objects.filter(name__in=tag))
             missing = set(tag) - {t.name for t in tags}
             if missing:
                 raise CommandError(_("Unknown tags: %(names)s") % {
                     "names": ", ".join(sorted(missing))})
             way = contact_ways.contact_way_save(
-                way=ContactWay.objects.filter(channel=found).first(), channel=found,
+                way=ContactWay.objects.filter(channel=found).first() if found else None,
+                channel=found, new_channel=None if found else (channel, name or channel),
                 staff=staff.split(","), tags=tags, welcome_message=welcome)
         except ApplicationError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(_("QR code of %(channel)s: WeCom config %(config)s, image %(size)d "
-                            "bytes.") % {"channel": found, "config": way.config_id,
+                            "bytes.") % {"channel": way.channel, "config": way.config_id,
                                          "size": len(way.qr_code or b"")})
