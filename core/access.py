@@ -67,6 +67,18 @@ def can_see_customers(user) -> bool:
     return user_role(user) in (ADMIN, OPERATOR)
 
 
+# Given to the admin group by a migration (crm 0018) and, on Settings › Users, to a particular
+# user; a superuser holds every permission.
+FULL_PHONE_PERMISSION = "crm.export_full_phone"
+
+
+def can_export_full_phone(user) -> bool:
+    """Whether the user's exports of customer rows carry phone numbers unmasked."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    return user.has_perm(FULL_PHONE_PERMISSION)
+
+
 def scope_customers(queryset: QuerySet, user, *, owner_field: str = "owner") -> QuerySet:
     """Restrict a queryset of customers (or rows reached through `owner_field`) to the user.
 

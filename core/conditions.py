@@ -440,6 +440,23 @@ def threshold_names(tree: Any) -> set[str]:
     return found
 
 
+def field_names(tree: Any) -> set[str]:
+    """Names of the fields a (validated) tree's leaves test."""
+    found: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("field"), str):
+                found.add(node["field"])
+            for key in ("all", "any", "not"):
+                if key in node:
+                    stack.append(node[key])
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
 def resolve_thresholds(tree: Any, thresholds: dict[str, Any], path: str = "") -> Any:
     """A copy of the tree with every `{"threshold": name}` replaced by its value."""
     if isinstance(tree, dict):

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 from celery import current_app
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db.models import Exists, OuterRef, Q
 from django.utils.translation import gettext_lazy as _
 from django_celery_beat.models import PeriodicTask
 
@@ -102,6 +104,12 @@ class StaffRow:
     user: object
     name: str
     role: str | None
+    full_phone_own: bool = False       # given to the user on Settings › Users
+    full_phone_by_role: bool = False   # through a group (the admin role's) or as a superuser
+
+    @property
+    def full_phone(self) -> bool:
+        return self.full_phone_own or self.full_phone_by_role
 
     @property
     def role_label(self) -> str:
@@ -118,8 +126,18 @@ def _role_of(user) -> str | None:
 def staff_users() -> list[StaffRow]:
     """Every user with their role: active before inactive, then admins, operators, analysts
     and those without a role; two queries."""
-    users = get_user_model().objects.prefetch_related("groups")
-    rows = [StaffRow(user=user, name=staff_name(user), role=_role_of(user)) for user in users]
+    User = get_user_model()
+    app_label, codename = access.FULL_PHONE_PERMISSION.split(".")
+    full_phone = Q(permission__content_type__app_label=app_label, permission__codename=codename)
+    users = User.objects.prefetch_related("groups").annotate(
+        full_phone_own=Exists(User.user_permissions.through.objects.filter(
+            full_phone, user=OuterRef("pk"))),
+        full_phone_group=Exists(Group.permissions.through.objects.filter(
+            full_phone, group__user=OuterRef("pk"))))
+    rows = [StaffRow(user=user, name=staff_name(user), role=_role_of(user),
+                     full_phone_own=user.full_phone_own,
+                     full_phone_by_role=user.is_superuser or user.full_phone_group)
+            for user in users]
     rank = {role: index for index, role in enumerate(access.ROLES)}
     rows.sort(key=lambda row: (not row.user.is_active, rank.get(row.role, len(rank)),
                                row.user.get_username()))

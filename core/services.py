@@ -19,7 +19,7 @@ from celery.schedules import crontab as celery_crontab
 from celery.schedules import schedule as celery_schedule
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -355,9 +355,24 @@ def staff_user_create(*, username: str, password: str, role: str, first_name: st
     return user
 
 
+def _set_full_phone(user, allowed: bool) -> None:
+    """Give the user (not their role) the permission to export full phone numbers, or take it
+    back; what their role's group gives stays."""
+    app_label, codename = access.FULL_PHONE_PERMISSION.split(".")
+    permission = Permission.objects.get(content_type__app_label=app_label, codename=codename)
+    if allowed:
+        user.user_permissions.add(permission)
+    else:
+        user.user_permissions.remove(permission)
+    for cache in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):  # ModelBackend's
+        user.__dict__.pop(cache, None)
+
+
 @transaction.atomic
-def staff_user_update(*, actor, user, role: str, is_active: bool):
-    """Change a user's role and whether they may sign in. An admin cannot take away their own
+def staff_user_update(*, actor, user, role: str, is_active: bool,
+                      full_phone: bool | None = None):
+    """Change a user's role, whether they may sign in and (unless `full_phone` is None)
+    whether they themselves may export full phone numbers. An admin cannot take away their own
     admin role or account (someone must be left to give it back); a superuser is an admin
     whatever their groups say, which the Django admin changes."""
     _check_role(role)
@@ -376,8 +391,11 @@ def staff_user_update(*, actor, user, role: str, is_active: bool):
         user.is_active = bool(is_active)
         user.save(update_fields=["is_active"])
     _set_role(user, role)
-    logger.info("core.staff_user_changed", extra={"user": user.pk, "role": role,
-                                                  "active": user.is_active, "actor": actor.pk})
+    data = {"role": role, "active": user.is_active}
+    if full_phone is not None:
+        _set_full_phone(user, bool(full_phone))
+        data["full_phone"] = bool(full_phone)
+    logger.info("core.staff_user_changed", extra={"user": user.pk, "actor": actor.pk, **data})
     audit.record("settings.user", target=user, actor=actor, summary=user.get_username(),
-                 data={"role": role, "active": user.is_active})
+                 data=data)
     return user

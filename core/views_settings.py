@@ -135,12 +135,14 @@ class StaffCreateForm(UserCreationForm):
 class StaffUpdateForm(forms.Form):
     role = forms.ChoiceField(label=gettext_lazy("Role"), choices=ROLE_CHOICES, required=False)
     is_active = forms.BooleanField(label=gettext_lazy("Active"), required=False)
+    full_phone = forms.BooleanField(label=gettext_lazy("May export full phone numbers"),
+                                    required=False)
 
 
 @admin_required
 def users(request):
-    """Staff users with their role, active flag and last sign-in; change role and active flag,
-    create a user."""
+    """Staff users with their role, active flag and last sign-in; change role, active flag and
+    whether they may export full phone numbers, create a user."""
     create_form = StaffCreateForm(prefix="new")
     failed, error, status = None, "", 200
     if request.method == "POST" and request.POST.get("action") == "create":
@@ -167,7 +169,8 @@ def users(request):
                 raise ApplicationError(_first_error(form))
             services.staff_user_update(actor=request.user, user=user,
                                        role=form.cleaned_data["role"],
-                                       is_active=form.cleaned_data["is_active"])
+                                       is_active=form.cleaned_data["is_active"],
+                                       full_phone=form.cleaned_data["full_phone"])
         except ApplicationError as exc:
             failed, error, status = user.pk, exc.message, 400
         else:

@@ -33,6 +33,9 @@ class ChannelAdmin(ServiceAdmin):
     def service_save(self, request, original, fields, rows):
         return services.channel_save(channel=original, **fields)
 
+    def service_delete(self, request, obj) -> None:
+        services.channel_delete(channel=obj)
+
 
 class GroupMembershipInline(ReadOnlyInline):
     model = GroupMembership

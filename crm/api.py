@@ -403,6 +403,9 @@ class ChannelViewSet(viewsets.ModelViewSet):
         serializer.instance = services.channel_save(channel=serializer.instance,
                                                     **serializer.validated_data)
 
+    def perform_destroy(self, instance):
+        services.channel_delete(channel=instance)
+
 
 class GroupViewSet(viewsets.ModelViewSet):
     """Customer groups (社群); membership follows `group_joined` / `group_left` events."""

@@ -96,6 +96,8 @@ class Customer(TimeStampedModel):
         verbose_name = _("customer")
         verbose_name_plural = _("customers")
         ordering = ["-joined_at", "-id"]
+        # Without it a user's exports of customer rows show phone numbers masked (core.access).
+        permissions = [("export_full_phone", _("Can export full phone numbers"))]
         indexes = [
             models.Index(fields=["owner", "-joined_at"], name="crm_cust_owner_joined"),
             # The ids of an owner's or a channel's customers from the index alone (the metrics'

@@ -1369,7 +1369,17 @@ def channel_save(*, channel: Channel | None, **fields: Any) -> Channel:
         setattr(channel, name, value)
     channel.full_clean()
     channel.save()
+    audit.record("channel.save", target=channel, summary=f"{channel.name} ({channel.code})",
+                 data={"fields": sorted(fields)})
     return channel
+
+
+@transaction.atomic
+def channel_delete(*, channel: Channel) -> None:
+    """Delete an acquisition channel; its customers stay, without a channel."""
+    audit.record("channel.delete", target=channel, summary=f"{channel.name} ({channel.code})",
+                 data={"code": channel.code})
+    channel.delete()
 
 
 @transaction.atomic
@@ -1399,25 +1409,48 @@ def _export_stage_columns() -> tuple[list[tuple[str, str]], dict[tuple[str, str]
     return models_, names
 
 
+def phone_mask(phone: str) -> str:
+    """A phone number as an export shows it to someone without the full-phone permission:
+    the first 3 and last 4 digits of a number of 11 digits or more (`138****5678`), only the
+    last 2 of a shorter one. Other characters (`+`, spaces, dashes) stay where they are; text
+    with no digit at all is masked whole. Empty stays empty."""
+    phone = (phone or "").strip()
+    digits = sum(ch.isdigit() for ch in phone)
+    if digits == 0:
+        return "*" * len(phone)
+    head, tail = (3, 4) if digits >= 11 else (0, 2)
+    out, seen = [], 0
+    for ch in phone:
+        if ch.isdigit():
+            seen += 1
+            out.append(ch if seen <= head or seen > digits - tail else "*")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def customer_export_header(models_: list[tuple[str, str]]) -> list[str]:
-    return [_("Name"), _("External ID"), _("City"), _("Channel"), _("Owner"), _("Status"),
-            _("Tags"), *[name for _key, name in models_], _("Joined"), _("Last active"),
-            _("Orders"), _("Spent (CNY)")]
+    return [_("Name"), _("External ID"), _("Phone"), _("City"), _("Channel"), _("Owner"),
+            _("Status"), _("Tags"), *[name for _key, name in models_], _("Joined"),
+            _("Last active"), _("Orders"), _("Spent (CNY)")]
 
 
 def customer_export_rows(customers, models_: list[tuple[str, str]],
-                         stage_names: dict[tuple[str, str], str]) -> list[list[str]]:
+                         stage_names: dict[tuple[str, str], str], *,
+                         full_phone: bool = False) -> list[list[str]]:
     """The list's columns as people read them: names, never keys (channel, owner, status,
-    tags and each model's stage by name)."""
+    tags and each model's stage by name); phones masked unless `full_phone` (the exporting
+    user's core.access.can_export_full_phone, decided once per export)."""
     from core.people import staff_name
     from crm import extensions
 
+    show_phone = (lambda phone: phone) if full_phone else phone_mask
     rows = []
     for customer in customers:
         values = extensions.extension_values(customer)
         stages = values.get("stages") or {}
         rows.append([
-            customer.name, customer.external_id, customer.city,
+            customer.name, customer.external_id, show_phone(customer.phone), customer.city,
             customer.channel.name if customer.channel_id else "",
             staff_name(customer.owner) if customer.owner_id else "",
             customer.get_status_display(), "; ".join(values.get("tags") or []),
@@ -1470,12 +1503,14 @@ def customer_export_stream(*, user, condition: Any = None,
     """The CSV of a set (UTF-8 with a BOM, so spreadsheet programs read the Chinese right),
     as text pieces for a streaming response."""
     models_, names = _export_stage_columns()
+    full_phone = access.can_export_full_phone(user)
     audit.record("customers.export", actor=user, summary=_("CSV export (streamed)"),
-                 data={"condition": condition, "customer_ids": (customer_ids or [])[:1000]})
+                 data={"condition": condition, "customer_ids": (customer_ids or [])[:1000],
+                       "full_phone": full_phone})
     yield "\ufeff" + _csv_text([customer_export_header(models_)])
     for _last, chunk in _export_chunks(user=user, condition=condition,
                                        customer_ids=customer_ids):
-        yield _csv_text(customer_export_rows(chunk, models_, names))
+        yield _csv_text(customer_export_rows(chunk, models_, names, full_phone=full_phone))
 
 
 def customer_export_path(export) -> Any:
@@ -1495,7 +1530,8 @@ def customer_export_start(*, actor, customers, condition: Any = None,
                                            language=language or translation.get_language() or "")
     audit.record("customers.export", target=export, actor=actor,
                  summary=_("CSV export of %(n)d customers") % {"n": export.total},
-                 data={"condition": condition, "customer_ids": (customer_ids or [])[:1000]})
+                 data={"condition": condition, "customer_ids": (customer_ids or [])[:1000],
+                       "full_phone": access.can_export_full_phone(actor)})
     from crm.tasks import run_customer_export
 
     transaction.on_commit(lambda: run_customer_export.delay(export.pk))
@@ -1505,12 +1541,15 @@ def customer_export_start(*, actor, customers, condition: Any = None,
 def customer_export_run(*, export_id: int):
     """Write the export chunk by chunk. Each chunk locks the job row, cuts the file back to
     the committed size (what a dead worker wrote after its last commit), appends, flushes and
-    commits the new size and cursor with it: resumable, never a row twice."""
+    commits the new size and cursor with it: resumable, never a row twice. Phones are
+    masked unless the user who asked for the export (its `actor`) may export them in full
+    now, when the worker writes it."""
     import os
 
     from crm.models import CustomerExport
 
     export = CustomerExport.objects.select_related("actor").get(pk=export_id)
+    full_phone = access.can_export_full_phone(export.actor)
     path = customer_export_path(export)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -1533,7 +1572,7 @@ def customer_export_run(*, export_id: int):
                                 [customer_export_header(models_)])).encode())
                         if found is not None:
                             handle.write(_csv_text(customer_export_rows(
-                                found[1], models_, names)).encode())
+                                found[1], models_, names, full_phone=full_phone)).encode())
                         handle.flush()
                         os.fsync(handle.fileno())
                         export.bytes_written = handle.tell()

@@ -123,6 +123,9 @@ class SegmentAdmin(ServiceAdmin):
     def service_save(self, request, original, fields, rows):
         return services.segment_save(segment=original, actor=request.user, **fields)
 
+    def service_delete(self, request, obj) -> None:
+        services.segment_delete(segment=obj, actor=request.user)
+
 
 @admin.register(BulkTagJob)
 class BulkTagJobAdmin(ReadOnlyAdmin):

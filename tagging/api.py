@@ -243,7 +243,7 @@ class SegmentViewSet(viewsets.ModelViewSet):
                                                     **serializer.validated_data)
 
     def perform_destroy(self, instance):
-        services.segment_delete(segment=instance)
+        services.segment_delete(segment=instance, actor=self.request.user)
 
     @extend_schema(request=PreviewSerializer, responses=PREVIEW_OUT)
     @action(detail=False, methods=["post"])

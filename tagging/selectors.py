@@ -7,15 +7,19 @@ from django.db.models import Count, IntegerField, OuterRef, Prefetch, QuerySet, 
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from core import access, conditions
 from core.db import heavy_statements, materialize_ids
+from core.exceptions import ApplicationError
 from crm.models import Customer
 from crm.selectors import customer_list
 from tagging import segment_index
 from tagging.models import CustomerTag, Tag, TagGroup, TagRule, TagRuleRun
 
 SAMPLE_SIZE = 20
+# The condition fields that name a person: not for analysts, who read aggregates only.
+IDENTIFYING_FIELDS = frozenset({"external_id", "name", "phone"})
 PREVIEW_TABLE = "tagging_preview_match"   # temporary, per preview
 
 
@@ -75,6 +79,12 @@ def segment_preview(*, user, condition: Any, exact: bool = False) -> dict[str, A
     build, a few minutes old; `as_of` says when), else — or with `exact` — in SQL now."""
     conditions.validate(condition)
     analyst = access.user_role(user) == access.ANALYST
+    if analyst and (named := conditions.field_names(condition) & IDENTIFYING_FIELDS):
+        # A count by name, phone or external id (or a prefix of one) would tell an analyst
+        # who a customer is or what their number is: the personal data they may not read.
+        raise ApplicationError(_("Analysts read aggregates only and cannot filter by %(fields)s: "
+                                 "counts by them would reveal personal data.")
+                               % {"fields": ", ".join(sorted(named))})
     if not exact:
         answer = segment_index.preview(condition, user=user, sample_size=SAMPLE_SIZE)
         if answer is not None:

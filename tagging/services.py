@@ -616,13 +616,18 @@ def segment_save(*, segment: Segment | None, actor, **fields) -> Segment:
     _checked_condition(segment.condition)
     segment.full_clean()
     segment.save()
+    audit.record("segment.save", target=segment, actor=actor, summary=segment.name,
+                 data={"fields": sorted(fields)})
     return segment
 
 
-def segment_delete(*, segment: Segment) -> None:
+def segment_delete(*, segment: Segment, actor=None) -> None:
     """Delete a saved segment; one that a campaign sends to is kept, and the error says which."""
     try:
         with transaction.atomic():
+            # Written first (the row still has its id) and rolled back with a refused delete.
+            audit.record("segment.delete", target=segment, actor=actor, summary=segment.name,
+                         data={"condition": segment.condition})
             segment.delete()
     except ProtectedError as exc:
         names = sorted({str(item) for item in exc.protected_objects})

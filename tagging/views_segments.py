@@ -80,7 +80,7 @@ def segment_delete(request, pk: int):
     _require_editor(request.user)
     segment = get_object_or_404(Segment, pk=pk)
     try:
-        services.segment_delete(segment=segment)
+        services.segment_delete(segment=segment, actor=request.user)
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return redirect("segments:edit", pk=pk)

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils.translation import gettext as _
 
 from campaigns.templates import check_template
+from core import audit
 from core.exceptions import ApplicationError
 from crm.models import Channel
 from crm.services import channel_save
@@ -95,6 +96,7 @@ def contact_way_save(*, way: ContactWay | None, channel: Channel | None, staff: 
     except WeComError as exc:
         raise ApplicationError(_("WeCom refused the QR code: %(error)s")
                                % {"error": exc.errmsg or exc}) from exc
+    created = way is None
     way = way or ContactWay(channel=channel)
     if not way.config_id:
         way.config_id = str(answer.get("config_id") or "")
@@ -106,6 +108,9 @@ def contact_way_save(*, way: ContactWay | None, channel: Channel | None, staff: 
     way.tags.set(list(tags))
     logger.info("wecom.contact_way_saved", extra={"channel": channel.code,
                                                   "config_id": way.config_id})
+    audit.record("contact_way.save", target=way, summary=channel.name,
+                 data={"channel": channel.code, "staff": staff, "created": created,
+                       "config_id": way.config_id})
     return way
 
 
@@ -120,6 +125,8 @@ def contact_way_delete(*, way: ContactWay, api: WeComClient | None = None) -> No
             if exc.errcode not in (41044, 40058):       # already gone in WeCom
                 raise ApplicationError(_("WeCom refused to delete the QR code: %(error)s")
                                        % {"error": exc.errmsg or exc}) from exc
+    audit.record("contact_way.delete", target=way, summary=way.channel.name,
+                 data={"channel": way.channel.code, "config_id": way.config_id})
     way.delete()
 
 

@@ -73,6 +73,12 @@ def _tag_options(selected_ids=(), *, linked_only: bool = False) -> list[dict]:
 
 # --- Settings › WeCom ----------------------------------------------------------------------
 
+# Whole sentences, not "Sync " + the kind's label: the label is capitalised for a column of its
+# own, and another language may not put the verb first.
+SYNC_BUTTONS = {SyncRun.Kind.CONTACTS: gettext_lazy("Sync contacts"),
+                SyncRun.Kind.GROUPS: gettext_lazy("Sync customer groups"),
+                SyncRun.Kind.TAGS: gettext_lazy("Sync tags")}
+
 @_wecom_page(admin=True)
 @require_http_methods(["GET", "POST"])
 def settings_page(request):
@@ -90,7 +96,7 @@ def settings_page(request):
     return render(request, "wecom/settings.html", {
         "state": selectors.connection(), "runs": runs, "current": "wecom",
         "polling": any(r.status in ("queued", "running") for r in runs),
-        "kinds": SyncRun.Kind.choices})
+        "kinds": [(kind, SYNC_BUTTONS[kind]) for kind in SyncRun.Kind.values]})
 
 
 @_wecom_page(admin=True)

@@ -245,7 +245,8 @@ def test_a_small_export_streams_names_not_keys(reader, wang, crowd, vip):
     assert "attachment" in response["Content-Disposition"]
     rows = _rows(b"".join(response.streaming_content))
     header = rows[0]
-    assert header[:7] == ["Name", "External ID", "City", "Channel", "Owner", "Status", "Tags"]
+    assert header[:8] == ["Name", "External ID", "Phone", "City", "Channel", "Owner", "Status",
+                          "Tags"]
     assert "价值生命周期" in header and "决策旅程" in header
     assert [r[0] for r in rows[1:]] == ["客0", "客1", "客2"]
     first = dict(zip(header, rows[1], strict=True))
@@ -377,4 +378,4 @@ def test_exported_text_never_runs_as_a_formula(reader, wang):
                                         "ids": [risky.pk]})
 
     row = _rows(b"".join(response.streaming_content))[1]
-    assert row[0] == "'=HYPERLINK(\"http://x\")" and row[2] == "'@杭州"
+    assert row[0] == "'=HYPERLINK(\"http://x\")" and row[3] == "'@杭州"

@@ -230,6 +230,19 @@ def test_analysts_get_a_count_over_everyone_and_no_sample(analyst, english_clien
     assert (response.json()["count"], response.json()["sample"]) == (5, [])
 
 
+def test_analysts_cannot_count_by_name_phone_or_external_id(analyst, english_client, crowd,
+                                                            admin_api):
+    """A count by a phone prefix would reveal the numbers an analyst may not read."""
+    by_phone = {"all": [SHANGHAI, {"any": [
+        {"field": "phone", "op": "contains", "value": "138"},
+        {"not": {"field": "name", "op": "eq", "value": "张三"}}]}]}
+    response = english_client(analyst).post(PREVIEW, {"condition": by_phone}, format="json")
+
+    assert response.status_code == 400
+    assert "cannot filter by name, phone" in str(response.json())
+    assert admin_api.post(PREVIEW, {"condition": by_phone}, format="json").status_code == 200
+
+
 def test_admin_preview_sees_everyone(admin_api, crowd):
     body = admin_api.post(PREVIEW, {"condition": SHANGHAI}, format="json").json()
     assert body["count"] == 5

@@ -56,6 +56,13 @@ def test_settings_page_shows_the_connection_and_starts_a_sync(admin_client, fake
     assert 'hx-trigger="every 2s"' in fragment and 'data-status="queued"' in fragment
 
 
+def test_the_sync_buttons_read_as_sentences(admin_client, fake):
+    page = _get(admin_client, "/settings/wecom/").content.decode()
+    for label in ("Sync contacts", "Sync customer groups", "Sync tags", "Sync everything"):
+        assert f">{label}</button>" in page
+    assert "Sync Contacts" not in page and "Sync Customer groups" not in page
+
+
 def test_settings_page_reports_wecoms_last_error(admin_client, fake, settings):
     from wecom.client import WeComError, client
 
