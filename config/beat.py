@@ -77,8 +77,8 @@ BEAT_SCHEDULE = {
     },
     "tagging-touched-customers": {
         "task": "tagging.tasks.tag_touched_customers",
-        "schedule": 30.0,
-        "options": {"expires": 25},
+        "schedule": 10.0,
+        "options": {"expires": 9},
     },
     "tagging-expire-tags": {
         "task": "tagging.tasks.expire_tags",
@@ -112,8 +112,8 @@ BEAT_SCHEDULE = {
     },
     "lifecycle-touched-customers": {
         "task": "lifecycle.tasks.evaluate_touched_customers",
-        "schedule": 30.0,
-        "options": {"expires": 25},
+        "schedule": 10.0,
+        "options": {"expires": 9},
     },
     "campaigns-dispatch": {
         "task": "campaigns.tasks.dispatch_messages",

@@ -19,7 +19,7 @@ def evaluate_model(key: str) -> int:
 
 @shared_task(acks_late=True)
 def evaluate_touched_customers() -> int | None:
-    """Beat, every 30 s: re-evaluate the customers whose events or orders arrived."""
+    """Beat, every 10 s: re-evaluate the customers whose events or orders arrived."""
     return touched_customers_process("lifecycle")
 
 

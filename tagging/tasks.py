@@ -22,7 +22,7 @@ def run_tag_rule(rule_id: int) -> None:
 
 @shared_task(acks_late=True)
 def tag_touched_customers() -> int | None:
-    """Beat, every 30 s: re-evaluate the rules for customers whose events or orders arrived."""
+    """Beat, every 10 s: re-evaluate the rules for customers whose events or orders arrived."""
     return touched_customers_process("tagging")
 
 
