@@ -4,6 +4,7 @@ import json
 from datetime import datetime, timedelta
 
 import pytest
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from crm.models import Channel, Customer, Event, Group, GroupMembership
@@ -132,6 +133,56 @@ def test_two_concurrent_posts_of_the_same_keys_store_each_key_once(api_client_fo
     assert Event.objects.filter(idempotency_key__in=keys).count() == len(keys)
     customer.refresh_from_db()
     assert customer.last_active_at == when(20)
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_an_ingest_does_not_wait_for_a_worker_writing_rows_that_point_at_the_customer(
+        api_client_for):
+    """A stage evaluation or an enrolment holds the foreign-key lock (FOR KEY SHARE) of every
+    customer it writes rows for until it commits, seconds later under load. Ingest's own row
+    lock must not conflict with it: with FOR UPDATE the two waited on each other and
+    deadlocked at 1,000 events/s (bench/soak.py)."""
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    from campaigns.models import Message
+
+    owner = UserFactory(username="busy", roles=["operator"])
+    customer = CustomerFactory(external_id="wm-busy", owner=owner)
+    holding, release = threading.Event(), threading.Event()
+
+    def worker():
+        try:
+            with transaction.atomic():
+                # Inserting a row that references the customer takes FOR KEY SHARE on it.
+                Message.objects.create(customer=customer, channel="wecom", category="service",
+                                       dedupe_key="busy:1", due_at=timezone.now())
+                with connection.cursor() as cursor:
+                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                holding.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        response = post(api_client_for(owner), [event(customer, key="busy-1",
+                                                      occurred_at=at(3))])
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join(30)
+
+    assert response.status_code == 200 and response.json()["accepted"] == 1
+    assert waited < 5, f"the ingest waited {waited:.1f} s for the worker's transaction"
+    customer.refresh_from_db()
+    assert customer.last_active_at == when(3)
 
 
 # --- Per-item rejections ------------------------------------------------------------------
