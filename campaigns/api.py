@@ -24,7 +24,7 @@ from campaigns.models import (
 from core import access
 from core.exceptions import ApplicationError
 from core.filters import MomentFilter
-from core.serializers import ConditionField, LocalTimeField
+from core.serializers import ConditionField, LocalTimeField, MomentField
 from crm import selectors as crm_selectors
 from lifecycle.models import Stage, StageModel
 from tagging.models import Segment
@@ -73,6 +73,7 @@ class CampaignSerializer(serializers.ModelSerializer):
     override_stage_guard = serializers.BooleanField(required=False)
     overridden_by = serializers.SlugRelatedField(slug_field="username", read_only=True,
                                                  allow_null=True)
+    send_at = MomentField(required=False, allow_null=True, label=gettext_lazy("send at"))
     progress = serializers.SerializerMethodField()
 
     class Meta:

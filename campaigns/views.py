@@ -15,7 +15,6 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
@@ -26,6 +25,7 @@ from campaigns.extensions import campaign_panels
 from campaigns.models import Campaign, Category, Channel, Message, OperatorTask
 from core import access
 from core.exceptions import ApplicationError
+from core.views import posted_next
 from crm import selectors as crm_selectors
 from tagging import selectors as tagging_selectors
 from tagging.models import Segment
@@ -135,10 +135,7 @@ def outbox_retry(request):
     (`all_failed`), then go back to the outbox as it was."""
     if not access.is_admin(request.user):
         raise PermissionDenied(_("Only admins may retry failed messages."))
-    back = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()},
-                                           require_https=request.is_secure()):
-        back = reverse("outreach:outbox")
+    back = posted_next(request, reverse("outreach:outbox"))
     try:
         if request.POST.get("all_failed"):
             values = _outbox_form(request.POST).values()

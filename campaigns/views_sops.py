@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Prefetch
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
@@ -18,6 +19,7 @@ from campaigns import selectors, services, templates
 from campaigns.models import Category, Channel, Sop, SopStep
 from core import access
 from core.exceptions import ApplicationError
+from core.views import posted_next
 from lifecycle.models import Stage, StageModel
 
 # How an editor enters a delay; stored in minutes.
@@ -84,7 +86,8 @@ def _posted_steps(data) -> list[dict[str, Any]]:
         step = {name: data.get(f"step-{index}-{name}", "") for name in STEP_FIELDS}
         step["paused"] = bool(step["paused"])
         step["remove"] = bool(step["remove"])
-        step["pk"] = data.get(f"step-{index}-pk") or None
+        pk = data.get(f"step-{index}-pk", "").strip()
+        step["pk"] = pk if pk.isdigit() else None   # shown with its step's statistics only
         step["paused_reason"] = data.get(f"step-{index}-paused_reason", "")
         steps.append(step)
     return steps
@@ -224,7 +227,7 @@ def sop_step_resume(request, pk: int):
     else:
         messages.success(request, _("Step %(order)d of “%(sop)s” sends again.")
                          % {"order": step.order, "sop": step.sop.name})
-    return redirect(request.POST.get("next") or "outreach:sops")
+    return redirect(posted_next(request, reverse("outreach:sops")))
 
 
 @login_required

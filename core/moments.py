@@ -3,7 +3,9 @@
 Every date or time a client sends — a body field, a list filter, a metrics range — passes
 through here. An aware time is turned into UTC (PostgreSQL refuses UTC offsets beyond ±15:59,
 which Python accepts up to ±23:59), and a year outside MIN_YEAR…MAX_YEAR is refused: no CRM fact
-happened before 1900, and date arithmetic near Python's year 9999 overflows. Facts (events,
+happened before 1901 (until then the time zone database keeps China on local mean time,
++08:05:43, an offset an ISO 8601 answer cannot write), and date arithmetic near Python's year
+9999 overflows. Facts (events,
 orders, joins, receipts) may also not lie in the future, beyond a few minutes of clock skew
 (`INGEST_MAX_FUTURE_MINUTES`).
 """
@@ -14,7 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-MIN_YEAR, MAX_YEAR = 1900, 2999
+MIN_YEAR, MAX_YEAR = 1901, 2999
 
 
 def system_tz():

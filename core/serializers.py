@@ -1,5 +1,8 @@
 """DRF pieces every app's API shares."""
 
+from datetime import UTC, datetime
+
+from django.utils import timezone
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import extend_schema_field
@@ -17,6 +20,14 @@ class MomentField(serializers.DateTimeField):
             return moments.in_utc(super().to_internal_value(value))
         except (moments.MomentError, OverflowError) as exc:
             raise serializers.ValidationError(str(exc) or self.error_messages["overflow"])
+
+    def to_representation(self, value):
+        # Before 1901 the system time zone may be on local mean time (Asia/Shanghai: +08:05:43),
+        # an offset RFC 3339 cannot write: such a moment is shown in UTC.
+        if isinstance(value, datetime) and timezone.is_aware(value) and \
+                timezone.localtime(value).utcoffset().seconds % 60:
+            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return super().to_representation(value)
 
 
 @extend_schema_field({"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$",

@@ -5,6 +5,7 @@ from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.db import connection
 from django.http import JsonResponse
 from django.shortcuts import render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views import defaults
 
@@ -17,6 +18,16 @@ def healthz(request):
     except Exception as exc:  # any database failure means "not healthy", never a 500 page
         return JsonResponse({"status": "error", "database": str(exc)}, status=503)
     return JsonResponse({"status": "ok"})
+
+
+def posted_next(request, default: str) -> str:
+    """Where a form returns: its posted `next` when that is a path on this site, else
+    `default` (never a route name: `redirect("0")` would look one up and fail)."""
+    target = request.POST.get("next", "")
+    if target.startswith("/") and url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return target
+    return default
 
 
 def _api(request) -> bool:

@@ -14,12 +14,12 @@ from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from core import access, conditions
 from core.exceptions import ApplicationError
+from core.views import posted_next
 from crm import listing, selectors, services
 from crm.models import CustomerExport
 
@@ -29,11 +29,7 @@ JOB_KINDS = ("tags", "stage", "export")
 
 def _back(request) -> str:
     """Where the action returns: the list with its filters (only ever this site's URL)."""
-    target = request.POST.get("next", "")
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
-                                                  require_https=request.is_secure()):
-        return target
-    return reverse("dashboard:customer-list")
+    return posted_next(request, reverse("dashboard:customer-list"))
 
 
 def _target(request) -> tuple[Any, list[int] | None]:

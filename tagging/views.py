@@ -15,13 +15,13 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
 from core import access
 from core.exceptions import ApplicationError
+from core.views import posted_next
 from crm import selectors as crm_selectors
 from tagging import selectors, services
 from tagging.models import Tag, TagGroup, TagRule, TagRuleRun
@@ -404,8 +404,4 @@ def rule_run(request, pk: int):
             "“%(name)s” ran: %(matched)d matched, %(added)d added, %(removed)d removed, in "
             "%(ms)d ms.") % {"name": rule.name, "matched": run.matched, "added": run.added,
                              "removed": run.removed, "ms": run.duration_ms})
-    back = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()},
-                                           require_https=request.is_secure()):
-        back = reverse("tagging-dashboard:rules")
-    return redirect(back)
+    return redirect(posted_next(request, reverse("tagging-dashboard:rules")))

@@ -10,6 +10,7 @@ import pytest
 from django.utils import translation
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+from rest_framework.throttling import SimpleRateThrottle
 
 from tests.factories import CustomerFactory, UserFactory
 
@@ -109,3 +110,13 @@ def op_api(operator, api_client_for):
 def english_client(api_client_for):
     """`english_client(user)`: an authenticated APIClient asking for English messages."""
     return api_client_for
+
+
+@pytest.fixture
+def walk_settings(settings, monkeypatch):
+    """WeCom configured (else its pages are 404 for everyone) and no throttling."""
+    settings.WECOM_CORP_ID, settings.WECOM_SECRET, settings.WECOM_TOKEN = "ww1", "s", "t"
+    settings.WECOM_ENCODING_AES_KEY = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt"
+    settings.WECOM_API_BASE = "http://127.0.0.1:9/cgi-bin/"
+    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES",
+                        dict.fromkeys(SimpleRateThrottle.THROTTLE_RATES, "100000/min"))

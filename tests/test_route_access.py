@@ -3,23 +3,12 @@ with each method by someone anonymous, an analyst, an operator and an admin, aga
 objects (the operator's); who is let in must be exactly what config/route_access.py says."""
 
 import pytest
-from rest_framework.throttling import SimpleRateThrottle
 
 from config.route_access import ROUTE_ACCESS
 from tests.factories import UserFactory
 from tests.route_walk import observe, routes, world
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def walk_settings(settings, monkeypatch):
-    """WeCom configured (else its pages are 404 for everyone) and no throttling."""
-    settings.WECOM_CORP_ID, settings.WECOM_SECRET, settings.WECOM_TOKEN = "ww1", "s", "t"
-    settings.WECOM_ENCODING_AES_KEY = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt"
-    settings.WECOM_API_BASE = "http://127.0.0.1:9/cgi-bin/"
-    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES",
-                        dict.fromkeys(SimpleRateThrottle.THROTTLE_RATES, "100000/min"))
 
 
 def test_every_route_lets_in_exactly_whom_the_table_says(client, walk_settings):

@@ -2,32 +2,18 @@
 with a bounded number of generated requests each — no 5xx, and every answer conforms to the
 schema. A new 500 anywhere in the API fails the build."""
 
-import json
-import os
-
 import pytest
 import schemathesis
-from django.core import signals
 from django.core.handlers.wsgi import WSGIHandler
-from django.db import close_old_connections
-from drf_spectacular.generators import SchemaGenerator
-from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from campaigns.models import Campaign
 from crm import services as crm_services
 from lifecycle import services as lifecycle_services
+from tests.api.fuzzing import CHECKS, EXAMPLES, RAW, SEARCH
 from tests.factories import ChannelFactory, CustomerFactory, UserFactory
 
-RAW = json.loads(OpenApiJsonRenderer().render(SchemaGenerator().get_schema(request=None,
-                                                                           public=True)))
 # The coverage phase sends every boundary case the schema defines; for the bodies holding a
 # condition (its JSON Schema has a branch per field) that is ~7,000 requests an operation, so
 # those operations are fuzzed with generated examples only.
@@ -37,26 +23,6 @@ CONFIG = schemathesis.Config.from_dict({"operations": [{
     "phases": {"coverage": {"enabled": False}}}]})
 schema = schemathesis.openapi.from_dict(RAW, config=CONFIG)
 schema.app = WSGIHandler()
-
-# CI runs the same bounded, derandomized examples every time (a new 500 fails the build, never a
-# lucky draw); FUZZ_EXAMPLES=500 FUZZ_SEARCH=1 scripts/test tests/api searches further by hand.
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
-SEARCH = os.environ.get("FUZZ_SEARCH") == "1"
-
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
-
-
-@pytest.fixture(autouse=True)
-def _keep_the_test_connection():
-    """Django closes the database connection after each request; the test client stops that
-    for its requests, and so must this in-process WSGI transport (the test's transaction lives
-    on that connection)."""
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
-    yield
-    signals.request_started.connect(close_old_connections)
-    signals.request_finished.connect(close_old_connections)
 
 
 @pytest.fixture
@@ -82,6 +48,7 @@ def token(db):
 
 
 @pytest.mark.postgres_only
+@pytest.mark.usefixtures("keep_the_test_connection")
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=not SEARCH,
           suppress_health_check=list(HealthCheck))

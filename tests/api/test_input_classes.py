@@ -34,7 +34,7 @@ def _message(response) -> str:
 def test_a_filter_time_outside_the_years_held_is_a_400_naming_it(admin_api, query, parameter):
     response = admin_api.get(f"/api/v1/events/?{query}")
     assert response.status_code == 400
-    assert _message(response) == f"{parameter}: must be between the years 1900 and 2999"
+    assert _message(response) == f"{parameter}: must be between the years 1901 and 2999"
 
 
 @pytest.mark.both_dbs
@@ -55,7 +55,7 @@ def test_a_utc_offset_the_database_refuses_is_read_as_the_same_moment(admin_api,
 def test_a_metrics_range_outside_the_years_held_is_a_400(admin_api, path):
     response = admin_api.get(f"{path}?start=9999-12-01&end=9999-12-31")
     assert response.status_code == 400
-    assert _message(response) == "start: must be between the years 1900 and 2999"
+    assert _message(response) == "start: must be between the years 1901 and 2999"
 
 
 def test_an_ingested_offset_the_database_refuses_is_stored_as_the_same_moment(admin_api, mine):
