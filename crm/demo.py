@@ -36,6 +36,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core import access
+from core.models import AuditEntry
 from crm.models import (
     EVENT_COUNT_LATEST,
     INBOUND_EVENT_TYPES,
@@ -807,25 +808,47 @@ def demo_data_exists() -> bool:
     return Event.objects.filter(idempotency_key__startswith=KEY_PREFIX).exists()
 
 
+def _kept_per_customer() -> list:
+    """Other apps' models that keep rows per customer — a foreign key to Customer, with or
+    without a database constraint, or a plain `customer_id` column — apart from the audit log.
+    TRUNCATE … CASCADE reaches only those with a constraint; left behind, the others' rows
+    would belong to the new customers once ids start at 1 again."""
+    from django.apps import apps
+
+    found = []
+    for model in apps.get_models():
+        if model._meta.app_label == "crm" or model is AuditEntry:
+            continue
+        if any((f.is_relation and f.related_model is Customer) or f.column == "customer_id"
+               for f in model._meta.concrete_fields):
+            found.append(model)
+    return found
+
+
 def demo_reset() -> list[str]:
-    """Delete crm's data (and, on PostgreSQL, rows of other apps that point at it).
+    """Delete crm's data and every other app's rows about its customers (stages, tags,
+    enrolments, metric facts); the audit log stays, its entries no longer naming a customer.
 
     Returns the tables emptied besides crm's own."""
     # The touch queue goes too: touches of deleted customers mean nothing.
     models = (EventCount, Event, OrderItem, Order, GroupMembership, Customer, Group, Channel,
               CustomerTouch)
+    others = _kept_per_customer()
+    AuditEntry.objects.exclude(customer_id=None).update(customer_id=None)
     if connection.vendor == "postgresql":
-        tables = ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
+        tables = ", ".join(connection.ops.quote_name(m._meta.db_table)
+                           for m in (*models, *others))
         with connection.cursor() as cursor:
             notices = cursor.connection.notices      # psycopg2 keeps the last 50 only
             notices.clear()
             # TRUNCATE refuses tables with deferred checks pending in this transaction.
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             cursor.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-            return [n.split("truncate cascades to table ", 1)[1].strip().strip('"')
-                    for n in notices if "truncate cascades to table " in n]
+            cascaded = [n.split("truncate cascades to table ", 1)[1].strip().strip('"')
+                        for n in notices if "truncate cascades to table " in n]
+            return sorted({*cascaded, *(m._meta.db_table for m in others)})
     with transaction.atomic():
-        for model in models:
+        for model in (*others, *models):
             model.objects.all().delete()
         if connection.vendor != "sqlite":
             return []

@@ -163,6 +163,28 @@ def test_same_seed_same_data_and_a_second_run_adds_nothing():
     assert snapshot()["customers"] != first["customers"]
 
 
+def test_reset_leaves_no_rows_of_other_apps_to_the_new_customers():
+    """Stage rows keep no database foreign key: left behind by a reset, they would belong to
+    the new customers that take the same ids."""
+    from core import audit
+    from core.models import AuditEntry
+    from lifecycle.models import CustomerStage, StageTransition
+    from lifecycle.services import stage_models_evaluate
+
+    seed()
+    stage_models_evaluate()
+    first = Customer.objects.order_by("pk").first()
+    entry = audit.record("customer.erase", customer=first, summary="before the reset")
+    assert CustomerStage.objects.exists() and StageTransition.objects.exists()
+
+    report = seed(reset=True, seed=8)
+
+    assert not CustomerStage.objects.exists() and not StageTransition.objects.exists()
+    assert "lifecycle_customerstage" in report.truncated or connection.vendor != "postgresql"
+    entry.refresh_from_db()
+    assert entry.customer_id is None and entry.summary == "before the reset"
+
+
 def test_command_prints_counts_and_logins():
     out = StringIO()
     call_command("seed_demo", customers=50, seed=3, until="2026-06-01T00:00:00+00:00",
