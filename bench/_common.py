@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -177,3 +178,42 @@ def session_settings(execute, *, jit: str = "server", work_mem: str = "",
     connection_created.connect(apply, weak=False)
     for statement in statements:
         execute(statement)
+
+
+# A webhook receiver answering 200 as fast as it can: the outbox's channel in the benchmarks.
+# With a file name it appends the `id` of every message it receives, one a line.
+WEBHOOK_SINK = textwrap.dedent("""
+    import json, sys, threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    out = open(sys.argv[2], "a", buffering=1) if len(sys.argv) > 2 else None
+    lock = threading.Lock()
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if out is not None:
+                try:
+                    ident = json.loads(body).get("id")
+                except ValueError:
+                    ident = None
+                with lock:
+                    out.write(f"{ident}\\n")
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+    server.daemon_threads = True
+    server.serve_forever()
+""")
+
+
+def start_sink(port: int, record: Path | None = None) -> subprocess.Popen:
+    """The webhook sink on 127.0.0.1:`port`, recording message ids to `record` if given."""
+    return subprocess.Popen([PYTHON, "-c", WEBHOOK_SINK, str(port),
+                             *([str(record)] if record else [])])

@@ -18,33 +18,12 @@ import argparse
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench._common import database_url, ensure_database  # noqa: E402
-
-SINK = textwrap.dedent("""
-    import sys
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-    server.daemon_threads = True
-    server.serve_forever()
-""")
+from bench._common import database_url, ensure_database, start_sink  # noqa: E402
 
 
 def main() -> None:
@@ -97,7 +76,7 @@ def main() -> None:
         Message(customer_id=c, channel="wecom", category="service", content=f"您好 {c}",
                 due_at=now, dedupe_key=f"bench:{c}") for c in ids[:args.messages]],
         batch_size=5000)
-    sink = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
+    sink = start_sink(port)
     subprocess.run([sys.executable, "-m", "celery", "-A", "config", "purge", "-f",
                     "--queues=dispatch"], cwd=ROOT, env=env, capture_output=True, timeout=60)
     worker = subprocess.Popen(

@@ -68,38 +68,10 @@ from _common import (
     manage,
     server_env,
     start_gunicorn,
+    start_sink,
     stop,
     vacuum_stale_tables,
 )
-
-SINK = textwrap.dedent("""
-    import json, sys, threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    out = open(sys.argv[2], "a", buffering=1)
-    lock = threading.Lock()
-
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            try:
-                ident = json.loads(body).get("id")
-            except ValueError:
-                ident = None
-            with lock:
-                out.write(f"{ident}\\n")
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-    server.daemon_threads = True
-    server.serve_forever()
-""")
 
 NOISE = (("message_in", 30), ("message_out", 22), ("link_clicked", 18),
          ("moments_interaction", 18), ("coupon_redeemed", 4), ("survey_answered", 3))
@@ -349,7 +321,7 @@ def main() -> None:
     launched = time.time()                  # what the worker sends from here on is the run's
     broker_client = redis.Redis.from_url(broker)
     broker_client.flushdb()                 # the soak's own broker database: no stale tasks
-    sink = subprocess.Popen([PYTHON, "-c", SINK, str(sink_port), str(sink_file)])
+    sink = start_sink(sink_port, sink_file)
     procs = [sink]
     gunicorn, port = start_gunicorn(env, workers=opts.gunicorn_workers, ready_path="/healthz/",
                                     log=out / "gunicorn.log")

@@ -217,47 +217,34 @@ def fuzz(examples: int, strategy, send) -> str | None:
     return None
 
 
-def test_every_form_and_fragment_survives_bad_input(site):
-    clients, paths, forms, _filters = site
+def _fuzz_routes(site, method: str, examples: int, cases) -> None:
+    """Fuzz every route the table lets an admin or operator `method`, with (payload, htmx)
+    drawn from `cases(path, forms, filters)`; every failure is reported together."""
+    clients, paths, forms, filters = site
     failures = {}
     for name, path in sorted(paths.items()):
-        allowed = ROUTE_ACCESS.get(name, {}).get("post", ())
-        fields = forms.get(path, {})
+        allowed = ROUTE_ACCESS.get(name, {}).get(method, ())
         for role in FUZZ_ROLES:
             if role not in allowed:
                 continue
 
             def send(case, role=role, path=path):
-                data, htmx = case
+                payload, htmx = case
                 headers = {"HTTP_HX_REQUEST": "true"} if htmx else {}
-                note(f"POST {path} {data!r} htmx={htmx}")
-                response = ask(clients[role], "post", path, data=data, **headers)
-                assert response.status_code < 500, (data, response.status_code)
+                note(f"{method.upper()} {path} {payload!r} htmx={htmx}")
+                response = ask(clients[role], method, path, data=payload, **headers)
+                assert response.status_code < 500, (payload, response.status_code)
 
-            failure = fuzz(8, st.tuples(form_data(fields), st.booleans()), send)
+            failure = fuzz(examples, st.tuples(cases(path, forms, filters), st.booleans()), send)
             if failure:
-                failures[f"POST {name} as {role}"] = failure
+                failures[f"{method.upper()} {name} as {role}"] = failure
     assert not failures, "\n\n".join(f"{k}: {v}" for k, v in failures.items())
+
+
+def test_every_form_and_fragment_survives_bad_input(site):
+    _fuzz_routes(site, "post", 8, lambda path, forms, _filters: form_data(forms.get(path, {})))
 
 
 def test_every_page_and_fragment_survives_bad_query_strings(site):
-    clients, paths, _forms, filters = site
-    failures = {}
-    for name, path in sorted(paths.items()):
-        allowed = ROUTE_ACCESS.get(name, {}).get("get", ())
-        own = filters.get(path, [])
-        for role in FUZZ_ROLES:
-            if role not in allowed:
-                continue
-
-            def send(case, role=role, path=path):
-                query, htmx = case
-                headers = {"HTTP_HX_REQUEST": "true"} if htmx else {}
-                note(f"GET {path} {query!r} htmx={htmx}")
-                response = ask(clients[role], "get", path, data=query, **headers)
-                assert response.status_code < 500, (query, response.status_code)
-
-            failure = fuzz(4, st.tuples(query_string(own), st.booleans()), send)
-            if failure:
-                failures[f"GET {name} as {role}"] = failure
-    assert not failures, "\n\n".join(f"{k}: {v}" for k, v in failures.items())
+    _fuzz_routes(site, "get", 4,
+                 lambda path, _forms, filters: query_string(filters.get(path, [])))
