@@ -167,7 +167,6 @@ def test_reset_leaves_no_rows_of_other_apps_to_the_new_customers():
     """Stage rows keep no database foreign key: left behind by a reset, they would belong to
     the new customers that take the same ids."""
     from core import audit
-    from core.models import AuditEntry
     from lifecycle.models import CustomerStage, StageTransition
     from lifecycle.services import stage_models_evaluate
 
