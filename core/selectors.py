@@ -108,10 +108,6 @@ class StaffRow:
     full_phone_by_role: bool = False   # through a group (the admin role's) or as a superuser
 
     @property
-    def full_phone(self) -> bool:
-        return self.full_phone_own or self.full_phone_by_role
-
-    @property
     def role_label(self) -> str:
         return ROLE_LABELS.get(self.role, _("No role"))
 

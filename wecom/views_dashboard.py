@@ -79,6 +79,7 @@ SYNC_BUTTONS = {SyncRun.Kind.CONTACTS: gettext_lazy("Sync contacts"),
                 SyncRun.Kind.GROUPS: gettext_lazy("Sync customer groups"),
                 SyncRun.Kind.TAGS: gettext_lazy("Sync tags")}
 
+
 @_wecom_page(admin=True)
 @require_http_methods(["GET", "POST"])
 def settings_page(request):

@@ -20,12 +20,10 @@ def grant_to_admins(apps, schema_editor):
 
 
 def revoke_from_admins(apps, schema_editor):
-    Permission = apps.get_model("auth", "Permission")
     Group = apps.get_model("auth", "Group")
-    for permission in Permission.objects.filter(content_type__app_label="crm",
-                                                codename=CODENAME):
-        for group in Group.objects.filter(name="admin"):
-            group.permissions.remove(permission)
+    Group.permissions.through.objects.filter(
+        group__name="admin", permission__content_type__app_label="crm",
+        permission__codename=CODENAME).delete()
 
 
 class Migration(migrations.Migration):
