@@ -12,7 +12,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from metrics import reports
+from metrics import kpis, reports
 
 # --- Schema --------------------------------------------------------------------------------
 
@@ -79,24 +79,11 @@ REVENUE_OUT = inline_serializer("MetricsRevenue", {
 class OverviewView(APIView):
     @extend_schema(
         parameters=[*RANGE_PARAMETERS, *FILTER_PARAMETERS], responses=OpenApiTypes.OBJECT,
-        description=_with_note(gettext_lazy(
+        description=_with_note(format_lazy("{} {} {}", gettext_lazy(
             "The seed-002 KPIs per relationship stage for the range, churn and win-back of the "
             "value lifecycle, totals and a daily series (stored snapshots, today and days not "
-            "snapshotted computed live). "
-            "friend_loss_rate = joined in range and deleted us (friend_deleted) within 7 days "
-            "of joining ÷ joined in range; group_join_rate = of those, joined a group after "
-            "joining and before the range ended ÷ joined; interaction_rate = customers in the "
-            "private domain during the range (joined by its end, not gone before its start) "
-            "with an inbound event in it ÷ customers in the domain; retention_rate = active "
-            "(inbound event or paid order) in both the range and the preceding range of equal "
-            "length ÷ active in the preceding range; conversion_rate = customers in the domain "
-            "whose first paid order falls in the range ÷ customers in the domain without a paid "
-            "order before it; repurchase_rate = buyers with ≥ 2 paid orders in the range ÷ "
-            "buyers; fission_multiplier = customers joined in the range with a referrer ÷ "
-            "distinct referrers; churn rate = customers entering value:churn in the range ÷ "
-            "customers placed in the model and not in churn at its start; win-back rate = "
-            "win-back transitions in the range ÷ customers in dormant or churn at its start. "
-            "Rates are null when the denominator is 0.")))
+            "snapshotted computed live)."), kpis.formulas(), gettext_lazy(
+            "Rates are null when the denominator is 0."))))
     def get(self, request):
         return Response(reports.overview(request.user, request.query_params))
 

@@ -22,46 +22,13 @@ from core import access
 from core.exceptions import ApplicationError
 from crm.models import Channel
 from lifecycle.models import Stage, StageModel
-from metrics import reports
+from metrics import kpis, reports
 from metrics.periods import add_months, local_today, month_start
 from metrics.templatetags.metrics_format import count, decimal2, money, percent
 
 TOP_FLOWS = 10
 COHORT_MONTHS = 12
 FILTERS = ("start", "end", "channel", "owner")
-
-# The seed-002 KPI cards: (key, where in the overview, numerator, denominator, label,
-# one-line definition). Rates are null when the denominator is 0.
-KPI_CARDS = [
-    ("friend_loss_rate", "acquaintance", "deleted_within_7_days", "joined",
-     gettext_lazy("Friend loss rate"),
-     gettext_lazy("Joined in the range and deleted us within 7 days ÷ joined in the range.")),
-    ("group_join_rate", "acquaintance", "joined_group", "joined",
-     gettext_lazy("Group join rate"),
-     gettext_lazy("Joined in the range and joined a group by its end ÷ joined in the range.")),
-    ("interaction_rate", "interaction", "interacting", "customers",
-     gettext_lazy("Interaction rate"),
-     gettext_lazy("Customers in the private domain with an inbound event in the range ÷ "
-                  "customers in the domain.")),
-    ("retention_rate", "interaction", "retained", "active_previous",
-     gettext_lazy("Retention"),
-     gettext_lazy("Active in both this range and the one before ÷ active in the one before.")),
-    ("conversion_rate", "purchase", "first_time_buyers", "never_bought_before",
-     gettext_lazy("Conversion"),
-     gettext_lazy("First paid order in the range ÷ customers without a paid order before it.")),
-    ("repurchase_rate", "purchase", "repeat_buyers", "buyers",
-     gettext_lazy("Repurchase"),
-     gettext_lazy("Buyers with 2 or more paid orders in the range ÷ buyers.")),
-    ("fission_multiplier", "alliance", "referred_customers", "referrers",
-     gettext_lazy("Fission multiplier"),
-     gettext_lazy("Customers who joined in the range through a referral ÷ distinct "
-                  "referrers.")),
-]
-CHURN_DEFINITION = gettext_lazy(
-    "Customers entering the value lifecycle's churn stage in the range ÷ customers placed in "
-    "it and not churned at its start.")
-WIN_BACK_DEFINITION = gettext_lazy(
-    "Win-back transitions in the range ÷ customers dormant or churned at its start.")
 
 REVENUE_FACTORS = [
     # (key, label, format)
@@ -97,30 +64,28 @@ def _owner_choices() -> list[tuple[str, str]]:
 
 
 def _kpi_cards(overview: dict[str, Any]) -> list[dict[str, Any]]:
-    relationship = overview["relationship"]
+    """One card per KPI of the registry (metrics.kpis): label, rate, its figures and formula."""
     cards = []
-    for key, group, numerator, denominator, label, definition in KPI_CARDS:
-        figures = relationship[group]
-        cards.append({"key": key, "label": label, "definition": definition,
-                      "value": figures[key], "multiplier": key == "fission_multiplier",
-                      "numerator": figures[numerator], "denominator": figures[denominator]})
-    lifecycle = overview.get("lifecycle") or {}
-    churn, win_back = lifecycle.get("churn"), lifecycle.get("win_back")
-    cards.append({"key": "churn_rate", "label": _("Churn"), "definition": CHURN_DEFINITION,
-                  "value": churn["rate"] if churn else None, "warn": True,
-                  "numerator": churn["entered"] if churn else None,
-                  "denominator": churn["not_in_stage_at_start"] if churn else None})
-    cards.append({"key": "win_back_rate", "label": _("Win-back"),
-                  "definition": WIN_BACK_DEFINITION,
-                  "value": win_back["rate"] if win_back else None,
-                  "numerator": win_back["win_backs"] if win_back else None,
-                  "denominator": win_back["in_stages_at_start"] if win_back else None})
-    for card in cards:
-        if card["numerator"] is not None and card["denominator"] is not None:
-            card["detail"] = (_("%(referred)s referred · %(referrers)s referrers")
-                              if card.get("multiplier") else _("%(n)s of %(d)s")) % {
-                "n": count(card["numerator"]), "d": count(card["denominator"]),
-                "referred": count(card["numerator"]), "referrers": count(card["denominator"])}
+    for kpi in kpis.KPIS:
+        value, numerator, denominator = kpis.figures(kpi, overview)
+        card = {"key": kpi.key, "label": kpi.label, "definition": kpi.formula, "value": value,
+                "multiplier": kpi.multiplier, "warn": kpi.key == "churn_rate",
+                "numerator": numerator, "denominator": denominator}
+        if numerator is None or denominator is None:
+            pass
+        elif kpi.multiplier:
+            card["detail"] = _("%(referred)s referred · %(referrers)s referrers") % {
+                "referred": count(numerator), "referrers": count(denominator)}
+        elif not denominator and kpi.section == "lifecycle":
+            # No one had a stage before the range (a new install, a new model): nothing to
+            # measure against yet.
+            card["detail"] = (_("No stage history before this range; %(n)s moved in it") % {
+                "n": count(numerator)} if numerator
+                else _("No stage history before this range"))
+        else:
+            card["detail"] = _("%(n)s of %(d)s") % {"n": count(numerator),
+                                                    "d": count(denominator)}
+        cards.append(card)
     return cards
 
 
@@ -425,6 +390,7 @@ def workbench(request):
         figures={"customers": interaction["customers"], "new": totals["new_customers"],
                  "active": interaction["interacting"],
                  "active_rate": interaction["interaction_rate"],
+                 "active_kpi": kpis.BY_KEY["interaction_rate"],
                  "deleted_us": totals["deleted_us"], "orders": orders, "revenue": revenue,
                  "average_order": (revenue / orders).quantize(Decimal("0.01"))
                  if orders else None},

@@ -94,7 +94,8 @@ def test_an_admin_sees_every_section_with_the_hand_computed_figures(data, admin_
     assert kpi(html, "win_back_rate") == "50.0%"
     assert len(re.findall(r'data-kpi="', html)) == 9
     # Every card says what it counts.
-    assert "deleted us within 7 days ÷ joined in the range" in unescape(html)
+    assert ("deleted us (friend_deleted) within 7 days of joining ÷ customers who joined in the "
+            "range") in unescape(html)
     # Seed 004: ¥900.00 in R against ¥50.00 in the ten days before.
     revenue = text(section(html, "revenue"))
     assert "¥900.00" in revenue and "¥50.00" in revenue and "+¥850.00" in revenue
