@@ -18,7 +18,7 @@ On the database DATABASE_URL names (meant for 1M customers / 10M events / 1.5M o
    transitions at 1M customers; no win-backs). Only `lifecycle_stagetransition` is rewritten.
 3. --backfill N: snapshots the N days before today (`snapshot_metrics_range`), timed.
 4. The nightly job (`metrics.services.metrics_nightly`: yesterday's snapshot, the cohort
-   table, the range facts), timed — unless --no-nightly; then the frequent refresh
+   table, the stage spells and channel cells, the customer bitmaps), timed — unless --no-nightly; then the frequent refresh
    (`metrics_today`: today so far, and `metrics.reports.warm`) — unless --no-frequent.
    --verify compares the stored answers (overview, revenue, cohorts; 30 days; and stages,
    flows and channels for each range) with the live computation.
@@ -72,7 +72,7 @@ from rest_framework.test import APIClient  # noqa: E402
 
 from core import access  # noqa: E402
 from crm.models import Channel, Customer  # noqa: E402
-from metrics import rangefacts, reports, selectors, services  # noqa: E402
+from metrics import bitmaps, periods, reports, selectors, services  # noqa: E402
 from metrics.periods import Period, Scope, add_months, month_start  # noqa: E402
 from metrics.reports import AIPL_MODEL, DEFAULT_MODEL  # noqa: E402
 
@@ -141,7 +141,7 @@ def sizes() -> list[list]:
                        "campaigns_enrollment", "campaigns_message", "metrics_snapshot",
                        "metrics_dailyactivity", "metrics_dailystagecount",
                        "metrics_dailytransitioncount", "metrics_cohortcell",
-                       "metrics_customerfacts", "metrics_rangefacts", "metrics_stagespell",
+                       "metrics_stagespell",
                        "metrics_todaystagespell", "metrics_stagespellcell",
                        "metrics_joinerfacts", "metrics_channeldaycell",
                        "metrics_customerbitmap", "metrics_customercolumn"):
@@ -280,7 +280,7 @@ def bench_backfill(today: date, days: int) -> list[list]:
 
 def bench_nightly(today: date) -> list[list]:
     timings: list[tuple[str, float]] = []
-    steps = [name for name in ("snapshot_metrics", "cohorts_refresh", "range_facts_refresh",
+    steps = [name for name in ("snapshot_metrics", "cohorts_refresh", "facts_refresh",
                                "bitmaps_refresh")
              if hasattr(services, name)]
     originals = {name: getattr(services, name) for name in steps}
@@ -303,8 +303,8 @@ def bench_nightly(today: date) -> list[list]:
     finally:
         for name, fn in originals.items():
             setattr(services, name, fn)
-    facts = done.range_facts
-    parts = [f"range facts {getattr(facts, 'range_facts_ms', 0) / 1000:.1f} s"]
+    facts = done.facts
+    parts = []
     if getattr(facts, "spells", 0):
         how = ("rebuilt" if facts.spells_rebuilt
                else f"updated: {facts.spell_movers:,} customers re-read")
@@ -314,10 +314,9 @@ def bench_nightly(today: date) -> list[list]:
                   f"{facts.channel_cells:,} cells)"]
     rows = [[f"nightly job for {today} (yesterday's snapshot and the rest)", f"{total:,.1f} s",
              ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)],
-            ["  of which range_facts_refresh", "", "; ".join(parts)]]
+            ["  of which facts_refresh", "", "; ".join(parts)]]
     done_bitmaps = getattr(done, "bitmaps", None)
     if done_bitmaps is not None and done_bitmaps.last_day is not None:
-        from metrics import bitmaps
         rows.append(["  of which bitmaps_refresh", f"{done_bitmaps.duration_ms / 1000:.1f} s",
                      f"{done_bitmaps.first_day} … {done_bitmaps.last_day}: "
                      f"{done_bitmaps.days_built} days built, {done_bitmaps.days_repaired} "
@@ -328,8 +327,8 @@ def bench_nightly(today: date) -> list[list]:
 
 
 def bench_frequent(today: date) -> list[list]:
-    """The frequent refresh (beat every 4 minutes): today's snapshot and today's changes to the
-    range facts, then the cache warmed with the dashboard's default answers."""
+    """The frequent refresh (beat every 4 minutes): today's snapshot and today's part of the
+    stored facts, then the cache warmed with the dashboard's default answers."""
     # A minute after the nightly job (the clock stands still otherwise), as when the beat runs
     # it: today's changed customers for the bitmaps are those since the nightly read.
     later = timezone.now() + timedelta(minutes=1)
@@ -343,8 +342,7 @@ def bench_frequent(today: date) -> list[list]:
     warmed = reports.warm()
     warming = time.perf_counter() - started
     return [[f"frequent refresh: today so far ({today}, clock at {later:%H:%M})", f"{refreshed:,.1f} s",
-             f"today's snapshot {done.snapshot.duration_ms / 1000:.1f} s, today's changes to "
-             f"{done.range_cells} range cells and {done.cohort_cells} cohort cells; today's "
+             f"today's snapshot {done.snapshot.duration_ms / 1000:.1f} s; today's "
              f"stage spells {getattr(done, 'spells_ms', 0) / 1000:.1f} s "
              f"({getattr(done, 'spells', 0):,} spells), channel cells "
              f"{getattr(done, 'channels_ms', 0) / 1000:.1f} s; bitmaps: today's "
@@ -356,7 +354,7 @@ def bench_frequent(today: date) -> list[list]:
 
 
 def verify(today: date, operator) -> list[list]:
-    """The stored answers against the live computation (range facts and today's snapshot
+    """The stored answers against the live computation (customer bitmaps and today's snapshot
     switched off), for the 30 days up to today."""
     period = Period(today - timedelta(days=29), today)
     rows = []
@@ -372,7 +370,7 @@ def verify(today: date, operator) -> list[list]:
             started = time.perf_counter()
             stored = fn(scope)
             fast = time.perf_counter() - started
-            with mock.patch.object(rangefacts, "stored_for_today", lambda: False), \
+            with mock.patch.object(bitmaps, "stored_period", lambda *a, **k: False), \
                     mock.patch.object(selectors, "_today_snapshot_is_fresh", lambda t: False):
                 started = time.perf_counter()
                 live = fn(scope)
@@ -534,7 +532,9 @@ def main() -> None:
     table(headers, rows, f"Metrics API ({opts.cold} cold, {opts.warm} warm requests per load)")
     if opts.stale_today:
         # The frequent refresh late: today's part computed by each request.
-        with mock.patch.object(rangefacts, "today_max_age", lambda: -1):
+        with mock.patch.object(periods, "today_max_age", lambda: -1), \
+                mock.patch.object(selectors, "today_max_age", lambda: -1), \
+                mock.patch.object(bitmaps, "today_max_age", lambda: -1):
             opts.ranges = [30]
             rows = bench_endpoints(opts, opts.today)
         table(headers, rows, "Metrics API, today computed live (the frequent refresh late)")

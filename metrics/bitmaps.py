@@ -1,34 +1,12 @@
-"""Customer bitmaps: the overview's and the revenue report's figures over distinct customers
-(active, retained, interacting, buyers, repeat buyers, customers in the private domain, …) for
-any range within the stored history, without reading the range's events and orders per request.
+"""Activity, purchases and churn over distinct customers for any range within the stored days
+(the overview's relationship KPIs, the revenue factors, the cohorts' current month).
 
-Those figures are not sums of daily snapshots: a customer active on two days of a range counts
-once. So the nightly refresh stores, per day before today, the set of customers it concerns, as
-a bitmap over customer ids (bit i = the customer with id i): `inbound` (an inbound event that
-day), `churn` (a move into the value lifecycle's churn stage that day), and `paid`, the day's
-buyers with their paid orders and revenue in cents (a sorted list, since buyers are few). Each
-kind is also stored per aligned block of 4, 16, 64 and 256 days (`CustomerBitmap.days`; a block
-starts on a day number, counted from 2000-01-01, divisible by its size), built from the four
-blocks below it, so that any range is the union of at most ~24 pieces. Beside them, one column
-per customer attribute the figures need (`CustomerColumn`, indexed by customer id): the day they
-joined, the day they left (status other than active: the day of `status_changed_at`), their
-first paid order's day, the day of their first group membership since joining, and flags
-(exists, deleted us within 7 days of joining, referred).
-
-The frequent refresh stores today's pieces so far and the columns of the customers changed
-today (`today`), and the buyers whose earlier orders changed today (`today_buyers`). A request
-then reads its range's pieces and the columns, applies today's changed customers and re-reads
-those changed since (new customers, a status change, a first order, an order refunded or
-recorded late, a group joined or a deletion: one statement over indexes), counts again the
-orders of the buyers whose orders changed since the pieces were read (orders' `updated_at`),
-adds today (the stored piece and what happened since, or all of today when that is too old),
-and masks everything by the scope (the ids of the customers in scope, read from the customers'
-indexes — their current channel and owner, as the live computation counts them). The figures
-are then bitwise operations and counts over arrays of a million entries (numpy): the same
-figures as the live computation in metrics.selectors (docs/METRICS.md, "Customer bitmaps").
-
-PostgreSQL only, like metrics.rangefacts; elsewhere, and for a range (or its preceding range)
-reaching before the stored history, the figures are computed live.
+Per day, and per aligned block of 4 … 256 days, the customers with an inbound event and with a
+move into the value lifecycle's churn (Roaring bitmaps, pyroaring) and the buyers with their
+paid orders and revenue; per customer a few day columns (joined, gone, first order, first
+group) and flags. A request unions its range's pieces, patches today's changes and counts with
+numpy. How it is kept and patched: docs/METRICS.md, "Customer bitmaps". PostgreSQL only;
+elsewhere, and before the stored days, the figures are computed live (metrics.selectors).
 """
 
 from __future__ import annotations
@@ -45,12 +23,12 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
+from pyroaring import BitMap
 
 from core.db import raw_rows as _raw
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, Order
-from metrics import rangefacts
 from metrics.models import BitmapTable, CustomerBitmap, CustomerColumn
-from metrics.periods import Period, Scope, day_start, local_today, system_tz
+from metrics.periods import Period, Scope, day_start, local_today, system_tz, today_max_age
 
 EPOCH = date(2000, 1, 1)
 SIZES = (256, 64, 16, 4, 1)
@@ -172,31 +150,24 @@ def _ids(data: bytes | None) -> np.ndarray:
 
 
 def encode_bitmap(ids: np.ndarray) -> bytes:
-    if len(ids) == 0:
-        return b""
-    bits = np.zeros(int(ids.max()) + 1, dtype=bool)
-    bits[ids] = True
-    return _pack(np.packbits(bits, bitorder="little").tobytes())
+    """A set of customer ids as stored: a serialized Roaring bitmap (pyroaring)."""
+    return BitMap(ids.astype(np.uint32)).serialize() if len(ids) else b""
+
+
+def _union(datas: list[bytes]) -> BitMap:
+    return BitMap.union(BitMap(), *(BitMap.deserialize(bytes(d)) for d in datas if d))
 
 
 def decode_bitmap(data: bytes, size: int) -> np.ndarray:
-    """A bool array of `size` entries (bits beyond the stored ones are False)."""
-    bits = np.unpackbits(np.frombuffer(_unpack(data), dtype=np.uint8), bitorder="little")
+    """A bool array of `size` entries (ids beyond it are left out)."""
+    return _bits(_union([data]), size)
+
+
+def _bits(bitmap: BitMap, size: int) -> np.ndarray:
+    ids = np.frombuffer(bitmap.to_array(), dtype=np.uint32) if bitmap else np.zeros(0, np.uint32)
     result = np.zeros(size, dtype=bool)
-    n = min(size, len(bits))
-    result[:n] = bits[:n].view(bool)
+    result[ids[ids < size]] = True
     return result
-
-
-def _or_bitmaps(datas: list[bytes]) -> bytes:
-    """The union of packed bitmaps of any lengths, packed."""
-    datas = [_unpack(d) for d in datas if d]
-    if not datas:
-        return b""
-    result = np.zeros(max(len(d) for d in datas), dtype=np.uint8)
-    for d in datas:
-        result[:len(d)] |= np.frombuffer(d, dtype=np.uint8)
-    return _pack(result.tobytes())
 
 
 # --- Reading the days from the events and orders -------------------------------------------
@@ -213,7 +184,8 @@ DAYS_SQL = {
             SELECT DISTINCT (at AT TIME ZONE %(tz)s)::date AS d, customer_id
             FROM lifecycle_stagetransition
             WHERE model_id = (SELECT id FROM lifecycle_stagemodel WHERE key = %(churn_model)s)
-            AND to_key = %(churn_stage)s AND at >= %(since)s AND at < %(until)s) x
+            AND to_key = %(churn_stage)s AND from_key <> ''
+            AND at >= %(since)s AND at < %(until)s) x
         GROUP BY x.d""",
     CustomerBitmap.Kind.PAID: """
         SELECT x.d, string_agg(int4send(x.customer_id::int) || int4send(x.n::int)
@@ -517,7 +489,7 @@ def _build_blocks(size: int, starts: list[date]) -> None:
             if kind == CustomerBitmap.Kind.PAID:
                 data = Paid.merge([Paid.decode(d) for d, _a in rows]).encode()
             else:
-                data = _or_bitmaps([d for d, _a in rows])
+                data = _union([d for d, _a in rows]).serialize()
             blocks.append(CustomerBitmap(kind=kind, start=start, days=size, data=data,
                                          as_of=min(a for _d, a in rows)))
         CustomerBitmap.objects.filter(kind=kind, days=size, start__in=starts).delete()
@@ -700,8 +672,7 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
                 cents[part.ids[keep]] += part.cents[keep]
             sets.orders, sets.cents = orders, cents
         else:
-            packed = _or_bitmaps(datas)
-            bits = decode_bitmap(packed, size) if packed else np.zeros(size, dtype=bool)
+            bits = _bits(_union(datas), size)
             if live:
                 for ids in read_live(kind, *live):
                     _set_ids(bits, ids)
@@ -768,7 +739,7 @@ def _patch_is_fresh(table: BitmapTable) -> bool:
     after the nightly read and recent enough to read only what happened since."""
     if table.patch_at is None or table.patch_at <= table.read_at:
         return False
-    return ((timezone.now() - table.patch_at).total_seconds() <= rangefacts.today_max_age()
+    return ((timezone.now() - table.patch_at).total_seconds() <= today_max_age()
             and timezone.localdate(table.patch_at, timezone=system_tz()) == local_today())
 
 
@@ -911,3 +882,28 @@ def churned(*, scope: Scope, period: Period) -> int | None:
     except Inconsistent:
         return None
     return int(np.count_nonzero(_masked(scope, columns) & sets.churn))
+
+
+def cohort_month_active(*, scope: Scope, month: date, cohorts: list[date]
+                        ) -> dict[date, int] | None:
+    """Customers active (an inbound event or a paid order) in `month` so far, per join month
+    of `cohorts`; None when the bitmaps do not hold the month's days before today."""
+    table = header()
+    period = Period(month, (month + timedelta(days=31)).replace(day=1) - timedelta(days=1))
+    if not cohorts or not stored_period(period, table):
+        return None
+    columns = load_columns(names=("joined",), table=table, size=_universe(table))
+    kinds = (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID)
+    try:
+        sets = _range_sets(period, kinds, columns.size,
+                           _load_changed_buyers(table, period.start, period.end))
+    except Inconsistent:
+        return None
+    active = _masked(scope, columns) & (sets.inbound | (sets.orders > 0))
+    result = {}
+    for cohort in cohorts:
+        following = (cohort + timedelta(days=31)).replace(day=1)
+        result[cohort] = int(np.count_nonzero(
+            active & (columns.joined >= day_number(cohort))
+            & (columns.joined < day_number(following))))
+    return result

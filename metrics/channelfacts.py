@@ -1,5 +1,5 @@
 """Precomputed channel attribution for any range within the channel days up to today
-(`rangefacts.channel_days`, METRICS_CHANNEL_DAYS, default 400: the standard ranges and any other):
+(`channel_days`, METRICS_CHANNEL_DAYS, default 400: the standard ranges and any other):
 the acquired customers' purchases since joining and their deletions, per
 join day, so a request sums the stored cells of the range's join days instead of reading its
 joiners and their orders.
@@ -9,7 +9,7 @@ today what attribution needs (`JoinerFacts`: bought since joining, revenue since
 deleted us within 30 / 90 days of joining) and those summed per join day, channel and owner
 (`ChannelDayCell`). Today's changes — the customers who joined today, placed a paid order or had
 an order refunded today, deleted us today or whose status changed today — are counted now minus
-as stored, per join day and (channel, owner), like metrics.rangefacts: stored every few minutes
+as stored, per join day and (channel, owner), stored every few minutes
 by the frequent refresh (the cells marked `today`), or computed by the request when that is too
 old. Retention needs `now`: a join day whose customers' window has wholly ended counts from the
 cells, the one day it ends in is counted live (docs/METRICS.md, "Channel attribution").
@@ -30,11 +30,18 @@ from django.db.models import Sum
 
 from core.db import raw_rows as _raw
 from crm.models import Customer, Event, Order
-from metrics import rangefacts
 from metrics.models import ChannelDayCell, FactsTable
-from metrics.periods import Period, Scope, day_start, local_today
+from metrics.periods import Period, Scope, day_start, local_today, stored_days
 
 RETENTION_DAYS = (30, 90)
+
+
+def channel_days() -> int:
+    """How many days up to today the channel join-day cells cover (METRICS_CHANNEL_DAYS,
+    default 400): any range of `channels/` starting within them is answered from the cells."""
+    return stored_days("METRICS_CHANNEL_DAYS")
+
+
 FIGURES = ("acquired", "buyers", "revenue", "deleted_30d", "deleted_90d")
 
 
@@ -109,7 +116,7 @@ GROUP BY 1, 2, 3
 
 
 def _params(today: date) -> dict[str, Any]:
-    window = rangefacts.Window(today, rangefacts.channel_days()).period
+    window = Period(today - timedelta(days=channel_days() - 1), today)
     return {"t0": day_start(today), "since": window.since, "until": window.until,
             "tz": settings.TIME_ZONE, "paid": Order.Status.PAID,
             "friend_deleted": Event.Type.FRIEND_DELETED,
@@ -170,12 +177,11 @@ def stored_range(period: Period) -> Period | None:
     start and end, since a request sums the cells of its days), with the cells stored for
     today; else None (computed live)."""
     today = local_today()
-    if period.start < rangefacts.Window(today, rangefacts.channel_days()).period.start:
-        return None
-    if period.end > today or not rangefacts.stored_for_today():
+    if period.start < today - timedelta(days=channel_days() - 1) or period.end > today:
         return None
     table = FactsTable.objects.first()
-    if table is None or table.channels_as_of != table.as_of:
+    if (connection.vendor != "postgresql" or table is None
+            or table.channels_as_of != today - timedelta(days=1)):
         return None
     return period
 
@@ -187,7 +193,8 @@ def acquisition_counts(*, scope: Scope, period: Period, now: datetime,
     join days plus today's changes. `boundary(day, days)` counts {channel id: (eligible,
     retained)} live for the join day in which the N-day windows end at `now`."""
     today = local_today()
-    fresh = rangefacts.today_is_fresh(FactsTable.objects.first())
+    table = FactsTable.objects.first()
+    fresh = table is not None and table.today_is_fresh()
     cells = ChannelDayCell.objects.filter(joined_on__gte=period.start,
                                           joined_on__lte=period.end)
     if not fresh:
@@ -200,7 +207,7 @@ def acquisition_counts(*, scope: Scope, period: Period, now: datetime,
             by_day[(row["joined_on"], row["channel_id"])][name] += row[f"s_{name}"] or 0
     if not fresh:
         for (day, ch, ow), values in today_delta(today).items():
-            if period.start <= day <= period.end and rangefacts.in_scope(scope, ch, ow):
+            if period.start <= day <= period.end and scope.holds(ch, ow):
                 for name in FIGURES:
                     by_day[(day, ch)][name] += values[name]
 

@@ -7,6 +7,7 @@ survives a stage being deleted later.
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from crm.models import Channel
@@ -149,12 +150,9 @@ class CohortCell(models.Model):
 
 
 class FactsTable(models.Model):
-    """The one header row of the precomputed range facts (`CustomerFacts`, `RangeFacts`,
-    `CohortMonthCell`): the last day they cover, locked while they are rewritten."""
+    """The one header row of the stage spells and the channel join-day cells: the last day
+    each covers and when today's part was stored; locked while they are rewritten."""
 
-    as_of = models.DateField(_("facts through"), null=True, blank=True,
-                             help_text=_("The last day whose facts are included; the windows "
-                                         "end the day after (today when current)."))
     refreshed_at = models.DateTimeField(_("refreshed at"), null=True, blank=True)
     duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
     today_at = models.DateTimeField(_("today's changes taken at"), null=True, blank=True)
@@ -180,151 +178,22 @@ class FactsTable(models.Model):
                     "date: the nightly update re-reads the customers of those recorded since."))
 
     class Meta:
-        verbose_name = _("range facts table")
-        verbose_name_plural = _("range facts tables")
+        verbose_name = _("stored facts header")
+        verbose_name_plural = _("stored facts headers")
 
     def __str__(self) -> str:
-        return f"range facts through {self.as_of}"
+        return f"spells through {self.spells_as_of}, channels through {self.channels_as_of}"
 
+    def today_is_fresh(self) -> bool:
+        """Whether today's part, stored by the frequent refresh, is today's and recent enough
+        to use."""
+        from metrics.periods import local_today, system_tz, today_max_age
 
-class CustomerFacts(models.Model):
-    """Per customer, what the standard ranges (the 7, 30 and 90 days up to today, and the ranges
-    before them) need to know about the days before today, as of the nightly refresh: the
-    customer's state then and their activity before today. With these, a range figure over
-    distinct customers is the stored sum per channel and owner (`RangeFacts`) corrected by the
-    customers whose facts changed today (docs/METRICS.md, "Precomputed range facts")."""
+        if self.today_at is None:
+            return False
+        return (timezone.localdate(self.today_at, timezone=system_tz()) == local_today()
+                and (timezone.now() - self.today_at).total_seconds() <= today_max_age())
 
-    customer_id = models.BigIntegerField(_("customer id"), primary_key=True)
-    channel_id = models.IntegerField(_("channel id"), null=True, blank=True)
-    owner_id = models.IntegerField(_("owner id"), null=True, blank=True)
-    joined_at = models.DateTimeField(_("joined at"))
-    active = models.BooleanField(_("status active"), default=True)
-    status_changed_at = models.DateTimeField(_("status changed at"), null=True, blank=True)
-    first_order_at = models.DateTimeField(_("first order at"), null=True, blank=True)
-    referred = models.BooleanField(_("referred"), default=False)
-    last_active_at = models.DateTimeField(
-        _("last active before today"), null=True, blank=True,
-        help_text=_("Latest inbound event or paid order in the 180 days before today."))
-    last_inbound_at = models.DateTimeField(_("last inbound event before today"), null=True,
-                                           blank=True)
-    deleted_7d = models.BooleanField(_("deleted us within 7 days of joining"), default=False)
-    grouped = models.BooleanField(_("joined a group after joining"), default=False)
-    # Per standard range of N days (7, 30, 90) up to today: active and the paid orders in the
-    # N days before it (the preceding range), and the paid orders of its days before today.
-    active_p7 = models.BooleanField(_("active in the preceding 7 days"), default=False)
-    active_p30 = models.BooleanField(_("active in the preceding 30 days"), default=False)
-    active_p90 = models.BooleanField(_("active in the preceding 90 days"), default=False)
-    orders_p7 = models.PositiveIntegerField(_("paid orders in the preceding 7 days"), default=0)
-    orders_p30 = models.PositiveIntegerField(_("paid orders in the preceding 30 days"),
-                                             default=0)
-    orders_p90 = models.PositiveIntegerField(_("paid orders in the preceding 90 days"),
-                                             default=0)
-    revenue_p7 = models.DecimalField(_("revenue in the preceding 7 days"), max_digits=14,
-                                     decimal_places=2, default=0)
-    revenue_p30 = models.DecimalField(_("revenue in the preceding 30 days"), max_digits=14,
-                                      decimal_places=2, default=0)
-    revenue_p90 = models.DecimalField(_("revenue in the preceding 90 days"), max_digits=14,
-                                      decimal_places=2, default=0)
-    orders_7 = models.PositiveIntegerField(_("paid orders in the 7-day range before today"),
-                                           default=0)
-    orders_30 = models.PositiveIntegerField(_("paid orders in the 30-day range before today"),
-                                            default=0)
-    orders_90 = models.PositiveIntegerField(_("paid orders in the 90-day range before today"),
-                                            default=0)
-    revenue_7 = models.DecimalField(_("revenue in the 7-day range before today"),
-                                    max_digits=14, decimal_places=2, default=0)
-    revenue_30 = models.DecimalField(_("revenue in the 30-day range before today"),
-                                     max_digits=14, decimal_places=2, default=0)
-    revenue_90 = models.DecimalField(_("revenue in the 90-day range before today"),
-                                     max_digits=14, decimal_places=2, default=0)
-    # Entered the value lifecycle's churn stage in the range's days before today.
-    churned_7 = models.BooleanField(_("entered churn in the 7-day range before today"),
-                                    default=False)
-    churned_30 = models.BooleanField(_("entered churn in the 30-day range before today"),
-                                     default=False)
-    churned_90 = models.BooleanField(_("entered churn in the 90-day range before today"),
-                                     default=False)
-
-    class Meta:
-        verbose_name = _("customer facts")
-        verbose_name_plural = _("customer facts")
-
-    def __str__(self) -> str:
-        return f"customer {self.customer_id}"
-
-
-class RangeFacts(models.Model):
-    """For one standard range (the last `days` days up to today) and one (channel, owner) as of
-    the nightly refresh: each figure counted over the customers' facts before today. Summed over
-    the scope's cells and corrected by today's changes (the rows marked `today`, which may be
-    negative), these answer the range's figures over distinct customers."""
-
-    days = models.PositiveSmallIntegerField(_("range (days)"))
-    today = models.BooleanField(
-        _("today's changes"), default=False,
-        help_text=_("A correction for today (refreshed every few minutes), not a stored cell."))
-    channel = models.ForeignKey(Channel, verbose_name=_("channel"), null=True, blank=True,
-                                on_delete=models.SET_NULL, related_name="+")
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("owner"), null=True,
-                              blank=True, on_delete=models.SET_NULL, related_name="+")
-    joined = models.IntegerField(_("joined in the range"), default=0)
-    deleted_within_7_days = models.IntegerField(
-        _("deleted us within 7 days of joining"), default=0)
-    joined_group = models.IntegerField(_("joined a group"), default=0)
-    referred_customers = models.IntegerField(_("referred customers"), default=0)
-    customers = models.IntegerField(_("customers in the private domain"), default=0)
-    interacting = models.IntegerField(_("interacting"), default=0)
-    active = models.IntegerField(_("active"), default=0)
-    active_previous = models.IntegerField(_("active in the preceding range"), default=0)
-    retained = models.IntegerField(_("retained"), default=0)
-    never_bought_before = models.IntegerField(_("never bought before"), default=0)
-    first_time_buyers = models.IntegerField(_("first-time buyers"), default=0)
-    buyers = models.IntegerField(_("buyers"), default=0)
-    repeat_buyers = models.IntegerField(_("repeat buyers"), default=0)
-    outside = models.IntegerField(_("buyers outside the private domain"), default=0)
-    paid_orders = models.IntegerField(_("paid orders"), default=0)
-    customers_previous = models.IntegerField(
-        _("customers in the private domain in the preceding range"), default=0)
-    buyers_previous = models.IntegerField(_("buyers in the preceding range"), default=0)
-    outside_previous = models.IntegerField(
-        _("buyers outside the private domain in the preceding range"), default=0)
-    paid_orders_previous = models.IntegerField(
-        _("paid orders in the preceding range"), default=0)
-    revenue = models.DecimalField(_("revenue (CNY)"), max_digits=16, decimal_places=2,
-                                  default=0)
-    revenue_previous = models.DecimalField(_("revenue in the preceding range (CNY)"),
-                                           max_digits=16, decimal_places=2, default=0)
-    churned = models.IntegerField(_("entered churn (value lifecycle)"), default=0)
-
-    class Meta:
-        verbose_name = _("range facts")
-        verbose_name_plural = _("range facts")
-        indexes = [models.Index(fields=["days"], name="metrics_rangefacts_days")]
-
-    def __str__(self) -> str:
-        return f"{self.days} days {self.channel_id}/{self.owner_id}"
-
-
-class CohortMonthCell(models.Model):
-    """The current month so far (through `FactsTable.as_of`): of the customers who joined in
-    `cohort` with this channel and owner, how many were active; the rows marked `today` add
-    today's newly active customers."""
-
-    month = models.DateField(_("month"))
-    cohort = models.DateField(_("cohort (join month)"))
-    channel = models.ForeignKey(Channel, verbose_name=_("channel"), null=True, blank=True,
-                                on_delete=models.SET_NULL, related_name="+")
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, verbose_name=_("owner"), null=True,
-                              blank=True, on_delete=models.SET_NULL, related_name="+")
-    active = models.IntegerField(_("active customers"), default=0)
-    today = models.BooleanField(_("today's changes"), default=False)
-
-    class Meta:
-        verbose_name = _("cohort month-to-date cell")
-        verbose_name_plural = _("cohort month-to-date cells")
-
-    def __str__(self) -> str:
-        return f"{self.month:%Y-%m} cohort {self.cohort:%Y-%m}: {self.active}"
 
 
 class SpellFields(models.Model):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from core import access
@@ -21,6 +22,20 @@ from core.moments import day_start, local_today, system_tz  # noqa: F401 (the me
 from crm.models import Channel, Customer
 
 MAX_RANGE_DAYS = 366
+# The standard ranges (the last 7, 30 and 90 days up to today): the dashboard's choices, and
+# the least history every stored structure keeps.
+STANDARD_DAYS = (7, 30, 90)
+
+
+def stored_days(setting: str) -> int:
+    """Days up to today a stored structure keeps (a setting, default 400, at least 90)."""
+    return max(int(getattr(settings, setting, 400)), max(STANDARD_DAYS))
+
+
+def today_max_age() -> int:
+    """Seconds for which the stored part of today (refreshed every few minutes) stands in for a
+    live computation (METRICS_TODAY_MAX_AGE_SECONDS)."""
+    return int(getattr(settings, "METRICS_TODAY_MAX_AGE_SECONDS", 600))
 
 
 def month_start(day: date) -> date:
@@ -104,6 +119,19 @@ class Scope:
         if self.owner is not None:
             queryset = queryset.filter(**{f"{path}owner": self.owner})
         return queryset
+
+    def holds(self, channel_id: int | None, owner_id: int | None) -> bool:
+        """Whether a stored (channel, owner) cell belongs to the scope (the rule of `apply`)."""
+        if self.user is not None:
+            role = access.user_role(self.user)
+            if role == access.OPERATOR:
+                if owner_id != self.user.pk:
+                    return False
+            elif role not in (access.ADMIN, access.ANALYST):
+                return False
+        if self.channel is not None and channel_id != self.channel.pk:
+            return False
+        return self.owner is None or owner_id == self.owner.pk
 
     @property
     def restricted(self) -> bool:

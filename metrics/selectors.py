@@ -22,7 +22,7 @@ from django.utils import timezone
 from core.db import raw_rows
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
-from metrics import bitmaps, rangefacts, spells
+from metrics import bitmaps, spells
 from metrics.decomposition import Factors, decompose
 from metrics.models import (
     CohortCell,
@@ -43,6 +43,7 @@ from metrics.periods import (
     month_start,
     months_between,
     system_tz,
+    today_max_age,
 )
 
 logger = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def stage_counts_next_day(*, counts: dict[StageKey, int], day: date, model_ids=N
 def _today_snapshot_is_fresh(taken_at: datetime) -> bool:
     """Today's snapshot, which the frequent refresh (`metrics_today`) replaces every few
     minutes, stands in for a live computation while it is recent."""
-    return (timezone.now() - taken_at).total_seconds() <= rangefacts.today_max_age()
+    return (timezone.now() - taken_at).total_seconds() <= today_max_age()
 
 
 def _days_to_compute_live(period: Period) -> tuple[list[date], list[date]]:
@@ -410,19 +411,12 @@ def _kpis(joined: dict, figures: dict, activity: dict, buyers: dict, referrals: 
 
 def relationship_kpis(*, scope: Scope, period: Period, stored: dict | None = None
                       ) -> dict[str, Any]:
-    """The seed-002 KPIs of each relationship stage for the period (formulas: METRICS.md).
-    A standard range (the last 7, 30 or 90 days) with its facts stored is answered from them
-    (metrics.rangefacts): the same figures, without reading the range's events again; any
-    other range within the stored history from the customer bitmaps (`stored`, when the
-    caller read them already)."""
-    window = rangefacts.current_window(period)
-    if window is not None:
-        f = rangefacts.range_figures(scope=scope, window=window)
-        return _kpis(f, f, f, f, _referrals(scope=scope, period=period))
+    """The seed-002 KPIs of each relationship stage for the period (formulas: METRICS.md):
+    from the customer bitmaps for a range within their history (`stored`, when the caller
+    read them already), else live."""
     f = stored if stored is not None else bitmaps.relationship_figures(scope=scope,
                                                                        period=period)
     if f is not None:
-        # Any other range within the stored history: from the customer bitmaps.
         return _kpis(f, f, f, f, _referrals(scope=scope, period=period))
     since, until = period.since, period.until
     customers = scope.apply(Customer.objects.order_by())
@@ -498,25 +492,12 @@ def _factor_dict(factors: Factors, period: Period) -> dict[str, Any]:
 
 def revenue_report(*, scope: Scope, period: Period, compare: Period) -> dict[str, Any]:
     """Revenue = traffic × conversion rate × average order value × purchase frequency for the
-    period and the comparison period, and the change split into the four factors. A standard
-    range (and the range before it) with stored facts is answered from them."""
-    window = rangefacts.current_window(period)
-    if window is not None:
-        f = rangefacts.range_figures(scope=scope, window=window)
-        current = Factors(traffic=f["customers"] + f["outside"], buyers=f["buyers"],
-                          paid_orders=f["paid_orders"], revenue=f["revenue"])
-        previous = (Factors(traffic=f["customers_previous"] + f["outside_previous"],
-                            buyers=f["buyers_previous"], paid_orders=f["paid_orders_previous"],
-                            revenue=f["revenue_previous"])
-                    if compare == period.previous()
-                    else revenue_factors(scope=scope, period=compare))
-    else:
-        # From the customer bitmaps where they hold the range (one read for both), else live.
-        stored = bitmaps.revenue_figures(scope=scope, periods=[period, compare])
-        current, previous = (
-            _stored_factors(found) if found is not None else revenue_factors(scope=scope,
-                                                                            period=p)
-            for found, p in zip(stored, (period, compare), strict=True))
+    period and the comparison period, and the change split into the four factors: from the
+    customer bitmaps where they hold a range (one read for both), else live."""
+    stored = bitmaps.revenue_figures(scope=scope, periods=[period, compare])
+    current, previous = (
+        _stored_factors(found) if found is not None else revenue_factors(scope=scope, period=p)
+        for found, p in zip(stored, (period, compare), strict=True))
     method, parts = decompose(current=current, previous=previous)
     return {
         **_factor_dict(current, period),
@@ -542,7 +523,8 @@ def current_stage_counts(*, scope: Scope, model: StageModel) -> dict[str, int]:
 def stage_counts_on(*, scope: Scope, model: StageModel, day: date | None
                     ) -> tuple[dict[str, int], str]:
     """Customers per stage key: now (day None or today), or at the end of a past day — from
-    its snapshot when stored, else rebuilt from the transitions. Also says which."""
+    its snapshot when stored, else rebuilt from the current stages and the transitions since.
+    Also says which."""
     today = local_today()
     if day is None or day >= today:
         # Now: from today's snapshot while the frequent refresh keeps it fresh (the same
@@ -558,12 +540,19 @@ def stage_counts_on(*, scope: Scope, model: StageModel, day: date | None
         rows = (scope.apply(DailyStageCount.objects.order_by()).filter(model=model, date=day)
                 .values("stage_key").annotate(n=Sum("customers")))
         return {row["stage_key"]: row["n"] for row in rows}, "snapshot"
-    rows = stage_counts_at(scope=scope, at=day_start(day + timedelta(days=1)),
-                           model_ids=[model.pk])
-    counts: dict[str, int] = defaultdict(int)
-    for row in rows:
-        counts[row["stage_key"]] += row["customers"]
-    return dict(counts), "rebuilt"
+    # Not stored: the current stages less the moves since the day ended (each move took its
+    # customer out of `from_key` and into `to_key`) — one pass over the transitions after the
+    # day (index on model, at), where rebuilding each customer's last transition before it
+    # would read the whole history.
+    counts: dict[str, int] = defaultdict(int, current_stage_counts(scope=scope, model=model))
+    moves = (scope.apply(StageTransition.objects.order_by(), "customer__")
+             .filter(model=model, at__gte=day_start(day + timedelta(days=1)))
+             .values("from_key", "to_key").annotate(n=Count("pk")))
+    for row in moves:
+        counts[row["to_key"]] -= row["n"]
+        if row["from_key"]:
+            counts[row["from_key"]] += row["n"]
+    return {key: n for key, n in counts.items() if n}, "rebuilt"
 
 
 def funnel_rows(stages: list[Stage], counts: dict[str, int]) -> list[dict[str, Any]]:
@@ -584,8 +573,8 @@ def funnel_rows(stages: list[Stage], counts: dict[str, int]) -> list[dict[str, A
 
 def churn_and_win_back(*, scope: Scope, model: StageModel, stages: list[Stage], period: Period,
                        churned: int | None = None) -> dict[str, Any]:
-    """Churn: customers entering the `churn` stage in the period ÷ customers placed in the
-    model and not in churn at its start. Win-back: win-back transitions in the period ÷
+    """Churn: customers moving into the `churn` stage in the period (a first placement there
+    is not a move) ÷ customers placed in the model and not in churn at its start. Win-back: win-back transitions in the period ÷
     customers in a win-back stage (dormant, churn) at its start. None where the model has no
     such stage. `churned`: the customers entering churn, when the caller read them already
     (the customer bitmaps)."""
@@ -603,21 +592,15 @@ def churn_and_win_back(*, scope: Scope, model: StageModel, stages: list[Stage], 
                 "in_win_back_stages": sum(counts.get(key, 0) for key in win_back_keys)}
     # Entered churn: distinct customers, from the transitions into it (index on model, to_key,
     # at); win-backs add up day by day, from the snapshots and today.
-    known, churned = churned, 0
-    window = (rangefacts.current_window(period)
-              if (model.key, churn_key) == (rangefacts.CHURN_MODEL, rangefacts.CHURN_STAGE)
-              else None)
-    stored = None
-    if window is None and (model.key, churn_key) == (bitmaps.CHURN_MODEL, bitmaps.CHURN_STAGE):
-        stored = known if known is not None else bitmaps.churned(scope=scope, period=period)
-    if window is not None:
-        churned = rangefacts.range_figures(scope=scope, window=window)["churned"]
-    elif stored is not None:
-        churned = stored
-    elif churn_key is not None:
-        churned = scope.apply(StageTransition.objects.order_by(), "customer__").filter(
-            model=model, to_key=churn_key, at__gte=period.since, at__lt=period.until,
-        ).aggregate(n=Count("customer_id", distinct=True))["n"]
+    if churned is None and (model.key, churn_key) == (bitmaps.CHURN_MODEL, bitmaps.CHURN_STAGE):
+        churned = bitmaps.churned(scope=scope, period=period)
+    if churned is None:
+        churned = 0
+        if churn_key is not None:
+            # A move, not a first placement (from_key blank): METRICS.md, "Churn".
+            churned = scope.apply(StageTransition.objects.order_by(), "customer__").filter(
+                model=model, to_key=churn_key, at__gte=period.since, at__lt=period.until,
+            ).exclude(from_key="").aggregate(n=Count("customer_id", distinct=True))["n"]
     win_backs = 0
     if win_back_keys:
         win_backs = sum(v["win_backs"] for v in transition_totals(
@@ -844,6 +827,14 @@ def cohort_cells(*, scope: Scope, joined_since: date | None = None,
     return sizes, active
 
 
+def _months(first: date, last: date) -> list[date]:
+    months = []
+    while first <= last:
+        months.append(first)
+        first = add_months(first, 1)
+    return months
+
+
 def cohort_retention(*, scope: Scope, period: Period) -> dict[str, Any]:
     """Cohorts = join months touching the period; for each, its size and, for every month
     since joining up to the current one, the active customers and their share. Months up to
@@ -865,19 +856,17 @@ def cohort_retention(*, scope: Scope, period: Period) -> dict[str, Any]:
                 sizes[row["cohort"]] += row["size"]
             active[(row["cohort"], row["month_offset"])] += row["n"]
     live_from = add_months(through, 1) if through is not None else None
-    if live_from == current and first <= current and rangefacts.stored_for_today():
-        # Only the current month is live, and its days before today are stored: the cohort
-        # of this month counted now, the month's activity from the stored facts plus today.
+    month_active = (bitmaps.cohort_month_active(scope=scope, month=current,
+                                                cohorts=_months(first, last))
+                    if live_from == current and first <= current else None)
+    if month_active is not None:
+        # Only the current month is live: its cohort counted now, the month's activity from
+        # the customer bitmaps.
         if last == current:
             sizes[current] += scope.apply(Customer.objects.order_by()).filter(
                 joined_at__gte=day_start(current),
                 joined_at__lt=day_start(add_months(current, 1))).count()
-        cohort_months, month = [], first
-        while month <= last:
-            cohort_months.append(month)
-            month = add_months(month, 1)
-        for cm, n in rangefacts.cohort_month_active(scope=scope, today=local_today(),
-                                                    cohorts=cohort_months).items():
+        for cm, n in month_active.items():
             active[(cm, months_between(cm, current))] += n
     elif live_from is None or live_from <= current:
         live_sizes, live_active = cohort_cells(
@@ -921,9 +910,8 @@ LIFECYCLE_MODEL = "value"
 
 
 def overview_report(*, scope: Scope, period: Period) -> dict[str, Any]:
-    # Any range but the standard ones: the customer bitmaps, read once for the KPIs and churn.
-    stored = (bitmaps.relationship_figures(scope=scope, period=period)
-              if rangefacts.current_window(period) is None else None)
+    # The customer bitmaps, read once for the KPIs and churn (None: computed live).
+    stored = bitmaps.relationship_figures(scope=scope, period=period)
     kpis = relationship_kpis(scope=scope, period=period, stored=stored)
     series = activity_series(scope=scope, period=period)
     model = StageModel.objects.filter(key=LIFECYCLE_MODEL).first()

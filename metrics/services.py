@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from core.db import heavy_statements
 from lifecycle.models import StageModel
-from metrics import bitmaps, channelfacts, rangefacts, selectors, spells
+from metrics import bitmaps, channelfacts, selectors, spells
 from metrics.models import (
     BitmapTable,
     CohortCell,
@@ -167,59 +167,53 @@ def cohorts_refresh(*, today: date | None = None) -> CohortResult:
 
 
 @dataclass
-class RangeFactsResult:
+class FactsResult:
     as_of: date | None
-    customers: int = 0
-    range_cells: int = 0
-    cohort_cells: int = 0
     spells: int = 0
     spell_cells: int = 0
     spells_rebuilt: bool = False
     spell_movers: int | None = None
     joiners: int = 0
     channel_cells: int = 0
-    range_facts_ms: int = 0
     spells_ms: int = 0
     channels_ms: int = 0
     duration_ms: int = 0
 
 
 @transaction.atomic
-def range_facts_refresh(*, today: date | None = None) -> RangeFactsResult:
-    """Rewrite the precomputed range facts (metrics.rangefacts) with every fact before `today`
-    (default: today), under a lock on their header row; a re-run replaces them. PostgreSQL
-    only: elsewhere nothing is stored and every range is computed live."""
+def facts_refresh(*, today: date | None = None) -> FactsResult:
+    """Bring the stage spells (metrics.spells) and the channel join-day cells
+    (metrics.channelfacts) up to the day before `today` (default: today), under a lock on their
+    header row; a re-run stores the same. PostgreSQL only: elsewhere nothing is stored and
+    those reports are computed live."""
     today = today or local_today()
-    if not rangefacts.available():
-        return RangeFactsResult(as_of=None)
+    if not spells.available():
+        return FactsResult(as_of=None)
     started = time.monotonic()
     heavy_statements()
     header, _created = FactsTable.objects.select_for_update().get_or_create(pk=1)
-    counts = rangefacts.refresh(today)
-    result = RangeFactsResult(as_of=today - timedelta(days=1), **counts)
-    result.range_facts_ms = round((time.monotonic() - started) * 1000)
-    lap = time.monotonic()
+    result = FactsResult(as_of=today - timedelta(days=1))
     stored = spells.refresh(today, header)
     result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
     result.spells_rebuilt, result.spell_movers = stored["rebuilt"], stored["moved"]
-    result.spells_ms = round((time.monotonic() - lap) * 1000)
+    result.spells_ms = round((time.monotonic() - started) * 1000)
     lap = time.monotonic()
     stored = channelfacts.refresh(today)
     result.joiners, result.channel_cells = stored["joiners"], stored["channel_cells"]
     result.channels_ms = round((time.monotonic() - lap) * 1000)
     result.duration_ms = round((time.monotonic() - started) * 1000)
-    header.as_of = header.spells_as_of = header.channels_as_of = result.as_of
-    # The refreshes replaced today's changes too: none stored until the next frequent refresh
+    header.spells_as_of = header.channels_as_of = result.as_of
+    # The refreshes replaced today's part too: none stored until the next frequent refresh
     # (the ranges ending today are computed live meanwhile).
     header.today_at = None
     header.refreshed_at = timezone.now()
     header.duration_ms = result.duration_ms
     header.save()
-    logger.info("metrics.range_facts_refreshed", extra={
-        "as_of": result.as_of.isoformat(), "customers": result.customers,
-        "spells": result.spells, "spells_rebuilt": result.spells_rebuilt,
-        "spell_movers": result.spell_movers, "joiners": result.joiners, "ms": result.duration_ms,
-        "spells_ms": result.spells_ms, "channels_ms": result.channels_ms})
+    logger.info("metrics.facts_refreshed", extra={
+        "as_of": result.as_of.isoformat(), "spells": result.spells,
+        "spells_rebuilt": result.spells_rebuilt, "spell_movers": result.spell_movers,
+        "joiners": result.joiners, "ms": result.duration_ms, "spells_ms": result.spells_ms,
+        "channels_ms": result.channels_ms})
     return result
 
 
@@ -262,8 +256,6 @@ def bitmaps_stored_for(today: date) -> bool:
 class TodayResult:
     date: date
     snapshot: SnapshotResult
-    range_cells: int = 0
-    cohort_cells: int = 0
     spells: int = 0
     spell_cells: int = 0
     spells_ms: int = 0
@@ -287,8 +279,8 @@ def _stored_counts(day: date) -> dict | None:
 
 def metrics_today(*, today: date | None = None) -> TodayResult:
     """The frequent refresh (beat, every few minutes): store today so far — today's snapshot
-    (its activity, transitions and stage counts, replaced each time) and today's changes to the
-    precomputed range facts — so that requests read today instead of computing it. Runs the
+    (its activity, transitions and stage counts, replaced each time) and today's part of the
+    stage spells, the channel cells and the customer bitmaps — so that requests read today instead of computing it. Runs the
     nightly job first when it has not run for yesterday. Safe to run twice or concurrently:
     each part replaces what it writes under its lock."""
     started = time.monotonic()
@@ -297,9 +289,8 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
     nightly = None
     facts = FactsTable.objects.first()
     counts = _stored_counts(yesterday)
-    if counts is None or not bitmaps_stored_for(today) or (rangefacts.available() and (
-            facts is None or yesterday not in {facts.as_of} & {facts.spells_as_of}
-            & {facts.channels_as_of})):
+    if counts is None or not bitmaps_stored_for(today) or (spells.available() and (
+            facts is None or yesterday not in {facts.spells_as_of} & {facts.channels_as_of})):
         nightly = metrics_nightly(today=today)
         counts = _stored_counts(yesterday)
     try:
@@ -308,23 +299,21 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
         # A customer moved between channels or owners since yesterday's counts: rebuild.
         snapshot = snapshot_metrics(day=today)
     result = TodayResult(date=today, snapshot=snapshot, nightly=nightly)
-    if rangefacts.available():
+    if spells.available():
         with transaction.atomic():
             heavy_statements()
             header = FactsTable.objects.select_for_update().get(pk=1)
-            if header.as_of == yesterday:
-                taken_at = timezone.now()
-                cells = rangefacts.refresh_today(today)
-                result.range_cells, result.cohort_cells = cells["range_cells"], cells["cohort_cells"]
-                if header.spells_as_of == yesterday:
-                    lap = time.monotonic()
-                    stored = spells.refresh_today(today)
-                    result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
-                    result.spells_ms = round((time.monotonic() - lap) * 1000)
-                if header.channels_as_of == yesterday:
-                    lap = time.monotonic()
-                    result.channel_cells = channelfacts.refresh_today(today)["channel_cells"]
-                    result.channels_ms = round((time.monotonic() - lap) * 1000)
+            taken_at = timezone.now()
+            if header.spells_as_of == yesterday:
+                lap = time.monotonic()
+                stored = spells.refresh_today(today)
+                result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
+                result.spells_ms = round((time.monotonic() - lap) * 1000)
+            if header.channels_as_of == yesterday:
+                lap = time.monotonic()
+                result.channel_cells = channelfacts.refresh_today(today)["channel_cells"]
+                result.channels_ms = round((time.monotonic() - lap) * 1000)
+            if yesterday == header.spells_as_of == header.channels_as_of:
                 header.today_at = taken_at
                 header.today_ms = round((time.monotonic() - started) * 1000)
                 header.save(update_fields=["today_at", "today_ms"])
@@ -348,15 +337,15 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
 class NightlyResult:
     snapshot: SnapshotResult
     cohorts: CohortResult
-    range_facts: RangeFactsResult
+    facts: FactsResult
     bitmaps: bitmaps.RefreshResult
 
 
 def metrics_nightly(*, today: date | None = None) -> NightlyResult:
-    """The nightly job: snapshot yesterday, refresh the cohort table, the range facts, then
-    the customer bitmaps."""
+    """The nightly job: snapshot yesterday, refresh the cohort table, the stage spells and
+    channel cells, then the customer bitmaps."""
     today = today or local_today()
     return NightlyResult(snapshot=snapshot_metrics(day=today - timedelta(days=1)),
                          cohorts=cohorts_refresh(today=today),
-                         range_facts=range_facts_refresh(today=today),
+                         facts=facts_refresh(today=today),
                          bitmaps=bitmaps_refresh(today=today))

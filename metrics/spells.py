@@ -1,6 +1,6 @@
 """Precomputed stage spells: the medians and counts of the stages and flows reports
 (`median_days_in_stage`, the stage-to-stage conversion) for any range within the spell days up
-to today (`rangefacts.spell_days`, METRICS_SPELL_DAYS, default 400) — the standard ranges (the
+to today (`spell_days`, METRICS_SPELL_DAYS, default 400) — the standard ranges (the
 last 7, 30 and 90 days) from their own cells, any other from block cells (`StageSpellDayCell`:
 the few aligned blocks of 1 … 256 days the range is made of, summed in the database) or, for a
 (channel, owner) scope, from its spells — without reading the range's transitions per request.
@@ -25,8 +25,7 @@ scope (an index range of a few thousand rows), the k-th of them. The answer equa
 computation (metrics.selectors) over the transitions as the refreshes saw them
 (docs/METRICS.md, "Precomputed stage spells and channel cells").
 
-PostgreSQL only, like metrics.rangefacts; elsewhere (and when today's part is not fresh) the
-reports are computed live.
+PostgreSQL only; elsewhere (and when today's part is not fresh) the reports are computed live.
 """
 
 from __future__ import annotations
@@ -43,9 +42,9 @@ from django.db import OperationalError, connection, transaction
 
 from core import access
 from core.db import raw_rows as _raw
-from metrics import bitmaps, rangefacts
+from metrics import bitmaps
 from metrics.models import FactsTable, StageSpell, StageSpellCell
-from metrics.periods import Period, Scope, day_start, local_today
+from metrics.periods import STANDARD_DAYS, Period, Scope, day_start, local_today, stored_days
 
 US_PER_DAY = 86_400_000_000
 LOCK_NOT_AVAILABLE = "55P03"
@@ -53,7 +52,17 @@ LOCK_NOT_AVAILABLE = "55P03"
 BLOCKS = bitmaps.SIZES
 # For building the spells' index after the nightly insert in memory (this transaction only).
 INDEX_BUILD_MEMORY = "256MB"
-WINDOWS = rangefacts.WINDOWS
+WINDOWS = STANDARD_DAYS
+
+
+def available() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def spell_days() -> int:
+    """How many days up to today the stage spells cover (METRICS_SPELL_DAYS, default 400):
+    any range of `stages/` and `flows/` starting within them is answered from the spells."""
+    return stored_days("METRICS_SPELL_DAYS")
 COLUMNS = ("spell_id, model_id, customer_id, stage_key, channel_id, owner_id, started_at, "
            "previous_entry_at, ended_at, next_key, exit_matches, duration_us, bucket")
 
@@ -291,10 +300,10 @@ BLOCK_GRAINS = (StageSpellCell.Grain.ALL, StageSpellCell.Grain.CHANNEL, StageSpe
 def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"t0": day_start(today), "today": today_rows,
                               "tz": settings.TIME_ZONE, "epoch": bitmaps.EPOCH,
-                              "until": rangefacts.Window(today, 1).period.until,
+                              "until": day_start(today + timedelta(days=1)),
                               "since": _spell_window(today).since}
     for n in WINDOWS:
-        params[f"since_{n}"] = rangefacts.Window(today, n).period.since
+        params[f"since_{n}"] = day_start(today - timedelta(days=n - 1))
     return params
 
 
@@ -357,7 +366,7 @@ def _full_rebuild_needed(today: date, header: FactsTable) -> bool:
     moved."""
     as_of, rebuilt_on = header.spells_as_of, header.spells_rebuilt_on
     if (as_of is None or header.spells_read_id is None or rebuilt_on is None
-            or header.spells_days != rangefacts.spell_days()
+            or header.spells_days != spell_days()
             or header.spells_time_zone != settings.TIME_ZONE
             or (today - rebuilt_on).days >= REBUILD_DAYS
             or not today - timedelta(days=UPDATE_DAYS + 1) <= as_of < today):
@@ -369,7 +378,7 @@ def refresh(today: date, header: FactsTable) -> dict[str, Any]:
     """Bring the spells and their cells up to today 00:00: the spells of the customers who moved
     (or changed channel or owner) since the last refresh re-read and the block cells changed by
     the difference, or everything rebuilt (`_full_rebuild_needed`). Call in a transaction
-    holding the `FactsTable` row `header` (like metrics.rangefacts.refresh); records on it what
+    holding the `FactsTable` row `header` ; records on it what
     the next night's update needs: the spell days, the time zone, the last transition read and
     the day of the last rebuild."""
     params = _params(today, today_rows=False)
@@ -379,7 +388,7 @@ def refresh(today: date, header: FactsTable) -> dict[str, Any]:
     else:
         result = _update(params, read_id=header.spells_read_id,
                          changed=day_start(header.spells_as_of + timedelta(days=1)) - LATE)
-    header.spells_days = rangefacts.spell_days()
+    header.spells_days = spell_days()
     header.spells_time_zone = settings.TIME_ZONE
     header.spells_read_id = read_id
     if result["rebuilt"]:
@@ -470,8 +479,8 @@ def refresh_today(today: date) -> dict[str, int]:
 # --- Answers --------------------------------------------------------------------------------
 
 def _spell_window(today: date) -> Period:
-    """The days the spells and the block cells cover (`rangefacts.spell_days`, up to today)."""
-    return rangefacts.Window(today, rangefacts.spell_days()).period
+    """The days the spells and the block cells cover (`spell_days`, up to today)."""
+    return Period(today - timedelta(days=spell_days() - 1), today)
 
 
 def first_stored_day(today: date) -> date:
@@ -488,20 +497,17 @@ def stored_range(period: Period, scope: Scope) -> Period | None:
     today = local_today()
     if period.start < first_stored_day(today) or period.end > today:
         return None
-    if not rangefacts.stored_for_today():
-        return None
     table = FactsTable.objects.first()
-    if (table is None or table.spells_as_of != table.as_of
-            or not rangefacts.today_is_fresh(table)):
+    if (not available() or table is None or table.spells_as_of != today - timedelta(days=1)
+            or not table.today_is_fresh()):
         return None
     return period
 
 
-def _window(period: Period) -> rangefacts.Window | None:
-    """The standard range `period` is (its cells stored per range), if any."""
-    today = local_today()
-    if period.end == today and period.days in WINDOWS:
-        return rangefacts.Window(today, period.days)
+def _window(period: Period) -> int | None:
+    """The standard range `period` is (its cells stored per range: its days), if any."""
+    if period.end == local_today() and period.days in WINDOWS:
+        return period.days
     return None
 
 
@@ -571,7 +577,7 @@ def _figures(*, scope: Scope, period: Period, model_id: int, kinds: list[str]
     if window is None:
         return _block_figures(period=period, model_id=model_id, kinds=kinds, grain=grain,
                               channel=channel, owner=owner)
-    cells = StageSpellCell.objects.filter(days=window.days, model_id=model_id, grain=grain,
+    cells = StageSpellCell.objects.filter(days=window, model_id=model_id, grain=grain,
                                           kind__in=kinds)
     if grain & StageSpellCell.Grain.CHANNEL:
         cells = cells.filter(channel_id=channel)

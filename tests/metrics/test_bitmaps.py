@@ -17,6 +17,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from crm.models import Customer, Event, Order
+from lifecycle.models import StageModel, StageTransition
 from metrics import bitmaps, selectors, services
 from metrics.models import BitmapTable, CustomerBitmap
 from metrics.periods import Period, Scope, local_today
@@ -34,6 +35,10 @@ PERIODS = [
     Period(date(2024, 1, 1), date(2024, 3, 14)),     # 74 days, ending in the future
     Period(date(2023, 12, 1), date(2024, 3, 10)),    # 101 days: blocks of 64 and 16 days
     Period(date(2024, 3, 10), date(2024, 3, 10)),    # today only
+    # The standard ranges: the last 7, 30 and 90 days up to today.
+    Period(date(2024, 3, 4), date(2024, 3, 10)),
+    Period(date(2024, 2, 10), date(2024, 3, 10)),
+    Period(date(2023, 12, 12), date(2024, 3, 10)),
 ]
 
 
@@ -65,6 +70,12 @@ def _answers(data, periods=PERIODS) -> dict:
             for day in overview["series"]:
                 day.pop("live")         # whether a day was snapshotted, not a figure
             answers[(scope, period, "overview")] = overview
+        # The cohorts: this month's activity from the bitmaps, the months before from the
+        # cohort table.
+        cohorts = selectors.cohort_retention(scope=scope,
+                                             period=Period(date(2023, 12, 1), TODAY))
+        cohorts.pop("stored_through")       # where the cells came from, not a figure
+        answers[(scope, "cohorts")] = cohorts
     return answers
 
 
@@ -162,6 +173,21 @@ def _a_day_of_changes(data):
                                                status_changed_at=mar(10, 9))
     moves(c[3], "value", ("intro", mar(3, 10)), ("churn", mar(10, 9, 5)))
     return newcomer
+
+
+def test_a_first_placement_into_churn_is_not_counted_as_churn(data, monkeypatch):
+    late = Customer.objects.create(external_id="c9", name="c9", joined_at=mar(4, 9),
+                                   owner=data.op_a, channel=data.qr)
+    moves(late, "value", ("churn", mar(4, 12)))
+    value = StageModel.objects.get(key="value")
+    StageTransition.objects.create(customer=data.c[3], model=value, from_key="intro",
+                                   to_key="churn", at=mar(5, 12), source="rule")
+    period = Period(date(2024, 3, 1), date(2024, 3, 9))
+    live = _live(data, monkeypatch, [period])
+    services.metrics_today(today=TODAY)
+    _assert_same(_answers(data, [period]), live)
+    # c2 (03-08) and c3; not c9.
+    assert bitmaps.churned(scope=Scope(), period=period) == 2
 
 
 def test_todays_changes_are_live(data, monkeypatch):

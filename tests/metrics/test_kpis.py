@@ -2,16 +2,17 @@
 out by hand in the asserts. R = 2024-03-01 … 03-10, P = 2024-02-20 … 02-29."""
 
 import math
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 
+from crm.models import Customer
 from lifecycle.models import StageModel
 from metrics import selectors
 from metrics.decomposition import Factors, decompose
-from metrics.periods import Period, Scope
-from tests.metrics.handbuilt import build
+from metrics.periods import Period, Scope, day_start
+from tests.metrics.handbuilt import build, mar, moves
 
 pytestmark = [pytest.mark.django_db, pytest.mark.both_dbs]
 
@@ -207,6 +208,24 @@ def test_aipl_funnel_of_a_past_day_is_rebuilt_from_transitions(data):
         "awareness": 2, "interest": 2, "purchase": 2, "loyalty": 0}
 
 
+def test_a_past_days_counts_equal_each_customers_last_transition_before_its_end(data):
+    """Not snapshotted: the current stages less the moves since — the same counts as each
+    customer's last transition before the day ended, for every model, day and scope."""
+    scopes = [Scope(), Scope(user=data.op_a), Scope(channel=data.store), Scope(owner=data.op_b)]
+    for model in StageModel.objects.all():
+        for offset in range(45):
+            day = date(2024, 1, 26) + timedelta(days=offset)
+            for scope in scopes:
+                counts, source = selectors.stage_counts_on(scope=scope, model=model, day=day)
+                expected: dict = {}
+                for row in selectors.stage_counts_at(
+                        scope=scope, at=day_start(day + timedelta(days=1)),
+                        model_ids=[model.pk]):
+                    expected[row["stage_key"]] = (expected.get(row["stage_key"], 0)
+                                                  + row["customers"])
+                assert (source, counts) == ("rebuilt", expected), (model.key, day, scope)
+
+
 def test_churn_and_win_back(data):
     model = StageModel.objects.get(key="value")
     result = selectors.churn_and_win_back(scope=Scope(), model=model,
@@ -222,6 +241,19 @@ def test_churn_and_win_back(data):
     assert selectors.churn_and_win_back(scope=Scope(), model=aipl,
                                         stages=selectors.model_stages(aipl), period=R) == {
         "churn": None, "win_back": None}
+
+
+def test_a_first_placement_into_churn_is_not_a_move_into_it(data):
+    """A customer placed straight into churn (say, imported long silent) did not churn in the
+    range: only moves from another stage count."""
+    late = Customer.objects.create(external_id="c9", name="c9", joined_at=mar(4, 9),
+                                   owner=data.op_a, channel=data.qr)
+    moves(late, "value", ("churn", mar(4, 12)))
+    model = StageModel.objects.get(key="value")
+    result = selectors.churn_and_win_back(scope=Scope(), model=model,
+                                          stages=selectors.model_stages(model), period=R)
+    assert result["churn"]["entered"] == 1                     # c2 only, as before
+    assert result["churn"]["not_in_stage_at_start"] == 2
 
 
 def test_median_days_in_stage(data):

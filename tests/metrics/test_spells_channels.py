@@ -151,7 +151,7 @@ def test_nothing_stored_or_today_stale_means_live(data):
 def test_stored_answers_equal_the_live_ones(data, monkeypatch):
     live = _live(data, monkeypatch)
     done = services.metrics_today(today=TODAY)
-    assert done.nightly.range_facts.spells == StageSpell.objects.count() > 0
+    assert done.nightly.facts.spells == StageSpell.objects.count() > 0
     assert done.spells == TodayStageSpell.objects.count() > 0
     calls = _count_fast_calls(monkeypatch)
     stored = _reports(data)
@@ -483,7 +483,7 @@ def test_the_nightly_update_equals_a_rebuild(data, monkeypatch, settings, spell_
     move(c9, "value", "growth", local(2024, 1, 10, 18))
     move(c9, "value", "dormant", local(2024, 1, 25))
     move(c9, "value", "growth", feb(10, 9))
-    first = services.range_facts_refresh(today=TODAY - timedelta(days=1))
+    first = services.facts_refresh(today=TODAY - timedelta(days=1))
     assert first.spells_rebuilt
     # A transition committed after that night read the highest id, with a lower one (its
     # transaction began before) and a time before the night: c2 into interest on 03-08 20:00.
@@ -494,7 +494,7 @@ def test_the_nightly_update_equals_a_rebuild(data, monkeypatch, settings, spell_
     move(c[4], "value", "growth", mar(9, 20))
     Customer.objects.filter(pk=c[6].pk).update(owner=data.op_a, channel=data.qr)
     Customer.objects.filter(pk=c[7].pk).delete()
-    second = services.range_facts_refresh(today=TODAY)
+    second = services.facts_refresh(today=TODAY)
     assert not second.spells_rebuilt
     # Re-read: c4, c6 and c7, c1 and c5 for their transitions after the first night's 00:00
     # (today's), c2 for its late one — not c3 or c9.
@@ -502,7 +502,7 @@ def test_the_nightly_update_equals_a_rebuild(data, monkeypatch, settings, spell_
     updated = _readable_cells()
     assert [key for key in updated if key[3] == "reentry"]
     # The same night again changes nothing.
-    again = services.range_facts_refresh(today=TODAY)
+    again = services.facts_refresh(today=TODAY)
     assert not again.spells_rebuilt
     assert _readable_cells() == updated
     # Today's part and the answers: the same as live, for the standard and other ranges.
@@ -514,35 +514,35 @@ def test_the_nightly_update_equals_a_rebuild(data, monkeypatch, settings, spell_
     _assert_same(stored, _live(data, monkeypatch, periods))
     # A rebuild of the same night stores the same cells.
     FactsTable.objects.update(spells_as_of=None)
-    rebuilt = services.range_facts_refresh(today=TODAY)
+    rebuilt = services.facts_refresh(today=TODAY)
     assert rebuilt.spells_rebuilt
     assert _readable_cells() == updated
 
 
 def test_the_nightly_refresh_rebuilds_when_it_cannot_update(data, settings, monkeypatch):
-    services.range_facts_refresh(today=TODAY - timedelta(days=1))
+    services.facts_refresh(today=TODAY - timedelta(days=1))
     # The spells gone (an unlogged table after a crash): rebuilt.
     StageSpell.objects.all().delete()
-    assert services.range_facts_refresh(today=TODAY).spells_rebuilt
+    assert services.facts_refresh(today=TODAY).spells_rebuilt
     # Another spell-days setting: rebuilt; then updated again.
     settings.METRICS_SPELL_DAYS = 120
-    assert services.range_facts_refresh(today=TODAY).spells_rebuilt
-    assert not services.range_facts_refresh(today=TODAY).spells_rebuilt
+    assert services.facts_refresh(today=TODAY).spells_rebuilt
+    assert not services.facts_refresh(today=TODAY).spells_rebuilt
     # More than a week of nights missed: rebuilt; 30 days after a rebuild: rebuilt.
-    assert services.range_facts_refresh(today=TODAY + timedelta(days=9)).spells_rebuilt
-    assert not services.range_facts_refresh(today=date(2024, 3, 20)).spells_rebuilt
+    assert services.facts_refresh(today=TODAY + timedelta(days=9)).spells_rebuilt
+    assert not services.facts_refresh(today=date(2024, 3, 20)).spells_rebuilt
     FactsTable.objects.update(spells_rebuilt_on=date(2024, 2, 20))
-    assert services.range_facts_refresh(today=date(2024, 3, 21)).spells_rebuilt
+    assert services.facts_refresh(today=date(2024, 3, 21)).spells_rebuilt
     assert FactsTable.objects.get().spells_rebuilt_on == date(2024, 3, 21)
-    assert not services.range_facts_refresh(today=date(2024, 3, 22)).spells_rebuilt
+    assert not services.facts_refresh(today=date(2024, 3, 22)).spells_rebuilt
     # Another time zone (the days of the cells change): rebuilt.
     FactsTable.objects.update(spells_time_zone="Asia/Tokyo")
-    assert services.range_facts_refresh(today=date(2024, 3, 23)).spells_rebuilt
+    assert services.facts_refresh(today=date(2024, 3, 23)).spells_rebuilt
     # Most customers moved (more than a quarter; the minimum lifted for 8 customers): rebuilt.
     monkeypatch.setattr(spells, "REBUILD_MIN", 0)
     for customer in list(data.c.values())[:3]:
         move(customer, "aipl", "loyalty", mar(10, 16))
-    assert services.range_facts_refresh(today=date(2024, 3, 24)).spells_rebuilt
+    assert services.facts_refresh(today=date(2024, 3, 24)).spells_rebuilt
 
 
 @pytest.mark.django_db(transaction=True)     # the rebuild's lock taken by another connection
@@ -586,7 +586,7 @@ def test_a_second_nightly_run_the_same_day_drops_todays_part_until_the_next_refr
     services.metrics_today(today=TODAY)
     period = _period(7)
     assert spells.stored_range(period, Scope()) == period
-    services.range_facts_refresh(today=TODAY)
+    services.facts_refresh(today=TODAY)
     assert not TodayStageSpell.objects.exists()
     assert spells.stored_range(period, Scope()) is None
     live = _live(data, monkeypatch, [period])

@@ -25,7 +25,7 @@ def _date(value: str, option: str):
 class Command(BaseCommand):
     help = _("Store the daily metric snapshot of a day (default: yesterday) or of every day of "
              "a range (backfill), replacing what was stored, then refresh the cohort table and "
-             "the precomputed range facts and customer bitmaps.")
+             "the stored facts (stage spells, channel cells, customer bitmaps).")
 
     def add_arguments(self, parser):
         parser.add_argument("--date", help=_("The day to snapshot (YYYY-MM-DD)."))
@@ -33,12 +33,13 @@ class Command(BaseCommand):
         parser.add_argument("--end", help=_("Last day of a backfill range (default: yesterday)."))
         parser.add_argument("--no-cohorts", action="store_true",
                             help=_("Do not refresh the cohort table."))
-        parser.add_argument("--no-range-facts", action="store_true",
-                            help=_("Do not refresh the precomputed range facts and customer "
-                                   "bitmaps."))
+        parser.add_argument("--no-facts", "--no-range-facts", action="store_true",
+                            dest="no_facts",
+                            help=_("Do not refresh the stored facts (stage spells, channel "
+                                   "cells, customer bitmaps)."))
 
     def handle(self, *args, date=None, start=None, end=None, no_cohorts=False,
-               no_range_facts=False, **options):
+               no_facts=False, **options):
         started = time.monotonic()
         today = local_today()
         yesterday = today - timedelta(days=1)
@@ -74,14 +75,9 @@ class Command(BaseCommand):
                               % {"cells": cohorts.cells, "cohorts": len(cohorts.cohorts),
                                  "through": cohorts.through.strftime("%Y-%m"),
                                  "ms": cohorts.duration_ms})
-        if not no_range_facts:
-            facts = services.range_facts_refresh(today=today)
+        if not no_facts:
+            facts = services.facts_refresh(today=today)
             if facts.as_of is not None:
-                self.stdout.write(_("Range facts: %(customers)d customers, %(cells)d cells, "
-                                    "through %(as_of)s in %(ms)d ms")
-                                  % {"customers": facts.customers, "cells": facts.range_cells,
-                                     "as_of": facts.as_of.isoformat(),
-                                     "ms": facts.duration_ms})
                 if facts.spells_rebuilt:
                     how = _("rebuilt")
                 else:
