@@ -72,7 +72,7 @@ from rest_framework.test import APIClient  # noqa: E402
 
 from core import access  # noqa: E402
 from crm.models import Channel, Customer  # noqa: E402
-from metrics import bitmaps, periods, reports, selectors, services  # noqa: E402
+from metrics import activity, periods, reports, selectors, services  # noqa: E402
 from metrics.periods import Period, Scope, add_months, month_start  # noqa: E402
 from metrics.reports import AIPL_MODEL, DEFAULT_MODEL  # noqa: E402
 
@@ -322,7 +322,7 @@ def bench_nightly(today: date) -> list[list]:
                      f"{done_bitmaps.days_built} days built, {done_bitmaps.days_repaired} "
                      f"rebuilt (refunds), {done_bitmaps.blocks_built} blocks, columns of "
                      f"{done_bitmaps.customers:,} ids; stored "
-                     f"{bitmaps.storage_bytes() / 2**20:,.0f} MB"])
+                     f"{activity.storage_bytes() / 2**20:,.0f} MB"])
     return rows
 
 
@@ -370,7 +370,7 @@ def verify(today: date, operator) -> list[list]:
             started = time.perf_counter()
             stored = fn(scope)
             fast = time.perf_counter() - started
-            with mock.patch.object(bitmaps, "stored_period", lambda *a, **k: False), \
+            with mock.patch.object(activity, "stored_period", lambda *a, **k: False), \
                     mock.patch.object(selectors, "_today_snapshot_is_fresh", lambda t: False):
                 started = time.perf_counter()
                 live = fn(scope)
@@ -386,7 +386,7 @@ def verify_details(today: date, operator, channel, ranges: list[int], custom=())
     --custom-ranges range, as admin, operator and an operator filtering on a channel (the
     (channel, owner) grain)."""
     from lifecycle.models import StageModel
-    from metrics import attribution, channelfacts, spells
+    from metrics import attribution, channels, stage_durations
 
     model = StageModel.objects.get(key=DEFAULT_MODEL)
     rows = []
@@ -407,8 +407,8 @@ def verify_details(today: date, operator, channel, ranges: list[int], custom=())
                 started = time.perf_counter()
                 stored = fn(scope)
                 fast = time.perf_counter() - started
-                with mock.patch.object(spells, "stored_range", lambda p, s: None), \
-                        mock.patch.object(channelfacts, "stored_range", lambda p: None):
+                with mock.patch.object(stage_durations, "stored_range", lambda p, s: None), \
+                        mock.patch.object(channels, "stored_range", lambda p: None):
                     started = time.perf_counter()
                     live = fn(scope)
                     slow = time.perf_counter() - started
@@ -421,7 +421,7 @@ def verify_details(today: date, operator, channel, ranges: list[int], custom=())
 def verify_bitmaps(today: date, custom=()) -> list[list]:
     """Overview and revenue of the --custom-ranges answered from the customer bitmaps against
     the live computation, as admin, admin with a channel, admin with an owner and operator."""
-    from metrics import bitmaps
+    from metrics import activity
 
     admin, operator, _owned, channel = pick_people()
     scopes = (("admin", Scope(user=admin)), (f"admin ch={channel.code}",
@@ -439,7 +439,7 @@ def verify_bitmaps(today: date, custom=()) -> list[list]:
                 started = time.perf_counter()
                 stored = fn(scope)
                 fast = time.perf_counter() - started
-                with mock.patch.object(bitmaps, "stored_period", lambda p, t=None: False):
+                with mock.patch.object(activity, "stored_period", lambda p, t=None: False):
                     started = time.perf_counter()
                     live = fn(scope)
                     slow = time.perf_counter() - started
@@ -534,7 +534,7 @@ def main() -> None:
         # The frequent refresh late: today's part computed by each request.
         with mock.patch.object(periods, "today_max_age", lambda: -1), \
                 mock.patch.object(selectors, "today_max_age", lambda: -1), \
-                mock.patch.object(bitmaps, "today_max_age", lambda: -1):
+                mock.patch.object(activity, "today_max_age", lambda: -1):
             opts.ranges = [30]
             rows = bench_endpoints(opts, opts.today)
         table(headers, rows, "Metrics API, today computed live (the frequent refresh late)")

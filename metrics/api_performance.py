@@ -1,6 +1,7 @@
 """REST API of channel attribution, SOP performance and campaign performance (DESIGN §4
 `metrics/channels/`, `metrics/sops/`, `metrics/campaigns/`): each view answers its report
-(metrics.reports) and documents it."""
+(metrics.reports) and documents it (docs/METRICS.md, "Channel attribution", "SOP and campaign
+performance")."""
 
 from __future__ import annotations
 

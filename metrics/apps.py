@@ -1,3 +1,5 @@
+"""The metrics app; on start it registers the campaign page's results panel (metrics.views)."""
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 

@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from crm.models import Channel, Customer, Event, Order
-from metrics import channelfacts
+from metrics import channels
 from metrics.periods import Period, Scope
 from metrics.selectors import money, ratio
 
@@ -72,21 +72,21 @@ def channel_attribution(*, scope: Scope, period: Period,
     Three aggregate queries: the acquired customers grouped by channel (with retention), their
     paid orders grouped by channel, and the channels with their all-time customer count (the
     denominator of cost per acquisition, over every owner: each customer carries an equal share
-    of the channel's recorded spend). A range within the 90 days up to today (with the cells
-    stored for today) reads the first two from the join-day cells instead
-    (metrics.channelfacts); `now` given (a test's clock) always computes them.
+    of the channel's recorded spend). A range within the channel days up to today (with the
+    cells stored for today) reads the first two from the join-day cells instead
+    (metrics.channels); `now` given (a test's clock) always computes them.
     """
-    stored = channelfacts.stored_range(period) if now is None else None
+    stored = channels.stored_range(period) if now is None else None
     now = now or timezone.now()
     if stored is not None:
-        # A range within the 90 days up to today: from the join-day cells (the same figures,
-        # metrics.channelfacts).
+        # A range within the channel days up to today: from the join-day cells (the same
+        # figures, metrics.channels).
         def boundary(day, days):
             rows = _customer_rows(scope=scope, period=Period(day, day), now=now)
             return {ch: (row[f"eligible_{days}"], row[f"retained_{days}"])
                     for ch, row in rows.items()}
 
-        customer_rows, order_rows = channelfacts.acquisition_counts(
+        customer_rows, order_rows = channels.acquisition_counts(
             scope=scope, period=period, now=now, boundary=boundary)
     else:
         customer_rows = _customer_rows(scope=scope, period=period, now=now)
@@ -98,16 +98,16 @@ def channel_attribution(*, scope: Scope, period: Period,
             .annotate(revenue=Sum("amount"), buyers=Count("customer", distinct=True))
             .order_by()}
 
-    channels = Channel.objects.order_by("name", "code")
+    listed = Channel.objects.order_by("name", "code")
     if scope.channel is not None:
-        channels = channels.filter(pk=scope.channel.pk)
+        listed = listed.filter(pk=scope.channel.pk)
     # Grouped on the customers alone (an index-only count), not joined to the channels.
     to_date = dict(Customer.objects.order_by().filter(channel__isnull=False)
                    .values_list("channel").annotate(n=Count("pk")))
     results = [
         _row(code=c.code, name=c.name, cost=c.cost, customers_to_date=to_date.get(c.pk, 0),
              counts=customer_rows.get(c.pk, {}), orders=order_rows.get(c.pk, {}))
-        for c in channels]
+        for c in listed]
     if scope.channel is None:
         results.append(_row(code=None, name=str(_("No channel")), cost=None,
                             customers_to_date=None, counts=customer_rows.get(None, {}),

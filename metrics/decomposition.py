@@ -1,11 +1,8 @@
 """Seed 004's identity, revenue = traffic × conversion rate × average order value × purchase
-frequency, and the split of a revenue change between two periods into the four factors.
-
-LMDI (logarithmic mean Divisia index) when all eight factor values are positive: part_i =
-L(R₁, R₀) · ln(x₁ᵢ / x₀ᵢ) with L(a, b) = (a − b) / (ln a − ln b), L(a, a) = a. Otherwise the
-Shapley split (each factor's change averaged over the 24 orders of changing the factors), which is
-exact with zeros. Both sum to R₁ − R₀; after rounding to cents the remainder goes to the largest
-part, so the printed parts add up to the printed change to the cent.
+frequency, and the split of a revenue change between two periods into the four factors: LMDI
+when all eight factor values are positive, else the Shapley split (exact with zeros), rounded
+to the cent so that the parts add up to the change. Formulas: docs/METRICS.md, "Revenue
+(seed 004)".
 """
 
 from __future__ import annotations

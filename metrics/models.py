@@ -1,8 +1,9 @@
-"""Stored metrics: one header row per snapshotted day, the day's facts at the grain
-(date, channel, owner), and the cohort retention table of complete months.
-
-The facts name stages by key (like `StageTransition.from_key`/`to_key`), so a day's history
-survives a stage being deleted later.
+"""Stored metrics: the daily snapshots (a header row per day, the day's facts at the grain
+date, channel, owner), the cohort retention table, and the precomputed facts that answer any
+range: stage spells and their cells (metrics.stage_durations), channel join-day cells
+(metrics.channels), customer bitmaps and columns (metrics.activity). Stages are named by key,
+so a day's history survives a stage being deleted. docs/METRICS.md: "Snapshots", "Cohort
+retention" and the sections of those modules.
 """
 
 from django.conf import settings
@@ -230,7 +231,8 @@ class StageSpell(SpellFields):
     """The stays the ranges need — begun or ended in the spell days before today
     (METRICS_SPELL_DAYS, default 400) — as of the nightly refresh, which replaces those of the
     customers who moved. The medians of the stages and flows reports are read from these
-    (docs/METRICS.md, "Precomputed stage spells and channel cells"). An unlogged table on
+    (metrics.stage_durations; docs/METRICS.md, "Stage durations and channels: precomputed stage
+    spells and channel cells"). An unlogged table on
     PostgreSQL (migration 0005): it needs no WAL; after a crash it is empty, the medians are
     computed live until the next nightly refresh, which then rebuilds it."""
 
@@ -343,7 +345,8 @@ class JoinerFacts(models.Model):
     """Per customer who joined in the channel days before today (METRICS_CHANNEL_DAYS), what
     channel attribution needs, as
     of the nightly refresh: whether they bought since joining and how much, and whether they
-    deleted us within 30 and 90 days of joining (docs/METRICS.md, "Channel attribution")."""
+    deleted us within 30 and 90 days of joining (metrics.channels; docs/METRICS.md, "Channel
+    attribution")."""
 
     customer_id = models.BigIntegerField(_("customer id"), primary_key=True)
     channel_id = models.IntegerField(_("channel id"), null=True, blank=True)
@@ -418,7 +421,7 @@ class CustomerBitmap(models.Model):
     """The customers of one kind (an inbound event, a paid order, a move into churn) over a
     piece of days: `days` days from `start` (1, or an aligned block of 4, 16, 64 or 256 days).
     `inbound` and `churn` are bitmaps over customer ids; `paid` lists the buyers with their
-    paid orders and revenue in cents (metrics.bitmaps)."""
+    paid orders and revenue in cents (metrics.activity)."""
 
     class Kind(models.TextChoices):
         INBOUND = "inbound", _("Inbound event")
@@ -443,7 +446,7 @@ class CustomerBitmap(models.Model):
 
 
 class CustomerColumn(models.Model):
-    """One column of every customer's state, indexed by customer id (metrics.bitmaps)."""
+    """One column of every customer's state, indexed by customer id (metrics.activity)."""
 
     name = models.CharField(_("name"), max_length=32, unique=True)
     data = models.BinaryField(_("data"))

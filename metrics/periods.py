@@ -1,10 +1,9 @@
-"""Days, date ranges and who is counted: the ground rules every metric shares.
+"""Days, date ranges and who is counted: the ground rules every metric shares (docs/METRICS.md,
+"Ground rules").
 
 A day is a calendar day in the system time zone (`settings.TIME_ZONE`); a range names its first
-and last day, both included, and covers [first day 00:00, the day after the last 00:00).
-A `Scope` is the customers a metric counts: what the user may see (admins and analysts every
-customer, operators their own, through `core.access.scope_customers`) narrowed by the `channel`
-and `owner` filters.
+and last day, both included. A `Scope` is the customers a metric counts: what the user may see
+(`core.access.scope_customers`) narrowed by the `channel` and `owner` filters.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Each report parses its parameters (a bad one is an ApplicationError whose message names it),
 scopes the figures to what the user may see, and answers from the cache or the selectors
-(docs/METRICS.md defines every figure). The API views (metrics.api, metrics.api_performance),
-the dashboard's pages and the cache warmer all call these, so a figure is computed, cached and
-validated in one place and the page always shows what the API answers.
+(docs/METRICS.md defines every figure; "Caching" the cache). The API views (metrics.api,
+metrics.api_performance), the dashboard's pages and the cache warmer all call these, so a
+figure is computed, cached and validated in one place and the page shows what the API answers.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Daily facts (`activity_by_day`, `transitions_by_day`, `stage_counts_at`) are the functions the
 nightly snapshot stores and the ones that answer days not stored (today, or a day never
-snapshotted) live, so a stored day and a live one cannot disagree. Range KPIs over distinct
-customers (rates, buyers, traffic) are computed from the facts for the range.
+snapshotted) live, so a stored day and a live one cannot disagree. Range figures over distinct
+customers come from the precomputed facts where they hold the range (metrics.activity,
+metrics.stage_durations), else from the facts of the range (docs/METRICS.md, "Snapshots").
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from django.utils import timezone
 from core.db import raw_rows
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
-from metrics import bitmaps, spells
+from metrics import activity, stage_durations
 from metrics.decomposition import Factors, decompose
 from metrics.models import (
     CohortCell,
@@ -377,7 +378,7 @@ def _referrals(*, scope: Scope, period: Period) -> dict[str, int]:
             "referral_events": _referral_events(scope=scope, period=period)}
 
 
-def _kpis(joined: dict, figures: dict, activity: dict, buyers: dict, referrals: dict
+def _kpis(joined: dict, figures: dict, active: dict, buyers: dict, referrals: dict
           ) -> dict[str, Any]:
     return {
         # Acquaintance (认识): friend loss and group join.
@@ -388,12 +389,12 @@ def _kpis(joined: dict, figures: dict, activity: dict, buyers: dict, referrals: 
         "group_join_rate": ratio(joined["joined_group"], joined["joined"]),
         # Interaction (互动): interaction rate and retention.
         "customers": figures["customers"],
-        "interacting": activity["interacting"],
-        "interaction_rate": ratio(activity["interacting"], figures["customers"]),
-        "active": activity["active"],
-        "active_previous": activity["active_previous"],
-        "retained": activity["retained"],
-        "retention_rate": ratio(activity["retained"], activity["active_previous"]),
+        "interacting": active["interacting"],
+        "interaction_rate": ratio(active["interacting"], figures["customers"]),
+        "active": active["active"],
+        "active_previous": active["active_previous"],
+        "retained": active["retained"],
+        "retention_rate": ratio(active["retained"], active["active_previous"]),
         # Purchase (购买): conversion and repurchase.
         "never_bought_before": figures["never_bought_before"],
         "first_time_buyers": figures["first_time_buyers"],
@@ -414,8 +415,8 @@ def relationship_kpis(*, scope: Scope, period: Period, stored: dict | None = Non
     """The seed-002 KPIs of each relationship stage for the period (formulas: METRICS.md):
     from the customer bitmaps for a range within their history (`stored`, when the caller
     read them already), else live."""
-    f = stored if stored is not None else bitmaps.relationship_figures(scope=scope,
-                                                                       period=period)
+    f = stored if stored is not None else activity.relationship_figures(scope=scope,
+                                                                        period=period)
     if f is not None:
         return _kpis(f, f, f, f, _referrals(scope=scope, period=period))
     since, until = period.since, period.until
@@ -440,13 +441,13 @@ def relationship_kpis(*, scope: Scope, period: Period, stored: dict | None = Non
         first_time_buyers=Count("pk", filter=Q(first_order_at__gte=since,
                                                first_order_at__lt=until)),
     )
-    activity = _activity_counts(scope=scope, period=period)
+    active = _activity_counts(scope=scope, period=period)
     paid = scope.apply(Order.objects.order_by(), "customer__").filter(
         status=Order.Status.PAID, placed_at__gte=since, placed_at__lt=until)
     buyers = (paid.values("customer_id").annotate(n=Count("pk"))
               .aggregate(buyers=Count("customer_id"),
                          repeat_buyers=Count("customer_id", filter=Q(n__gte=2))))
-    return _kpis(joined, figures, activity, buyers, _referrals(scope=scope, period=period))
+    return _kpis(joined, figures, active, buyers, _referrals(scope=scope, period=period))
 
 
 # --- Revenue (seed 004) ----------------------------------------------------------------------
@@ -455,8 +456,8 @@ def revenue_factors(*, scope: Scope, period: Period) -> Factors:
     """Traffic, buyers, paid orders and revenue of the period. Traffic is the customers in the
     private domain during the period, plus any buyer of the period who was not (so that
     conversion = buyers ÷ traffic never exceeds 1 and the identity holds). A range within the
-    stored history is answered from the customer bitmaps (metrics.bitmaps), the same figures."""
-    stored, = bitmaps.revenue_figures(scope=scope, periods=[period])
+    stored history is answered from the customer bitmaps (metrics.activity), the same figures."""
+    stored, = activity.revenue_figures(scope=scope, periods=[period])
     if stored is not None:
         return _stored_factors(stored)
     paid = scope.apply(Order.objects.order_by(), "customer__").filter(
@@ -471,7 +472,7 @@ def revenue_factors(*, scope: Scope, period: Period) -> Factors:
                    paid_orders=orders["paid_orders"], revenue=orders["revenue"] or Decimal("0"))
 
 
-def _stored_factors(stored: bitmaps.RevenueFigures) -> Factors:
+def _stored_factors(stored: activity.RevenueFigures) -> Factors:
     return Factors(traffic=stored.traffic, buyers=stored.buyers,
                    paid_orders=stored.paid_orders, revenue=stored.revenue)
 
@@ -494,7 +495,7 @@ def revenue_report(*, scope: Scope, period: Period, compare: Period) -> dict[str
     """Revenue = traffic × conversion rate × average order value × purchase frequency for the
     period and the comparison period, and the change split into the four factors: from the
     customer bitmaps where they hold a range (one read for both), else live."""
-    stored = bitmaps.revenue_figures(scope=scope, periods=[period, compare])
+    stored = activity.revenue_figures(scope=scope, periods=[period, compare])
     current, previous = (
         _stored_factors(found) if found is not None else revenue_factors(scope=scope, period=p)
         for found, p in zip(stored, (period, compare), strict=True))
@@ -592,12 +593,14 @@ def churn_and_win_back(*, scope: Scope, model: StageModel, stages: list[Stage], 
                 "in_win_back_stages": sum(counts.get(key, 0) for key in win_back_keys)}
     # Entered churn: distinct customers, from the transitions into it (index on model, to_key,
     # at); win-backs add up day by day, from the snapshots and today.
-    if churned is None and (model.key, churn_key) == (bitmaps.CHURN_MODEL, bitmaps.CHURN_STAGE):
-        churned = bitmaps.churned(scope=scope, period=period)
+    if churned is None and (model.key, churn_key) == (activity.CHURN_MODEL,
+                                                      activity.CHURN_STAGE):
+        churned = activity.churned(scope=scope, period=period)
     if churned is None:
         churned = 0
         if churn_key is not None:
-            # A move, not a first placement (from_key blank): METRICS.md, "Churn".
+            # A move, not a first placement (from_key blank): METRICS.md, "Stages, churn and
+            # win-back".
             churned = scope.apply(StageTransition.objects.order_by(), "customer__").filter(
                 model=model, to_key=churn_key, at__gte=period.since, at__lt=period.until,
             ).exclude(from_key="").aggregate(n=Count("customer_id", distinct=True))["n"]
@@ -647,13 +650,14 @@ def median_days_in_stage(*, scope: Scope, model: StageModel, period: Period
                          ) -> dict[str, dict[str, Any]]:
     """Stage key → exits in the period and the median days between entering the stage and
     that exit (the transition before the exit is the entry). A range within the spell days up
-    to today, with its spells stored for today, is answered from them (metrics.spells), the
-    same figures."""
-    if spells.stored_range(period, scope) is not None:
+    to today, with its spells stored for today, is answered from them
+    (metrics.stage_durations), the same figures."""
+    if stage_durations.stored_range(period, scope) is not None:
         try:
-            return spells.median_days_in_stage(scope=scope, model_id=model.pk, period=period)
-        except spells.Inconsistent:
-            logger.warning("metrics.spells_inconsistent", extra={"model": model.key})
+            return stage_durations.median_days_in_stage(scope=scope, model_id=model.pk,
+                                                        period=period)
+        except stage_durations.Inconsistent:
+            logger.warning("metrics.stage_durations_inconsistent", extra={"model": model.key})
     table = StageTransition._meta.db_table
     scope_sql, scope_params = _scope_sql(scope)
     since, until = _at(period.since), _at(period.until)
@@ -685,12 +689,13 @@ def stage_conversions(*, scope: Scope, model: StageModel, period: Period
     """Of the customers entering each stage in the period (their first entry in it), how many
     moved next to each other stage (at any time since) and the median days it took. A range
     within the spell days up to today, with its spells stored for today, is answered from them
-    (metrics.spells)."""
-    if spells.stored_range(period, scope) is not None:
+    (metrics.stage_durations)."""
+    if stage_durations.stored_range(period, scope) is not None:
         try:
-            return spells.stage_conversions(scope=scope, model_id=model.pk, period=period)
-        except spells.Inconsistent:
-            logger.warning("metrics.spells_inconsistent", extra={"model": model.key})
+            return stage_durations.stage_conversions(scope=scope, model_id=model.pk,
+                                                     period=period)
+        except stage_durations.Inconsistent:
+            logger.warning("metrics.stage_durations_inconsistent", extra={"model": model.key})
     table = StageTransition._meta.db_table
     scope_sql, scope_params = _scope_sql(scope)
     since, until = _at(period.since), _at(period.until)
@@ -856,7 +861,7 @@ def cohort_retention(*, scope: Scope, period: Period) -> dict[str, Any]:
                 sizes[row["cohort"]] += row["size"]
             active[(row["cohort"], row["month_offset"])] += row["n"]
     live_from = add_months(through, 1) if through is not None else None
-    month_active = (bitmaps.cohort_month_active(scope=scope, month=current,
+    month_active = (activity.cohort_month_active(scope=scope, month=current,
                                                 cohorts=_months(first, last))
                     if live_from == current and first <= current else None)
     if month_active is not None:
@@ -911,7 +916,7 @@ LIFECYCLE_MODEL = "value"
 
 def overview_report(*, scope: Scope, period: Period) -> dict[str, Any]:
     # The customer bitmaps, read once for the KPIs and churn (None: computed live).
-    stored = bitmaps.relationship_figures(scope=scope, period=period)
+    stored = activity.relationship_figures(scope=scope, period=period)
     kpis = relationship_kpis(scope=scope, period=period, stored=stored)
     series = activity_series(scope=scope, period=period)
     model = StageModel.objects.filter(key=LIFECYCLE_MODEL).first()

@@ -1,8 +1,8 @@
-"""Writes of the metrics app: a day's snapshot and the cohort table.
-
-A snapshot replaces its day atomically: under a lock on the day's `Snapshot` row it deletes the
-day's facts and inserts them again, so re-running a day replaces it and two workers at once
-cannot store it twice. The facts come from the same selectors that answer unstored days live.
+"""Writes of the metrics app: a day's snapshot, the cohort table and the precomputed facts
+(metrics.stage_durations, metrics.channels, metrics.activity) nightly, and today's part of them
+every few minutes. Each replaces what it writes under a lock on its header row, so a re-run
+replaces it and two workers at once cannot store it twice; a snapshot's facts come from the
+selectors that answer unstored days live. docs/METRICS.md, "Snapshots".
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from core.db import heavy_statements
 from lifecycle.models import StageModel
-from metrics import bitmaps, channelfacts, selectors, spells
+from metrics import activity, channels, selectors, stage_durations
 from metrics.models import (
     BitmapTable,
     CohortCell,
@@ -91,10 +91,10 @@ def snapshot_metrics(*, day: date, counts_before: dict | None = None) -> Snapsho
                              model_id=r["model_id"], from_key=r["from_key"], to_key=r["to_key"],
                              transitions=r["transitions"], win_backs=r["win_backs"])
         for r in transition_rows], batch_size=BATCH))
-    activity = selectors.activity_by_day(scope=everyone, start=day, end=day)
+    activity_rows = selectors.activity_by_day(scope=everyone, start=day, end=day)
     result.activity = len(DailyActivity.objects.bulk_create([
         DailyActivity(date=d, channel_id=ch, owner_id=ow, **values)
-        for (d, ch, ow), values in activity.items()], batch_size=BATCH))
+        for (d, ch, ow), values in activity_rows.items()], batch_size=BATCH))
 
     result.duration_ms = round((time.monotonic() - started) * 1000)
     snapshot.taken_at = timezone.now()
@@ -182,23 +182,23 @@ class FactsResult:
 
 @transaction.atomic
 def facts_refresh(*, today: date | None = None) -> FactsResult:
-    """Bring the stage spells (metrics.spells) and the channel join-day cells
-    (metrics.channelfacts) up to the day before `today` (default: today), under a lock on their
+    """Bring the stage spells (metrics.stage_durations) and the channel join-day cells
+    (metrics.channels) up to the day before `today` (default: today), under a lock on their
     header row; a re-run stores the same. PostgreSQL only: elsewhere nothing is stored and
     those reports are computed live."""
     today = today or local_today()
-    if not spells.available():
+    if not stage_durations.available():
         return FactsResult(as_of=None)
     started = time.monotonic()
     heavy_statements()
     header, _created = FactsTable.objects.select_for_update().get_or_create(pk=1)
     result = FactsResult(as_of=today - timedelta(days=1))
-    stored = spells.refresh(today, header)
+    stored = stage_durations.refresh(today, header)
     result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
     result.spells_rebuilt, result.spell_movers = stored["rebuilt"], stored["moved"]
     result.spells_ms = round((time.monotonic() - started) * 1000)
     lap = time.monotonic()
-    stored = channelfacts.refresh(today)
+    stored = channels.refresh(today)
     result.joiners, result.channel_cells = stored["joiners"], stored["channel_cells"]
     result.channels_ms = round((time.monotonic() - lap) * 1000)
     result.duration_ms = round((time.monotonic() - started) * 1000)
@@ -219,19 +219,19 @@ def facts_refresh(*, today: date | None = None) -> FactsResult:
 
 @transaction.atomic
 def bitmaps_refresh(*, today: date | None = None,
-                    rebuild: tuple[date, date] | None = None) -> bitmaps.RefreshResult:
-    """Bring the customer bitmaps (metrics.bitmaps) up to the day before `today` (default:
+                    rebuild: tuple[date, date] | None = None) -> activity.RefreshResult:
+    """Bring the customer bitmaps (metrics.activity) up to the day before `today` (default:
     today): build the days not stored yet, rebuild those with an order refunded since, their
     blocks, and the customer columns, under a lock on the header row; a re-run stores the same.
     `rebuild` (first and last day) reads those days again too (a backfill).
     PostgreSQL only: elsewhere nothing is stored and the figures are computed live."""
     today = today or local_today()
-    if not bitmaps.available():
-        return bitmaps.RefreshResult()
+    if not activity.available():
+        return activity.RefreshResult()
     heavy_statements()
     header, _created = BitmapTable.objects.select_for_update().get_or_create(pk=1)
     read_at = timezone.now()
-    result = bitmaps.refresh(today, since=header.read_at, rebuild=rebuild)
+    result = activity.refresh(today, since=header.read_at, rebuild=rebuild)
     header.first_day, header.last_day = result.first_day, result.last_day
     header.read_at = read_at
     header.refreshed_at = timezone.now()
@@ -246,7 +246,7 @@ def bitmaps_refresh(*, today: date | None = None,
 
 def bitmaps_stored_for(today: date) -> bool:
     """Whether the bitmaps hold every day before `today` (or cannot be stored here)."""
-    if not bitmaps.available():
+    if not activity.available():
         return True
     header = BitmapTable.objects.first()
     return header is not None and header.last_day == today - timedelta(days=1)
@@ -289,7 +289,7 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
     nightly = None
     facts = FactsTable.objects.first()
     counts = _stored_counts(yesterday)
-    if counts is None or not bitmaps_stored_for(today) or (spells.available() and (
+    if counts is None or not bitmaps_stored_for(today) or (stage_durations.available() and (
             facts is None or yesterday not in {facts.spells_as_of} & {facts.channels_as_of})):
         nightly = metrics_nightly(today=today)
         counts = _stored_counts(yesterday)
@@ -299,31 +299,31 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
         # A customer moved between channels or owners since yesterday's counts: rebuild.
         snapshot = snapshot_metrics(day=today)
     result = TodayResult(date=today, snapshot=snapshot, nightly=nightly)
-    if spells.available():
+    if stage_durations.available():
         with transaction.atomic():
             heavy_statements()
             header = FactsTable.objects.select_for_update().get(pk=1)
             taken_at = timezone.now()
             if header.spells_as_of == yesterday:
                 lap = time.monotonic()
-                stored = spells.refresh_today(today)
+                stored = stage_durations.refresh_today(today)
                 result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
                 result.spells_ms = round((time.monotonic() - lap) * 1000)
             if header.channels_as_of == yesterday:
                 lap = time.monotonic()
-                result.channel_cells = channelfacts.refresh_today(today)["channel_cells"]
+                result.channel_cells = channels.refresh_today(today)["channel_cells"]
                 result.channels_ms = round((time.monotonic() - lap) * 1000)
             if yesterday == header.spells_as_of == header.channels_as_of:
                 header.today_at = taken_at
                 header.today_ms = round((time.monotonic() - started) * 1000)
                 header.save(update_fields=["today_at", "today_ms"])
-    if bitmaps.available():
+    if activity.available():
         lap = time.monotonic()
         with transaction.atomic():
             header = BitmapTable.objects.select_for_update().filter(pk=1).first()
             if header is not None and header.last_day == yesterday:
                 patch_at = timezone.now()
-                result.changed_customers = bitmaps.refresh_today(header, today)
+                result.changed_customers = activity.refresh_today(header, today)
                 header.patch_at = patch_at
                 header.save(update_fields=["patch_at"])
         result.bitmaps_ms = round((time.monotonic() - lap) * 1000)
@@ -338,7 +338,7 @@ class NightlyResult:
     snapshot: SnapshotResult
     cohorts: CohortResult
     facts: FactsResult
-    bitmaps: bitmaps.RefreshResult
+    bitmaps: activity.RefreshResult
 
 
 def metrics_nightly(*, today: date | None = None) -> NightlyResult:

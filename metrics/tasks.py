@@ -1,4 +1,5 @@
-"""Celery entry points of metrics (queue `metrics`); each calls one service."""
+"""Celery entry points of metrics (queue `metrics`); each calls one service (when they run:
+docs/METRICS.md, "Snapshots")."""
 
 from celery import shared_task
 

@@ -1,3 +1,5 @@
+"""The dashboard's pages of the metrics app: the workbench and the Metrics page (metrics.views)."""
+
 from django.urls import path
 
 from metrics import views

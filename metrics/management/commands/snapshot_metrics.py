@@ -1,4 +1,5 @@
-"""`python manage.py snapshot_metrics [--date YYYY-MM-DD | --start YYYY-MM-DD --end YYYY-MM-DD]`."""
+"""`python manage.py snapshot_metrics [--date YYYY-MM-DD | --start YYYY-MM-DD --end YYYY-MM-DD]`
+(docs/METRICS.md, "Snapshots")."""
 
 import time
 from datetime import timedelta

@@ -1,8 +1,9 @@
-"""Precomputed stage spells (metrics.spells: the medians and stage-to-stage conversion of
-`stages/` and `flows/`) and channel join-day cells (metrics.channelfacts: `channels/`): for the
-standard ranges (the last 7, 30 and 90 days up to today) the answer from the stored facts must
-equal the live computation, for every scope — after the refreshes and after a day of changes —
-and the new hand-computed cases must come out as worked out beside them. PostgreSQL only.
+"""Stage durations (metrics.stage_durations, the precomputed stage spells: the medians and
+stage-to-stage conversion of `stages/` and `flows/`) and channels (metrics.channels, the channel
+join-day cells of `channels/`): for the standard ranges (the last 7, 30 and 90 days up to
+today) the answer from the stored facts must equal the live computation, for every scope —
+after the refreshes and after a day of changes — and the new hand-computed cases must come out
+as worked out beside them. PostgreSQL only.
 
 The clock stands at 2024-03-10 15:00 (Asia/Shanghai) on the hand-built data set
 (tests/metrics/handbuilt.py): the 7-day range is 03-04 … 03-10, the 30-day one 02-10 … 03-10
@@ -17,7 +18,7 @@ import pytest
 
 from crm.models import Customer, Event, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
-from metrics import attribution, bitmaps, channelfacts, selectors, services, spells
+from metrics import activity, attribution, channels, selectors, services, stage_durations
 from metrics.models import (
     FactsTable,
     StageSpell,
@@ -75,8 +76,8 @@ def _reports(data, periods=None) -> dict:
 
 def _live(data, monkeypatch, periods=None) -> dict:
     with monkeypatch.context() as patch:
-        patch.setattr(spells, "stored_range", lambda period, scope: None)
-        patch.setattr(channelfacts, "stored_range", lambda period: None)
+        patch.setattr(stage_durations, "stored_range", lambda period, scope: None)
+        patch.setattr(channels, "stored_range", lambda period: None)
         return _reports(data, periods)
 
 
@@ -88,8 +89,9 @@ def _assert_same(stored: dict, live: dict) -> None:
 
 def _count_fast_calls(monkeypatch) -> list:
     calls = []
-    for module, name in ((spells, "median_days_in_stage"), (spells, "stage_conversions"),
-                         (channelfacts, "acquisition_counts")):
+    for module, name in ((stage_durations, "median_days_in_stage"),
+                         (stage_durations, "stage_conversions"),
+                         (channels, "acquisition_counts")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name,
                             lambda _real=real, _name=name, **kw: calls.append(_name) or _real(**kw))
@@ -100,9 +102,9 @@ def _all_stored(data, monkeypatch, periods) -> dict:
     """The reports of `periods` for every scope, asserting that each is answered from the
     stored spells and channel cells (none computed live)."""
     for period in periods:
-        assert channelfacts.stored_range(period) == period
+        assert channels.stored_range(period) == period
         for scope in _scopes(data):
-            assert spells.stored_range(period, scope) == period, (period, scope)
+            assert stage_durations.stored_range(period, scope) == period, (period, scope)
     calls = _count_fast_calls(monkeypatch)
     stored = _reports(data, periods)
     # Every scope, per model and report (the (channel, owner) ones from their spells, the others
@@ -130,22 +132,22 @@ def move(customer, model_key: str, to_key: str, at) -> None:
 
 def test_nothing_stored_or_today_stale_means_live(data):
     period = _period(30)
-    assert spells.stored_range(period, Scope()) is None
-    assert channelfacts.stored_range(period) is None
+    assert stage_durations.stored_range(period, Scope()) is None
+    assert channels.stored_range(period) is None
     services.metrics_today(today=TODAY)
-    assert spells.stored_range(period, Scope()) is not None
-    assert channelfacts.stored_range(period) is not None
+    assert stage_durations.stored_range(period, Scope()) is not None
+    assert channels.stored_range(period) is not None
     # Facts stored before the spells existed (an upgrade): live until the next refresh.
     FactsTable.objects.update(spells_as_of=None, channels_as_of=None)
-    assert spells.stored_range(period, Scope()) is None
-    assert channelfacts.stored_range(period) is None
+    assert stage_durations.stored_range(period, Scope()) is None
+    assert channels.stored_range(period) is None
     services.metrics_today(today=TODAY)         # heals: runs the nightly job again
-    assert spells.stored_range(period, Scope()) is not None
+    assert stage_durations.stored_range(period, Scope()) is not None
     # Today's part too old: the spells are computed live (the channel cells compute it).
     FactsTable.objects.update(today_at=NOW - timedelta(hours=1))
-    assert spells.stored_range(period, Scope()) is None
-    assert channelfacts.stored_range(period) is not None
-    assert spells.stored_range(Period(TODAY - timedelta(days=9), TODAY), Scope()) is None
+    assert stage_durations.stored_range(period, Scope()) is None
+    assert channels.stored_range(period) is not None
+    assert stage_durations.stored_range(Period(TODAY - timedelta(days=9), TODAY), Scope()) is None
 
 
 def test_stored_answers_equal_the_live_ones(data, monkeypatch):
@@ -305,8 +307,8 @@ def test_a_range_reaching_outside_the_window_is_computed_live(data, monkeypatch,
     outside = [Period(date(2023, 12, 11), date(2024, 1, 20)),
                Period(date(2023, 11, 1), date(2024, 3, 10))]
     for period in outside:
-        assert spells.stored_range(period, Scope()) is None
-        assert channelfacts.stored_range(period) is None
+        assert stage_durations.stored_range(period, Scope()) is None
+        assert channels.stored_range(period) is None
     calls = _count_fast_calls(monkeypatch)
     answers = _reports(data, outside)
     assert not calls
@@ -420,12 +422,12 @@ def test_ranges_longer_ago_than_ninety_days_are_stored_within_the_longer_windows
     settings.METRICS_SPELL_DAYS = 90
     services.metrics_today(today=TODAY)
     for period in earlier:
-        assert channelfacts.stored_range(period) == period
-        assert spells.stored_range(period, Scope()) is None
+        assert channels.stored_range(period) == period
+        assert stage_durations.stored_range(period, Scope()) is None
     del settings.METRICS_SPELL_DAYS
     FactsTable.objects.update(spells_as_of=None)    # the nightly job again, with the longer window
     services.metrics_today(today=TODAY)
-    assert spells.first_stored_day(TODAY) == TODAY - timedelta(days=399)
+    assert stage_durations.first_stored_day(TODAY) == TODAY - timedelta(days=399)
     stored = _all_stored(data, monkeypatch, earlier)
     _assert_same(stored, _live(data, monkeypatch, earlier))
     # Hand-computed, value model, every customer, 2023-11-01 … 03-10: the exits from intro are
@@ -438,7 +440,7 @@ def test_ranges_longer_ago_than_ninety_days_are_stored_within_the_longer_windows
     # (on to dormant after 19.083 days), c6 02-22 00:00 (to mature after 14), c1 03-05 01:00 (to
     # mature today 01:00, after 5); c5's second entry, 03-04 12:00 (to mature today 12:00), is
     # not its first in the range — the block cells count it, the re-entries take it off.
-    assert {days for _day, days in bitmaps.pieces(earlier[1].start, earlier[1].end)} == {
+    assert {days for _day, days in activity.pieces(earlier[1].start, earlier[1].end)} == {
         1, 4, 16, 64}
     growth = stored[(Scope(), earlier[1], "value", "conversions")]["growth"]
     assert growth == {"entered": 3, "next": {
@@ -447,14 +449,14 @@ def test_ranges_longer_ago_than_ninety_days_are_stored_within_the_longer_windows
     assert StageSpellDayCell.objects.filter(kind="reentry", stage_key="growth", days=1,
                                             grain=0).exists()
     assert set(StageSpellDayCell.objects.values_list("days", flat=True)) == {1, 4, 16, 64, 256}
-    assert spells.stored_range(Period(date(2023, 1, 15), TODAY), Scope()) is None
-    assert channelfacts.stored_range(Period(date(2023, 1, 15), TODAY)) is None
+    assert stage_durations.stored_range(Period(date(2023, 1, 15), TODAY), Scope()) is None
+    assert channels.stored_range(Period(date(2023, 1, 15), TODAY)) is None
 
 
 def _readable_cells() -> dict:
     """The stored block cells a range within the spell days can read — the whole blocks in them,
     and the re-entries whose previous entry is in them too — by key."""
-    first = spells.first_stored_day(TODAY)
+    first = stage_durations.first_stored_day(TODAY)
     cells = {}
     for cell in StageSpellDayCell.objects.filter(today=False, day__gte=first):
         if cell.previous_on is not None and cell.previous_on < first:
@@ -507,7 +509,7 @@ def test_the_nightly_update_equals_a_rebuild(data, monkeypatch, settings, spell_
     assert _readable_cells() == updated
     # Today's part and the answers: the same as live, for the standard and other ranges.
     services.metrics_today(today=TODAY)
-    first_day = spells.first_stored_day(TODAY)
+    first_day = stage_durations.first_stored_day(TODAY)
     periods = [_period(days) for days in WINDOWS if _period(days).start >= first_day] + [
         period for period in ARBITRARY if period.start >= first_day]
     stored = _all_stored(data, monkeypatch, periods)
@@ -539,7 +541,7 @@ def test_the_nightly_refresh_rebuilds_when_it_cannot_update(data, settings, monk
     FactsTable.objects.update(spells_time_zone="Asia/Tokyo")
     assert services.facts_refresh(today=date(2024, 3, 23)).spells_rebuilt
     # Most customers moved (more than a quarter; the minimum lifted for 8 customers): rebuilt.
-    monkeypatch.setattr(spells, "REBUILD_MIN", 0)
+    monkeypatch.setattr(stage_durations, "REBUILD_MIN", 0)
     for customer in list(data.c.values())[:3]:
         move(customer, "aipl", "loyalty", mar(10, 16))
     assert services.facts_refresh(today=date(2024, 3, 24)).spells_rebuilt
@@ -567,7 +569,7 @@ def test_a_request_during_a_rebuild_answers_live_instead_of_waiting(data, monkey
         answer = selectors.stage_conversions(scope=Scope(), model=value, period=period)
         assert time.monotonic() - started < 5
         assert answer == live[(Scope(), period, "value", "conversions")]
-        assert spells.stored_range(period, Scope()) == period
+        assert stage_durations.stored_range(period, Scope()) == period
     finally:
         other.rollback()
         other.close()
@@ -585,12 +587,12 @@ def test_a_second_nightly_run_the_same_day_drops_todays_part_until_the_next_refr
     request meanwhile)."""
     services.metrics_today(today=TODAY)
     period = _period(7)
-    assert spells.stored_range(period, Scope()) == period
+    assert stage_durations.stored_range(period, Scope()) == period
     services.facts_refresh(today=TODAY)
     assert not TodayStageSpell.objects.exists()
-    assert spells.stored_range(period, Scope()) is None
+    assert stage_durations.stored_range(period, Scope()) is None
     live = _live(data, monkeypatch, [period])
     assert _reports(data, [period]) == live
     services.metrics_today(today=TODAY)
-    assert spells.stored_range(period, Scope()) == period
+    assert stage_durations.stored_range(period, Scope()) == period
     _assert_same(_all_stored(data, monkeypatch, [period]), live)

@@ -1,8 +1,8 @@
-"""Customer bitmaps (metrics.bitmaps): the overview's and the revenue report's figures over
-distinct customers for any range within the stored history must equal the live computation,
-for every scope — after the nightly refresh, after a day of changes (today live), after a
-refund, an owner change and a deleted customer — and a range reaching before the history is
-computed live. PostgreSQL only (the bitmaps are not stored elsewhere).
+"""Activity (metrics.activity, the customer bitmaps): the overview's and the revenue report's
+figures over distinct customers for any range within the stored history must equal the live
+computation, for every scope — after the nightly refresh, after a day of changes (today live),
+after a refund, an owner change and a deleted customer — and a range reaching before the
+history is computed live. PostgreSQL only (the bitmaps are not stored elsewhere).
 
 The clock stands at 2024-03-10 15:00 (Asia/Shanghai) on the hand-built data set
 (tests/metrics/handbuilt.py).
@@ -18,7 +18,7 @@ from django.test import override_settings
 
 from crm.models import Customer, Event, Order
 from lifecycle.models import StageModel, StageTransition
-from metrics import bitmaps, selectors, services
+from metrics import activity, selectors, services
 from metrics.models import BitmapTable, CustomerBitmap
 from metrics.periods import Period, Scope, local_today
 from tests.metrics.handbuilt import build, event, feb, mar, moves, order
@@ -81,7 +81,7 @@ def _answers(data, periods=PERIODS) -> dict:
 
 def _live(data, monkeypatch, periods=PERIODS) -> dict:
     with monkeypatch.context() as patch:
-        patch.setattr(bitmaps, "stored_period", lambda period, table=None: False)
+        patch.setattr(activity, "stored_period", lambda period, table=None: False)
         return _answers(data, periods)
 
 
@@ -94,7 +94,7 @@ def _assert_same(stored: dict, live: dict) -> None:
 def _count_fast_calls(monkeypatch) -> list:
     calls = []
     for name in ("relationship_figures", "revenue_figures", "churned"):
-        real = getattr(bitmaps, name)
+        real = getattr(activity, name)
 
         def counted(_real=real, _name=name, **kw):
             answer = _real(**kw)
@@ -102,41 +102,41 @@ def _count_fast_calls(monkeypatch) -> list:
                 answer is not None)
             calls.append((_name, found))
             return answer
-        monkeypatch.setattr(bitmaps, name, counted)
+        monkeypatch.setattr(activity, name, counted)
     return calls
 
 
 def test_pieces_cover_a_range_with_few_aligned_blocks():
     first, last = date(2023, 2, 4), date(2024, 3, 9)
-    found = bitmaps.pieces(first, last)
+    found = activity.pieces(first, last)
     days = []
     for start, size in found:
-        assert bitmaps.day_number(start) % size == 0
+        assert activity.day_number(start) % size == 0
         days += [start + timedelta(days=i) for i in range(size)]
     assert days == [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    assert len(found) <= 2 * 3 * (len(bitmaps.SIZES) - 1) + 1
+    assert len(found) <= 2 * 3 * (len(activity.SIZES) - 1) + 1
     assert max(size for _start, size in found) == 256
 
 
 def test_nothing_stored_means_live(data):
     period = PERIODS[0]
-    assert not bitmaps.stored_period(period)
-    assert bitmaps.relationship_figures(scope=Scope(), period=period) is None
+    assert not activity.stored_period(period)
+    assert activity.relationship_figures(scope=Scope(), period=period) is None
     services.metrics_today(today=TODAY)
-    assert bitmaps.stored_period(period)
+    assert activity.stored_period(period)
     # The bitmaps of the days before yesterday only (the nightly job has not run): live.
     BitmapTable.objects.update(last_day=TODAY - timedelta(days=2))
-    assert not bitmaps.stored_period(period)
+    assert not activity.stored_period(period)
     services.metrics_today(today=TODAY)           # heals: runs the nightly job again
-    assert bitmaps.stored_period(period)
+    assert activity.stored_period(period)
     # Before the stored history (400 days): live; a range whose preceding range reaches
     # before it is live for the overview, the revenue of the range itself stored.
     first = BitmapTable.objects.get().first_day
     assert first == TODAY - timedelta(days=400)
-    assert not bitmaps.stored_period(Period(first - timedelta(days=1), first + timedelta(days=5)))
+    assert not activity.stored_period(Period(first - timedelta(days=1), first + timedelta(days=5)))
     inside = Period(first, first + timedelta(days=5))
-    assert bitmaps.relationship_figures(scope=Scope(), period=inside) is None
-    assert bitmaps.revenue_figures(scope=Scope(), periods=[inside]) != [None]
+    assert activity.relationship_figures(scope=Scope(), period=inside) is None
+    assert activity.revenue_figures(scope=Scope(), periods=[inside]) != [None]
 
 
 def test_stored_answers_equal_the_live_ones(data, monkeypatch):
@@ -187,7 +187,7 @@ def test_a_first_placement_into_churn_is_not_counted_as_churn(data, monkeypatch)
     services.metrics_today(today=TODAY)
     _assert_same(_answers(data, [period]), live)
     # c2 (03-08) and c3; not c9.
-    assert bitmaps.churned(scope=Scope(), period=period) == 2
+    assert activity.churned(scope=Scope(), period=period) == 2
 
 
 def test_todays_changes_are_live(data, monkeypatch):

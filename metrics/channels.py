@@ -1,20 +1,11 @@
-"""Precomputed channel attribution for any range within the channel days up to today
-(`channel_days`, METRICS_CHANNEL_DAYS, default 400: the standard ranges and any other):
-the acquired customers' purchases since joining and their deletions, per
-join day, so a request sums the stored cells of the range's join days instead of reading its
-joiners and their orders.
+"""Channels: the acquired customers' purchases since joining and their deletions within 30 and
+90 days (metrics.attribution's figures) for any range within the channel days up to today,
+summed from precomputed per-customer facts and join-day cells plus today's changes instead of
+the range's joiners and their orders.
 
-The nightly refresh stores, as of today 00:00, per customer who joined in the channel days before
-today what attribution needs (`JoinerFacts`: bought since joining, revenue since joining,
-deleted us within 30 / 90 days of joining) and those summed per join day, channel and owner
-(`ChannelDayCell`). Today's changes — the customers who joined today, placed a paid order or had
-an order refunded today, deleted us today or whose status changed today — are counted now minus
-as stored, per join day and (channel, owner), stored every few minutes
-by the frequent refresh (the cells marked `today`), or computed by the request when that is too
-old. Retention needs `now`: a join day whose customers' window has wholly ended counts from the
-cells, the one day it ends in is counted live (docs/METRICS.md, "Channel attribution").
-
-PostgreSQL only; elsewhere attribution is computed live (metrics.attribution).
+PostgreSQL only; elsewhere attribution is computed live. Details: docs/METRICS.md, "Stage
+durations and channels: precomputed stage spells and channel cells" (channel join-day cells)
+and "Channel attribution".
 """
 
 from __future__ import annotations

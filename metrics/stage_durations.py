@@ -1,31 +1,11 @@
-"""Precomputed stage spells: the medians and counts of the stages and flows reports
-(`median_days_in_stage`, the stage-to-stage conversion) for any range within the spell days up
-to today (`spell_days`, METRICS_SPELL_DAYS, default 400) — the standard ranges (the
-last 7, 30 and 90 days) from their own cells, any other from block cells (`StageSpellDayCell`:
-the few aligned blocks of 1 … 256 days the range is made of, summed in the database) or, for a
-(channel, owner) scope, from its spells — without reading the range's transitions per request.
+"""Stage durations: `median_days_in_stage` (`stages/`) and the stage-to-stage conversion
+(`flows/`) for any range within the spell days up to today, answered from precomputed stage
+spells (a customer's stay in a stage) and their cells instead of the range's transitions.
 
-A spell is a customer's stay in a stage of a model: from the transition into the stage to their
-next transition in the model. Both reports are about spells: the days in stage are those of the
-spells ended in the range by a move out of the stage, the conversion is about the spells begun in
-the range that are the customer's first entry into the stage in it, and where they went next.
-So the nightly refresh keeps (as of today 00:00) every spell begun or ended in the spell days
-before today (`StageSpell`), per block, model, stage and scope cell the spells each report
-counts with a histogram of their durations in whole days (`StageSpellDayCell`), and the same
-per standard range (`StageSpellCell`). It re-reads only the customers who moved (or changed
-channel or owner, or are gone) since the last night and adds the difference into the block
-cells; everything is rebuilt the first time, monthly and when it cannot update
-(`_full_rebuild_needed`). The frequent refresh stores the spells today's transitions began or
-ended (`TodayStageSpell`, standing in for their nightly rows) and the cells' change (the cells
-marked `today`). A request then sums its scope's cells — the cells are stored at each grain a
-scope can have (every customer, channel, owner; and per standard range channel and owner) —
-and finds the exact median in the summed histogram: the whole-day bucket holding the middle
-rank(s) from the counts, then the exact durations of that bucket's spells in the range and
-scope (an index range of a few thousand rows), the k-th of them. The answer equals the live
-computation (metrics.selectors) over the transitions as the refreshes saw them
-(docs/METRICS.md, "Precomputed stage spells and channel cells").
-
-PostgreSQL only; elsewhere (and when today's part is not fresh) the reports are computed live.
+The nightly refresh updates them by the customers who moved (or rebuilds them), the frequent
+refresh stores today's part. PostgreSQL only; elsewhere, and while today's part is late, the
+reports are computed live (metrics.selectors). How: docs/METRICS.md, "Stage durations and
+channels: precomputed stage spells and channel cells".
 """
 
 from __future__ import annotations
@@ -42,14 +22,14 @@ from django.db import OperationalError, connection, transaction
 
 from core import access
 from core.db import raw_rows as _raw
-from metrics import bitmaps
+from metrics import activity
 from metrics.models import FactsTable, StageSpell, StageSpellCell
 from metrics.periods import STANDARD_DAYS, Period, Scope, day_start, local_today, stored_days
 
 US_PER_DAY = 86_400_000_000
 LOCK_NOT_AVAILABLE = "55P03"
-# The block sizes of the block cells, aligned on metrics.bitmaps' day numbers.
-BLOCKS = bitmaps.SIZES
+# The block sizes of the block cells, aligned on metrics.activity's day numbers.
+BLOCKS = activity.SIZES
 # For building the spells' index after the nightly insert in memory (this transaction only).
 INDEX_BUILD_MEMORY = "256MB"
 WINDOWS = STANDARD_DAYS
@@ -299,7 +279,7 @@ BLOCK_GRAINS = (StageSpellCell.Grain.ALL, StageSpellCell.Grain.CHANNEL, StageSpe
 
 def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
     params: dict[str, Any] = {"t0": day_start(today), "today": today_rows,
-                              "tz": settings.TIME_ZONE, "epoch": bitmaps.EPOCH,
+                              "tz": settings.TIME_ZONE, "epoch": activity.EPOCH,
                               "until": day_start(today + timedelta(days=1)),
                               "since": _spell_window(today).since}
     for n in WINDOWS:
@@ -624,7 +604,7 @@ def _block_figures(*, period: Period, model_id: int, kinds: list[str], grain: in
                               "start": period.start, "end": period.end,
                               "channel": channel, "owner": owner}
     blocks = []
-    for i, (day, days) in enumerate(bitmaps.pieces(period.start, period.end)):
+    for i, (day, days) in enumerate(activity.pieces(period.start, period.end)):
         params.update({f"d{i}": day, f"n{i}": days})
         blocks.append(f"(%(d{i})s::date, %(n{i})s::int)")
     scope = ""

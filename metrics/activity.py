@@ -1,12 +1,11 @@
-"""Activity, purchases and churn over distinct customers for any range within the stored days
-(the overview's relationship KPIs, the revenue factors, the cohorts' current month).
+"""Activity over distinct customers for any range within the stored history: the overview's
+relationship KPIs, the revenue factors, the customers entering churn and the cohorts' current
+month, counted (numpy) from per-day and per-block customer bitmaps and per-customer day
+columns instead of the range's events and orders.
 
-Per day, and per aligned block of 4 … 256 days, the customers with an inbound event and with a
-move into the value lifecycle's churn (Roaring bitmaps, pyroaring) and the buyers with their
-paid orders and revenue; per customer a few day columns (joined, gone, first order, first
-group) and flags. A request unions its range's pieces, patches today's changes and counts with
-numpy. How it is kept and patched: docs/METRICS.md, "Customer bitmaps". PostgreSQL only;
-elsewhere, and before the stored days, the figures are computed live (metrics.selectors).
+PostgreSQL only; elsewhere, and for ranges starting before the history, the figures are
+computed live (metrics.selectors). What is stored, how a request adds today's changes and how
+fresh it is: docs/METRICS.md, "Activity: customer bitmaps".
 """
 
 from __future__ import annotations
