@@ -115,11 +115,14 @@ LIFECYCLE_EVALUATION_SESSIONS = int(os.environ.get("LIFECYCLE_EVALUATION_SESSION
 # (channels/) are stored for; a range starting earlier is computed live (docs/METRICS.md).
 METRICS_SPELL_DAYS = int(os.environ.get("METRICS_SPELL_DAYS", "400"))
 METRICS_CHANNEL_DAYS = int(os.environ.get("METRICS_CHANNEL_DAYS", "400"))
-# Segment previews read the segment index (tagging.segment_index), rebuilt every
+# Segment previews read the segment index (tagging.segment_index), brought up to date every
 # SEGMENT_INDEX_MINUTES (0: never; previews are then counted in SQL) and used while younger
 # than SEGMENT_INDEX_MAX_AGE_MINUTES.
 SEGMENT_INDEX_MINUTES = int(os.environ.get("SEGMENT_INDEX_MINUTES", "10"))
 SEGMENT_INDEX_MAX_AGE_MINUTES = int(os.environ.get("SEGMENT_INDEX_MAX_AGE_MINUTES", "30"))
+# A build reads again only the customers changed since the last full build, unless more than
+# this share of them changed (or it is the first build of the day): then it reads everyone.
+SEGMENT_INDEX_FULL_SHARE = float(os.environ.get("SEGMENT_INDEX_FULL_SHARE", "0.2"))
 if os.environ.get("DATABASE_URL"):
     DATABASES = {
         "default": dj_database_url.parse(

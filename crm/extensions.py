@@ -76,14 +76,18 @@ customer_panels: Registry[CustomerPanel] = Registry("customer_panels")
 @dataclass(frozen=True)
 class IndexPart:
     """A part another app adds to tagging's segment index (lifecycle: the stages), so that
-    conditions on its fields are answered from memory too. `read(size)` gives the part's
-    numpy arrays, read inside the build's snapshot (customer ids below `size`); `handlers`
-    maps a condition field to `handler(evaluator, leaf) -> boolean array by customer id`,
-    with the same meaning as the field's SQL compiler."""
+    conditions on its fields are answered from memory too. `read(size, ids)` gives the part's
+    numpy arrays, read inside the build's snapshot: one entry per customer id below `size`
+    (a full build), or with `ids` (sorted) one entry per id of `ids` (an update), an absent
+    customer's entry being 0; `handlers` maps a condition field to
+    `handler(evaluator, leaf) -> boolean array by customer id`, with the same meaning as the
+    field's SQL compiler. `tables` are (table, customer id column) pairs whose changes the
+    index must follow."""
 
     name: str
-    read: Callable[[int], dict[str, Any]]
+    read: Callable[[int, Any], dict[str, Any]]
     handlers: dict[str, Callable[[Any, Any], Any]]
+    tables: tuple[tuple[str, str], ...] = ()
 
 
 segment_index_parts: Registry[IndexPart] = Registry("segment_index_parts")

@@ -105,24 +105,27 @@ TIMELINE = TimelineSource("stage", _timeline_entries, _timeline_count)
 
 # --- The segment index's `stages` part (tagging.segment_index, through crm.extensions) -------
 
-def _index_read(size: int) -> dict:
+def _index_read(size: int, ids=None) -> dict:
     """Each customer's stage per model: `model:<id>` = stage id by customer id (0: not
-    placed), read with one binary COPY inside the build's snapshot."""
+    placed) — or, with `ids`, per id of `ids` — read with one binary COPY inside the build's
+    snapshot."""
     import numpy as np
 
     from core.db import copy_columns
     from lifecycle.models import CustomerStage, StageModel
 
     table = CustomerStage._meta.db_table
+    where, params = ("customer_id < %s", [size]) if ids is None else (
+        "customer_id = ANY(%s::bigint[])", [[int(i) for i in ids]])
     customer, model, stage = copy_columns(
         f'SELECT customer_id::int8, model_id::int4, stage_id::int4 FROM "{table}" '
-        "WHERE customer_id < %s",
-        [size], ["int8", "int4", "int4"])
+        f"WHERE {where}", params, ["int8", "int4", "int4"])
+    rows_of = customer if ids is None else np.searchsorted(ids, customer)
     part = {}
     for model_id in StageModel.objects.values_list("pk", flat=True):
-        column = np.zeros(size, dtype=np.int32)
+        column = np.zeros(size if ids is None else len(ids), dtype=np.int32)
         rows = model == model_id
-        column[customer[rows]] = stage[rows]
+        column[rows_of[rows]] = stage[rows]
         part[f"model:{model_id}"] = column
     return part
 
@@ -145,7 +148,8 @@ def _index_stage(ev, leaf):
     return ~found if leaf.op in ("ne", "not_in") else found
 
 
-INDEX_PART = IndexPart("stages", _index_read, {"stage": _index_stage})
+INDEX_PART = IndexPart("stages", _index_read, {"stage": _index_stage},
+                       tables=(("lifecycle_customerstage", "r.customer_id"),))
 
 
 def _stages_export(customer) -> dict:

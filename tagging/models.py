@@ -263,9 +263,20 @@ class BulkTagJob(TimeStampedModel):
 
 class SegmentIndex(models.Model):
     """One build of the segment index (`tagging.segment_index`): the customers' columns, tags
-    and event counts that segment previews read, as they were at `built_at`."""
+    and event counts that segment previews read, as they were at `built_at` — every customer
+    (a full build), or the customers changed since the full build `base`, whose parts a
+    reader lays over the base's."""
 
     built_at = models.DateTimeField(_("data as of"), db_index=True)
+    base = models.ForeignKey("self", verbose_name=_("full build"), null=True, blank=True,
+                             on_delete=models.CASCADE, related_name="updates")
+    changed = models.PositiveIntegerField(
+        _("customers re-read"), default=0,
+        help_text=_("An update: the customers changed since its full build, read again."))
+    signature = models.CharField(
+        _("shape"), max_length=500, blank=True,
+        help_text=_("What the parts hold (stage models, event types); another shape takes a "
+                    "full build."))
     customers = models.PositiveIntegerField(_("customers"), default=0)
     size_bytes = models.BigIntegerField(_("stored size (bytes)"), default=0)
     seconds = models.FloatField(_("build time (s)"), default=0)
@@ -277,6 +288,22 @@ class SegmentIndex(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.built_at:%Y-%m-%d %H:%M}"
+
+
+class SegmentIndexChange(models.Model):
+    """A customer whose rows the segment index reads changed: written by statement triggers on
+    those tables (tagging.segment_index), claimed by the next build. Unlogged, like the
+    builds."""
+
+    id = models.BigAutoField(primary_key=True)
+    customer_id = models.BigIntegerField(_("customer id"))
+
+    class Meta:
+        verbose_name = _("segment index change")
+        verbose_name_plural = _("segment index changes")
+
+    def __str__(self) -> str:
+        return str(self.customer_id)
 
 
 class SegmentIndexPart(models.Model):

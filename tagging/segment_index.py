@@ -1,43 +1,18 @@
-"""The segment index: segment previews answered from columns in memory instead of a pass over
-every customer.
+"""The segment index: segment previews answered from numpy columns in memory, indexed by
+customer id, instead of a pass over every customer in SQL.
 
-A preview is asked for again and again while an operator builds a condition, and each is a new
-combination of leaves. Evaluated in SQL, every one is a pass over a million customers probing a
-hashed set of several hundred thousand ids per leaf: 0.5–3 s at 1M customers on two cores
-(docs/PERFORMANCE.md §4). Here the data those leaves read is stored, every few minutes, as
-numpy arrays indexed by customer id (`build`, beat task `tagging.tasks.build_segment_index`):
-
-- `customers`: per customer id, whether the row exists, its owner, channel, gender, status,
-  opt-out, paid orders, spend in cents, city (as a code into the build's list of cities) and
-  the five date-times of the language (microseconds since 2000-01-01 UTC; NULL as the smallest
-  int64);
-- `attributes`: per attribute key, its string value as a code into the key's values, "another
-  JSON type" or "no value" (missing or JSON null);
-- `tags`: every customer tag as (tag, customer, expiry — 'infinity' for none), sorted by tag;
-- `orders`: the paid orders (customer, placed at, cents) and their items' categories;
-- `groups`: the group memberships (customer, group, joined at, current or left);
-- `events:<type>`: the per-customer event counts of a type (`crm.EventCount`: total, since
-  joining, the five latest times).
-
-A preview then evaluates the tree as boolean arrays (`evaluate`): `all` / `any` / `not` are
-`&` / `|` / complement, each leaf a comparison of a column with the same meaning as its SQL
-compiler — the tests hold the two to the same customers, leaf by leaf (tests/core). Windows
-("within 30 days", tag expiry) are measured from the moment of the request; the data is as of
-the build (`as_of` in the answer). Apps add parts of their own (`crm.extensions.segment_index_parts`): lifecycle's `stages`, each
-customer's stage per model. A leaf the index cannot answer — names, phones
-and external ids, `contains`, attributes compared as numbers or ordered, an event
-count above 5 within a window — sends the whole preview to SQL, as does an index older than
-`SEGMENT_INDEX_MAX_AGE_MINUTES`, SQLite, or a request for an exact (`exact`) answer.
-
-The build reads one consistent snapshot (REPEATABLE READ) through binary COPY; two builds at
-once are one build (an advisory lock), and the two newest builds are kept so that a process
-loading parts of the previous one is not cut off. A process keeps the parts of one build it has
-used (`_loaded`) and loads a part the first time a condition reads it; when a newer build
-appears it loads the parts in use in the background and switches once they are in (`current`).
+A full build (nightly, or when it must) reads what the leaves of the condition language read —
+the customers' columns, attributes, tags, paid orders, group memberships, event counts and each
+app's parts (lifecycle's stages) — in one snapshot; between full builds an update reads again
+only the customers that statement triggers noted as changed, and a reader lays it over the full
+build. A leaf is evaluated as its SQL compiler means it (tests/core holds them to the same
+customers); what it cannot answer goes to SQL whole. How it is kept, what it declines and what
+it costs: docs/OPERATIONS.md, "The segment index".
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -107,15 +82,61 @@ def _unpack(data: bytes | memoryview) -> dict[str, np.ndarray]:
         return {name: stored[name] for name in stored.files}
 
 
-def _dense(size: int, ids: np.ndarray, values: np.ndarray, fill) -> np.ndarray:
-    out = np.full(size, fill, dtype=values.dtype)
-    out[ids] = values
+class NeedsFull(Exception):
+    """An update cannot hold what changed (a code list outgrew its limit): build in full."""
+
+
+def _where(ids: np.ndarray | None, column: str) -> tuple[str, list]:
+    """` WHERE`-able restriction to the customers `ids` (None: everyone)."""
+    if ids is None:
+        return "true", []
+    return f"{column} = ANY(%s::bigint[])", [[int(i) for i in ids]]
+
+
+def _place(where: int | np.ndarray, row_ids: np.ndarray, values: np.ndarray,
+           fill) -> np.ndarray:
+    """Values by customer: indexed by id (`where` = the size of a full build) or aligned with
+    the sorted ids `where` (an update; an absent customer gets `fill`)."""
+    if isinstance(where, int):
+        out = np.full(where, fill, dtype=values.dtype)
+        out[row_ids] = values
+    else:
+        out = np.full(len(where), fill, dtype=values.dtype)
+        out[np.searchsorted(where, row_ids)] = values
     return out
 
 
-def _customers_part() -> dict[str, np.ndarray]:
-    cities = [c for (c,) in _rows("SELECT DISTINCT city FROM crm_customer")]
+def _extend(known: list[str], found: list[str]) -> list[str]:
+    """A code list with the values not in it yet appended (codes already given stay)."""
+    seen = set(known)
+    return known + [v for v in found if v not in seen and not seen.add(v)]
+
+
+def _listed(part: dict | None, name: str) -> list[str]:
+    """A stored code list (stored as [""] when empty)."""
+    if part is None or name not in part:
+        return []
+    values = [str(v) for v in part[name]]
+    return [] if values == [""] else values
+
+
+# Each customer's entry where the customer does not exist (or has no row).
+FILLS = {"owner": 0, "channel": 0, "gender": 0, "status": 0, "opted_out": False,
+         "orders_count": 0, "cents": 0, "city": 0, "exists": False,
+         **dict.fromkeys(DATETIMES, NULL_TIME)}
+CUSTOMER_LISTS = ("cities", "cities_indexed", "genders", "statuses")
+
+
+def _customers_part(ids: np.ndarray | None = None, base: dict | None = None
+                    ) -> dict[str, np.ndarray]:
+    where, params = _where(ids, "c.id")
+    found = [c for (c,) in _rows(f"SELECT DISTINCT city FROM crm_customer c WHERE {where}",
+                                 params)]
+    indexed = base is None or bool(base["cities_indexed"])
+    cities = _extend(_listed(base, "cities"), found) if indexed else []
     if len(cities) > MAX_CODES:
+        if ids is not None and indexed:
+            raise NeedsFull("cities")
         cities = []                     # too many to index: city leaves are answered in SQL
     genders, statuses = list(Customer.Gender.values), list(Customer.Status.values)
     times = ", ".join(f"COALESCE(c.{name}, '-infinity')" for name in DATETIMES)
@@ -126,46 +147,50 @@ def _customers_part() -> dict[str, np.ndarray]:
         "c.opted_out, c.orders_count::int4, (c.total_spent * 100)::int8, "
         f"COALESCE(ci.n, 0)::int4, {times} "
         "FROM crm_customer c LEFT JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) "
-        "ON ci.v = c.city",
-        [genders, statuses, cities],
+        f"ON ci.v = c.city WHERE {where}",
+        [genders, statuses, cities, *params],
         ["int4", "int4", "int4", "int2", "int2", "bool", "int4", "int8", "int4",
          *["timestamptz"] * len(DATETIMES)])
-    ids = columns[0]
-    size = int(ids.max()) + 1 if len(ids) else 1
+    rows = columns[0]
+    where_to = (int(rows.max()) + 1 if len(rows) else 1) if ids is None else ids
     names = ("owner", "channel", "gender", "status", "opted_out", "orders_count", "cents",
              "city", *DATETIMES)
-    fills = {"owner": 0, "channel": 0, "gender": 0, "status": 0, "opted_out": False,
-             "orders_count": 0, "cents": 0, "city": 0}
-    part = {name: _dense(size, ids, column, fills.get(name, NULL_TIME))
+    part = {name: _place(where_to, rows, column, FILLS[name])
             for name, column in zip(names, columns[1:], strict=True)}
-    part["exists"] = _dense(size, ids, np.ones(len(ids), dtype=bool), False)
+    part["exists"] = _place(where_to, rows, np.ones(len(rows), dtype=bool), False)
     part["cities"] = np.array(cities or [""], dtype=str)
-    part["cities_indexed"] = np.array(bool(cities))
+    part["cities_indexed"] = np.array(bool(cities) if ids is None else indexed)
     part["genders"], part["statuses"] = np.array(genders), np.array(statuses)
     return part
 
 
-def _attributes_part(size: int) -> dict[str, np.ndarray]:
+def _attributes_part(size: int, ids: np.ndarray | None = None, base: dict | None = None
+                     ) -> dict[str, np.ndarray]:
     """Per key (of the keys a condition may name), one int32 code per customer: the index of
     its string value in `values:<key>`, OTHER_TYPE (a number, a boolean, a list, an object) or
-    NO_VALUE (missing, JSON null)."""
+    NO_VALUE (missing, JSON null). An update extends the full build's lists."""
+    where, params = _where(ids, "c.id")
     pairs = _rows(
         "SELECT e.key, CASE WHEN jsonb_typeof(e.value) = 'string' THEN e.value #>> '{}' END "
         "FROM crm_customer c CROSS JOIN LATERAL jsonb_each(c.attributes) AS e "
-        "WHERE jsonb_typeof(c.attributes) = 'object' AND jsonb_typeof(e.value) <> 'null' "
-        "GROUP BY 1, 2")
-    values: dict[str, list[str]] = {}
+        f"WHERE jsonb_typeof(c.attributes) = 'object' AND jsonb_typeof(e.value) <> 'null' "
+        f"AND {where} GROUP BY 1, 2", params)
+    excluded = set(_listed(base, "excluded"))
+    values: dict[str, list[str]] = {key: _listed(base, f"values:{key}")
+                                    for key in _listed(base, "keys")}
     for key, value in pairs:
-        if not ATTRIBUTE_KEY.match(key) or "__" in key or key.isdigit():
+        if not ATTRIBUTE_KEY.match(key) or "__" in key or key.isdigit() or key in excluded:
             continue        # a key no condition can name (crm.conditions validates keys)
-        values.setdefault(key, [])
-        if value is not None:
-            values[key].append(value)
+        values[key] = _extend(values.get(key, []), [value] if value is not None else [])
     keys = sorted(k for k, v in values.items() if len(v) <= MAX_CODES)[:MAX_ATTRIBUTE_KEYS]
+    if ids is not None and len(keys) < len(values):
+        raise NeedsFull("attributes")
     # keys left out (too many values, or too many keys): their leaves are answered in SQL
-    excluded = sorted(set(values) - set(keys))
+    excluded |= set(values) - set(keys)
     part: dict[str, np.ndarray] = {"keys": np.array(keys or [""], dtype=str),
-                                   "excluded": np.array(excluded or [""], dtype=str)}
+                                   "excluded": np.array(sorted(excluded) or [""], dtype=str)}
+    if ids is not None:
+        part["ids"] = ids
     if not keys:
         return part
     flat_keys = [k for k in keys for _v in values[k]]
@@ -175,68 +200,84 @@ def _attributes_part(size: int) -> dict[str, np.ndarray]:
     for key in keys:
         offsets[key] = at
         at += len(values[key])
-    ids, key_codes, value_codes = copy_columns(
+    rows, key_codes, value_codes = copy_columns(
         "SELECT c.id::int4, ek.n::int4, COALESCE(ev.n, 0)::int4 "
         "FROM crm_customer c CROSS JOIN LATERAL jsonb_each(c.attributes) AS e "
         "JOIN unnest(%s::text[]) WITH ORDINALITY AS ek(k, n) ON ek.k = e.key "
         "LEFT JOIN unnest(%s::text[], %s::text[]) WITH ORDINALITY AS ev(k, v, n) "
         "ON jsonb_typeof(e.value) = 'string' AND ev.k = e.key AND ev.v = e.value #>> '{}' "
-        "WHERE jsonb_typeof(c.attributes) = 'object' AND jsonb_typeof(e.value) <> 'null'",
-        [keys, flat_keys, flat_values], ["int4", "int4", "int4"])
+        f"WHERE jsonb_typeof(c.attributes) = 'object' AND jsonb_typeof(e.value) <> 'null' "
+        f"AND {where}",
+        [keys, flat_keys, flat_values, *params], ["int4", "int4", "int4"])
     for number, key in enumerate(keys, start=1):
-        rows = key_codes == number
-        codes = np.where(value_codes[rows] > 0, value_codes[rows] - 1 - offsets[key],
+        mine = key_codes == number
+        codes = np.where(value_codes[mine] > 0, value_codes[mine] - 1 - offsets[key],
                          OTHER_TYPE).astype(np.int32)
-        part[f"codes:{key}"] = _dense(size, ids[rows], codes, NO_VALUE)
+        part[f"codes:{key}"] = _place(size if ids is None else ids, rows[mine], codes,
+                                      NO_VALUE)
         part[f"values:{key}"] = np.array(values[key] or [""], dtype=str)
     return part
 
 
-def _tags_part() -> dict[str, np.ndarray]:
+def _tags_part(ids: np.ndarray | None = None, base: dict | None = None
+               ) -> dict[str, np.ndarray]:
+    where, params = _where(ids, "customer_id")
     tag, customer, expires = copy_columns(
         "SELECT tag_id::int4, customer_id::int4, COALESCE(expires_at, 'infinity') "
-        "FROM tagging_customertag", [], ["int4", "int4", "timestamptz"])
+        f"FROM tagging_customertag WHERE {where}", params, ["int4", "int4", "timestamptz"])
     order = np.lexsort((customer, tag))
     return {"tag": tag[order], "customer": customer[order], "expires": expires[order]}
 
 
-def _orders_part() -> dict[str, np.ndarray]:
+def _orders_part(ids: np.ndarray | None = None, base: dict | None = None
+                 ) -> dict[str, np.ndarray]:
     """The paid orders (customer, placed at, amount in cents) and, per order, the categories
     of its items as (row of the order, category code) pairs."""
+    where, params = _where(ids, "o.customer_id")
     order_ids, customer, placed, cents = copy_columns(
-        "SELECT id::int8, customer_id::int4, placed_at, (amount * 100)::int8 FROM crm_order "
-        "WHERE status = %s ORDER BY id", [Order.Status.PAID],
-        ["int8", "int4", "timestamptz", "int8"])
-    categories = [c for (c,) in _rows(
+        "SELECT o.id::int8, o.customer_id::int4, o.placed_at, (o.amount * 100)::int8 "
+        f"FROM crm_order o WHERE o.status = %s AND {where} ORDER BY o.id",
+        [Order.Status.PAID, *params], ["int8", "int4", "timestamptz", "int8"])
+    found = [c for (c,) in _rows(
         "SELECT DISTINCT i.category FROM crm_orderitem i JOIN crm_order o ON o.id = i.order_id "
-        "WHERE o.status = %s", [Order.Status.PAID])]
-    part = {"customer": customer, "placed": placed, "cents": cents,
-            "categories_indexed": np.array(len(categories) <= MAX_CODES)}
+        f"WHERE o.status = %s AND {where}", [Order.Status.PAID, *params])]
+    indexed = base is None or bool(base["categories_indexed"])
+    categories = _extend(_listed(base, "categories"), found) if indexed else []
     if len(categories) > MAX_CODES:
-        categories = []             # category leaves are answered in SQL
+        if ids is not None and indexed:
+            raise NeedsFull("categories")
+        indexed, categories = False, []         # category leaves are answered in SQL
+    part = {"customer": customer, "placed": placed, "cents": cents,
+            "categories_indexed": np.array(indexed)}
     item_orders, codes = copy_columns(
         "SELECT DISTINCT i.order_id::int8, ci.n::int4 FROM crm_orderitem i "
         "JOIN crm_order o ON o.id = i.order_id "
         "JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) ON ci.v = i.category "
-        "WHERE o.status = %s", [categories, Order.Status.PAID], ["int8", "int4"])
+        f"WHERE o.status = %s AND {where}", [categories, Order.Status.PAID, *params],
+        ["int8", "int4"])
     part["item_rows"] = np.searchsorted(order_ids, item_orders).astype(np.int32)
     part["item_codes"] = codes
     part["categories"] = np.array(categories or [""], dtype=str)
     return part
 
 
-def _groups_part() -> dict[str, np.ndarray]:
+def _groups_part(ids: np.ndarray | None = None, base: dict | None = None
+                 ) -> dict[str, np.ndarray]:
+    where, params = _where(ids, "customer_id")
     customer, group, joined, current = copy_columns(
         "SELECT customer_id::int4, group_id::int4, joined_at, left_at IS NULL "
-        "FROM crm_groupmembership", [], ["int4", "int4", "timestamptz", "bool"])
+        f"FROM crm_groupmembership WHERE {where}", params,
+        ["int4", "int4", "timestamptz", "bool"])
     return {"customer": customer, "group": group, "joined": joined, "current": current}
 
 
-def _events_part(kind: str) -> dict[str, np.ndarray]:
+def _events_part(kind: str, ids: np.ndarray | None = None, base: dict | None = None
+                 ) -> dict[str, np.ndarray]:
+    where, params = _where(ids, "customer_id")
     latest = ", ".join(f"COALESCE(latest_{i}, '-infinity')" for i in range(1, LATEST + 1))
     columns = copy_columns(
         f"SELECT customer_id::int4, total::int4, since_joined::int4, {latest} "
-        "FROM crm_eventcount WHERE type = %s", [kind],
+        f"FROM crm_eventcount WHERE type = %s AND {where}", [kind, *params],
         ["int4", "int4", "int4", *["timestamptz"] * LATEST])
     part = {"customer": columns[0], "total": columns[1], "since_joined": columns[2]}
     for i in range(1, LATEST + 1):
@@ -244,12 +285,111 @@ def _events_part(kind: str) -> dict[str, np.ndarray]:
     return part
 
 
-def build() -> SegmentIndex | None:
-    """Store a new build (PostgreSQL; None elsewhere, or when another build is running)."""
+# --- Following the changes ------------------------------------------------------------------
+
+# The tables whose rows the parts read, with the customer id of a changed row (alias r).
+CHANGE_TABLES = (
+    ("crm_customer", "r.id"), ("tagging_customertag", "r.customer_id"),
+    ("crm_order", "r.customer_id"),
+    ("crm_orderitem", "(SELECT o.customer_id FROM crm_order o WHERE o.id = r.order_id)"),
+    ("crm_groupmembership", "r.customer_id"), ("crm_eventcount", "r.customer_id"),
+)
+TRIGGER = "tagging_segment_index_{op}"
+# Tables whose rows never move to another customer: an update's new rows say whose it was.
+FIXED_OWNER = {"crm_customer", "crm_eventcount", "lifecycle_customerstage"}
+
+
+def _change_tables() -> list[tuple[str, str]]:
+    return [*CHANGE_TABLES, *(table for part in crm_extensions.segment_index_parts
+                              for table in part.tables)]
+
+
+def ensure_change_triggers() -> int:
+    """Statement triggers on every table a part reads, writing the customers of the changed
+    rows to `SegmentIndexChange` (the function is migration tagging 0007's): whatever writes
+    them — ingest, a rule, an import, the admin — the next update reads those customers
+    again. Installs what is missing; answers how many triggers it created."""
+    created = 0
+    for table, customer in _change_tables():
+        have = {name for (name,) in _rows(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass", [table])}
+        for op, transition in (("insert", "NEW"), ("update", "NEW"), ("update_old", "OLD"),
+                               ("delete", "OLD")):
+            name = TRIGGER.format(op=op)
+            if name in have or (op == "update_old" and table in FIXED_OWNER):
+                continue
+            event = op.split("_")[0].upper()
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"CREATE TRIGGER {name} AFTER {event} ON {connection.ops.quote_name(table)} "
+                    f"REFERENCING {transition} TABLE AS changed_rows FOR EACH STATEMENT "
+                    f"EXECUTE FUNCTION tagging_segment_index_note(%s)", [customer])
+            created += 1
+    return created
+
+
+def _claim_changes() -> np.ndarray:
+    """The customers changed since the last build, as this build's snapshot sees them (rows
+    committed later are left for the next build)."""
+    (data,), = _rows("WITH gone AS (DELETE FROM tagging_segmentindexchange "
+                     "RETURNING customer_id) SELECT array_agg(DISTINCT customer_id) FROM gone")
+    return np.array(sorted(data or []), dtype=np.int64)
+
+
+def _signature() -> str:
+    """What decides the parts' shape: the stage models and event types (and the parts)."""
+    from lifecycle.models import StageModel
+
+    models = ",".join(str(pk) for pk in StageModel.objects.order_by("pk")
+                      .values_list("pk", flat=True))
+    parts = ",".join(part.name for part in crm_extensions.segment_index_parts)
+    return f"models={models};events={','.join(Event.Type.values)};parts={parts}"[:500]
+
+
+def _full_due(base: SegmentIndex | None, built_at: datetime, changed: int) -> bool:
+    """A full build is due: none yet, the last is from before today (the nightly one), the
+    shape changed, or more than SEGMENT_INDEX_FULL_SHARE (0.2) of the customers changed
+    since."""
+    if base is None or base.signature != _signature():
+        return True
+    local = timezone.localdate(built_at)
+    if timezone.localdate(base.built_at) != local:
+        return True
+    share = settings.SEGMENT_INDEX_FULL_SHARE
+    return changed > share * max(base.customers, 1)
+
+
+def _readers(size: int, ids: np.ndarray | None, base: dict[str, Any]) -> dict[str, Any]:
+    """Part name → a function giving the part (everyone's, or the customers `ids`)."""
+    readers = {"attributes": lambda: _attributes_part(size, ids, base.get("attributes")),
+               "tags": lambda: _tags_part(ids), "orders": lambda: _orders_part(
+                   ids, base.get("orders")),
+               "groups": lambda: _groups_part(ids),
+               **{f"events:{kind}": (lambda kind=kind: _events_part(kind, ids))
+                  for kind in Event.Type.values}}
+    for part in crm_extensions.segment_index_parts:       # e.g. lifecycle's stages
+        readers[part.name] = lambda part=part: part.read(size, ids)
+    return readers
+
+
+def build(*, full: bool = False) -> SegmentIndex | None:
+    """Store a new build (PostgreSQL; None elsewhere, or when another build is running): an
+    update — the customers changed since the last full build read again — or, when one is
+    due (`_full_due`) or asked for, a full build."""
     if not available():
         return None
-    started = time.perf_counter()
     outermost = not connection.in_atomic_block
+    if outermost:
+        with transaction.atomic():
+            ensure_change_triggers()       # committed before the snapshot below is taken
+    try:
+        return _build(full=full, outermost=outermost)
+    except NeedsFull:
+        return _build(full=True, outermost=outermost)
+
+
+def _build(*, full: bool, outermost: bool) -> SegmentIndex | None:
+    started = time.perf_counter()
     with transaction.atomic():
         if outermost:
             # every part from one snapshot of the database
@@ -257,33 +397,69 @@ def build() -> SegmentIndex | None:
         if not _rows("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])[0][0]:
             return None
         heavy_statements()
+        if not outermost:
+            ensure_change_triggers()
         built_at = _rows("SELECT transaction_timestamp()")[0][0]
-        # each part packed as soon as it is read: the raw arrays of one part at a time in memory
-        customers = _customers_part()
-        size, count = len(customers["exists"]), int(customers["exists"].sum())
-        readers = {"attributes": lambda: _attributes_part(size), "tags": _tags_part,
-                   "orders": _orders_part, "groups": _groups_part,
-                   **{f"events:{kind}": (lambda kind=kind: _events_part(kind))
-                      for kind in Event.Type.values}}
-        for part in crm_extensions.segment_index_parts:       # e.g. lifecycle's stages
-            readers[part.name] = lambda part=part: part.read(size)
-        packed = {"customers": _pack(customers)}
-        del customers
-        for name, read in readers.items():
-            packed[name] = _pack(read())
-        index = SegmentIndex.objects.create(
-            built_at=built_at, customers=count,
-            size_bytes=sum(len(data) for data in packed.values()))
-        SegmentIndexPart.objects.bulk_create(
-            [SegmentIndexPart(index=index, name=name, data=data) for name, data in packed.items()])
-        keep = SegmentIndex.objects.order_by("-built_at", "-pk").values_list("pk", flat=True)[
-            :KEEP_BUILDS]
-        SegmentIndex.objects.exclude(pk__in=list(keep)).delete()
+        changed = _claim_changes()
+        newest = SegmentIndex.objects.order_by("-built_at", "-pk").first()
+        base = (newest.base or newest) if newest is not None else None
+        if base is not None and newest.base_id is not None:
+            previous = (SegmentIndexPart.objects.filter(index=newest, name="changed")
+                        .values_list("data", flat=True).first())
+            changed = np.union1d(changed, _unpack(previous)["ids"] if previous else [])
+        if full or _full_due(base, built_at, len(changed)):
+            index = _store(built_at, _full_parts(), base=None)
+        else:
+            index = _store(built_at, _update_parts(base, changed), base=base)
+        keep = list(SegmentIndex.objects.order_by("-built_at", "-pk")
+                    .values_list("pk", "base_id")[:KEEP_BUILDS])
+        SegmentIndex.objects.exclude(
+            pk__in=[pk for row in keep for pk in row if pk is not None]).delete()
         index.seconds = round(time.perf_counter() - started, 3)
         index.save(update_fields=["seconds"])
     logger.info("tagging.segment_index_built", extra={
-        "index": index.pk, "customers": index.customers, "bytes": index.size_bytes,
-        "seconds": index.seconds})
+        "index": index.pk, "full": index.base_id is None, "changed": index.changed,
+        "customers": index.customers, "bytes": index.size_bytes, "seconds": index.seconds})
+    return index
+
+
+def _full_parts() -> dict[str, Any]:
+    # each part packed as soon as it is read: the raw arrays of one part at a time in memory
+    customers = _customers_part()
+    size = len(customers["exists"])
+    packed: dict[str, Any] = {"customers": _pack(customers),
+                              "count": int(customers["exists"].sum())}
+    del customers
+    for name, read in _readers(size, None, {}).items():
+        packed[name] = _pack(read())
+    return packed
+
+
+def _update_parts(base: SegmentIndex, changed: np.ndarray) -> dict[str, Any]:
+    """The parts of the customers `changed`, coded with the full build's lists (extended)."""
+    stored = dict(SegmentIndexPart.objects.filter(
+        index=base, name__in=["customers", "attributes", "orders"]).values_list("name", "data"))
+    lists = {name: _unpack(data) for name, data in stored.items()}
+    customers = _customers_part(changed, lists.get("customers"))
+    packed: dict[str, Any] = {"changed": _pack({"ids": changed}),
+                              "customers": _pack({**customers, "ids": changed}),
+                              "count": None, "changed_count": len(changed)}
+    for name, read in _readers(len(changed), changed, lists).items():
+        packed[name] = _pack({**read(), "ids": changed})
+    return packed
+
+
+def _store(built_at: datetime, packed: dict[str, Any], *, base: SegmentIndex | None
+           ) -> SegmentIndex:
+    count, changed = packed.pop("count"), packed.pop("changed_count", 0)
+    if count is None:       # an update: the customers the full build had, give or take
+        (count,), = _rows("SELECT count(*) FROM crm_customer")
+    index = SegmentIndex.objects.create(
+        built_at=built_at, customers=count, base=base, changed=changed,
+        signature=base.signature if base is not None else _signature(),
+        size_bytes=sum(len(data) for data in packed.values()))
+    SegmentIndexPart.objects.bulk_create(
+        [SegmentIndexPart(index=index, name=name, data=data) for name, data in packed.items()])
     return index
 
 
@@ -307,11 +483,15 @@ class Missing(Exception):
 
 
 class Snapshot:
-    """The parts of one build this process has loaded."""
+    """The parts of one build this process has loaded; an update's parts laid over its full
+    build's (or over the parts of an earlier update of the same full build, `previous`, which
+    its changed customers include: updates are cumulative)."""
 
-    def __init__(self, index: SegmentIndex) -> None:
+    def __init__(self, index: SegmentIndex, previous: Snapshot | None = None) -> None:
         self.index_id = index.pk
+        self.base_id = index.base_id
         self.built_at = index.built_at
+        self.previous = previous
         self._parts: dict[str, dict[str, np.ndarray]] = {}
         self._lock = threading.Lock()
 
@@ -321,12 +501,17 @@ class Snapshot:
             with self._lock:
                 found = self._parts.get(name)
                 if found is None:
-                    data = (SegmentIndexPart.objects.filter(index_id=self.index_id, name=name)
-                            .values_list("data", flat=True).first())
-                    if data is None:
-                        raise Missing(name)
-                    found = self._parts[name] = _unpack(data)
+                    found = self._parts[name] = self._load(name)
         return found
+
+    def _load(self, name: str) -> dict[str, np.ndarray]:
+        own = _stored(self.index_id, name)
+        if self.base_id is None:
+            return own
+        previous = self.previous
+        under = (previous._parts.get(name) if previous is not None
+                 and self.base_id in (previous.index_id, previous.base_id) else None)
+        return merge(name, under if under is not None else _stored(self.base_id, name), own)
 
     @property
     def loaded_parts(self) -> list[str]:
@@ -366,7 +551,7 @@ def current(now: datetime | None = None, *, swap_in_background: bool = True) -> 
             return snapshot
         if _loaded["loading"] != index.pk:
             _loaded["loading"] = index.pk
-            threading.Thread(target=_swap, args=(Snapshot(index), in_use), daemon=True,
+            threading.Thread(target=_swap, args=(Snapshot(index, snapshot), in_use), daemon=True,
                              name="segment-index-load").start()
         return snapshot
 
@@ -392,6 +577,8 @@ def load_and_swap(snapshot: Snapshot, names: list[str]) -> bool:
             snapshot.part(name)
     except Missing:
         return False
+    finally:
+        snapshot.previous = None        # laid over: the older build's arrays can go
     with _loaded_lock:
         old = _loaded["snapshot"]
         if old is None or old.built_at <= snapshot.built_at:
@@ -399,11 +586,91 @@ def load_and_swap(snapshot: Snapshot, names: list[str]) -> bool:
     return True
 
 
+WARM_PARTS = ("customers", "tags", "stages")
+
+
+def warm_in_background() -> None:
+    """When a web process starts: load the parts most previews read in a thread, so that its
+    first preview does not wait for them (config/wsgi.py)."""
+    if not available() or not getattr(settings, "SEGMENT_INDEX_WARM", True):
+        return
+
+    def run() -> None:
+        try:
+            snapshot = current()
+            for name in WARM_PARTS if snapshot is not None else ():
+                with contextlib.suppress(Missing):
+                    snapshot.part(name)
+        except Exception:
+            logger.exception("tagging.segment_index_warm_failed")
+        finally:
+            connection.close()
+
+    threading.Thread(target=run, daemon=True, name="segment-index-warm").start()
+
+
 def forget() -> None:
     """Drop what this process has loaded (tests; a process after a restore)."""
     with _loaded_lock:
         _loaded["snapshot"] = None
         _loaded["loading"] = None
+
+
+def _stored(index_id: int, name: str) -> dict[str, np.ndarray]:
+    data = (SegmentIndexPart.objects.filter(index_id=index_id, name=name)
+            .values_list("data", flat=True).first())
+    if data is None:
+        raise Missing(name)
+    return _unpack(data)
+
+
+# Arrays of a part that are lists (of codes, flags), not one entry per customer or row.
+LISTS = {"cities", "cities_indexed", "genders", "statuses", "keys", "excluded", "categories",
+         "categories_indexed", "item_rows", "item_codes", "ids"}
+
+
+def _is_list(name: str) -> bool:
+    return name in LISTS or name.startswith("values:")
+
+
+def merge(name: str, under: dict[str, np.ndarray], update: dict[str, np.ndarray]
+          ) -> dict[str, np.ndarray]:
+    """A part of an update laid over the same part of the full build (or of an earlier update
+    of it): the changed customers' entries and rows replaced by theirs, the code lists taken
+    from the update (they extend the full build's, so the codes in place stay right)."""
+    ids = update["ids"]
+    out = {key: value for key, value in update.items() if _is_list(key) and key != "ids"}
+    if "customer" not in under:                 # one entry per customer id
+        fill = (lambda column: FILLS[column]) if name == "customers" else (
+            (lambda column: NO_VALUE) if name == "attributes" else (lambda column: 0))
+        size = int(ids[-1]) + 1 if len(ids) else 0
+        for column, new in update.items():      # an update has every column (a key or a
+            if _is_list(column):                # model gone since is left out with it)
+                continue
+            old = under.get(column)
+            merged = np.full(max(size, len(old) if old is not None else 0), fill(column),
+                             dtype=new.dtype)
+            if old is not None:
+                merged[:len(old)] = old
+            merged[ids] = new
+            out[column] = merged
+        return out
+    keep = ~np.isin(under["customer"], ids)     # rows: the changed customers' replaced
+    for column, values in update.items():
+        if not _is_list(column):
+            out[column] = np.concatenate([under[column][keep], values])
+    if name == "orders":        # item pairs point at order rows, which moved
+        position = np.cumsum(keep) - 1
+        kept = keep[under["item_rows"]]
+        out["item_rows"] = np.concatenate([
+            position[under["item_rows"][kept]],
+            update["item_rows"] + int(keep.sum())]).astype(np.int32)
+        out["item_codes"] = np.concatenate([under["item_codes"][kept], update["item_codes"]])
+    if name == "tags":          # sorted by tag (a leaf finds its rows by bisection)
+        order = np.lexsort((out["customer"], out["tag"]))
+        out = {column: (values[order] if not _is_list(column) else values)
+               for column, values in out.items()}
+    return out
 
 
 # --- Evaluation -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Segment previews from the segment index (tagging.segment_index): the answer says where it
 comes from and as of when; it is the build's data until the next build; a leaf the index
 cannot answer, an index too old, or `exact` are counted in SQL; scopes hold; builds are one at
-a time, due by the interval, the two newest kept; a new build is swapped in once loaded.
+a time, due by the interval, the two newest kept (with the full build they update); a new build is swapped in once loaded.
 
 Which customers each leaf selects is held equal to SQL case by case in tests/core
 (`test_the_segment_index_gives_the_same_customers`)."""
@@ -79,11 +79,19 @@ def test_the_index_is_the_builds_data_until_the_next_build(op_api, operator, cro
     assert op_api.post(PREVIEW, {"condition": tagged}, format="json").json()["count"] == 1
 
 
-def test_only_the_two_newest_builds_are_kept(crowd):
-    builds = [segment_index.build() for _n in range(3)]
-    assert set(SegmentIndex.objects.values_list("pk", flat=True)) == {b.pk for b in builds[1:]}
+def test_only_the_two_newest_builds_and_their_full_build_are_kept(crowd):
+    builds = [segment_index.build() for _n in range(4)]
+    # The first is a full build; the others update it (nothing changed: nobody re-read).
+    assert builds[0].base_id is None
+    assert [b.base_id for b in builds[1:]] == [builds[0].pk] * 3
+    assert [b.changed for b in builds[1:]] == [0, 0, 0]
+    assert set(SegmentIndex.objects.values_list("pk", flat=True)) == {
+        builds[0].pk, builds[2].pk, builds[3].pk}
     assert builds[-1].customers == 7
     assert builds[-1].size_bytes > 0
+    # A full build: the older ones go once two newer ones stand.
+    full = [segment_index.build(full=True), segment_index.build()]
+    assert set(SegmentIndex.objects.values_list("pk", flat=True)) == {b.pk for b in full}
 
 
 @pytest.mark.parametrize("condition", [
@@ -277,3 +285,93 @@ def test_stage_leaves_are_answered_from_the_index_as_sql_answers_them(crowd, tre
     expected = set(Customer.objects.filter(conditions.compile_condition(tree))
                    .values_list("pk", flat=True))
     assert {int(pk) for pk in found.nonzero()[0]} == expected
+
+
+# --- Updates: the customers changed since the full build, read again -------------------------
+
+def _placed(customer, model_key, stage_key):
+    from lifecycle.models import CustomerStage, Stage
+
+    stage = Stage.objects.get(model__key=model_key, key=stage_key)
+    CustomerStage.objects.update_or_create(
+        customer=customer, model=stage.model,
+        defaults={"stage": stage, "entered_at": timezone.now(), "source": "rule"})
+
+
+def _ids(snapshot, tree) -> set[int]:
+    from core import conditions
+
+    found = segment_index.evaluate(conditions.validate(tree), snapshot)
+    assert found is not None
+    return {int(pk) for pk in found.nonzero()[0]}
+
+
+def test_an_update_follows_every_write_and_a_process_lays_each_over_the_last(crowd, settings):
+    """Whatever writes the rows — the ORM, a bulk update, raw SQL — the triggers note the
+    customers, and an update reads just them again. A process holding one update's parts lays
+    the next one over them (updates are cumulative), and answers as a full build would."""
+    import importlib
+
+    from django.apps import apps as django_apps
+
+    importlib.import_module("lifecycle.migrations.0002_builtin_models").create(django_apps,
+                                                                              None)
+    settings.SEGMENT_INDEX_FULL_SHARE = 1
+    mine, theirs = crowd
+    full = segment_index.build()
+    assert full.base_id is None
+    first = segment_index.Snapshot(full)
+    assert _ids(first, SHANGHAI) == {c.pk for c in (*mine[:3], *theirs)}
+
+    Customer.objects.filter(pk=mine[3].pk).update(city="上海")          # a bulk update
+    _placed(mine[0], "value", "dormant")                                # lifecycle's table
+    with connection.cursor() as cursor:                                 # raw SQL
+        cursor.execute("UPDATE crm_customer SET city = '广州' WHERE id = %s", [theirs[0].pk])
+    update = segment_index.build()
+    assert (update.base_id, update.changed) == (full.pk, 3)
+    second = segment_index.Snapshot(update, first)
+    dormant = {"field": "stage", "model": "value", "op": "eq", "value": "dormant"}
+    assert _ids(second, SHANGHAI) == {mine[0].pk, mine[1].pk, mine[2].pk, mine[3].pk,
+                                      theirs[1].pk}
+    assert _ids(second, dormant) == {mine[0].pk}
+
+    newcomer = CustomerFactory(external_id="n0", owner=mine[0].owner, city="上海")
+    Customer.objects.filter(pk=mine[1].pk).delete()
+    later = segment_index.build()
+    assert (later.base_id, later.changed) == (full.pk, 5)     # cumulative: 3 + 2
+    third = segment_index.Snapshot(later, second)             # over the second's parts
+    expected = {mine[0].pk, mine[2].pk, mine[3].pk, theirs[1].pk, newcomer.pk}
+    assert _ids(third, SHANGHAI) == expected
+    assert _ids(segment_index.Snapshot(later), SHANGHAI) == expected     # over the full build
+    assert _ids(segment_index.Snapshot(segment_index.build(full=True)), SHANGHAI) == expected
+    assert _ids(third, dormant) == {mine[0].pk}
+
+
+def test_a_full_build_comes_nightly_when_the_shape_changes_and_when_many_changed(crowd,
+                                                                               settings):
+    from lifecycle.models import StageModel
+
+    settings.SEGMENT_INDEX_FULL_SHARE = 0.5
+    full = segment_index.build()
+    assert segment_index.build().base_id == full.pk              # nothing changed: an update
+    Customer.objects.filter(pk__in=[c.pk for c in crowd[0][:3]]).update(city="杭州")
+    assert segment_index.build().base_id == full.pk              # 3 of 7: an update
+    Customer.objects.filter(pk=crowd[0][3].pk).update(city="杭州")
+    assert segment_index.build().base_id is None                 # 4 of 7 > half: full
+    StageModel.objects.create(key="custom", name="Custom")
+    assert segment_index.build().base_id is None                 # a new model: full
+    assert segment_index.build().base_id is not None             # then updates again
+    # The first build of a new day is a full one (the nightly safety net).
+    SegmentIndex.objects.update(built_at=timezone.now() - timedelta(days=1))
+    assert segment_index.build().base_id is None
+
+
+def test_the_change_triggers_are_on_every_table_the_parts_read(crowd):
+    segment_index.build()
+    for table, _customer in segment_index._change_tables():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass "
+                           "AND tgname LIKE 'tagging_segment_index_%%'", [table])
+            assert cursor.fetchone()[0] == (3 if table in segment_index.FIXED_OWNER else 4), \
+                table
+    assert segment_index.ensure_change_triggers() == 0          # installed once
