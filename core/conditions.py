@@ -260,6 +260,10 @@ class ConditionField:
     choices: Callable[[], list[dict[str, Any]]] | None = None   # [{"value", "label", …}]
     param_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → label, kind,
     #                                            choices (a callable), required, multiple
+    # The customers for whom a leaf may change value between two moments by time alone (a
+    # window of days sliding over their rows, an expiry passing): `crossers(leaf, since,
+    # until)` gives a query of their ids, or None when the leaf does not move with time.
+    crossers: Callable[[Leaf, datetime, datetime], Any] | None = None
 
 
 fields: Registry[ConditionField] = Registry("condition_fields")
@@ -539,6 +543,34 @@ def list_value(value: Any, path: str, *, allow_empty: bool = False) -> list:
 
 def since(ctx: Context, days: int) -> datetime:
     return ctx.now - timedelta(days=days)
+
+
+def crossing_customers(trees: list[Any], *, since: datetime, until: datetime,
+                       thresholds: dict[str, Any] | None = None) -> set[int]:
+    """The customers for whom some leaf of the (valid) `trees` may have changed value between
+    `since` and `until` with nothing written about them — "silent for 30 days" starting to
+    hold, an event leaving a 180-day window, a tag expiring: with the customers whose rows
+    changed (the touches), the only ones a periodic run need read again (docs/DOMAIN.md)."""
+    found: set[int] = set()
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict) and ("all" in node or "any" in node):
+            for index, child in enumerate(node.get("all") or node.get("any")):
+                walk(child, f"{path}[{index}]")
+        elif isinstance(node, dict) and "not" in node:
+            walk(node["not"], f"{path}.not")
+        elif isinstance(node, dict):
+            leaf = to_leaf(node, path)
+            spec, _key = _lookup_field(leaf.field)
+            if spec is None or spec.crossers is None:
+                return
+            query = spec.crossers(leaf, since, until)
+            if query is not None:
+                found.update(query)
+
+    for tree in trees:
+        walk(validate(tree, thresholds=thresholds or {}), "")
+    return found
 
 
 # --- JSON Schema ---------------------------------------------------------------------------

@@ -322,3 +322,16 @@ def planner_statistics_refresh(*, scheduled: bool = False) -> str | None:
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
     return f"ANALYZE ({connection.vendor})"
+
+
+def customer_change_triggers(table: str, customer: str, *, own: str = "") -> list[str]:
+    """DDL (PostgreSQL) for statement triggers that queue a touch (crm.hooks) of the customers
+    whose rows in `table` were inserted, updated or deleted — whatever wrote them — for every
+    consumer but `own` (the app that writes the table and needs no word of its own writes).
+    `customer` is the customer id of a row of the transition table (alias r); rows never move
+    to another customer, so an update's new rows name it."""
+    quoted = "'" + customer.replace("'", "''") + "'"
+    return [f"CREATE TRIGGER crm_touch_{event.lower()} AFTER {event} ON {table} "
+            f"REFERENCING {rows} TABLE AS changed_rows FOR EACH STATEMENT "
+            f"EXECUTE FUNCTION crm_customers_touched({quoted}, '{own}')"
+            for event, rows in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD"))]

@@ -7,6 +7,7 @@ import json
 import operator
 import re
 from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 from functools import reduce
 from typing import Any
@@ -153,13 +154,38 @@ _WIDGETS = {"str": "text", "choice": "choice", "bool": "bool", "int": "integer",
             "decimal": "number", "datetime": "datetime"}
 
 
+def _sliding(model, column: str, leaf_days, **where):
+    """Crossers (core.conditions.ConditionField.crossers) of a window of `leaf_days(leaf)`
+    days over `column`: the rows the window's edge passed between the two moments."""
+    def crossers(leaf: Leaf, since_at, until_at):
+        days = leaf_days(leaf)
+        if days is None:
+            return None
+        edge = timedelta(days=days)
+        rows = model.objects.filter(**where, **{f"{column}__gte": since_at - edge,
+                                                f"{column}__lt": until_at - edge})
+        if model._meta.model_name == "customer":
+            return rows.values_list("pk", flat=True)
+        if model._meta.model_name == "event" and leaf.params.get("type"):
+            rows = rows.filter(type__in=leaf.params["type"])
+        return rows.values_list("customer_id", flat=True).distinct()
+
+    return crossers
+
+
 def _scalar(name: str, lookup: str, kind: str, ops: tuple[str, ...], description: str,
             allowed: tuple[str, ...] = (), schema: dict | None = None,
             **shown: Any) -> ConditionField:
+    from crm.models import Customer
+
+    crossers = None
+    if kind == "datetime":      # within_days / older_than_days slide with the clock
+        crossers = _sliding(Customer, lookup, lambda leaf: leaf.value if leaf.op in (
+            "within_days", "older_than_days") else None)
     return ConditionField(
         name=name, ops=ops, description=description,
         compile=_scalar_compiler(lookup, blank_is_null=kind == "str"),
-        validate=_scalar_validator(kind, allowed),
+        validate=_scalar_validator(kind, allowed), crossers=crossers,
         value_schema=schema or {}, kind=shown.pop("widget", _WIDGETS[kind]), **shown)
 
 
@@ -528,7 +554,7 @@ def _group_compile(leaf: Leaf, ctx: Context) -> Q:
 
 
 def register() -> None:
-    from crm.models import Customer, Event
+    from crm.models import Customer, Event, Order
 
     profile, activity = gettext_lazy("Profile"), gettext_lazy("Activity and purchases")
     str_schema = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
@@ -587,6 +613,7 @@ def register() -> None:
     register_field(ConditionField(
         name="event", ops=("count_gte", "count_lte"), compile=_event_compile,
         validate=_event_validate,
+        crossers=_sliding(Event, "occurred_at", lambda leaf: leaf.params.get("within_days")),
         description=_("How many events (of `type`) the customer has, within `within_days` or "
                       "since joining."),
         value_schema={"type": "integer", "minimum": 0},
@@ -600,6 +627,8 @@ def register() -> None:
                     "within_days": within, "since_joined": since_joined}))
     register_field(ConditionField(
         name="order", ops=("count_gte", "count_lte", "sum_gte"), compile=_order_compile,
+        crossers=_sliding(Order, "placed_at", lambda leaf: leaf.params.get("within_days"),
+                          status=Order.Status.PAID),
         validate=_order_validate,
         description=_("Paid orders: count or sum, within `within_days` or since joining, "
                       "optionally of a `category`."),

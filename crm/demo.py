@@ -946,6 +946,15 @@ def _store(ctx: Context, base: Offsets, report: SeedReport, progress, *,
             # An index build's scan must start at block 0, not where the last scan of the
             # table stopped, or the presorted heap reaches the sort rotated.
             cursor.execute("SET LOCAL synchronize_seqscans = off")
+            # Every new customer is touched once (crm 0019), by crm_customer's trigger; their
+            # other rows would touch them again, millions of times: those triggers wait.
+            quiet = [connection.ops.quote_name(m._meta.db_table)
+                     for m in (GroupMembership, Order, OrderItem, EventCount)]
+            # ALTER TABLE refuses tables with pending deferred checks (the groups).
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            for table in quiet:
+                cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
             freeze: list[str] = []
             if rebuild_indexes and not (ctx.customer_base or any(vars(base).values())):
                 tables = [m._meta.db_table for m in (*MODELS, EventCount)]
@@ -981,6 +990,11 @@ def _store(ctx: Context, base: Offsets, report: SeedReport, progress, *,
         report.timings["indexes"] = time.monotonic() - t
         for sql in connection.ops.sequence_reset_sql(no_style(), MODELS):
             cursor.execute(sql)
+        if pg:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            for table in quiet:
+                cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+            cursor.execute("SET CONSTRAINTS ALL DEFERRED")
 
 
 def _tally(report: SeedReport, counts, n_customers: int, personas: Counter) -> None:

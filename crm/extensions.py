@@ -81,13 +81,13 @@ class IndexPart:
     (a full build), or with `ids` (sorted) one entry per id of `ids` (an update), an absent
     customer's entry being 0; `handlers` maps a condition field to
     `handler(evaluator, leaf) -> boolean array by customer id`, with the same meaning as the
-    field's SQL compiler. `tables` are (table, customer id column) pairs whose changes the
-    index must follow."""
+    field's SQL compiler. The index follows the changes of the part's tables through the
+    touches the database's triggers write (the app's migration installs them:
+    core.db.customer_change_triggers)."""
 
     name: str
     read: Callable[[int, Any], dict[str, Any]]
     handlers: dict[str, Callable[[Any, Any], Any]]
-    tables: tuple[tuple[str, str], ...] = ()
 
 
 segment_index_parts: Registry[IndexPart] = Registry("segment_index_parts")

@@ -27,6 +27,10 @@ from crm.models import CustomerTouch, TouchConsumer
 
 TouchHandler = Callable[[list[int]], Any]
 touch_consumers: Registry[TouchHandler] = Registry("touch_consumers")
+# Consumers that claim their own touches (the segment index, inside its build's snapshot) and
+# hear only of those the database's triggers write (PostgreSQL; migration crm 0019): kept by
+# `touches_prune`, not written by `notify_customers_touched`.
+touch_claimers: Registry[str] = Registry("touch_claimers")
 
 # Called in the ingest transaction with {customer id: when} for the customers who just deleted
 # (or blocked) us: campaigns turns each into a to-do for the owner.
@@ -97,7 +101,7 @@ def touched_customers_process(consumer: str, *, limit: int = 50_000) -> int | No
 def touches_prune() -> int:
     """Delete the touches waiting for a consumer that is no longer installed (its app was
     removed): nobody will claim them. A live consumer's rows are never dropped unread."""
-    consumers = [name for name, _handler in touch_consumers.items()]
+    consumers = [name for name, _handler in [*touch_consumers.items(), *touch_claimers.items()]]
     TouchConsumer.objects.exclude(consumer__in=consumers).delete()
     deleted, _ = CustomerTouch.objects.exclude(consumer__in=consumers).delete()
     return deleted

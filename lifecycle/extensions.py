@@ -148,8 +148,7 @@ def _index_stage(ev, leaf):
     return ~found if leaf.op in ("ne", "not_in") else found
 
 
-INDEX_PART = IndexPart("stages", _index_read, {"stage": _index_stage},
-                       tables=(("lifecycle_customerstage", "r.customer_id"),))
+INDEX_PART = IndexPart("stages", _index_read, {"stage": _index_stage})
 
 
 def _stages_export(customer) -> dict:

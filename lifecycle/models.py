@@ -30,6 +30,10 @@ class StageModel(TimeStampedModel):
     built_in = models.BooleanField(_("built in"), default=False, editable=False)
     order = models.PositiveIntegerField(pgettext_lazy("sort order", "order"), default=0)
     last_evaluated_at = models.DateTimeField(_("last evaluated at"), null=True, blank=True)
+    last_full_evaluated_at = models.DateTimeField(
+        _("last evaluated in full at"), null=True, blank=True,
+        help_text=_("A periodic run reads every customer once a day; the others only those "
+                    "whose conditions may have changed with time (docs/DOMAIN.md)."))
 
     class Meta:
         verbose_name = _("stage model")

@@ -304,8 +304,46 @@ def stage_models_evaluate(*, keys: list[str] | None = None, customer_ids: list[i
         and (now - model.last_evaluated_at).total_seconds() < model.interval_minutes * 60 - 30)]
     if not due:
         return []
-    return _evaluate(due, customer_ids=customer_ids, now=now, chunk_size=chunk_size,
-                     source=TransitionSource.RULE)
+    if not due_only or customer_ids is not None:
+        return _evaluate(due, customer_ids=customer_ids, now=now, chunk_size=chunk_size,
+                         source=TransitionSource.RULE)
+    # A periodic run: in full once a day; otherwise only the customers a condition may have
+    # changed for with time alone — the touches bring the others (crm 0019's triggers).
+    partial = [m for m in due if _read_in_full_today(m, now)]
+    full = [m for m in due if m not in partial]
+    results = _evaluate(full, customer_ids=None, now=now, chunk_size=chunk_size,
+                        source=TransitionSource.RULE) if full else []
+    if partial:
+        crossers = sorted(_crossers(partial, now))
+        if crossers:
+            results += _evaluate(partial, customer_ids=crossers, now=now,
+                                 chunk_size=chunk_size, source=TransitionSource.RULE)
+        StageModel.objects.filter(pk__in=[m.pk for m in partial]).update(last_evaluated_at=now)
+    return results
+
+
+def _read_in_full_today(model: StageModel, now: datetime) -> bool:
+    """Whether the model was evaluated over every customer today (local day), and since, by
+    time: the nightly safety net has run. On SQLite every periodic run is a full one (no
+    triggers write its touches)."""
+    last = model.last_full_evaluated_at
+    return (connection.vendor == "postgresql" and last is not None
+            and model.last_evaluated_at is not None
+            and timezone.localdate(last) == timezone.localdate(now))
+
+
+def _crossers(models: list[StageModel], now: datetime) -> set[int]:
+    """Customers whose stage conditions may have changed value since each model's last run
+    by time alone, and those whose manual lock expired meanwhile."""
+    found: set[int] = set()
+    for model in models:
+        trees = [c for c in model.stages.values_list("condition", flat=True) if c]
+        found |= conditions.crossing_customers(trees, since=model.last_evaluated_at, until=now,
+                                               thresholds=model.thresholds)
+        found.update(CustomerStage.objects.filter(
+            model=model, locked_until__gte=model.last_evaluated_at, locked_until__lt=now)
+            .values_list("customer_id", flat=True))
+    return found
 
 
 Plan = list[tuple[StageModel, list[Stage], dict[str, Any]]]
@@ -350,7 +388,8 @@ def _evaluate(models: list[StageModel], *, customer_ids: list[int] | None, now: 
             features = _features(plan, now=now, customer_ids=customer_ids)
             _evaluate_chunks(plan, chunks, features, results, spent, now=now, source=source)
         if customer_ids is None:
-            StageModel.objects.filter(pk__in=list(results)).update(last_evaluated_at=now)
+            StageModel.objects.filter(pk__in=list(results)).update(
+                last_evaluated_at=now, last_full_evaluated_at=now)
     # Each model's share of the run's time (its own statements, and the shared pass over the
     # events in proportion).
     elapsed = time.monotonic() - started

@@ -376,8 +376,20 @@ def load_columns(*, names: tuple[str, ...], table: BitmapTable, size: int) -> Co
     frequent refresh read them, then those changed since then read now, padded to at least
     `size` entries."""
     wanted = {*names, "flags"}
+    # Kept inflated in the process by row version (an update writes a new one: xmin, ctid);
+    # today's changed customers (PATCH) are read each time.
+    versions = dict(_raw("SELECT name, xmin::text || ctid::text FROM metrics_customercolumn "
+                         "WHERE name = ANY(%s)", [sorted(wanted)]))
+    known = {name: _columns[(name, version)] for name, version in versions.items()
+             if (name, version) in _columns}
     stored = {row[0]: _unpack(row[1]) for row in CustomerColumn.objects.filter(
-        name__in=[*wanted, PATCH]).values_list("name", "data")}
+        name__in=[*(wanted - set(known)), PATCH]).values_list("name", "data")}
+    for key in [key for key in _columns if versions.get(key[0], key[1]) != key[1]]:
+        del _columns[key]
+    for name in wanted - set(known):
+        if name in stored and name in versions:
+            _columns[(name, versions[name])] = stored[name]
+    stored.update(known)
     flags = np.frombuffer(stored.get("flags", b""), dtype="<i2")
     at = min(table.read_at, day_start(local_today()))
     layers = []
@@ -633,8 +645,7 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
         exact = Q()
         for start, days in [*wanted, *([(today, 1)] if with_today else [])]:
             exact |= Q(start=start, days=days)
-        rows = list(CustomerBitmap.objects.filter(exact, kind__in=kinds).values_list(
-            "kind", "start", "days", "data", "as_of"))
+        rows = _decoded(CustomerBitmap.objects.filter(exact, kind__in=kinds))
         if len(rows) != (len(wanted) + with_today) * len(kinds):
             raise Inconsistent(period)
     # Today (unless stored) and any later day of the range (events dated ahead) read live;
@@ -646,7 +657,7 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
     for kind in kinds:
         datas = [row[3] for row in rows if row[0] == kind]
         if kind == CustomerBitmap.Kind.PAID:
-            parts = [Paid.decode(d) for d in datas]
+            parts = datas
             live_parts = read_live(kind, *live) if live else []
             orders = np.zeros(size, np.int64)
             cents = np.zeros(size, np.int64)
@@ -671,7 +682,7 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
                 cents[part.ids[keep]] += part.cents[keep]
             sets.orders, sets.cents = orders, cents
         else:
-            bits = _bits(_union(datas), size)
+            bits = _bits(BitMap.union(BitMap(), *datas), size)
             if live:
                 for ids in read_live(kind, *live):
                     _set_ids(bits, ids)
@@ -680,6 +691,35 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
                     _set_ids(bits, ids)
             setattr(sets, kind, bits)
     return sets
+
+
+_columns: dict[tuple, bytes] = {}   # (name, row version) -> the column, inflated
+
+# Pieces decoded by this process, by row id: a piece is rewritten as a new row, so an entry
+# never goes stale, only unused (the oldest are dropped).
+_pieces: dict[int, Any] = {}
+PIECES_KEPT = 400
+
+
+def _decoded(queryset) -> list[tuple]:
+    """(kind, start, days, decoded data, as_of) of the pieces: those decoded before from this
+    process's memory, the others read (only their data is fetched) and decoded."""
+    heads = list(queryset.values_list("pk", "kind", "start", "days", "as_of"))
+    missing = [head[0] for head in heads if head[0] not in _pieces]
+    if missing:
+        for pk, kind, data in CustomerBitmap.objects.filter(pk__in=missing).values_list(
+                "pk", "kind", "data"):
+            _pieces[pk] = (Paid.decode(data) if kind == CustomerBitmap.Kind.PAID
+                           else BitMap.deserialize(bytes(data)) if data else BitMap())
+        while len(_pieces) > PIECES_KEPT:
+            _pieces.pop(next(iter(_pieces)))
+    rows = []
+    for pk, kind, start, days, as_of in heads:
+        found = _pieces.get(pk)
+        if found is None:           # rewritten between the two reads: compute live
+            raise Inconsistent(start)
+        rows.append((kind, start, days, found, as_of))
+    return rows
 
 
 CHANGED_BUYERS_SQL = """

@@ -20,4 +20,9 @@ class TaggingConfig(AppConfig):
         crm_extensions.customer_panels.register("tags", views.customer_tags_panel)
         crm_extensions.personal_data.register("tags", extensions.PERSONAL_DATA)
         hooks.touch_consumers.register("tagging", services.tag_rules_run_for_customers)
+        from tagging import segment_index
+
+        if segment_index.available():
+            # Its touches are claimed by its builds; switched off, `prune_touches` drops them.
+            hooks.touch_claimers.register(segment_index.CONSUMER, "tagging.segment_index")
         services.register_customer_list_extensions()

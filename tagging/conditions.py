@@ -52,8 +52,18 @@ def _choices() -> list[dict]:
              "color": tag.color} for tag in rows]
 
 
+def _crossers(leaf: Leaf, since_at, until_at):
+    """The holders of the listed tags whose tag expired between the two moments."""
+    from tagging.models import CustomerTag
+
+    return (CustomerTag.objects.filter(tag_id__in=leaf.value, expires_at__gte=since_at,
+                                       expires_at__lt=until_at)
+            .values_list("customer_id", flat=True).distinct())
+
+
 FIELD = ConditionField(
     name="tag", ops=("any", "all", "none"), compile=_compile, validate=_validate,
+    crossers=_crossers,
     label=gettext_lazy("Tags"), section=gettext_lazy("Tags and stages"), kind="choice",
     choices=_choices,
     description=_("Tags the customer holds now: any, all or none of the listed (ids or names)."),

@@ -172,6 +172,10 @@ class TagRule(TimeStampedModel):
                     "the rule with the lowest priority number."))
     interval_minutes = models.PositiveIntegerField(_("run every (minutes)"), default=60)
     last_run_at = models.DateTimeField(_("last run at"), null=True, blank=True)
+    last_full_run_at = models.DateTimeField(
+        _("last run in full at"), null=True, blank=True,
+        help_text=_("A scheduled run reads every customer once a day; the others only those "
+                    "whose condition may have changed with time (docs/DOMAIN.md)."))
 
     class Meta:
         verbose_name = _("tag rule")
@@ -288,22 +292,6 @@ class SegmentIndex(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.built_at:%Y-%m-%d %H:%M}"
-
-
-class SegmentIndexChange(models.Model):
-    """A customer whose rows the segment index reads changed: written by statement triggers on
-    those tables (tagging.segment_index), claimed by the next build. Unlogged, like the
-    builds."""
-
-    id = models.BigAutoField(primary_key=True)
-    customer_id = models.BigIntegerField(_("customer id"))
-
-    class Meta:
-        verbose_name = _("segment index change")
-        verbose_name_plural = _("segment index changes")
-
-    def __str__(self) -> str:
-        return str(self.customer_id)
 
 
 class SegmentIndexPart(models.Model):

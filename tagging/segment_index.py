@@ -36,7 +36,7 @@ from core.db import raw_rows as _rows
 from crm import extensions as crm_extensions
 from crm.conditions import ATTRIBUTE_KEY
 from crm.models import EVENT_COUNT_LATEST as LATEST
-from crm.models import Channel, Customer, Event, Group, Order
+from crm.models import Channel, Customer, Event, Group, Order, TouchConsumer
 from tagging.models import SegmentIndex, SegmentIndexPart
 
 logger = logging.getLogger(__name__)
@@ -287,52 +287,15 @@ def _events_part(kind: str, ids: np.ndarray | None = None, base: dict | None = N
 
 # --- Following the changes ------------------------------------------------------------------
 
-# The tables whose rows the parts read, with the customer id of a changed row (alias r).
-CHANGE_TABLES = (
-    ("crm_customer", "r.id"), ("tagging_customertag", "r.customer_id"),
-    ("crm_order", "r.customer_id"),
-    ("crm_orderitem", "(SELECT o.customer_id FROM crm_order o WHERE o.id = r.order_id)"),
-    ("crm_groupmembership", "r.customer_id"), ("crm_eventcount", "r.customer_id"),
-)
-TRIGGER = "tagging_segment_index_{op}"
-# Tables whose rows never move to another customer: an update's new rows say whose it was.
-FIXED_OWNER = {"crm_customer", "crm_eventcount", "lifecycle_customerstage"}
-
-
-def _change_tables() -> list[tuple[str, str]]:
-    return [*CHANGE_TABLES, *(table for part in crm_extensions.segment_index_parts
-                              for table in part.tables)]
-
-
-def ensure_change_triggers() -> int:
-    """Statement triggers on every table a part reads, writing the customers of the changed
-    rows to `SegmentIndexChange` (the function is migration tagging 0007's): whatever writes
-    them — ingest, a rule, an import, the admin — the next update reads those customers
-    again. Installs what is missing; answers how many triggers it created."""
-    created = 0
-    for table, customer in _change_tables():
-        have = {name for (name,) in _rows(
-            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass", [table])}
-        for op, transition in (("insert", "NEW"), ("update", "NEW"), ("update_old", "OLD"),
-                               ("delete", "OLD")):
-            name = TRIGGER.format(op=op)
-            if name in have or (op == "update_old" and table in FIXED_OWNER):
-                continue
-            event = op.split("_")[0].upper()
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"CREATE TRIGGER {name} AFTER {event} ON {connection.ops.quote_name(table)} "
-                    f"REFERENCING {transition} TABLE AS changed_rows FOR EACH STATEMENT "
-                    f"EXECUTE FUNCTION tagging_segment_index_note(%s)", [customer])
-            created += 1
-    return created
+CONSUMER = "segment_index"      # its touches (crm.hooks), written by the database's triggers
 
 
 def _claim_changes() -> np.ndarray:
-    """The customers changed since the last build, as this build's snapshot sees them (rows
-    committed later are left for the next build)."""
-    (data,), = _rows("WITH gone AS (DELETE FROM tagging_segmentindexchange "
-                     "RETURNING customer_id) SELECT array_agg(DISTINCT customer_id) FROM gone")
+    """The customers changed since the last build: the touches of CONSUMER this build's
+    snapshot sees (those committed later are left for the next build)."""
+    (data,), = _rows("WITH gone AS (DELETE FROM crm_customertouch WHERE consumer = %s "
+                     "RETURNING customer_id) SELECT array_agg(DISTINCT customer_id) FROM gone",
+                     [CONSUMER])
     return np.array(sorted(data or []), dtype=np.int64)
 
 
@@ -379,9 +342,6 @@ def build(*, full: bool = False) -> SegmentIndex | None:
     if not available():
         return None
     outermost = not connection.in_atomic_block
-    if outermost:
-        with transaction.atomic():
-            ensure_change_triggers()       # committed before the snapshot below is taken
     try:
         return _build(full=full, outermost=outermost)
     except NeedsFull:
@@ -397,9 +357,10 @@ def _build(*, full: bool, outermost: bool) -> SegmentIndex | None:
         if not _rows("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])[0][0]:
             return None
         heavy_statements()
-        if not outermost:
-            ensure_change_triggers()
         built_at = _rows("SELECT transaction_timestamp()")[0][0]
+        # No consumer row (a new database, or one emptied): no touches were queued for it.
+        _, new_consumer = TouchConsumer.objects.get_or_create(consumer=CONSUMER)
+        full = full or new_consumer
         changed = _claim_changes()
         newest = SegmentIndex.objects.order_by("-built_at", "-pk").first()
         base = (newest.base or newest) if newest is not None else None
@@ -423,23 +384,45 @@ def _build(*, full: bool, outermost: bool) -> SegmentIndex | None:
     return index
 
 
+CODED = ("customers", "attributes", "orders")       # the parts with code lists
+
+
 def _full_parts() -> dict[str, Any]:
     # each part packed as soon as it is read: the raw arrays of one part at a time in memory
     customers = _customers_part()
     size = len(customers["exists"])
+    lists = {"customers": _lists(customers)}
     packed: dict[str, Any] = {"customers": _pack(customers),
                               "count": int(customers["exists"].sum())}
     del customers
     for name, read in _readers(size, None, {}).items():
-        packed[name] = _pack(read())
+        part = read()
+        if name in CODED:
+            lists[name] = _lists(part)
+        packed[name] = _pack(part)
+    # The code lists on their own, so that an update reads them without the big parts.
+    packed["lists"] = _pack({f"{name}/{key}": value for name, part in lists.items()
+                             for key, value in part.items()})
     return packed
+
+
+def _lists(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A part's code lists (what an update extends)."""
+    return {key: value for key, value in part.items()
+            if key in ("cities", "cities_indexed", "keys", "excluded", "categories",
+                       "categories_indexed") or key.startswith("values:")}
 
 
 def _update_parts(base: SegmentIndex, changed: np.ndarray) -> dict[str, Any]:
     """The parts of the customers `changed`, coded with the full build's lists (extended)."""
-    stored = dict(SegmentIndexPart.objects.filter(
-        index=base, name__in=["customers", "attributes", "orders"]).values_list("name", "data"))
-    lists = {name: _unpack(data) for name, data in stored.items()}
+    stored = (SegmentIndexPart.objects.filter(index=base, name="lists")
+              .values_list("data", flat=True).first())
+    if stored is None:
+        raise NeedsFull("lists")
+    lists: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in _unpack(stored).items():
+        name, list_name = key.split("/", 1)
+        lists.setdefault(name, {})[list_name] = value
     customers = _customers_part(changed, lists.get("customers"))
     packed: dict[str, Any] = {"changed": _pack({"ids": changed}),
                               "customers": _pack({**customers, "ids": changed}),

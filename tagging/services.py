@@ -416,7 +416,7 @@ def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
         if customer_ids is None or added or removed:
             run.save()
         if customer_ids is None:
-            TagRule.objects.filter(pk=rule.pk).update(last_run_at=now)
+            TagRule.objects.filter(pk=rule.pk).update(last_run_at=now, last_full_run_at=now)
     logger.info("tagging.rule_run", extra={"rule": rule.pk, "matched": matched, "added": added,
                                             "removed": removed, "ms": run.duration_ms})
     return run
@@ -456,18 +456,46 @@ def tag_rules_run_due(*, now: datetime | None = None, force: bool = False) -> li
     """Run every active rule whose interval has passed (all of them with `force`), as one
     batch: the rules' counts come from one pass over the events and orders."""
     now = now or timezone.now()
-    due = [rule for rule in TagRule.objects.filter(active=True).select_related("tag__group")
-           .order_by("priority", "pk")
+    active = list(TagRule.objects.filter(active=True).select_related("tag__group")
+                  .order_by("priority", "pk"))
+    due = [rule for rule in active
            if force or rule.last_run_at is None
            or (now - rule.last_run_at).total_seconds() >= rule.interval_minutes * 60 - 30]
+    # In full once a day (or when forced); otherwise only the customers a condition may have
+    # changed for with time alone — the touches bring the others (crm 0019's triggers).
+    partial = [] if force else [rule for rule in due if _read_in_full_today(rule, now)]
+    full = [rule for rule in due if rule not in partial]
+    runs = _run_batch(full, now=now, customer_ids=None)
+    if partial:
+        # Every active rule's condition: a rule of an exclusive group yields to those above it.
+        since = min(rule.last_run_at for rule in partial)
+        crossers = sorted(conditions.crossing_customers(
+            [rule.condition for rule in active], since=since, until=now))
+        if crossers:
+            runs += _run_batch(partial, now=now, customer_ids=crossers)
+        TagRule.objects.filter(pk__in=[rule.pk for rule in partial]).update(last_run_at=now)
+    return runs
+
+
+def _run_batch(rules: list[TagRule], *, now: datetime, customer_ids: list[int] | None
+               ) -> list[TagRuleRun]:
     runs = []
-    with _batch_features(due, now=now, customer_ids=None) as features:
-        for rule in due:
+    with _batch_features(rules, now=now, customer_ids=customer_ids) as features:
+        for rule in rules:
             run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.SCHEDULE, now=now,
-                               features=features)
+                               customer_ids=customer_ids, features=features)
             if run is not None:
                 runs.append(run)
     return runs
+
+
+def _read_in_full_today(rule: TagRule, now: datetime) -> bool:
+    """Whether the rule ran over every customer today (local day) — the nightly safety net.
+    On SQLite every scheduled run is a full one (no triggers write its touches)."""
+    last = rule.last_full_run_at
+    return (connection.vendor == "postgresql" and last is not None
+            and rule.last_run_at is not None
+            and timezone.localdate(last) == timezone.localdate(now))
 
 
 def tag_rules_run_for_customers(customer_ids: list[int]) -> int:

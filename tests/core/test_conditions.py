@@ -990,3 +990,33 @@ def test_openapi_condition_leaves_describe_their_own_field_and_operators(
         assert _accepts(schema, props["op"], op), op
     for op in bad_ops:
         assert not _accepts(schema, props["op"], op), op
+
+
+@pytest.mark.parametrize(("tree", "start_days", "end_days", "expected"), [
+    # c02 was last active 25 days ago: 30 days of silence begin 5 days from now.
+    ({"field": "last_active_at", "op": "older_than_days", "value": 30}, 4, 6, {"c02"}),
+    ({"field": "last_active_at", "op": "within_days", "value": {"threshold": "silent"}}, 4, 6,
+     {"c02"}),
+    ({"field": "last_active_at", "op": "older_than_days", "value": 30}, 6, 7, set()),
+    # its message 25 days ago leaves a 30-day window then too
+    ({"field": "event", "op": "count_gte", "value": 1, "type": ["message_in"],
+      "within_days": 30}, 4, 6, {"c02"}),
+    # its paid order 30.5 days ago leaves a 31-day window half a day from now
+    ({"field": "order", "op": "count_gte", "value": 1, "within_days": 31}, 0, 1, {"c02"}),
+    # c07's VIP tag expires in 10 days
+    ({"field": "tag", "op": "any", "value": ["VIP"]}, 9, 11, {"c07"}),
+    ({"not": {"all": [{"field": "city", "op": "eq", "value": "上海"},
+                      {"field": "tag", "op": "none", "value": ["VIP"]}]}}, 9, 11, {"c07"}),
+    # fields that do not move with the clock
+    ({"field": "city", "op": "eq", "value": "上海"}, 0, 400, set()),
+    ({"field": "joined_at", "op": "gte", "value": "2026-01-01T00:00:00+08:00"}, 0, 400, set()),
+])
+def test_the_customers_a_condition_changes_for_with_time_alone(dataset, tree, start_days,
+                                                               end_days, expected):
+    """What a periodic rule or stage run reads between its full runs (docs/DOMAIN.md)."""
+    from core.conditions import crossing_customers
+
+    found = crossing_customers([tree], since=NOW + timedelta(days=start_days),
+                               until=NOW + timedelta(days=end_days), thresholds={"silent": 30})
+    assert set(Customer.objects.filter(pk__in=found).values_list("external_id", flat=True)) \
+        == expected

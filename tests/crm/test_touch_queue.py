@@ -133,6 +133,7 @@ def test_a_customer_whose_event_commits_late_is_still_tagged_on_the_next_run():
 @pytest.mark.both_dbs
 def test_every_consumer_gets_its_own_touches_and_a_failed_run_keeps_them(probe):
     customers = [CustomerFactory() for _ in range(3)]
+    CustomerTouch.objects.all().delete()        # (PostgreSQL's triggers touched them as made)
     hooks.notify_customers_touched([c.pk for c in customers])
     assert CustomerTouch.objects.filter(consumer="probe").count() == 3
     assert CustomerTouch.objects.filter(consumer="tagging").count() == 3
@@ -159,5 +160,7 @@ def test_prune_drops_only_the_touches_of_consumers_no_longer_installed(probe):
     hooks.notify_customers_touched([customer.pk])
     CustomerTouch.objects.create(consumer="removed-app", customer_id=customer.pk)
     assert hooks.touches_prune() == 1
+    # (on PostgreSQL the triggers touched the customer for the segment index too)
     assert set(CustomerTouch.objects.values_list("consumer", flat=True)) == {
-        "probe", "tagging", "lifecycle"}
+        "probe", "tagging", "lifecycle",
+        *(["segment_index"] if connection.vendor == "postgresql" else [])}

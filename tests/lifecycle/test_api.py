@@ -327,14 +327,20 @@ def test_touched_customers_are_evaluated_without_a_full_run(
         "customer": customer.external_id, "external_id": "inc-1", "source": "youzan",
         "amount": "59.00", "placed_at": timezone.now().isoformat()}, format="json")
     assert response.status_code == 200, response.json()
-    assert tasks.evaluate_touched_customers() == 1
+    # On PostgreSQL the database's triggers queue the silent change too (crm 0019).
+    pg = connection.vendor == "postgresql"
+    assert tasks.evaluate_touched_customers() == (2 if pg else 1)
 
     assert World.stage(customer, "value") == "growth"
     assert World.stage(customer, "journey") == "purchase"
     assert World.stage(customer, "aipl") == "purchase"
-    assert World.stage(untouched, "value") == "intro"
     assert StageModel.objects.get(key="value").last_evaluated_at == full_run_at
     assert tasks.evaluate_touched_customers() == 0
+    if not pg:
+        assert World.stage(untouched, "value") == "intro"
+    # Either way, what a full run then finds to do: nothing on PostgreSQL.
+    changed = sum(r.changed for r in services.stage_models_evaluate(keys=["value"]))
+    assert (changed == 0) is pg
 
 
 # --- Where stages show ----------------------------------------------------------------------

@@ -376,6 +376,10 @@ def test_ingested_orders_and_events_tag_the_customers_they_touch(op_api, operato
     assert set(incremental.values_list("rule__name", "scope_size", "added")) == {
         ("复购", 2, 1), ("热聊", 2, 1), ("价值分层：高价值客户", 2, 1),
         ("价值分层：活跃客户", 2, 1)}
+    if connection.vendor == "postgresql":
+        # The tags the rules wrote queue the two customers again (a rule may read tags: the
+        # database's triggers, crm 0019); a second look changes nothing.
+        assert tag_touched_customers() == 2
     assert not CustomerTouch.objects.filter(consumer="tagging").exists()   # claimed, deleted
     assert tag_touched_customers() == 0
     assert TagRuleRun.objects.filter(trigger="incremental").count() == 4
@@ -819,3 +823,43 @@ def test_a_tag_written_by_someone_else_meanwhile_is_skipped_not_an_error(follow_
     assert CustomerTag.objects.get(customer=first).source == TagSource.MANUAL
     assert CustomerTag.objects.get(customer=second).source == TagSource.RULE
     assert TagChange.objects.filter(customer=second, rule=rule).count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres_only
+def test_a_scheduled_run_reads_in_full_once_a_day_and_else_who_crossed_a_boundary():
+    """Between the day's full run and the next, a scheduled run reads only the customers a
+    condition may have changed for by time alone — silence reaching 30 days, a tag expiring;
+    what is written about a customer reaches the rules through the touches (crm 0019)."""
+    now = timezone.make_aware(timezone.datetime(2026, 3, 2, 12, 0))
+    group = TagGroup.objects.create(name="活跃度")
+    silent_tag = Tag.objects.create(group=group, name="沉默")
+    trial = Tag.objects.create(group=group, name="试用")
+    TagRule.objects.create(name="沉默", tag=silent_tag, mode="sync", condition={
+        "any": [{"field": "last_active_at", "op": "older_than_days", "value": 30},
+                {"field": "tag", "op": "any", "value": [trial.pk]}]})
+    drifting = CustomerFactory(last_active_at=now - timedelta(days=30, minutes=-10))
+    quiet = CustomerFactory(last_active_at=now - timedelta(days=1))
+    trying = CustomerFactory(last_active_at=now - timedelta(days=1))
+    CustomerTag.objects.create(customer=trying, tag=trial, added_at=now,
+                               expires_at=now + timedelta(minutes=5))
+    def silent(customer) -> bool:
+        return "沉默" in held(customer)
+
+    services.tag_rules_run_due(now=now)                             # the day's first: full
+    assert (silent(drifting), silent(quiet), silent(trying)) == (False, False, True)
+    rule = TagRule.objects.get(name="沉默")
+    assert rule.last_full_run_at == rule.last_run_at == now
+    Customer.objects.filter(pk=quiet.pk).update(last_active_at=now - timedelta(days=90))
+    CustomerTouch.objects.all().delete()        # the touch path's job, not the schedule's
+
+    later = now + timedelta(minutes=61)
+    services.tag_rules_run_due(now=later)
+    rule.refresh_from_db()
+    assert (rule.last_run_at, rule.last_full_run_at) == (later, now)
+    assert silent(drifting)                 # 30 days silent since 12:10
+    assert not silent(trying)               # its trial tag expired at 12:05 (a sync rule)
+    assert not silent(quiet)                # not read
+
+    services.tag_rules_run_due(now=now + timedelta(days=1))        # full again
+    assert silent(quiet)

@@ -366,12 +366,16 @@ def test_a_full_build_comes_nightly_when_the_shape_changes_and_when_many_changed
     assert segment_index.build().base_id is None
 
 
-def test_the_change_triggers_are_on_every_table_the_parts_read(crowd):
-    segment_index.build()
-    for table, _customer in segment_index._change_tables():
-        with connection.cursor() as cursor:
+TOUCHED_TABLES = ["crm_customer", "crm_order", "crm_orderitem", "crm_groupmembership",
+                  "crm_eventcount", "tagging_customertag", "lifecycle_customerstage"]
+
+
+def test_every_table_the_parts_read_queues_touches_for_the_index():
+    with connection.cursor() as cursor:
+        for table in TOUCHED_TABLES:
             cursor.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass "
-                           "AND tgname LIKE 'tagging_segment_index_%%'", [table])
-            assert cursor.fetchone()[0] == (3 if table in segment_index.FIXED_OWNER else 4), \
-                table
-    assert segment_index.ensure_change_triggers() == 0          # installed once
+                           "AND tgname LIKE 'crm_touch_%%'", [table])
+            assert cursor.fetchone()[0] == 3, table
+        cursor.execute("SELECT consumer FROM crm_touchconsumer ORDER BY 1")
+        assert [row[0] for row in cursor.fetchall()] == ["lifecycle", "segment_index",
+                                                         "tagging"]
