@@ -23,7 +23,7 @@ from django.utils import timezone
 from core.db import raw_rows
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
-from metrics import activity, stage_durations
+from metrics import activity, kpis, stage_durations
 from metrics.decomposition import Factors, decompose
 from metrics.models import (
     CohortCell,
@@ -380,34 +380,20 @@ def _referrals(*, scope: Scope, period: Period) -> dict[str, int]:
 
 def _kpis(joined: dict, figures: dict, active: dict, buyers: dict, referrals: dict
           ) -> dict[str, Any]:
-    return {
-        # Acquaintance (认识): friend loss and group join.
-        "joined": joined["joined"],
-        "deleted_within_7_days": joined["deleted_within_7_days"],
-        "friend_loss_rate": ratio(joined["deleted_within_7_days"], joined["joined"]),
-        "joined_group": joined["joined_group"],
-        "group_join_rate": ratio(joined["joined_group"], joined["joined"]),
-        # Interaction (互动): interaction rate and retention.
-        "customers": figures["customers"],
-        "interacting": active["interacting"],
-        "interaction_rate": ratio(active["interacting"], figures["customers"]),
-        "active": active["active"],
-        "active_previous": active["active_previous"],
-        "retained": active["retained"],
-        "retention_rate": ratio(active["retained"], active["active_previous"]),
-        # Purchase (购买): conversion and repurchase.
-        "never_bought_before": figures["never_bought_before"],
-        "first_time_buyers": figures["first_time_buyers"],
-        "conversion_rate": ratio(figures["first_time_buyers"], figures["never_bought_before"]),
-        "buyers": buyers["buyers"],
-        "repeat_buyers": buyers["repeat_buyers"],
-        "repurchase_rate": ratio(buyers["repeat_buyers"], buyers["buyers"]),
-        # Alliance (同盟): referrals and the fission multiplier.
-        "referred_customers": joined["referred_customers"],
-        "referrers": referrals["referrers"],
-        "referral_events": referrals["referral_events"],
-        "fission_multiplier": ratio(joined["referred_customers"], referrals["referrers"]),
+    """The counts of each relationship stage and each KPI's rate of them, as the registry
+    (metrics.kpis) defines it."""
+    counts = {
+        **{name: joined[name] for name in ("joined", "deleted_within_7_days", "joined_group",
+                                            "referred_customers")},
+        **{name: figures[name] for name in ("customers", "never_bought_before",
+                                             "first_time_buyers")},
+        **{name: active[name] for name in ("interacting", "active", "active_previous",
+                                            "retained")},
+        **{name: buyers[name] for name in ("buyers", "repeat_buyers")},
+        **{name: referrals[name] for name in ("referrers", "referral_events")},
     }
+    return {**counts, **{kpi.key: ratio(counts[kpi.numerator], counts[kpi.denominator])
+                         for kpi in kpis.KPIS if kpi.section != "lifecycle"}}
 
 
 def relationship_kpis(*, scope: Scope, period: Period, stored: dict | None = None
@@ -917,7 +903,7 @@ LIFECYCLE_MODEL = "value"
 def overview_report(*, scope: Scope, period: Period) -> dict[str, Any]:
     # The customer bitmaps, read once for the KPIs and churn (None: computed live).
     stored = activity.relationship_figures(scope=scope, period=period)
-    kpis = relationship_kpis(scope=scope, period=period, stored=stored)
+    figures = relationship_kpis(scope=scope, period=period, stored=stored)
     series = activity_series(scope=scope, period=period)
     model = StageModel.objects.filter(key=LIFECYCLE_MODEL).first()
     lifecycle = None
@@ -928,7 +914,7 @@ def overview_report(*, scope: Scope, period: Period) -> dict[str, Any]:
     return {
         **period.as_dict(),
         "previous": period.previous().as_dict(),
-        "relationship": {stage: {name: kpis[name] for name in names}
+        "relationship": {stage: {name: figures[name] for name in names}
                          for stage, names in RELATIONSHIP_STAGES.items()},
         "lifecycle": lifecycle,
         "totals": series_totals(series),
