@@ -569,7 +569,11 @@ def crossing_customers(trees: list[Any], *, since: datetime, until: datetime,
                 found.update(query)
 
     for tree in trees:
-        walk(validate(tree, thresholds=thresholds or {}), "")
+        try:
+            tree = validate(tree, thresholds=thresholds or {})
+        except ConditionError:
+            continue        # a broken condition reports itself when its rule or model runs
+        walk(tree, "")
     return found
 
 

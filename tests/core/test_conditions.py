@@ -1016,7 +1016,8 @@ def test_the_customers_a_condition_changes_for_with_time_alone(dataset, tree, st
     """What a periodic rule or stage run reads between its full runs (docs/DOMAIN.md)."""
     from core.conditions import crossing_customers
 
-    found = crossing_customers([tree], since=NOW + timedelta(days=start_days),
+    broken = {"field": "tag", "op": "any", "value": ["no such tag"]}    # skipped, not fatal
+    found = crossing_customers([broken, tree], since=NOW + timedelta(days=start_days),
                                until=NOW + timedelta(days=end_days), thresholds={"silent": 30})
     assert set(Customer.objects.filter(pk__in=found).values_list("external_id", flat=True)) \
         == expected
