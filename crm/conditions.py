@@ -154,9 +154,10 @@ _WIDGETS = {"str": "text", "choice": "choice", "bool": "bool", "int": "integer",
             "decimal": "number", "datetime": "datetime"}
 
 
-def _sliding(model, column: str, leaf_days, **where):
+def _sliding(model, column: str, leaf_days, *, customer: str = "customer_id", **where):
     """Crossers (core.conditions.ConditionField.crossers) of a window of `leaf_days(leaf)`
-    days over `column`: the rows the window's edge passed between the two moments."""
+    days over `column`: the customers of the rows the window's edge passed between the two
+    moments (of the leaf's event types, for `type`)."""
     def crossers(leaf: Leaf, since_at, until_at):
         days = leaf_days(leaf)
         if days is None:
@@ -164,11 +165,9 @@ def _sliding(model, column: str, leaf_days, **where):
         edge = timedelta(days=days)
         rows = model.objects.filter(**where, **{f"{column}__gte": since_at - edge,
                                                 f"{column}__lt": until_at - edge})
-        if model._meta.model_name == "customer":
-            return rows.values_list("pk", flat=True)
-        if model._meta.model_name == "event" and leaf.params.get("type"):
+        if leaf.params.get("type"):
             rows = rows.filter(type__in=leaf.params["type"])
-        return rows.values_list("customer_id", flat=True).distinct()
+        return rows.values_list(customer, flat=True).distinct()
 
     return crossers
 
@@ -181,7 +180,7 @@ def _scalar(name: str, lookup: str, kind: str, ops: tuple[str, ...], description
     crossers = None
     if kind == "datetime":      # within_days / older_than_days slide with the clock
         crossers = _sliding(Customer, lookup, lambda leaf: leaf.value if leaf.op in (
-            "within_days", "older_than_days") else None)
+            "within_days", "older_than_days") else None, customer="pk")
     return ConditionField(
         name=name, ops=ops, description=description,
         compile=_scalar_compiler(lookup, blank_is_null=kind == "str"),

@@ -98,6 +98,17 @@ def touched_customers_process(consumer: str, *, limit: int = 50_000) -> int | No
     return len(ids)
 
 
+def read_in_full_today(last_full: datetime | None, last_run: datetime | None,
+                       now: datetime) -> bool:
+    """Whether a periodic job that follows the customers (a tag rule, a stage model) read
+    every customer earlier today (local day) and has run since: then it may read only the
+    customers a condition can change for with time alone, the touches bringing the others
+    (docs/DOMAIN.md §8). Never on SQLite, where no triggers write touches for every writer."""
+    return (connection.vendor == "postgresql" and last_full is not None
+            and last_run is not None
+            and timezone.localdate(last_full) == timezone.localdate(now))
+
+
 def touches_prune() -> int:
     """Delete the touches waiting for a consumer that is no longer installed (its app was
     removed): nobody will claim them. A live consumer's rows are never dropped unread."""

@@ -39,6 +39,7 @@ from django.utils.translation import gettext as _
 from core import access, audit, conditions
 from core.db import execute_insert_skipping_conflicts, heavy_statements, pk_ranges
 from core.exceptions import ApplicationError
+from crm import hooks as crm_hooks
 from crm.models import Customer
 from lifecycle import hooks
 from lifecycle.models import (
@@ -309,7 +310,8 @@ def stage_models_evaluate(*, keys: list[str] | None = None, customer_ids: list[i
                          source=TransitionSource.RULE)
     # A periodic run: in full once a day; otherwise only the customers a condition may have
     # changed for with time alone — the touches bring the others (crm 0019's triggers).
-    partial = [m for m in due if _read_in_full_today(m, now)]
+    partial = [m for m in due if crm_hooks.read_in_full_today(
+        m.last_full_evaluated_at, m.last_evaluated_at, now)]
     full = [m for m in due if m not in partial]
     results = _evaluate(full, customer_ids=None, now=now, chunk_size=chunk_size,
                         source=TransitionSource.RULE) if full else []
@@ -320,16 +322,6 @@ def stage_models_evaluate(*, keys: list[str] | None = None, customer_ids: list[i
                                  chunk_size=chunk_size, source=TransitionSource.RULE)
         StageModel.objects.filter(pk__in=[m.pk for m in partial]).update(last_evaluated_at=now)
     return results
-
-
-def _read_in_full_today(model: StageModel, now: datetime) -> bool:
-    """Whether the model was evaluated over every customer today (local day), and since, by
-    time: the nightly safety net has run. On SQLite every periodic run is a full one (no
-    triggers write its touches)."""
-    last = model.last_full_evaluated_at
-    return (connection.vendor == "postgresql" and last is not None
-            and model.last_evaluated_at is not None
-            and timezone.localdate(last) == timezone.localdate(now))
 
 
 def _crossers(models: list[StageModel], now: datetime) -> set[int]:

@@ -157,11 +157,6 @@ def _union(datas: list[bytes]) -> BitMap:
     return BitMap.union(BitMap(), *(BitMap.deserialize(bytes(d)) for d in datas if d))
 
 
-def decode_bitmap(data: bytes, size: int) -> np.ndarray:
-    """A bool array of `size` entries (ids beyond it are left out)."""
-    return _bits(_union([data]), size)
-
-
 def _bits(bitmap: BitMap, size: int) -> np.ndarray:
     ids = np.frombuffer(bitmap.to_array(), dtype=np.uint32) if bitmap else np.zeros(0, np.uint32)
     result = np.zeros(size, dtype=bool)

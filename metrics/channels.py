@@ -21,20 +21,18 @@ from django.db.models import Sum
 
 from core.db import raw_rows as _raw
 from crm.models import Customer, Event, Order
+from metrics import activity
 from metrics.models import ChannelDayCell, FactsTable
 from metrics.periods import Period, Scope, day_start, local_today, stored_days
 
 RETENTION_DAYS = (30, 90)
+FIGURES = ("acquired", "buyers", "revenue", "deleted_30d", "deleted_90d")
 
 
 def channel_days() -> int:
     """How many days up to today the channel join-day cells cover (METRICS_CHANNEL_DAYS,
     default 400): any range of `channels/` starting within them is answered from the cells."""
     return stored_days("METRICS_CHANNEL_DAYS")
-
-
-FIGURES = ("acquired", "buyers", "revenue", "deleted_30d", "deleted_90d")
-
 
 
 def _deleted(alias: str, days: int, before: str = "") -> str:
@@ -171,7 +169,7 @@ def stored_range(period: Period) -> Period | None:
     if period.start < today - timedelta(days=channel_days() - 1) or period.end > today:
         return None
     table = FactsTable.objects.first()
-    if (connection.vendor != "postgresql" or table is None
+    if (not activity.available() or table is None
             or table.channels_as_of != today - timedelta(days=1)):
         return None
     return period

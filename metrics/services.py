@@ -187,7 +187,7 @@ def facts_refresh(*, today: date | None = None) -> FactsResult:
     header row; a re-run stores the same. PostgreSQL only: elsewhere nothing is stored and
     those reports are computed live."""
     today = today or local_today()
-    if not stage_durations.available():
+    if not activity.available():
         return FactsResult(as_of=None)
     started = time.monotonic()
     heavy_statements()
@@ -289,7 +289,7 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
     nightly = None
     facts = FactsTable.objects.first()
     counts = _stored_counts(yesterday)
-    if counts is None or not bitmaps_stored_for(today) or (stage_durations.available() and (
+    if counts is None or not bitmaps_stored_for(today) or (activity.available() and (
             facts is None or yesterday not in {facts.spells_as_of} & {facts.channels_as_of})):
         nightly = metrics_nightly(today=today)
         counts = _stored_counts(yesterday)
@@ -299,7 +299,7 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
         # A customer moved between channels or owners since yesterday's counts: rebuild.
         snapshot = snapshot_metrics(day=today)
     result = TodayResult(date=today, snapshot=snapshot, nightly=nightly)
-    if stage_durations.available():
+    if activity.available():
         with transaction.atomic():
             heavy_statements()
             header = FactsTable.objects.select_for_update().get(pk=1)

@@ -35,10 +35,6 @@ INDEX_BUILD_MEMORY = "256MB"
 WINDOWS = STANDARD_DAYS
 
 
-def available() -> bool:
-    return connection.vendor == "postgresql"
-
-
 def spell_days() -> int:
     """How many days up to today the stage spells cover (METRICS_SPELL_DAYS, default 400):
     any range of `stages/` and `flows/` starting within them is answered from the spells."""
@@ -478,7 +474,7 @@ def stored_range(period: Period, scope: Scope) -> Period | None:
     if period.start < first_stored_day(today) or period.end > today:
         return None
     table = FactsTable.objects.first()
-    if (not available() or table is None or table.spells_as_of != today - timedelta(days=1)
+    if (not activity.available() or table is None or table.spells_as_of != today - timedelta(days=1)
             or not table.today_is_fresh()):
         return None
     return period

@@ -409,8 +409,7 @@ def _full_parts() -> dict[str, Any]:
 def _lists(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A part's code lists (what an update extends)."""
     return {key: value for key, value in part.items()
-            if key in ("cities", "cities_indexed", "keys", "excluded", "categories",
-                       "categories_indexed") or key.startswith("values:")}
+            if key in CODE_LISTS or key.startswith("values:")}
 
 
 def _update_parts(base: SegmentIndex, changed: np.ndarray) -> dict[str, Any]:
@@ -608,8 +607,9 @@ def _stored(index_id: int, name: str) -> dict[str, np.ndarray]:
 
 
 # Arrays of a part that are lists (of codes, flags), not one entry per customer or row.
-LISTS = {"cities", "cities_indexed", "genders", "statuses", "keys", "excluded", "categories",
-         "categories_indexed", "item_rows", "item_codes", "ids"}
+CODE_LISTS = {"cities", "cities_indexed", "keys", "excluded", "categories",
+              "categories_indexed"}       # what an update extends (and `values:<key>`)
+LISTS = CODE_LISTS | {"genders", "statuses", "item_rows", "item_codes", "ids"}
 
 
 def _is_list(name: str) -> bool:

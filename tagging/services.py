@@ -42,6 +42,7 @@ from core.db import (
     materialize_ids,
 )
 from core.exceptions import ApplicationError
+from crm import hooks
 from crm.models import Customer
 from tagging.models import (
     BulkTagJob,
@@ -463,7 +464,8 @@ def tag_rules_run_due(*, now: datetime | None = None, force: bool = False) -> li
            or (now - rule.last_run_at).total_seconds() >= rule.interval_minutes * 60 - 30]
     # In full once a day (or when forced); otherwise only the customers a condition may have
     # changed for with time alone — the touches bring the others (crm 0019's triggers).
-    partial = [] if force else [rule for rule in due if _read_in_full_today(rule, now)]
+    partial = [] if force else [rule for rule in due if hooks.read_in_full_today(
+        rule.last_full_run_at, rule.last_run_at, now)]
     full = [rule for rule in due if rule not in partial]
     runs = _run_batch(full, now=now, customer_ids=None)
     if partial:
@@ -487,15 +489,6 @@ def _run_batch(rules: list[TagRule], *, now: datetime, customer_ids: list[int] |
             if run is not None:
                 runs.append(run)
     return runs
-
-
-def _read_in_full_today(rule: TagRule, now: datetime) -> bool:
-    """Whether the rule ran over every customer today (local day) — the nightly safety net.
-    On SQLite every scheduled run is a full one (no triggers write its touches)."""
-    last = rule.last_full_run_at
-    return (connection.vendor == "postgresql" and last is not None
-            and rule.last_run_at is not None
-            and timezone.localdate(last) == timezone.localdate(now))
 
 
 def tag_rules_run_for_customers(customer_ids: list[int]) -> int:
