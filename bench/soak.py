@@ -433,8 +433,14 @@ def main() -> None:
                     cursor.execute("SELECT count(*) FROM campaigns_message "
                                    "WHERE status = 'sending'")
                     row["sending"] = cursor.fetchone()[0]
-                    cursor.execute("SELECT consumer, count(*) FROM crm_customertouch "
-                                   "GROUP BY consumer")
+                    # customers each consumer has touches of not yet read (crm.hooks)
+                    cursor.execute(
+                        "SELECT c.consumer, (SELECT count(DISTINCT t.customer_id) "
+                        "FROM crm_customertouch t WHERE t.origin <> c.consumer AND "
+                        "(c.position = '' OR (t.txid >= pg_snapshot_xmin(split_part("
+                        "c.position, ' ', 1)::pg_snapshot)::text::bigint AND NOT "
+                        "pg_visible_in_snapshot(t.txid::text::xid8, split_part(c.position, "
+                        "' ', 1)::pg_snapshot)))) FROM crm_touchconsumer c")
                     for consumer, count in cursor.fetchall():
                         row[f"touches_{consumer}"] = count
                     cursor.execute("SELECT count(*) FROM crm_event WHERE id > %s", [event0])

@@ -165,7 +165,7 @@ JOB_TEXTS = {
           "and events.")),
     "crm-prune-touches": (
         _("Prune the change queue"),
-        _("Drops queued customer changes that no installed consumer will read.")),
+        _("Deletes the customer changes every consumer has read.")),
     "wecom-resume-callbacks": (
         _("Resume WeCom callbacks"),
         _("Processes the WeCom callbacks whose task was lost (idempotent: each is applied "

@@ -1,17 +1,24 @@
-"""The queue of touched customers: how apps below crm learn whose facts changed.
+"""The touches: how apps below crm learn whose facts changed.
 
-A consumer (`tagging`, `lifecycle`, …) registers a handler in `touch_consumers` from its
-`AppConfig.ready()`. Ingest writes one `CustomerTouch` row per touched customer *and consumer* in
-its own transaction, so a touch exists exactly when the facts it points at do. A periodic task
-calls `touched_customers_process(consumer)`: it takes the consumer's lock (a second worker skips
-instead of doing the same work), claims and deletes a batch of that consumer's rows in one
-statement, hands the distinct customer ids to the handler and commits; a failing handler rolls
-the claim back.
+On PostgreSQL, statement triggers on every table the condition language reads (migrations crm
+0019–0020, tagging 0007, lifecycle 0007) write one `CustomerTouch` per changed customer and
+transaction, with the transaction's id, whatever wrote the rows; on SQLite crm's services write
+them (`notify_customers_touched`). A consumer (`tagging`, `lifecycle`) registers a handler in
+`touch_consumers` from its `AppConfig.ready()`; a periodic task calls
+`touched_customers_process(consumer)`: it takes the consumer's lock (a second worker skips
+instead of doing the same work), reads the customers touched since the consumer's position,
+hands them to the handler and moves the position, in one transaction — a failing handler
+leaves the position where it was. The segment index reads its touches itself, inside its
+build's snapshot (`touch_claimers`).
 
-Why claim-and-delete and not a cursor: touch ids come from a sequence, so a transaction that
-took id 100 may commit after one that took id 101. A cursor moved past 101 would never read 100.
-A claim reads only committed rows and leaves every other row where it is, whatever the order in
-which transactions commit. No signals, no upward imports, nothing lost when a broker message is.
+Why a snapshot and not a cursor on ids (PgQ's technique): a transaction that took id 100 may
+commit after one that took id 101, and a cursor moved past 101 would never read 100. The
+position is the snapshot of the consumer's last run; a run reads the touches of the
+transactions its own snapshot sees and that one did not — every committed transaction once,
+whatever the order in which they commit, and a long transaction delays no other's touches. On
+SQLite one writer at a time commits ids in order, and the position is the last id read. Rows
+every consumer has read are pruned (`touches_prune`). No signals, no upward imports, nothing
+lost when a broker message is.
 """
 
 import json
@@ -27,9 +34,8 @@ from crm.models import CustomerTouch, TouchConsumer
 
 TouchHandler = Callable[[list[int]], Any]
 touch_consumers: Registry[TouchHandler] = Registry("touch_consumers")
-# Consumers that claim their own touches (the segment index, inside its build's snapshot) and
-# hear only of those the database's triggers write (PostgreSQL; migration crm 0019): kept by
-# `touches_prune`, not written by `notify_customers_touched`.
+# Consumers that read their own touches with `touches_since` (the segment index, inside its
+# build's snapshot) and keep their position themselves; `touches_prune` keeps them.
 touch_claimers: Registry[str] = Registry("touch_claimers")
 
 # Called in the ingest transaction with {customer id: when} for the customers who just deleted
@@ -45,43 +51,91 @@ def customers_deleted_us(deleted: dict[int, datetime]) -> None:
 
 
 def notify_customers_touched(customer_ids: Iterable[int]) -> None:
-    """One touch row per customer and consumer, in one statement: the pairs are made in SQL
-    from two arrays (ORM objects cost 60 ms a 1,000-event batch; this, a few)."""
+    """Touch the customers (SQLite, in one statement; PostgreSQL's triggers touch whatever is
+    written, so nothing is done there)."""
     ids = sorted(set(customer_ids))
-    consumers = [name for name, _handler in touch_consumers.items()]
-    if not ids or not consumers:
+    if not ids or connection.vendor == "postgresql":
         return
     table = connection.ops.quote_name(CustomerTouch._meta.db_table)
-    if connection.vendor == "postgresql":
-        pairs = "unnest(%s::text[]) AS c (value), unnest(%s::bigint[]) AS i (value)"
-        arrays = [consumers, ids]
-    else:
-        pairs = "json_each(%s) AS c, json_each(%s) AS i"
-        arrays = [json.dumps(consumers), json.dumps(ids)]
     with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {table} (consumer, customer_id, at) "
-                       f"SELECT c.value, i.value, %s FROM {pairs}",
-                       [connection.ops.adapt_datetimefield_value(timezone.now()), *arrays])
+        cursor.execute(f"INSERT INTO {table} (customer_id, origin, at) "
+                       f"SELECT i.value, '', %s FROM json_each(%s) AS i",
+                       [connection.ops.adapt_datetimefield_value(timezone.now()),
+                        json.dumps(ids)])
 
 
-def _claim(consumer: str, limit: int) -> list[int]:
-    """Delete up to `limit` of the consumer's oldest committed touches; their customer ids.
+def _unseen_own(snapshot: str, own: str | None) -> str:
+    """The snapshot with the reading transaction's own id listed as still running: what it
+    writes after reading (a rule's tags, which other rules read) is then new to the next run."""
+    xmin, xmax, running = snapshot.split(":")
+    if own is None or int(own) >= int(xmax):
+        return snapshot
+    ids = sorted({int(own), *(int(x) for x in running.split(",") if x)})
+    return f"{min(int(xmin), ids[0])}:{xmax}:{','.join(map(str, ids))}"
 
-    One statement, so a row committed while it runs is either claimed whole or left for the
-    next run — never deleted unread."""
+
+def _since(position: str) -> tuple[str, dict[str, Any]]:
+    """SQL (alias t) for the touches a consumer at `position` has not read (PostgreSQL).
+
+    A position is the snapshot of the last run, with that run's own transaction listed as
+    running, and then that transaction's id and the last of its own touches the run read:
+    its own writes are visible to it before it commits."""
+    if not position:
+        return "TRUE", {}
+    snapshot, own, last = (position.split(" ") + [None, None])[:3]
+    return ("t.txid >= pg_snapshot_xmin(%(at)s::pg_snapshot)::text::bigint "
+            "AND NOT pg_visible_in_snapshot(t.txid::text::xid8, %(at)s::pg_snapshot) "
+            "AND NOT (t.txid IS NOT DISTINCT FROM %(own)s AND t.id <= %(last)s)",
+            {"at": snapshot, "own": int(own) if own else None, "last": int(last or 0)})
+
+
+def position_now() -> str:
+    """The position of a consumer that has read every touch the current snapshot sees."""
+    return touches_since("", "", read=False)[1]
+
+
+def touches_since(consumer: str, position: str, *, read: bool = True
+                  ) -> tuple[list[int], str]:
+    """The customers touched since `position` (but not by `consumer`'s own writes) that the
+    current transaction sees, and the position to store once they are handled."""
     table = connection.ops.quote_name(CustomerTouch._meta.db_table)
-    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked \
-        else ""
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE consumer = %s "
-            f"ORDER BY id LIMIT %s{lock}) RETURNING customer_id", [consumer, limit])
-        return sorted({row[0] for row in cursor.fetchall()})
+        if connection.vendor != "postgresql":
+            last = int(position or 0)
+            if not read:
+                cursor.execute(f"SELECT coalesce(max(id), 0) FROM {table}")
+                return [], str(max(last, cursor.fetchone()[0]))
+            cursor.execute(f"SELECT customer_id, id FROM {table} WHERE id > %s AND origin <> %s",
+                           [last, consumer])
+            rows = cursor.fetchall()
+            return (sorted({customer for customer, _id in rows}),
+                    str(max((touch for _customer, touch in rows), default=last)))
+        cursor.execute("SELECT pg_current_snapshot()::text, "
+                       "pg_current_xact_id_if_assigned()::text")
+        snapshot, own = cursor.fetchone()
+        ids = []
+        if read:
+            since, params = _since(position)
+            cursor.execute(
+                f"SELECT array_agg(DISTINCT t.customer_id) FROM {table} t "
+                f"WHERE t.origin <> %(consumer)s AND (t.txid = %(me)s OR "
+                f"pg_visible_in_snapshot(t.txid::text::xid8, %(now)s::pg_snapshot)) "
+                f"AND {since}",
+                {**params, "consumer": consumer, "now": snapshot,
+                 "me": int(own) if own else None})
+            ids = sorted(cursor.fetchone()[0] or [])
+        if own is None:
+            return ids, snapshot
+        # Its own touches so far are read now, or were before, or are its own writes.
+        cursor.execute(f"SELECT coalesce(max(id), 0) FROM {table} WHERE txid = %s", [int(own)])
+        last = cursor.fetchone()[0]
+    return ids, f"{_unseen_own(snapshot, own)} {own} {last}"
 
 
 def touched_customers_process(consumer: str, *, limit: int = 50_000) -> int | None:
-    """Hand the customers touched since the consumer's last run to its handler; returns how
-    many, or None when another worker is processing this consumer's touches right now."""
+    """Hand the customers touched since the consumer's last run to its handler, `limit` at a
+    time; returns how many, or None when another worker is processing this consumer's
+    touches right now."""
     handler = touch_consumers.get(consumer)
     if handler is None:
         raise LookupError(f"no touch consumer named {consumer!r} is registered")
@@ -91,11 +145,28 @@ def touched_customers_process(consumer: str, *, limit: int = 50_000) -> int | No
                 .filter(consumer=consumer).first())
         if lock is None:
             return None
-        ids = _claim(consumer, limit)
-        if ids:
-            handler(ids)
-        lock.save(update_fields=["updated_at"])
+        ids, lock.position = touches_since(consumer, lock.position)
+        for start in range(0, len(ids), limit):
+            handler(ids[start:start + limit])
+        lock.save(update_fields=["position", "updated_at"])
     return len(ids)
+
+
+def touches_waiting() -> dict[str, int]:
+    """Per consumer, how many customers it has touches of not read yet (committed or not)."""
+    table = connection.ops.quote_name(CustomerTouch._meta.db_table)
+    waiting = {}
+    for consumer, position in TouchConsumer.objects.values_list("consumer", "position"):
+        if connection.vendor == "postgresql":
+            since, params = _since(position)
+        else:
+            since, params = "t.id > %(at)s", {"at": int(position or 0)}
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(DISTINCT t.customer_id) FROM {table} t "
+                           f"WHERE t.origin <> %(consumer)s "
+                           f"AND {since}", {**params, "consumer": consumer})
+            waiting[consumer] = cursor.fetchone()[0]
+    return waiting
 
 
 def read_in_full_today(last_full: datetime | None, last_run: datetime | None,
@@ -110,9 +181,24 @@ def read_in_full_today(last_full: datetime | None, last_run: datetime | None,
 
 
 def touches_prune() -> int:
-    """Delete the touches waiting for a consumer that is no longer installed (its app was
-    removed): nobody will claim them. A live consumer's rows are never dropped unread."""
+    """Forget the consumers no longer installed (their app was removed), then delete the
+    touches every remaining consumer has read; returns how many touches went."""
     consumers = [name for name, _handler in [*touch_consumers.items(), *touch_claimers.items()]]
     TouchConsumer.objects.exclude(consumer__in=consumers).delete()
-    deleted, _ = CustomerTouch.objects.exclude(consumer__in=consumers).delete()
+    positions = dict(TouchConsumer.objects.values_list("consumer", "position"))
+    if set(consumers) - set(positions) or not all(positions.values()):
+        return 0                    # a consumer that has not read yet reads from the start
+    positions = list(positions.values())
+    if not positions:
+        deleted, _ = CustomerTouch.objects.all().delete()
+        return deleted
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT min(pg_snapshot_xmin(split_part(p, ' ', 1)::pg_snapshot)::text::bigint) "
+                "FROM unnest(%s::text[]) AS p", [positions])
+            oldest = cursor.fetchone()[0]
+        deleted, _ = CustomerTouch.objects.filter(txid__lt=oldest).delete()
+    else:
+        deleted, _ = CustomerTouch.objects.filter(id__lte=min(map(int, positions))).delete()
     return deleted

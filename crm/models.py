@@ -369,32 +369,36 @@ class CustomerNote(models.Model):
 
 
 class CustomerTouch(models.Model):
-    """A customer whose facts changed, waiting for one consumer; written in the ingest
-    transaction.
-
-    Each consumer (tag rules, lifecycle) has its own row per touch and claims-and-deletes them in
-    batches (crm.hooks) — the incremental path, with the database as the truth.
-    """
+    """A customer whose facts changed, written in the statement that changed them: one row per
+    customer and statement, read by every consumer (tag rules, lifecycle, the segment index),
+    each from where it stands (crm.hooks)."""
 
     id = models.BigAutoField(primary_key=True)
-    consumer = models.CharField(_("consumer"), max_length=64)
     customer_id = models.BigIntegerField(_("customer id"))
+    # PostgreSQL: the id of the writing transaction (pg_current_xact_id), which consumers test
+    # against their last snapshot; empty elsewhere, where the row id orders the touches.
+    txid = models.BigIntegerField(_("transaction"), null=True, blank=True)
+    # The consumer that wrote the rows itself and needs no word of it ('' for none).
+    origin = models.CharField(_("written by"), max_length=64, blank=True, default="")
     at = models.DateTimeField(_("at"), default=timezone.now)
 
     class Meta:
         verbose_name = _("customer touch")
         verbose_name_plural = _("customer touches")
-        indexes = [models.Index(fields=["consumer", "id"], name="crm_touch_consumer_id")]
+        indexes = [models.Index(fields=["txid"], name="crm_touch_txid")]
 
     def __str__(self) -> str:
-        return f"{self.consumer}: {self.customer_id} @ {self.at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.customer_id} @ {self.at:%Y-%m-%d %H:%M:%S}"
 
 
 class TouchConsumer(models.Model):
-    """One consumer of the touch queue; its row is the lock that keeps two workers from
-    processing the same consumer's touches at once."""
+    """One consumer of the touches: where it stands, and the lock that keeps two workers from
+    processing its touches at once."""
 
     consumer = models.CharField(_("consumer"), max_length=64, primary_key=True)
+    # PostgreSQL: the snapshot (pg_snapshot) of its last run — it has read every touch whose
+    # transaction that snapshot sees; elsewhere the last touch id read. Empty: from the start.
+    position = models.TextField(_("position"), blank=True, default="")
     updated_at = models.DateTimeField(_("last run"), auto_now=True)
 
     class Meta:

@@ -14,7 +14,7 @@ def refresh_customer_aggregates(customer_ids: list[int] | None = None) -> int:
 
 @shared_task(acks_late=True)
 def prune_touches() -> int:
-    """Drop touches waiting for a consumer that is no longer installed."""
+    """Delete the touches every installed consumer has read."""
     from crm.hooks import touches_prune
 
     return touches_prune()

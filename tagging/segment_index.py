@@ -34,6 +34,7 @@ from core import access, conditions
 from core.db import copy_columns, heavy_statements
 from core.db import raw_rows as _rows
 from crm import extensions as crm_extensions
+from crm import hooks
 from crm.conditions import ATTRIBUTE_KEY
 from crm.models import EVENT_COUNT_LATEST as LATEST
 from crm.models import Channel, Customer, Event, Group, Order, TouchConsumer
@@ -290,15 +291,6 @@ def _events_part(kind: str, ids: np.ndarray | None = None, base: dict | None = N
 CONSUMER = "segment_index"      # its touches (crm.hooks), written by the database's triggers
 
 
-def _claim_changes() -> np.ndarray:
-    """The customers changed since the last build: the touches of CONSUMER this build's
-    snapshot sees (those committed later are left for the next build)."""
-    (data,), = _rows("WITH gone AS (DELETE FROM crm_customertouch WHERE consumer = %s "
-                     "RETURNING customer_id) SELECT array_agg(DISTINCT customer_id) FROM gone",
-                     [CONSUMER])
-    return np.array(sorted(data or []), dtype=np.int64)
-
-
 def _signature() -> str:
     """What decides the parts' shape: the stage models and event types (and the parts)."""
     from lifecycle.models import StageModel
@@ -358,10 +350,18 @@ def _build(*, full: bool, outermost: bool) -> SegmentIndex | None:
             return None
         heavy_statements()
         built_at = _rows("SELECT transaction_timestamp()")[0][0]
-        # No consumer row (a new database, or one emptied): no touches were queued for it.
-        _, new_consumer = TouchConsumer.objects.get_or_create(consumer=CONSUMER)
-        full = full or new_consumer
-        changed = _claim_changes()
+        # No position yet (a new database, or one emptied): the touches cannot say what the
+        # last build missed.
+        consumer, _ = TouchConsumer.objects.get_or_create(consumer=CONSUMER)
+        full = full or not consumer.position
+        # The customers changed since the last build: the touches this build's snapshot sees
+        # and the last did not (those committed later are the next build's).
+        if full:
+            changed, position = np.array([], dtype=np.int64), hooks.position_now()
+        else:
+            ids, position = hooks.touches_since(CONSUMER, consumer.position)
+            changed = np.array(ids, dtype=np.int64)
+        TouchConsumer.objects.filter(consumer=CONSUMER).update(position=position)
         newest = SegmentIndex.objects.order_by("-built_at", "-pk").first()
         base = (newest.base or newest) if newest is not None else None
         if base is not None and newest.base_id is not None:

@@ -7,7 +7,8 @@ import pytest
 from django.db import connection, transaction
 
 from crm import hooks, services
-from crm.models import CustomerTouch
+from crm.models import Customer, CustomerTouch, TouchConsumer
+from tagging import segment_index
 from tagging.models import CustomerTag, Tag, TagGroup, TagRule
 from tagging.tasks import tag_touched_customers
 from tests.factories import CustomerFactory, UserFactory
@@ -80,23 +81,57 @@ def _in_thread(work) -> None:
     assert not errors, errors
 
 
+def _touch(customer) -> None:
+    """Change the customer (PostgreSQL: its table's triggers write the touch)."""
+    Customer.objects.filter(pk=customer.pk).update(city=f"城{customer.pk}")
+
+
 @pytest.mark.postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_touch_committed_after_a_later_one_is_still_handed_over(probe):
     assert connection.vendor == "postgresql"
     early, late = CustomerFactory(), CustomerFactory()
+    hooks.touched_customers_process("probe")            # (their creation)
+    probe.batches.clear()
 
-    with _LateCommit(lambda: hooks.notify_customers_touched([early.pk])):
-        # A second transaction takes a higher touch id and commits first.
-        _in_thread(lambda: hooks.notify_customers_touched([late.pk]))
+    with _LateCommit(lambda: _touch(early)):
+        # A second transaction takes a higher id and commits first: it is handed over at once,
+        # not held back behind the open one.
+        _in_thread(lambda: _touch(late))
         assert hooks.touched_customers_process("probe") == 1
         assert probe.batches == [[late.pk]]
         hooks.touches_prune()
     # Now the first one commits: its touch is still there and goes out on the next run.
-    assert CustomerTouch.objects.filter(consumer="probe", customer_id=early.pk).exists()
+    assert hooks.touches_waiting()["probe"] == 1
     assert hooks.touched_customers_process("probe") == 1
     assert probe.batches == [[late.pk], [early.pk]]
     assert hooks.touched_customers_process("probe") == 0
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_what_a_consumer_writes_while_handling_reaches_it_next_time(probe):
+    first, second = CustomerFactory(), CustomerFactory()
+    hooks.touched_customers_process("probe")
+    probe.batches.clear()
+    _touch(first)
+
+    def handler(ids):
+        probe(ids)
+        if first.pk in ids:
+            _touch(second)          # as a tag rule writes the tags other rules read
+    hooks.touch_consumers.register("probe", handler)
+    assert hooks.touched_customers_process("probe") == 1
+    assert hooks.touched_customers_process("probe") == 1
+    assert probe.batches == [[first.pk], [second.pk]]
+    assert hooks.touched_customers_process("probe") == 0
+
+
+def test_a_position_lists_the_reading_transaction_as_running():
+    assert hooks._unseen_own("100:105:101", "103") == "100:105:101,103"
+    assert hooks._unseen_own("100:105:", "99") == "99:105:99"
+    assert hooks._unseen_own("100:105:101", "105") == "100:105:101"    # not seen anyway
+    assert hooks._unseen_own("100:105:101", None) == "100:105:101"
 
 
 def _held(customer) -> set[str]:
@@ -129,14 +164,23 @@ def test_a_customer_whose_event_commits_late_is_still_tagged_on_the_next_run():
     assert _held(slow) == {"聊过"}
 
 
+def _ingest(customers) -> None:
+    report = services.events_ingest(
+        items=[{"customer": c.external_id, "type": "message_in",
+                "idempotency_key": f"touch-{c.pk}"} for c in customers],
+        actor=UserFactory(roles=["admin"]))
+    assert report.accepted == len(customers), report.rejected
+
+
 @pytest.mark.django_db
 @pytest.mark.both_dbs
-def test_every_consumer_gets_its_own_touches_and_a_failed_run_keeps_them(probe):
+def test_every_consumer_reads_every_touch_and_a_failed_run_keeps_them(probe):
     customers = [CustomerFactory() for _ in range(3)]
-    CustomerTouch.objects.all().delete()        # (PostgreSQL's triggers touched them as made)
-    hooks.notify_customers_touched([c.pk for c in customers])
-    assert CustomerTouch.objects.filter(consumer="probe").count() == 3
-    assert CustomerTouch.objects.filter(consumer="tagging").count() == 3
+    for consumer in ("probe", "tagging"):
+        hooks.touched_customers_process(consumer)
+    probe.batches.clear()
+    _ingest(customers)
+    assert hooks.touches_waiting()["probe"] == 3
 
     def failing(ids):
         raise RuntimeError("the handler failed")
@@ -144,23 +188,32 @@ def test_every_consumer_gets_its_own_touches_and_a_failed_run_keeps_them(probe):
     hooks.touch_consumers.register("probe", failing)
     with pytest.raises(RuntimeError):
         hooks.touched_customers_process("probe")
-    assert CustomerTouch.objects.filter(consumer="probe").count() == 3   # rolled back
+    assert hooks.touches_waiting()["probe"] == 3        # rolled back
 
     hooks.touch_consumers.register("probe", probe)
-    assert hooks.touched_customers_process("probe", limit=2) == 2
-    assert hooks.touched_customers_process("probe", limit=2) == 1
+    assert hooks.touched_customers_process("probe", limit=2) == 3
     assert probe.batches == [sorted(c.pk for c in customers[:2]), [customers[2].pk]]
-    assert CustomerTouch.objects.filter(consumer="tagging").count() == 3   # not the probe's
+    assert hooks.touched_customers_process("probe") == 0
+    assert hooks.touches_waiting()["tagging"] == 3      # the probe's reading took none away
+    assert hooks.touched_customers_process("tagging") == 3
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.both_dbs
-def test_prune_drops_only_the_touches_of_consumers_no_longer_installed(probe):
+def test_prune_forgets_removed_consumers_and_drops_what_every_consumer_read(probe):
     customer = CustomerFactory()
-    hooks.notify_customers_touched([customer.pk])
-    CustomerTouch.objects.create(consumer="removed-app", customer_id=customer.pk)
-    assert hooks.touches_prune() == 1
-    # (on PostgreSQL the triggers touched the customer for the segment index too)
-    assert set(CustomerTouch.objects.values_list("consumer", flat=True)) == {
-        "probe", "tagging", "lifecycle",
-        *(["segment_index"] if connection.vendor == "postgresql" else [])}
+    TouchConsumer.objects.create(consumer="removed-app")
+    _ingest([customer])
+    for consumer in ("probe", "tagging"):
+        hooks.touched_customers_process(consumer)
+    assert hooks.touches_prune() == 0               # lifecycle has not read them yet
+    assert not TouchConsumer.objects.filter(consumer="removed-app").exists()
+    hooks.touched_customers_process("lifecycle")
+    if connection.vendor == "postgresql":
+        segment_index.build()                       # the index reads its own
+    assert hooks.touches_prune() >= 1
+    # What is left was written after the consumers read (the stages lifecycle placed).
+    assert not CustomerTouch.objects.filter(origin="").exists()
+    _ingest([CustomerFactory()])
+    assert hooks.touches_prune() == 0               # not read yet by anyone
+    assert all(hooks.touches_waiting().values())

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from crm.models import Customer
 from tagging import segment_index, services
-from tagging.models import CustomerTag, SegmentIndex
+from tagging.models import CustomerTag, SegmentIndex, Tag, TagGroup
 from tests.factories import CustomerFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres_only]
@@ -376,6 +376,10 @@ def test_every_table_the_parts_read_queues_touches_for_the_index():
             cursor.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass "
                            "AND tgname LIKE 'crm_touch_%%'", [table])
             assert cursor.fetchone()[0] == 3, table
-        cursor.execute("SELECT consumer FROM crm_touchconsumer ORDER BY 1")
-        assert [row[0] for row in cursor.fetchall()] == ["lifecycle", "segment_index",
-                                                         "tagging"]
+        # one touch per customer and statement, whoever reads it
+        customer = CustomerFactory()
+        tag = Tag.objects.create(group=TagGroup.objects.create(name="触发"), name="触发")
+        CustomerTag.objects.create(customer_id=customer.pk, tag=tag, added_at=timezone.now())
+        cursor.execute("SELECT count(*) FROM crm_customertouch WHERE customer_id = %s",
+                       [customer.pk])
+        assert cursor.fetchone()[0] == 2
