@@ -109,6 +109,19 @@ def execute_insert_skipping_conflicts(statement: str, params: Sequence,
     raise AssertionError("unreachable")
 
 
+class Differs(models.Func):
+    """`a IS DISTINCT FROM b` — NULL-safe "not equal" — as a filter: an update that writes only
+    the rows whose value changes (SQLite spells it `IS NOT`)."""
+
+    arg_joiner = " IS DISTINCT FROM "
+    template = "(%(expressions)s)"
+    output_field = models.BooleanField()
+    conditional = True
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return super().as_sql(compiler, connection, arg_joiner=" IS NOT ", **extra)
+
+
 def pk_ranges(queryset: models.QuerySet, chunk_size: int) -> Iterator[tuple[int, int | None]]:
     """Split the queryset's rows into ranges of `chunk_size` primary keys: (exclusive low,
     inclusive high), the last with high None. Each bound is one index-only query."""

@@ -11,11 +11,13 @@ import csv
 import hashlib
 import io
 import logging
+import operator
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import reduce
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -47,6 +49,7 @@ from django.utils.translation import gettext as _
 
 from core import access, audit, moments
 from core.db import (
+    Differs,
     heavy_statements,
     in_pk_range,
     insert_ignore_returning,
@@ -397,7 +400,9 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
 
 
 def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) -> int:
-    """Recompute every customer aggregate from the facts, set-based, in primary-key chunks.
+    """Recompute every customer aggregate from the facts, set-based, in primary-key chunks,
+    writing only the rows whose aggregates differ (a repair that finds nothing wrong writes
+    nothing, and touches nobody).
 
     Used for repair (`refresh_customer_aggregates`) and by order ingestion, where a refund can
     move `last_order_at` backwards and only a recomputation is right. Returns rows updated.
@@ -424,6 +429,7 @@ def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) 
                                    Coalesce(last_order, last_event, output_field=dt),
                                    output_field=dt),
     }
+    stale = reduce(operator.or_, (Q(Differs(F(name), value)) for name, value in values.items()))
     updated = 0
     if customer_ids is not None:
         ids = sorted(set(customer_ids))
@@ -431,11 +437,11 @@ def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) 
             chunk = ids[start:start + chunk_size]
             with transaction.atomic():
                 _lock_customers(chunk)
-                updated += Customer.objects.filter(pk__in=chunk).update(**values)
+                updated += Customer.objects.filter(stale, pk__in=chunk).update(**values)
         return updated
     for low, high in pk_ranges(Customer.objects.all(), chunk_size):
         with transaction.atomic():
-            updated += Customer.objects.filter(in_pk_range(low, high)).update(**values)
+            updated += Customer.objects.filter(stale, in_pk_range(low, high)).update(**values)
     return updated
 
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 from django.utils.dateparse import parse_datetime
 
-from crm.models import Customer, Order
+from crm.models import Customer, CustomerTouch, Order
 from crm.services import customer_aggregates_refresh
 from tests.factories import CustomerFactory, EventFactory, OrderFactory
 
@@ -277,7 +277,7 @@ def test_full_aggregate_refresh_repairs_corrupted_aggregates(operator):
                             first_order_at=when(28), last_order_at=when(28),
                             last_active_at=when(28))
 
-    customer_aggregates_refresh(chunk_size=2)
+    assert customer_aggregates_refresh(chunk_size=2) == 5
 
     got = {c.pk: (c.orders_count, c.total_spent, c.first_order_at, c.last_order_at,
                   c.last_active_at) for c in Customer.objects.all()}
@@ -288,3 +288,7 @@ def test_full_aggregate_refresh_repairs_corrupted_aggregates(operator):
         buyers[3].pk: (2, Decimal("13.00"), when(1), when(5), when(5)),
         buyers[4].pk: (0, Decimal("0.00"), None, None, when(12)),
     }
+    # Nothing left to repair: nothing written (on PostgreSQL, nobody touched either).
+    touched = CustomerTouch.objects.count()
+    assert customer_aggregates_refresh(chunk_size=2) == 0
+    assert CustomerTouch.objects.count() == touched
