@@ -263,6 +263,7 @@ def test_garbage_bodies_are_a_400(client, body):
 
 # --- Repair -------------------------------------------------------------------------------
 
+@pytest.mark.both_dbs
 def test_full_aggregate_refresh_repairs_corrupted_aggregates(operator):
     buyers = [CustomerFactory(owner=operator) for _ in range(5)]
     for n, buyer in enumerate(buyers[:4]):
