@@ -30,9 +30,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core.registry import Registry
-from crm.models import CustomerTouch, TouchConsumer
+from crm.models import Customer, CustomerTouch, TouchConsumer
 
-TouchHandler = Callable[[list[int]], Any]
+# Called with the customers touched, or with None for everyone: when more than FULL_SHARE of
+# the customers were touched at once (an import, a bulk job), one pass over everyone costs
+# less than reading them by id, `limit` at a time.
+TouchHandler = Callable[[list[int] | None], Any]
+FULL_SHARE = 0.2
 touch_consumers: Registry[TouchHandler] = Registry("touch_consumers")
 # Consumers that read their own touches with `touches_since` (the segment index, inside its
 # build's snapshot) and keep their position themselves; `touches_prune` keeps them.
@@ -134,8 +138,8 @@ def touches_since(consumer: str, position: str, *, read: bool = True
 
 def touched_customers_process(consumer: str, *, limit: int = 50_000) -> int | None:
     """Hand the customers touched since the consumer's last run to its handler, `limit` at a
-    time; returns how many, or None when another worker is processing this consumer's
-    touches right now."""
+    time (or everyone at once: `TouchHandler`); returns how many, or None when another worker
+    is processing this consumer's touches right now."""
     handler = touch_consumers.get(consumer)
     if handler is None:
         raise LookupError(f"no touch consumer named {consumer!r} is registered")
@@ -146,8 +150,11 @@ def touched_customers_process(consumer: str, *, limit: int = 50_000) -> int | No
         if lock is None:
             return None
         ids, lock.position = touches_since(consumer, lock.position)
-        for start in range(0, len(ids), limit):
-            handler(ids[start:start + limit])
+        if len(ids) > limit and len(ids) > FULL_SHARE * Customer.objects.count():
+            handler(None)
+        else:
+            for start in range(0, len(ids), limit):
+                handler(ids[start:start + limit])
         lock.save(update_fields=["position", "updated_at"])
     return len(ids)
 
@@ -192,13 +199,17 @@ def touches_prune() -> int:
     if not positions:
         deleted, _ = CustomerTouch.objects.all().delete()
         return deleted
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT min(pg_snapshot_xmin(split_part(p, ' ', 1)::pg_snapshot)::text::bigint) "
-                "FROM unnest(%s::text[]) AS p", [positions])
-            oldest = cursor.fetchone()[0]
-        deleted, _ = CustomerTouch.objects.filter(txid__lt=oldest).delete()
-    else:
+    if connection.vendor != "postgresql":
         deleted, _ = CustomerTouch.objects.filter(id__lte=min(map(int, positions))).delete()
-    return deleted
+        return deleted
+    # Read by every consumer: visible in each one's snapshot (so a long transaction elsewhere
+    # holds back only its own touches).
+    snapshots = [position.split(" ")[0] for position in positions]
+    table = connection.ops.quote_name(CustomerTouch._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} t WHERE t.txid < (SELECT min(pg_snapshot_xmax(p::pg_snapshot)"
+            f"::text::bigint) FROM unnest(%(at)s::text[]) p) AND NOT EXISTS (SELECT FROM "
+            f"unnest(%(at)s::text[]) p WHERE NOT pg_visible_in_snapshot(t.txid::text::xid8, "
+            f"p::pg_snapshot))", {"at": snapshots})
+        return cursor.rowcount

@@ -467,8 +467,9 @@ def orphans_sweep() -> int:
     return stages + transitions
 
 
-def stage_models_evaluate_touched(customer_ids: list[int]) -> int:
-    """The incremental path: re-evaluate every active model for these customers."""
+def stage_models_evaluate_touched(customer_ids: list[int] | None) -> int:
+    """The incremental path: re-evaluate every active model for these customers — or for
+    everyone (None), when so many were touched that a full pass costs less (crm.hooks)."""
     return sum(r.changed for r in stage_models_evaluate(customer_ids=customer_ids))
 
 

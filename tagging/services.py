@@ -491,8 +491,9 @@ def _run_batch(rules: list[TagRule], *, now: datetime, customer_ids: list[int] |
     return runs
 
 
-def tag_rules_run_for_customers(customer_ids: list[int]) -> int:
-    """Re-evaluate every active rule for just these customers (new events or orders)."""
+def tag_rules_run_for_customers(customer_ids: list[int] | None) -> int:
+    """Re-evaluate every active rule for just these customers (new events or orders) — or for
+    everyone (None), when so many were touched that a full pass costs less (crm.hooks)."""
     changed = 0
     now = timezone.now()
     rules = list(TagRule.objects.filter(active=True).select_related("tag__group")

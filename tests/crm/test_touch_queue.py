@@ -176,7 +176,9 @@ def _ingest(customers) -> None:
 @pytest.mark.both_dbs
 def test_every_consumer_reads_every_touch_and_a_failed_run_keeps_them(probe):
     customers = [CustomerFactory() for _ in range(3)]
-    for consumer in ("probe", "tagging"):
+    others = [CustomerFactory() for _ in range(15)]
+    # (the value-layer rules tag everyone, and a rule run reads the tags it wrote once more)
+    for consumer in ("tagging", "tagging", "probe"):
         hooks.touched_customers_process(consumer)
     probe.batches.clear()
     _ingest(customers)
@@ -196,6 +198,11 @@ def test_every_consumer_reads_every_touch_and_a_failed_run_keeps_them(probe):
     assert hooks.touched_customers_process("probe") == 0
     assert hooks.touches_waiting()["tagging"] == 3      # the probe's reading took none away
     assert hooks.touched_customers_process("tagging") == 3
+    # Many of the customers touched at once (beyond FULL_SHARE and the limit): everyone, in
+    # one pass.
+    _ingest(others[:5])                                 # 5 of 18 > FULL_SHARE
+    assert hooks.touched_customers_process("probe", limit=2) >= 5
+    assert probe.batches[-1] is None
 
 
 @pytest.mark.django_db(transaction=True)

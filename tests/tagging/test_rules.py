@@ -388,6 +388,28 @@ def test_ingested_orders_and_events_tag_the_customers_they_touch(op_api, operato
 
 @pytest.mark.django_db
 @pytest.mark.both_dbs
+def test_a_bulk_of_touches_is_read_in_one_pass_over_everyone(op_api, operator, follow_up):
+    """More than crm.hooks.FULL_SHARE of the customers touched at once (an import): the rules
+    run over everyone, once, instead of by id — with the same tags."""
+    TagRule.objects.create(name="热聊", tag=follow_up["热聊"], mode="sync",
+                           condition={"field": "event", "type": "message_in", "op": "count_gte",
+                                      "value": 1, "within_days": 7})
+    people = [CustomerFactory(external_id=f"p{n}", owner=operator) for n in range(4)]
+    tag_touched_customers()
+    tag_touched_customers()         # (what the first wrote: the value layers' tags)
+    events = op_api.post("/api/v1/events/", [
+        {"customer": f"p{n}", "type": "message_in", "idempotency_key": f"bulk-{n}"}
+        for n in range(3)], format="json")
+    assert events.json()["accepted"] == 3, events.json()
+
+    assert hooks.touched_customers_process("tagging", limit=2) == 3
+    assert ["热聊" in held(p) for p in people] == [True, True, True, False]
+    run = TagRuleRun.objects.filter(trigger="incremental").latest("pk")
+    assert run.scope_size is None                   # everyone, in one pass
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
 def test_the_incremental_path_also_untags_in_sync_mode(op_api, operator, follow_up):
     TagRule.objects.create(name="未退款", tag=follow_up["复购"], mode="sync",
                            condition={"field": "order", "op": "sum_gte", "value": 1000})
