@@ -397,7 +397,8 @@ class TouchConsumer(models.Model):
 
     consumer = models.CharField(_("consumer"), max_length=64, primary_key=True)
     # PostgreSQL: the snapshot (pg_snapshot) of its last run — it has read every touch whose
-    # transaction that snapshot sees; elsewhere the last touch id read. Empty: from the start.
+    # transaction that snapshot sees — then that run's transaction id and last own touch
+    # (crm.hooks._since); elsewhere the last touch id read. Empty: from the start.
     position = models.TextField(_("position"), blank=True, default="")
     updated_at = models.DateTimeField(_("last run"), auto_now=True)
 
