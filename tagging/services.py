@@ -224,8 +224,11 @@ def _add(customers, tag: Tag, *, source: str, actor=None, rule: TagRule | None =
                     rule=rule, now=now, keep_manual=source == TagSource.RULE)
         if size == 0:
             break
+        # (ordered as the (tag, customer) index is: a plain EXISTS may be planned as a scan
+        # of the table until a holder turns up, seconds behind dead rows or a rare tag)
         if (size is not None and not group.exclusive
-                and not CustomerTag.objects.filter(tag=tag).exists()):
+                and CustomerTag.objects.filter(tag=tag).order_by("tag_id", "customer_id")
+                .values_list("pk", flat=True).first() is None):
             # Nobody holds the tag yet (a rule's first run): every one of them lacks it — no
             # anti-join, no pre-check.
             lacking = customers
