@@ -400,9 +400,9 @@ def customer_erase(*, customer: Customer, actor) -> dict[str, int]:
 
 
 def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) -> int:
-    """Recompute every customer aggregate from the facts, set-based, in primary-key chunks,
-    writing only the rows whose aggregates differ (a repair that finds nothing wrong writes
-    nothing, and touches nobody).
+    """Recompute every customer aggregate from the facts, set-based, in primary-key chunks —
+    for everyone writing only the rows whose aggregates differ (the nightly repair that finds
+    nothing wrong writes nothing, and touches nobody).
 
     Used for repair (`refresh_customer_aggregates`) and by order ingestion, where a refund can
     move `last_order_at` backwards and only a recomputation is right. Returns rows updated.
@@ -437,7 +437,8 @@ def customer_aggregates_refresh(*, customer_ids=None, chunk_size: int = 20_000) 
             chunk = ids[start:start + chunk_size]
             with transaction.atomic():
                 _lock_customers(chunk)
-                updated += Customer.objects.filter(stale, pk__in=chunk).update(**values)
+                # (given customers just had an order: their aggregates change anyway)
+                updated += Customer.objects.filter(pk__in=chunk).update(**values)
         return updated
     for low, high in pk_ranges(Customer.objects.all(), chunk_size):
         with transaction.atomic():
