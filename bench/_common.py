@@ -18,6 +18,19 @@ VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if VENV_BIN.exists() else sys.executable
 
 
+
+def django_setup(**env: str) -> None:
+    """Set Django up in a benchmark's own process: the project on sys.path, the benchmarks'
+    defaults (settings module, a secret key, quiet logs) and `env` over them."""
+    sys.path.insert(0, str(ROOT))
+    for key, value in {"DJANGO_SETTINGS_MODULE": "config.settings",
+                       "DJANGO_SECRET_KEY": "bench", "LOG_LEVEL": "WARNING"}.items():
+        os.environ.setdefault(key, value)
+    os.environ.update(env)
+    import django
+
+    django.setup()
+
 def database_url(name: str) -> str:
     """DATABASE_URL (default: local PostgreSQL as postgres) with the database name replaced."""
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")

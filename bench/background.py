@@ -35,17 +35,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
-os.environ["CELERY_TASK_ALWAYS_EAGER"] = "1"
+from _common import django_setup
 
-import django  # noqa: E402
-
-django.setup()
+django_setup(CELERY_TASK_ALWAYS_EAGER="1")
 
 from _common import machine  # noqa: E402
 from celery.schedules import crontab  # noqa: E402

@@ -47,19 +47,11 @@ import sys
 import time
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
-from pathlib import Path
 from unittest import mock
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+from _common import django_setup
 
-import django  # noqa: E402
-
-django.setup()
+django_setup()
 
 from _common import machine, vacuum_stale_tables  # noqa: E402
 from django.conf import settings  # noqa: E402

@@ -16,22 +16,13 @@ Writes stages, transitions and tags as the periodic runs do.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+from _common import django_setup
 
-import django  # noqa: E402
-
-django.setup()
+django_setup()
 
 from _common import machine  # noqa: E402
 from django.db import connection  # noqa: E402

@@ -23,22 +23,13 @@ The background cost is then the update time divided by the interval.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
+from _common import django_setup
 
-import django  # noqa: E402
-
-django.setup()
+django_setup()
 
 import numpy as np  # noqa: E402
 from _common import machine  # noqa: E402

@@ -2,7 +2,7 @@
 
 On PostgreSQL, statement triggers on every table the condition language reads (migrations crm
 0019–0020, tagging 0007, lifecycle 0007) write one `CustomerTouch` per changed customer and
-transaction, with the transaction's id, whatever wrote the rows; on SQLite crm's services write
+statement, with the transaction's id, whatever wrote the rows; on SQLite crm's services write
 them (`notify_customers_touched`). A consumer (`tagging`, `lifecycle`) registers a handler in
 `touch_consumers` from its `AppConfig.ready()`; a periodic task calls
 `touched_customers_process(consumer)`: it takes the consumer's lock (a second worker skips
@@ -79,11 +79,13 @@ def _unseen_own(snapshot: str, own: str | None) -> str:
 
 
 def _since(position: str) -> tuple[str, dict[str, Any]]:
-    """SQL (alias t) for the touches a consumer at `position` has not read (PostgreSQL).
+    """SQL (alias t) for the touches a consumer at `position` has not read.
 
-    A position is the snapshot of the last run, with that run's own transaction listed as
-    running, and then that transaction's id and the last of its own touches the run read:
-    its own writes are visible to it before it commits."""
+    On PostgreSQL a position is the snapshot of the last run, with that run's own transaction
+    listed as running, and then that transaction's id and the last of its own touches the run
+    read: its own writes are visible to it before it commits. On SQLite, the last id read."""
+    if connection.vendor != "postgresql":
+        return "t.id > %(at)s", {"at": int(position or 0)}
     if not position:
         return "TRUE", {}
     snapshot, own, last = (position.split(" ") + [None, None])[:3]
@@ -93,47 +95,54 @@ def _since(position: str) -> tuple[str, dict[str, Any]]:
             {"at": snapshot, "own": int(own) if own else None, "last": int(last or 0)})
 
 
+def _snapshot(cursor) -> tuple[str, str | None]:
+    """The current snapshot and the transaction's own id, if it has one (PostgreSQL)."""
+    cursor.execute("SELECT pg_current_snapshot()::text, pg_current_xact_id_if_assigned()::text")
+    return cursor.fetchone()
+
+
+def _position(cursor, snapshot: str, own: str | None) -> str:
+    """The position after reading every touch `snapshot` sees, and the transaction's own so
+    far (PostgreSQL)."""
+    if own is None:
+        return snapshot
+    table = connection.ops.quote_name(CustomerTouch._meta.db_table)
+    cursor.execute(f"SELECT coalesce(max(id), 0) FROM {table} WHERE txid = %s", [int(own)])
+    return f"{_unseen_own(snapshot, own)} {own} {cursor.fetchone()[0]}"
+
+
 def position_now() -> str:
-    """The position of a consumer that has read every touch the current snapshot sees."""
-    return touches_since("", "", read=False)[1]
+    """The position of a consumer that has read every touch the current transaction sees."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            return _position(cursor, *_snapshot(cursor))
+        table = connection.ops.quote_name(CustomerTouch._meta.db_table)
+        cursor.execute(f"SELECT coalesce(max(id), 0) FROM {table}")
+        return str(cursor.fetchone()[0])
 
 
-def touches_since(consumer: str, position: str, *, read: bool = True
-                  ) -> tuple[list[int], str]:
+def touches_since(consumer: str, position: str) -> tuple[list[int], str]:
     """The customers touched since `position` (but not by `consumer`'s own writes) that the
     current transaction sees, and the position to store once they are handled."""
     table = connection.ops.quote_name(CustomerTouch._meta.db_table)
+    since, params = _since(position)
     with connection.cursor() as cursor:
         if connection.vendor != "postgresql":
-            last = int(position or 0)
-            if not read:
-                cursor.execute(f"SELECT coalesce(max(id), 0) FROM {table}")
-                return [], str(max(last, cursor.fetchone()[0]))
-            cursor.execute(f"SELECT customer_id, id FROM {table} WHERE id > %s AND origin <> %s",
-                           [last, consumer])
+            cursor.execute(f"SELECT t.customer_id, t.id FROM {table} t "
+                           f"WHERE t.origin <> %(consumer)s AND {since}",
+                           {**params, "consumer": consumer})
             rows = cursor.fetchall()
             return (sorted({customer for customer, _id in rows}),
-                    str(max((touch for _customer, touch in rows), default=last)))
-        cursor.execute("SELECT pg_current_snapshot()::text, "
-                       "pg_current_xact_id_if_assigned()::text")
-        snapshot, own = cursor.fetchone()
-        ids = []
-        if read:
-            since, params = _since(position)
-            cursor.execute(
-                f"SELECT array_agg(DISTINCT t.customer_id) FROM {table} t "
-                f"WHERE t.origin <> %(consumer)s AND (t.txid = %(me)s OR "
-                f"pg_visible_in_snapshot(t.txid::text::xid8, %(now)s::pg_snapshot)) "
-                f"AND {since}",
-                {**params, "consumer": consumer, "now": snapshot,
-                 "me": int(own) if own else None})
-            ids = sorted(cursor.fetchone()[0] or [])
-        if own is None:
-            return ids, snapshot
+                    str(max((touch for _customer, touch in rows), default=params["at"])))
+        snapshot, own = _snapshot(cursor)
+        cursor.execute(
+            f"SELECT array_agg(DISTINCT t.customer_id) FROM {table} t "
+            f"WHERE t.origin <> %(consumer)s AND (t.txid = %(me)s OR "
+            f"pg_visible_in_snapshot(t.txid::text::xid8, %(now)s::pg_snapshot)) AND {since}",
+            {**params, "consumer": consumer, "now": snapshot, "me": int(own) if own else None})
+        ids = sorted(cursor.fetchone()[0] or [])
         # Its own touches so far are read now, or were before, or are its own writes.
-        cursor.execute(f"SELECT coalesce(max(id), 0) FROM {table} WHERE txid = %s", [int(own)])
-        last = cursor.fetchone()[0]
-    return ids, f"{_unseen_own(snapshot, own)} {own} {last}"
+        return ids, _position(cursor, snapshot, own)
 
 
 def touched_customers_process(consumer: str, *, limit: int = 50_000) -> int | None:
@@ -164,10 +173,7 @@ def touches_waiting() -> dict[str, int]:
     table = connection.ops.quote_name(CustomerTouch._meta.db_table)
     waiting = {}
     for consumer, position in TouchConsumer.objects.values_list("consumer", "position"):
-        if connection.vendor == "postgresql":
-            since, params = _since(position)
-        else:
-            since, params = "t.id > %(at)s", {"at": int(position or 0)}
+        since, params = _since(position)
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT count(DISTINCT t.customer_id) FROM {table} t "
                            f"WHERE t.origin <> %(consumer)s "

@@ -361,8 +361,8 @@ def _build(*, full: bool, outermost: bool) -> SegmentIndex | None:
         else:
             ids, position = hooks.touches_since(CONSUMER, consumer.position)
             changed = np.array(ids, dtype=np.int64)
-        TouchConsumer.objects.filter(consumer=CONSUMER).update(position=position,
-                                                               updated_at=built_at)
+        consumer.position = position
+        consumer.save(update_fields=["position", "updated_at"])
         newest = SegmentIndex.objects.order_by("-built_at", "-pk").first()
         base = (newest.base or newest) if newest is not None else None
         if base is not None and newest.base_id is not None:
