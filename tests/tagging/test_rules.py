@@ -429,6 +429,53 @@ def test_the_incremental_path_also_untags_in_sync_mode(op_api, operator, follow_
     assert "复购" not in held(buyer)
 
 
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_the_incremental_path_untags_when_the_condition_becomes_unknown(operator, follow_up):
+    """A customer losing the attribute a sync rule tests no longer matches it: the handler's
+    one-statement check (services._rules_changing) sees that, unknown counting as no match."""
+    from crm.services import customer_update
+
+    TagRule.objects.create(name="贵宾", tag=follow_up["跟进"], mode="sync",
+                           condition={"field": "attributes.vip", "op": "eq", "value": "yes"})
+    vip = CustomerFactory(owner=operator, attributes={"vip": "yes"})
+    services.tag_rules_run_due(force=True)
+    tag_touched_customers()
+    assert "跟进" in held(vip)
+
+    customer_update(actor=operator, customer=vip, attributes={})
+    tag_touched_customers()
+
+    assert "跟进" not in held(vip)
+    assert TagRuleRun.objects.filter(trigger="incremental", rule__name="贵宾",
+                                     removed=1).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_touched_customers_whose_rules_change_nothing_cost_one_check(
+        op_api, operator, follow_up, django_assert_max_num_queries):
+    """Every few seconds the handler reads the customers touched meanwhile; when none of the
+    rules changes anything for them, it finds that in one statement instead of running each
+    rule (≈15 statements a rule) — and leaves no run record."""
+    for n in range(6):
+        TagRule.objects.create(name=f"城市{n}", tag=follow_up["跟进"], mode="sync",
+                               condition={"field": "city", "op": "eq", "value": f"城{n}"})
+    CustomerFactory(external_id="quiet", owner=operator, joined_at=days_ago(200))
+    services.tag_rules_run_due(force=True)
+    while tag_touched_customers():
+        pass
+    runs = TagRuleRun.objects.count()
+    events = op_api.post("/api/v1/events/", [{"customer": "quiet", "type": "message_read",
+                                              "idempotency_key": "pv-1"}], format="json")
+    assert events.json()["accepted"] == 1, events.json()
+
+    with django_assert_max_num_queries(25):       # 10 rules: ≈150 statements before
+        assert tag_touched_customers() == 1
+
+    assert TagRuleRun.objects.count() == runs
+
+
 # --- Management command ---------------------------------------------------------------------
 
 @pytest.mark.django_db
