@@ -520,7 +520,11 @@ def _rules_changing(rules: list[TagRule], customer_ids: list[int], *, now: datet
             # does not match, as in the run)
             checks[f"g{rule.pk}"] = Count("pk", filter=Q(given))
             checks[f"k{rule.pk}"] = Count("pk", filter=Q(given) & matches)
-    counts = scope.aggregate(**checks) if checks else {}
+    counts = {}
+    if checks:
+        with transaction.atomic():
+            heavy_statements()          # (JIT off: a few hundred customers)
+            counts = scope.aggregate(**checks)
     for name, n in counts.items():
         pk = int(name[1:])
         if (name[0] == "a" and n) or (name[0] == "g" and n > counts[f"k{pk}"]):
