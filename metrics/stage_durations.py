@@ -106,13 +106,16 @@ INSERT INTO metrics_todaystagespell ({COLUMNS})
 WITH movers AS (
     SELECT DISTINCT customer_id, model_id FROM lifecycle_stagetransition WHERE at >= %(t0)s
 ), s AS (
-    SELECT t.id, t.model_id, t.customer_id, t.to_key, t.at,
-           LEAD(t.at) OVER seq AS next_at, LEAD(t.to_key) OVER seq AS next_key,
-           LEAD(t.from_key) OVER seq AS next_from, LAG(t.at) OVER same AS previous_entry_at
-    FROM lifecycle_stagetransition t
-    JOIN movers m ON m.customer_id = t.customer_id AND m.model_id = t.model_id
-    WINDOW seq AS (PARTITION BY t.customer_id, t.model_id ORDER BY t.at, t.id),
-           same AS (PARTITION BY t.customer_id, t.model_id, t.to_key ORDER BY t.at, t.id)
+    -- each mover's history read by its index (LATERAL): a join of the movers is planned as
+    -- a scan of every transition, seconds at a million customers
+    SELECT s.* FROM movers m CROSS JOIN LATERAL (
+        SELECT t.id, t.model_id, t.customer_id, t.to_key, t.at,
+               LEAD(t.at) OVER seq AS next_at, LEAD(t.to_key) OVER seq AS next_key,
+               LEAD(t.from_key) OVER seq AS next_from, LAG(t.at) OVER same AS previous_entry_at
+        FROM lifecycle_stagetransition t
+        WHERE t.customer_id = m.customer_id AND t.model_id = m.model_id
+        WINDOW seq AS (ORDER BY t.at, t.id), same AS (PARTITION BY t.to_key ORDER BY t.at, t.id)
+    ) s
 )
 SELECT {SPELL_VALUES}
 FROM s JOIN crm_customer c ON c.id = s.customer_id {DURATION}
@@ -447,6 +450,8 @@ def refresh_today(today: date) -> dict[str, int]:
         cursor.execute("DELETE FROM metrics_stagespellcell WHERE today")
         cursor.execute("DELETE FROM metrics_stagespelldaycell WHERE today")
     spells = _execute(TODAY_SQL, params)
+    # (its size now: joined with the stored spells, a stale estimate plans a scan of them all)
+    _execute("ANALYZE metrics_todaystagespell", {})
     cells = _execute(CELLS_SQL.format(source=TODAY_SOURCE), params)
     cells += _block_cells(TODAY_SOURCE, params)
     return {"spells": spells, "spell_cells": cells}
