@@ -339,8 +339,9 @@ def planner_statistics_refresh(*, scheduled: bool = False) -> str | None:
 
 def customer_change_triggers(table: str, customer: str, *, own: str = "") -> list[str]:
     """DDL (PostgreSQL) for statement triggers that queue a touch (crm.hooks) of the customers
-    whose rows in `table` were inserted, updated or deleted — whatever wrote them — for every
-    consumer but `own` (the app that writes the table and needs no word of its own writes).
+    whose rows in `table` were inserted, updated or deleted — whatever wrote them —, with the
+    origin `own` (the app whose table it is; a consumer may skip the touches of the tables its
+    conditions do not read: crm.hooks.touch_skips).
     `customer` is the customer id of a row of the transition table (alias r); rows never move
     to another customer, so an update's new rows name it."""
     quoted = "'" + customer.replace("'", "''") + "'"

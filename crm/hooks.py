@@ -38,6 +38,12 @@ from crm.models import Customer, CustomerTouch, TouchConsumer
 TouchHandler = Callable[[list[int] | None], Any]
 FULL_SHARE = 0.2
 touch_consumers: Registry[TouchHandler] = Registry("touch_consumers")
+# The origins of the touches a consumer need not read (a touch's origin is the app whose table
+# was written: '' for crm's tables, "tagging" for the customers' tags, "lifecycle" for their
+# stages): those of the tables none of its conditions read now. Asked at every run; a consumer
+# that registers none skips only touches of its own name.
+TouchSkips = Callable[[], Iterable[str]]
+touch_skips: Registry[TouchSkips] = Registry("touch_skips")
 # Consumers that read their own touches with `touches_since` (the segment index, inside its
 # build's snapshot) and keep their position themselves; `touches_prune` keeps them.
 touch_claimers: Registry[str] = Registry("touch_claimers")
@@ -121,25 +127,36 @@ def position_now() -> str:
         return str(cursor.fetchone()[0])
 
 
+def _read_by(consumer: str) -> tuple[str, dict[str, str]]:
+    """The condition (on touches `t`) and its parameters: the touches `consumer` reads."""
+    skips = touch_skips.get(consumer)
+    origins = sorted(set(skips())) if skips is not None else [consumer]
+    if not origins:
+        return "TRUE", {}
+    names = {f"skip{index}": origin for index, origin in enumerate(origins)}
+    return f"t.origin NOT IN ({', '.join(f'%({name})s' for name in names)})", names
+
+
 def touches_since(consumer: str, position: str) -> tuple[list[int], str]:
-    """The customers touched since `position` (but not by `consumer`'s own writes) that the
-    current transaction sees, and the position to store once they are handled."""
+    """The customers touched since `position` that the current transaction sees (but not by
+    the tables `touch_skips` spares `consumer`), and the position to store once they are
+    handled."""
     table = connection.ops.quote_name(CustomerTouch._meta.db_table)
     since, params = _since(position)
+    read, read_params = _read_by(consumer)
     with connection.cursor() as cursor:
         if connection.vendor != "postgresql":
             cursor.execute(f"SELECT t.customer_id, t.id FROM {table} t "
-                           f"WHERE t.origin <> %(consumer)s AND {since}",
-                           {**params, "consumer": consumer})
+                           f"WHERE {read} AND {since}", {**params, **read_params})
             rows = cursor.fetchall()
             return (sorted({customer for customer, _id in rows}),
                     str(max((touch for _customer, touch in rows), default=params["at"])))
         snapshot, own = _snapshot(cursor)
         cursor.execute(
             f"SELECT array_agg(DISTINCT t.customer_id) FROM {table} t "
-            f"WHERE t.origin <> %(consumer)s AND (t.txid = %(me)s OR "
+            f"WHERE {read} AND (t.txid = %(me)s OR "
             f"pg_visible_in_snapshot(t.txid::text::xid8, %(now)s::pg_snapshot)) AND {since}",
-            {**params, "consumer": consumer, "now": snapshot, "me": int(own) if own else None})
+            {**params, **read_params, "now": snapshot, "me": int(own) if own else None})
         ids = sorted(cursor.fetchone()[0] or [])
         # Its own touches so far are read now, or were before, or are its own writes.
         return ids, _position(cursor, snapshot, own)
@@ -174,10 +191,10 @@ def touches_waiting() -> dict[str, int]:
     waiting = {}
     for consumer, position in TouchConsumer.objects.values_list("consumer", "position"):
         since, params = _since(position)
+        read, read_params = _read_by(consumer)
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT count(DISTINCT t.customer_id) FROM {table} t "
-                           f"WHERE t.origin <> %(consumer)s "
-                           f"AND {since}", {**params, "consumer": consumer})
+                           f"WHERE {read} AND {since}", {**params, **read_params})
             waiting[consumer] = cursor.fetchone()[0]
     return waiting
 

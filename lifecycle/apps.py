@@ -20,4 +20,5 @@ class LifecycleConfig(AppConfig):
         crm_extensions.segment_index_parts.register("stages", extensions.INDEX_PART)
         crm_extensions.personal_data.register("stages", extensions.PERSONAL_DATA)
         hooks.touch_consumers.register("lifecycle", services.stage_models_evaluate_touched)
+        hooks.touch_skips.register("lifecycle", services.touch_skips)
         services.register_customer_list_extensions()

@@ -467,6 +467,15 @@ def orphans_sweep() -> int:
     return stages + transitions
 
 
+def touch_skips() -> set[str]:
+    """The touches the stage models need not read (crm.hooks.touch_skips): the stages' own —
+    written by the models themselves — and the tags', unless an active model's stage condition
+    reads tags."""
+    reads = set().union(*map(conditions.field_names, Stage.objects.filter(
+        model__active=True).values_list("condition", flat=True)))
+    return {"lifecycle"} if "tag" in reads else {"lifecycle", "tagging"}
+
+
 def stage_models_evaluate_touched(customer_ids: list[int] | None) -> int:
     """The incremental path: re-evaluate every active model for these customers — or for
     everyone (None), when so many were touched that a full pass costs less (crm.hooks)."""

@@ -20,6 +20,7 @@ class TaggingConfig(AppConfig):
         crm_extensions.customer_panels.register("tags", views.customer_tags_panel)
         crm_extensions.personal_data.register("tags", extensions.PERSONAL_DATA)
         hooks.touch_consumers.register("tagging", services.tag_rules_run_for_customers)
+        hooks.touch_skips.register("tagging", services.touch_skips)
         from tagging import segment_index
 
         if segment_index.available():

@@ -532,6 +532,15 @@ def _rules_changing(rules: list[TagRule], customer_ids: list[int], *, now: datet
     return [rule for rule in rules if rule.pk in changing]
 
 
+def touch_skips() -> set[str]:
+    """The touches the tag handler need not read (crm.hooks.touch_skips): the stages' — the
+    models write them at every move — unless an active rule's condition reads stages. The
+    tags' own it always reads: a rule may read the tags another rule gives."""
+    reads = set().union(*map(conditions.field_names, TagRule.objects.filter(active=True)
+                             .values_list("condition", flat=True)))
+    return set() if "stage" in reads else {"lifecycle"}
+
+
 def tag_rules_run_for_customers(customer_ids: list[int] | None) -> int:
     """Re-evaluate every active rule for just these customers (new events or orders) — or for
     everyone (None), when so many were touched that a full pass costs less (crm.hooks)."""

@@ -224,3 +224,47 @@ def test_prune_forgets_removed_consumers_and_drops_what_every_consumer_read(prob
     _ingest([CustomerFactory()])
     assert hooks.touches_prune() == 0               # not read yet by anyone
     assert all(hooks.touches_waiting().values())
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db
+def test_a_consumer_skips_the_touches_of_tables_its_conditions_do_not_read():
+    """A tag written touches the customer for the tag rules (a rule may read tags) but not for
+    the stage models while none of their conditions reads tags; a stage written, the other way
+    round. Once a condition reads that table, its touches are read again."""
+    from lifecycle.models import CustomerStage, Stage, StageModel
+    from tagging.services import customers_tags_change
+
+    customer = CustomerFactory()
+    operator = UserFactory()
+    for _round in range(3):                 # (the value-layer rules tag, the models place)
+        for consumer in ("tagging", "lifecycle"):
+            hooks.touched_customers_process(consumer)
+    group = TagGroup.objects.create(name="运营")
+    tag = Tag.objects.create(group=group, name="跟进")
+    model = StageModel.objects.filter(active=True).order_by("order").first()
+    stage = Stage.objects.filter(model=model).order_by("position").last()
+    just = Customer.objects.filter(pk=customer.pk)
+
+    def waiting():
+        counts = hooks.touches_waiting()
+        return counts["tagging"], counts["lifecycle"]
+
+    assert waiting() == (0, 0)
+    customers_tags_change(customers=just, add=[tag], remove=[], actor=operator)
+    assert waiting() == (1, 0)
+    hooks.touched_customers_process("tagging")
+    CustomerStage.objects.filter(customer=customer, model=model).delete()
+    assert waiting() == (0, 0)
+
+    # A stage condition reading tags, a rule reading stages: both read both again.
+    Stage.objects.filter(pk=stage.pk).update(
+        condition={"field": "tag", "op": "any", "value": [tag.name]})
+    TagRule.objects.create(name="阶段", tag=tag, mode="add", condition={
+        "field": "stage", "model": model.key, "op": "in", "value": [stage.key]})
+    customers_tags_change(customers=just, add=[], remove=[tag], actor=operator)
+    assert waiting() == (1, 1)
+    for consumer in ("tagging", "lifecycle"):
+        hooks.touched_customers_process(consumer)
+    assert CustomerStage.objects.filter(customer=customer, model=model).exists()
+    assert waiting()[0] == 1                # the stage the model just wrote
