@@ -433,7 +433,8 @@ def main() -> None:
                     cursor.execute("SELECT count(*) FROM campaigns_message "
                                    "WHERE status = 'sending'")
                     row["sending"] = cursor.fetchone()[0]
-                    # customers each consumer has touches of not yet read (crm.hooks)
+                    # customers each consumer has touches of not yet read (crm.hooks; at most:
+                    # it may skip some tables' touches, crm.hooks.touch_skips)
                     cursor.execute(
                         "SELECT c.consumer, (SELECT count(DISTINCT t.customer_id) "
                         "FROM crm_customertouch t WHERE t.origin <> c.consumer AND "
