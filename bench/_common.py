@@ -18,7 +18,6 @@ VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if VENV_BIN.exists() else sys.executable
 
 
-
 def django_setup(**env: str) -> None:
     """Set Django up in a benchmark's own process: the project on sys.path, the benchmarks'
     defaults (settings module, a secret key, quiet logs) and `env` over them."""
@@ -30,6 +29,7 @@ def django_setup(**env: str) -> None:
     import django
 
     django.setup()
+
 
 def database_url(name: str) -> str:
     """DATABASE_URL (default: local PostgreSQL as postgres) with the database name replaced."""

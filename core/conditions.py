@@ -445,7 +445,7 @@ def threshold_names(tree: Any) -> set[str]:
 
 
 def field_names(tree: Any) -> set[str]:
-    """Names of the fields a (validated) tree's leaves test."""
+    """Names of the fields a (validated) tree's leaves test — or a list of trees'."""
     found: set[str] = set()
     stack = [tree]
     while stack:

@@ -471,8 +471,8 @@ def touch_skips() -> set[str]:
     """The touches the stage models need not read (crm.hooks.touch_skips): the stages' own —
     written by the models themselves — and the tags', unless an active model's stage condition
     reads tags."""
-    reads = set().union(*map(conditions.field_names, Stage.objects.filter(
-        model__active=True).values_list("condition", flat=True)))
+    reads = conditions.field_names(list(Stage.objects.filter(model__active=True)
+                                        .values_list("condition", flat=True)))
     return {"lifecycle"} if "tag" in reads else {"lifecycle", "tagging"}
 
 

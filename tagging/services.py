@@ -504,12 +504,12 @@ def _rules_changing(rules: list[TagRule], customer_ids: list[int], *, now: datet
     scope = Customer.objects.filter(pk__in=customer_ids).order_by()
     if features is not None:
         scope = features.join(scope)
-    checks, changing = {}, []
+    checks, changing = {}, set()
     for rule in rules:
         try:
             matches = _rule_condition(rule, now, customer_ids, features)
         except (ApplicationError, conditions.FeaturesClosed):
-            changing.append(rule.pk)
+            changing.add(rule.pk)
             continue
         holds = Exists(CustomerTag.objects.filter(customer=OuterRef("pk"), tag=rule.tag_id))
         checks[f"a{rule.pk}"] = Count("pk", filter=matches & ~Q(holds))
@@ -525,10 +525,10 @@ def _rules_changing(rules: list[TagRule], customer_ids: list[int], *, now: datet
         with transaction.atomic():
             heavy_statements()          # (JIT off: a few hundred customers)
             counts = scope.aggregate(**checks)
-    for name, n in counts.items():
-        pk = int(name[1:])
-        if (name[0] == "a" and n) or (name[0] == "g" and n > counts[f"k{pk}"]):
-            changing.append(pk)
+    for rule in rules:
+        pk = rule.pk
+        if counts.get(f"a{pk}") or counts.get(f"g{pk}", 0) > counts.get(f"k{pk}", 0):
+            changing.add(pk)
     return [rule for rule in rules if rule.pk in changing]
 
 
@@ -536,8 +536,8 @@ def touch_skips() -> set[str]:
     """The touches the tag handler need not read (crm.hooks.touch_skips): the stages' — the
     models write them at every move — unless an active rule's condition reads stages. The
     tags' own it always reads: a rule may read the tags another rule gives."""
-    reads = set().union(*map(conditions.field_names, TagRule.objects.filter(active=True)
-                             .values_list("condition", flat=True)))
+    reads = conditions.field_names(list(TagRule.objects.filter(active=True)
+                                        .values_list("condition", flat=True)))
     return set() if "stage" in reads else {"lifecycle"}
 
 
