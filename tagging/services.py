@@ -343,10 +343,23 @@ def _claim(customers, tag: Tag, actor, *, now: datetime | None = None,
 # --- Rules ----------------------------------------------------------------------------------
 
 def _rule_condition(rule: TagRule, now: datetime, customer_ids: list[int] | None,
-                    features: conditions.Features | None = None) -> Q:
+                    features: conditions.Features | None = None,
+                    memo: dict | None = None) -> Q:
     """The rule's own condition, and in an exclusive group: not matched by a rule of higher
     priority of the same group, and not holding a manual tag of the group. With `features`
-    (a batch of rules), counting leaves read the batch's per-customer table."""
+    (a batch of rules), counting leaves read the batch's per-customer table. `memo` (one per
+    batch, for the same `now`, customers and features) keeps what was compiled: the batch's
+    features, its check and each run then compile a rule once, while its condition is
+    unchanged."""
+    if memo is not None:
+        key = (rule.pk, features is not None)
+        kept = memo.get(key)
+        if kept is not None and kept[0] == (rule.condition, rule.priority):
+            return kept[1]
+        q = _rule_condition(rule, now, customer_ids, features)
+        memo[key] = ((rule.condition, rule.priority), q)
+        return q
+
     def compiled(tree):
         return conditions.compile_condition(tree, now=now, customer_ids=customer_ids,
                                             features=features)
@@ -367,10 +380,12 @@ def _rule_condition(rule: TagRule, now: datetime, customer_ids: list[int] | None
 
 def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
                  customer_ids: list[int] | None = None, now: datetime | None = None,
-                 features: conditions.Features | None = None) -> TagRuleRun | None:
+                 features: conditions.Features | None = None,
+                 memo: dict | None = None) -> TagRuleRun | None:
     """Run one rule: tag who matches, and in `sync` mode untag whom this rule tagged and who no
     longer matches. With `customer_ids` only those customers are evaluated (incremental).
-    `features`: the per-customer table a batch of rules shares (`_batch_features`).
+    `features`: the per-customer table a batch of rules shares (`_batch_features`); `memo`: its
+    compiled conditions (`_rule_condition`).
 
     Returns the run record, or None when another worker is running this rule right now. A run
     that changes nothing writes no tag and no history; an incremental run that changes nothing
@@ -391,7 +406,7 @@ def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
         if features is not None:
             try:
                 matching = features.join(scope).filter(
-                    _rule_condition(rule, now, customer_ids, features))
+                    _rule_condition(rule, now, customer_ids, features, memo))
             except conditions.FeaturesClosed:   # the rule changed since the batch began
                 matching = None
         if matching is None:
@@ -427,7 +442,8 @@ def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
 
 
 @contextmanager
-def _batch_features(rules: list[TagRule], *, now: datetime, customer_ids: list[int] | None):
+def _batch_features(rules: list[TagRule], *, now: datetime, customer_ids: list[int] | None,
+                    memo: dict | None = None):
     """One per-customer table for a batch of rules (PostgreSQL): every counting leaf of every
     rule — events of a type in a window, orders, group membership — is a column of it,
     computed in one pass over the events and one over the orders, and each rule's run joins
@@ -440,7 +456,7 @@ def _batch_features(rules: list[TagRule], *, now: datetime, customer_ids: list[i
     features = conditions.Features(FEATURES_TABLE)
     for rule in rules:
         try:
-            _rule_condition(rule, now, customer_ids, features)
+            _rule_condition(rule, now, customer_ids, features, memo)
         except ApplicationError:    # a broken rule reports itself when it runs, alone
             continue
     if features.empty:
@@ -484,18 +500,18 @@ def tag_rules_run_due(*, now: datetime | None = None, force: bool = False) -> li
 
 def _run_batch(rules: list[TagRule], *, now: datetime, customer_ids: list[int] | None
                ) -> list[TagRuleRun]:
-    runs = []
-    with _batch_features(rules, now=now, customer_ids=customer_ids) as features:
+    runs, memo = [], {}
+    with _batch_features(rules, now=now, customer_ids=customer_ids, memo=memo) as features:
         for rule in rules:
             run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.SCHEDULE, now=now,
-                               customer_ids=customer_ids, features=features)
+                               customer_ids=customer_ids, features=features, memo=memo)
             if run is not None:
                 runs.append(run)
     return runs
 
 
 def _rules_changing(rules: list[TagRule], customer_ids: list[int], *, now: datetime,
-                    features: conditions.Features | None) -> list[TagRule]:
+                    features: conditions.Features | None, memo: dict) -> list[TagRule]:
     """The rules that would tag or untag one of these customers, found in one statement: a
     handful of customers touched every few seconds would otherwise cost each rule a dozen
     statements (its lock, its match table, its checks) to change nothing. A rule whose
@@ -507,7 +523,7 @@ def _rules_changing(rules: list[TagRule], customer_ids: list[int], *, now: datet
     checks, changing = {}, set()
     for rule in rules:
         try:
-            matches = _rule_condition(rule, now, customer_ids, features)
+            matches = _rule_condition(rule, now, customer_ids, features, memo)
         except (ApplicationError, conditions.FeaturesClosed):
             changing.add(rule.pk)
             continue
@@ -548,12 +564,14 @@ def tag_rules_run_for_customers(customer_ids: list[int] | None) -> int:
     now = timezone.now()
     rules = list(TagRule.objects.filter(active=True).select_related("tag__group")
                  .order_by("priority", "pk"))
-    with _batch_features(rules, now=now, customer_ids=customer_ids) as features:
+    memo: dict = {}
+    with _batch_features(rules, now=now, customer_ids=customer_ids, memo=memo) as features:
         if customer_ids is not None:
-            rules = _rules_changing(rules, customer_ids, now=now, features=features)
+            rules = _rules_changing(rules, customer_ids, now=now, features=features, memo=memo)
         for rule in rules:
             run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
-                               customer_ids=customer_ids, now=now, features=features)
+                               customer_ids=customer_ids, now=now, features=features,
+                               memo=memo)
             if run is not None:
                 changed += run.added + run.removed
     return changed
