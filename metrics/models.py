@@ -177,6 +177,11 @@ class FactsTable(models.Model):
         _("last stage transition read"), null=True, blank=True,
         help_text=_("The highest stage transition id when the spells were last brought up to "
                     "date: the nightly update re-reads the customers of those recorded since."))
+    spells_today_on = models.DateField(
+        _("today's stage spells of"), null=True, blank=True,
+        help_text=_("The day today's stage spells were last stored for: the frequent refresh "
+                    "then re-reads only the customers touched since (empty after the nightly "
+                    "refresh, which clears them)."))
 
     class Meta:
         verbose_name = _("stored facts header")

@@ -306,7 +306,8 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
             taken_at = timezone.now()
             if header.spells_as_of == yesterday:
                 lap = time.monotonic()
-                stored = stage_durations.refresh_today(today)
+                stored = stage_durations.refresh_today(today, header)
+                header.save(update_fields=["spells_today_on"])
                 result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
                 result.spells_ms = round((time.monotonic() - lap) * 1000)
             if header.channels_as_of == yesterday:

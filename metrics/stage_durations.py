@@ -22,6 +22,8 @@ from django.db import OperationalError, connection, transaction
 
 from core import access
 from core.db import raw_rows as _raw
+from crm import hooks
+from crm.models import TouchConsumer
 from metrics import activity
 from metrics.models import FactsTable, StageSpell, StageSpellCell
 from metrics.periods import STANDARD_DAYS, Period, Scope, day_start, local_today, stored_days
@@ -33,6 +35,8 @@ BLOCKS = activity.SIZES
 # For building the spells' index after the nightly insert in memory (this transaction only).
 INDEX_BUILD_MEMORY = "256MB"
 WINDOWS = STANDARD_DAYS
+# The touches (crm.hooks) that bring today's spells up to date between two refreshes.
+CONSUMER = "metrics_today"
 
 
 def spell_days() -> int:
@@ -102,10 +106,8 @@ MOVERS_SPELLS_SQL = NIGHTLY_SQL.format(
     customers=" AND customer_id IN (SELECT customer_id FROM spell_movers)")
 
 TODAY_SQL = f"""
-INSERT INTO metrics_todaystagespell ({COLUMNS})
-WITH movers AS (
-    SELECT DISTINCT customer_id, model_id FROM lifecycle_stagetransition WHERE at >= %(t0)s
-), s AS (
+INSERT INTO {{target}} ({COLUMNS})
+WITH movers AS ({{movers}}), s AS (
     -- each mover's history read by its index (LATERAL): a join of the movers is planned as
     -- a scan of every transition, seconds at a million customers
     SELECT s.* FROM movers m CROSS JOIN LATERAL (
@@ -120,6 +122,17 @@ WITH movers AS (
 SELECT {SPELL_VALUES}
 FROM s JOIN crm_customer c ON c.id = s.customer_id {DURATION}
 WHERE s.at >= %(t0)s OR s.next_at >= %(t0)s
+"""
+# Everyone who moved today (the first refresh of the day), or the (customer, model) pairs of
+# the customers touched since the last one that moved today or have today's spells stored.
+ALL_MOVERS = ("SELECT DISTINCT customer_id, model_id FROM lifecycle_stagetransition "
+              "WHERE at >= %(t0)s")
+TOUCHED_MOVERS_SQL = """
+CREATE TEMPORARY TABLE today_movers ON COMMIT DROP AS
+SELECT customer_id, model_id FROM lifecycle_stagetransition
+WHERE customer_id = ANY(%(touched)s) AND at >= %(t0)s
+UNION
+SELECT customer_id, model_id FROM metrics_todaystagespell WHERE customer_id = ANY(%(touched)s)
 """
 
 # The smallest standard range (7, 30, 90 days; 1000 = none) a moment falls in.
@@ -194,6 +207,48 @@ def _change_source(table: str, replaced: str) -> str:
 TODAY_SOURCE = _change_source(
     "metrics_todaystagespell",
     "JOIN metrics_todaystagespell t ON t.spell_id = o.spell_id")
+# The touched movers' change since the last refresh: their spells now, less the nightly rows
+# they replace, less (their spells as stored, less the nightly rows those replaced).
+TOUCHED_SOURCE = f"""
+    {_change_source("today_new", "JOIN today_new t ON t.spell_id = o.spell_id")}
+    UNION ALL
+    SELECT {COLUMNS}, -sign FROM ({_change_source(
+        "today_old", "JOIN today_old t ON t.spell_id = o.spell_id")}) old
+"""
+# Today's cells summed per key into one row each: the touched refreshes add their change as
+# rows of their own.
+CELL_KEYS = {
+    "metrics_stagespellcell": ("days, kind, model_id, stage_key, next_key, grain, channel_id, "
+                               "owner_id"),
+    "metrics_stagespelldaycell": ("day, days, previous_on, kind, model_id, stage_key, "
+                                  "next_key, grain, channel_id, owner_id"),
+}
+COMPACT_TODAY_SQL = """
+CREATE TEMPORARY TABLE today_cells ON COMMIT DROP AS
+WITH e AS (
+    SELECT {keys}, spells, NULL::text AS bucket, 0 AS n FROM {table} WHERE today
+    UNION ALL
+    SELECT {keys}, 0, h.key, h.value::int
+    FROM {table} x CROSS JOIN LATERAL jsonb_each_text(x.histogram) h WHERE x.today
+), b AS (
+    SELECT {keys}, bucket, SUM(spells) AS spells, SUM(n) AS n FROM e GROUP BY {keys}, bucket
+)
+SELECT {keys}, SUM(spells) AS spells,
+       COALESCE(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL AND n <> 0),
+                '{{}}'::jsonb) AS histogram
+FROM b GROUP BY {keys}
+HAVING SUM(spells) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
+"""
+
+
+def _compact_today(table: str) -> int:
+    keys = CELL_KEYS[table]
+    _execute(COMPACT_TODAY_SQL.format(keys=keys, table=table), {})
+    _execute(f"DELETE FROM {table} WHERE today", {})
+    cells = _execute(f"INSERT INTO {table} ({keys}, today, spells, histogram) "
+                     f"SELECT {keys}, true, spells, histogram FROM today_cells", {})
+    _execute("DROP TABLE today_cells", {})
+    return cells
 
 
 # The same counts per aligned block of the spell days (`BLOCKS` days, as the customer
@@ -369,6 +424,7 @@ def refresh(today: date, header: FactsTable) -> dict[str, Any]:
                          changed=day_start(header.spells_as_of + timedelta(days=1)) - LATE)
     header.spells_days = spell_days()
     header.spells_time_zone = settings.TIME_ZONE
+    header.spells_today_on = None           # (today's spells were cleared)
     header.spells_read_id = read_id
     if result["rebuilt"]:
         header.spells_rebuilt_on = today
@@ -440,21 +496,71 @@ def _update(params: dict[str, Any], *, read_id: int, changed) -> dict[str, Any]:
     return {"spells": spells, "spell_cells": cells, "rebuilt": False, "moved": moved}
 
 
-def refresh_today(today: date) -> dict[str, int]:
-    """Replace today's spells (those today's transitions began or ended, as they are now) and
-    today's change to the cells. Call in a transaction holding the `FactsTable` row, with the
-    nightly spells of `today` stored."""
+def refresh_today(today: date, header: FactsTable) -> dict[str, int]:
+    """Bring today's spells (those today's transitions began or ended, as they are now) and
+    today's change to the cells up to date: the first time of the day for everyone who moved
+    today, then only for the customers touched since (crm.hooks: a move, another channel or
+    owner), whose change is added to today's cells. Call in a transaction holding the
+    `FactsTable` row `header`, with the nightly spells of `today` stored; records on it the day
+    stored (saved by the caller)."""
     params = _params(today, today_rows=True)
-    with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM metrics_todaystagespell")
-        cursor.execute("DELETE FROM metrics_stagespellcell WHERE today")
-        cursor.execute("DELETE FROM metrics_stagespelldaycell WHERE today")
-    spells = _execute(TODAY_SQL, params)
-    # (its size now: joined with the stored spells, a stale estimate plans a scan of them all)
-    _execute("ANALYZE metrics_todaystagespell", {})
-    cells = _execute(CELLS_SQL.format(source=TODAY_SOURCE), params)
-    cells += _block_cells(TODAY_SOURCE, params)
-    return {"spells": spells, "spell_cells": cells}
+    consumer, _created = TouchConsumer.objects.select_for_update().get_or_create(
+        consumer=CONSUMER)
+    if header.spells_today_on != today or not consumer.position:
+        consumer.position = hooks.position_now()
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM metrics_todaystagespell")
+            cursor.execute("DELETE FROM metrics_stagespellcell WHERE today")
+            cursor.execute("DELETE FROM metrics_stagespelldaycell WHERE today")
+        spells = _execute(TODAY_SQL.format(target="metrics_todaystagespell", movers=ALL_MOVERS),
+                          params)
+        # (its size now: joined with the stored spells, a stale estimate plans a scan of them all)
+        _execute("ANALYZE metrics_todaystagespell", {})
+        cells = _execute(CELLS_SQL.format(source=TODAY_SOURCE), params)
+        cells += _block_cells(TODAY_SOURCE, params)
+        result = {"spells": spells, "spell_cells": cells, "movers": None}
+    else:
+        touched, consumer.position = hooks.touches_since(CONSUMER, consumer.position)
+        result = _refresh_touched(params, touched)
+    consumer.save(update_fields=["position", "updated_at"])
+    header.spells_today_on = today
+    return result
+
+
+def _refresh_touched(params: dict[str, Any], touched: list[int]) -> dict[str, int]:
+    """Today's spells of the touched customers re-read, and their change added to today's
+    cells (then summed per cell)."""
+    if not touched:
+        return {"spells": 0, "spell_cells": 0, "movers": 0}
+    movers = _execute(TOUCHED_MOVERS_SQL, {**params, "touched": touched})
+    if not movers:
+        _execute("DROP TABLE today_movers", {})
+        return {"spells": 0, "spell_cells": 0, "movers": 0}
+    _execute("ANALYZE today_movers", {})
+    _execute("CREATE TEMPORARY TABLE today_new (LIKE metrics_todaystagespell) ON COMMIT DROP",
+             {})
+    spells = _execute(TODAY_SQL.format(
+        target="today_new", movers="SELECT customer_id, model_id FROM today_movers"), params)
+    _execute("CREATE TEMPORARY TABLE today_old ON COMMIT DROP AS SELECT t.* "
+             "FROM metrics_todaystagespell t JOIN today_movers m "
+             "ON m.customer_id = t.customer_id AND m.model_id = t.model_id", {})
+    _execute("ANALYZE today_new", {})
+    _execute("ANALYZE today_old", {})
+    _execute(CELLS_SQL.format(source=TOUCHED_SOURCE), params)
+    _block_cells(TOUCHED_SOURCE, params)
+    _execute("DELETE FROM metrics_todaystagespell t USING today_movers m "
+             "WHERE m.customer_id = t.customer_id AND m.model_id = t.model_id", {})
+    _execute(f"INSERT INTO metrics_todaystagespell ({COLUMNS}) SELECT {COLUMNS} FROM today_new",
+             {})
+    cells = sum(_compact_today(table) for table in CELL_KEYS)
+    for table in ("today_movers", "today_new", "today_old"):
+        _execute(f"DROP TABLE {table}", {})
+    return {"spells": spells, "spell_cells": cells, "movers": movers}
+
+
+def touch_skips() -> set[str]:
+    """The touches today's spells need not read (crm.hooks.touch_skips): the tags'."""
+    return {"tagging"}
 
 
 # --- Answers --------------------------------------------------------------------------------

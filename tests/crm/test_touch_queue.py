@@ -8,6 +8,7 @@ from django.db import connection, transaction
 
 from crm import hooks, services
 from crm.models import Customer, CustomerTouch, TouchConsumer
+from metrics import services as metrics_services
 from tagging import segment_index
 from tagging.models import CustomerTag, Tag, TagGroup, TagRule
 from tagging.tasks import tag_touched_customers
@@ -218,6 +219,8 @@ def test_prune_forgets_removed_consumers_and_drops_what_every_consumer_read(prob
     hooks.touched_customers_process("lifecycle")
     if connection.vendor == "postgresql":
         segment_index.build()                       # the index reads its own
+        assert hooks.touches_prune() == 0           # today's stage spells have not yet
+        metrics_services.metrics_today()            # (the day's first refresh: all read)
     assert hooks.touches_prune() >= 1
     # What is left was written after the consumers read (the stages lifecycle placed).
     assert not CustomerTouch.objects.filter(origin="").exists()

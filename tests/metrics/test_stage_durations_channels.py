@@ -223,9 +223,65 @@ def test_todays_moves_are_counted(data, monkeypatch):
     conversions = stored[(Scope(), 7, "value", "conversions")]
     assert conversions["growth"]["entered"] == 4
     assert conversions["mature"]["next"] == {"growth": {"customers": 1, "median_days": 0.104}}
-    # A re-run replaces today's rows.
+    # A re-run with nobody touched since re-reads nobody and answers the same.
     again = services.metrics_today(today=TODAY)
-    assert again.spells == TodayStageSpell.objects.count()
+    assert again.spells == 0 and TodayStageSpell.objects.count() == 10
+    _assert_same(_reports(data), stored)
+
+
+def _today_cells() -> dict:
+    """Today's cells of both tables, keyed as a reader groups them."""
+    cells = {}
+    for model, keys in ((StageSpellCell, ("days",)),
+                        (StageSpellDayCell, ("day", "days", "previous_on"))):
+        for row in model.objects.filter(today=True).values():
+            key = (model.__name__, *(row[k] for k in keys), row["kind"], row["model_id"],
+                   row["stage_key"], row["next_key"], row["grain"], row["channel_id"],
+                   row["owner_id"])
+            assert key not in cells, key            # one row per cell
+            cells[key] = (row["spells"], {b: n for b, n in row["histogram"].items() if n})
+    return cells
+
+
+def test_later_refreshes_read_the_touched_customers_and_equal_one_from_scratch(
+        data, monkeypatch):
+    """After the day's first refresh, the next ones re-read only the customers touched since
+    (a move, another owner, a customer deleted): today's spells and cells end as a refresh of
+    everyone who moved today would store them, and the answers equal the live ones."""
+    c = data.c
+    services.metrics_today(today=TODAY)
+    move(c[3], "value", "growth", mar(10, 14))
+    newcomer = Customer.objects.create(external_id="today", joined_at=mar(10, 9),
+                                       owner=data.op_b, channel=data.store)
+    move(newcomer, "value", "intro", mar(10, 9))
+    move(newcomer, "value", "growth", mar(10, 9, 45))
+    second = Customer.objects.create(external_id="today-2", joined_at=mar(10, 10),
+                                     owner=data.op_a, channel=data.qr)
+    move(second, "aipl", "awareness", mar(10, 10))
+    move(second, "aipl", "interest", mar(10, 11))
+    first = services.metrics_today(today=TODAY)
+    assert first.spells > 0
+    # c3 moves on again, c6 moves, the second newcomer passes to another owner (its spells of
+    # today follow), the first is erased.
+    move(c[3], "value", "mature", mar(10, 14, 40))
+    move(c[6], "value", "dormant", mar(10, 15))
+    Customer.objects.filter(pk=second.pk).update(owner=data.op_b)
+    newcomer.delete()
+    later = services.metrics_today(today=TODAY)
+    # (only the touched customers' spells of today are read — the erased newcomer has none)
+    assert later.spells == TodayStageSpell.objects.filter(
+        customer_id__in=[c[3].pk, c[6].pk, second.pk]).count()
+    assert set(TodayStageSpell.objects.filter(customer_id=second.pk)
+               .values_list("owner_id", flat=True)) == {data.op_b.pk}
+    followed = (_today_cells(), sorted(TodayStageSpell.objects.values_list(
+        "spell_id", "owner_id", "ended_at", "next_key")))
+    stored = _reports(data)
+    _assert_same(stored, _live(data, monkeypatch))
+    # The same day refreshed from scratch stores the same.
+    FactsTable.objects.update(spells_today_on=None)
+    services.metrics_today(today=TODAY)
+    assert (_today_cells(), sorted(TodayStageSpell.objects.values_list(
+        "spell_id", "owner_id", "ended_at", "next_key"))) == followed
     _assert_same(_reports(data), stored)
 
 
