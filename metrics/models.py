@@ -313,7 +313,10 @@ class StageSpellCell(SpellCellFields):
         verbose_name = _("stage spell cell")
         verbose_name_plural = _("stage spell cells")
         indexes = [models.Index(fields=["days", "model_id", "grain"],
-                                name="metrics_spellcell_range")]
+                                name="metrics_spellcell_range"),
+                   # today's rows, which every frequent refresh reads and rewrites
+                   models.Index(fields=["id"], condition=models.Q(today=True),
+                                name="metrics_spellcell_today")]
 
     def __str__(self) -> str:
         return f"{self.days} days {self.kind} {self.stage_key}→{self.next_key}: {self.spells}"
@@ -339,7 +342,9 @@ class StageSpellDayCell(SpellCellFields):
         verbose_name = _("stage spell block cell")
         verbose_name_plural = _("stage spell block cells")
         indexes = [models.Index(fields=["model_id", "grain", "days", "day"],
-                                name="metrics_spellblock")]
+                                name="metrics_spellblock"),
+                   models.Index(fields=["id"], condition=models.Q(today=True),
+                                name="metrics_spellblock_today")]
 
     def __str__(self) -> str:
         return (f"{self.day}+{self.days} {self.kind} {self.stage_key}→{self.next_key}: "

@@ -188,20 +188,20 @@ def stage_counts_by_key(rows) -> dict[StageKey, int]:
 
 def stage_counts_next_day(*, counts: dict[StageKey, int], day: date, model_ids=None
                           ) -> dict[StageKey, int]:
-    """The counts at the end of `day` from those at the end of the day before: only the
-    customers with a transition on `day` change places, so take each of them out of where
-    they stood before the day and put them where they stand after it (both rebuilt from the
-    transitions, for those customers only). Equal to `stage_counts_at` for the day's end."""
+    """The counts at the end of `day` from those at the end of the day before, moved by the
+    day's transitions: each took its customer out of `from_key` and into `to_key` (as
+    `stage_counts_on` rebuilds a past day) — two grouped passes over the day's transitions,
+    where rebuilding each mover's last transition before and after the day read their
+    histories (seconds with tens of thousands of movers). Equal to `stage_counts_at` for the
+    day's end."""
     since, until = day_start(day), day_start(day + timedelta(days=1))
-    movers = StageTransition.objects.order_by().filter(at__gte=since, at__lt=until)
+    moves = StageTransition.objects.order_by().filter(at__gte=since, at__lt=until)
     if model_ids is not None:
-        movers = movers.filter(model_id__in=model_ids)
-    movers = movers.values("customer_id")
+        moves = moves.filter(model_id__in=model_ids)
     result = dict(counts)
-    for at, sign in ((since, -1), (until, 1)):
-        rows = (latest_transitions(scope=Scope(), before=at, model_ids=model_ids)
-                .filter(customer_id__in=movers)
-                .values("model_id", stage_key=F("to_key"), ch=F("customer__channel_id"),
+    for field, sign in (("to_key", 1), ("from_key", -1)):
+        rows = (moves.exclude(**{field: ""})
+                .values("model_id", stage_key=F(field), ch=F("customer__channel_id"),
                         ow=F("customer__owner_id"))
                 .annotate(customers=Count("pk")))
         for key, n in stage_counts_by_key(rows).items():

@@ -216,39 +216,53 @@ TOUCHED_SOURCE = f"""
         "today_old", "JOIN today_old t ON t.spell_id = o.spell_id")}) old
 """
 # Today's cells summed per key into one row each: the touched refreshes add their change as
-# rows of their own.
+# rows of their own (ids above the last before them), then the cells of the keys they touched
+# are summed back (a window over today's rows: PARTITION BY groups NULL keys together).
 CELL_KEYS = {
     "metrics_stagespellcell": ("days, kind, model_id, stage_key, next_key, grain, channel_id, "
                                "owner_id"),
     "metrics_stagespelldaycell": ("day, days, previous_on, kind, model_id, stage_key, "
                                   "next_key, grain, channel_id, owner_id"),
 }
-COMPACT_TODAY_SQL = """
-CREATE TEMPORARY TABLE today_cells ON COMMIT DROP AS
+TODAY_ROWS_SQL = """
+CREATE TEMPORARY TABLE today_rows ON COMMIT DROP AS
+SELECT * FROM (
+    SELECT x.*, bool_or(x.id > %(after)s) OVER (PARTITION BY {keys}) AS touched
+    FROM {table} x WHERE x.today
+) r WHERE touched
+"""
+SUMMED_SQL = """
+INSERT INTO {table} ({keys}, today, spells, histogram)
 WITH e AS (
-    SELECT {keys}, spells, NULL::text AS bucket, 0 AS n FROM {table} WHERE today
+    SELECT {keys}, spells, NULL::text AS bucket, 0 AS n FROM today_rows
     UNION ALL
     SELECT {keys}, 0, h.key, h.value::int
-    FROM {table} x CROSS JOIN LATERAL jsonb_each_text(x.histogram) h WHERE x.today
+    FROM today_rows r CROSS JOIN LATERAL jsonb_each_text(r.histogram) h
 ), b AS (
     SELECT {keys}, bucket, SUM(spells) AS spells, SUM(n) AS n FROM e GROUP BY {keys}, bucket
 )
-SELECT {keys}, SUM(spells) AS spells,
+SELECT {keys}, true, SUM(spells),
        COALESCE(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL AND n <> 0),
-                '{{}}'::jsonb) AS histogram
+                '{{}}'::jsonb)
 FROM b GROUP BY {keys}
 HAVING SUM(spells) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
 """
 
 
-def _compact_today(table: str) -> int:
-    keys = CELL_KEYS[table]
-    _execute(COMPACT_TODAY_SQL.format(keys=keys, table=table), {})
-    _execute(f"DELETE FROM {table} WHERE today", {})
-    cells = _execute(f"INSERT INTO {table} ({keys}, today, spells, histogram) "
-                     f"SELECT {keys}, true, spells, histogram FROM today_cells", {})
-    _execute("DROP TABLE today_cells", {})
+def _compact_today(table: str, after: int) -> int:
+    """Sum today's cells of `table` whose keys the rows above id `after` touch into one row per
+    key (none where they cancel out); returns the rows written."""
+    names = CELL_KEYS[table]
+    _execute(TODAY_ROWS_SQL.format(keys=names, table=table), {"after": after})
+    _execute(f"DELETE FROM {table} x USING today_rows r WHERE x.id = r.id", {})
+    cells = _execute(SUMMED_SQL.format(table=table, keys=names), {})
+    _execute("DROP TABLE today_rows", {})
     return cells
+
+
+def _last_ids() -> dict[str, int]:
+    return {table: _raw(f"SELECT COALESCE(MAX(id), 0) FROM {table}", {})[0][0]
+            for table in CELL_KEYS}
 
 
 # The same counts per aligned block of the spell days (`BLOCKS` days, as the customer
@@ -546,21 +560,25 @@ def _refresh_touched(params: dict[str, Any], touched: list[int]) -> dict[str, in
              "ON m.customer_id = t.customer_id AND m.model_id = t.model_id", {})
     _execute("ANALYZE today_new", {})
     _execute("ANALYZE today_old", {})
+    after = _last_ids()
     _execute(CELLS_SQL.format(source=TOUCHED_SOURCE), params)
     _block_cells(TOUCHED_SOURCE, params)
     _execute("DELETE FROM metrics_todaystagespell t USING today_movers m "
              "WHERE m.customer_id = t.customer_id AND m.model_id = t.model_id", {})
     _execute(f"INSERT INTO metrics_todaystagespell ({COLUMNS}) SELECT {COLUMNS} FROM today_new",
              {})
-    cells = sum(_compact_today(table) for table in CELL_KEYS)
+    cells = sum(_compact_today(table, after[table]) for table in CELL_KEYS)
     for table in ("today_movers", "today_new", "today_old"):
         _execute(f"DROP TABLE {table}", {})
     return {"spells": spells, "spell_cells": cells, "movers": movers}
 
 
 def touch_skips() -> set[str]:
-    """The touches today's spells need not read (crm.hooks.touch_skips): the tags'."""
-    return {"tagging"}
+    """The touches today's spells need not read (crm.hooks.touch_skips): all but the stages'
+    (a move, or a customer deleted). A customer who moved today and then passes to another
+    channel or owner counts under the old ones until their next move or the next night, as
+    those who did not move today do."""
+    return {"", "tagging"}
 
 
 # --- Answers --------------------------------------------------------------------------------

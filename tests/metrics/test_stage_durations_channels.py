@@ -261,16 +261,20 @@ def test_later_refreshes_read_the_touched_customers_and_equal_one_from_scratch(
     move(second, "aipl", "interest", mar(10, 11))
     first = services.metrics_today(today=TODAY)
     assert first.spells > 0
-    # c3 moves on again, c6 moves, the second newcomer passes to another owner (its spells of
-    # today follow), the first is erased.
+    # c3 moves on again, c6 moves, the first newcomer is erased, the second passes to another
+    # owner: its spells of today keep the old one until it moves again (or the night).
     move(c[3], "value", "mature", mar(10, 14, 40))
     move(c[6], "value", "dormant", mar(10, 15))
-    Customer.objects.filter(pk=second.pk).update(owner=data.op_b)
     newcomer.delete()
+    Customer.objects.filter(pk=second.pk).update(owner=data.op_b)
     later = services.metrics_today(today=TODAY)
-    # (only the touched customers' spells of today are read — the erased newcomer has none)
+    # (only the customers whose stages changed are read — the erased newcomer has none left)
     assert later.spells == TodayStageSpell.objects.filter(
-        customer_id__in=[c[3].pk, c[6].pk, second.pk]).count()
+        customer_id__in=[c[3].pk, c[6].pk]).count()
+    assert set(TodayStageSpell.objects.filter(customer_id=second.pk)
+               .values_list("owner_id", flat=True)) == {data.op_a.pk}
+    move(second, "aipl", "purchase", mar(10, 14, 50))
+    services.metrics_today(today=TODAY)
     assert set(TodayStageSpell.objects.filter(customer_id=second.pk)
                .values_list("owner_id", flat=True)) == {data.op_b.pk}
     followed = (_today_cells(), sorted(TodayStageSpell.objects.values_list(
