@@ -34,8 +34,17 @@ from crm.models import Customer, CustomerTouch, TouchConsumer
 
 # Called with the customers touched, or with None for everyone: when more than FULL_SHARE of
 # the customers were touched at once (an import, a bulk job), one pass over everyone costs
-# less than reading them by id, `limit` at a time.
+# less than reading them by id, `limit` at a time. A handler that returns `Settled` has handled
+# what its own writes change too (PostgreSQL): its own touches are then read with the others
+# instead of bringing the customers it wrote back on its next run.
 TouchHandler = Callable[[list[int] | None], Any]
+
+
+class Settled(int):
+    """A handler's answer (its count of changes) meaning that it re-read the customers its own
+    writes touched until they changed nothing more (`own_touches_since`)."""
+
+
 FULL_SHARE = 0.2
 touch_consumers: Registry[TouchHandler] = Registry("touch_consumers")
 # The origins of the touches a consumer need not read (a touch's origin is the app whose table
@@ -117,6 +126,31 @@ def _position(cursor, snapshot: str, own: str | None) -> str:
     return f"{_unseen_own(snapshot, own)} {own} {cursor.fetchone()[0]}"
 
 
+def own_touches_since(last: int = 0) -> tuple[list[int], int]:
+    """The customers the current transaction's own writes touched after its touch `last` (0:
+    all), and its last touch now (PostgreSQL)."""
+    table = connection.ops.quote_name(CustomerTouch._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT array_agg(DISTINCT customer_id), max(id) FROM {table} "
+            f"WHERE txid = pg_current_xact_id_if_assigned()::text::bigint AND id > %s", [last])
+        ids, newest = cursor.fetchone()
+    return sorted(ids or []), newest or last
+
+
+def _own_read(position: str) -> str:
+    """`position` with every touch of the current transaction so far read too (PostgreSQL)."""
+    table = connection.ops.quote_name(CustomerTouch._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT x.own::text, (SELECT coalesce(max(id), 0) FROM {table} "
+                       f"WHERE txid = x.own::text::bigint) "
+                       f"FROM (SELECT pg_current_xact_id_if_assigned() AS own) x")
+        own, last = cursor.fetchone()
+    if own is None:
+        return position
+    return f"{_unseen_own(position.split(' ')[0], own)} {own} {last}"
+
+
 def position_now() -> str:
     """The position of a consumer that has read every touch the current transaction sees."""
     with connection.cursor() as cursor:
@@ -177,10 +211,12 @@ def touched_customers_process(consumer: str, *, limit: int = 50_000) -> int | No
             return None
         ids, lock.position = touches_since(consumer, lock.position)
         if len(ids) > limit and len(ids) > FULL_SHARE * Customer.objects.count():
-            handler(None)
+            answers = [handler(None)]
         else:
-            for start in range(0, len(ids), limit):
-                handler(ids[start:start + limit])
+            answers = [handler(ids[start:start + limit]) for start in range(0, len(ids), limit)]
+        if (connection.vendor == "postgresql" and answers
+                and all(isinstance(answer, Settled) for answer in answers)):
+            lock.position = _own_read(lock.position)
         lock.save(update_fields=["position", "updated_at"])
     return len(ids)
 

@@ -557,23 +557,46 @@ def touch_skips() -> set[str]:
     return set() if "stage" in reads else {"lifecycle"}
 
 
+# How many times the handler re-reads the customers its own tags touched, for the rules that
+# read tags (a rule tagging those another tags), before leaving the rest to its next run.
+SETTLE_PASSES = 3
+
+
 def tag_rules_run_for_customers(customer_ids: list[int] | None) -> int:
     """Re-evaluate every active rule for just these customers (new events or orders) — or for
-    everyone (None), when so many were touched that a full pass costs less (crm.hooks)."""
+    everyone (None), when so many were touched that a full pass costs less (crm.hooks). On
+    PostgreSQL the incremental path then re-checks the customers its own tags changed against
+    the rules that read tags, until nothing more changes, and answers `hooks.Settled`: its own
+    writes need no other run."""
     changed = 0
     now = timezone.now()
     rules = list(TagRule.objects.filter(active=True).select_related("tag__group")
                  .order_by("priority", "pk"))
+    settles = customer_ids is not None and connection.vendor == "postgresql"
     memo: dict = {}
     with _batch_features(rules, now=now, customer_ids=customer_ids, memo=memo) as features:
+        todo, scope = rules, customer_ids
         if customer_ids is not None:
-            rules = _rules_changing(rules, customer_ids, now=now, features=features, memo=memo)
-        for rule in rules:
-            run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
-                               customer_ids=customer_ids, now=now, features=features,
-                               memo=memo)
-            if run is not None:
-                changed += run.added + run.removed
+            todo = _rules_changing(rules, customer_ids, now=now, features=features, memo=memo)
+            if not todo:
+                return hooks.Settled(0) if settles else 0
+        readers = [rule for rule in rules if "tag" in conditions.field_names([rule.condition])]
+        mark = hooks.own_touches_since()[1] if settles else 0
+        for _pass in range(SETTLE_PASSES):
+            for rule in todo:
+                run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
+                                   customer_ids=scope, now=now, features=features, memo=memo)
+                if run is not None:
+                    changed += run.added + run.removed
+            if not settles:
+                return changed
+            # (the customers it wrote are among those touched: the shared counts cover them,
+            # and conditions compiled for all of them hold for a part)
+            scope, mark = hooks.own_touches_since(mark)
+            todo = (_rules_changing(readers, scope, now=now, features=features, memo=memo)
+                    if scope and readers else [])
+            if not todo:
+                return hooks.Settled(changed)
     return changed
 
 

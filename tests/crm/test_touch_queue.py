@@ -226,7 +226,9 @@ def test_prune_forgets_removed_consumers_and_drops_what_every_consumer_read(prob
     assert not CustomerTouch.objects.filter(origin="").exists()
     _ingest([CustomerFactory()])
     assert hooks.touches_prune() == 0               # not read yet by anyone
-    assert all(hooks.touches_waiting().values())
+    waiting = hooks.touches_waiting()
+    # (today's stage spells read only the stages' touches)
+    assert all(n for consumer, n in waiting.items() if consumer != "metrics_today"), waiting
 
 
 @pytest.mark.postgres_only

@@ -377,13 +377,41 @@ def test_ingested_orders_and_events_tag_the_customers_they_touch(op_api, operato
     assert set(incremental.values_list("rule__name", "scope_size", "added")) == {
         ("复购", 2, 1), ("热聊", 2, 1), ("价值分层：高价值客户", 2, 1),
         ("价值分层：活跃客户", 2, 1)}
-    if connection.vendor == "postgresql":
-        # The tags the rules wrote queue the two customers again (a rule may read tags: the
-        # database's triggers, crm 0019); a second look changes nothing.
-        assert tag_touched_customers() == 2
+    # The tags the rules wrote touch the two customers again (the database's triggers, crm
+    # 0019), but no rule reads tags: the run settled them itself (hooks.Settled).
     assert hooks.touches_waiting()["tagging"] == 0          # all read
     assert tag_touched_customers() == 0
     assert TagRuleRun.objects.filter(trigger="incremental").count() == 4
+
+
+@pytest.mark.django_db
+@pytest.mark.both_dbs
+def test_a_rule_reading_a_tag_another_rule_gives_follows_in_the_same_run(op_api, operator,
+                                                                         follow_up):
+    """A rule that reads a tag another rule gives (and runs before it) tags the customer in the
+    same handler run on PostgreSQL — the run re-reads the customers its tags touched — and a
+    run after that has nothing left to read. (On SQLite tags leave no touches: the periodic
+    run, a full one there, brings it.)"""
+    TagRule.objects.create(name="跟进热聊", tag=follow_up["跟进"], mode="sync", priority=1,
+                           condition={"field": "tag", "op": "any", "value": ["热聊"]})
+    TagRule.objects.create(name="热聊", tag=follow_up["热聊"], mode="sync", priority=2,
+                           condition={"field": "event", "type": "message_in", "op": "count_gte",
+                                      "value": 1, "within_days": 7})
+    talker = CustomerFactory(external_id="talker", owner=operator, joined_at=days_ago(200))
+    tag_touched_customers()
+    tag_touched_customers()
+    events = op_api.post("/api/v1/events/", [
+        {"customer": "talker", "type": "message_in", "idempotency_key": "chain-1"}],
+        format="json")
+    assert events.json()["accepted"] == 1, events.json()
+
+    assert tag_touched_customers() == 1
+    if connection.vendor != "postgresql":
+        assert "跟进" not in held(talker)
+        services.tag_rules_run_due(force=True)
+    assert {"热聊", "跟进"} <= held(talker)
+    assert hooks.touches_waiting()["tagging"] == 0
+    assert tag_touched_customers() == 0
 
 
 @pytest.mark.django_db
