@@ -182,6 +182,10 @@ class FactsTable(models.Model):
         help_text=_("The day today's stage spells were last stored for: the frequent refresh "
                     "then re-reads only the customers touched since (empty after the nightly "
                     "refresh, which clears them)."))
+    spells_today_cells = models.PositiveIntegerField(
+        _("today's stage spell cells when last summed"), default=0,
+        help_text=_("Each frequent refresh adds its change to today's cells as rows of its "
+                    "own; they are summed back to one row per cell once they are twice as many."))
 
     class Meta:
         verbose_name = _("stored facts header")

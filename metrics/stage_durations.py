@@ -215,22 +215,16 @@ TOUCHED_SOURCE = f"""
     SELECT {COLUMNS}, -sign FROM ({_change_source(
         "today_old", "JOIN today_old t ON t.spell_id = o.spell_id")}) old
 """
-# Today's cells summed per key into one row each: the touched refreshes add their change as
-# rows of their own (ids above the last before them), then the cells of the keys they touched
-# are summed back (a window over today's rows: PARTITION BY groups NULL keys together).
+# Today's cells summed per key into one row each (GROUP BY groups NULL keys together): the
+# touched refreshes add their change as rows of their own, summed back now and then. Below
+# COMPACT_MIN rows they are left as they are.
+COMPACT_MIN = 5_000
 CELL_KEYS = {
     "metrics_stagespellcell": ("days, kind, model_id, stage_key, next_key, grain, channel_id, "
                                "owner_id"),
     "metrics_stagespelldaycell": ("day, days, previous_on, kind, model_id, stage_key, "
                                   "next_key, grain, channel_id, owner_id"),
 }
-TODAY_ROWS_SQL = """
-CREATE TEMPORARY TABLE today_rows ON COMMIT DROP AS
-SELECT * FROM (
-    SELECT x.*, bool_or(x.id > %(after)s) OVER (PARTITION BY {keys}) AS touched
-    FROM {table} x WHERE x.today
-) r WHERE touched
-"""
 SUMMED_SQL = """
 INSERT INTO {table} ({keys}, today, spells, histogram)
 WITH e AS (
@@ -249,20 +243,15 @@ HAVING SUM(spells) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
 """
 
 
-def _compact_today(table: str, after: int) -> int:
-    """Sum today's cells of `table` whose keys the rows above id `after` touch into one row per
-    key (none where they cancel out); returns the rows written."""
-    names = CELL_KEYS[table]
-    _execute(TODAY_ROWS_SQL.format(keys=names, table=table), {"after": after})
-    _execute(f"DELETE FROM {table} x USING today_rows r WHERE x.id = r.id", {})
-    cells = _execute(SUMMED_SQL.format(table=table, keys=names), {})
+def _compact_today(table: str) -> int:
+    """Sum today's cells of `table` into one row per key (none where they cancel out); returns
+    the rows written."""
+    _execute("CREATE TEMPORARY TABLE today_rows ON COMMIT DROP AS "
+             f"SELECT * FROM {table} WHERE today", {})
+    _execute(f"DELETE FROM {table} WHERE today", {})
+    cells = _execute(SUMMED_SQL.format(table=table, keys=CELL_KEYS[table]), {})
     _execute("DROP TABLE today_rows", {})
     return cells
-
-
-def _last_ids() -> dict[str, int]:
-    return {table: _raw(f"SELECT COALESCE(MAX(id), 0) FROM {table}", {})[0][0]
-            for table in CELL_KEYS}
 
 
 # The same counts per aligned block of the spell days (`BLOCKS` days, as the customer
@@ -532,18 +521,21 @@ def refresh_today(today: date, header: FactsTable) -> dict[str, int]:
         _execute("ANALYZE metrics_todaystagespell", {})
         cells = _execute(CELLS_SQL.format(source=TODAY_SOURCE), params)
         cells += _block_cells(TODAY_SOURCE, params)
+        header.spells_today_cells = cells
         result = {"spells": spells, "spell_cells": cells, "movers": None}
     else:
         touched, consumer.position = hooks.touches_since(CONSUMER, consumer.position)
-        result = _refresh_touched(params, touched)
+        result = _refresh_touched(params, touched, header)
     consumer.save(update_fields=["position", "updated_at"])
     header.spells_today_on = today
     return result
 
 
-def _refresh_touched(params: dict[str, Any], touched: list[int]) -> dict[str, int]:
+def _refresh_touched(params: dict[str, Any], touched: list[int], header: FactsTable
+                     ) -> dict[str, int]:
     """Today's spells of the touched customers re-read, and their change added to today's
-    cells (then summed per cell)."""
+    cells as rows of its own — summed back to one row per cell once today's rows are twice as
+    many as when they were last summed (so each refresh costs what it adds, on average)."""
     if not touched:
         return {"spells": 0, "spell_cells": 0, "movers": 0}
     movers = _execute(TOUCHED_MOVERS_SQL, {**params, "touched": touched})
@@ -560,14 +552,17 @@ def _refresh_touched(params: dict[str, Any], touched: list[int]) -> dict[str, in
              "ON m.customer_id = t.customer_id AND m.model_id = t.model_id", {})
     _execute("ANALYZE today_new", {})
     _execute("ANALYZE today_old", {})
-    after = _last_ids()
-    _execute(CELLS_SQL.format(source=TOUCHED_SOURCE), params)
-    _block_cells(TOUCHED_SOURCE, params)
+    cells = _execute(CELLS_SQL.format(source=TOUCHED_SOURCE), params)
+    cells += _block_cells(TOUCHED_SOURCE, params)
     _execute("DELETE FROM metrics_todaystagespell t USING today_movers m "
              "WHERE m.customer_id = t.customer_id AND m.model_id = t.model_id", {})
     _execute(f"INSERT INTO metrics_todaystagespell ({COLUMNS}) SELECT {COLUMNS} FROM today_new",
              {})
-    cells = sum(_compact_today(table, after[table]) for table in CELL_KEYS)
+    rows = sum(_raw(f"SELECT COUNT(*) FROM {table} WHERE today", {})[0][0]
+               for table in CELL_KEYS)
+    if rows > 2 * max(header.spells_today_cells, COMPACT_MIN):
+        rows = sum(_compact_today(table) for table in CELL_KEYS)
+        header.spells_today_cells = rows
     for table in ("today_movers", "today_new", "today_old"):
         _execute(f"DROP TABLE {table}", {})
     return {"spells": spells, "spell_cells": cells, "movers": movers}
