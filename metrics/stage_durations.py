@@ -129,10 +129,14 @@ ALL_MOVERS = ("SELECT DISTINCT customer_id, model_id FROM lifecycle_stagetransit
               "WHERE at >= %(t0)s")
 TOUCHED_MOVERS_SQL = """
 CREATE TEMPORARY TABLE today_movers ON COMMIT DROP AS
-SELECT customer_id, model_id FROM lifecycle_stagetransition
-WHERE customer_id = ANY(%(touched)s) AND at >= %(t0)s
+WITH touched AS (SELECT DISTINCT unnest(%(touched)s::bigint[]) AS customer_id)
+SELECT s.customer_id, s.model_id
+FROM touched t JOIN lifecycle_stagetransition s ON s.customer_id = t.customer_id
+WHERE s.at >= %(t0)s
 UNION
-SELECT customer_id, model_id FROM metrics_todaystagespell WHERE customer_id = ANY(%(touched)s)
+-- (a join, not `= ANY(…)`: a filter tests each of today's spells against the whole list)
+SELECT x.customer_id, x.model_id
+FROM touched t JOIN metrics_todaystagespell x ON x.customer_id = t.customer_id
 """
 
 # The smallest standard range (7, 30, 90 days; 1000 = none) a moment falls in.
