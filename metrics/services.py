@@ -307,7 +307,7 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
             if header.spells_as_of == yesterday:
                 lap = time.monotonic()
                 stored = stage_durations.refresh_today(today, header)
-                header.save(update_fields=["spells_today_on"])
+                header.save(update_fields=["spells_today_on", "spells_today_cells"])
                 result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
                 result.spells_ms = round((time.monotonic() - lap) * 1000)
             if header.channels_as_of == yesterday:

@@ -506,8 +506,8 @@ def _update(params: dict[str, Any], *, read_id: int, changed) -> dict[str, Any]:
 def refresh_today(today: date, header: FactsTable) -> dict[str, int]:
     """Bring today's spells (those today's transitions began or ended, as they are now) and
     today's change to the cells up to date: the first time of the day for everyone who moved
-    today, then only for the customers touched since (crm.hooks: a move, another channel or
-    owner), whose change is added to today's cells. Call in a transaction holding the
+    today, then only for the customers whose stages changed since (their touches, crm.hooks),
+    whose change is added to today's cells. Call in a transaction holding the
     `FactsTable` row `header`, with the nightly spells of `today` stored; records on it the day
     stored (saved by the caller)."""
     params = _params(today, today_rows=True)
