@@ -227,12 +227,13 @@ def cohorts(user, params: Params) -> dict:
 
 
 def _performance(kind: str, user, params: Params, serializer, compute, *, fresh: bool = False,
-                 **filters) -> dict:
-    """A performance report shaped by its serializer, cached per language ("no channel" is a
-    translated name)."""
+                 per_language: bool = False, **filters) -> dict:
+    """A performance report shaped by its serializer; `per_language`: cached per language (its
+    answer names something in the user's language: "no channel")."""
     period, scope = _period(params), _scope(user, params)
-    key = {**period.as_dict(), **{name: row.pk for name, row in filters.items() if row},
-           "language": get_language()}
+    key = {**period.as_dict(), **{name: row.pk for name, row in filters.items() if row}}
+    if per_language:
+        key["language"] = get_language()
 
     def run() -> dict[str, Any]:
         return dict(serializer({**period.as_dict(), "computed_at": timezone.now(),
@@ -243,7 +244,7 @@ def _performance(kind: str, user, params: Params, serializer, compute, *, fresh:
 
 def channels(user, params: Params) -> dict:
     return _performance("channels", user, params, ChannelAttributionReportSerializer,
-                        attribution.channel_attribution)
+                        attribution.channel_attribution, per_language=True)
 
 
 def sop_performance(user, params: Params) -> dict:
@@ -259,7 +260,7 @@ def campaign_performance(user, params: Params, *, fresh: bool = False) -> dict:
 
 
 # The reports whose answers name things in the user's language (cached per language).
-PER_LANGUAGE = {channels, sop_performance, campaign_performance}
+PER_LANGUAGE = {channels}
 
 
 # --- Warming the cache -------------------------------------------------------------------------
