@@ -109,7 +109,8 @@ def channel_attribution(*, scope: Scope, period: Period,
              counts=customer_rows.get(c.pk, {}), orders=order_rows.get(c.pk, {}))
         for c in listed]
     if scope.channel is None:
-        results.append(_row(code=None, name=str(_("No channel")), cost=None,
+        # (translated when the answer is shaped: warming computes it once for every language)
+        results.append(_row(code=None, name=_("No channel"), cost=None,
                             customers_to_date=None, counts=customer_rows.get(None, {}),
                             orders=order_rows.get(None, {})))
     return {"results": results, "totals": _totals(results)}

@@ -140,6 +140,9 @@ def _one(query: Params, name: str, model) -> Any:
 
 # Set while warming the cache: compute every answer afresh and store it.
 _recompute: ContextVar[bool] = ContextVar("metrics_recompute", default=False)
+# While warming: each performance report's figures by what they depend on (not the language),
+# so that a report stored per language is computed once and shaped in each.
+_computed: ContextVar[dict | None] = ContextVar("metrics_computed", default=None)
 RECENT_OPERATORS = "metrics:recent-operators"
 
 
@@ -232,12 +235,19 @@ def _performance(kind: str, user, params: Params, serializer, compute, *, fresh:
     answer names something in the user's language: "no channel")."""
     period, scope = _period(params), _scope(user, params)
     key = {**period.as_dict(), **{name: row.pk for name, row in filters.items() if row}}
+    shared = (kind, scope.key, json.dumps(key, sort_keys=True, default=str))
     if per_language:
         key["language"] = get_language()
 
     def run() -> dict[str, Any]:
+        computed = _computed.get()
+        figures = computed.get(shared) if computed is not None else None
+        if figures is None:
+            figures = compute(scope=scope, period=period, **filters)
+            if computed is not None:
+                computed[shared] = figures
         return dict(serializer({**period.as_dict(), "computed_at": timezone.now(),
-                                **compute(scope=scope, period=period, **filters)}).data)
+                                **figures}).data)
 
     return cached(f"performance:{kind}", scope, key, run, fresh=fresh)
 
@@ -294,7 +304,7 @@ def warm(loads=None) -> int:
               if now - at < _recent_seconds()]
     users += [user for user in get_user_model().objects.filter(pk__in=recent, is_active=True)
               if access.user_role(user) == access.OPERATOR]
-    token = _recompute.set(True)
+    token, computed = _recompute.set(True), _computed.set({})
     stored = 0
     try:
         for report, params in (loads or dashboard_loads()):
@@ -308,4 +318,5 @@ def warm(loads=None) -> int:
                         stored += 1
     finally:
         _recompute.reset(token)
+        _computed.reset(computed)
     return stored

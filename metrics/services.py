@@ -72,20 +72,20 @@ def snapshot_metrics(*, day: date, counts_before: dict | None = None) -> Snapsho
     DailyTransitionCount.objects.filter(date=day).delete()
     DailyActivity.objects.filter(date=day).delete()
 
+    transition_rows = selectors.transitions_by_day(scope=everyone, start=day, end=day,
+                                                   model_ids=model_ids)
     if counts_before is None:
         result.counts = selectors.stage_counts_by_key(selectors.stage_counts_at(
             scope=everyone, at=day_start(day + timedelta(days=1)), model_ids=model_ids))
     else:
-        result.counts = selectors.stage_counts_next_day(counts=counts_before, day=day,
-                                                        model_ids=model_ids)
+        result.counts = selectors.stage_counts_next_day(counts=counts_before,
+                                                        transitions=transition_rows)
         if any(n < 0 for n in result.counts.values()):
             raise NegativeStageCount(day)
     result.stage_counts = len(DailyStageCount.objects.bulk_create([
         DailyStageCount(date=day, channel_id=ch, owner_id=ow, model_id=model_id,
                         stage_key=key, customers=n)
         for (ch, ow, model_id, key), n in result.counts.items()], batch_size=BATCH))
-    transition_rows = selectors.transitions_by_day(scope=everyone, start=day, end=day,
-                                                   model_ids=model_ids)
     result.transition_counts = len(DailyTransitionCount.objects.bulk_create([
         DailyTransitionCount(date=day, channel_id=r["ch"], owner_id=r["ow"],
                              model_id=r["model_id"], from_key=r["from_key"], to_key=r["to_key"],

@@ -244,6 +244,28 @@ def test_warming_caches_the_dashboards_default_answers(data, get, analyst,
         assert get("flows", data.op_a, model="journey").status_code == 200
 
 
+def test_warming_computes_the_channel_report_once_and_names_it_in_each_language(
+        data, admin_user, monkeypatch):
+    from django.utils import translation
+
+    from metrics import attribution, reports
+
+    calls = []
+    compute = attribution.channel_attribution
+    monkeypatch.setattr(attribution, "channel_attribution",
+                        lambda **kwargs: calls.append(1) or compute(**kwargs))
+    cache.clear()
+    reports.warm(loads=[(reports.channels, {})])
+    assert len(calls) == 1                  # one computation for both languages
+    names = {}
+    for language in ("en", "zh-hans"):
+        with translation.override(language):
+            answer = reports.channels(admin_user, {})
+        names[language] = answer["results"][-1]["name"]
+    assert len(calls) == 1                  # both answered from the cache
+    assert names == {"en": "No channel", "zh-hans": "无渠道"}
+
+
 def test_every_report_is_a_plain_function_whose_answer_the_api_returns(data, get, admin_user):
     """The API views, the dashboard and the cache warmer call the same report functions: user
     and parameters in, the answer out — no request object, one parsing, one cache."""
