@@ -13,6 +13,7 @@ it costs: docs/OPERATIONS.md, "The segment index".
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -87,11 +88,28 @@ class NeedsFull(Exception):
     """An update cannot hold what changed (a code list outgrew its limit): build in full."""
 
 
+CHANGED_TABLE = "segment_index_changed"
+
+
 def _where(ids: np.ndarray | None, column: str) -> tuple[str, list]:
-    """` WHERE`-able restriction to the customers `ids` (None: everyone)."""
+    """` WHERE`-able restriction to the customers `ids` (None: everyone): an update's are in a
+    temporary table (`_changed_table`) — written once, not spelled out in each of the parts'
+    twenty statements (an update re-reads up to a fifth of the customers: seconds of
+    formatting and parsing the list alone)."""
     if ids is None:
         return "true", []
-    return f"{column} = ANY(%s::bigint[])", [[int(i) for i in ids]]
+    return f"{column} IN (SELECT id FROM {CHANGED_TABLE})", []
+
+
+def _changed_table(ids: np.ndarray) -> None:
+    """The customers an update reads, as the temporary table `_where` names (dropped at
+    commit)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {CHANGED_TABLE}")
+        cursor.execute(f"CREATE TEMPORARY TABLE {CHANGED_TABLE} ON COMMIT DROP AS "
+                       "SELECT DISTINCT unnest(%s::bigint[]) AS id", [ids.tolist()])
+        cursor.execute(f"ALTER TABLE {CHANGED_TABLE} ADD PRIMARY KEY (id)")
+        cursor.execute(f"ANALYZE {CHANGED_TABLE}")
 
 
 def _place(where: int | np.ndarray, row_ids: np.ndarray, values: np.ndarray,
@@ -272,18 +290,26 @@ def _groups_part(ids: np.ndarray | None = None, base: dict | None = None
     return {"customer": customer, "group": group, "joined": joined, "current": current}
 
 
-def _events_part(kind: str, ids: np.ndarray | None = None, base: dict | None = None
-                 ) -> dict[str, np.ndarray]:
+def _events_parts(kinds: list[str], ids: np.ndarray | None = None
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """The per-type event counts of these types, each type's part: from one statement (an
+    update reads every type at once; a full build a type at a time, to hold one in memory)."""
     where, params = _where(ids, "customer_id")
     latest = ", ".join(f"COALESCE(latest_{i}, '-infinity')" for i in range(1, LATEST + 1))
-    columns = copy_columns(
-        f"SELECT customer_id::int4, total::int4, since_joined::int4, {latest} "
-        f"FROM crm_eventcount WHERE type = %s AND {where}", [kind, *params],
-        ["int4", "int4", "int4", *["timestamptz"] * LATEST])
-    part = {"customer": columns[0], "total": columns[1], "since_joined": columns[2]}
-    for i in range(1, LATEST + 1):
-        part[f"latest_{i}"] = columns[2 + i]
-    return part
+    code, *columns = copy_columns(
+        "SELECT COALESCE(array_position(%s::text[], type::text), 0)::int2, customer_id::int4, "
+        f"total::int4, since_joined::int4, {latest} FROM crm_eventcount "
+        f"WHERE type = ANY(%s::text[]) AND {where}", [kinds, kinds, *params],
+        ["int2", "int4", "int4", "int4", *["timestamptz"] * LATEST])
+    parts = {}
+    for number, kind in enumerate(kinds, start=1):
+        rows = code == number if len(kinds) > 1 else slice(None)
+        part = {"customer": columns[0][rows], "total": columns[1][rows],
+                "since_joined": columns[2][rows]}
+        for i in range(1, LATEST + 1):
+            part[f"latest_{i}"] = columns[2 + i][rows]
+        parts[kind] = part
+    return parts
 
 
 # --- Following the changes ------------------------------------------------------------------
@@ -319,9 +345,14 @@ def _readers(size: int, ids: np.ndarray | None, base: dict[str, Any]) -> dict[st
     readers = {"attributes": lambda: _attributes_part(size, ids, base.get("attributes")),
                "tags": lambda: _tags_part(ids), "orders": lambda: _orders_part(
                    ids, base.get("orders")),
-               "groups": lambda: _groups_part(ids),
-               **{f"events:{kind}": (lambda kind=kind: _events_part(kind, ids))
-                  for kind in Event.Type.values}}
+               "groups": lambda: _groups_part(ids)}
+    kinds = list(Event.Type.values)
+    if ids is None:
+        readers.update({f"events:{kind}": (lambda kind=kind: _events_parts([kind])[kind])
+                        for kind in kinds})
+    else:
+        every = functools.cache(lambda: _events_parts(kinds, ids))
+        readers.update({f"events:{kind}": (lambda kind=kind: every()[kind]) for kind in kinds})
     for part in crm_extensions.segment_index_parts:       # e.g. lifecycle's stages
         readers[part.name] = lambda part=part: part.read(size, ids)
     return readers
@@ -423,6 +454,7 @@ def _update_parts(base: SegmentIndex, changed: np.ndarray) -> dict[str, Any]:
     for key, value in _unpack(stored).items():
         name, list_name = key.split("/", 1)
         lists.setdefault(name, {})[list_name] = value
+    _changed_table(changed)
     customers = _customers_part(changed, lists.get("customers"))
     packed: dict[str, Any] = {"changed": _pack({"ids": changed}),
                               "customers": _pack({**customers, "ids": changed}),

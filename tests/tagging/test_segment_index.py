@@ -347,6 +347,35 @@ def test_an_update_follows_every_write_and_a_process_lays_each_over_the_last(cro
     assert _ids(third, dormant) == {mine[0].pk}
 
 
+def test_an_update_reads_every_event_type_of_the_changed_customers_at_once(crowd, admin_user,
+                                                                          settings):
+    """An update reads the changed customers' counts of every event type in one statement and
+    splits them by type: each type's leaf answers as a full build does."""
+    from crm.services import events_ingest
+
+    settings.SEGMENT_INDEX_FULL_SHARE = 1
+    mine, theirs = crowd
+    segment_index.build()
+    events_ingest(actor=admin_user, items=[
+        {"customer": mine[0].external_id, "type": "message_in", "idempotency_key": "e1"},
+        {"customer": mine[0].external_id, "type": "message_in", "idempotency_key": "e2"},
+        {"customer": mine[1].external_id, "type": "link_clicked", "idempotency_key": "e3"},
+        {"customer": theirs[0].external_id, "type": "message_in", "idempotency_key": "e4"}])
+    update = segment_index.build()
+    assert update.base_id is not None and update.changed == 3
+    twice = {"field": "event", "type": "message_in", "op": "count_gte", "value": 2}
+    clicked = {"field": "event", "type": "link_clicked", "op": "count_gte", "value": 1,
+               "within_days": 7}
+    wrote = {"field": "event", "type": "message_in", "op": "count_gte", "value": 1}
+    snapshot = segment_index.Snapshot(update)
+    assert _ids(snapshot, twice) == {mine[0].pk}
+    assert _ids(snapshot, clicked) == {mine[1].pk}
+    assert _ids(snapshot, wrote) == {mine[0].pk, theirs[0].pk}
+    full = segment_index.Snapshot(segment_index.build(full=True))
+    for tree in (twice, clicked, wrote):
+        assert _ids(full, tree) == _ids(snapshot, tree)
+
+
 def test_a_full_build_comes_nightly_when_the_shape_changes_and_when_many_changed(crowd,
                                                                                settings):
     from lifecycle.models import StageModel
