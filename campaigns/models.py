@@ -126,6 +126,9 @@ class Enrollment(models.Model):
         indexes = [
             models.Index(fields=["customer", "status"], name="campaigns_enr_customer"),
             models.Index(fields=["sop", "status"], name="campaigns_enr_sop"),
+            # One stage entry's enrolments (the messages of each step are queued from them):
+            # without it, every entry read all the SOP's enrolments, more as the day goes on.
+            models.Index(fields=["sop", "entered_at"], name="campaigns_enr_sop_entered"),
         ]
 
     def __str__(self) -> str:
