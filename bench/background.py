@@ -18,6 +18,7 @@ database whose name lacks "bench" unless --force):
 3. For --minutes, runs every job of config/beat.py whose schedule is an interval or a crontab
    without a fixed hour (every few seconds, minutes, hourly) when it is due, one after the
    other in this process, as one worker would (Celery eager: what a job queues runs inline).
+   `--every JOB=SECONDS` runs an interval job at another interval (what it trades).
 4. Reports per job the runs and seconds, and the CPU used: this process (all its threads),
    its database connection (the backend's /proc counters) and PostgreSQL's own background
    processes (writer, checkpointer, WAL writer), over the wall clock: the share of a core.
@@ -149,6 +150,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--per-minute", type=int, default=2000)
     parser.add_argument("--skip-steady-state", action="store_true")
+    parser.add_argument("--every", action="append", default=[], metavar="JOB=SECONDS",
+                        help="run an interval job every SECONDS instead of its schedule's "
+                             "(what an interval trades against the load), e.g. "
+                             "--every tagging-touched-customers=30")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -163,6 +168,12 @@ def main() -> None:
     if not opts.skip_steady_state:
         steady_state()
     jobs = scheduled_jobs()
+    for spec in opts.every:
+        job, _sep, every = spec.partition("=")
+        if job not in jobs or isinstance(jobs[job][1], crontab) or not every.isdigit():
+            sys.exit(f"--every {spec!r}: give JOB=SECONDS for an interval job of config/beat.py")
+        jobs[job] = (jobs[job][0], float(every))
+        print(f"{job}: every {every} s (not its schedule's)")
     print(f"{len(jobs)} jobs: {', '.join(jobs)}")
 
     report = Path(f"/tmp/bench-background-{os.getpid()}.json")
