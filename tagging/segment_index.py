@@ -32,7 +32,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core import access, conditions
-from core.db import copy_columns, heavy_statements
+from core.db import copy_columns, heavy_statements, materialize_rows
 from core.db import raw_rows as _rows
 from crm import extensions as crm_extensions
 from crm import hooks
@@ -104,12 +104,8 @@ def _where(ids: np.ndarray | None, column: str) -> tuple[str, list]:
 def _changed_table(ids: np.ndarray) -> None:
     """The customers an update reads, as the temporary table `_where` names (dropped at
     commit)."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {CHANGED_TABLE}")
-        cursor.execute(f"CREATE TEMPORARY TABLE {CHANGED_TABLE} ON COMMIT DROP AS "
-                       "SELECT DISTINCT unnest(%s::bigint[]) AS id", [ids.tolist()])
-        cursor.execute(f"ALTER TABLE {CHANGED_TABLE} ADD PRIMARY KEY (id)")
-        cursor.execute(f"ANALYZE {CHANGED_TABLE}")
+    materialize_rows(CHANGED_TABLE, ("SELECT DISTINCT unnest(%s::bigint[])", [ids.tolist()]),
+                     ["id"])
 
 
 def _place(where: int | np.ndarray, row_ids: np.ndarray, values: np.ndarray,

@@ -514,7 +514,9 @@ def _run_batch(rules: list[TagRule], *, now: datetime, customer_ids: list[int] |
 def _holds(tag_id: int, *, given_by: TagRule | None = None) -> RawSQL:
     """Whether the customer holds the tag (given by this rule): an EXISTS written out, as the
     ORM would say it — compiled at every check of every rule, the ORM's own took a handler's
-    run longer to build than to run."""
+    run longer to build than to run. It names the customers table itself, so it serves only a
+    query on that table unaliased, as the check is (the `tag` leaf, `tagging.conditions.holds`,
+    stays an ORM Exists: conditions are compiled inside other queries too)."""
     qn = connection.ops.quote_name
     sql = (f"EXISTS (SELECT 1 FROM {qn(CustomerTag._meta.db_table)} h WHERE h.customer_id = "
            f"{qn(Customer._meta.db_table)}.{qn('id')} AND h.tag_id = %s")
