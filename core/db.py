@@ -250,11 +250,11 @@ def materialize_ids(name: str, queryset: models.QuerySet, *, indexed: bool = Tru
 
 
 def materialize_rows(name: str, rows: models.QuerySet | tuple[str, Sequence],
-                    columns: Sequence[str], *, keep: bool = False) -> int:
+                    columns: Sequence[str], *, keep: bool = False, key: int = 1) -> int:
     """Store what a values() queryset — or an `(sql, params)` statement — selects in a
-    temporary table `name` with the given column names, keyed by the first (PostgreSQL;
-    analyzed). Dropped at COMMIT — or with `keep`, kept for the session until the caller drops
-    it. Call inside a transaction."""
+    temporary table `name` with the given column names, keyed by the first `key` of them
+    (PostgreSQL; analyzed). Dropped at COMMIT — or with `keep`, kept for the session until the
+    caller drops it. Call inside a transaction."""
     select, params = rows if isinstance(rows, tuple) else rows.query.sql_with_params()
     table = connection.ops.quote_name(name)
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
@@ -263,7 +263,8 @@ def materialize_rows(name: str, rows: models.QuerySet | tuple[str, Sequence],
         cursor.execute(f"CREATE TEMPORARY TABLE {table} {'' if keep else 'ON COMMIT DROP'} AS "
                        f"SELECT * FROM ({select}) AS s({names})", params)
         count = cursor.rowcount
-        cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({connection.ops.quote_name(columns[0])})")
+        cursor.execute(f"ALTER TABLE {table} ADD PRIMARY KEY "
+                       f"({', '.join(connection.ops.quote_name(c) for c in columns[:key])})")
         cursor.execute(f"ANALYZE {table}")
     return count
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from core.db import (
     heavy_statements,
     insert_from_select,
     materialize_ids,
+    materialize_rows,
 )
 from core.exceptions import ApplicationError
 from crm import hooks
@@ -129,12 +131,14 @@ _HISTORY_COLUMNS = ("customer_id", "tag_id", "tag_name", "group_name", "action",
                     "rule_id", "actor_id", "at")
 
 
-def _history_sql(written: str) -> str:
-    """INSERT of one history row per (customer_id, tag_id) pair the CTE `written` produced."""
+def _history_sql(written: str, *, by_rule: bool = False) -> str:
+    """INSERT of one history row per (customer_id, tag_id) pair the CTE `written` produced;
+    parameters: action, source, rule, actor, time — or with `by_rule` (the CTE names each row's
+    rule_id, no actor): action, source, time."""
+    who = "w.rule_id, NULL" if by_rule else "CAST(%s AS bigint), CAST(%s AS integer)"
     return (
         f"INSERT INTO {TagChange._meta.db_table} ({', '.join(_HISTORY_COLUMNS)}) "
-        f"SELECT w.customer_id, w.tag_id, t.name, g.name, %s, %s, CAST(%s AS bigint), "
-        f"CAST(%s AS integer), %s "
+        f"SELECT w.customer_id, w.tag_id, t.name, g.name, %s, %s, {who}, %s "
         f"FROM {written} w JOIN {Tag._meta.db_table} t ON t.id = w.tag_id "
         f"JOIN {TagGroup._meta.db_table} g ON g.id = t.group_id"
     )
@@ -371,7 +375,7 @@ def _rule_condition(rule: TagRule, now: datetime, customer_ids: list[int] | None
         higher = (TagRule.objects.filter(tag__group=group, active=True)
                   .filter(Q(priority__lt=rule.priority)
                           | Q(priority=rule.priority, pk__lt=rule.pk))
-                  .exclude(pk=rule.pk))
+                  .exclude(pk=rule.pk).only("condition"))
         for other in higher:
             q &= ~compiled(other.condition)
         q &= ~Q(Exists(CustomerTag.objects.filter(customer=OuterRef("pk"), exclusive_group=group,
@@ -511,6 +515,117 @@ def _run_batch(rules: list[TagRule], *, now: datetime, customer_ids: list[int] |
     return runs
 
 
+_WRITES = (
+    # (action, the statement writing it from the match table `m` of `_rules_run_together`,
+    # what it returns, its parameters given the customers and the time), in this order: a tag
+    # a sync rule takes away and another rule gives is given again, as when rules run one
+    # after another.
+    # An exclusive group's other tag gives way to the rule's (never a manual one: the DELETE
+    # re-checks the row it deletes, as `_remove` does).
+    ("replaced",
+     "DELETE FROM {tags} ct USING {match} m WHERE m.group_id IS NOT NULL "
+     "AND ct.customer_id = m.customer_id AND ct.exclusive_group_id = m.group_id "
+     "AND ct.tag_id <> m.tag_id AND ct.source <> %s",
+     "ct.customer_id, ct.tag_id, m.rule_id", lambda ids, now: [TagSource.MANUAL]),
+    # A sync rule's tag leaves whom it no longer matches.
+    ("removed",
+     "DELETE FROM {tags} ct USING {rules} r WHERE ct.customer_id = ANY(%s) "
+     "AND r.id = ct.rule_id AND r.id IN ({sync}) AND ct.tag_id = r.tag_id AND ct.source = %s "
+     "AND NOT EXISTS (SELECT 1 FROM {match} m WHERE m.customer_id = ct.customer_id "
+     "AND m.rule_id = ct.rule_id)",
+     "ct.customer_id, ct.tag_id, ct.rule_id", lambda ids, now: [list(ids), TagSource.RULE]),
+    ("added",
+     "INSERT INTO {tags} (customer_id, tag_id, exclusive_group_id, source, rule_id, "
+     "added_by_id, added_at, expires_at) "
+     "SELECT m.customer_id, m.tag_id, m.group_id, %s, m.rule_id, NULL, %s, NULL FROM {match} m "
+     "WHERE NOT EXISTS (SELECT 1 FROM {tags} h WHERE h.customer_id = m.customer_id "
+     "AND h.tag_id = m.tag_id) ON CONFLICT DO NOTHING",
+     "customer_id, tag_id, rule_id", lambda ids, now: [TagSource.RULE, now]),
+)
+
+
+def _rules_run_together(rules: list[TagRule], customer_ids: list[int], *, now: datetime,
+                        features: conditions.Features | None, memo: dict) -> int:
+    """Run these rules for a few customers at once (PostgreSQL, the touch handler): what each
+    rule matches goes into one table of (customer, rule), and three statements — the exclusive
+    groups' replacements, the new tags, the sync rules' removals — write every rule's changes
+    with their history. A rule's own run (`tag_rule_run`) takes a dozen statements, and a
+    handler's run changes most rules a little. The tags are those of the rules run one by one;
+    a tag of an exclusive group that gives way to the group's other is recorded as replaced
+    (one by one, as removed when its own sync rule happened to run first). A rule another
+    worker is running right now is skipped, as there; one whose condition cannot be compiled
+    runs alone, which reports it. Returns how many tags were added and removed."""
+    started = time.monotonic()
+    changed = 0
+    qn = connection.ops.quote_name
+    with transaction.atomic():
+        locked = set(TagRule.objects.select_for_update(skip_locked=True)
+                     .filter(pk__in=[rule.pk for rule in rules]).values_list("pk", flat=True))
+        heavy_statements()
+        scope = Customer.objects.filter(pk__in=customer_ids).order_by()
+        parts, params, alone = [], [], []
+        for rule in rules:
+            if rule.pk not in locked:
+                continue
+            try:
+                matching = None
+                if features is not None:
+                    try:
+                        matching = features.join(scope).filter(
+                            _rule_condition(rule, now, customer_ids, features, memo))
+                    except conditions.FeaturesClosed:
+                        matching = None
+                if matching is None:
+                    matching = scope.filter(_rule_condition(rule, now, customer_ids))
+            except ApplicationError:
+                alone.append(rule)
+                continue
+            sql, part_params = matching.values("pk").query.sql_with_params()
+            group = rule.tag.group
+            parts.append(f"SELECT s.id, CAST(%s AS bigint), CAST(%s AS bigint), "
+                         f"CAST(%s AS bigint) FROM ({sql}) AS s(id)")
+            params += [rule.pk, rule.tag_id, group.pk if group.exclusive else None,
+                       *part_params]
+        batch = [rule for rule in rules if rule.pk in locked and rule not in alone]
+        counts: dict[tuple[str, int], int] = {}
+        matched: dict[int, int] = {}
+        if batch:
+            materialize_rows(MATCH_TABLE, (" UNION ALL ".join(parts), params),
+                             ("customer_id", "rule_id", "tag_id", "group_id"), key=2)
+            names = {"tags": qn(CustomerTag._meta.db_table), "match": qn(MATCH_TABLE),
+                     "rules": qn(TagRule._meta.db_table),
+                     "sync": ", ".join(str(int(rule.pk)) for rule in batch
+                                       if rule.mode == TagRule.Mode.SYNC) or "NULL"}
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT rule_id, count(*) FROM {names['match']} GROUP BY 1")
+                matched = dict(cursor.fetchall())
+                for action, write, returning, write_params in _WRITES:
+                    statement = (
+                        f"WITH w AS ({write.format(**names)} RETURNING {returning}), "
+                        f"h AS ({_history_sql('w', by_rule=True)}) "
+                        f"SELECT w.rule_id, count(*) FROM w GROUP BY 1")
+                    cursor.execute(statement, [*write_params(customer_ids, now), action,
+                                               TagSource.RULE, now])
+                    counts.update({(action, rule_id): n for rule_id, n in cursor.fetchall()})
+        duration = round((time.monotonic() - started) * 1000)
+        runs = []
+        for rule in batch:
+            added, removed = counts.get(("added", rule.pk), 0), counts.get(("removed", rule.pk), 0)
+            if added or removed:
+                runs.append(TagRuleRun(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
+                                       started_at=now, matched=matched.get(rule.pk, 0),
+                                       added=added, removed=removed, duration_ms=duration,
+                                       scope_size=len(customer_ids)))
+                changed += added + removed
+        TagRuleRun.objects.bulk_create(runs)
+    for rule in alone:
+        run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
+                           customer_ids=customer_ids, now=now)
+        if run is not None:
+            changed += run.added + run.removed
+    return changed
+
+
 def _holds(tag_id: int, *, given_by: TagRule | None = None) -> RawSQL:
     """Whether the customer holds the tag (given by this rule): an EXISTS written out, as the
     ORM would say it — compiled at every check of every rule, the ORM's own took a handler's
@@ -596,16 +711,21 @@ def tag_rules_run_for_customers(customer_ids: list[int] | None) -> int:
             todo = _rules_changing(rules, customer_ids, now=now, features=features, memo=memo)
             if not todo:
                 return hooks.Settled(0) if settles else 0
-        readers = [rule for rule in rules if "tag" in conditions.field_names([rule.condition])]
+        # What its own writes may change: the rules that read tags, and a rule giving a tag
+        # another rule gives too (a sync rule's removal leaves it to give again).
+        givers = Counter(rule.tag_id for rule in rules)
+        readers = [rule for rule in rules if givers[rule.tag_id] > 1
+                   or "tag" in conditions.field_names([rule.condition])]
         mark = hooks.own_touches_since()[1] if settles else 0
         for _pass in range(SETTLE_PASSES):
-            for rule in todo:
-                run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
-                                   customer_ids=scope, now=now, features=features, memo=memo)
-                if run is not None:
-                    changed += run.added + run.removed
             if not settles:
+                for rule in todo:
+                    run = tag_rule_run(rule=rule, trigger=TagRuleRun.Trigger.INCREMENTAL,
+                                       customer_ids=scope, now=now, features=features, memo=memo)
+                    if run is not None:
+                        changed += run.added + run.removed
                 return changed
+            changed += _rules_run_together(todo, scope, now=now, features=features, memo=memo)
             # (the customers it wrote are among those touched: the shared counts cover them,
             # and conditions compiled for all of them hold for a part)
             scope, mark = hooks.own_touches_since(mark)
