@@ -329,17 +329,26 @@ def _enrollable(entry: StageEntry) -> list[int]:
     return [c for c in entry.customer_ids if c not in entry.first_placement or c in recent]
 
 
+EXIT_BY_ID = 5_000   # up to this many customers entering a stage, their enrolments by id
+
+
 def exit_left_stage(*, model_key: str, stage_key: str, customer_ids: list[int]) -> int:
     """End the enrolments these customers have in other stages of the model."""
     now = timezone.now()
     entered = set(customer_ids)
-    # Running enrolments are few next to the customers a full evaluation moves: read them and
-    # intersect here instead of sending every moved id to the database.
-    running = (Q(status=Enrollment.Status.ACTIVE)
-               | Q(status=Enrollment.Status.HOLDOUT, ended_at__isnull=True))
-    ids = [pk for pk, customer_id in Enrollment.objects.filter(
-        running, sop__model__key=model_key).exclude(
-        sop__stage__key=stage_key).values_list("pk", "customer_id") if customer_id in entered]
+    running = Enrollment.objects.filter(
+        Q(status=Enrollment.Status.ACTIVE)
+        | Q(status=Enrollment.Status.HOLDOUT, ended_at__isnull=True),
+        sop__model__key=model_key).exclude(sop__stage__key=stage_key)
+    if len(entered) <= EXIT_BY_ID:
+        # (a few customers, as the touch handler moves: their enrolments by the customer
+        # index — a day's running enrolments are tens of thousands)
+        ids = list(running.filter(customer_id__in=entered).values_list("pk", flat=True))
+    else:
+        # Running enrolments are few next to the customers a full evaluation moves: read them
+        # and intersect here instead of sending every moved id to the database.
+        ids = [pk for pk, customer_id in running.values_list("pk", "customer_id")
+               if customer_id in entered]
     if not ids:
         return 0
     for start in range(0, len(ids), 10_000):

@@ -102,7 +102,12 @@ def test_one_entry_never_enrols_twice(world, default_sops):
 
 
 @pytest.mark.both_dbs
-def test_leaving_the_stage_exits_and_re_entering_later_enrols_again(world, default_sops):
+@pytest.mark.parametrize("by_id", [True, False], ids=["by-customer", "all-running-read"])
+def test_leaving_the_stage_exits_and_re_entering_later_enrols_again(world, default_sops,
+                                                                   monkeypatch, by_id):
+    """(both ways of finding the enrolments to end: by the entering customers' ids, as for the
+    touch handler's few; or every running one of the model read, as for a full run's many)"""
+    monkeypatch.setattr(services, "EXIT_BY_ID", 5_000 if by_id else 0)
     customer = world.add("wx-again", joined_at=JOINED)
     world.evaluate(NOW, [customer])
     order = world.order(customer, NOW + timedelta(hours=1))
