@@ -562,6 +562,10 @@ def _refresh_touched(params: dict[str, Any], touched: list[int], header: FactsTa
              "WHERE m.customer_id = t.customer_id AND m.model_id = t.model_id", {})
     _execute(f"INSERT INTO metrics_todaystagespell ({COLUMNS}) SELECT {COLUMNS} FROM today_new",
              {})
+    # Its size now, for the planner: the reports join it against the stored spells (NOT EXISTS),
+    # and with the few rows of the day's first refresh in its statistics that anti-join is
+    # planned as a loop over both — 9 s by evening at 1M, and growing as the square of the day.
+    _execute("ANALYZE metrics_todaystagespell", {})
     rows = sum(_raw(f"SELECT COUNT(*) FROM {table} WHERE today", {})[0][0]
                for table in CELL_KEYS)
     if rows > 2 * max(header.spells_today_cells, COMPACT_MIN):

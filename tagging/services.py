@@ -607,6 +607,7 @@ def _rules_run_together(rules: list[TagRule], customer_ids: list[int], *, now: d
                     cursor.execute(statement, [*write_params(customer_ids, now), action,
                                                TagSource.RULE, now])
                     counts.update({(action, rule_id): n for rule_id, n in cursor.fetchall()})
+        # (each rule's run record carries the time of the whole batch: they ran as one)
         duration = round((time.monotonic() - started) * 1000)
         runs = []
         for rule in batch:
