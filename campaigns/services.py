@@ -786,6 +786,15 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
                                  .values_list("pk", flat=True))
         return cache[key]
 
+    elsewhere: dict[int, bool] = {}
+
+    def reaches_elsewhere(sop_id: int) -> bool:
+        """Whether the SOP has a step outside WeCom (SMS, e-mail): asked once a batch."""
+        if sop_id not in elsewhere:
+            elsewhere[sop_id] = SopStep.objects.filter(sop_id=sop_id).exclude(
+                channel__in=RELATIONSHIP_CHANNELS).exists()
+        return elsewhere[sop_id]
+
     to_send, held = [], []
     skips: dict[str, list[Message]] = defaultdict(list)
     ended: dict[str, list[int]] = defaultdict(list)
@@ -802,8 +811,7 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
             # Gone from WeCom: nothing more through the relationship. SMS and e-mail can still
             # ask those who left why (seed 001: 对于已流失的用户，可通过邮件、短信等方式进行挽回).
             skips[Message.SkipReason.DELETED_US].append(m)
-            if m.enrollment_id and not (m.sop_step and m.sop_step.sop.steps.exclude(
-                    channel__in=RELATIONSHIP_CHANNELS).exists()):
+            if m.enrollment_id and not (m.sop_step and reaches_elsewhere(m.sop_step.sop_id)):
                 ended["deleted_us"].append(m.enrollment_id)
         elif step and (step.paused or not sop.active):
             # A paused step or a deactivated SOP sends nothing more.
@@ -854,10 +862,14 @@ def _process(ids: list[int], now: datetime, pol: OutreachPolicy, window,
         Message.objects.filter(enrollment_id__in=[e for e in enrollment_ids if e],
                                status=Message.Status.QUEUED).update(
             status=Message.Status.SKIPPED, skip_reason=_EXIT_SKIP[reason])
+    # Held, not dropped: back in the queue until the window opens; not an attempt. One
+    # statement per opening (a time zone's): at night every due message of the batch is held.
+    opening: dict[datetime, list[int]] = defaultdict(list)
     for m, until in held:
-        # Held, not dropped: back in the queue until the window opens; not an attempt.
-        Message.objects.filter(pk=m.pk).update(status=Message.Status.QUEUED, due_at=until,
-                                               attempts=F("attempts") - 1, claimed_at=None)
+        opening[until].append(m.pk)
+    for until, pks in opening.items():
+        Message.objects.filter(pk__in=pks).update(status=Message.Status.QUEUED, due_at=until,
+                                                  attempts=F("attempts") - 1, claimed_at=None)
     result.held += len(held)
     to_send = _render_due(to_send, result)
     _send(to_send, now, pol, result)
