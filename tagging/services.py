@@ -547,9 +547,9 @@ _WRITES = (
 def _rules_run_together(rules: list[TagRule], customer_ids: list[int], *, now: datetime,
                         features: conditions.Features | None, memo: dict) -> int:
     """Run these rules for a few customers at once (PostgreSQL, the touch handler): what each
-    rule matches goes into one table of (customer, rule), and three statements — the exclusive
-    groups' replacements, the new tags, the sync rules' removals — write every rule's changes
-    with their history. A rule's own run (`tag_rule_run`) takes a dozen statements, and a
+    rule matches goes into one table of (customer, rule), and three statements (`_WRITES`: the
+    exclusive groups' replacements, the sync rules' removals, the new tags) write every rule's
+    changes with their history. A rule's own run (`tag_rule_run`) takes a dozen statements, and a
     handler's run changes most rules a little. The tags are those of the rules run one by one;
     a tag of an exclusive group that gives way to the group's other is recorded as replaced
     (one by one, as removed when its own sync rule happened to run first). A rule another
