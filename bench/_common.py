@@ -151,6 +151,29 @@ ORDER BY s.relname
 """
 
 
+# Autovacuum's default rule for analyzing a table: after this many changed rows plus this share.
+AUTOANALYZE_THRESHOLD, AUTOANALYZE_SCALE = 50, 0.1
+UNANALYZED_TABLES_SQL = """
+SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.n_mod_since_analyze > %(threshold)s + %(scale)s * GREATEST(c.reltuples, 0)
+ORDER BY s.relname
+"""
+
+
+def autovacuum_round(execute) -> list[str]:
+    """One round of what autovacuum does on a server where it is on (every minute by default):
+    VACUUM (ANALYZE) the tables past its vacuum threshold, ANALYZE those past its analyze
+    threshold; returns the tables it touched. For a benchmark that runs for a while on a server
+    with `autovacuum = off`: without it the tables a job fills through the run keep the
+    statistics of their first rows, and the planner's choices drift from a real server's."""
+    vacuumed = vacuum_stale_tables(execute)
+    analyzed = [row[0] for row in execute(UNANALYZED_TABLES_SQL, {
+        "threshold": AUTOANALYZE_THRESHOLD, "scale": AUTOANALYZE_SCALE})]
+    for name in analyzed:
+        execute(f'ANALYZE "{name}"', None)
+    return sorted({*vacuumed, *analyzed})
+
+
 def vacuum_stale_tables(execute) -> list[str]:
     """VACUUM (ANALYZE) the tables autovacuum would have vacuumed by now, and return them.
 
