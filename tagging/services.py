@@ -383,6 +383,19 @@ def _rule_condition(rule: TagRule, now: datetime, customer_ids: list[int] | None
     return q
 
 
+def _matching(rule: TagRule, scope, *, now: datetime, customer_ids: list[int] | None,
+              features: conditions.Features | None, memo: dict | None):
+    """The customers of `scope` the rule matches: joined with the batch's per-customer table
+    when there is one (and the rule's leaves are among its columns), else on its own."""
+    if features is not None:
+        try:
+            return features.join(scope).filter(
+                _rule_condition(rule, now, customer_ids, features, memo))
+        except conditions.FeaturesClosed:   # the rule changed since the batch began
+            pass
+    return scope.filter(_rule_condition(rule, now, customer_ids))
+
+
 def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
                  customer_ids: list[int] | None = None, now: datetime | None = None,
                  features: conditions.Features | None = None,
@@ -407,15 +420,8 @@ def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
         scope = Customer.objects.all()
         if customer_ids is not None:
             scope = scope.filter(pk__in=customer_ids)
-        matching = None
-        if features is not None:
-            try:
-                matching = features.join(scope).filter(
-                    _rule_condition(rule, now, customer_ids, features, memo))
-            except conditions.FeaturesClosed:   # the rule changed since the batch began
-                matching = None
-        if matching is None:
-            matching = scope.filter(_rule_condition(rule, now, customer_ids))
+        matching = _matching(rule, scope, now=now, customer_ids=customer_ids,
+                             features=features, memo=memo)
         # The condition is evaluated once: on PostgreSQL into a temporary table that the
         # count, the INSERT and the sync DELETE then join (an index probe each), so no plan
         # can re-run an events aggregate per customer.
@@ -568,15 +574,8 @@ def _rules_run_together(rules: list[TagRule], customer_ids: list[int], *, now: d
             if rule.pk not in locked:
                 continue
             try:
-                matching = None
-                if features is not None:
-                    try:
-                        matching = features.join(scope).filter(
-                            _rule_condition(rule, now, customer_ids, features, memo))
-                    except conditions.FeaturesClosed:
-                        matching = None
-                if matching is None:
-                    matching = scope.filter(_rule_condition(rule, now, customer_ids))
+                matching = _matching(rule, scope, now=now, customer_ids=customer_ids,
+                                     features=features, memo=memo)
             except ApplicationError:
                 alone.append(rule)
                 continue
