@@ -151,6 +151,15 @@ ORDER BY s.relname
 """
 
 
+def sql(statement: str, params=None) -> list[tuple]:
+    """Run a statement on Django's default connection; its rows (none for a command)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
 # Autovacuum's default rule for analyzing a table: after this many changed rows plus this share.
 AUTOANALYZE_THRESHOLD, AUTOANALYZE_SCALE = 50, 0.1
 UNANALYZED_TABLES_SQL = """

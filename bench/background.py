@@ -45,7 +45,7 @@ from _common import django_setup
 
 django_setup(CELERY_TASK_ALWAYS_EAGER="1")
 
-from _common import autovacuum_round, machine  # noqa: E402
+from _common import autovacuum_round, machine, sql  # noqa: E402
 from celery.schedules import crontab  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection  # noqa: E402
@@ -83,12 +83,6 @@ def backend_pid() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         return cursor.fetchone()[0]
-
-
-def sql(statement: str, params=None) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
 
 
 AUTOVACUUM = "(autovacuum, emulated)"

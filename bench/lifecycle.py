@@ -41,7 +41,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from _common import session_settings, vacuum_stale_tables  # noqa: E402
+from _common import session_settings, sql, vacuum_stale_tables  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection, connections, transaction  # noqa: E402
@@ -128,12 +128,6 @@ REDUNDANT_INDEXES = (
     "lifecycle_stagetransition_customer_id_4b4d6990", "lifecycle_stagetransition_model_id_5dd537ee",
     "lifecycle_stagetransition_actor_id_806e60e4",
 )
-
-
-def sql(statement: str, params=None) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
 
 
 def rows_written(tables=WRITE_TABLES) -> int:

@@ -53,7 +53,7 @@ from _common import django_setup
 
 django_setup()
 
-from _common import machine, vacuum_stale_tables  # noqa: E402
+from _common import machine, sql, vacuum_stale_tables  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.cache import cache  # noqa: E402
@@ -70,12 +70,6 @@ from metrics.reports import AIPL_MODEL, DEFAULT_MODEL  # noqa: E402
 
 ENDPOINTS = ("overview", "funnel", "stages", "flows", "revenue", "cohorts", "channels", "sops",
              "campaigns")
-
-
-def sql(statement: str, params=None) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
 
 
 def pct(values: list[float], p: float) -> float:

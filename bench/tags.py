@@ -43,7 +43,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from _common import session_settings, vacuum_stale_tables  # noqa: E402
+from _common import session_settings, sql, vacuum_stale_tables  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import OperationalError, connection, connections, transaction  # noqa: E402
 from django.db.models import QuerySet  # noqa: E402
@@ -116,12 +116,6 @@ REDUNDANT_INDEXES = (
     # covered by (customer_id, at)
     "tagging_tagchange_customer_id_f4422f05",
 )
-
-
-def sql(statement: str, params=None) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
 
 
 def rows_written(tables=WRITE_TABLES) -> int:
