@@ -128,7 +128,7 @@ def sizes() -> list[list]:
                        "metrics_dailyactivity", "metrics_dailystagecount",
                        "metrics_dailytransitioncount", "metrics_cohortcell",
                        "metrics_stagespell",
-                       "metrics_todaystagespell", "metrics_stagespellcell",
+                       "metrics_todaystagespell", "metrics_stagespelldaycell",
                        "metrics_joinerfacts", "metrics_channeldaycell",
                        "metrics_customerbitmap", "metrics_customercolumn"):
         found = sql("SELECT to_regclass(%s)", [table_name])[0][0]

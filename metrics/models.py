@@ -253,8 +253,8 @@ class StageSpell(SpellFields):
         indexes = [models.Index(fields=["model_id", "stage_key", "bucket"],
                                 condition=models.Q(bucket__isnull=False),
                                 name="metrics_spell_bucket"),
-                   # A (channel, owner) scope's spells, counted for a range other than the
-                   # standard ones (a few thousand at 1M customers).
+                   # A (channel, owner) scope's spells, counted for a range (a few thousand
+                   # at 1M customers).
                    models.Index(fields=["model_id", "channel_id", "owner_id"],
                                 name="metrics_spell_scope"),
                    # A customer's spells, replaced when they moved (the nightly update).
@@ -270,19 +270,20 @@ class TodayStageSpell(SpellFields):
         verbose_name_plural = _("stage spells of today")
 
 
-class SpellCellFields(models.Model):
-    """For one model and stage: the stays counted by the stages and flows reports and a
-    histogram of their durations in whole days ({"days": count}) — exits of the stage (`kind`
-    exit), first entries into it (entered) and those moved on to `next_key` (next) — at one
-    grain of the scope: every customer, one channel, one owner, or one (channel, owner). The
-    rows marked `today` are today's changes (counts may be negative)."""
+class StageSpellDayCell(models.Model):
+    """For one model and stage, the stays of one aligned block of the spell days
+    (`days` = 1, 4, 16, 64 or 256 from `day`) and a histogram of their durations in whole days
+    ({"days": count}): exits of the stage (`kind` exit, on the day of the exit), entries into it
+    (entered) and those moved on to `next_key` (next), on the day of the entry — and on their
+    own day the re-entries (`reentry`, `renext`) with the day of the previous entry into the
+    stage (`previous_on`), which a range subtracts when that day falls in it. At the grains
+    every customer, channel and owner; the rows marked `today` are today's changes (counts may
+    be negative). docs/METRICS.md, "Stage durations and channels"."""
 
     class Kind(models.TextChoices):
         EXIT = "exit", _("exits")
         ENTERED = "entered", _("first entries")
         NEXT = "next", _("moved on")
-        # Block cells only (`StageSpellDayCell`): entries whose previous entry into the stage is
-        # on `previous_on`, subtracted from the entries of the ranges beginning by then.
         REENTRY = "reentry", _("re-entries")
         RENEXT = "renext", _("re-entries moved on")
 
@@ -292,6 +293,10 @@ class SpellCellFields(models.Model):
         OWNER = 2, _("owner")
         CHANNEL_OWNER = 3, _("channel and owner")
 
+    day = models.DateField(_("first day"))
+    days = models.PositiveSmallIntegerField(_("days"), default=1)
+    previous_on = models.DateField(_("day of the previous entry into the stage"), null=True,
+                                   blank=True)
     today = models.BooleanField(_("today's changes"), default=False)
     kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices)
     model_id = models.BigIntegerField(_("model id"))
@@ -302,45 +307,6 @@ class SpellCellFields(models.Model):
     owner_id = models.IntegerField(_("owner id"), null=True, blank=True)
     spells = models.IntegerField(_("stays"), default=0)
     histogram = models.JSONField(_("durations (whole days → stays)"), default=dict, blank=True)
-
-    class Meta:
-        abstract = True
-
-
-class StageSpellCell(SpellCellFields):
-    """The stays of one standard range (`days`: the last 7, 30 or 90 days up to today) —
-    see `SpellCellFields`."""
-
-    days = models.PositiveSmallIntegerField(_("range (days)"))
-
-    class Meta:
-        verbose_name = _("stage spell cell")
-        verbose_name_plural = _("stage spell cells")
-        indexes = [models.Index(fields=["days", "model_id", "grain"],
-                                name="metrics_spellcell_range"),
-                   # today's rows, which every frequent refresh reads and rewrites
-                   models.Index(fields=["id"], condition=models.Q(today=True),
-                                name="metrics_spellcell_today")]
-
-    def __str__(self) -> str:
-        return f"{self.days} days {self.kind} {self.stage_key}→{self.next_key}: {self.spells}"
-
-
-class StageSpellDayCell(SpellCellFields):
-    """The stays of one aligned block of the spell days up to today (METRICS_SPELL_DAYS): the
-    `days` (1, 4, 16, 64 or 256) from `day`, counted on the day of the exit, or of the entry for
-    entries and moves on — so that any range within the spell days sums the few blocks it is
-    made of (see `SpellCellFields`). Entries here are all entries; a range counts only the first
-    one of a customer in it, so the one-day cells also hold the re-entries (kinds `reentry`
-    and `renext`) with the day of the previous entry into the stage (`previous_on`, when within
-    the spell days), which a range subtracts when that day falls in it. Stored at the grains
-    every customer, channel and owner; a (channel, owner) scope counts its own spells for such
-    ranges."""
-
-    day = models.DateField(_("first day"))
-    days = models.PositiveSmallIntegerField(_("days"), default=1)
-    previous_on = models.DateField(_("day of the previous entry into the stage"), null=True,
-                                   blank=True)
 
     class Meta:
         verbose_name = _("stage spell block cell")

@@ -25,8 +25,8 @@ from core.db import raw_rows as _raw
 from crm import hooks
 from crm.models import TouchConsumer
 from metrics import activity
-from metrics.models import FactsTable, StageSpell, StageSpellCell
-from metrics.periods import STANDARD_DAYS, Period, Scope, day_start, local_today, stored_days
+from metrics.models import FactsTable, StageSpell, StageSpellDayCell
+from metrics.periods import Period, Scope, day_start, local_today, stored_days
 
 US_PER_DAY = 86_400_000_000
 LOCK_NOT_AVAILABLE = "55P03"
@@ -34,7 +34,6 @@ LOCK_NOT_AVAILABLE = "55P03"
 BLOCKS = activity.SIZES
 # For building the spells' index after the nightly insert in memory (this transaction only).
 INDEX_BUILD_MEMORY = "256MB"
-WINDOWS = STANDARD_DAYS
 # The touches (crm.hooks) that bring today's spells up to date between two refreshes.
 CONSUMER = "metrics_today"
 
@@ -139,60 +138,6 @@ SELECT x.customer_id, x.model_id
 FROM touched t JOIN metrics_todaystagespell x ON x.customer_id = t.customer_id
 """
 
-# The smallest standard range (7, 30, 90 days; 1000 = none) a moment falls in.
-def _range_of(column: str) -> str:
-    return (f"CASE WHEN {column} >= %(since_7)s THEN 7 WHEN {column} >= %(since_30)s THEN 30 "
-            f"WHEN {column} >= %(since_90)s THEN 90 ELSE 1000 END")
-
-
-# What each spell counts for: an exit of its stage (ended by a move out of it) in every range
-# its end falls in; a first entry into its stage — and, once it ended, a move to the next — in
-# every range its start falls in and its previous entry into the stage does not (ranges
-# [lo, hi)). Counted once per spell, then spread over the ranges and rolled up to each grain.
-CELLS_SQL = """
-INSERT INTO metrics_stagespellcell (days, today, kind, model_id, stage_key, next_key, grain,
-                                    channel_id, owner_id, spells, histogram)
-WITH src AS ({source}), classed AS (
-    SELECT 'exit' AS kind, model_id, stage_key, '' AS next_key, channel_id, owner_id, bucket,
-           {ended} AS lo, 1000 AS hi, sign
-    FROM src WHERE exit_matches AND ended_at >= %(since_90)s AND ended_at < %(until)s
-    UNION ALL
-    SELECT 'entered', model_id, stage_key, '', channel_id, owner_id, NULL, {started},
-           {previous}, sign
-    FROM src WHERE started_at >= %(since_90)s AND started_at < %(until)s
-    UNION ALL
-    SELECT 'next', model_id, stage_key, next_key, channel_id, owner_id, bucket, {started},
-           {previous}, sign
-    FROM src WHERE next_key <> '' AND started_at >= %(since_90)s AND started_at < %(until)s
-), fine AS (
-    SELECT kind, model_id, stage_key, next_key, channel_id, owner_id, bucket, lo, hi,
-           SUM(sign) AS n
-    FROM classed GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-), ranged AS (
-    SELECT r.days, f.kind, f.model_id, f.stage_key, f.next_key, f.channel_id, f.owner_id,
-           f.bucket, SUM(f.n) AS n
-    FROM fine f JOIN (VALUES (7), (30), (90)) r(days) ON r.days >= f.lo AND r.days < f.hi
-    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-), grains AS (
-    SELECT days, kind, model_id, stage_key, next_key,
-           CASE GROUPING(channel_id, owner_id) WHEN 3 THEN 0 WHEN 1 THEN 1 WHEN 2 THEN 2
-                ELSE 3 END AS grain,
-           channel_id, owner_id, bucket, SUM(n) AS n
-    FROM ranged
-    GROUP BY GROUPING SETS (
-        (days, kind, model_id, stage_key, next_key, bucket),
-        (days, kind, model_id, stage_key, next_key, channel_id, bucket),
-        (days, kind, model_id, stage_key, next_key, owner_id, bucket),
-        (days, kind, model_id, stage_key, next_key, channel_id, owner_id, bucket))
-)
-SELECT days, %(today)s, kind, model_id, stage_key, next_key, grain, channel_id, owner_id,
-       SUM(n), COALESCE(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL
-                                                            AND n <> 0), '{{{{}}}}'::jsonb)
-FROM grains
-GROUP BY days, kind, model_id, stage_key, next_key, grain, channel_id, owner_id
-HAVING SUM(n) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
-""".format(source="{source}", ended=_range_of("ended_at"), started=_range_of("started_at"),
-           previous=_range_of("previous_entry_at"))
 NIGHTLY_SOURCE = f"SELECT {COLUMNS}, 1 AS sign FROM metrics_stagespell"
 
 
@@ -223,43 +168,40 @@ TOUCHED_SOURCE = f"""
 # touched refreshes add their change as rows of their own, summed back now and then. Below
 # COMPACT_MIN rows they are left as they are.
 COMPACT_MIN = 5_000
-CELL_KEYS = {
-    "metrics_stagespellcell": ("days, kind, model_id, stage_key, next_key, grain, channel_id, "
-                               "owner_id"),
-    "metrics_stagespelldaycell": ("day, days, previous_on, kind, model_id, stage_key, "
-                                  "next_key, grain, channel_id, owner_id"),
-}
-SUMMED_SQL = """
-INSERT INTO {table} ({keys}, today, spells, histogram)
+CELL_KEYS = ("day, days, previous_on, kind, model_id, stage_key, next_key, grain, channel_id, "
+             "owner_id")
+SUMMED_SQL = f"""
+INSERT INTO metrics_stagespelldaycell ({CELL_KEYS}, today, spells, histogram)
 WITH e AS (
-    SELECT {keys}, spells, NULL::text AS bucket, 0 AS n FROM today_rows
+    SELECT {CELL_KEYS}, spells, NULL::text AS bucket, 0 AS n FROM today_rows
     UNION ALL
-    SELECT {keys}, 0, h.key, h.value::int
+    SELECT {CELL_KEYS}, 0, h.key, h.value::int
     FROM today_rows r CROSS JOIN LATERAL jsonb_each_text(r.histogram) h
 ), b AS (
-    SELECT {keys}, bucket, SUM(spells) AS spells, SUM(n) AS n FROM e GROUP BY {keys}, bucket
+    SELECT {CELL_KEYS}, bucket, SUM(spells) AS spells, SUM(n) AS n
+    FROM e GROUP BY {CELL_KEYS}, bucket
 )
-SELECT {keys}, true, SUM(spells),
+SELECT {CELL_KEYS}, true, SUM(spells),
        COALESCE(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL AND n <> 0),
                 '{{}}'::jsonb)
-FROM b GROUP BY {keys}
+FROM b GROUP BY {CELL_KEYS}
 HAVING SUM(spells) <> 0 OR bool_or(bucket IS NOT NULL AND n <> 0)
 """
 
 
-def _compact_today(table: str) -> int:
-    """Sum today's cells of `table` into one row per key (none where they cancel out); returns
-    the rows written."""
+def _compact_today() -> int:
+    """Sum today's cells into one row per key (none where they cancel out); returns the rows
+    written."""
     _execute("CREATE TEMPORARY TABLE today_rows ON COMMIT DROP AS "
-             f"SELECT * FROM {table} WHERE today", {})
-    _execute(f"DELETE FROM {table} WHERE today", {})
-    cells = _execute(SUMMED_SQL.format(table=table, keys=CELL_KEYS[table]), {})
+             "SELECT * FROM metrics_stagespelldaycell WHERE today", {})
+    _execute("DELETE FROM metrics_stagespelldaycell WHERE today", {})
+    cells = _execute(SUMMED_SQL, {})
     _execute("DROP TABLE today_rows", {})
     return cells
 
 
-# The same counts per aligned block of the spell days (`BLOCKS` days, as the customer
-# bitmaps' blocks) instead of per standard range: an exit on the day of its end, every entry
+# What each spell counts for, per aligned block of the spell days (`BLOCKS` days, as the
+# customer bitmaps' blocks): an exit on the day of its end, every entry
 # (and its move on) on the day of its start, rolled up into each block holding the day; and on
 # their own day the re-entries with the day of the previous entry into the stage, which a range
 # subtracts when that day is in it (only the customer's first entry in a range counts).
@@ -335,17 +277,14 @@ def _block_cells(source: str, params: dict[str, Any], *,
 
 
 # The grains of the block cells (a (channel, owner) scope has too many to store per block).
-BLOCK_GRAINS = (StageSpellCell.Grain.ALL, StageSpellCell.Grain.CHANNEL, StageSpellCell.Grain.OWNER)
+Grain = StageSpellDayCell.Grain
+BLOCK_GRAINS = (Grain.ALL, Grain.CHANNEL, Grain.OWNER)
 
 
 def _params(today: date, *, today_rows: bool) -> dict[str, Any]:
-    params: dict[str, Any] = {"t0": day_start(today), "today": today_rows,
-                              "tz": settings.TIME_ZONE, "epoch": activity.EPOCH,
-                              "until": day_start(today + timedelta(days=1)),
-                              "since": _spell_window(today).since}
-    for n in WINDOWS:
-        params[f"since_{n}"] = day_start(today - timedelta(days=n - 1))
-    return params
+    return {"t0": day_start(today), "today": today_rows, "tz": settings.TIME_ZONE,
+            "epoch": activity.EPOCH, "until": day_start(today + timedelta(days=1)),
+            "since": _spell_window(today).since}
 
 
 # How many nights the nightly update may catch up on (more: a full rebuild), and how many days
@@ -441,7 +380,6 @@ def refresh(today: date, header: FactsTable) -> dict[str, Any]:
 def _rebuild(params: dict[str, Any]) -> dict[str, Any]:
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE metrics_stagespell, metrics_todaystagespell")
-        cursor.execute("DELETE FROM metrics_stagespellcell")
         cursor.execute("DELETE FROM metrics_stagespelldaycell")
     # Millions of rows: the indexes are built once after the insert, not row by row (the
     # TRUNCATE holds the table's lock until the commit anyway).
@@ -457,19 +395,16 @@ def _rebuild(params: dict[str, Any]) -> dict[str, Any]:
         for index in indexes:
             editor.add_index(StageSpell, index)
     _execute("ANALYZE metrics_stagespell", {})
-    cells = _execute(CELLS_SQL.format(source=NIGHTLY_SOURCE), params)
-    cells += _block_cells(NIGHTLY_SOURCE, params)
+    cells = _block_cells(NIGHTLY_SOURCE, params)
     _execute("ANALYZE metrics_stagespelldaycell", {})
     return {"spells": spells, "spell_cells": cells, "rebuilt": True, "moved": None}
 
 
 def _update(params: dict[str, Any], *, read_id: int, changed) -> dict[str, Any]:
     """The nightly update: the movers' spells re-read, their difference added into the block
-    cells, the spells and blocks before the spell days dropped, the standard ranges' cells
-    recounted."""
+    cells, the spells and blocks before the spell days dropped."""
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM metrics_todaystagespell")
-        cursor.execute("DELETE FROM metrics_stagespellcell")
         cursor.execute("DELETE FROM metrics_stagespelldaycell WHERE today")
     moved = _execute(MOVERS_SQL, {**params, "read_id": read_id, "changed": changed})
     customers = _raw("SELECT COUNT(*) FROM crm_customer", {})[0][0]
@@ -483,8 +418,8 @@ def _update(params: dict[str, Any], *, read_id: int, changed) -> dict[str, Any]:
     _execute("CREATE TEMPORARY TABLE spell_new (LIKE metrics_stagespell) ON COMMIT DROP", {})
     spells = _execute(MOVERS_SPELLS_SQL, params)
     _execute("ANALYZE spell_new", {})
-    _block_cells(MOVERS_SOURCE, params,
-                 target="CREATE TEMPORARY TABLE spell_delta ON COMMIT DROP AS")
+    cells = _block_cells(MOVERS_SOURCE, params,
+                         target="CREATE TEMPORARY TABLE spell_delta ON COMMIT DROP AS")
     for sql in MERGE_CELLS_SQL:
         _execute(sql, params)
     _execute("DELETE FROM metrics_stagespell o USING spell_movers m "
@@ -498,7 +433,6 @@ def _update(params: dict[str, Any], *, read_id: int, changed) -> dict[str, Any]:
              "WHERE day + days <= (%(since)s AT TIME ZONE %(tz)s)::date", params)
     for table in ("spell_movers", "spell_new", "spell_delta"):
         _execute(f"DROP TABLE {table}", {})
-    cells = _execute(CELLS_SQL.format(source=NIGHTLY_SOURCE), params)
     _execute("ANALYZE metrics_stagespell", {})
     return {"spells": spells, "spell_cells": cells, "rebuilt": False, "moved": moved}
 
@@ -517,14 +451,12 @@ def refresh_today(today: date, header: FactsTable) -> dict[str, int]:
         consumer.position = hooks.position_now()
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM metrics_todaystagespell")
-            cursor.execute("DELETE FROM metrics_stagespellcell WHERE today")
             cursor.execute("DELETE FROM metrics_stagespelldaycell WHERE today")
         spells = _execute(TODAY_SQL.format(target="metrics_todaystagespell", movers=ALL_MOVERS),
                           params)
         # (its size now: joined with the stored spells, a stale estimate plans a scan of them all)
         _execute("ANALYZE metrics_todaystagespell", {})
-        cells = _execute(CELLS_SQL.format(source=TODAY_SOURCE), params)
-        cells += _block_cells(TODAY_SOURCE, params)
+        cells = _block_cells(TODAY_SOURCE, params)
         header.spells_today_cells = cells
         result = {"spells": spells, "spell_cells": cells, "movers": None}
     else:
@@ -556,8 +488,7 @@ def _refresh_touched(params: dict[str, Any], touched: list[int], header: FactsTa
              "ON m.customer_id = t.customer_id AND m.model_id = t.model_id", {})
     _execute("ANALYZE today_new", {})
     _execute("ANALYZE today_old", {})
-    cells = _execute(CELLS_SQL.format(source=TOUCHED_SOURCE), params)
-    cells += _block_cells(TOUCHED_SOURCE, params)
+    cells = _block_cells(TOUCHED_SOURCE, params)
     _execute("DELETE FROM metrics_todaystagespell t USING today_movers m "
              "WHERE m.customer_id = t.customer_id AND m.model_id = t.model_id", {})
     _execute(f"INSERT INTO metrics_todaystagespell ({COLUMNS}) SELECT {COLUMNS} FROM today_new",
@@ -566,11 +497,9 @@ def _refresh_touched(params: dict[str, Any], touched: list[int], header: FactsTa
     # and with the few rows of the day's first refresh in its statistics that anti-join is
     # planned as a loop over both — 9 s by evening at 1M, and growing as the square of the day.
     _execute("ANALYZE metrics_todaystagespell", {})
-    rows = sum(_raw(f"SELECT COUNT(*) FROM {table} WHERE today", {})[0][0]
-               for table in CELL_KEYS)
+    rows = _raw("SELECT COUNT(*) FROM metrics_stagespelldaycell WHERE today", {})[0][0]
     if rows > 2 * max(header.spells_today_cells, COMPACT_MIN):
-        rows = sum(_compact_today(table) for table in CELL_KEYS)
-        header.spells_today_cells = rows
+        header.spells_today_cells = _compact_today()
     for table in ("today_movers", "today_new", "today_old"):
         _execute(f"DROP TABLE {table}", {})
     return {"spells": spells, "spell_cells": cells, "movers": movers}
@@ -599,9 +528,8 @@ def first_stored_day(today: date) -> date:
 
 def stored_range(period: Period, scope: Scope) -> Period | None:
     """`period` when the stored spells answer it for the scope: a range within the spell days
-    up to today, with the spells stored for today and today's part fresh — from the standard
-    range's cells (the last 7, 30 or 90 days), else from the block cells, or for a (channel,
-    owner) scope from its spells. None when the reports are computed live."""
+    up to today, with the spells stored for today and today's part fresh. None when the reports
+    are computed live."""
     today = local_today()
     if period.start < first_stored_day(today) or period.end > today:
         return None
@@ -610,13 +538,6 @@ def stored_range(period: Period, scope: Scope) -> Period | None:
             or not table.today_is_fresh()):
         return None
     return period
-
-
-def _window(period: Period) -> int | None:
-    """The standard range `period` is (its cells stored per range: its days), if any."""
-    if period.end == local_today() and period.days in WINDOWS:
-        return period.days
-    return None
 
 
 def scope_cell(scope: Scope) -> tuple[int, int | None, int | None] | None:
@@ -632,8 +553,8 @@ def scope_cell(scope: Scope) -> tuple[int, int | None, int | None] | None:
             owner = scope.user.pk
         elif role not in (access.ADMIN, access.ANALYST):
             return None
-    grain = (StageSpellCell.Grain.CHANNEL if channel is not None else 0) | (
-        StageSpellCell.Grain.OWNER if owner is not None else 0)
+    grain = (Grain.CHANNEL if channel is not None else 0) | (
+        Grain.OWNER if owner is not None else 0)
     return int(grain), channel, owner
 
 
@@ -671,31 +592,17 @@ Key = tuple[str, str, str]          # (kind, stage key, next stage key or '')
 
 def _figures(*, scope: Scope, period: Period, model_id: int, kinds: list[str]
              ) -> dict[Key, Figure]:
-    """The scope's cells of the range summed: the standard range's own cells, else the block
-    cells of its days (less the re-entries after an entry in it), else for a (channel, owner)
-    scope its own spells."""
+    """The scope's cells of the range summed: the block cells of its days (less the
+    re-entries after an entry in it), or for a (channel, owner) scope its own spells."""
     where = scope_cell(scope)
     if where is None:
         return {}
     grain, channel, owner = where
-    window = _window(period)
-    if window is None and grain not in BLOCK_GRAINS:
+    if grain not in BLOCK_GRAINS:
         return _scope_figures(period=period, model_id=model_id, kinds=kinds, channel=channel,
                               owner=owner)
-    if window is None:
-        return _block_figures(period=period, model_id=model_id, kinds=kinds, grain=grain,
-                              channel=channel, owner=owner)
-    cells = StageSpellCell.objects.filter(days=window, model_id=model_id, grain=grain,
-                                          kind__in=kinds)
-    if grain & StageSpellCell.Grain.CHANNEL:
-        cells = cells.filter(channel_id=channel)
-    if grain & StageSpellCell.Grain.OWNER:
-        cells = cells.filter(owner_id=owner)
-    figures: dict[Key, Figure] = defaultdict(Figure)
-    for kind, stage, next_key, spells, histogram in cells.values_list(
-            "kind", "stage_key", "next_key", "spells", "histogram"):
-        figures[(kind, stage, next_key)].add(spells, histogram)
-    return {key: f for key, f in figures.items() if f.spells}
+    return _block_figures(period=period, model_id=model_id, kinds=kinds, grain=grain,
+                          channel=channel, owner=owner)
 
 
 # A range's figures from the block cells, summed in the database: the cells of the blocks the
@@ -719,14 +626,14 @@ UNION ALL
 SELECT kind, stage_key, next_key, h.key::int, SUM(sign * h.value::int)
 FROM c CROSS JOIN LATERAL jsonb_each_text(c.histogram) h GROUP BY 1, 2, 3, 4
 """
-REENTRY_KINDS = {StageSpellCell.Kind.ENTERED: StageSpellCell.Kind.REENTRY,
-                 StageSpellCell.Kind.NEXT: StageSpellCell.Kind.RENEXT}
+Kind = StageSpellDayCell.Kind
+REENTRY_KINDS = {Kind.ENTERED: Kind.REENTRY, Kind.NEXT: Kind.RENEXT}
 
 
 def _block_figures(*, period: Period, model_id: int, kinds: list[str], grain: int,
                    channel: int | None, owner: int | None) -> dict[Key, Figure]:
-    """The figures of a range other than the standard ones at a grain with block cells: a
-    fixed statement over the few blocks the range is made of and its re-entries."""
+    """The figures of a range at a grain with block cells: one statement over the few blocks
+    the range is made of and its re-entries."""
     params: dict[str, Any] = {"model": model_id, "grain": grain, "kinds": kinds,
                               "re_kinds": [REENTRY_KINDS[k] for k in kinds if k in REENTRY_KINDS],
                               "start": period.start, "end": period.end,
@@ -736,9 +643,9 @@ def _block_figures(*, period: Period, model_id: int, kinds: list[str], grain: in
         params.update({f"d{i}": day, f"n{i}": days})
         blocks.append(f"(%(d{i})s::date, %(n{i})s::int)")
     scope = ""
-    if grain & StageSpellCell.Grain.CHANNEL:
+    if grain & Grain.CHANNEL:
         scope += " AND x.channel_id = %(channel)s"
-    if grain & StageSpellCell.Grain.OWNER:
+    if grain & Grain.OWNER:
         scope += " AND x.owner_id = %(owner)s"
     figures: dict[Key, Figure] = defaultdict(Figure)
     for kind, stage, next_key, bucket, n in _raw(
@@ -750,7 +657,7 @@ def _block_figures(*, period: Period, model_id: int, kinds: list[str], grain: in
     return {key: f for key, f in figures.items() if f.spells}
 
 
-# A (channel, owner) scope's figures for a range without cells of its own, counted from its
+# A (channel, owner) scope's figures for a range (no cells of its own), counted from its
 # spells (the nightly rows less those today's rows stand in for, then today's): the same
 # classing as the cells' — an exit on its end, a first entry (and its move on) on its start when
 # the previous entry into the stage is before the range.
@@ -780,9 +687,8 @@ GROUP BY 2, 3, 4
 
 def _scope_figures(*, period: Period, model_id: int, kinds: list[str], channel: int,
                    owner: int) -> dict[Key, Figure]:
-    """A (channel, owner) scope's figures for a range other than the standard ones: its
-    spells in the spell days are few (an index range), so they are counted directly instead of
-    storing block cells for every (channel, owner)."""
+    """A (channel, owner) scope's figures: its spells in the spell days are few (an index
+    range), so they are counted directly instead of storing block cells per (channel, owner)."""
     figures: dict[Key, Figure] = defaultdict(Figure)
     rows = _raw(SCOPE_FIGURES_SQL, {"model": model_id, "channel": channel, "owner": owner,
                                     "since": period.since, "until": period.until})

@@ -23,7 +23,6 @@ from metrics import activity, attribution, channels, selectors, services, stage_
 from metrics.models import (
     FactsTable,
     StageSpell,
-    StageSpellCell,
     StageSpellDayCell,
     TodayStageSpell,
 )
@@ -231,18 +230,16 @@ def test_todays_moves_are_counted(data, monkeypatch):
 
 
 def _today_cells() -> dict:
-    """Today's cells of both tables summed per key, as a reader sums them."""
+    """Today's cells summed per key, as a reader sums them."""
     cells: dict = {}
-    for model, keys in ((StageSpellCell, ("days",)),
-                        (StageSpellDayCell, ("day", "days", "previous_on"))):
-        for row in model.objects.filter(today=True).values():
-            key = (model.__name__, *(row[k] for k in keys), row["kind"], row["model_id"],
-                   row["stage_key"], row["next_key"], row["grain"], row["channel_id"],
-                   row["owner_id"])
-            spells, histogram = cells.get(key, (0, {}))
-            for bucket, n in row["histogram"].items():
-                histogram[bucket] = histogram.get(bucket, 0) + n
-            cells[key] = (spells + row["spells"], histogram)
+    for row in StageSpellDayCell.objects.filter(today=True).values():
+        key = (row["day"], row["days"], row["previous_on"], row["kind"], row["model_id"],
+               row["stage_key"], row["next_key"], row["grain"], row["channel_id"],
+               row["owner_id"])
+        spells, histogram = cells.get(key, (0, {}))
+        for bucket, n in row["histogram"].items():
+            histogram[bucket] = histogram.get(bucket, 0) + n
+        cells[key] = (spells + row["spells"], histogram)
     return {key: (spells, {b: n for b, n in histogram.items() if n})
             for key, (spells, histogram) in cells.items()
             if spells or any(histogram.values())}
@@ -258,8 +255,7 @@ def test_later_refreshes_read_the_touched_customers_and_equal_one_from_scratch(
     # (the day's first refresh records how many cells it stored: the rows are summed back once
     # they are twice as many)
     assert FactsTable.objects.get().spells_today_cells == (
-        StageSpellCell.objects.filter(today=True).count()
-        + StageSpellDayCell.objects.filter(today=True).count()) > 0
+        StageSpellDayCell.objects.filter(today=True).count()) > 0
     move(c[3], "value", "growth", mar(10, 14))
     newcomer = Customer.objects.create(external_id="today", joined_at=mar(10, 9),
                                        owner=data.op_b, channel=data.store)
@@ -294,7 +290,7 @@ def test_later_refreshes_read_the_touched_customers_and_equal_one_from_scratch(
     # Summed back to one row per cell (as once they are twice as many), the same cells; and the
     # same day refreshed from scratch stores the same.
     with transaction.atomic():
-        rows = sum(stage_durations._compact_today(table) for table in stage_durations.CELL_KEYS)
+        rows = stage_durations._compact_today()
     assert rows == len(followed[0])             # one row per cell
     assert (_today_cells(), sorted(TodayStageSpell.objects.values_list(
         "spell_id", "owner_id", "ended_at", "next_key"))) == followed
@@ -330,14 +326,15 @@ def test_the_planner_knows_how_many_spells_today_holds_after_each_refresh(data):
 
 
 def test_spell_cells_exist_per_grain(data):
+    """Block cells at the grains every customer, channel and owner (a (channel, owner) scope
+    counts its own spells), one stored row per block, figure and grain key."""
     services.metrics_today(today=TODAY)
-    grains = set(StageSpellCell.objects.values_list("grain", flat=True))
-    assert grains == {0, 1, 2, 3}
-    # One cell per figure and grain key: the operator's figure is one row, not summed.
-    value = StageModel.objects.get(key="value")
-    rows = StageSpellCell.objects.filter(days=90, model_id=value.pk, today=False, grain=2,
-                                         owner_id=data.op_a.pk, kind="exit", stage_key="intro")
-    assert rows.count() == 1
+    assert set(StageSpellDayCell.objects.values_list("grain", flat=True)) == {0, 1, 2}
+    keys = ("day", "days", "previous_on", "kind", "model_id", "stage_key", "next_key", "grain",
+            "channel_id", "owner_id")
+    stored = StageSpellDayCell.objects.filter(today=False)
+    assert stored.filter(grain=2, owner_id=data.op_a.pk, kind="exit").exists()
+    assert stored.values(*keys).distinct().count() == stored.count()
 
 
 # Ranges within the 90 days (2023-12-12 … 03-10) that are not a standard range: from the
