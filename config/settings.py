@@ -111,6 +111,9 @@ DB_HEAVY_WORK_MEM = os.environ.get("DB_HEAVY_WORK_MEM", "64MB")
 # Database sessions a full lifecycle evaluation spreads its chunks of customers over (each
 # writes its own range in its own transaction; PostgreSQL writes with one core per session).
 LIFECYCLE_EVALUATION_SESSIONS = int(os.environ.get("LIFECYCLE_EVALUATION_SESSIONS", "1"))
+# Database sessions a full run of the due tag rules spreads them over (rules that read one
+# another's tags or share an exclusive group stay in one; tagging.services._lanes).
+TAG_RULE_SESSIONS = int(os.environ.get("TAG_RULE_SESSIONS", "2"))
 # Days up to today the metrics' stage spells (stages/, flows/) and channel join-day cells
 # (channels/) are stored for; a range starting earlier is computed live (docs/METRICS.md).
 METRICS_SPELL_DAYS = int(os.environ.get("METRICS_SPELL_DAYS", "400"))

@@ -444,21 +444,26 @@ def threshold_names(tree: Any) -> set[str]:
     return found
 
 
-def field_names(tree: Any) -> set[str]:
-    """Names of the fields a (validated) tree's leaves test — or a list of trees'."""
-    found: set[str] = set()
+def leaf_nodes(tree: Any) -> list[dict]:
+    """The leaves (`{"field": …}` nodes) of a tree — or of a list of trees."""
+    found: list[dict] = []
     stack = [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             if isinstance(node.get("field"), str):
-                found.add(node["field"])
+                found.append(node)
             for key in ("all", "any", "not"):
                 if key in node:
                     stack.append(node[key])
         elif isinstance(node, list):
             stack.extend(node)
     return found
+
+
+def field_names(tree: Any) -> set[str]:
+    """Names of the fields a (validated) tree's leaves test — or a list of trees'."""
+    return {leaf["field"] for leaf in leaf_nodes(tree)}
 
 
 def resolve_thresholds(tree: Any, thresholds: dict[str, Any], path: str = "") -> Any:

@@ -309,6 +309,54 @@ def test_a_lower_priority_rule_tags_customers_the_higher_rule_knows_nothing_abou
     assert TagRuleRun.objects.filter(rule=local_rule).latest("id").matched == 2
 
 
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_full_run_spread_over_two_sessions_tags_as_one_session_does(settings, monkeypatch):
+    """A full run outside a transaction spreads the rules over TAG_RULE_SESSIONS database
+    sessions; an exclusive group's rules, and a rule reading another's tag, stay in one session
+    in their order — the tags, the history and the runs' figures are those of one session."""
+    customers, expected = _layer_customers()
+    group = TagGroup.objects.create(name="运营")
+    shanghai = Tag.objects.create(group=group, name="上海")
+    rich_sh = Tag.objects.create(group=group, name="上海高价值")
+    TagRule.objects.create(name="上海", tag=shanghai, condition=SHANGHAI, mode="sync")
+    TagRule.objects.create(name="上海高价值", tag=rich_sh, mode="sync", condition={"all": [
+        SHANGHAI, {"field": "tag", "op": "any", "value": ["高价值客户"]}]})
+    Customer.objects.filter(pk__in=[customers["spend-2000"].pk, customers["joined-13"].pk]
+                            ).update(city="上海")
+    rules = list(TagRule.objects.filter(active=True).select_related("tag__group")
+                 .order_by("priority", "pk"))
+    lanes = [[rule.name for rule in lane] for lane in services._lanes(rules)]
+    assert sorted(lanes, key=len) == [["上海"], [r.name for r in rules if r.name != "上海"]]
+    threads = set()
+    lane_run = services._run_lane_in_thread
+
+    def spy(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return lane_run(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_run_lane_in_thread", spy)
+
+    def outcome(runs):
+        return ({(c.external_id, frozenset(held(c))) for c in Customer.objects.all()},
+                sorted(TagChange.objects.values_list("customer_id", "tag_name", "action")),
+                [(r.rule.name, r.matched, r.added, r.removed) for r in runs])
+
+    settings.TAG_RULE_SESSIONS = 2
+    spread = outcome(services.tag_rules_run_due(force=True))
+    assert len(threads) == 2
+    assert _layers(customers) == expected
+    assert {ext for ext, tags in spread[0] if "上海高价值" in tags} == {"spend-2000"}
+
+    CustomerTag.objects.all().delete()
+    TagChange.objects.all().delete()
+    settings.TAG_RULE_SESSIONS = 1
+    threads.clear()
+    alone = outcome(services.tag_rules_run_due(force=True))
+    assert not threads
+    assert alone == spread
+
+
 # --- Idempotent re-run ----------------------------------------------------------------------
 
 WRITE = re.compile(r'\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?tagging_(customertag|tagchange)\b',
