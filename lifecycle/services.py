@@ -358,7 +358,7 @@ def _evaluate(models: list[StageModel], *, customer_ids: list[int] | None, now: 
             .order_by("order", "key"))
         if not locked:
             return []
-        heavy_statements()
+        heavy_statements(None if customer_ids is None else len(customer_ids))
         plan = [(model, stages, model.thresholds) for model in locked
                 if (stages := _stages(model))]
         results = {model.pk: Evaluation(model=model.key) for model in locked}

@@ -418,7 +418,7 @@ def tag_rule_run(*, rule: TagRule, trigger: str = TagRuleRun.Trigger.MANUAL,
         if locked is None:
             return None
         rule = (TagRule.objects.select_related("tag__group").get(pk=rule.pk))
-        heavy_statements()
+        heavy_statements(None if customer_ids is None else len(customer_ids))
         scope = Customer.objects.all()
         if customer_ids is not None:
             scope = scope.filter(pk__in=customer_ids)
@@ -478,7 +478,7 @@ def _batch_features(rules: list[TagRule], *, now: datetime, customer_ids: list[i
         yield None
         return
     with transaction.atomic():
-        heavy_statements()
+        heavy_statements(None if customer_ids is None else len(customer_ids))
         features.materialize(conditions.Context(now=now, customer_ids=customer_ids),
                              keep=True)
     try:
@@ -647,7 +647,7 @@ def _rules_run_together(rules: list[TagRule], customer_ids: list[int], *, now: d
     with transaction.atomic():
         locked = set(TagRule.objects.select_for_update(skip_locked=True)
                      .filter(pk__in=[rule.pk for rule in rules]).values_list("pk", flat=True))
-        heavy_statements()
+        heavy_statements(len(customer_ids))
         scope = Customer.objects.filter(pk__in=customer_ids).order_by()
         parts, params, alone = [], [], []
         for rule in rules:
@@ -750,7 +750,7 @@ def _rules_changing(rules: list[TagRule], customer_ids: list[int], *, now: datet
     counts = {}
     if checks:
         with transaction.atomic():
-            heavy_statements()          # (JIT off: a few hundred customers)
+            heavy_statements(len(customer_ids))     # (JIT off: a few hundred customers)
             counts = scope.aggregate(**checks)
     for rule in rules:
         pk = rule.pk
