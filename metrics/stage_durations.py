@@ -152,17 +152,18 @@ def _change_source(table: str, replaced: str) -> str:
 """
 
 
-# Today's spells counted now, minus the nightly rows they replace.
-TODAY_SOURCE = _change_source(
-    "metrics_todaystagespell",
-    "JOIN metrics_todaystagespell t ON t.spell_id = o.spell_id")
+# Today's spells counted now, minus the nightly rows they replace (only a spell begun before
+# today can have one: the others are not looked up).
+REPLACES = "JOIN {table} t ON t.spell_id = o.spell_id AND t.started_at < %(t0)s"
+TODAY_SOURCE = _change_source("metrics_todaystagespell",
+                              REPLACES.format(table="metrics_todaystagespell"))
 # The touched movers' change since the last refresh: their spells now, less the nightly rows
 # they replace, less (their spells as stored, less the nightly rows those replaced).
 TOUCHED_SOURCE = f"""
-    {_change_source("today_new", "JOIN today_new t ON t.spell_id = o.spell_id")}
+    {_change_source("today_new", REPLACES.format(table="today_new"))}
     UNION ALL
     SELECT {COLUMNS}, -sign FROM ({_change_source(
-        "today_old", "JOIN today_old t ON t.spell_id = o.spell_id")}) old
+        "today_old", REPLACES.format(table="today_old"))}) old
 """
 # Today's cells summed per key into one row each (GROUP BY groups NULL keys together): the
 # touched refreshes add their change as rows of their own, summed back now and then. Below
