@@ -13,7 +13,8 @@ import operator
 import threading
 import time
 import zlib
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from itertools import accumulate
@@ -84,22 +85,6 @@ class NeedsFull(Exception):
     """An update cannot hold what changed (a code list outgrew its limit): build in full."""
 
 
-def _where(ids: np.ndarray | None, column: str) -> str:
-    """A part's restriction to an update's customers (None: everyone), named once in a
-    temporary table rather than spelled out in each of the parts' statements."""
-    return "true" if ids is None else f"{column} IN (SELECT id FROM {CHANGED_TABLE})"
-
-
-def _place(where: int | np.ndarray, row_ids: np.ndarray, values: np.ndarray,
-           fill) -> np.ndarray:
-    """Values by customer: indexed by id (`where` = the size of a full build) or aligned with
-    the sorted ids `where` (an update; an absent customer gets `fill`)."""
-    full = isinstance(where, int)
-    out = np.full(where if full else len(where), fill, dtype=values.dtype)
-    out[row_ids if full else np.searchsorted(where, row_ids)] = values
-    return out
-
-
 def _extend(known: list[str], found: list[str]) -> list[str]:
     """A code list with the values not in it yet appended (codes already given stay)."""
     seen = set(known)
@@ -112,150 +97,179 @@ def _listed(part: dict | None, name: str) -> list[str]:
     return [] if values == [""] else values
 
 
-def _code_list(base: dict | None, name: str, found: list[str], ids) -> list[str] | None:
-    """The code list `name`: the full build's (`base`) extended with `found`; None when not
-    indexed (over MAX_CODES values: those leaves are answered in SQL)."""
-    if base is not None and not bool(base[f"{name}_indexed"]):
-        return None
-    codes = _extend(_listed(base, name), found)
-    if len(codes) > MAX_CODES and ids is not None:
-        raise NeedsFull(name)
-    return codes if len(codes) <= MAX_CODES else None
-
-
 CUSTOMER_COLUMNS = ("owner", "channel", "gender", "status", "opted_out", "orders_count",
                     "cents", "city", *DATETIMES)
 # Each customer's entry where the customer does not exist (or has no row).
-FILLS = {"owner": 0, "channel": 0, "gender": 0, "status": 0, "opted_out": False,
-         "orders_count": 0, "cents": 0, "city": 0, "exists": False,
-         **dict.fromkeys(DATETIMES, NULL_TIME)}
+FILLS = {**dict.fromkeys(CUSTOMER_COLUMNS, 0), **dict.fromkeys(DATETIMES, NULL_TIME),
+         "opted_out": False, "exists": False}
 
 
-def _customers_part(ids: np.ndarray | None = None, base: dict | None = None
-                    ) -> dict[str, np.ndarray]:
-    where = _where(ids, "c.id")
-    found = [c for (c,) in _rows(f"SELECT DISTINCT city FROM crm_customer c WHERE {where}")]
-    cities = _code_list(base, "cities", found, ids)
-    genders, statuses = list(Customer.Gender.values), list(Customer.Status.values)
-    times = ", ".join(f"COALESCE(c.{name}, '-infinity')" for name in DATETIMES)
-    rows, *columns = copy_columns(
-        "SELECT c.id::int4, c.owner_id::int4, COALESCE(c.channel_id, 0)::int4, "
-        "COALESCE(array_position(%s::text[], c.gender::text), 0)::int2, "
-        "COALESCE(array_position(%s::text[], c.status::text), 0)::int2, "
-        "c.opted_out, c.orders_count::int4, (c.total_spent * 100)::int8, "
-        f"COALESCE(ci.n, 0)::int4, {times} "
-        "FROM crm_customer c LEFT JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) "
-        f"ON ci.v = c.city WHERE {where}",
-        [genders, statuses, cities or []],
-        ["int4", "int4", "int4", "int2", "int2", "bool", "int4", "int8", "int4",
-         *["timestamptz"] * len(DATETIMES)])
-    where_to = (int(rows.max()) + 1 if len(rows) else 1) if ids is None else ids
-    part = {name: _place(where_to, rows, column, FILLS[name])
-            for name, column in zip(CUSTOMER_COLUMNS, columns, strict=True)}
-    part["exists"] = _place(where_to, rows, np.ones(len(rows), dtype=bool), False)
-    return {**part, "cities": np.array(cities or [""], dtype=str),
-            "cities_indexed": np.array(cities is not None),
-            "genders": np.array(genders), "statuses": np.array(statuses)}
+@dataclass
+class _Reading:
+    """The parts read inside the build's snapshot: everyone's, indexed by customer id (`size`,
+    set by the customers part), or an update's, aligned with the sorted `ids` and coded with
+    the full build's code `lists` (extended)."""
 
+    ids: np.ndarray | None = None
+    lists: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    size: int = 0
 
-def _attributes_part(size: int, ids: np.ndarray | None = None, base: dict | None = None
-                     ) -> dict[str, np.ndarray]:
-    """Per key a condition may name, one int32 code per customer: the index of its string
-    value in `values:<key>`, OTHER_TYPE (not a string) or NO_VALUE (missing, JSON null)."""
-    lateral = "FROM crm_customer c CROSS JOIN LATERAL jsonb_each(c.attributes) AS e"
-    filters = ("WHERE jsonb_typeof(c.attributes) = 'object' AND jsonb_typeof(e.value) <> 'null' "
-               f"AND {_where(ids, 'c.id')}")
-    pairs = _rows("SELECT e.key, CASE WHEN jsonb_typeof(e.value) = 'string' THEN "
-                  f"e.value #>> '{{}}' END {lateral} {filters} GROUP BY 1, 2")
-    excluded = set(_listed(base, "excluded"))
-    values = {key: _listed(base, f"values:{key}") for key in _listed(base, "keys")}
-    for key, value in pairs:
-        # only the keys a condition can name (crm.conditions validates keys)
-        if ATTRIBUTE_KEY.match(key) and "__" not in key and not key.isdigit() \
-                and key not in excluded:
-            values[key] = _extend(values.get(key, []), [value] if value is not None else [])
-    keys = sorted(k for k, v in values.items() if len(v) <= MAX_CODES)[:MAX_ATTRIBUTE_KEYS]
-    if ids is not None and len(keys) < len(values):
-        raise NeedsFull("attributes")
-    excluded |= set(values) - set(keys)     # too many values or keys: answered in SQL
-    part = {"keys": np.array(keys or [""], dtype=str),
-            "excluded": np.array(sorted(excluded) or [""], dtype=str)}
-    if not keys:
+    def parts(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        yield "customers", self.customers()
+        yield "attributes", self.attributes()
+        yield "tags", self.tags()
+        yield "orders", self.orders()
+        yield "groups", self.groups()
+        kinds = list(Event.Type.values)
+        if self.ids is None:        # a type at a time, to hold one in memory
+            for kind in kinds:
+                yield f"events:{kind}", self.events([kind])[kind]
+        else:                       # every type in one statement
+            yield from ((f"events:{kind}", part) for kind, part in self.events(kinds).items())
+        for part in crm_extensions.segment_index_parts:       # e.g. lifecycle's stages
+            yield part.name, part.read(self.size, self.ids)
+
+    def where(self, column: str) -> str:
+        """Restricts a statement to an update's customers (named once, in a temporary table)."""
+        return "true" if self.ids is None else f"{column} IN (SELECT id FROM {CHANGED_TABLE})"
+
+    def place(self, row_ids: np.ndarray, values: np.ndarray, fill) -> np.ndarray:
+        """Values by customer (an absent one gets `fill`)."""
+        full = self.ids is None
+        out = np.full(self.size if full else len(self.ids), fill, dtype=values.dtype)
+        out[row_ids if full else np.searchsorted(self.ids, row_ids)] = values
+        return out
+
+    def code_list(self, part: str, name: str, found: list[str]) -> list[str] | None:
+        """The full build's code list extended with `found`; None when not indexed (over
+        MAX_CODES values: those leaves are answered in SQL)."""
+        base = self.lists.get(part)
+        if base is not None and not bool(base[f"{name}_indexed"]):
+            return None
+        codes = _extend(_listed(base, name), found)
+        if len(codes) > MAX_CODES and self.ids is not None:
+            raise NeedsFull(name)
+        return codes if len(codes) <= MAX_CODES else None
+
+    def customers(self) -> dict[str, np.ndarray]:
+        where = self.where("c.id")
+        found = [c for (c,) in _rows(f"SELECT DISTINCT city FROM crm_customer c WHERE {where}")]
+        cities = self.code_list("customers", "cities", found)
+        genders, statuses = list(Customer.Gender.values), list(Customer.Status.values)
+        times = ", ".join(f"COALESCE(c.{name}, '-infinity')" for name in DATETIMES)
+        rows, *columns = copy_columns(
+            "SELECT c.id::int4, c.owner_id::int4, COALESCE(c.channel_id, 0)::int4, "
+            "COALESCE(array_position(%s::text[], c.gender::text), 0)::int2, "
+            "COALESCE(array_position(%s::text[], c.status::text), 0)::int2, "
+            "c.opted_out, c.orders_count::int4, (c.total_spent * 100)::int8, "
+            f"COALESCE(ci.n, 0)::int4, {times} "
+            "FROM crm_customer c LEFT JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) "
+            f"ON ci.v = c.city WHERE {where}",
+            [genders, statuses, cities or []],
+            ["int4", "int4", "int4", "int2", "int2", "bool", "int4", "int8", "int4",
+             *["timestamptz"] * len(DATETIMES)])
+        if self.ids is None:
+            self.size = int(rows.max()) + 1 if len(rows) else 1
+        part = {name: self.place(rows, column, FILLS[name])
+                for name, column in zip(CUSTOMER_COLUMNS, columns, strict=True)}
+        return {**part, "exists": self.place(rows, np.ones(len(rows), dtype=bool), False),
+                "cities": np.array(cities or [""], dtype=str),
+                "cities_indexed": np.array(cities is not None),
+                "genders": np.array(genders), "statuses": np.array(statuses)}
+
+    def attributes(self) -> dict[str, np.ndarray]:
+        """Per key a condition may name, one int32 code per customer: the index of its string
+        value in `values:<key>`, OTHER_TYPE (not a string) or NO_VALUE (missing, JSON null)."""
+        base = self.lists.get("attributes")
+        lateral = "FROM crm_customer c CROSS JOIN LATERAL jsonb_each(c.attributes) AS e"
+        filters = ("WHERE jsonb_typeof(c.attributes) = 'object' "
+                   f"AND jsonb_typeof(e.value) <> 'null' AND {self.where('c.id')}")
+        pairs = _rows("SELECT e.key, CASE WHEN jsonb_typeof(e.value) = 'string' THEN "
+                      f"e.value #>> '{{}}' END {lateral} {filters} GROUP BY 1, 2")
+        excluded = set(_listed(base, "excluded"))
+        values = {key: _listed(base, f"values:{key}") for key in _listed(base, "keys")}
+        for key, value in pairs:
+            # only the keys a condition can name (crm.conditions validates keys)
+            if ATTRIBUTE_KEY.match(key) and "__" not in key and not key.isdigit() \
+                    and key not in excluded:
+                values[key] = _extend(values.get(key, []), [value] if value is not None else [])
+        keys = sorted(k for k, v in values.items() if len(v) <= MAX_CODES)[:MAX_ATTRIBUTE_KEYS]
+        if self.ids is not None and len(keys) < len(values):
+            raise NeedsFull("attributes")
+        excluded |= set(values) - set(keys)     # too many values or keys: answered in SQL
+        part = {"keys": np.array(keys or [""], dtype=str),
+                "excluded": np.array(sorted(excluded) or [""], dtype=str)}
+        if not keys:
+            return part
+        offsets = dict(zip(keys, accumulate([0] + [len(values[k]) for k in keys]),
+                           strict=False))
+        rows, key_codes, value_codes = copy_columns(
+            f"SELECT c.id::int4, ek.n::int4, COALESCE(ev.n, 0)::int4 {lateral} "
+            "JOIN unnest(%s::text[]) WITH ORDINALITY AS ek(k, n) ON ek.k = e.key "
+            "LEFT JOIN unnest(%s::text[], %s::text[]) WITH ORDINALITY AS ev(k, v, n) "
+            "ON jsonb_typeof(e.value) = 'string' AND ev.k = e.key AND ev.v = e.value #>> '{}' "
+            f"{filters}",
+            [keys, [k for k in keys for _v in values[k]], [v for k in keys for v in values[k]]],
+            ["int4", "int4", "int4"])
+        for number, key in enumerate(keys, start=1):
+            mine = key_codes == number
+            codes = np.where(value_codes[mine] > 0, value_codes[mine] - 1 - offsets[key],
+                             OTHER_TYPE).astype(np.int32)
+            part[f"codes:{key}"] = self.place(rows[mine], codes, NO_VALUE)
+            part[f"values:{key}"] = np.array(values[key] or [""], dtype=str)
         return part
-    offsets = dict(zip(keys, accumulate([0] + [len(values[k]) for k in keys]), strict=False))
-    rows, key_codes, value_codes = copy_columns(
-        f"SELECT c.id::int4, ek.n::int4, COALESCE(ev.n, 0)::int4 {lateral} "
-        "JOIN unnest(%s::text[]) WITH ORDINALITY AS ek(k, n) ON ek.k = e.key "
-        "LEFT JOIN unnest(%s::text[], %s::text[]) WITH ORDINALITY AS ev(k, v, n) "
-        "ON jsonb_typeof(e.value) = 'string' AND ev.k = e.key AND ev.v = e.value #>> '{}' "
-        f"{filters}",
-        [keys, [k for k in keys for _v in values[k]], [v for k in keys for v in values[k]]],
-        ["int4", "int4", "int4"])
-    for number, key in enumerate(keys, start=1):
-        mine = key_codes == number
-        codes = np.where(value_codes[mine] > 0, value_codes[mine] - 1 - offsets[key],
-                         OTHER_TYPE).astype(np.int32)
-        part[f"codes:{key}"] = _place(size if ids is None else ids, rows[mine], codes,
-                                      NO_VALUE)
-        part[f"values:{key}"] = np.array(values[key] or [""], dtype=str)
-    return part
 
+    def tags(self) -> dict[str, np.ndarray]:
+        tag, customer, expires = copy_columns(
+            "SELECT tag_id::int4, customer_id::int4, COALESCE(expires_at, 'infinity') "
+            f"FROM tagging_customertag WHERE {self.where('customer_id')}", [],
+            ["int4", "int4", "timestamptz"])
+        order = np.lexsort((customer, tag))
+        return {"tag": tag[order], "customer": customer[order], "expires": expires[order]}
 
-def _tags_part(ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    tag, customer, expires = copy_columns(
-        "SELECT tag_id::int4, customer_id::int4, COALESCE(expires_at, 'infinity') "
-        f"FROM tagging_customertag WHERE {_where(ids, 'customer_id')}", [],
-        ["int4", "int4", "timestamptz"])
-    order = np.lexsort((customer, tag))
-    return {"tag": tag[order], "customer": customer[order], "expires": expires[order]}
+    def orders(self) -> dict[str, np.ndarray]:
+        """The paid orders (customer, placed at, amount in cents) and, per order, the
+        categories of its items as (row of the order, category code) pairs."""
+        paid = f"o.status = %s AND {self.where('o.customer_id')}"
+        items = "FROM crm_orderitem i JOIN crm_order o ON o.id = i.order_id"
+        order_ids, customer, placed, cents = copy_columns(
+            "SELECT o.id::int8, o.customer_id::int4, o.placed_at, (o.amount * 100)::int8 "
+            f"FROM crm_order o WHERE {paid} ORDER BY o.id",
+            [Order.Status.PAID], ["int8", "int4", "timestamptz", "int8"])
+        found = [c for (c,) in _rows(f"SELECT DISTINCT i.category {items} WHERE {paid}",
+                                     [Order.Status.PAID])]
+        categories = self.code_list("orders", "categories", found)
+        item_orders, codes = copy_columns(
+            f"SELECT DISTINCT i.order_id::int8, ci.n::int4 {items} "
+            "JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) ON ci.v = i.category "
+            f"WHERE {paid}", [categories or [], Order.Status.PAID], ["int8", "int4"])
+        return {"customer": customer, "placed": placed, "cents": cents,
+                "categories_indexed": np.array(categories is not None),
+                "item_rows": np.searchsorted(order_ids, item_orders).astype(np.int32),
+                "item_codes": codes, "categories": np.array(categories or [""], dtype=str)}
 
+    def groups(self) -> dict[str, np.ndarray]:
+        customer, group, joined, current = copy_columns(
+            "SELECT customer_id::int4, group_id::int4, joined_at, left_at IS NULL "
+            f"FROM crm_groupmembership WHERE {self.where('customer_id')}", [],
+            ["int4", "int4", "timestamptz", "bool"])
+        return {"customer": customer, "group": group, "joined": joined, "current": current}
 
-def _orders_part(ids: np.ndarray | None = None, base: dict | None = None
-                 ) -> dict[str, np.ndarray]:
-    """The paid orders (customer, placed at, amount in cents) and, per order, the categories
-    of its items as (row of the order, category code) pairs."""
-    paid = f"o.status = %s AND {_where(ids, 'o.customer_id')}"
-    items = "FROM crm_orderitem i JOIN crm_order o ON o.id = i.order_id"
-    order_ids, customer, placed, cents = copy_columns(
-        "SELECT o.id::int8, o.customer_id::int4, o.placed_at, (o.amount * 100)::int8 "
-        f"FROM crm_order o WHERE {paid} ORDER BY o.id",
-        [Order.Status.PAID], ["int8", "int4", "timestamptz", "int8"])
-    found = [c for (c,) in _rows(f"SELECT DISTINCT i.category {items} WHERE {paid}",
-                                 [Order.Status.PAID])]
-    categories = _code_list(base, "categories", found, ids)
-    item_orders, codes = copy_columns(
-        f"SELECT DISTINCT i.order_id::int8, ci.n::int4 {items} "
-        "JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) ON ci.v = i.category "
-        f"WHERE {paid}", [categories or [], Order.Status.PAID], ["int8", "int4"])
-    return {"customer": customer, "placed": placed, "cents": cents,
-            "categories_indexed": np.array(categories is not None),
-            "item_rows": np.searchsorted(order_ids, item_orders).astype(np.int32),
-            "item_codes": codes, "categories": np.array(categories or [""], dtype=str)}
-
-
-def _groups_part(ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    customer, group, joined, current = copy_columns(
-        "SELECT customer_id::int4, group_id::int4, joined_at, left_at IS NULL "
-        f"FROM crm_groupmembership WHERE {_where(ids, 'customer_id')}", [],
-        ["int4", "int4", "timestamptz", "bool"])
-    return {"customer": customer, "group": group, "joined": joined, "current": current}
-
-
-def _events_parts(kinds: list[str], ids: np.ndarray | None = None
-                  ) -> dict[str, dict[str, np.ndarray]]:
-    """The per-type event counts of these types, each type's part, from one statement."""
-    latest = [f"latest_{i}" for i in range(1, LATEST + 1)]
-    times = ", ".join(f"COALESCE({name}, '-infinity')" for name in latest)
-    code, *columns = copy_columns(
-        "SELECT COALESCE(array_position(%s::text[], type::text), 0)::int2, customer_id::int4, "
-        f"total::int4, since_joined::int4, {times} FROM crm_eventcount WHERE type = ANY(%s::text[]) AND {_where(ids, 'customer_id')}",
-        [kinds, kinds], ["int2", "int4", "int4", "int4", *["timestamptz"] * LATEST])
-    parts = {}
-    for number, kind in enumerate(kinds, start=1):
-        rows = code == number if len(kinds) > 1 else slice(None)
-        parts[kind] = {name: column[rows] for name, column in
-                       zip(["customer", "total", "since_joined", *latest], columns, strict=True)}
-    return parts
+    def events(self, kinds: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """The per-type event counts of these types, each type's part, from one statement."""
+        latest = [f"latest_{i}" for i in range(1, LATEST + 1)]
+        times = ", ".join(f"COALESCE({name}, '-infinity')" for name in latest)
+        code, *columns = copy_columns(
+            "SELECT COALESCE(array_position(%s::text[], type::text), 0)::int2, "
+            f"customer_id::int4, total::int4, since_joined::int4, {times} FROM crm_eventcount "
+            f"WHERE type = ANY(%s::text[]) AND {self.where('customer_id')}",
+            [kinds, kinds], ["int2", "int4", "int4", "int4", *["timestamptz"] * LATEST])
+        parts = {}
+        for number, kind in enumerate(kinds, start=1):
+            rows = code == number if len(kinds) > 1 else slice(None)
+            parts[kind] = {name: column[rows] for name, column in zip(
+                ["customer", "total", "since_joined", *latest], columns, strict=True)}
+        return parts
 
 
 def _signature() -> str:
@@ -274,23 +288,6 @@ def _full_due(base: SegmentIndex | None, built_at: datetime, changed: int) -> bo
     return (base is None or base.signature != _signature()
             or timezone.localdate(base.built_at) != timezone.localdate(built_at)
             or changed > settings.SEGMENT_INDEX_FULL_SHARE * max(base.customers, 1))
-
-
-def _readers(size: int, ids: np.ndarray | None, base: dict[str, Any]) -> dict[str, Any]:
-    """Part name → a function giving the part (everyone's, or the customers `ids`)."""
-    kinds = list(Event.Type.values)
-    if ids is None:         # a type at a time, to hold one in memory
-        events = {kind: (lambda kind=kind: _events_parts([kind])[kind]) for kind in kinds}
-    else:                   # every type in one statement
-        every = functools.cache(lambda: _events_parts(kinds, ids))
-        events = {kind: (lambda kind=kind: every()[kind]) for kind in kinds}
-    return {"attributes": lambda: _attributes_part(size, ids, base.get("attributes")),
-            "tags": lambda: _tags_part(ids),
-            "orders": lambda: _orders_part(ids, base.get("orders")),
-            "groups": lambda: _groups_part(ids),
-            **{f"events:{kind}": read for kind, read in events.items()},
-            **{part.name: (lambda part=part: part.read(size, ids))       # e.g. lifecycle's
-               for part in crm_extensions.segment_index_parts}}
 
 
 def build(*, full: bool = False) -> SegmentIndex | None:
@@ -352,26 +349,18 @@ def _build(*, full: bool, outermost: bool) -> SegmentIndex | None:
 
 
 def _full_parts() -> tuple[dict[str, bytes], int]:
-    """Every part, packed as soon as it is read (one part's raw arrays at a time in memory),
-    the code lists also on their own (an update reads them without the big parts); the count
-    of customers."""
-    customers = _customers_part()
-    size, count = len(customers["exists"]), int(customers["exists"].sum())
-    lists = _lists("customers", customers)
-    packed = {"customers": _pack(customers)}
-    del customers
-    for name, read in _readers(size, None, {}).items():
-        part = read()
-        lists |= _lists(name, part)
+    """Every part, packed as soon as it is read; the code lists also on their own (an update
+    reads them without the big parts); and the count of customers."""
+    packed, lists = {}, {}
+    for name, part in _Reading().parts():
+        if name == "customers":
+            count = int(part["exists"].sum())
+        lists |= {f"{name}/{key}": value for key, value in part.items()
+                  if key in CODE_LISTS or key.startswith("values:")}
         packed[name] = _pack(part)
+        del part            # one part's raw arrays at a time in memory
     packed["lists"] = _pack(lists)
     return packed, count
-
-
-def _lists(name: str, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A part's code lists (what an update extends), as `<part>/<list>`."""
-    return {f"{name}/{key}": value for key, value in part.items()
-            if key in CODE_LISTS or key.startswith("values:")}
 
 
 def _update_parts(base: SegmentIndex, changed: np.ndarray) -> dict[str, bytes]:
@@ -385,11 +374,10 @@ def _update_parts(base: SegmentIndex, changed: np.ndarray) -> dict[str, bytes]:
         name, list_name = key.split("/", 1)
         lists.setdefault(name, {})[list_name] = value
     materialize_rows(CHANGED_TABLE, ("SELECT DISTINCT unnest(%s::bigint[])",
-                                     [changed.tolist()]), ["id"])   # `_where`'s, dropped at commit
-    readers = {"customers": lambda: _customers_part(changed, lists.get("customers")),
-               **_readers(len(changed), changed, lists)}
+                                     [changed.tolist()]), ["id"])   # dropped at commit
+    reading = _Reading(changed, lists, len(changed))
     return {"changed": _pack({"ids": changed}),
-            **{name: _pack({**read(), "ids": changed}) for name, read in readers.items()}}
+            **{name: _pack({**part, "ids": changed}) for name, part in reading.parts()}}
 
 
 def build_due(now: datetime | None = None) -> SegmentIndex | None:
@@ -452,7 +440,7 @@ _loaded: dict[str, Any] = {"snapshot": None, "loading": None}
 _loaded_lock = threading.Lock()
 
 
-def current(now: datetime | None = None, *, swap_in_background: bool = True) -> Snapshot | None:
+def current(now: datetime | None = None) -> Snapshot | None:
     """The build previews read: the newest if not older than SEGMENT_INDEX_MAX_AGE_MINUTES.
     A newer build's parts in use are loaded in a background thread while the previous build
     keeps answering (docs/OPERATIONS.md)."""
@@ -467,8 +455,7 @@ def current(now: datetime | None = None, *, swap_in_background: bool = True) -> 
         if snapshot is not None and snapshot.index_id == index.pk:
             return snapshot
         in_use = list(snapshot.loaded_parts) if snapshot is not None else []
-        if (not swap_in_background or snapshot is None or not in_use
-                or snapshot.built_at < now - max_age()):
+        if not in_use or snapshot.built_at < now - max_age():
             snapshot = _loaded["snapshot"] = Snapshot(index)
             return snapshot
         if _loaded["loading"] != index.pk:
@@ -551,18 +538,14 @@ CODE_LISTS = {"cities", "cities_indexed", "keys", "excluded", "categories",
 LISTS = CODE_LISTS | {"genders", "statuses", "item_rows", "item_codes", "ids"}
 
 
-def _is_list(name: str) -> bool:
-    return name in LISTS or name.startswith("values:")
-
-
 def merge(name: str, under: dict[str, np.ndarray], update: dict[str, np.ndarray]
           ) -> dict[str, np.ndarray]:
     """A part of an update laid over the same part of the full build (or of an earlier
     update): the changed customers' entries and rows replaced, the code lists the update's
     (they extend the full build's, so the codes in place stay right)."""
     ids = update["ids"]
-    out = {key: value for key, value in update.items() if _is_list(key) and key != "ids"}
-    columns = [column for column in update if not _is_list(column)]
+    columns = [key for key in update if key not in LISTS and not key.startswith("values:")]
+    out = {key: value for key, value in update.items() if key not in columns and key != "ids"}
     if "customer" not in under:     # one entry per customer id; an update has every column
         size = int(ids[-1]) + 1 if len(ids) else 0
         for column in columns:      # (a key or a model gone since is left out with it)
@@ -583,7 +566,7 @@ def merge(name: str, under: dict[str, np.ndarray], update: dict[str, np.ndarray]
         out["item_codes"] = np.concatenate([under["item_codes"][kept], update["item_codes"]])
     if name == "tags":          # sorted by tag (a leaf finds its rows by bisection)
         order = np.lexsort((out["customer"], out["tag"]))
-        out = {column: (values[order] if not _is_list(column) else values)
+        out = {column: values[order] if column in columns else values
                for column, values in out.items()}
     return out
 
@@ -668,7 +651,9 @@ class Evaluator:
         if "not" in node:
             return ~self.node(node["not"], f"{path}.not")
         leaf = conditions.to_leaf(node, path)
-        handler = _HANDLERS.get(leaf.field) or _contributed(leaf.field) or (
+        handler = _HANDLERS.get(leaf.field) or next(
+            (part.handlers[leaf.field] for part in crm_extensions.segment_index_parts
+             if leaf.field in part.handlers), None) or (
             _attribute if leaf.field.startswith("attributes.") else None)
         found = handler(self, leaf) if handler is not None else None
         if found is None:           # a contributed handler may decline (None)
@@ -685,14 +670,6 @@ class Evaluator:
             return customer_ids, slice(None)
         rows = customer_ids < self.size
         return customer_ids[rows], rows
-
-
-def _contributed(field: str):
-    """A handler another app's index part brings for `field` (crm.extensions)."""
-    for part in crm_extensions.segment_index_parts:
-        if field in part.handlers:
-            return part.handlers[field]
-    return None
 
 
 def _datetime(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
