@@ -633,8 +633,9 @@ def _cents(column: np.ndarray, op: str, value: Any) -> np.ndarray:
 
 
 class Evaluator:
-    """Evaluates a validated tree over one snapshot, at `now`; every array is indexed by
-    customer id and as long as the build's largest id + 1."""
+    """Evaluates a validated tree over one snapshot, at `now`: each leaf as its SQL compiler
+    means it (crm.conditions), as a boolean array by customer id as long as the build's
+    largest id + 1."""
 
     def __init__(self, snapshot: Snapshot, now: datetime) -> None:
         self.snapshot, self.now, self.now_us = snapshot, now, micros(now)
@@ -650,11 +651,17 @@ class Evaluator:
                 return out
         if "not" in node:
             return ~self.node(node["not"], f"{path}.not")
-        leaf = conditions.to_leaf(node, path)
+        return self.leaf(conditions.to_leaf(node, path))
+
+    def leaf(self, leaf: conditions.Leaf) -> np.ndarray:
+        if leaf.op == "count_lte":          # at most n: not at least n + 1
+            return ~self.leaf(replace(leaf, op="count_gte", value=leaf.value + 1))
+        if leaf.op in ("count_gte", "sum_gte") and leaf.value <= 0:
+            return np.ones(self.size, dtype=bool)
         handler = _HANDLERS.get(leaf.field) or next(
             (part.handlers[leaf.field] for part in crm_extensions.segment_index_parts
              if leaf.field in part.handlers), None) or (
-            _attribute if leaf.field.startswith("attributes.") else None)
+            Evaluator.attribute if leaf.field.startswith("attributes.") else None)
         found = handler(self, leaf) if handler is not None else None
         if found is None:           # a contributed handler may decline (None)
             raise Unsupported(leaf.field)
@@ -671,204 +678,180 @@ class Evaluator:
         rows = customer_ids < self.size
         return customer_ids[rows], rows
 
+    def moment(self, leaf: conditions.Leaf) -> np.ndarray:
+        column = self.snapshot.customers[leaf.field]
+        present = column != NULL_TIME
+        op, value = leaf.op, leaf.value
+        if op == "is_null":
+            return ~present if value else present
+        if op == "within_days":
+            return present & (column >= self.since(value))
+        if op == "older_than_days":
+            return present & (column <= self.since(value))
+        bound = [micros(v) for v in value] if op == "between" else micros(value)
+        return present & _compare(column, op, bound)
 
-def _datetime(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    column = ev.snapshot.customers[leaf.field]
-    present = column != NULL_TIME
-    op, value = leaf.op, leaf.value
-    if op == "is_null":
-        return ~present if value else present
-    if op == "within_days":
-        return present & (column >= ev.since(value))
-    if op == "older_than_days":
-        return present & (column <= ev.since(value))
-    bound = [micros(v) for v in value] if op == "between" else micros(value)
-    return present & _compare(column, op, bound)
+    def number(self, leaf: conditions.Leaf) -> np.ndarray:
+        customers = self.snapshot.customers
+        if leaf.field == "total_spent":
+            return _cents(customers["cents"], leaf.op, leaf.value)
+        if leaf.field == "opted_out":
+            return _unless(leaf.op, customers["opted_out"] == leaf.value)
+        value = ([_clamp(v) for v in leaf.value] if isinstance(leaf.value, list)
+                 else _clamp(leaf.value))
+        return _compare(customers["orders_count"].astype(np.int64), leaf.op, value)
+
+    def choice(self, leaf: conditions.Leaf) -> np.ndarray:
+        """gender, status and city: codes into the build's lists."""
+        customers = self.snapshot.customers
+        column = customers[leaf.field]
+        names = customers[{"gender": "genders", "status": "statuses", "city": "cities"}[
+            leaf.field]]
+        if leaf.field == "city" and (not bool(customers["cities_indexed"])
+                                     or leaf.op == "contains"):
+            raise Unsupported(leaf.field)
+        if leaf.op == "is_null":      # a blank city is "no city"; the column is never NULL
+            found = _coded(column, names, "eq", "")
+            return found if leaf.value else ~found
+        return _coded(column, names, leaf.op, leaf.value)
+
+    def named(self, leaf: conditions.Leaf) -> np.ndarray:
+        """channel (by its code) and owner (by username)."""
+        column = self.snapshot.customers[leaf.field]
+        model, by = ((Channel, "code") if leaf.field == "channel"
+                     else (get_user_model(), "username"))
+        if leaf.op == "contains":
+            raise Unsupported(leaf.field)
+        if leaf.op == "is_null":      # no channel (0), or one with a blank code
+            found = (column == 0) | _isin_ids(column, model, by, [""])
+            return found if leaf.value else ~found
+        return _unless(leaf.op, _isin_ids(column, model, by, _operands(leaf.op, leaf.value)))
+
+    def attribute(self, leaf: conditions.Leaf) -> np.ndarray:
+        """Only eq / ne / in / not_in with strings, and `is_null`: SQL compares a number as a
+        number, and orders text by code point."""
+        op, value = leaf.op, leaf.value
+        if op not in ("eq", "ne", "in", "not_in", "is_null") or (
+                op != "is_null" and not all(isinstance(v, str) for v in _operands(op, value))):
+            raise Unsupported(leaf.field)
+        part = self.snapshot.part("attributes")
+        if f"codes:{leaf.key}" in part:
+            codes, names = part[f"codes:{leaf.key}"], part[f"values:{leaf.key}"]
+        elif leaf.key in {str(k) for k in part["excluded"]}:
+            raise Unsupported(leaf.field)
+        else:                   # nobody had the key
+            codes, names = np.full(self.size, NO_VALUE, dtype=np.int32), np.array([""])
+        if op == "is_null":
+            return (codes == NO_VALUE) if value else (codes != NO_VALUE)
+        wanted = [code - 1 for code in _codes(names, _operands(op, value))]
+        return _unless(op, np.isin(codes, np.array(wanted or [-99], dtype=np.int32)))
+
+    def tag(self, leaf: conditions.Leaf) -> np.ndarray:
+        part = self.snapshot.part("tags")
+
+        def holds(tag_ids: list[int]) -> np.ndarray:
+            out = np.zeros(self.size, dtype=bool)
+            for tag_id in tag_ids:
+                start, end = np.searchsorted(part["tag"], [tag_id, tag_id + 1])
+                live = part["expires"][start:end] > self.now_us
+                customers, _at = self.known(part["customer"][start:end][live])
+                out[customers] = True
+            return out
+
+        if leaf.op == "any":
+            return holds(leaf.value)
+        if leaf.op == "none":
+            return ~holds(leaf.value)
+        out = np.ones(self.size, dtype=bool)
+        for tag_id in leaf.value:
+            out &= holds([tag_id])
+        return out
+
+    def event(self, leaf: conditions.Leaf) -> np.ndarray:
+        """A whole history or "since joining" sums the per-type counts; a window counts, per
+        type, how many of the LATEST latest times fall in it (exact up to LATEST)."""
+        # a type listed twice counts once, as `type IN (…)` does
+        kinds = list(dict.fromkeys(leaf.params.get("type") or Event.Type.values))
+        window, joined = leaf.params.get("within_days"), leaf.params.get("since_joined")
+        if window is not None and leaf.value > LATEST:
+            raise Unsupported(leaf.field)
+        counts = np.zeros(self.size, dtype=np.int64)
+        for kind in kinds:
+            part = self.snapshot.part(f"events:{kind}")
+            customers, rows = self.known(part["customer"])
+            if window is None:
+                per_row = part["since_joined" if joined else "total"][rows].astype(np.int64)
+            else:       # in the window, and (since joining) not before joining
+                start = self.since(window)
+                if joined:
+                    start = np.maximum(start, self.snapshot.customers["joined_at"][customers])
+                per_row = sum((part[f"latest_{i}"][rows] >= start).astype(np.int64)
+                              for i in range(1, LATEST + 1))
+            counts += np.bincount(customers, weights=per_row, minlength=self.size)[
+                :self.size].astype(np.int64)
+        return counts >= leaf.value
+
+    def order(self, leaf: conditions.Leaf) -> np.ndarray:
+        """Paid orders, within a window or since joining, optionally with an item of a
+        category; counted, or their amounts summed (exactly, in cents)."""
+        part = self.snapshot.part("orders")
+        rows = part["customer"] < self.size      # ids beyond the build's customers left out
+        customers = np.where(rows, part["customer"], 0)
+        if leaf.params.get("within_days") is not None:
+            rows &= part["placed"] >= self.since(leaf.params["within_days"])
+        if leaf.params.get("since_joined"):
+            rows &= part["placed"] >= self.snapshot.customers["joined_at"][customers]
+        if leaf.params.get("category"):
+            if not bool(part["categories_indexed"]):
+                raise Unsupported(leaf.field)
+            wanted = np.array(_codes(part["categories"], leaf.params["category"]) or [-1],
+                              dtype=np.int32)
+            with_category = np.zeros(len(rows), dtype=bool)
+            with_category[part["item_rows"][np.isin(part["item_codes"], wanted)]] = True
+            rows &= with_category
+        if leaf.op == "sum_gte":
+            totals = np.bincount(customers[rows], weights=part["cents"][rows],
+                                 minlength=self.size)
+            return totals[:self.size] >= _clamp(math.ceil(Fraction(leaf.value) * 100))
+        counts = np.bincount(customers[rows], minlength=self.size)[:self.size]
+        return counts >= _clamp(int(leaf.value))
+
+    def group(self, leaf: conditions.Leaf) -> np.ndarray:
+        """Memberships now (or `ever`), optionally begun since joining; `in` any of the groups
+        (none named: any group), or `count_gte` distinct groups."""
+        part = self.snapshot.part("groups")
+        rows = part["customer"] < self.size
+        if not leaf.params.get("ever"):
+            rows &= part["current"]
+        customers = np.where(rows, part["customer"], 0)
+        if leaf.params.get("since_joined"):
+            rows &= part["joined"] >= self.snapshot.customers["joined_at"][customers]
+        if leaf.op == "count_gte":
+            pairs = np.sort(customers[rows].astype(np.int64) << 32 | part["group"][rows])
+            if len(pairs):      # distinct (customer, group): sorted, then unlike the one before
+                pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+            counts = np.bincount((pairs >> 32).astype(np.int64), minlength=self.size)
+            return counts[:self.size] >= _clamp(int(leaf.value))
+        if leaf.value:
+            rows &= _isin_ids(part["group"], Group, "chat_id", leaf.value)
+        found = np.zeros(self.size, dtype=bool)
+        found[customers[rows]] = True
+        return _unless(leaf.op, found)
 
 
-def _number(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    customers = ev.snapshot.customers
-    if leaf.field == "total_spent":
-        return _cents(customers["cents"], leaf.op, leaf.value)
-    value = ([_clamp(v) for v in leaf.value] if isinstance(leaf.value, list)
-             else _clamp(leaf.value))
-    return _compare(customers["orders_count"].astype(np.int64), leaf.op, value)
-
-
-def _opted_out(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    return _unless(leaf.op, ev.snapshot.customers["opted_out"] == leaf.value)
-
-
-def _choice(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """gender, status and city: codes into the build's lists."""
-    customers = ev.snapshot.customers
-    column = customers[leaf.field]
-    names = customers[{"gender": "genders", "status": "statuses", "city": "cities"}[leaf.field]]
-    if leaf.field == "city" and (not bool(customers["cities_indexed"]) or leaf.op == "contains"):
-        raise Unsupported(leaf.field)
-    if leaf.op == "is_null":      # a blank city is "no city"; the column is never NULL
-        found = _coded(column, names, "eq", "")
-        return found if leaf.value else ~found
-    return _coded(column, names, leaf.op, leaf.value)
-
-
-def _isin_ids(column: np.ndarray, model, field: str, values: list) -> np.ndarray:
-    """Whose `column` (an id of `model`) is one of the rows whose `field` is in `values` (read
-    now: a handful of channels or staff)."""
-    ids = list(model.objects.filter(**{f"{field}__in": values}).values_list("pk", flat=True))
+def _isin_ids(column: np.ndarray, model, by: str, values: list) -> np.ndarray:
+    """Whose `column` (an id of `model`) is one of the rows whose `by` is in `values` (read
+    now: a handful of channels, staff or groups)."""
+    ids = list(model.objects.filter(**{f"{by}__in": values}).values_list("pk", flat=True))
     return np.isin(column, np.array(ids or [-1], dtype=column.dtype))
 
 
-def _named(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """channel (by its code) and owner (by username)."""
-    column = ev.snapshot.customers[leaf.field]
-    model, field = (Channel, "code") if leaf.field == "channel" else (get_user_model(),
-                                                                      "username")
-    if leaf.op == "contains":
-        raise Unsupported(leaf.field)
-    if leaf.op == "is_null":      # no channel (0), or one with a blank code
-        found = (column == 0) | _isin_ids(column, model, field, [""])
-        return found if leaf.value else ~found
-    return _unless(leaf.op, _isin_ids(column, model, field, _operands(leaf.op, leaf.value)))
-
-
-def _attribute(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """Only eq / ne / in / not_in with strings, and `is_null`: SQL compares a number as a
-    number, and orders text by code point."""
-    op, value = leaf.op, leaf.value
-    if op not in ("eq", "ne", "in", "not_in", "is_null") or (
-            op != "is_null" and not all(isinstance(v, str) for v in _operands(op, value))):
-        raise Unsupported(leaf.field)
-    part = ev.snapshot.part("attributes")
-    if f"codes:{leaf.key}" in part:
-        codes, names = part[f"codes:{leaf.key}"], part[f"values:{leaf.key}"]
-    elif leaf.key in {str(k) for k in part["excluded"]}:
-        raise Unsupported(leaf.field)
-    else:                   # nobody had the key
-        codes, names = np.full(ev.size, NO_VALUE, dtype=np.int32), np.array([""])
-    if op == "is_null":
-        return (codes == NO_VALUE) if value else (codes != NO_VALUE)
-    wanted = [code - 1 for code in _codes(names, _operands(op, value))]
-    return _unless(op, np.isin(codes, np.array(wanted or [-99], dtype=np.int32)))
-
-
-def _tag(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    part = ev.snapshot.part("tags")
-
-    def holds(tag_ids: list[int]) -> np.ndarray:
-        out = np.zeros(ev.size, dtype=bool)
-        for tag_id in tag_ids:
-            start, end = np.searchsorted(part["tag"], [tag_id, tag_id + 1])
-            live = part["expires"][start:end] > ev.now_us
-            customers, _at = ev.known(part["customer"][start:end][live])
-            out[customers] = True
-        return out
-
-    if leaf.op == "any":
-        return holds(leaf.value)
-    if leaf.op == "none":
-        return ~holds(leaf.value)
-    out = np.ones(ev.size, dtype=bool)
-    for tag_id in leaf.value:
-        out &= holds([tag_id])
-    return out
-
-
-def _event(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """As crm.conditions: a whole history or "since joining" sums the per-type counts; a window
-    counts, per type, how many of the 5 latest times fall in it (exact up to 5)."""
-    # a type listed twice counts once, as `type IN (…)` does
-    kinds = list(dict.fromkeys(leaf.params.get("type") or Event.Type.values))
-    k = leaf.value if leaf.op == "count_gte" else leaf.value + 1
-    if k <= 0:
-        return np.ones(ev.size, dtype=bool)
-    window = leaf.params.get("within_days")
-    joined = leaf.params.get("since_joined")
-    if window is not None and k > LATEST:
-        raise Unsupported(leaf.field)
-    counts = np.zeros(ev.size, dtype=np.int64)
-    bound = ev.since(window) if window is not None else None
-    joined_at = ev.snapshot.customers["joined_at"] if joined else None
-    for kind in kinds:
-        part = ev.snapshot.part(f"events:{kind}")
-        customers, rows = ev.known(part["customer"])
-        if bound is None:
-            per_row = part["since_joined" if joined else "total"][rows].astype(np.int64)
-        else:
-            per_row = np.zeros(len(customers), dtype=np.int64)
-            starts = joined_at[customers] if joined else None
-            for i in range(1, LATEST + 1):
-                latest = part[f"latest_{i}"][rows]
-                inside = latest >= bound
-                if joined:
-                    inside &= latest >= starts
-                per_row += inside
-        counts += np.bincount(customers, weights=per_row, minlength=ev.size)[:ev.size].astype(
-            np.int64)
-    found = counts >= k
-    return found if leaf.op == "count_gte" else ~found
-
-
-def _order(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """As crm.conditions: paid orders, within a window or since joining, optionally with an
-    item of a category; counted, or their amounts summed (exactly, in cents)."""
-    value = leaf.value
-    if leaf.op == "count_lte":
-        return ~_order(ev, replace(leaf, op="count_gte", value=value + 1))
-    if value <= 0:
-        return np.ones(ev.size, dtype=bool)
-    part = ev.snapshot.part("orders")
-    rows = part["customer"] < ev.size      # ids beyond the build's customers left out
-    customers = np.where(rows, part["customer"], 0)
-    if leaf.params.get("within_days") is not None:
-        rows &= part["placed"] >= ev.since(leaf.params["within_days"])
-    if leaf.params.get("since_joined"):
-        rows &= part["placed"] >= ev.snapshot.customers["joined_at"][customers]
-    if leaf.params.get("category"):
-        if not bool(part["categories_indexed"]):
-            raise Unsupported(leaf.field)
-        wanted = np.array(_codes(part["categories"], leaf.params["category"]) or [-1],
-                          dtype=np.int32)
-        with_category = np.zeros(len(rows), dtype=bool)
-        with_category[part["item_rows"][np.isin(part["item_codes"], wanted)]] = True
-        rows &= with_category
-    if leaf.op == "sum_gte":
-        totals = np.bincount(customers[rows], weights=part["cents"][rows], minlength=ev.size)
-        return totals[:ev.size] >= _clamp(math.ceil(Fraction(value) * 100))
-    counts = np.bincount(customers[rows], minlength=ev.size)[:ev.size]
-    return counts >= _clamp(int(value))
-
-
-def _group(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """As crm.conditions: memberships now (or `ever`), optionally begun since joining; `in`
-    any of the groups (none named: any group), or `count_gte` distinct groups."""
-    if leaf.op == "count_gte" and leaf.value <= 0:
-        return np.ones(ev.size, dtype=bool)
-    part = ev.snapshot.part("groups")
-    rows = part["customer"] < ev.size
-    if not leaf.params.get("ever"):
-        rows &= part["current"]
-    customers = np.where(rows, part["customer"], 0)
-    if leaf.params.get("since_joined"):
-        rows &= part["joined"] >= ev.snapshot.customers["joined_at"][customers]
-    if leaf.op == "count_gte":
-        pairs = np.sort(customers[rows].astype(np.int64) << 32 | part["group"][rows])
-        if len(pairs):      # distinct (customer, group): sorted, then unlike the one before
-            pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
-        counts = np.bincount((pairs >> 32).astype(np.int64), minlength=ev.size)[:ev.size]
-        return counts >= _clamp(int(leaf.value))
-    if leaf.value:
-        rows &= _isin_ids(part["group"], Group, "chat_id", leaf.value)
-    found = np.zeros(ev.size, dtype=bool)
-    found[customers[rows]] = True
-    return _unless(leaf.op, found)
-
-
 _HANDLERS = {
-    **{name: _datetime for name in DATETIMES},
-    "orders_count": _number, "total_spent": _number, "opted_out": _opted_out,
-    "gender": _choice, "status": _choice, "city": _choice, "channel": _named, "owner": _named,
-    "tag": _tag, "event": _event, "order": _order, "group": _group,
+    **dict.fromkeys(DATETIMES, Evaluator.moment),
+    **dict.fromkeys(("orders_count", "total_spent", "opted_out"), Evaluator.number),
+    **dict.fromkeys(("gender", "status", "city"), Evaluator.choice),
+    "channel": Evaluator.named, "owner": Evaluator.named, "tag": Evaluator.tag,
+    "event": Evaluator.event, "order": Evaluator.order, "group": Evaluator.group,
 }
 
 
