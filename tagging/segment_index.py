@@ -52,15 +52,11 @@ CHANGED_TABLE = "segment_index_changed"
 
 
 def available() -> bool:
-    return connection.vendor == "postgresql" and interval_minutes() > 0
+    return connection.vendor == "postgresql" and _minutes("SEGMENT_INDEX_MINUTES", 10) > timedelta()
 
 
-def interval_minutes() -> int:
-    return int(getattr(settings, "SEGMENT_INDEX_MINUTES", 10))
-
-
-def max_age() -> timedelta:
-    return timedelta(minutes=int(getattr(settings, "SEGMENT_INDEX_MAX_AGE_MINUTES", 30)))
+def _minutes(setting: str, default: int) -> timedelta:
+    return timedelta(minutes=int(getattr(settings, setting, default)))
 
 
 def micros(moment: datetime) -> int:
@@ -91,9 +87,9 @@ def _extend(known: list[str], found: list[str]) -> list[str]:
     return known + [v for v in found if v not in seen and not seen.add(v)]
 
 
-def _listed(part: dict | None, name: str) -> list[str]:
+def _listed(lists: dict, name: str) -> list[str]:
     """A stored code list (stored as [""] when empty)."""
-    values = [str(v) for v in part[name]] if part is not None and name in part else []
+    values = [str(v) for v in lists[name]] if name in lists else []
     return [] if values == [""] else values
 
 
@@ -108,10 +104,10 @@ FILLS = {**dict.fromkeys(CUSTOMER_COLUMNS, 0), **dict.fromkeys(DATETIMES, NULL_T
 class _Reading:
     """The parts read inside the build's snapshot: everyone's, indexed by customer id (`size`,
     set by the customers part), or an update's, aligned with the sorted `ids` and coded with
-    the full build's code `lists` (extended)."""
+    the full build's code `lists` (`<part>/<list>`, extended)."""
 
     ids: np.ndarray | None = None
-    lists: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    lists: dict[str, np.ndarray] = field(default_factory=dict)
     size: int = 0
 
     def parts(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -140,13 +136,12 @@ class _Reading:
         out[row_ids if full else np.searchsorted(self.ids, row_ids)] = values
         return out
 
-    def code_list(self, part: str, name: str, found: list[str]) -> list[str] | None:
+    def code_list(self, name: str, found: list[str]) -> list[str] | None:
         """The full build's code list extended with `found`; None when not indexed (over
         MAX_CODES values: those leaves are answered in SQL)."""
-        base = self.lists.get(part)
-        if base is not None and not bool(base[f"{name}_indexed"]):
+        if not bool(self.lists.get(f"{name}_indexed", True)):
             return None
-        codes = _extend(_listed(base, name), found)
+        codes = _extend(_listed(self.lists, name), found)
         if len(codes) > MAX_CODES and self.ids is not None:
             raise NeedsFull(name)
         return codes if len(codes) <= MAX_CODES else None
@@ -154,7 +149,7 @@ class _Reading:
     def customers(self) -> dict[str, np.ndarray]:
         where = self.where("c.id")
         found = [c for (c,) in _rows(f"SELECT DISTINCT city FROM crm_customer c WHERE {where}")]
-        cities = self.code_list("customers", "cities", found)
+        cities = self.code_list("customers/cities", found)
         genders, statuses = list(Customer.Gender.values), list(Customer.Status.values)
         times = ", ".join(f"COALESCE(c.{name}, '-infinity')" for name in DATETIMES)
         rows, *columns = copy_columns(
@@ -180,14 +175,14 @@ class _Reading:
     def attributes(self) -> dict[str, np.ndarray]:
         """Per key a condition may name, one int32 code per customer: the index of its string
         value in `values:<key>`, OTHER_TYPE (not a string) or NO_VALUE (missing, JSON null)."""
-        base = self.lists.get("attributes")
         lateral = "FROM crm_customer c CROSS JOIN LATERAL jsonb_each(c.attributes) AS e"
         filters = ("WHERE jsonb_typeof(c.attributes) = 'object' "
                    f"AND jsonb_typeof(e.value) <> 'null' AND {self.where('c.id')}")
         pairs = _rows("SELECT e.key, CASE WHEN jsonb_typeof(e.value) = 'string' THEN "
                       f"e.value #>> '{{}}' END {lateral} {filters} GROUP BY 1, 2")
-        excluded = set(_listed(base, "excluded"))
-        values = {key: _listed(base, f"values:{key}") for key in _listed(base, "keys")}
+        excluded = set(_listed(self.lists, "attributes/excluded"))
+        values = {key: _listed(self.lists, f"attributes/values:{key}")
+                  for key in _listed(self.lists, "attributes/keys")}
         for key, value in pairs:
             # only the keys a condition can name (crm.conditions validates keys)
             if ATTRIBUTE_KEY.match(key) and "__" not in key and not key.isdigit() \
@@ -238,7 +233,7 @@ class _Reading:
             [Order.Status.PAID], ["int8", "int4", "timestamptz", "int8"])
         found = [c for (c,) in _rows(f"SELECT DISTINCT i.category {items} WHERE {paid}",
                                      [Order.Status.PAID])]
-        categories = self.code_list("orders", "categories", found)
+        categories = self.code_list("orders/categories", found)
         item_orders, codes = copy_columns(
             f"SELECT DISTINCT i.order_id::int8, ci.n::int4 {items} "
             "JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) ON ci.v = i.category "
@@ -366,13 +361,9 @@ def _full_parts() -> tuple[dict[str, bytes], int]:
 def _update_parts(base: SegmentIndex, changed: np.ndarray) -> dict[str, bytes]:
     """The parts of the customers `changed`, coded with the full build's lists (extended)."""
     try:
-        stored = _stored(base.pk, "lists")
+        lists = _stored(base.pk, "lists")
     except Missing:
         raise NeedsFull("lists")
-    lists: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in stored.items():
-        name, list_name = key.split("/", 1)
-        lists.setdefault(name, {})[list_name] = value
     materialize_rows(CHANGED_TABLE, ("SELECT DISTINCT unnest(%s::bigint[])",
                                      [changed.tolist()]), ["id"])   # dropped at commit
     reading = _Reading(changed, lists, len(changed))
@@ -387,7 +378,7 @@ def build_due(now: datetime | None = None) -> SegmentIndex | None:
         return None
     now = now or timezone.now()
     newest = SegmentIndex.objects.order_by("-built_at").values_list("built_at", flat=True).first()
-    if newest is not None and newest > now - timedelta(minutes=interval_minutes()):
+    if newest is not None and newest > now - _minutes("SEGMENT_INDEX_MINUTES", 10):
         return None
     return build()
 
@@ -446,16 +437,16 @@ def current(now: datetime | None = None) -> Snapshot | None:
     keeps answering (docs/OPERATIONS.md)."""
     if not available():
         return None
-    now = now or timezone.now()
+    oldest = (now or timezone.now()) - _minutes("SEGMENT_INDEX_MAX_AGE_MINUTES", 30)
     index = SegmentIndex.objects.order_by("-built_at", "-pk").first()
-    if index is None or index.built_at < now - max_age():
+    if index is None or index.built_at < oldest:
         return None
     with _loaded_lock:
         snapshot = _loaded["snapshot"]
         if snapshot is not None and snapshot.index_id == index.pk:
             return snapshot
         in_use = list(snapshot.loaded_parts) if snapshot is not None else []
-        if not in_use or snapshot.built_at < now - max_age():
+        if not in_use or snapshot.built_at < oldest:
             snapshot = _loaded["snapshot"] = Snapshot(index)
             return snapshot
         if _loaded["loading"] != index.pk:
@@ -758,14 +749,10 @@ class Evaluator:
                 out[customers] = True
             return out
 
-        if leaf.op == "any":
-            return holds(leaf.value)
-        if leaf.op == "none":
-            return ~holds(leaf.value)
-        out = np.ones(self.size, dtype=bool)
-        for tag_id in leaf.value:
-            out &= holds([tag_id])
-        return out
+        if leaf.op == "all":
+            return functools.reduce(operator.and_, (holds([tag_id]) for tag_id in leaf.value),
+                                    np.ones(self.size, dtype=bool))
+        return holds(leaf.value) if leaf.op == "any" else ~holds(leaf.value)
 
     def event(self, leaf: conditions.Leaf) -> np.ndarray:
         """A whole history or "since joining" sums the per-type counts; a window counts, per
