@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -196,8 +195,7 @@ class _Reading:
                 "excluded": np.array(sorted(excluded) or [""], dtype=str)}
         if not keys:
             return part
-        offsets = dict(zip(keys, accumulate([0] + [len(values[k]) for k in keys]),
-                           strict=False))
+        starts = np.cumsum([0] + [len(values[k]) for k in keys])    # each key's first value
         rows, key_codes, value_codes = copy_columns(
             f"SELECT c.id::int4, ek.n::int4, COALESCE(ev.n, 0)::int4 {lateral} "
             "JOIN unnest(%s::text[]) WITH ORDINALITY AS ek(k, n) ON ek.k = e.key "
@@ -208,7 +206,7 @@ class _Reading:
             ["int4", "int4", "int4"])
         for number, key in enumerate(keys, start=1):
             mine = key_codes == number
-            codes = np.where(value_codes[mine] > 0, value_codes[mine] - 1 - offsets[key],
+            codes = np.where(value_codes[mine] > 0, value_codes[mine] - 1 - starts[number - 1],
                              OTHER_TYPE).astype(np.int32)
             part[f"codes:{key}"] = self.place(rows[mine], codes, NO_VALUE)
             part[f"values:{key}"] = np.array(values[key] or [""], dtype=str)
@@ -386,8 +384,7 @@ def build_due(now: datetime | None = None) -> SegmentIndex | None:
 # --- Loading --------------------------------------------------------------------------------
 
 class Missing(Exception):
-    """A part of the build is gone (a newer build replaced it, or a crash emptied the
-    unlogged tables): the preview is computed in SQL."""
+    """A part of the build is gone (replaced by a newer build, or emptied by a crash): SQL."""
 
 
 class Snapshot:
@@ -432,9 +429,8 @@ _loaded_lock = threading.Lock()
 
 
 def current(now: datetime | None = None) -> Snapshot | None:
-    """The build previews read: the newest if not older than SEGMENT_INDEX_MAX_AGE_MINUTES.
-    A newer build's parts in use are loaded in a background thread while the previous build
-    keeps answering (docs/OPERATIONS.md)."""
+    """The build previews read: the newest, if recent enough. A newer build's parts in use load
+    in a background thread while the previous build keeps answering."""
     if not available():
         return None
     oldest = (now or timezone.now()) - _minutes("SEGMENT_INDEX_MAX_AGE_MINUTES", 30)
@@ -531,9 +527,9 @@ LISTS = CODE_LISTS | {"genders", "statuses", "item_rows", "item_codes", "ids"}
 
 def merge(name: str, under: dict[str, np.ndarray], update: dict[str, np.ndarray]
           ) -> dict[str, np.ndarray]:
-    """A part of an update laid over the same part of the full build (or of an earlier
-    update): the changed customers' entries and rows replaced, the code lists the update's
-    (they extend the full build's, so the codes in place stay right)."""
+    """An update's part laid over the full build's (or an earlier update's): the changed
+    customers' entries and rows replaced; the code lists the update's (they extend the full
+    build's, so the codes in place stay right)."""
     ids = update["ids"]
     columns = [key for key in update if key not in LISTS and not key.startswith("values:")]
     out = {key: value for key, value in update.items() if key not in columns and key != "ids"}
@@ -596,8 +592,7 @@ def _compare(column: np.ndarray, op: str, value: Any) -> np.ndarray:
 
 
 def _codes(names: np.ndarray, values: list[str]) -> list[int]:
-    """The codes (1-based positions in `names`) of the values present; absent ones match no
-    one."""
+    """The codes (1-based positions in `names`) of the values; an absent one matches no one."""
     index = {str(name): position for position, name in enumerate(names, start=1)}
     return [index[v] for v in values if v in index]
 
@@ -624,9 +619,8 @@ def _cents(column: np.ndarray, op: str, value: Any) -> np.ndarray:
 
 
 class Evaluator:
-    """Evaluates a validated tree over one snapshot, at `now`: each leaf as its SQL compiler
-    means it (crm.conditions), as a boolean array by customer id as long as the build's
-    largest id + 1."""
+    """Evaluates a validated tree over one snapshot at `now`, each leaf as its SQL compiler
+    means it, into a boolean array by customer id (the build's largest id + 1 long)."""
 
     def __init__(self, snapshot: Snapshot, now: datetime) -> None:
         self.snapshot, self.now, self.now_us = snapshot, now, micros(now)
@@ -827,8 +821,7 @@ class Evaluator:
 
 
 def _isin_ids(column: np.ndarray, model, by: str, values: list) -> np.ndarray:
-    """Whose `column` (an id of `model`) is one of the rows whose `by` is in `values` (read
-    now: a handful of channels, staff or groups)."""
+    """Whose `column` (ids of `model`) names a row whose `by` is in `values` (read now)."""
     ids = list(model.objects.filter(**{f"{by}__in": values}).values_list("pk", flat=True))
     return np.isin(column, np.array(ids or [-1], dtype=column.dtype))
 
