@@ -1,14 +1,6 @@
 """The segment index: segment previews answered from numpy columns in memory, indexed by
-customer id, instead of a pass over every customer in SQL.
-
-A full build (nightly, or when it must) reads what the leaves of the condition language read —
-the customers' columns, attributes, tags, paid orders, group memberships, event counts and each
-app's parts (lifecycle's stages) — in one snapshot; between full builds an update reads again
-only the customers that statement triggers noted as changed, and a reader lays it over the full
-build. A leaf is evaluated as its SQL compiler means it (tests/core holds them to the same
-customers); what it cannot answer goes to SQL whole. How it is kept, what it declines and what
-it costs: docs/OPERATIONS.md, "The segment index".
-"""
+customer id, instead of a pass over every customer in SQL. What it holds, its full builds and
+updates, what it declines to SQL: docs/OPERATIONS.md, "The segment index"."""
 
 from __future__ import annotations
 
@@ -17,10 +9,12 @@ import functools
 import io
 import logging
 import math
+import operator
 import threading
 import time
 import zlib
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
@@ -52,18 +46,16 @@ NO_VALUE, OTHER_TYPE = -2, -1   # attribute codes besides the index of a string 
 KEEP_BUILDS = 2
 DATETIMES = ("joined_at", "last_active_at", "first_order_at", "last_order_at",
              "status_changed_at")
+CONSUMER = "segment_index"      # its touches (crm.hooks), written by the database's triggers
+CHANGED_TABLE = "segment_index_changed"
 
 
 def available() -> bool:
-    return connection.vendor == "postgresql" and interval_minutes() > 0
+    return connection.vendor == "postgresql" and _minutes("SEGMENT_INDEX_MINUTES", 10) > timedelta()
 
 
-def interval_minutes() -> int:
-    return int(getattr(settings, "SEGMENT_INDEX_MINUTES", 10))
-
-
-def max_age() -> timedelta:
-    return timedelta(minutes=int(getattr(settings, "SEGMENT_INDEX_MAX_AGE_MINUTES", 30)))
+def _minutes(setting: str, default: int) -> timedelta:
+    return timedelta(minutes=int(getattr(settings, setting, default)))
 
 
 def micros(moment: datetime) -> int:
@@ -88,229 +80,189 @@ class NeedsFull(Exception):
     """An update cannot hold what changed (a code list outgrew its limit): build in full."""
 
 
-CHANGED_TABLE = "segment_index_changed"
-
-
-def _where(ids: np.ndarray | None, column: str) -> tuple[str, list]:
-    """` WHERE`-able restriction to the customers `ids` (None: everyone): an update's are in a
-    temporary table (`_changed_table`) — written once, not spelled out in each of the parts'
-    twenty statements (an update re-reads up to a fifth of the customers: seconds of
-    formatting and parsing the list alone)."""
-    if ids is None:
-        return "true", []
-    return f"{column} IN (SELECT id FROM {CHANGED_TABLE})", []
-
-
-def _changed_table(ids: np.ndarray) -> None:
-    """The customers an update reads, as the temporary table `_where` names (dropped at
-    commit)."""
-    materialize_rows(CHANGED_TABLE, ("SELECT DISTINCT unnest(%s::bigint[])", [ids.tolist()]),
-                     ["id"])
-
-
-def _place(where: int | np.ndarray, row_ids: np.ndarray, values: np.ndarray,
-           fill) -> np.ndarray:
-    """Values by customer: indexed by id (`where` = the size of a full build) or aligned with
-    the sorted ids `where` (an update; an absent customer gets `fill`)."""
-    if isinstance(where, int):
-        out = np.full(where, fill, dtype=values.dtype)
-        out[row_ids] = values
-    else:
-        out = np.full(len(where), fill, dtype=values.dtype)
-        out[np.searchsorted(where, row_ids)] = values
-    return out
-
-
 def _extend(known: list[str], found: list[str]) -> list[str]:
     """A code list with the values not in it yet appended (codes already given stay)."""
     seen = set(known)
     return known + [v for v in found if v not in seen and not seen.add(v)]
 
 
-def _listed(part: dict | None, name: str) -> list[str]:
+def _listed(lists: dict, name: str) -> list[str]:
     """A stored code list (stored as [""] when empty)."""
-    if part is None or name not in part:
-        return []
-    values = [str(v) for v in part[name]]
+    values = [str(v) for v in lists[name]] if name in lists else []
     return [] if values == [""] else values
 
 
+CUSTOMER_COLUMNS = ("owner", "channel", "gender", "status", "opted_out", "orders_count",
+                    "cents", "city", *DATETIMES)
 # Each customer's entry where the customer does not exist (or has no row).
-FILLS = {"owner": 0, "channel": 0, "gender": 0, "status": 0, "opted_out": False,
-         "orders_count": 0, "cents": 0, "city": 0, "exists": False,
-         **dict.fromkeys(DATETIMES, NULL_TIME)}
-CUSTOMER_LISTS = ("cities", "cities_indexed", "genders", "statuses")
+FILLS = {**dict.fromkeys(CUSTOMER_COLUMNS, 0), **dict.fromkeys(DATETIMES, NULL_TIME),
+         "opted_out": False, "exists": False}
 
 
-def _customers_part(ids: np.ndarray | None = None, base: dict | None = None
-                    ) -> dict[str, np.ndarray]:
-    where, params = _where(ids, "c.id")
-    found = [c for (c,) in _rows(f"SELECT DISTINCT city FROM crm_customer c WHERE {where}",
-                                 params)]
-    indexed = base is None or bool(base["cities_indexed"])
-    cities = _extend(_listed(base, "cities"), found) if indexed else []
-    if len(cities) > MAX_CODES:
-        if ids is not None and indexed:
-            raise NeedsFull("cities")
-        cities = []                     # too many to index: city leaves are answered in SQL
-    genders, statuses = list(Customer.Gender.values), list(Customer.Status.values)
-    times = ", ".join(f"COALESCE(c.{name}, '-infinity')" for name in DATETIMES)
-    columns = copy_columns(
-        "SELECT c.id::int4, c.owner_id::int4, COALESCE(c.channel_id, 0)::int4, "
-        "COALESCE(array_position(%s::text[], c.gender::text), 0)::int2, "
-        "COALESCE(array_position(%s::text[], c.status::text), 0)::int2, "
-        "c.opted_out, c.orders_count::int4, (c.total_spent * 100)::int8, "
-        f"COALESCE(ci.n, 0)::int4, {times} "
-        "FROM crm_customer c LEFT JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) "
-        f"ON ci.v = c.city WHERE {where}",
-        [genders, statuses, cities, *params],
-        ["int4", "int4", "int4", "int2", "int2", "bool", "int4", "int8", "int4",
-         *["timestamptz"] * len(DATETIMES)])
-    rows = columns[0]
-    where_to = (int(rows.max()) + 1 if len(rows) else 1) if ids is None else ids
-    names = ("owner", "channel", "gender", "status", "opted_out", "orders_count", "cents",
-             "city", *DATETIMES)
-    part = {name: _place(where_to, rows, column, FILLS[name])
-            for name, column in zip(names, columns[1:], strict=True)}
-    part["exists"] = _place(where_to, rows, np.ones(len(rows), dtype=bool), False)
-    part["cities"] = np.array(cities or [""], dtype=str)
-    part["cities_indexed"] = np.array(bool(cities) if ids is None else indexed)
-    part["genders"], part["statuses"] = np.array(genders), np.array(statuses)
-    return part
+@dataclass
+class _Reading:
+    """The parts read inside the build's snapshot: everyone's, indexed by customer id (`size`,
+    set by the customers part), or an update's, aligned with the sorted `ids` and coded with
+    the full build's code `lists` (`<part>/<list>`, extended)."""
 
+    ids: np.ndarray | None = None
+    lists: dict[str, np.ndarray] = field(default_factory=dict)
+    size: int = 0
 
-def _attributes_part(size: int, ids: np.ndarray | None = None, base: dict | None = None
-                     ) -> dict[str, np.ndarray]:
-    """Per key (of the keys a condition may name), one int32 code per customer: the index of
-    its string value in `values:<key>`, OTHER_TYPE (a number, a boolean, a list, an object) or
-    NO_VALUE (missing, JSON null). An update extends the full build's lists."""
-    where, params = _where(ids, "c.id")
-    pairs = _rows(
-        "SELECT e.key, CASE WHEN jsonb_typeof(e.value) = 'string' THEN e.value #>> '{}' END "
-        "FROM crm_customer c CROSS JOIN LATERAL jsonb_each(c.attributes) AS e "
-        f"WHERE jsonb_typeof(c.attributes) = 'object' AND jsonb_typeof(e.value) <> 'null' "
-        f"AND {where} GROUP BY 1, 2", params)
-    excluded = set(_listed(base, "excluded"))
-    values: dict[str, list[str]] = {key: _listed(base, f"values:{key}")
-                                    for key in _listed(base, "keys")}
-    for key, value in pairs:
-        if not ATTRIBUTE_KEY.match(key) or "__" in key or key.isdigit() or key in excluded:
-            continue        # a key no condition can name (crm.conditions validates keys)
-        values[key] = _extend(values.get(key, []), [value] if value is not None else [])
-    keys = sorted(k for k, v in values.items() if len(v) <= MAX_CODES)[:MAX_ATTRIBUTE_KEYS]
-    if ids is not None and len(keys) < len(values):
-        raise NeedsFull("attributes")
-    # keys left out (too many values, or too many keys): their leaves are answered in SQL
-    excluded |= set(values) - set(keys)
-    part: dict[str, np.ndarray] = {"keys": np.array(keys or [""], dtype=str),
-                                   "excluded": np.array(sorted(excluded) or [""], dtype=str)}
-    if ids is not None:
-        part["ids"] = ids
-    if not keys:
+    def parts(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        yield "customers", self.customers()
+        yield "attributes", self.attributes()
+        yield "tags", self.tags()
+        yield "orders", self.orders()
+        yield "groups", self.groups()
+        kinds = list(Event.Type.values)
+        if self.ids is None:        # a type at a time, to hold one in memory
+            for kind in kinds:
+                yield f"events:{kind}", self.events([kind])[kind]
+        else:                       # every type in one statement
+            yield from ((f"events:{kind}", part) for kind, part in self.events(kinds).items())
+        for part in crm_extensions.segment_index_parts:       # e.g. lifecycle's stages
+            yield part.name, part.read(self.size, self.ids)
+
+    def where(self, column: str) -> str:
+        """Restricts a statement to an update's customers (named once, in a temporary table)."""
+        return "true" if self.ids is None else f"{column} IN (SELECT id FROM {CHANGED_TABLE})"
+
+    def place(self, row_ids: np.ndarray, values: np.ndarray, fill) -> np.ndarray:
+        """Values by customer (an absent one gets `fill`)."""
+        full = self.ids is None
+        out = np.full(self.size if full else len(self.ids), fill, dtype=values.dtype)
+        out[row_ids if full else np.searchsorted(self.ids, row_ids)] = values
+        return out
+
+    def code_list(self, name: str, found: list[str]) -> list[str] | None:
+        """The full build's code list extended with `found`; None when not indexed (over
+        MAX_CODES values: those leaves are answered in SQL)."""
+        if not bool(self.lists.get(f"{name}_indexed", True)):
+            return None
+        codes = _extend(_listed(self.lists, name), found)
+        if len(codes) > MAX_CODES and self.ids is not None:
+            raise NeedsFull(name)
+        return codes if len(codes) <= MAX_CODES else None
+
+    def customers(self) -> dict[str, np.ndarray]:
+        where = self.where("c.id")
+        found = [c for (c,) in _rows(f"SELECT DISTINCT city FROM crm_customer c WHERE {where}")]
+        cities = self.code_list("customers/cities", found)
+        genders, statuses = list(Customer.Gender.values), list(Customer.Status.values)
+        times = ", ".join(f"COALESCE(c.{name}, '-infinity')" for name in DATETIMES)
+        rows, *columns = copy_columns(
+            "SELECT c.id::int4, c.owner_id::int4, COALESCE(c.channel_id, 0)::int4, "
+            "COALESCE(array_position(%s::text[], c.gender::text), 0)::int2, "
+            "COALESCE(array_position(%s::text[], c.status::text), 0)::int2, "
+            "c.opted_out, c.orders_count::int4, (c.total_spent * 100)::int8, "
+            f"COALESCE(ci.n, 0)::int4, {times} "
+            "FROM crm_customer c LEFT JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) "
+            f"ON ci.v = c.city WHERE {where}",
+            [genders, statuses, cities or []],
+            ["int4", "int4", "int4", "int2", "int2", "bool", "int4", "int8", "int4",
+             *["timestamptz"] * len(DATETIMES)])
+        if self.ids is None:
+            self.size = int(rows.max()) + 1 if len(rows) else 1
+        part = {name: self.place(rows, column, FILLS[name])
+                for name, column in zip(CUSTOMER_COLUMNS, columns, strict=True)}
+        return {**part, "exists": self.place(rows, np.ones(len(rows), dtype=bool), False),
+                "cities": np.array(cities or [""], dtype=str),
+                "cities_indexed": np.array(cities is not None),
+                "genders": np.array(genders), "statuses": np.array(statuses)}
+
+    def attributes(self) -> dict[str, np.ndarray]:
+        """Per key a condition may name, one int32 code per customer: the index of its string
+        value in `values:<key>`, OTHER_TYPE (not a string) or NO_VALUE (missing, JSON null)."""
+        lateral = "FROM crm_customer c CROSS JOIN LATERAL jsonb_each(c.attributes) AS e"
+        filters = ("WHERE jsonb_typeof(c.attributes) = 'object' "
+                   f"AND jsonb_typeof(e.value) <> 'null' AND {self.where('c.id')}")
+        pairs = _rows("SELECT e.key, CASE WHEN jsonb_typeof(e.value) = 'string' THEN "
+                      f"e.value #>> '{{}}' END {lateral} {filters} GROUP BY 1, 2")
+        excluded = set(_listed(self.lists, "attributes/excluded"))
+        values = {key: _listed(self.lists, f"attributes/values:{key}")
+                  for key in _listed(self.lists, "attributes/keys")}
+        for key, value in pairs:
+            # only the keys a condition can name (crm.conditions validates keys)
+            if ATTRIBUTE_KEY.match(key) and "__" not in key and not key.isdigit() \
+                    and key not in excluded:
+                values[key] = _extend(values.get(key, []), [value] if value is not None else [])
+        keys = sorted(k for k, v in values.items() if len(v) <= MAX_CODES)[:MAX_ATTRIBUTE_KEYS]
+        if self.ids is not None and len(keys) < len(values):
+            raise NeedsFull("attributes")
+        excluded |= set(values) - set(keys)     # too many values or keys: answered in SQL
+        part = {"keys": np.array(keys or [""], dtype=str),
+                "excluded": np.array(sorted(excluded) or [""], dtype=str)}
+        if not keys:
+            return part
+        starts = np.cumsum([0] + [len(values[k]) for k in keys])    # each key's first value
+        rows, key_codes, value_codes = copy_columns(
+            f"SELECT c.id::int4, ek.n::int4, COALESCE(ev.n, 0)::int4 {lateral} "
+            "JOIN unnest(%s::text[]) WITH ORDINALITY AS ek(k, n) ON ek.k = e.key "
+            "LEFT JOIN unnest(%s::text[], %s::text[]) WITH ORDINALITY AS ev(k, v, n) "
+            "ON jsonb_typeof(e.value) = 'string' AND ev.k = e.key AND ev.v = e.value #>> '{}' "
+            f"{filters}",
+            [keys, [k for k in keys for _v in values[k]], [v for k in keys for v in values[k]]],
+            ["int4", "int4", "int4"])
+        for number, key in enumerate(keys, start=1):
+            mine = key_codes == number
+            codes = np.where(value_codes[mine] > 0, value_codes[mine] - 1 - starts[number - 1],
+                             OTHER_TYPE).astype(np.int32)
+            part[f"codes:{key}"] = self.place(rows[mine], codes, NO_VALUE)
+            part[f"values:{key}"] = np.array(values[key] or [""], dtype=str)
         return part
-    flat_keys = [k for k in keys for _v in values[k]]
-    flat_values = [v for k in keys for v in values[k]]
-    offsets = {}
-    at = 0
-    for key in keys:
-        offsets[key] = at
-        at += len(values[key])
-    rows, key_codes, value_codes = copy_columns(
-        "SELECT c.id::int4, ek.n::int4, COALESCE(ev.n, 0)::int4 "
-        "FROM crm_customer c CROSS JOIN LATERAL jsonb_each(c.attributes) AS e "
-        "JOIN unnest(%s::text[]) WITH ORDINALITY AS ek(k, n) ON ek.k = e.key "
-        "LEFT JOIN unnest(%s::text[], %s::text[]) WITH ORDINALITY AS ev(k, v, n) "
-        "ON jsonb_typeof(e.value) = 'string' AND ev.k = e.key AND ev.v = e.value #>> '{}' "
-        f"WHERE jsonb_typeof(c.attributes) = 'object' AND jsonb_typeof(e.value) <> 'null' "
-        f"AND {where}",
-        [keys, flat_keys, flat_values, *params], ["int4", "int4", "int4"])
-    for number, key in enumerate(keys, start=1):
-        mine = key_codes == number
-        codes = np.where(value_codes[mine] > 0, value_codes[mine] - 1 - offsets[key],
-                         OTHER_TYPE).astype(np.int32)
-        part[f"codes:{key}"] = _place(size if ids is None else ids, rows[mine], codes,
-                                      NO_VALUE)
-        part[f"values:{key}"] = np.array(values[key] or [""], dtype=str)
-    return part
 
+    def tags(self) -> dict[str, np.ndarray]:
+        tag, customer, expires = copy_columns(
+            "SELECT tag_id::int4, customer_id::int4, COALESCE(expires_at, 'infinity') "
+            f"FROM tagging_customertag WHERE {self.where('customer_id')}", [],
+            ["int4", "int4", "timestamptz"])
+        order = np.lexsort((customer, tag))
+        return {"tag": tag[order], "customer": customer[order], "expires": expires[order]}
 
-def _tags_part(ids: np.ndarray | None = None, base: dict | None = None
-               ) -> dict[str, np.ndarray]:
-    where, params = _where(ids, "customer_id")
-    tag, customer, expires = copy_columns(
-        "SELECT tag_id::int4, customer_id::int4, COALESCE(expires_at, 'infinity') "
-        f"FROM tagging_customertag WHERE {where}", params, ["int4", "int4", "timestamptz"])
-    order = np.lexsort((customer, tag))
-    return {"tag": tag[order], "customer": customer[order], "expires": expires[order]}
+    def orders(self) -> dict[str, np.ndarray]:
+        """The paid orders (customer, placed at, amount in cents) and, per order, the
+        categories of its items as (row of the order, category code) pairs."""
+        paid = f"o.status = %s AND {self.where('o.customer_id')}"
+        items = "FROM crm_orderitem i JOIN crm_order o ON o.id = i.order_id"
+        order_ids, customer, placed, cents = copy_columns(
+            "SELECT o.id::int8, o.customer_id::int4, o.placed_at, (o.amount * 100)::int8 "
+            f"FROM crm_order o WHERE {paid} ORDER BY o.id",
+            [Order.Status.PAID], ["int8", "int4", "timestamptz", "int8"])
+        found = [c for (c,) in _rows(f"SELECT DISTINCT i.category {items} WHERE {paid}",
+                                     [Order.Status.PAID])]
+        categories = self.code_list("orders/categories", found)
+        item_orders, codes = copy_columns(
+            f"SELECT DISTINCT i.order_id::int8, ci.n::int4 {items} "
+            "JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) ON ci.v = i.category "
+            f"WHERE {paid}", [categories or [], Order.Status.PAID], ["int8", "int4"])
+        return {"customer": customer, "placed": placed, "cents": cents,
+                "categories_indexed": np.array(categories is not None),
+                "item_rows": np.searchsorted(order_ids, item_orders).astype(np.int32),
+                "item_codes": codes, "categories": np.array(categories or [""], dtype=str)}
 
+    def groups(self) -> dict[str, np.ndarray]:
+        customer, group, joined, current = copy_columns(
+            "SELECT customer_id::int4, group_id::int4, joined_at, left_at IS NULL "
+            f"FROM crm_groupmembership WHERE {self.where('customer_id')}", [],
+            ["int4", "int4", "timestamptz", "bool"])
+        return {"customer": customer, "group": group, "joined": joined, "current": current}
 
-def _orders_part(ids: np.ndarray | None = None, base: dict | None = None
-                 ) -> dict[str, np.ndarray]:
-    """The paid orders (customer, placed at, amount in cents) and, per order, the categories
-    of its items as (row of the order, category code) pairs."""
-    where, params = _where(ids, "o.customer_id")
-    order_ids, customer, placed, cents = copy_columns(
-        "SELECT o.id::int8, o.customer_id::int4, o.placed_at, (o.amount * 100)::int8 "
-        f"FROM crm_order o WHERE o.status = %s AND {where} ORDER BY o.id",
-        [Order.Status.PAID, *params], ["int8", "int4", "timestamptz", "int8"])
-    found = [c for (c,) in _rows(
-        "SELECT DISTINCT i.category FROM crm_orderitem i JOIN crm_order o ON o.id = i.order_id "
-        f"WHERE o.status = %s AND {where}", [Order.Status.PAID, *params])]
-    indexed = base is None or bool(base["categories_indexed"])
-    categories = _extend(_listed(base, "categories"), found) if indexed else []
-    if len(categories) > MAX_CODES:
-        if ids is not None and indexed:
-            raise NeedsFull("categories")
-        indexed, categories = False, []         # category leaves are answered in SQL
-    part = {"customer": customer, "placed": placed, "cents": cents,
-            "categories_indexed": np.array(indexed)}
-    item_orders, codes = copy_columns(
-        "SELECT DISTINCT i.order_id::int8, ci.n::int4 FROM crm_orderitem i "
-        "JOIN crm_order o ON o.id = i.order_id "
-        "JOIN unnest(%s::text[]) WITH ORDINALITY AS ci(v, n) ON ci.v = i.category "
-        f"WHERE o.status = %s AND {where}", [categories, Order.Status.PAID, *params],
-        ["int8", "int4"])
-    part["item_rows"] = np.searchsorted(order_ids, item_orders).astype(np.int32)
-    part["item_codes"] = codes
-    part["categories"] = np.array(categories or [""], dtype=str)
-    return part
-
-
-def _groups_part(ids: np.ndarray | None = None, base: dict | None = None
-                 ) -> dict[str, np.ndarray]:
-    where, params = _where(ids, "customer_id")
-    customer, group, joined, current = copy_columns(
-        "SELECT customer_id::int4, group_id::int4, joined_at, left_at IS NULL "
-        f"FROM crm_groupmembership WHERE {where}", params,
-        ["int4", "int4", "timestamptz", "bool"])
-    return {"customer": customer, "group": group, "joined": joined, "current": current}
-
-
-def _events_parts(kinds: list[str], ids: np.ndarray | None = None
-                  ) -> dict[str, dict[str, np.ndarray]]:
-    """The per-type event counts of these types, each type's part: from one statement (an
-    update reads every type at once; a full build a type at a time, to hold one in memory)."""
-    where, params = _where(ids, "customer_id")
-    latest = ", ".join(f"COALESCE(latest_{i}, '-infinity')" for i in range(1, LATEST + 1))
-    code, *columns = copy_columns(
-        "SELECT COALESCE(array_position(%s::text[], type::text), 0)::int2, customer_id::int4, "
-        f"total::int4, since_joined::int4, {latest} FROM crm_eventcount "
-        f"WHERE type = ANY(%s::text[]) AND {where}", [kinds, kinds, *params],
-        ["int2", "int4", "int4", "int4", *["timestamptz"] * LATEST])
-    parts = {}
-    for number, kind in enumerate(kinds, start=1):
-        rows = code == number if len(kinds) > 1 else slice(None)
-        part = {"customer": columns[0][rows], "total": columns[1][rows],
-                "since_joined": columns[2][rows]}
-        for i in range(1, LATEST + 1):
-            part[f"latest_{i}"] = columns[2 + i][rows]
-        parts[kind] = part
-    return parts
-
-
-# --- Following the changes ------------------------------------------------------------------
-
-CONSUMER = "segment_index"      # its touches (crm.hooks), written by the database's triggers
+    def events(self, kinds: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """The per-type event counts of these types, each type's part, from one statement."""
+        latest = [f"latest_{i}" for i in range(1, LATEST + 1)]
+        times = ", ".join(f"COALESCE({name}, '-infinity')" for name in latest)
+        code, *columns = copy_columns(
+            "SELECT COALESCE(array_position(%s::text[], type::text), 0)::int2, "
+            f"customer_id::int4, total::int4, since_joined::int4, {times} FROM crm_eventcount "
+            f"WHERE type = ANY(%s::text[]) AND {self.where('customer_id')}",
+            [kinds, kinds], ["int2", "int4", "int4", "int4", *["timestamptz"] * LATEST])
+        parts = {}
+        for number, kind in enumerate(kinds, start=1):
+            rows = code == number if len(kinds) > 1 else slice(None)
+            parts[kind] = {name: column[rows] for name, column in zip(
+                ["customer", "total", "since_joined", *latest], columns, strict=True)}
+        return parts
 
 
 def _signature() -> str:
@@ -324,40 +276,16 @@ def _signature() -> str:
 
 
 def _full_due(base: SegmentIndex | None, built_at: datetime, changed: int) -> bool:
-    """A full build is due: none yet, the last is from before today (the nightly one), the
-    shape changed, or more than SEGMENT_INDEX_FULL_SHARE (0.2) of the customers changed
-    since."""
-    if base is None or base.signature != _signature():
-        return True
-    local = timezone.localdate(built_at)
-    if timezone.localdate(base.built_at) != local:
-        return True
-    share = settings.SEGMENT_INDEX_FULL_SHARE
-    return changed > share * max(base.customers, 1)
-
-
-def _readers(size: int, ids: np.ndarray | None, base: dict[str, Any]) -> dict[str, Any]:
-    """Part name → a function giving the part (everyone's, or the customers `ids`)."""
-    readers = {"attributes": lambda: _attributes_part(size, ids, base.get("attributes")),
-               "tags": lambda: _tags_part(ids), "orders": lambda: _orders_part(
-                   ids, base.get("orders")),
-               "groups": lambda: _groups_part(ids)}
-    kinds = list(Event.Type.values)
-    if ids is None:
-        readers.update({f"events:{kind}": (lambda kind=kind: _events_parts([kind])[kind])
-                        for kind in kinds})
-    else:
-        every = functools.cache(lambda: _events_parts(kinds, ids))
-        readers.update({f"events:{kind}": (lambda kind=kind: every()[kind]) for kind in kinds})
-    for part in crm_extensions.segment_index_parts:       # e.g. lifecycle's stages
-        readers[part.name] = lambda part=part: part.read(size, ids)
-    return readers
+    """None yet, the last from before today (the nightly one), the shape changed, or more than
+    SEGMENT_INDEX_FULL_SHARE of the customers changed since."""
+    return (base is None or base.signature != _signature()
+            or timezone.localdate(base.built_at) != timezone.localdate(built_at)
+            or changed > settings.SEGMENT_INDEX_FULL_SHARE * max(base.customers, 1))
 
 
 def build(*, full: bool = False) -> SegmentIndex | None:
-    """Store a new build (PostgreSQL; None elsewhere, or when another build is running): an
-    update — the customers changed since the last full build read again — or, when one is
-    due (`_full_due`) or asked for, a full build."""
+    """Store a new build — an update of the customers changed since the last full build, or a
+    full one when due or asked for; None off PostgreSQL or while another build runs."""
     if not available():
         return None
     outermost = not connection.in_atomic_block
@@ -370,38 +298,39 @@ def build(*, full: bool = False) -> SegmentIndex | None:
 def _build(*, full: bool, outermost: bool) -> SegmentIndex | None:
     started = time.perf_counter()
     with transaction.atomic():
-        if outermost:
-            # every part from one snapshot of the database
+        if outermost:       # every part from one snapshot of the database
             _rows("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         if not _rows("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])[0][0]:
             return None
         heavy_statements()
         built_at = _rows("SELECT transaction_timestamp()")[0][0]
         # No position yet (a new database, or one emptied): the touches cannot say what the
-        # last build missed.
+        # last build missed. Else the touches this snapshot sees and the last build's did not.
         consumer, _ = TouchConsumer.objects.get_or_create(consumer=CONSUMER)
         full = full or not consumer.position
-        # The customers changed since the last build: the touches this build's snapshot sees
-        # and the last did not (those committed later are the next build's).
-        if full:
-            changed, position = np.array([], dtype=np.int64), hooks.position_now()
-        else:
-            ids, position = hooks.touches_since(CONSUMER, consumer.position)
-            changed = np.array(ids, dtype=np.int64)
-        consumer.position = position
+        ids, consumer.position = (([], hooks.position_now()) if full
+                                  else hooks.touches_since(CONSUMER, consumer.position))
         consumer.save(update_fields=["position", "updated_at"])
+        changed = np.array(ids, dtype=np.int64)
         newest = SegmentIndex.objects.order_by("-built_at", "-pk").first()
         base = (newest.base or newest) if newest is not None else None
-        if base is not None and newest.base_id is not None:
-            previous = (SegmentIndexPart.objects.filter(index=newest, name="changed")
-                        .values_list("data", flat=True).first())
-            changed = np.union1d(changed, _unpack(previous)["ids"] if previous else [])
+        if base is not None and newest.base_id is not None:    # updates are cumulative
+            with contextlib.suppress(Missing):
+                changed = np.union1d(changed, _stored(newest.pk, "changed")["ids"])
         if full or _full_due(base, built_at, len(changed)):
-            index = _store(built_at, _full_parts(), base=None)
+            base, (parts, count) = None, _full_parts()
         else:
-            index = _store(built_at, _update_parts(base, changed), base=base)
-        keep = list(SegmentIndex.objects.order_by("-built_at", "-pk")
-                    .values_list("pk", "base_id")[:KEEP_BUILDS])
+            parts = _update_parts(base, changed)
+            (count,), = _rows("SELECT count(*) FROM crm_customer")
+        index = SegmentIndex.objects.create(
+            built_at=built_at, customers=count, base=base,
+            changed=len(changed) if base is not None else 0,
+            signature=base.signature if base is not None else _signature(),
+            size_bytes=sum(len(data) for data in parts.values()))
+        SegmentIndexPart.objects.bulk_create(
+            [SegmentIndexPart(index=index, name=name, data=data) for name, data in parts.items()])
+        keep = SegmentIndex.objects.order_by("-built_at", "-pk").values_list(
+            "pk", "base_id")[:KEEP_BUILDS]
         SegmentIndex.objects.exclude(
             pk__in=[pk for row in keep for pk in row if pk is not None]).delete()
         index.seconds = round(time.perf_counter() - started, 3)
@@ -412,76 +341,42 @@ def _build(*, full: bool, outermost: bool) -> SegmentIndex | None:
     return index
 
 
-CODED = ("customers", "attributes", "orders")       # the parts with code lists
-
-
-def _full_parts() -> dict[str, Any]:
-    # each part packed as soon as it is read: the raw arrays of one part at a time in memory
-    customers = _customers_part()
-    size = len(customers["exists"])
-    lists = {"customers": _lists(customers)}
-    packed: dict[str, Any] = {"customers": _pack(customers),
-                              "count": int(customers["exists"].sum())}
-    del customers
-    for name, read in _readers(size, None, {}).items():
-        part = read()
-        if name in CODED:
-            lists[name] = _lists(part)
+def _full_parts() -> tuple[dict[str, bytes], int]:
+    """Every part, packed as soon as it is read; the code lists also on their own (an update
+    reads them without the big parts); and the count of customers."""
+    packed, lists = {}, {}
+    for name, part in _Reading().parts():
+        if name == "customers":
+            count = int(part["exists"].sum())
+        lists |= {f"{name}/{key}": value for key, value in part.items()
+                  if key in CODE_LISTS or key.startswith("values:")}
         packed[name] = _pack(part)
-    # The code lists on their own, so that an update reads them without the big parts.
-    packed["lists"] = _pack({f"{name}/{key}": value for name, part in lists.items()
-                             for key, value in part.items()})
-    return packed
+        del part            # one part's raw arrays at a time in memory
+    packed["lists"] = _pack(lists)
+    return packed, count
 
 
-def _lists(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A part's code lists (what an update extends)."""
-    return {key: value for key, value in part.items()
-            if key in CODE_LISTS or key.startswith("values:")}
-
-
-def _update_parts(base: SegmentIndex, changed: np.ndarray) -> dict[str, Any]:
+def _update_parts(base: SegmentIndex, changed: np.ndarray) -> dict[str, bytes]:
     """The parts of the customers `changed`, coded with the full build's lists (extended)."""
-    stored = (SegmentIndexPart.objects.filter(index=base, name="lists")
-              .values_list("data", flat=True).first())
-    if stored is None:
+    try:
+        lists = _stored(base.pk, "lists")
+    except Missing:
         raise NeedsFull("lists")
-    lists: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in _unpack(stored).items():
-        name, list_name = key.split("/", 1)
-        lists.setdefault(name, {})[list_name] = value
-    _changed_table(changed)
-    customers = _customers_part(changed, lists.get("customers"))
-    packed: dict[str, Any] = {"changed": _pack({"ids": changed}),
-                              "customers": _pack({**customers, "ids": changed}),
-                              "count": None, "changed_count": len(changed)}
-    for name, read in _readers(len(changed), changed, lists).items():
-        packed[name] = _pack({**read(), "ids": changed})
-    return packed
-
-
-def _store(built_at: datetime, packed: dict[str, Any], *, base: SegmentIndex | None
-           ) -> SegmentIndex:
-    count, changed = packed.pop("count"), packed.pop("changed_count", 0)
-    if count is None:       # an update: the customers the full build had, give or take
-        (count,), = _rows("SELECT count(*) FROM crm_customer")
-    index = SegmentIndex.objects.create(
-        built_at=built_at, customers=count, base=base, changed=changed,
-        signature=base.signature if base is not None else _signature(),
-        size_bytes=sum(len(data) for data in packed.values()))
-    SegmentIndexPart.objects.bulk_create(
-        [SegmentIndexPart(index=index, name=name, data=data) for name, data in packed.items()])
-    return index
+    materialize_rows(CHANGED_TABLE, ("SELECT DISTINCT unnest(%s::bigint[])",
+                                     [changed.tolist()]), ["id"])   # dropped at commit
+    reading = _Reading(changed, lists, len(changed))
+    return {"changed": _pack({"ids": changed}),
+            **{name: _pack({**part, "ids": changed}) for name, part in reading.parts()}}
 
 
 def build_due(now: datetime | None = None) -> SegmentIndex | None:
-    """`build()` when the newest build is SEGMENT_INDEX_MINUTES old or more (the beat task
-    asks every minute, so the interval can change without touching the schedule)."""
+    """`build()` when the newest build is SEGMENT_INDEX_MINUTES old or more (beat asks every
+    minute, so the interval can change without touching the schedule)."""
     if not available():
         return None
     now = now or timezone.now()
     newest = SegmentIndex.objects.order_by("-built_at").values_list("built_at", flat=True).first()
-    if newest is not None and newest > now - timedelta(minutes=interval_minutes()):
+    if newest is not None and newest > now - _minutes("SEGMENT_INDEX_MINUTES", 10):
         return None
     return build()
 
@@ -489,19 +384,15 @@ def build_due(now: datetime | None = None) -> SegmentIndex | None:
 # --- Loading --------------------------------------------------------------------------------
 
 class Missing(Exception):
-    """A part of the build is gone (a newer build replaced it, or a crash emptied the
-    unlogged tables): the preview is computed in SQL."""
+    """A part of the build is gone (replaced by a newer build, or emptied by a crash): SQL."""
 
 
 class Snapshot:
     """The parts of one build this process has loaded; an update's parts laid over its full
-    build's (or over the parts of an earlier update of the same full build, `previous`, which
-    its changed customers include: updates are cumulative)."""
+    build's, or over those of `previous`, an earlier update of it (updates are cumulative)."""
 
     def __init__(self, index: SegmentIndex, previous: Snapshot | None = None) -> None:
-        self.index_id = index.pk
-        self.base_id = index.base_id
-        self.built_at = index.built_at
+        self.index_id, self.base_id, self.built_at = index.pk, index.base_id, index.built_at
         self.previous = previous
         self._parts: dict[str, dict[str, np.ndarray]] = {}
         self._lock = threading.Lock()
@@ -537,27 +428,21 @@ _loaded: dict[str, Any] = {"snapshot": None, "loading": None}
 _loaded_lock = threading.Lock()
 
 
-def current(now: datetime | None = None, *, swap_in_background: bool = True) -> Snapshot | None:
-    """The build previews read: the newest if it is recent enough
-    (`SEGMENT_INDEX_MAX_AGE_MINUTES`), else None.
-
-    When a newer build appears, the process loads the parts it had in use from the new build in
-    a background thread and keeps answering from the previous one (still recent enough, still
-    stored: the two newest builds are kept) until they are in — so no preview waits for a
-    load after a rebuild, only the first previews of a new process."""
+def current(now: datetime | None = None) -> Snapshot | None:
+    """The build previews read: the newest, if recent enough. A newer build's parts in use load
+    in a background thread while the previous build keeps answering."""
     if not available():
         return None
-    now = now or timezone.now()
+    oldest = (now or timezone.now()) - _minutes("SEGMENT_INDEX_MAX_AGE_MINUTES", 30)
     index = SegmentIndex.objects.order_by("-built_at", "-pk").first()
-    if index is None or index.built_at < now - max_age():
+    if index is None or index.built_at < oldest:
         return None
     with _loaded_lock:
         snapshot = _loaded["snapshot"]
         if snapshot is not None and snapshot.index_id == index.pk:
             return snapshot
         in_use = list(snapshot.loaded_parts) if snapshot is not None else []
-        if (not swap_in_background or snapshot is None or not in_use
-                or snapshot.built_at < now - max_age()):
+        if not in_use or snapshot.built_at < oldest:
             snapshot = _loaded["snapshot"] = Snapshot(index)
             return snapshot
         if _loaded["loading"] != index.pk:
@@ -601,8 +486,8 @@ WARM_PARTS = ("customers", "tags", "stages")
 
 
 def warm_in_background() -> None:
-    """When a web process starts: load the parts most previews read in a thread, so that its
-    first preview does not wait for them (config/wsgi.py)."""
+    """When a web process starts (config/wsgi.py): load the parts most previews read in a
+    thread, so that its first preview does not wait for them."""
     if not available() or not getattr(settings, "SEGMENT_INDEX_WARM", True):
         return
 
@@ -623,8 +508,7 @@ def warm_in_background() -> None:
 def forget() -> None:
     """Drop what this process has loaded (tests; a process after a restore)."""
     with _loaded_lock:
-        _loaded["snapshot"] = None
-        _loaded["loading"] = None
+        _loaded["snapshot"] = _loaded["loading"] = None
 
 
 def _stored(index_id: int, name: str) -> dict[str, np.ndarray]:
@@ -641,36 +525,25 @@ CODE_LISTS = {"cities", "cities_indexed", "keys", "excluded", "categories",
 LISTS = CODE_LISTS | {"genders", "statuses", "item_rows", "item_codes", "ids"}
 
 
-def _is_list(name: str) -> bool:
-    return name in LISTS or name.startswith("values:")
-
-
 def merge(name: str, under: dict[str, np.ndarray], update: dict[str, np.ndarray]
           ) -> dict[str, np.ndarray]:
-    """A part of an update laid over the same part of the full build (or of an earlier update
-    of it): the changed customers' entries and rows replaced by theirs, the code lists taken
-    from the update (they extend the full build's, so the codes in place stay right)."""
+    """An update's part laid over the full build's (or an earlier update's): the changed
+    customers' entries and rows replaced; the code lists the update's (they extend the full
+    build's, so the codes in place stay right)."""
     ids = update["ids"]
-    out = {key: value for key, value in update.items() if _is_list(key) and key != "ids"}
-    if "customer" not in under:                 # one entry per customer id
-        fill = (lambda column: FILLS[column]) if name == "customers" else (
-            (lambda column: NO_VALUE) if name == "attributes" else (lambda column: 0))
+    columns = [key for key in update if key not in LISTS and not key.startswith("values:")]
+    out = {key: value for key, value in update.items() if key not in columns and key != "ids"}
+    if "customer" not in under:     # one entry per customer id; an update has every column
         size = int(ids[-1]) + 1 if len(ids) else 0
-        for column, new in update.items():      # an update has every column (a key or a
-            if _is_list(column):                # model gone since is left out with it)
-                continue
-            old = under.get(column)
-            merged = np.full(max(size, len(old) if old is not None else 0), fill(column),
-                             dtype=new.dtype)
-            if old is not None:
-                merged[:len(old)] = old
-            merged[ids] = new
-            out[column] = merged
+        for column in columns:      # (a key or a model gone since is left out with it)
+            old, new = under.get(column, update[column][:0]), update[column]
+            fill = FILLS.get(column, NO_VALUE if name == "attributes" else 0)
+            out[column] = np.full(max(size, len(old)), fill, dtype=new.dtype)
+            out[column][:len(old)] = old
+            out[column][ids] = new
         return out
     keep = ~np.isin(under["customer"], ids)     # rows: the changed customers' replaced
-    for column, values in update.items():
-        if not _is_list(column):
-            out[column] = np.concatenate([under[column][keep], values])
+    out |= {column: np.concatenate([under[column][keep], update[column]]) for column in columns}
     if name == "orders":        # item pairs point at order rows, which moved
         position = np.cumsum(keep) - 1
         kept = keep[under["item_rows"]]
@@ -680,7 +553,7 @@ def merge(name: str, under: dict[str, np.ndarray], update: dict[str, np.ndarray]
         out["item_codes"] = np.concatenate([under["item_codes"][kept], update["item_codes"]])
     if name == "tags":          # sorted by tag (a leaf finds its rows by bisection)
         order = np.lexsort((out["customer"], out["tag"]))
-        out = {column: (values[order] if not _is_list(column) else values)
+        out = {column: values[order] if column in columns else values
                for column, values in out.items()}
     return out
 
@@ -695,84 +568,85 @@ def _clamp(value: int) -> int:
     return max(-(2 ** 62), min(2 ** 62, value))
 
 
+def _operands(op: str, value: Any) -> list:
+    return value if op in ("in", "not_in") else [value]
+
+
+def _unless(op: str, found: np.ndarray) -> np.ndarray:
+    """`found`, or its complement for a negative operator."""
+    return ~found if op in ("ne", "not_in") else found
+
+
+COMPARISONS = {"eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge,
+               "lt": operator.lt, "lte": operator.le}
+
+
 def _compare(column: np.ndarray, op: str, value: Any) -> np.ndarray:
-    if op in ("eq", "ne"):
-        found = column == value
-        return ~found if op == "ne" else found
     if op in ("in", "not_in"):
-        found = np.isin(column, np.array(value, dtype=np.int64))
-        return ~found if op == "not_in" else found
-    if op == "gt":
-        return column > value
-    if op == "gte":
-        return column >= value
-    if op == "lt":
-        return column < value
-    if op == "lte":
-        return column <= value
+        return _unless(op, np.isin(column, np.array(value, dtype=np.int64)))
     if op == "between":
         return (column >= value[0]) & (column <= value[1])
-    raise Unsupported(op)
+    if op not in COMPARISONS:
+        raise Unsupported(op)
+    return COMPARISONS[op](column, value)
 
 
 def _codes(names: np.ndarray, values: list[str]) -> list[int]:
-    """The codes (1-based positions in `names`) of the values present; absent ones match no
-    one."""
+    """The codes (1-based positions in `names`) of the values; an absent one matches no one."""
     index = {str(name): position for position, name in enumerate(names, start=1)}
     return [index[v] for v in values if v in index]
 
 
 def _coded(column: np.ndarray, names: np.ndarray, op: str, value: Any) -> np.ndarray:
-    values = value if op in ("in", "not_in") else [value]
-    found = np.isin(column, np.array(_codes(names, [str(v) for v in values]) or [-1],
-                                     dtype=column.dtype))
-    return ~found if op in ("ne", "not_in") else found
+    wanted = _codes(names, [str(v) for v in _operands(op, value)])
+    return _unless(op, np.isin(column, np.array(wanted or [-1], dtype=column.dtype)))
 
 
 def _cents(column: np.ndarray, op: str, value: Any) -> np.ndarray:
     """Spend (stored in cents) against a decimal amount, exactly."""
     if op in ("in", "not_in"):
-        found = np.zeros(len(column), dtype=bool)
-        for amount in value:
-            found |= _cents(column, "eq", amount)
-        return ~found if op == "not_in" else found
+        found = functools.reduce(operator.or_, (_cents(column, "eq", v) for v in value),
+                                 np.zeros(len(column), dtype=bool))
+        return _unless(op, found)
     if op == "between":
         return _cents(column, "gte", value[0]) & _cents(column, "lte", value[1])
     scaled = Fraction(value) * 100         # exact, whatever the number of digits
     if op in ("eq", "ne"):
-        found = (column == _clamp(int(scaled)) if scaled.denominator == 1
-                 else np.zeros(len(column), dtype=bool))
-        return ~found if op == "ne" else found
+        return _unless(op, column == _clamp(int(scaled)) if scaled.denominator == 1
+                       else np.zeros(len(column), dtype=bool))
     bound = {"gte": math.ceil, "lt": math.ceil, "gt": math.floor, "lte": math.floor}[op]
     return _compare(column, op, _clamp(bound(scaled)))
 
 
 class Evaluator:
-    """Evaluates a validated tree over one snapshot, at `now`; every array is indexed by
-    customer id and as long as the build's largest id + 1."""
+    """Evaluates a validated tree over one snapshot at `now`, each leaf as its SQL compiler
+    means it, into a boolean array by customer id (the build's largest id + 1 long)."""
 
     def __init__(self, snapshot: Snapshot, now: datetime) -> None:
-        self.snapshot = snapshot
-        self.now = now
-        self.now_us = micros(now)
+        self.snapshot, self.now, self.now_us = snapshot, now, micros(now)
         self.size = len(snapshot.customers["exists"])
 
     def node(self, node: dict, path: str = "") -> np.ndarray:
-        if "all" in node:
-            out = np.ones(self.size, dtype=bool)
-            for index, child in enumerate(node["all"]):
-                out &= self.node(child, f"{path}.all[{index}]")
-            return out
-        if "any" in node:
-            out = np.zeros(self.size, dtype=bool)
-            for index, child in enumerate(node["any"]):
-                out |= self.node(child, f"{path}.any[{index}]")
-            return out
+        for key, start, combine in (("all", np.ones, np.logical_and),
+                                    ("any", np.zeros, np.logical_or)):
+            if key in node:
+                out = start(self.size, dtype=bool)
+                for index, child in enumerate(node[key]):
+                    combine(out, self.node(child, f"{path}.{key}[{index}]"), out=out)
+                return out
         if "not" in node:
             return ~self.node(node["not"], f"{path}.not")
-        leaf = conditions.to_leaf(node, path)
-        handler = _HANDLERS.get(leaf.field) or _contributed(leaf.field) or (
-            _attribute if leaf.field.startswith("attributes.") else None)
+        return self.leaf(conditions.to_leaf(node, path))
+
+    def leaf(self, leaf: conditions.Leaf) -> np.ndarray:
+        if leaf.op == "count_lte":          # at most n: not at least n + 1
+            return ~self.leaf(replace(leaf, op="count_gte", value=leaf.value + 1))
+        if leaf.op in ("count_gte", "sum_gte") and leaf.value <= 0:
+            return np.ones(self.size, dtype=bool)
+        handler = _HANDLERS.get(leaf.field) or next(
+            (part.handlers[leaf.field] for part in crm_extensions.segment_index_parts
+             if leaf.field in part.handlers), None) or (
+            Evaluator.attribute if leaf.field.startswith("attributes.") else None)
         found = handler(self, leaf) if handler is not None else None
         if found is None:           # a contributed handler may decline (None)
             raise Unsupported(leaf.field)
@@ -781,242 +655,183 @@ class Evaluator:
     def since(self, days: int) -> int:
         return micros(self.now - timedelta(days=days))
 
-    def ids(self, customer_ids: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.size, dtype=bool)
-        out[customer_ids] = True
-        return out
-
-    def known(self, customer_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Customer ids within the build's range, and the mask of those rows (None: all).
-        Tags and event counts have no foreign keys: a row may outlive its customer."""
+    def known(self, customer_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | slice]:
+        """Customer ids within the build's range, and the rows they are at (tags and event
+        counts have no foreign keys: a row may outlive its customer)."""
         if not len(customer_ids) or customer_ids.max() < self.size:
-            return customer_ids, None
+            return customer_ids, slice(None)
         rows = customer_ids < self.size
         return customer_ids[rows], rows
 
+    def moment(self, leaf: conditions.Leaf) -> np.ndarray:
+        column = self.snapshot.customers[leaf.field]
+        present = column != NULL_TIME
+        op, value = leaf.op, leaf.value
+        if op == "is_null":
+            return ~present if value else present
+        if op == "within_days":
+            return present & (column >= self.since(value))
+        if op == "older_than_days":
+            return present & (column <= self.since(value))
+        bound = [micros(v) for v in value] if op == "between" else micros(value)
+        return present & _compare(column, op, bound)
 
-def _contributed(field: str):
-    """A handler another app's index part brings for `field` (crm.extensions)."""
-    for part in crm_extensions.segment_index_parts:
-        if field in part.handlers:
-            return part.handlers[field]
-    return None
+    def number(self, leaf: conditions.Leaf) -> np.ndarray:
+        customers = self.snapshot.customers
+        if leaf.field == "total_spent":
+            return _cents(customers["cents"], leaf.op, leaf.value)
+        if leaf.field == "opted_out":
+            return _unless(leaf.op, customers["opted_out"] == leaf.value)
+        value = ([_clamp(v) for v in leaf.value] if isinstance(leaf.value, list)
+                 else _clamp(leaf.value))
+        return _compare(customers["orders_count"].astype(np.int64), leaf.op, value)
+
+    def choice(self, leaf: conditions.Leaf) -> np.ndarray:
+        """gender, status and city: codes into the build's lists."""
+        customers = self.snapshot.customers
+        column = customers[leaf.field]
+        names = customers[{"gender": "genders", "status": "statuses", "city": "cities"}[
+            leaf.field]]
+        if leaf.field == "city" and (not bool(customers["cities_indexed"])
+                                     or leaf.op == "contains"):
+            raise Unsupported(leaf.field)
+        if leaf.op == "is_null":      # a blank city is "no city"; the column is never NULL
+            found = _coded(column, names, "eq", "")
+            return found if leaf.value else ~found
+        return _coded(column, names, leaf.op, leaf.value)
+
+    def named(self, leaf: conditions.Leaf) -> np.ndarray:
+        """channel (by its code) and owner (by username)."""
+        column = self.snapshot.customers[leaf.field]
+        model, by = ((Channel, "code") if leaf.field == "channel"
+                     else (get_user_model(), "username"))
+        if leaf.op == "contains":
+            raise Unsupported(leaf.field)
+        if leaf.op == "is_null":      # no channel (0), or one with a blank code
+            found = (column == 0) | _isin_ids(column, model, by, [""])
+            return found if leaf.value else ~found
+        return _unless(leaf.op, _isin_ids(column, model, by, _operands(leaf.op, leaf.value)))
+
+    def attribute(self, leaf: conditions.Leaf) -> np.ndarray:
+        """Only eq / ne / in / not_in with strings, and `is_null`: SQL compares a number as a
+        number, and orders text by code point."""
+        op, value = leaf.op, leaf.value
+        if op not in ("eq", "ne", "in", "not_in", "is_null") or (
+                op != "is_null" and not all(isinstance(v, str) for v in _operands(op, value))):
+            raise Unsupported(leaf.field)
+        part = self.snapshot.part("attributes")
+        if f"codes:{leaf.key}" in part:
+            codes, names = part[f"codes:{leaf.key}"], part[f"values:{leaf.key}"]
+        elif leaf.key in {str(k) for k in part["excluded"]}:
+            raise Unsupported(leaf.field)
+        else:                   # nobody had the key
+            codes, names = np.full(self.size, NO_VALUE, dtype=np.int32), np.array([""])
+        if op == "is_null":
+            return (codes == NO_VALUE) if value else (codes != NO_VALUE)
+        wanted = [code - 1 for code in _codes(names, _operands(op, value))]
+        return _unless(op, np.isin(codes, np.array(wanted or [-99], dtype=np.int32)))
+
+    def tag(self, leaf: conditions.Leaf) -> np.ndarray:
+        part = self.snapshot.part("tags")
+
+        def holds(tag_ids: list[int]) -> np.ndarray:
+            out = np.zeros(self.size, dtype=bool)
+            for tag_id in tag_ids:
+                start, end = np.searchsorted(part["tag"], [tag_id, tag_id + 1])
+                live = part["expires"][start:end] > self.now_us
+                customers, _at = self.known(part["customer"][start:end][live])
+                out[customers] = True
+            return out
+
+        if leaf.op == "all":
+            return functools.reduce(operator.and_, (holds([tag_id]) for tag_id in leaf.value),
+                                    np.ones(self.size, dtype=bool))
+        return holds(leaf.value) if leaf.op == "any" else ~holds(leaf.value)
+
+    def event(self, leaf: conditions.Leaf) -> np.ndarray:
+        """A whole history or "since joining" sums the per-type counts; a window counts, per
+        type, how many of the LATEST latest times fall in it (exact up to LATEST)."""
+        # a type listed twice counts once, as `type IN (…)` does
+        kinds = list(dict.fromkeys(leaf.params.get("type") or Event.Type.values))
+        window, joined = leaf.params.get("within_days"), leaf.params.get("since_joined")
+        if window is not None and leaf.value > LATEST:
+            raise Unsupported(leaf.field)
+        counts = np.zeros(self.size, dtype=np.int64)
+        for kind in kinds:
+            part = self.snapshot.part(f"events:{kind}")
+            customers, rows = self.known(part["customer"])
+            if window is None:
+                per_row = part["since_joined" if joined else "total"][rows].astype(np.int64)
+            else:       # in the window, and (since joining) not before joining
+                start = self.since(window)
+                if joined:
+                    start = np.maximum(start, self.snapshot.customers["joined_at"][customers])
+                per_row = sum((part[f"latest_{i}"][rows] >= start).astype(np.int64)
+                              for i in range(1, LATEST + 1))
+            counts += np.bincount(customers, weights=per_row, minlength=self.size)[
+                :self.size].astype(np.int64)
+        return counts >= leaf.value
+
+    def order(self, leaf: conditions.Leaf) -> np.ndarray:
+        """Paid orders, within a window or since joining, optionally with an item of a
+        category; counted, or their amounts summed (exactly, in cents)."""
+        part = self.snapshot.part("orders")
+        rows = part["customer"] < self.size      # ids beyond the build's customers left out
+        customers = np.where(rows, part["customer"], 0)
+        if leaf.params.get("within_days") is not None:
+            rows &= part["placed"] >= self.since(leaf.params["within_days"])
+        if leaf.params.get("since_joined"):
+            rows &= part["placed"] >= self.snapshot.customers["joined_at"][customers]
+        if leaf.params.get("category"):
+            if not bool(part["categories_indexed"]):
+                raise Unsupported(leaf.field)
+            wanted = np.array(_codes(part["categories"], leaf.params["category"]) or [-1],
+                              dtype=np.int32)
+            with_category = np.zeros(len(rows), dtype=bool)
+            with_category[part["item_rows"][np.isin(part["item_codes"], wanted)]] = True
+            rows &= with_category
+        if leaf.op == "sum_gte":
+            totals = np.bincount(customers[rows], weights=part["cents"][rows],
+                                 minlength=self.size)
+            return totals[:self.size] >= _clamp(math.ceil(Fraction(leaf.value) * 100))
+        counts = np.bincount(customers[rows], minlength=self.size)[:self.size]
+        return counts >= _clamp(int(leaf.value))
+
+    def group(self, leaf: conditions.Leaf) -> np.ndarray:
+        """Memberships now (or `ever`), optionally begun since joining; `in` any of the groups
+        (none named: any group), or `count_gte` distinct groups."""
+        part = self.snapshot.part("groups")
+        rows = part["customer"] < self.size
+        if not leaf.params.get("ever"):
+            rows &= part["current"]
+        customers = np.where(rows, part["customer"], 0)
+        if leaf.params.get("since_joined"):
+            rows &= part["joined"] >= self.snapshot.customers["joined_at"][customers]
+        if leaf.op == "count_gte":
+            pairs = np.sort(customers[rows].astype(np.int64) << 32 | part["group"][rows])
+            if len(pairs):      # distinct (customer, group): sorted, then unlike the one before
+                pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+            counts = np.bincount((pairs >> 32).astype(np.int64), minlength=self.size)
+            return counts[:self.size] >= _clamp(int(leaf.value))
+        if leaf.value:
+            rows &= _isin_ids(part["group"], Group, "chat_id", leaf.value)
+        found = np.zeros(self.size, dtype=bool)
+        found[customers[rows]] = True
+        return _unless(leaf.op, found)
 
 
-def _datetime(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    column = ev.snapshot.customers[leaf.field]
-    present = column != NULL_TIME
-    op, value = leaf.op, leaf.value
-    if op == "is_null":
-        return ~present if value else present
-    if op == "within_days":
-        return present & (column >= ev.since(value))
-    if op == "older_than_days":
-        return present & (column <= ev.since(value))
-    bound = [micros(v) for v in value] if op == "between" else micros(value)
-    return present & _compare(column, op, bound)
-
-
-def _number(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    customers = ev.snapshot.customers
-    if leaf.field == "total_spent":
-        return _cents(customers["cents"], leaf.op, leaf.value)
-    value = ([_clamp(v) for v in leaf.value] if isinstance(leaf.value, list)
-             else _clamp(leaf.value))
-    return _compare(customers["orders_count"].astype(np.int64), leaf.op, value)
-
-
-def _choice(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    customers = ev.snapshot.customers
-    names = customers["genders" if leaf.field == "gender" else "statuses"]
-    return _coded(customers[leaf.field], names, leaf.op, leaf.value)
-
-
-def _opted_out(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    found = ev.snapshot.customers["opted_out"] == leaf.value
-    return ~found if leaf.op == "ne" else found
-
-
-def _city(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    customers = ev.snapshot.customers
-    if not bool(customers["cities_indexed"]) or leaf.op == "contains":
-        raise Unsupported(leaf.field)
-    if leaf.op == "is_null":      # a blank city is "no city"; the column is never NULL
-        found = _coded(customers["city"], customers["cities"], "eq", "")
-        return found if leaf.value else ~found
-    return _coded(customers["city"], customers["cities"], leaf.op, leaf.value)
-
-
-def _isin_ids(column: np.ndarray, model, field: str, values: list) -> np.ndarray:
-    """Whose `column` (an id of `model`) is one of the rows whose `field` is in `values` (read
-    now: a handful of channels or staff)."""
-    ids = list(model.objects.filter(**{f"{field}__in": values}).values_list("pk", flat=True))
+def _isin_ids(column: np.ndarray, model, by: str, values: list) -> np.ndarray:
+    """Whose `column` (ids of `model`) names a row whose `by` is in `values` (read now)."""
+    ids = list(model.objects.filter(**{f"{by}__in": values}).values_list("pk", flat=True))
     return np.isin(column, np.array(ids or [-1], dtype=column.dtype))
 
 
-def _channel(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    column = ev.snapshot.customers["channel"]
-    if leaf.op == "contains":
-        raise Unsupported(leaf.field)
-    if leaf.op == "is_null":      # no channel (0), or one with a blank code
-        found = (column == 0) | _isin_ids(column, Channel, "code", [""])
-        return found if leaf.value else ~found
-    values = leaf.value if leaf.op in ("in", "not_in") else [leaf.value]
-    found = _isin_ids(column, Channel, "code", values)
-    return ~found if leaf.op in ("ne", "not_in") else found
-
-
-def _owner(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    values = leaf.value if leaf.op in ("in", "not_in") else [leaf.value]
-    found = _isin_ids(ev.snapshot.customers["owner"], get_user_model(), "username", values)
-    return ~found if leaf.op in ("ne", "not_in") else found
-
-
-def _attribute(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """Only what compares JSON strings (eq / ne / in / not_in with strings) and `is_null`; a
-    number compares as a number in SQL (also against text that reads as one), and ordering
-    compares text by code point: those stay in SQL."""
-    op, value = leaf.op, leaf.value
-    operands = value if op in ("in", "not_in") else [value]
-    if op not in ("eq", "ne", "in", "not_in", "is_null") or (
-            op != "is_null" and not all(isinstance(v, str) for v in operands)):
-        raise Unsupported(leaf.field)
-    key = leaf.key
-    part = ev.snapshot.part("attributes")
-    if f"codes:{key}" not in part:
-        if key in {str(k) for k in part["excluded"]}:
-            raise Unsupported(leaf.field)
-        codes = np.full(ev.size, NO_VALUE, dtype=np.int32)   # nobody had the key
-        names = np.array([""])
-    else:
-        codes, names = part[f"codes:{key}"], part[f"values:{key}"]
-    if op == "is_null":
-        return (codes == NO_VALUE) if value else (codes != NO_VALUE)
-    wanted = [code - 1 for code in _codes(names, operands)]
-    found = np.isin(codes, np.array(wanted or [-99], dtype=np.int32))
-    return ~found if op in ("ne", "not_in") else found
-
-
-def _tag(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    part = ev.snapshot.part("tags")
-
-    def holds(tag_ids: list[int]) -> np.ndarray:
-        out = np.zeros(ev.size, dtype=bool)
-        for tag_id in tag_ids:
-            start, end = np.searchsorted(part["tag"], [tag_id, tag_id + 1])
-            live = part["expires"][start:end] > ev.now_us
-            customers, _mask = ev.known(part["customer"][start:end][live])
-            out[customers] = True
-        return out
-
-    if leaf.op == "any":
-        return holds(leaf.value)
-    if leaf.op == "none":
-        return ~holds(leaf.value)
-    out = np.ones(ev.size, dtype=bool)
-    for tag_id in leaf.value:
-        out &= holds([tag_id])
-    return out
-
-
-def _event(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """As crm.conditions: a whole history or "since joining" sums the per-type counts; a window
-    counts, per type, how many of the 5 latest times fall in it (exact up to 5)."""
-    # a type listed twice counts once, as `type IN (…)` does
-    kinds = list(dict.fromkeys(leaf.params.get("type") or Event.Type.values))
-    k = leaf.value if leaf.op == "count_gte" else leaf.value + 1
-    if k <= 0:
-        return np.ones(ev.size, dtype=bool)
-    window = leaf.params.get("within_days")
-    joined = leaf.params.get("since_joined")
-    if window is not None and k > LATEST:
-        raise Unsupported(leaf.field)
-    counts = np.zeros(ev.size, dtype=np.int64)
-    bound = ev.since(window) if window is not None else None
-    joined_at = ev.snapshot.customers["joined_at"] if joined else None
-    for kind in kinds:
-        part = ev.snapshot.part(f"events:{kind}")
-        customers, rows = ev.known(part["customer"])
-        part = {name: column[rows] for name, column in part.items()} if rows is not None \
-            else part
-        if bound is None:
-            per_row = part["since_joined" if joined else "total"].astype(np.int64)
-        else:
-            per_row = np.zeros(len(customers), dtype=np.int64)
-            starts = joined_at[customers] if joined else None
-            for i in range(1, LATEST + 1):
-                latest = part[f"latest_{i}"]
-                inside = latest >= bound
-                if joined:
-                    inside &= latest >= starts
-                per_row += inside
-        counts += np.bincount(customers, weights=per_row, minlength=ev.size)[:ev.size].astype(
-            np.int64)
-    found = counts >= k
-    return found if leaf.op == "count_gte" else ~found
-
-
-def _order(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """As crm.conditions: paid orders, within a window or since joining, optionally with an
-    item of a category; counted, or their amounts summed (exactly, in cents)."""
-    value = leaf.value
-    if leaf.op == "count_lte":
-        found = _order(ev, replace(leaf, op="count_gte", value=value + 1))
-        return ~found
-    if value <= 0:
-        return np.ones(ev.size, dtype=bool)
-    part = ev.snapshot.part("orders")
-    rows = part["customer"] < ev.size      # ids beyond the build's customers left out
-    customers = np.where(rows, part["customer"], 0)
-    if leaf.params.get("within_days") is not None:
-        rows &= part["placed"] >= ev.since(leaf.params["within_days"])
-    if leaf.params.get("since_joined"):
-        rows &= part["placed"] >= ev.snapshot.customers["joined_at"][customers]
-    if leaf.params.get("category"):
-        if not bool(part["categories_indexed"]):
-            raise Unsupported(leaf.field)
-        wanted = np.array(_codes(part["categories"], leaf.params["category"]) or [-1],
-                          dtype=np.int32)
-        with_category = np.zeros(len(rows), dtype=bool)
-        with_category[part["item_rows"][np.isin(part["item_codes"], wanted)]] = True
-        rows &= with_category
-    if leaf.op == "sum_gte":
-        totals = np.bincount(customers[rows], weights=part["cents"][rows], minlength=ev.size)
-        return totals[:ev.size] >= _clamp(math.ceil(Fraction(value) * 100))
-    counts = np.bincount(customers[rows], minlength=ev.size)[:ev.size]
-    return counts >= _clamp(int(value))
-
-
-def _group(ev: Evaluator, leaf: conditions.Leaf) -> np.ndarray:
-    """As crm.conditions: memberships now (or `ever`), optionally begun since joining; `in`
-    any of the groups (none named: any group), or `count_gte` distinct groups."""
-    if leaf.op == "count_gte" and leaf.value <= 0:
-        return np.ones(ev.size, dtype=bool)
-    part = ev.snapshot.part("groups")
-    rows = part["customer"] < ev.size
-    if not leaf.params.get("ever"):
-        rows &= part["current"]
-    customers = np.where(rows, part["customer"], 0)
-    if leaf.params.get("since_joined"):
-        rows &= part["joined"] >= ev.snapshot.customers["joined_at"][customers]
-    if leaf.op == "count_gte":
-        pairs = np.sort(customers[rows].astype(np.int64) << 32 | part["group"][rows])
-        if len(pairs):      # distinct (customer, group): sorted, then unlike the one before
-            pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
-        counts = np.bincount((pairs >> 32).astype(np.int64), minlength=ev.size)[:ev.size]
-        return counts >= _clamp(int(leaf.value))
-    if leaf.value:
-        rows &= _isin_ids(part["group"], Group, "chat_id", leaf.value)
-    found = ev.ids(customers[rows])
-    return ~found if leaf.op == "not_in" else found
-
-
 _HANDLERS = {
-    **{name: _datetime for name in DATETIMES},
-    "orders_count": _number, "total_spent": _number,
-    "gender": _choice, "status": _choice, "opted_out": _opted_out,
-    "city": _city, "channel": _channel, "owner": _owner,
-    "tag": _tag, "event": _event, "order": _order, "group": _group,
+    **dict.fromkeys(DATETIMES, Evaluator.moment),
+    **dict.fromkeys(("orders_count", "total_spent", "opted_out"), Evaluator.number),
+    **dict.fromkeys(("gender", "status", "city"), Evaluator.choice),
+    "channel": Evaluator.named, "owner": Evaluator.named, "tag": Evaluator.tag,
+    "event": Evaluator.event, "order": Evaluator.order, "group": Evaluator.group,
 }
 
 
@@ -1030,8 +845,8 @@ class Answer:
 
 
 def evaluate(tree: Any, snapshot: Snapshot, *, now: datetime | None = None) -> np.ndarray | None:
-    """The customers the tree selects, as a boolean array by id (None: not answerable here).
-    The tree must be valid (`conditions.validate`)."""
+    """The customers the (validated) tree selects, as a boolean array by id; None when the
+    index cannot answer it."""
     try:
         evaluator = Evaluator(snapshot, now or timezone.now())
         return evaluator.node(tree) & snapshot.customers["exists"]
@@ -1040,21 +855,16 @@ def evaluate(tree: Any, snapshot: Snapshot, *, now: datetime | None = None) -> n
 
 
 def _visible(snapshot: Snapshot, user) -> np.ndarray:
-    """The customers of the build `user` may count (analysts: every customer)."""
-    visible = snapshot.customers["exists"].copy()
+    """The customers of the build `user` may count (operators their own, analysts all)."""
     role = access.user_role(user)
     if role == access.OPERATOR:
-        visible &= snapshot.customers["owner"] == user.pk
-    elif role not in (access.ADMIN, access.ANALYST):
-        visible[:] = False
-    return visible
+        return snapshot.customers["exists"] & (snapshot.customers["owner"] == user.pk)
+    return snapshot.customers["exists"] & (role in (access.ADMIN, access.ANALYST))
 
 
 def summarize(part: str, summary, *, user, now: datetime | None = None):
     """`summary(arrays of the part, customers the user may see)` over the current build, and
-    the build's time; None when there is no recent build or the part is missing. How an app
-    that contributed a part counts with it (lifecycle: customers per stage) without a pass
-    over every customer in SQL."""
+    the build's time (lifecycle: customers per stage); None without a recent build or part."""
     snapshot = current(now)
     if snapshot is None:
         return None
@@ -1065,22 +875,12 @@ def summarize(part: str, summary, *, user, now: datetime | None = None):
 
 
 def preview(tree: Any, *, user, sample_size: int, now: datetime | None = None) -> Answer | None:
-    """Count and newest ids for a segment preview from the index, within what `user` may see
-    (analysts: every customer); None when the index cannot answer it."""
+    """Count and newest ids for a segment preview from the index, within what `user` may see;
+    None when the index cannot answer it."""
     snapshot = current(now)
-    if snapshot is None:
+    found = evaluate(tree, snapshot, now=now) if snapshot is not None else None
+    if found is None:
         return None
-    try:
-        found = evaluate(tree, snapshot, now=now)
-        if found is None:
-            return None
-        role = access.user_role(user)
-        if role == access.OPERATOR:
-            found &= snapshot.customers["owner"] == user.pk
-        elif role not in (access.ADMIN, access.ANALYST):
-            found[:] = False
-    except Missing:
-        return None
-    ids = np.flatnonzero(found)
+    ids = np.flatnonzero(found & _visible(snapshot, user))
     return Answer(count=len(ids), newest=[int(i) for i in ids[::-1][:sample_size]],
                   as_of=snapshot.built_at)
