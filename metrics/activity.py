@@ -77,9 +77,6 @@ def pieces(first: date, last: date) -> list[tuple[date, int]]:
 
 # --- Encoding -------------------------------------------------------------------------------
 
-# What PostgreSQL sends for a day's buyers (`DAYS_SQL`): id, paid orders, revenue in cents.
-PAID_DTYPE = np.dtype([("id", ">i4"), ("n", ">i4"), ("cents", ">i8")])
-
 
 def _pack(raw: bytes) -> bytes:
     """Stored data is zlib-compressed: fewer bytes to send (bytea travels as hex text)."""
@@ -102,53 +99,49 @@ def _mark(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return bits
 
 
-def _add(orders: np.ndarray, cents: np.ndarray, ids: np.ndarray, n: np.ndarray,
-         c: np.ndarray) -> None:
-    """orders[ids] += n and cents[ids] += c, repeated ids summed (ids past the arrays: a
-    customer created since the columns were read, left out)."""
-    ids = ids.astype(np.int64)
+def _add(orders: np.ndarray, cents: np.ndarray, buyers: np.ndarray) -> None:
+    """Add the `buyers`' (rows of id, n, cents; an id repeated is summed) orders and cents per
+    id (ids past the arrays, customers created since the columns were read, left out)."""
+    ids = buyers["id"].astype(np.int64)
     keep = ids < len(orders)
-    np.add.at(orders, ids[keep], n[keep].astype(np.int64))
-    np.add.at(cents, ids[keep], c[keep].astype(np.int64))
+    np.add.at(orders, ids[keep], buyers["n"][keep].astype(np.int64))
+    np.add.at(cents, ids[keep], buyers["cents"][keep].astype(np.int64))
 
 
-@dataclass
-class Paid:
-    """Buyers (ids, ascending and distinct), their paid orders and revenue in cents."""
+# A day's buyers as PostgreSQL sends them (`DAYS_SQL`): id, paid orders, revenue in cents.
+PAID_DTYPE = np.dtype([("id", ">i4"), ("n", ">i4"), ("cents", ">i8")])
+BUYERS = np.dtype([("id", np.int64), ("n", np.int64), ("cents", np.int64)])
 
-    ids: np.ndarray
-    n: np.ndarray
-    cents: np.ndarray
 
-    @classmethod
-    def from_sql(cls, data: bytes) -> Paid:
-        rows = np.frombuffer(bytes(data), dtype=PAID_DTYPE)
-        return cls(*(rows[name].astype(np.int64) for name in ("id", "n", "cents")))
+def decode_paid(data: bytes | memoryview | None) -> np.ndarray:
+    """Buyers as stored: their count, the gaps between the ascending ids and the orders
+    (uint32), then the cents (int64), column by column so that they compress."""
+    raw = _unpack(data) or bytes(4)
+    count = int.from_bytes(raw[:4], "little")
+    gaps, orders = np.frombuffer(raw, "<u4", 2 * count, 4).reshape(2, count)
+    buyers = np.zeros(count, BUYERS)
+    buyers["id"], buyers["n"] = np.cumsum(gaps), orders
+    buyers["cents"] = np.frombuffer(raw, "<i8", count, 4 + 8 * count)
+    return buyers
 
-    @classmethod
-    def decode(cls, data: bytes) -> Paid:
-        """Stored: the count, then the gaps between the ids and the orders (uint32), then the
-        cents (int64), column by column so that they compress."""
-        raw = _unpack(data) or bytes(4)
-        count = int.from_bytes(raw[:4], "little")
-        gaps, orders = np.frombuffer(raw, "<u4", 2 * count, 4).reshape(2, count)
-        cents = np.frombuffer(raw, "<i8", count, 4 + 8 * count)
-        return cls(np.cumsum(gaps, dtype=np.int64), orders.astype(np.int64),
-                   cents.astype(np.int64))
 
-    def encode(self) -> bytes:
-        return _pack(np.array([len(self.ids)], "<u4").tobytes()
-                     + np.concatenate([np.diff(self.ids, prepend=0), self.n]).astype("<u4")
-                     .tobytes() + self.cents.astype("<i8").tobytes())
+def encode_paid(buyers: np.ndarray) -> bytes:
+    ids = buyers["id"].astype(np.int64)
+    return _pack(np.array([len(ids)], "<u4").tobytes()
+                 + np.concatenate([np.diff(ids, prepend=0), buyers["n"]]).astype("<u4").tobytes()
+                 + buyers["cents"].astype("<i8").tobytes())
 
-    @classmethod
-    def merge(cls, parts: list[Paid]) -> Paid:
-        size = max((int(p.ids.max()) + 1 for p in parts if len(p.ids)), default=0)
-        orders, cents = np.zeros(size, np.int64), np.zeros(size, np.int64)
-        for part in parts:
-            _add(orders, cents, part.ids, part.n, part.cents)
-        ids = np.flatnonzero(orders)        # a buyer has at least one order
-        return cls(ids.astype(np.int64), orders[ids], cents[ids])
+
+def merge_paid(parts: list[np.ndarray]) -> np.ndarray:
+    """The buyers of several pieces, their orders and cents summed."""
+    size = max((int(part["id"].max()) + 1 for part in parts if len(part)), default=0)
+    orders, cents = np.zeros(size, np.int64), np.zeros(size, np.int64)
+    for part in parts:
+        _add(orders, cents, part)
+    buyers = np.zeros(np.count_nonzero(orders), BUYERS)    # a buyer has at least one order
+    buyers["id"] = np.flatnonzero(orders)
+    buyers["n"], buyers["cents"] = orders[buyers["id"]], cents[buyers["id"]]
+    return buyers
 
 
 # --- Reading the days from the events and orders -------------------------------------------
@@ -192,14 +185,14 @@ def _params(**extra) -> dict[str, Any]:
 def read_live(kind: str, since: datetime, until: datetime) -> list[tuple[date, Any]]:
     """What happened in [since, until), (day, piece) a day with anyone: the customer ids, or
     for `paid` the buyers."""
-    decode = Paid.from_sql if kind == Kind.PAID else _ids
-    return [(day, decode(data)) for day, data in _raw(DAYS_SQL[kind],
+    return [(day, np.frombuffer(data, PAID_DTYPE) if kind == Kind.PAID else _ids(data))
+            for day, data in _raw(DAYS_SQL[kind],
                                                       _params(since=since, until=until))]
 
 
 def read_days(kind: str, first: date, last: date) -> dict[date, bytes]:
     """The days `first` … `last` of one kind, encoded as stored (days without anyone absent)."""
-    return {day: (piece.encode() if kind == Kind.PAID
+    return {day: (encode_paid(piece) if kind == Kind.PAID
                   else BitMap(piece.astype(np.uint32)).serialize() if len(piece) else b"")
             for day, piece in read_live(kind, day_start(first),
                                         day_start(last + timedelta(days=1)))}
@@ -378,11 +371,7 @@ def refresh_today(table: BitmapTable, today: date) -> int:
     buyers = _changed_buyer_ids(table.read_at - CHANGE_MARGIN, table.first_day, day_start(today))
     for name, data in ((PATCH, rows.tobytes()), (PATCH_BUYERS, buyers.astype(">i4").tobytes())):
         CustomerColumn.objects.update_or_create(name=name, defaults={"data": _pack(data)})
-    as_of = timezone.now()
-    CustomerBitmap.objects.filter(start=today, days=1).delete()
-    CustomerBitmap.objects.bulk_create([
-        CustomerBitmap(kind=kind, start=today, days=1, as_of=as_of,
-                       data=read_days(kind, today, today).get(today, b"")) for kind in KINDS])
+    _build_days([today])
     return len(rows)
 
 
@@ -434,7 +423,7 @@ def _build_blocks(size: int, starts: list[date]) -> None:
             if len(rows) != 4:
                 raise RuntimeError(f"bitmap block {kind} {start} +{size}: children missing")
             if kind == Kind.PAID:
-                data = Paid.merge([Paid.decode(d) for d, _a in rows]).encode()
+                data = encode_paid(merge_paid([decode_paid(d) for d, _a in rows]))
             else:
                 data = BitMap.union(BitMap(), *(BitMap.deserialize(bytes(d))
                                                 for d, _a in rows if d)).serialize()
@@ -539,7 +528,7 @@ def _decoded(queryset) -> list[tuple]:
     missing = [head[0] for head in heads if head[0] not in _pieces]
     for pk, kind, data in CustomerBitmap.objects.filter(pk__in=missing).values_list(
             "pk", "kind", "data"):
-        _pieces[pk] = (Paid.decode(data) if kind == Kind.PAID
+        _pieces[pk] = (decode_paid(data) if kind == Kind.PAID
                        else BitMap.deserialize(bytes(data)) if data else BitMap())
     while len(_pieces) > PIECES_KEPT:
         _pieces.pop(next(iter(_pieces)))
@@ -658,7 +647,7 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
         if kind == Kind.PAID:
             sets.orders, sets.cents = np.zeros(size, np.int64), np.zeros(size, np.int64)
             for part in datas:
-                _add(sets.orders, sets.cents, part.ids, part.n, part.cents)
+                _add(sets.orders, sets.cents, part)
             # Customers with an order recorded or changed (refunded) since the pieces were
             # read: their orders and revenue of the stored days counted again now.
             if wanted and changed is not None and len(changed.ids):
@@ -667,10 +656,10 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
                 now = changed.rows
                 now = now[(now["day"] >= day_number(period.start))
                           & (now["day"] <= day_number(through))]
-                _add(sets.orders, sets.cents, now["id"], now["n"], now["cents"])
+                _add(sets.orders, sets.cents, now)
             for span in live:
                 for _day, part in read_live(kind, *span):
-                    _add(sets.orders, sets.cents, part.ids, part.n, part.cents)
+                    _add(sets.orders, sets.cents, part)
         else:
             bitmap = BitMap.union(BitMap(), *datas)
             bits = _mark(np.zeros(size, bool), np.frombuffer(bitmap.to_array(), np.uint32))
