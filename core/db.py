@@ -27,8 +27,9 @@ def insert_ignore_returning(
     returning: Sequence[str] = ("id",),
     batch_size: int = 1000,
 ) -> list[tuple]:
-    """`INSERT … ON CONFLICT DO NOTHING RETURNING …` for many rows: only the rows written come
-    back, so the database, not a prior SELECT, decides what is new (idempotent under races)."""
+    """`INSERT … ON CONFLICT DO NOTHING RETURNING …` for many rows (PostgreSQL, SQLite ≥ 3.35):
+    only the rows written come back, so the database, not a prior SELECT, decides what is new
+    (idempotent under races)."""
     concrete = [model._meta.get_field(name) for name in fields]
     head = (f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} "
             f"({_columns(model, fields)}) VALUES ")
@@ -240,11 +241,12 @@ def copy_columns(sql: str, params: Sequence[Any], types: Sequence[str]) -> list:
     start = 19 + int.from_bytes(data[15:19], "big")     # after the header extension
     try:
         rows = np.frombuffer(data[start:len(data) - 2], dtype=np.dtype(fields))
+        fits = (rows["n"] == len(types)).all() and all(
+            (rows[f"l{i}"] == np.dtype(_COPY_TYPES[kind]).itemsize).all()
+            for i, kind in enumerate(types))
     except ValueError:      # a NULL (no bytes) or a wider value: rows of unequal width
-        rows = None
-    widths = [np.dtype(_COPY_TYPES[kind]).itemsize for kind in types]
-    if rows is None or len(rows) and ((rows["n"] != len(types)).any() or any(
-            (rows[f"l{i}"] != width).any() for i, width in enumerate(widths))):
+        fits = False
+    if not fits:
         raise ValueError(f"the SELECT does not give {list(types)} without NULL: COALESCE and "
                          "cast its columns")
     return [rows[f"c{i}"].astype(_COPY_TYPES[kind]) for i, kind in enumerate(types)]

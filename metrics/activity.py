@@ -77,7 +77,6 @@ def pieces(first: date, last: date) -> list[tuple[date, int]]:
 
 # --- Encoding -------------------------------------------------------------------------------
 
-
 def _pack(raw: bytes) -> bytes:
     """Stored data is zlib-compressed: fewer bytes to send (bytea travels as hex text)."""
     return zlib.compress(raw, 6) if raw else b""
@@ -100,8 +99,8 @@ def _mark(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _add(orders: np.ndarray, cents: np.ndarray, buyers: np.ndarray) -> None:
-    """Add the `buyers`' (rows of id, n, cents; an id repeated is summed) orders and cents per
-    id (ids past the arrays, customers created since the columns were read, left out)."""
+    """Add the buyers' (rows of id, n, cents) orders and cents per id, ids past the arrays (a
+    customer created since the columns were read) left out."""
     ids = buyers["id"].astype(np.int64)
     keep = ids < len(orders)
     np.add.at(orders, ids[keep], buyers["n"][keep].astype(np.int64))
@@ -178,16 +177,14 @@ def _params(**extra) -> dict[str, Any]:
             "churn_model": CHURN_MODEL, "churn_stage": CHURN_STAGE,
             "friend_deleted": Event.Type.FRIEND_DELETED,
             "group_joined": Event.Type.GROUP_JOINED, "active": Customer.Status.ACTIVE,
-            "refunded": Order.Status.REFUNDED, "epoch": EPOCH, "never": NEVER,
-            "long_ago": LONG_AGO, **extra}
+            "refunded": Order.Status.REFUNDED, "epoch": EPOCH, **extra}
 
 
 def read_live(kind: str, since: datetime, until: datetime) -> list[tuple[date, Any]]:
-    """What happened in [since, until), (day, piece) a day with anyone: the customer ids, or
-    for `paid` the buyers."""
+    """(day, the customer ids or for `paid` the buyers) of each day of [since, until)."""
+    rows = _raw(DAYS_SQL[kind], _params(since=since, until=until))
     return [(day, np.frombuffer(data, PAID_DTYPE) if kind == Kind.PAID else _ids(data))
-            for day, data in _raw(DAYS_SQL[kind],
-                                                      _params(since=since, until=until))]
+            for day, data in rows]
 
 
 def read_days(kind: str, first: date, last: date) -> dict[date, bytes]:
@@ -409,8 +406,7 @@ def _build_days(days: list[date]) -> int:
 
 
 def _build_blocks(size: int, starts: list[date]) -> None:
-    """Store (replace) the blocks of `size` days from `starts`, each from the four blocks (or
-    days) below it: one read, one delete and one insert per kind."""
+    """Store (replace) the blocks of `size` days from `starts`, each from the four below it."""
     child = size // 4
     children = {start: [start + timedelta(days=i * child) for i in range(4)] for start in starts}
     wanted = sorted({c for group in children.values() for c in group})
@@ -468,15 +464,12 @@ def refresh(today: date, *, since: datetime | None = None,
     existing = set(CustomerBitmap.objects.filter(kind=Kind.PAID, days__gt=1)
                    .values_list("start", "days"))
     for size in reversed(SIZES[:-1]):
-        a = day_number(first) + (-day_number(first)) % size
-        starts = []
-        while a + size - 1 <= day_number(last):
-            if any(a <= d < a + size for d in changed) or (day_of(a), size) not in existing:
-                starts.append(day_of(a))
-                changed.add(a)      # so the block above it is rebuilt too
-            a += size
+        begin = day_number(first) + (-day_number(first)) % size
+        starts = [a for a in range(begin, day_number(last) - size + 2, size)
+                  if any(a <= d < a + size for d in changed) or (day_of(a), size) not in existing]
+        changed.update(starts)      # so the blocks above them are rebuilt too
         if starts:
-            _build_blocks(size, starts)
+            _build_blocks(size, [day_of(a) for a in starts])
             result.blocks_built += len(starts)
     rows = _read_columns()
     columns = np.zeros((len(COLUMNS), int(rows["id"].max()) + 1 if len(rows) else 0), "<i2")
@@ -502,8 +495,7 @@ def header() -> BitmapTable | None:
 
 
 def stored_period(period: Period, table: BitmapTable | None = None) -> bool:
-    """Whether the bitmaps hold every day of `period` before today (the days up to yesterday
-    stored, the columns read)."""
+    """Whether the bitmaps hold every day of `period` before today."""
     if not available():
         return False
     table = table if table is not None else header()
@@ -512,18 +504,15 @@ def stored_period(period: Period, table: BitmapTable | None = None) -> bool:
             and table.first_day is not None and period.start >= table.first_day)
 
 
-class Inconsistent(Exception):
-    """A piece the header says is stored is missing (being rewritten): compute live."""
-
-
 # Pieces decoded by this process, by row id: a piece is rewritten as a new row, so an entry
 # never goes stale, only unused (the oldest are dropped).
 _pieces: dict[int, Any] = {}
 
 
-def _decoded(queryset) -> list[tuple]:
+def _decoded(queryset) -> list[tuple] | None:
     """(kind, start, days, decoded data, as_of) of the pieces: those decoded before from this
-    process's memory, the others read (only their data is fetched) and decoded."""
+    process's memory, the others read (only their data) and decoded; None when one was
+    rewritten between the two reads (compute live)."""
     heads = list(queryset.values_list("pk", "kind", "start", "days", "as_of"))
     missing = [head[0] for head in heads if head[0] not in _pieces]
     for pk, kind, data in CustomerBitmap.objects.filter(pk__in=missing).values_list(
@@ -533,7 +522,7 @@ def _decoded(queryset) -> list[tuple]:
     while len(_pieces) > PIECES_KEPT:
         _pieces.pop(next(iter(_pieces)))
     if any(pk not in _pieces for pk, *_rest in heads):
-        raise Inconsistent()        # rewritten between the two reads: compute live
+        return None
     return [(kind, start, days, _pieces[pk], as_of) for pk, kind, start, days, as_of in heads]
 
 
@@ -554,8 +543,7 @@ CHANGED_DTYPE = np.dtype([("id", ">i4"), ("day", ">i2"), ("n", ">i4"), ("cents",
 
 
 def _changed_buyer_ids(since: datetime, first: date, until: datetime) -> np.ndarray:
-    """The buyers with an order placed from `first` until `until` recorded or changed since
-    `since`."""
+    """The buyers with an order placed in [first, until) recorded or changed since `since`."""
     (data,), = _raw(CHANGED_BUYERS_SQL, _params(since=since, first=day_start(first), t0=until))
     return _ids(data)
 
@@ -572,8 +560,7 @@ class ChangedBuyers:
 
 
 def _patch_is_fresh(table: BitmapTable) -> bool:
-    """Whether the frequent refresh's part is from after the nightly read, of today and recent
-    enough to read only what happened since."""
+    """Whether the frequent refresh's part is newer than the nightly read, today's and recent."""
     if table.patch_at is None or table.patch_at <= table.read_at:
         return False
     return ((timezone.now() - table.patch_at).total_seconds() <= today_max_age()
@@ -616,10 +603,11 @@ class RangeSets:
 
 
 def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
-                changed: ChangedBuyers | None = None) -> RangeSets:
+                changed: ChangedBuyers | None = None) -> RangeSets | None:
     """The range's stored pieces (days before today, and today as the frequent refresh read it
     when recent, `changed.today_since`), the buyers whose orders changed since the pieces were
-    read (`changed`) counted again, and the rest of today read live."""
+    read (`changed`) counted again, and the rest of today read live; None when a piece the
+    header says is stored is missing (being rewritten: compute live)."""
     today = local_today()
     last = min(period.end, today - timedelta(days=1))
     wanted = pieces(period.start, last) if last >= period.start else []
@@ -633,8 +621,8 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
         for start, days in wanted:
             exact |= Q(start=start, days=days)
         rows = _decoded(CustomerBitmap.objects.filter(exact, kind__in=kinds))
-        if len(rows) != len(wanted) * len(kinds):
-            raise Inconsistent()
+        if rows is None or len(rows) != len(wanted) * len(kinds):
+            return None
     # Today (unless stored) and any later day of the range (events dated ahead) read live;
     # with today stored, what happened since it was read.
     first_live = today + timedelta(days=1) if with_today else max(period.start, today)
@@ -672,7 +660,7 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
 
 
 def _masked(scope: Scope, columns: Columns) -> np.ndarray:
-    """Bool array: the customers in scope (current channel and owner), existing now."""
+    """The customers in scope (current channel and owner) existing now."""
     mask = (columns.flags & EXISTS) != 0
     if scope.restricted:
         customers = scope.apply(Customer.objects.order_by()).values("pk")
@@ -687,8 +675,7 @@ def _masked(scope: Scope, columns: Columns) -> np.ndarray:
 
 
 def _domain(columns: Columns, period: Period) -> np.ndarray:
-    """In the private domain during the period: joined by its end, not gone before its
-    start."""
+    """In the private domain during the period: joined by its end, not gone before its start."""
     return ((columns.joined <= day_number(period.end))
             & (columns.gone >= day_number(period.start)))
 
@@ -704,10 +691,9 @@ def relationship_figures(*, scope: Scope, period: Period) -> dict[str, int] | No
     columns = load_columns(names=COLUMNS, table=table)
     kinds = (Kind.INBOUND, Kind.PAID)
     changed = _changed_buyers(table, previous.start, period.end)
-    try:
-        now = _range_sets(period, (*kinds, Kind.CHURN), columns.size, changed)
-        before = _range_sets(previous, kinds, columns.size, changed)
-    except Inconsistent:
+    now = _range_sets(period, (*kinds, Kind.CHURN), columns.size, changed)
+    before = _range_sets(previous, kinds, columns.size, changed)
+    if now is None or before is None:
         return None
     mask = _masked(scope, columns)
     s, e = day_number(period.start), day_number(period.end)
@@ -755,11 +741,8 @@ def revenue_figures(*, scope: Scope, periods: list[Period]) -> list[RevenueFigur
     changed = _changed_buyers(table, min(p.start for p in held), max(p.end for p in held))
     result: list[RevenueFigures | None] = []
     for period in periods:
-        try:
-            if period not in held:
-                raise Inconsistent()
-            sets = _range_sets(period, (Kind.PAID,), columns.size, changed)
-        except Inconsistent:
+        sets = _range_sets(period, (Kind.PAID,), columns.size, changed) if period in held else None
+        if sets is None:
             result.append(None)
             continue
         buyers = mask & (sets.orders > 0)
@@ -780,11 +763,8 @@ def churned(*, scope: Scope, period: Period) -> int | None:
     if not stored_period(period, table):
         return None
     columns = load_columns(names=(), table=table)
-    try:
-        sets = _range_sets(period, (Kind.CHURN,), columns.size)
-    except Inconsistent:
-        return None
-    return int(np.count_nonzero(_masked(scope, columns) & sets.churn))
+    sets = _range_sets(period, (Kind.CHURN,), columns.size)
+    return None if sets is None else int(np.count_nonzero(_masked(scope, columns) & sets.churn))
 
 
 def cohort_month_active(*, scope: Scope, month: date, cohorts: list[date]
@@ -796,10 +776,9 @@ def cohort_month_active(*, scope: Scope, month: date, cohorts: list[date]
     if not cohorts or not stored_period(period, table):
         return None
     columns = load_columns(names=("joined",), table=table)
-    try:
-        sets = _range_sets(period, (Kind.INBOUND, Kind.PAID), columns.size,
-                           _changed_buyers(table, period.start, period.end))
-    except Inconsistent:
+    sets = _range_sets(period, (Kind.INBOUND, Kind.PAID), columns.size,
+                       _changed_buyers(table, period.start, period.end))
+    if sets is None:
         return None
     active = _masked(scope, columns) & (sets.inbound | (sets.orders > 0))
     return {cohort: int(np.count_nonzero(
