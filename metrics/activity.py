@@ -101,10 +101,12 @@ def _mark(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def _add(orders: np.ndarray, cents: np.ndarray, buyers: np.ndarray) -> None:
     """Add the buyers' (rows of id, n, cents) orders and cents per id, ids past the arrays (a
     customer created since the columns were read) left out."""
-    ids = buyers["id"].astype(np.int64)
-    keep = ids < len(orders)
-    np.add.at(orders, ids[keep], buyers["n"][keep].astype(np.int64))
-    np.add.at(cents, ids[keep], buyers["cents"][keep].astype(np.int64))
+    ids = buyers["id"].astype(np.int64, copy=False)
+    inside = ids < len(orders)
+    if not inside.all():
+        buyers, ids = buyers[inside], ids[inside]
+    np.add.at(orders, ids, buyers["n"])
+    np.add.at(cents, ids, buyers["cents"])
 
 
 # A day's buyers as PostgreSQL sends them (`DAYS_SQL`): id, paid orders, revenue in cents.
@@ -118,8 +120,9 @@ def decode_paid(data: bytes | memoryview | None) -> np.ndarray:
     raw = _unpack(data) or bytes(4)
     count = int.from_bytes(raw[:4], "little")
     gaps, orders = np.frombuffer(raw, "<u4", 2 * count, 4).reshape(2, count)
-    buyers = np.zeros(count, BUYERS)
-    buyers["id"], buyers["n"] = np.cumsum(gaps), orders
+    buyers = np.empty(count, BUYERS)
+    np.cumsum(gaps, out=buyers["id"])
+    buyers["n"] = orders
     buyers["cents"] = np.frombuffer(raw, "<i8", count, 4 + 8 * count)
     return buyers
 
@@ -509,21 +512,20 @@ def stored_period(period: Period, table: BitmapTable | None = None) -> bool:
 _pieces: dict[int, Any] = {}
 
 
-def _decoded(queryset) -> list[tuple] | None:
-    """(kind, start, days, decoded data, as_of) of the pieces: those decoded before from this
-    process's memory, the others read (only their data) and decoded; None when one was
-    rewritten between the two reads (compute live)."""
-    heads = list(queryset.values_list("pk", "kind", "start", "days", "as_of"))
-    missing = [head[0] for head in heads if head[0] not in _pieces]
+def _decoded(queryset) -> list[tuple[str, Any]] | None:
+    """(kind, decoded data) of the pieces: those decoded before from this process's memory, the
+    others read and decoded; None when one was rewritten between the two reads (compute live)."""
+    heads = list(queryset.values_list("pk", "kind"))
+    missing = [pk for pk, _kind in heads if pk not in _pieces]
     for pk, kind, data in CustomerBitmap.objects.filter(pk__in=missing).values_list(
             "pk", "kind", "data"):
         _pieces[pk] = (decode_paid(data) if kind == Kind.PAID
                        else BitMap.deserialize(bytes(data)) if data else BitMap())
     while len(_pieces) > PIECES_KEPT:
         _pieces.pop(next(iter(_pieces)))
-    if any(pk not in _pieces for pk, *_rest in heads):
+    if any(pk not in _pieces for pk, _kind in heads):
         return None
-    return [(kind, start, days, _pieces[pk], as_of) for pk, kind, start, days, as_of in heads]
+    return [(kind, _pieces[pk]) for pk, kind in heads]
 
 
 CHANGED_BUYERS_SQL = """
@@ -631,7 +633,7 @@ def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
     through = today if with_today else last
     sets = RangeSets()
     for kind in kinds:
-        datas = [row[3] for row in rows if row[0] == kind]
+        datas = [data for of, data in rows if of == kind]
         if kind == Kind.PAID:
             sets.orders, sets.cents = np.zeros(size, np.int64), np.zeros(size, np.int64)
             for part in datas:
