@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 from pyroaring import BitMap
 
@@ -447,12 +447,10 @@ def refresh(today: date, *, since: datetime | None = None,
     for start, days in CustomerBitmap.objects.filter(days__gt=1).values_list("start", "days"):
         if start + timedelta(days=days - 1) > last:
             CustomerBitmap.objects.filter(start=start, days=days).delete()
-    stored: dict[date, set] = {}
-    for kind, start in CustomerBitmap.objects.filter(days=1).values_list("kind", "start"):
-        stored.setdefault(start, set()).add(kind)
-    missing = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    missing = [d for d in missing if stored.get(d) != set(KINDS)
-               or (rebuild is not None and rebuild[0] <= d <= rebuild[1])]
+    complete = set(CustomerBitmap.objects.filter(days=1).values("start").annotate(
+        n=Count("kind")).filter(n=len(KINDS)).values_list("start", flat=True))
+    missing = [d for d in (first + timedelta(days=i) for i in range((last - first).days + 1))
+               if d not in complete or (rebuild is not None and rebuild[0] <= d <= rebuild[1])]
     if since:
         changed_days = _raw("""
             SELECT DISTINCT (placed_at AT TIME ZONE %(tz)s)::date FROM crm_order
