@@ -1,12 +1,8 @@
-"""Activity over distinct customers for any range within the stored history: the overview's
-relationship KPIs, the revenue factors, the customers entering churn and the cohorts' current
-month, counted (numpy) from per-day and per-block customer bitmaps and per-customer day
-columns instead of the range's events and orders.
-
-PostgreSQL only; elsewhere, and for ranges starting before the history, the figures are
-computed live (metrics.selectors). What is stored, how a request adds today's changes and how
-fresh it is: docs/METRICS.md, "Activity: customer bitmaps".
-"""
+"""Activity over distinct customers for any range within the stored history — the overview's
+relationship KPIs, the revenue factors, churn entries, the cohorts' current month — counted
+(numpy) from per-day and per-block customer bitmaps and per-customer day columns. PostgreSQL
+only; elsewhere, and before the history, computed live. docs/METRICS.md, "Activity: customer
+bitmaps"."""
 
 from __future__ import annotations
 
@@ -20,7 +16,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 from pyroaring import BitMap
 
@@ -29,6 +25,7 @@ from crm.models import INBOUND_EVENT_TYPES, Customer, Event, Order
 from metrics.models import BitmapTable, CustomerBitmap, CustomerColumn
 from metrics.periods import Period, Scope, day_start, local_today, system_tz, today_max_age
 
+Kind = CustomerBitmap.Kind
 EPOCH = date(2000, 1, 1)
 SIZES = (256, 64, 16, 4, 1)
 NEVER = 32767               # a day after every range (int16): not gone, never bought, …
@@ -40,9 +37,14 @@ PATCH_BUYERS = "today_buyers"   # the buyers whose past orders changed (frequent
 INBOUND = sorted(INBOUND_EVENT_TYPES)
 FRIEND_LOSS_DAYS = 7
 CHURN_MODEL, CHURN_STAGE = "value", "churn"
-KINDS = tuple(CustomerBitmap.Kind.values)
-# A range reads at most this many days per statement when it builds missing days.
-BUILD_CHUNK_DAYS = 8
+KINDS = tuple(Kind.values)
+BUILD_CHUNK_DAYS = 8        # days read per statement when building missing days
+# A change committed just after a read may carry a time just before it: look back this far.
+READ_MARGIN = timedelta(minutes=2)
+# An order changed in a transaction begun before a day was read may carry an `updated_at` just
+# before the reading and still be missing from it: look back this far.
+CHANGE_MARGIN = timedelta(hours=1)
+PIECES_KEPT = 400
 
 
 def available() -> bool:
@@ -50,8 +52,7 @@ def available() -> bool:
 
 
 def history_days() -> int:
-    """How many days before today the bitmaps keep (a range and its preceding range within them
-    are answered from the bitmaps)."""
+    """How many days before today the bitmaps keep (METRICS_BITMAP_DAYS)."""
     return int(getattr(settings, "METRICS_BITMAP_DAYS", 400))
 
 
@@ -74,16 +75,10 @@ def pieces(first: date, last: date) -> list[tuple[date, int]]:
     return result
 
 
-
 # --- Encoding -------------------------------------------------------------------------------
 
-# What PostgreSQL sends for a day's buyers (`DAYS_SQL`): id, paid orders, revenue in cents.
-PAID_DTYPE = np.dtype([("id", ">i4"), ("n", ">i4"), ("cents", ">i8")])
-
-
 def _pack(raw: bytes) -> bytes:
-    """Stored data is compressed: fewer bytes to send (psycopg2 receives bytea as hex text, about
-    10 ms a megabyte) for a little inflating (about 2 ms a megabyte)."""
+    """Stored data is zlib-compressed: fewer bytes to send (bytea travels as hex text)."""
     return zlib.compress(raw, 6) if raw else b""
 
 
@@ -91,89 +86,76 @@ def _unpack(data: bytes | memoryview | None) -> bytes:
     return zlib.decompress(bytes(data)) if data else b""
 
 
-@dataclass
-class Paid:
-    """Buyers (ids, ascending and distinct), their paid orders and revenue in cents."""
-
-    ids: np.ndarray
-    n: np.ndarray
-    cents: np.ndarray
-
-    @classmethod
-    def empty(cls) -> Paid:
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-
-    @classmethod
-    def from_sql(cls, data: bytes) -> Paid:
-        rows = np.frombuffer(bytes(data), dtype=PAID_DTYPE)
-        return cls(rows["id"].astype(np.int64), rows["n"].astype(np.int64),
-                   rows["cents"].astype(np.int64))
-
-    @classmethod
-    def decode(cls, data: bytes) -> Paid:
-        raw = _unpack(data)
-        if not raw:
-            return cls.empty()
-        n = int(np.frombuffer(raw[:4], dtype="<u4")[0])
-        gaps = np.frombuffer(raw, dtype="<u4", count=n, offset=4)
-        orders = np.frombuffer(raw, dtype="<u4", count=n, offset=4 + 4 * n)
-        cents = np.frombuffer(raw, dtype="<i8", count=n, offset=4 + 8 * n)
-        return cls(np.cumsum(gaps, dtype=np.int64), orders.astype(np.int64),
-                   cents.astype(np.int64))
-
-    def encode(self) -> bytes:
-        """Stored as the gaps between the ascending ids, the orders and the cents (each a
-        column, so that they compress)."""
-        gaps = np.diff(self.ids, prepend=0).astype("<u4")
-        return _pack(np.array([len(self.ids)], dtype="<u4").tobytes() + gaps.tobytes()
-                     + self.n.astype("<u4").tobytes() + self.cents.astype("<i8").tobytes())
-
-    @classmethod
-    def merge(cls, parts: list[Paid]) -> Paid:
-        if not parts:
-            return cls.empty()
-        ids = np.concatenate([p.ids for p in parts])
-        unique, inverse = np.unique(ids, return_inverse=True)
-        n = np.zeros(len(unique), np.int64)
-        cents = np.zeros(len(unique), np.int64)
-        np.add.at(n, inverse, np.concatenate([p.n for p in parts]))
-        np.add.at(cents, inverse, np.concatenate([p.cents for p in parts]))
-        return cls(unique, n, cents)
-
-
-def _ids(data: bytes | None) -> np.ndarray:
+def _ids(data: bytes | memoryview | None) -> np.ndarray:
     """Customer ids sent by PostgreSQL as concatenated `int4send` values."""
-    if not data:
-        return np.zeros(0, np.int64)
-    return np.frombuffer(bytes(data), dtype=">i4").astype(np.int64)
+    return np.frombuffer(bytes(data or b""), dtype=">i4").astype(np.int64)
 
 
-def encode_bitmap(ids: np.ndarray) -> bytes:
-    """A set of customer ids as stored: a serialized Roaring bitmap (pyroaring)."""
-    return BitMap(ids.astype(np.uint32)).serialize() if len(ids) else b""
+def _mark(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """bits[ids] = True for the ids within the array (a customer created since the columns
+    were read falls outside and is masked out anyway)."""
+    bits[ids[ids < len(bits)]] = True
+    return bits
 
 
-def _union(datas: list[bytes]) -> BitMap:
-    return BitMap.union(BitMap(), *(BitMap.deserialize(bytes(d)) for d in datas if d))
+def _add(orders: np.ndarray, cents: np.ndarray, buyers: np.ndarray) -> None:
+    """Add the buyers' (rows of id, n, cents) orders and cents per id, ids past the arrays (a
+    customer created since the columns were read) left out."""
+    ids = buyers["id"].astype(np.int64, copy=False)
+    inside = ids < len(orders)
+    if not inside.all():
+        buyers, ids = buyers[inside], ids[inside]
+    np.add.at(orders, ids, buyers["n"])
+    np.add.at(cents, ids, buyers["cents"])
 
 
-def _bits(bitmap: BitMap, size: int) -> np.ndarray:
-    ids = np.frombuffer(bitmap.to_array(), dtype=np.uint32) if bitmap else np.zeros(0, np.uint32)
-    result = np.zeros(size, dtype=bool)
-    result[ids[ids < size]] = True
-    return result
+# A day's buyers as PostgreSQL sends them (`DAYS_SQL`): id, paid orders, revenue in cents.
+PAID_DTYPE = np.dtype([("id", ">i4"), ("n", ">i4"), ("cents", ">i8")])
+BUYERS = np.dtype([("id", np.int64), ("n", np.int64), ("cents", np.int64)])
+
+
+def decode_paid(data: bytes | memoryview | None) -> np.ndarray:
+    """Buyers as stored: their count, the gaps between the ascending ids and the orders
+    (uint32), then the cents (int64), column by column so that they compress."""
+    raw = _unpack(data) or bytes(4)
+    count = int.from_bytes(raw[:4], "little")
+    gaps, orders = np.frombuffer(raw, "<u4", 2 * count, 4).reshape(2, count)
+    buyers = np.empty(count, BUYERS)
+    np.cumsum(gaps, out=buyers["id"])
+    buyers["n"] = orders
+    buyers["cents"] = np.frombuffer(raw, "<i8", count, 4 + 8 * count)
+    return buyers
+
+
+def encode_paid(buyers: np.ndarray) -> bytes:
+    ids = buyers["id"].astype(np.int64)
+    return _pack(np.array([len(ids)], "<u4").tobytes()
+                 + np.concatenate([np.diff(ids, prepend=0), buyers["n"]]).astype("<u4").tobytes()
+                 + buyers["cents"].astype("<i8").tobytes())
+
+
+def merge_paid(parts: list[np.ndarray]) -> np.ndarray:
+    """The buyers of several pieces, their orders and cents summed."""
+    size = max((int(part["id"].max()) + 1 for part in parts if len(part)), default=0)
+    orders, cents = np.zeros(size, np.int64), np.zeros(size, np.int64)
+    for part in parts:
+        _add(orders, cents, part)
+    buyers = np.zeros(np.count_nonzero(orders), BUYERS)    # a buyer has at least one order
+    buyers["id"] = np.flatnonzero(orders)
+    buyers["n"], buyers["cents"] = orders[buyers["id"]], cents[buyers["id"]]
+    return buyers
 
 
 # --- Reading the days from the events and orders -------------------------------------------
 
 DAYS_SQL = {
-    CustomerBitmap.Kind.INBOUND: """
+    Kind.INBOUND: """
         SELECT x.d, string_agg(int4send(x.customer_id::int), ''::bytea) FROM (
             SELECT DISTINCT (occurred_at AT TIME ZONE %(tz)s)::date AS d, customer_id
             FROM crm_event WHERE type = ANY(%(inbound)s)
             AND occurred_at >= %(since)s AND occurred_at < %(until)s) x
         GROUP BY x.d""",
-    CustomerBitmap.Kind.CHURN: """
+    Kind.CHURN: """
         SELECT x.d, string_agg(int4send(x.customer_id::int), ''::bytea) FROM (
             SELECT DISTINCT (at AT TIME ZONE %(tz)s)::date AS d, customer_id
             FROM lifecycle_stagetransition
@@ -181,7 +163,7 @@ DAYS_SQL = {
             AND to_key = %(churn_stage)s AND from_key <> ''
             AND at >= %(since)s AND at < %(until)s) x
         GROUP BY x.d""",
-    CustomerBitmap.Kind.PAID: """
+    Kind.PAID: """
         SELECT x.d, string_agg(int4send(x.customer_id::int) || int4send(x.n::int)
                                || int8send(x.cents), ''::bytea ORDER BY x.customer_id) FROM (
             SELECT (placed_at AT TIME ZONE %(tz)s)::date AS d, customer_id, COUNT(*) AS n,
@@ -198,37 +180,22 @@ def _params(**extra) -> dict[str, Any]:
             "churn_model": CHURN_MODEL, "churn_stage": CHURN_STAGE,
             "friend_deleted": Event.Type.FRIEND_DELETED,
             "group_joined": Event.Type.GROUP_JOINED, "active": Customer.Status.ACTIVE,
-            "refunded": Order.Status.REFUNDED, "epoch": EPOCH, "never": NEVER,
-            "long_ago": LONG_AGO, **extra}
+            "refunded": Order.Status.REFUNDED, "epoch": EPOCH, **extra}
+
+
+def read_live(kind: str, since: datetime, until: datetime) -> list[tuple[date, Any]]:
+    """(day, the customer ids or for `paid` the buyers) of each day of [since, until)."""
+    rows = _raw(DAYS_SQL[kind], _params(since=since, until=until))
+    return [(day, np.frombuffer(data, PAID_DTYPE) if kind == Kind.PAID else _ids(data))
+            for day, data in rows]
 
 
 def read_days(kind: str, first: date, last: date) -> dict[date, bytes]:
-    """The days `first` … `last` of one kind, encoded as stored, read from the source tables
-    (days without anyone are absent)."""
-    rows = _raw(DAYS_SQL[kind], _params(since=day_start(first),
-                                        until=day_start(last + timedelta(days=1))))
-    result = {}
-    for day, data in rows:
-        if kind == CustomerBitmap.Kind.PAID:
-            result[day] = Paid.from_sql(data).encode()
-        else:
-            result[day] = encode_bitmap(_ids(data))
-    return result
-
-
-def read_live(kind: str, since: datetime, until: datetime) -> list[np.ndarray] | list[Paid]:
-    """What happened in [since, until), one piece a day, as a request uses it at once (not
-    encoded for storing): the customer ids, or for `paid` the buyers."""
-    rows = _raw(DAYS_SQL[kind], _params(since=since, until=until))
-    if kind == CustomerBitmap.Kind.PAID:
-        return [Paid.from_sql(data) for _day, data in rows]
-    return [_ids(data) for _day, data in rows]
-
-
-def _set_ids(bits: np.ndarray, ids: np.ndarray) -> None:
-    """bits[ids] = True for the ids within the array (a customer created since the columns
-    were read falls outside and is masked out anyway)."""
-    bits[ids[ids < len(bits)]] = True
+    """The days `first` … `last` of one kind, encoded as stored (days without anyone absent)."""
+    return {day: (encode_paid(piece) if kind == Kind.PAID
+                  else BitMap(piece.astype(np.uint32)).serialize() if len(piece) else b"")
+            for day, piece in read_live(kind, day_start(first),
+                                        day_start(last + timedelta(days=1)))}
 
 
 # --- The customer columns --------------------------------------------------------------------
@@ -284,10 +251,10 @@ WHERE c.id = ANY(%(ids)s)
 COLUMN_DTYPE = np.dtype([("id", ">i4"), ("joined", ">i2"), ("gone", ">i2"),
                          ("first_order", ">i2"), ("grouped", ">i2"), ("flags", ">i2")])
 
-# The customers whose columns may have changed since they were read at %(at)s: new customers,
-# a status change, a (new) first order, an order refunded or recorded late (the first order may
-# move), a deletion (within 7 days of joining) — and, kind 1, a group joined (which matters only
-# to those without a group since joining).
+# The customers whose columns may have changed since %(at)s: new customers, a status change,
+# a (new) first order, an order refunded or recorded late (the first order may move), a
+# deletion (within 7 days of joining) — and, kind 1, a group joined (which matters only to
+# those without a group since joining).
 CHANGED_SQL = """
 SELECT k, string_agg(int4send(id::int), ''::bytea) FROM (
     SELECT id, 0 AS k FROM crm_customer WHERE id > %(max_id)s
@@ -307,29 +274,12 @@ SELECT k, string_agg(int4send(id::int), ''::bytea) FROM (
 
 def _read_columns(ids: np.ndarray | None = None) -> np.ndarray:
     """Rows (id and the columns) of every customer, or of the customers `ids`."""
-    if ids is None:
-        sql, params = COLUMNS_SQL.format(joins=ALL_JOINS), _params()
-    else:
-        if len(ids) == 0:
-            return np.zeros(0, dtype=COLUMN_DTYPE)
-        sql, params = COLUMNS_SQL.format(joins=SOME_JOINS), _params(ids=[int(i) for i in ids])
-    (data,), = _raw(sql, params)
-    if not data:
+    if ids is not None and not len(ids):
         return np.zeros(0, dtype=COLUMN_DTYPE)
-    return np.frombuffer(bytes(data), dtype=COLUMN_DTYPE)
-
-
-def build_columns() -> dict[str, bytes]:
-    """Every customer's columns now, each as an int16 array indexed by customer id (entries of
-    ids without a customer: flags 0)."""
-    rows = _read_columns()
-    size = int(rows["id"].max()) + 1 if len(rows) else 0
-    result = {}
-    for name in COLUMNS:
-        column = np.zeros(size, dtype="<i2")
-        column[rows["id"].astype(np.int64)] = rows[name]
-        result[name] = _pack(column.tobytes())
-    return result
+    sql, params = ((COLUMNS_SQL.format(joins=ALL_JOINS), _params()) if ids is None else
+                   (COLUMNS_SQL.format(joins=SOME_JOINS), _params(ids=[int(i) for i in ids])))
+    (data,), = _raw(sql, params)
+    return np.frombuffer(bytes(data or b""), dtype=COLUMN_DTYPE)
 
 
 @dataclass
@@ -347,14 +297,10 @@ class Columns:
         return len(self.flags)
 
 
-# A change committed just after a read may carry a time just before it: look back this far.
-READ_MARGIN = timedelta(minutes=2)
-
-
 def changed_rows(*, at: datetime, max_id: int, grouped: np.ndarray | None) -> np.ndarray:
     """The columns, read now, of the customers that may have changed since `at` (and every id
-    above `max_id`); a group joined counts only for those without one since joining in the
-    stored `grouped` column (None: the column is not wanted, nor those customers)."""
+    above `max_id`); a group joined counts only for those without one since joining in
+    `grouped` (None: not wanted)."""
     found = dict(_raw(CHANGED_SQL, _params(
         max_id=max_id, at=at, statuses=[value for value, _label in Customer.Status.choices])))
     ids = _ids(found.get(0))
@@ -366,18 +312,20 @@ def changed_rows(*, at: datetime, max_id: int, grouped: np.ndarray | None) -> np
     return _read_columns(ids)
 
 
-def load_columns(*, names: tuple[str, ...], table: BitmapTable, size: int) -> Columns:
-    """The stored columns `names` (the others empty), then today's changed customers as the
-    frequent refresh read them, then those changed since then read now, padded to at least
-    `size` entries."""
+_columns: dict[tuple, bytes] = {}   # (name, row version) -> the column, inflated
+
+
+def load_columns(*, names: tuple[str, ...], table: BitmapTable) -> Columns:
+    """The stored columns `names` (the others empty), with today's changed customers as the
+    frequent refresh read them and those changed since read now, past the largest id now."""
     wanted = {*names, "flags"}
-    # Kept inflated in the process by row version (an update writes a new one: xmin, ctid);
-    # today's changed customers (PATCH) are read each time.
+    # Kept inflated by row version (xmin, ctid: an update writes a new one); today's changed
+    # customers (PATCH) are read each time.
     versions = dict(_raw("SELECT name, xmin::text || ctid::text FROM metrics_customercolumn "
                          "WHERE name = ANY(%s)", [sorted(wanted)]))
     known = {name: _columns[(name, version)] for name, version in versions.items()
              if (name, version) in _columns}
-    stored = {row[0]: _unpack(row[1]) for row in CustomerColumn.objects.filter(
+    stored = {name: _unpack(data) for name, data in CustomerColumn.objects.filter(
         name__in=[*(wanted - set(known)), PATCH]).values_list("name", "data")}
     for key in [key for key in _columns if versions.get(key[0], key[1]) != key[1]]:
         del _columns[key]
@@ -393,52 +341,37 @@ def load_columns(*, names: tuple[str, ...], table: BitmapTable, size: int) -> Co
         at = table.patch_at - READ_MARGIN
     grouped = None
     if "grouped" in names:
-        grouped = np.frombuffer(stored.get("grouped", b""), dtype="<i2")
+        grouped = np.frombuffer(stored.get("grouped", b""), dtype="<i2").copy()
         if layers:          # with the patch applied: the stored state before now
-            grouped = grouped.copy() if len(grouped) else grouped
             inside = layers[0]["id"] < len(grouped)
             grouped[layers[0]["id"][inside].astype(np.int64)] = layers[0]["grouped"][inside]
     layers.append(changed_rows(at=at, max_id=len(flags) - 1, grouped=grouped))
-    size = max([size, len(flags)] + [int(rows["id"].max()) + 1 for rows in layers if len(rows)])
-    arrays = {}
-    for name in COLUMNS:
-        column = np.zeros(size if name in wanted else 0, dtype=np.int16)
-        if name in stored:
-            values = np.frombuffer(stored[name], dtype="<i2")
-            column[:len(values)] = values
-        if len(column):
-            for rows in layers:
-                column[rows["id"].astype(np.int64)] = rows[name]
-        arrays[name] = column
+    (universe,), = _raw("SELECT COALESCE(MAX(id), 0) + 1 FROM crm_customer")
+    size = max([int(universe), len(flags)]
+               + [int(rows["id"].max()) + 1 for rows in layers if len(rows)])
+    arrays = {name: np.zeros(0, np.int16) for name in COLUMNS}
+    for name in wanted:
+        column = arrays[name] = np.zeros(size, np.int16)
+        values = np.frombuffer(stored.get(name, b""), dtype="<i2")
+        column[:len(values)] = values
+        for rows in layers:
+            column[rows["id"].astype(np.int64)] = rows[name]
     return Columns(**arrays)
 
 
 def refresh_today(table: BitmapTable, today: date) -> int:
-    """Store the columns of the customers changed since the columns were read (today's
-    changes), so that a request reads only those changed since. Call holding the
-    `BitmapTable` row; returns the number of customers."""
+    """Store today's changes: the columns of the customers changed since the columns were read,
+    the buyers with an earlier order changed since the pieces were read, and today's pieces so
+    far. Call holding the `BitmapTable` row; the number of customers."""
     stored = {name: _unpack(data) for name, data in CustomerColumn.objects.filter(
         name__in=["flags", "grouped"]).values_list("name", "data")}
-    flags = np.frombuffer(stored.get("flags", b""), dtype="<i2")
-    rows = changed_rows(at=min(table.read_at, day_start(today)), max_id=len(flags) - 1,
-                        grouped=np.frombuffer(bytes(stored.get("grouped", b"")), dtype="<i2"))
-    CustomerColumn.objects.update_or_create(name=PATCH,
-                                            defaults={"data": _pack(rows.tobytes())})
-    # The buyers with an order (placed before today) recorded or changed since the pieces were
-    # read: a request counts their orders again.
-    (buyers,), = _raw(f"SELECT string_agg(DISTINCT int4send(x.customer_id::int), ''::bytea) "
-                      f"FROM ({CHANGED_BUYERS_SQL}) x",
-                      _params(since=table.read_at - CHANGE_MARGIN,
-                              first=day_start(table.first_day),
-                              t0=day_start(today)))
-    CustomerColumn.objects.update_or_create(name=PATCH_BUYERS,
-                                            defaults={"data": _pack(bytes(buyers or b""))})
-    # Today's pieces so far: a request reads only what happened since.
-    as_of = timezone.now()
-    CustomerBitmap.objects.filter(start=today, days=1).delete()
-    CustomerBitmap.objects.bulk_create([
-        CustomerBitmap(kind=kind, start=today, days=1, as_of=as_of,
-                       data=read_days(kind, today, today).get(today, b"")) for kind in KINDS])
+    rows = changed_rows(at=min(table.read_at, day_start(today)),
+                        max_id=len(stored.get("flags", b"")) // 2 - 1,
+                        grouped=np.frombuffer(stored.get("grouped", b""), dtype="<i2"))
+    buyers = _changed_buyer_ids(table.read_at - CHANGE_MARGIN, table.first_day, day_start(today))
+    for name, data in ((PATCH, rows.tobytes()), (PATCH_BUYERS, buyers.astype(">i4").tobytes())):
+        CustomerColumn.objects.update_or_create(name=name, defaults={"data": _pack(data)})
+    _build_days([today])
     return len(rows)
 
 
@@ -453,13 +386,11 @@ class RefreshResult:
     repaired: list = field(default_factory=list, repr=False)
     blocks_built: int = 0
     customers: int = 0
-    bytes: int = 0
     duration_ms: int = 0
 
 
 def _build_days(days: list[date]) -> int:
     """Read and store (replace) the pieces of the given days, a few days per statement."""
-    built = 0
     runs: list[list[date]] = []
     for day in sorted(days):
         if runs and runs[-1][-1] == day - timedelta(days=1) and len(runs[-1]) < BUILD_CHUNK_DAYS:
@@ -474,13 +405,11 @@ def _build_days(days: list[date]) -> int:
             CustomerBitmap.objects.bulk_create([
                 CustomerBitmap(kind=kind, start=day, days=1, data=found.get(day, b""),
                                as_of=as_of) for day in run])
-        built += len(run)
-    return built
+    return len(days)
 
 
 def _build_blocks(size: int, starts: list[date]) -> None:
-    """Store (replace) the blocks of `size` days from `starts`, each from the four blocks (or
-    days) below it: one read, one delete and one insert per kind."""
+    """Store (replace) the blocks of `size` days from `starts`, each from the four below it."""
     child = size // 4
     children = {start: [start + timedelta(days=i * child) for i in range(4)] for start in starts}
     wanted = sorted({c for group in children.values() for c in group})
@@ -492,83 +421,64 @@ def _build_blocks(size: int, starts: list[date]) -> None:
             rows = [found[c] for c in group if c in found]
             if len(rows) != 4:
                 raise RuntimeError(f"bitmap block {kind} {start} +{size}: children missing")
-            if kind == CustomerBitmap.Kind.PAID:
-                data = Paid.merge([Paid.decode(d) for d, _a in rows]).encode()
+            if kind == Kind.PAID:
+                data = encode_paid(merge_paid([decode_paid(d) for d, _a in rows]))
             else:
-                data = _union([d for d, _a in rows]).serialize()
+                data = BitMap.union(BitMap(), *(BitMap.deserialize(bytes(d))
+                                                for d, _a in rows if d)).serialize()
             blocks.append(CustomerBitmap(kind=kind, start=start, days=size, data=data,
                                          as_of=min(a for _d, a in rows)))
         CustomerBitmap.objects.filter(kind=kind, days=size, start__in=starts).delete()
         CustomerBitmap.objects.bulk_create(blocks, batch_size=50)
 
 
-# An order recorded or changed in a transaction that began before a day was read may carry an
-# `updated_at` just before the reading and still be missing from it: look back this far (a day
-# or a customer taken again costs only time).
-CHANGE_MARGIN = timedelta(hours=1)
-
-
-def _changed_order_days(first: date, last: date, since: datetime) -> list[date]:
-    """Stored days with an order recorded or changed (refunded) since `since`."""
-    rows = _raw("""
-        SELECT DISTINCT (placed_at AT TIME ZONE %(tz)s)::date FROM crm_order
-        WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(until)s""",
-                _params(since=since - CHANGE_MARGIN, first=day_start(first),
-                        until=day_start(last + timedelta(days=1))))
-    return [row[0] for row in rows]
-
-
 def refresh(today: date, *, since: datetime | None = None,
             rebuild: tuple[date, date] | None = None) -> RefreshResult:
-    """Bring the bitmaps up to the day before `today`: drop the days before the history, build
-    the days not stored (all of them the first time), rebuild the days with an order refunded
-    (or changed) since the last refresh began reading at `since` (and those of `rebuild`, first
-    and last day), build the blocks over
-    them, and read every customer's columns anew. Call in a transaction holding the
-    `BitmapTable` row."""
+    """Bring the bitmaps up to the day before `today`: drop the pieces leaving the history,
+    build the days not stored (and those of `rebuild`, first and last day), rebuild those with
+    an order recorded or changed since the last refresh began reading (`since`), the blocks
+    over them, and every customer's columns. Call holding the `BitmapTable` row."""
     started = time.monotonic()
-    result = RefreshResult()
     last = today - timedelta(days=1)
     first = today - timedelta(days=history_days())
-    result.first_day, result.last_day = first, last
-    # Blocks wholly in [first, last] only; pieces leaving the history go.
-    stale = CustomerBitmap.objects.filter(start__lt=first)
-    stale.delete()
+    result = RefreshResult(first_day=first, last_day=last)
+    # Blocks wholly in [first, last] only.
+    CustomerBitmap.objects.filter(Q(start__lt=first) | Q(start__gt=last)).delete()
     for start, days in CustomerBitmap.objects.filter(days__gt=1).values_list("start", "days"):
         if start + timedelta(days=days - 1) > last:
             CustomerBitmap.objects.filter(start=start, days=days).delete()
-    CustomerBitmap.objects.filter(start__gt=last).delete()
-    stored = {}
-    for kind, start in CustomerBitmap.objects.filter(days=1).values_list("kind", "start"):
-        stored.setdefault(start, set()).add(kind)
-    wanted = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-    missing = [d for d in wanted if stored.get(d) != set(KINDS)
-               or (rebuild is not None and rebuild[0] <= d <= rebuild[1])]
-    repaired = [d for d in (_changed_order_days(first, last, since) if since else [])
-                if d not in set(missing)]
+    complete = set(CustomerBitmap.objects.filter(days=1).values("start").annotate(
+        n=Count("kind")).filter(n=len(KINDS)).values_list("start", flat=True))
+    missing = [d for d in (first + timedelta(days=i) for i in range((last - first).days + 1))
+               if d not in complete or (rebuild is not None and rebuild[0] <= d <= rebuild[1])]
+    if since:
+        changed_days = _raw("""
+            SELECT DISTINCT (placed_at AT TIME ZONE %(tz)s)::date FROM crm_order
+            WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(until)s""",
+                            _params(since=since - CHANGE_MARGIN, first=day_start(first),
+                                    until=day_start(today)))
+        result.repaired = [d for (d,) in changed_days if d not in set(missing)]
     result.days_built = _build_days(missing)
-    result.days_repaired = _build_days(repaired) if repaired else 0
-    result.repaired = repaired
-    changed = {day_number(d) for d in [*missing, *repaired]}
+    result.days_repaired = _build_days(result.repaired)
+    changed = {day_number(d) for d in [*missing, *result.repaired]}
     # Blocks, bottom up: each one whose days changed (or that is not stored yet).
-    existing = set(CustomerBitmap.objects.filter(kind=CustomerBitmap.Kind.PAID, days__gt=1)
+    existing = set(CustomerBitmap.objects.filter(kind=Kind.PAID, days__gt=1)
                    .values_list("start", "days"))
     for size in reversed(SIZES[:-1]):
-        a = day_number(first)
-        a += (-a) % size
-        starts = []
-        while a + size - 1 <= day_number(last):
-            if any(a <= d < a + size for d in changed) or (day_of(a), size) not in existing:
-                starts.append(day_of(a))
-                changed.add(a)      # so the block above it is rebuilt too
-            a += size
+        begin = day_number(first) + (-day_number(first)) % size
+        starts = [a for a in range(begin, day_number(last) - size + 2, size)
+                  if any(a <= d < a + size for d in changed) or (day_of(a), size) not in existing]
+        changed.update(starts)      # so the blocks above them are rebuilt too
         if starts:
-            _build_blocks(size, starts)
+            _build_blocks(size, [day_of(a) for a in starts])
             result.blocks_built += len(starts)
-    columns = build_columns()
-    for name, data in columns.items():
-        CustomerColumn.objects.update_or_create(name=name, defaults={"data": data})
-    result.customers = len(_unpack(columns["flags"])) // 2
+    rows = _read_columns()
+    columns = np.zeros((len(COLUMNS), int(rows["id"].max()) + 1 if len(rows) else 0), "<i2")
+    for i, name in enumerate(COLUMNS):
+        columns[i, rows["id"].astype(np.int64)] = rows[name]
+        CustomerColumn.objects.update_or_create(name=name,
+                                                defaults={"data": _pack(columns[i].tobytes())})
+    result.customers = columns.shape[1]
     result.duration_ms = round((time.monotonic() - started) * 1000)
     return result
 
@@ -586,140 +496,40 @@ def header() -> BitmapTable | None:
 
 
 def stored_period(period: Period, table: BitmapTable | None = None) -> bool:
-    """Whether the bitmaps hold every day of `period` before today (the days up to yesterday
-    stored, the columns read)."""
+    """Whether the bitmaps hold every day of `period` before today."""
     if not available():
         return False
     table = table if table is not None else header()
-    today = local_today()
     return (table is not None and table.read_at is not None
-            and table.last_day == today - timedelta(days=1) and table.first_day is not None
-            and period.start >= table.first_day)
+            and table.last_day == local_today() - timedelta(days=1)
+            and table.first_day is not None and period.start >= table.first_day)
 
-
-def _scope_ids(scope: Scope) -> np.ndarray | None:
-    """The ids of the customers in scope (current channel and owner), None for every
-    customer."""
-    if not scope.restricted:
-        return None
-    customers = scope.apply(Customer.objects.order_by()).values("pk")
-    if customers.query.is_empty():
-        return np.zeros(0, np.int64)
-    sql, params = customers.query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT string_agg(int4send(s.pk::int), ''::bytea) FROM ({sql}) s",
-                       list(params))
-        (data,), = cursor.fetchall()
-    return _ids(data)
-
-
-@dataclass
-class RangeSets:
-    """One range's customers: inbound (bool array), churn (bool array) and paid orders and
-    revenue in cents per customer (int arrays), all of the same size."""
-
-    inbound: np.ndarray | None
-    churn: np.ndarray | None
-    orders: np.ndarray | None
-    cents: np.ndarray | None
-
-
-def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
-                changed: ChangedBuyers | None = None) -> RangeSets:
-    """The range's stored pieces (days before today, and today as the frequent refresh read it
-    when recent, `changed.today_since`), the buyers whose orders changed since the pieces were
-    read (`changed`) counted again, and the rest of today read live."""
-    today = local_today()
-    last = min(period.end, today - timedelta(days=1))
-    wanted = pieces(period.start, last) if last >= period.start else []
-    today_since = changed.today_since if changed is not None else None
-    with_today = today_since is not None and period.start <= today <= period.end
-    sets = RangeSets(None, None, None, None)
-    rows = []
-    if wanted or with_today:
-        exact = Q()
-        for start, days in [*wanted, *([(today, 1)] if with_today else [])]:
-            exact |= Q(start=start, days=days)
-        rows = _decoded(CustomerBitmap.objects.filter(exact, kind__in=kinds))
-        if len(rows) != (len(wanted) + with_today) * len(kinds):
-            raise Inconsistent(period)
-    # Today (unless stored) and any later day of the range (events dated ahead) read live;
-    # with today stored, what happened since it was read.
-    first_live = today + timedelta(days=1) if with_today else max(period.start, today)
-    live = ((day_start(first_live), day_start(period.end + timedelta(days=1)))
-            if period.end >= first_live else None)
-    through = today if with_today else last
-    for kind in kinds:
-        datas = [row[3] for row in rows if row[0] == kind]
-        if kind == CustomerBitmap.Kind.PAID:
-            parts = datas
-            live_parts = read_live(kind, *live) if live else []
-            orders = np.zeros(size, np.int64)
-            cents = np.zeros(size, np.int64)
-            for part in parts:          # ids are distinct within a piece
-                keep = part.ids < size  # (a customer deleted since, with the largest id)
-                orders[part.ids[keep]] += part.n[keep]
-                cents[part.ids[keep]] += part.cents[keep]
-            # Customers with an order recorded or changed (refunded) since the pieces were
-            # read: their orders and revenue of the stored days counted again now.
-            if (wanted or with_today) and changed is not None and len(changed.ids):
-                keep = changed.ids < size
-                orders[changed.ids[keep]] = 0
-                cents[changed.ids[keep]] = 0
-                now = changed.rows
-                now = now[(now["id"] < size) & (now["day"] >= day_number(period.start))
-                          & (now["day"] <= day_number(through))]
-                np.add.at(orders, now["id"].astype(np.int64), now["n"].astype(np.int64))
-                np.add.at(cents, now["id"].astype(np.int64), now["cents"].astype(np.int64))
-            for part in live_parts:
-                keep = part.ids < size
-                orders[part.ids[keep]] += part.n[keep]
-                cents[part.ids[keep]] += part.cents[keep]
-            sets.orders, sets.cents = orders, cents
-        else:
-            bits = _bits(BitMap.union(BitMap(), *datas), size)
-            if live:
-                for ids in read_live(kind, *live):
-                    _set_ids(bits, ids)
-            if with_today:
-                for ids in read_live(kind, today_since, day_start(today + timedelta(days=1))):
-                    _set_ids(bits, ids)
-            setattr(sets, kind, bits)
-    return sets
-
-
-_columns: dict[tuple, bytes] = {}   # (name, row version) -> the column, inflated
 
 # Pieces decoded by this process, by row id: a piece is rewritten as a new row, so an entry
 # never goes stale, only unused (the oldest are dropped).
 _pieces: dict[int, Any] = {}
-PIECES_KEPT = 400
 
 
-def _decoded(queryset) -> list[tuple]:
-    """(kind, start, days, decoded data, as_of) of the pieces: those decoded before from this
-    process's memory, the others read (only their data is fetched) and decoded."""
-    heads = list(queryset.values_list("pk", "kind", "start", "days", "as_of"))
-    missing = [head[0] for head in heads if head[0] not in _pieces]
-    if missing:
-        for pk, kind, data in CustomerBitmap.objects.filter(pk__in=missing).values_list(
-                "pk", "kind", "data"):
-            _pieces[pk] = (Paid.decode(data) if kind == CustomerBitmap.Kind.PAID
-                           else BitMap.deserialize(bytes(data)) if data else BitMap())
-        while len(_pieces) > PIECES_KEPT:
-            _pieces.pop(next(iter(_pieces)))
-    rows = []
-    for pk, kind, start, days, as_of in heads:
-        found = _pieces.get(pk)
-        if found is None:           # rewritten between the two reads: compute live
-            raise Inconsistent(start)
-        rows.append((kind, start, days, found, as_of))
-    return rows
+def _decoded(queryset) -> list[tuple[str, Any]] | None:
+    """(kind, decoded data) of the pieces: those decoded before from this process's memory, the
+    others read and decoded; None when one was rewritten between the two reads (compute live)."""
+    heads = list(queryset.values_list("pk", "kind"))
+    missing = [pk for pk, _kind in heads if pk not in _pieces]
+    for pk, kind, data in CustomerBitmap.objects.filter(pk__in=missing).values_list(
+            "pk", "kind", "data"):
+        _pieces[pk] = (decode_paid(data) if kind == Kind.PAID
+                       else BitMap.deserialize(bytes(data)) if data else BitMap())
+    while len(_pieces) > PIECES_KEPT:
+        _pieces.pop(next(iter(_pieces)))
+    if any(pk not in _pieces for pk, _kind in heads):
+        return None
+    return [(kind, _pieces[pk]) for pk, kind in heads]
 
 
 CHANGED_BUYERS_SQL = """
-SELECT customer_id FROM crm_order
-WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(t0)s
+SELECT string_agg(DISTINCT int4send(x.customer_id::int), ''::bytea) FROM (
+    SELECT customer_id FROM crm_order
+    WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(t0)s) x
 """
 CHANGED_ORDERS_SQL = """
 SELECT string_agg(int4send(o.customer_id::int) || int2send(o.d::smallint)
@@ -730,6 +540,12 @@ FROM (SELECT customer_id, (placed_at AT TIME ZONE %(tz)s)::date - %(epoch)s::dat
       AND placed_at >= %(first)s AND placed_at < %(t0)s GROUP BY 1, 2) o
 """
 CHANGED_DTYPE = np.dtype([("id", ">i4"), ("day", ">i2"), ("n", ">i4"), ("cents", ">i8")])
+
+
+def _changed_buyer_ids(since: datetime, first: date, until: datetime) -> np.ndarray:
+    """The buyers with an order placed in [first, until) recorded or changed since `since`."""
+    (data,), = _raw(CHANGED_BUYERS_SQL, _params(since=since, first=day_start(first), t0=until))
+    return _ids(data)
 
 
 @dataclass
@@ -743,77 +559,123 @@ class ChangedBuyers:
     today_since: datetime | None = None
 
 
-def changed_buyers(*, table: BitmapTable, first: date, stored: bytes | None,
-                   today_since: datetime | None) -> ChangedBuyers:
-    """The buyers to count again for ranges starting at `first` or later: those the frequent
-    refresh found (`stored`, ids) and those with an order recorded or changed since, with
-    their paid orders of the days before today (and of today, when today's piece is used)
-    read now (index on the customer)."""
-    today = local_today()
-    until = day_start(today + timedelta(days=1) if today_since else today)
-    ids = _ids(stored) if stored is not None else np.zeros(0, np.int64)
-    since = table.read_at - CHANGE_MARGIN
-    if stored is not None:
-        since = table.patch_at - READ_MARGIN
-    found = _raw(f"SELECT string_agg(int4send(x.customer_id::int), ''::bytea) "
-                 f"FROM ({CHANGED_BUYERS_SQL}) x",
-                 _params(since=since, first=day_start(first), t0=until))
-    ids = np.union1d(ids, _ids(found[0][0]))
-    if not len(ids):
-        return ChangedBuyers(ids, np.zeros(0, dtype=CHANGED_DTYPE), today_since)
-    (data,), = _raw(CHANGED_ORDERS_SQL, _params(ids=[int(i) for i in ids],
-                                                first=day_start(first), t0=until))
-    rows = np.frombuffer(bytes(data), dtype=CHANGED_DTYPE) if data else np.zeros(
-        0, dtype=CHANGED_DTYPE)
-    return ChangedBuyers(ids, rows, today_since)
-
-
 def _patch_is_fresh(table: BitmapTable) -> bool:
-    """Whether the frequent refresh's part (today's changed customers and pieces) is from
-    after the nightly read and recent enough to read only what happened since."""
+    """Whether the frequent refresh's part is newer than the nightly read, today's and recent."""
     if table.patch_at is None or table.patch_at <= table.read_at:
         return False
     return ((timezone.now() - table.patch_at).total_seconds() <= today_max_age()
             and timezone.localdate(table.patch_at, timezone=system_tz()) == local_today())
 
 
-def _load_changed_buyers(table: BitmapTable, first: date, last: date) -> ChangedBuyers:
-    """The changed buyers for ranges within `first` … `last` (today's orders only when a range
-    reaches today)."""
-    stored = today_since = None
+def _changed_buyers(table: BitmapTable, first: date, last: date) -> ChangedBuyers:
+    """The buyers to count again for ranges within `first` … `last`: those the frequent
+    refresh found and those with an order recorded or changed since, with their paid orders of
+    the days before today (and of today, when a range reaches it and today's piece is used)."""
+    ids, since = np.zeros(0, np.int64), table.read_at - CHANGE_MARGIN
+    stored = None
     if table.patch_at is not None and table.patch_at > table.read_at:
         stored = (CustomerColumn.objects.filter(name=PATCH_BUYERS)
                   .values_list("data", flat=True).first())
-        stored = _unpack(stored) if stored is not None else None
-    if last >= local_today() and _patch_is_fresh(table):
-        today_since = table.patch_at - READ_MARGIN
-    return changed_buyers(table=table, first=first, stored=stored, today_since=today_since)
+    if stored is not None:
+        ids, since = _ids(_unpack(stored)), table.patch_at - READ_MARGIN
+    today = local_today()
+    today_since = (table.patch_at - READ_MARGIN
+                   if last >= today and _patch_is_fresh(table) else None)
+    until = day_start(today + timedelta(days=1) if today_since else today)
+    ids = np.union1d(ids, _changed_buyer_ids(since, first, until))
+    rows = np.zeros(0, dtype=CHANGED_DTYPE)
+    if len(ids):
+        (data,), = _raw(CHANGED_ORDERS_SQL, _params(ids=[int(i) for i in ids],
+                                                    first=day_start(first), t0=until))
+        rows = np.frombuffer(bytes(data or b""), dtype=CHANGED_DTYPE)
+    return ChangedBuyers(ids, rows, today_since)
 
 
-class Inconsistent(Exception):
-    """A piece the header says is stored is missing (being rewritten): compute live."""
+@dataclass
+class RangeSets:
+    """One range's customers: inbound and churn (bool arrays), paid orders and revenue in
+    cents per customer (int arrays)."""
+
+    inbound: np.ndarray | None = None
+    churn: np.ndarray | None = None
+    orders: np.ndarray | None = None
+    cents: np.ndarray | None = None
 
 
-def _universe(table: BitmapTable) -> int:
-    """Entries every array needs: past the largest customer id now."""
-    (n,), = _raw("SELECT COALESCE(MAX(id), 0) + 1 FROM crm_customer", {})
-    return int(n)
+def _range_sets(period: Period, kinds: tuple[str, ...], size: int,
+                changed: ChangedBuyers | None = None) -> RangeSets | None:
+    """The range's stored pieces (days before today, and today as the frequent refresh read it
+    when recent, `changed.today_since`), the buyers whose orders changed since the pieces were
+    read (`changed`) counted again, and the rest of today read live; None when a piece the
+    header says is stored is missing (being rewritten: compute live)."""
+    today = local_today()
+    last = min(period.end, today - timedelta(days=1))
+    wanted = pieces(period.start, last) if last >= period.start else []
+    today_since = changed.today_since if changed is not None else None
+    with_today = today_since is not None and period.start <= today <= period.end
+    if with_today:
+        wanted.append((today, 1))
+    rows = []
+    if wanted:
+        exact = Q()
+        for start, days in wanted:
+            exact |= Q(start=start, days=days)
+        rows = _decoded(CustomerBitmap.objects.filter(exact, kind__in=kinds))
+        if rows is None or len(rows) != len(wanted) * len(kinds):
+            return None
+    # Today (unless stored) and any later day of the range (events dated ahead) read live;
+    # with today stored, what happened since it was read.
+    first_live = today + timedelta(days=1) if with_today else max(period.start, today)
+    live = ([(day_start(first_live), day_start(period.end + timedelta(days=1)))]
+            if period.end >= first_live else [])
+    through = today if with_today else last
+    sets = RangeSets()
+    for kind in kinds:
+        datas = [data for of, data in rows if of == kind]
+        if kind == Kind.PAID:
+            sets.orders, sets.cents = np.zeros(size, np.int64), np.zeros(size, np.int64)
+            for part in datas:
+                _add(sets.orders, sets.cents, part)
+            # Customers with an order recorded or changed (refunded) since the pieces were
+            # read: their orders and revenue of the stored days counted again now.
+            if wanted and changed is not None and len(changed.ids):
+                redo = changed.ids[changed.ids < size]
+                sets.orders[redo] = sets.cents[redo] = 0
+                now = changed.rows
+                now = now[(now["day"] >= day_number(period.start))
+                          & (now["day"] <= day_number(through))]
+                _add(sets.orders, sets.cents, now)
+            for span in live:
+                for _day, part in read_live(kind, *span):
+                    _add(sets.orders, sets.cents, part)
+        else:
+            bitmap = BitMap.union(BitMap(), *datas)
+            bits = _mark(np.zeros(size, bool), np.frombuffer(bitmap.to_array(), np.uint32))
+            since_read = [(today_since, day_start(today + timedelta(days=1)))] if with_today else []
+            for span in [*live, *since_read]:
+                for _day, ids in read_live(kind, *span):
+                    _mark(bits, ids)
+            setattr(sets, kind, bits)
+    return sets
 
 
 def _masked(scope: Scope, columns: Columns) -> np.ndarray:
-    """Bool array: the customers in scope (existing now)."""
+    """The customers in scope (current channel and owner) existing now."""
     mask = (columns.flags & EXISTS) != 0
-    ids = _scope_ids(scope)
-    if ids is not None:
-        inside = np.zeros(columns.size, dtype=bool)
-        inside[ids[ids < columns.size]] = True
-        mask &= inside
+    if scope.restricted:
+        customers = scope.apply(Customer.objects.order_by()).values("pk")
+        ids = np.zeros(0, np.int64)
+        if not customers.query.is_empty():
+            sql, params = customers.query.sql_with_params()
+            (data,), = _raw(f"SELECT string_agg(int4send(s.pk::int), ''::bytea) FROM ({sql}) s",
+                            list(params))
+            ids = _ids(data)
+        mask &= _mark(np.zeros(columns.size, bool), ids)
     return mask
 
 
 def _domain(columns: Columns, period: Period) -> np.ndarray:
-    """In the private domain during the period: joined by its end, not gone before its
-    start."""
+    """In the private domain during the period: joined by its end, not gone before its start."""
     return ((columns.joined <= day_number(period.end))
             & (columns.gone >= day_number(period.start)))
 
@@ -826,43 +688,37 @@ def relationship_figures(*, scope: Scope, period: Period) -> dict[str, int] | No
     previous = period.previous()
     if not stored_period(previous, table):
         return None
-    columns = load_columns(names=COLUMNS, table=table, size=_universe(table))
-    size = columns.size
-    kinds = (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID)
-    changed = _load_changed_buyers(table, previous.start, period.end)
-    try:
-        now = _range_sets(period, (*kinds, CustomerBitmap.Kind.CHURN), size, changed)
-        before = _range_sets(previous, kinds, size, changed)
-    except Inconsistent:
+    columns = load_columns(names=COLUMNS, table=table)
+    kinds = (Kind.INBOUND, Kind.PAID)
+    changed = _changed_buyers(table, previous.start, period.end)
+    now = _range_sets(period, (*kinds, Kind.CHURN), columns.size, changed)
+    before = _range_sets(previous, kinds, columns.size, changed)
+    if now is None or before is None:
         return None
     mask = _masked(scope, columns)
     s, e = day_number(period.start), day_number(period.end)
     joined = mask & (columns.joined >= s) & (columns.joined <= e)
     domain = mask & _domain(columns, period)
-    paid = now.orders > 0
-    active = mask & (now.inbound | paid)
+    active = mask & (now.inbound | (now.orders > 0))
     active_before = mask & (before.inbound | (before.orders > 0))
-
-    def count(bits) -> int:
-        return int(np.count_nonzero(bits))
-
-    return {
-        "joined": count(joined),
-        "deleted_within_7_days": count(joined & ((columns.flags & DELETED_7D) != 0)),
-        "joined_group": count(joined & (columns.grouped <= e)),
-        "referred_customers": count(joined & ((columns.flags & REFERRED) != 0)),
-        "customers": count(domain),
-        "never_bought_before": count(domain & (columns.first_order >= s)),
-        "first_time_buyers": count(domain & (columns.first_order >= s)
-                                   & (columns.first_order <= e)),
-        "interacting": count(domain & now.inbound),
-        "active": count(active),
-        "active_previous": count(active_before),
-        "retained": count(active & active_before),
-        "buyers": count(mask & paid),
-        "repeat_buyers": count(mask & (now.orders >= 2)),
-        "churned": count(mask & now.churn),
+    new_buyers = domain & (columns.first_order >= s)
+    figures = {
+        "joined": joined,
+        "deleted_within_7_days": joined & ((columns.flags & DELETED_7D) != 0),
+        "joined_group": joined & (columns.grouped <= e),
+        "referred_customers": joined & ((columns.flags & REFERRED) != 0),
+        "customers": domain,
+        "never_bought_before": new_buyers,
+        "first_time_buyers": new_buyers & (columns.first_order <= e),
+        "interacting": domain & now.inbound,
+        "active": active,
+        "active_previous": active_before,
+        "retained": active & active_before,
+        "buyers": mask & (now.orders > 0),
+        "repeat_buyers": mask & (now.orders >= 2),
+        "churned": mask & now.churn,
     }
+    return {name: int(np.count_nonzero(bits)) for name, bits in figures.items()}
 
 
 @dataclass
@@ -877,20 +733,16 @@ def revenue_figures(*, scope: Scope, periods: list[Period]) -> list[RevenueFigur
     """Traffic, buyers, paid orders and revenue of each period (the columns and the scope read
     once), None for a period the bitmaps do not hold."""
     table = header()
-    stored = [stored_period(period, table) for period in periods]
-    if not any(stored):
+    held = [period for period in periods if stored_period(period, table)]
+    if not held:
         return [None] * len(periods)
-    columns = load_columns(names=("joined", "gone"), table=table, size=_universe(table))
+    columns = load_columns(names=("joined", "gone"), table=table)
     mask = _masked(scope, columns)
-    held = [p for p, found in zip(periods, stored, strict=True) if found]
-    changed = _load_changed_buyers(table, min(p.start for p in held), max(p.end for p in held))
+    changed = _changed_buyers(table, min(p.start for p in held), max(p.end for p in held))
     result: list[RevenueFigures | None] = []
-    for period, found in zip(periods, stored, strict=True):
-        try:
-            if not found:
-                raise Inconsistent(period)
-            sets = _range_sets(period, (CustomerBitmap.Kind.PAID,), columns.size, changed)
-        except Inconsistent:
+    for period in periods:
+        sets = _range_sets(period, (Kind.PAID,), columns.size, changed) if period in held else None
+        if sets is None:
             result.append(None)
             continue
         buyers = mask & (sets.orders > 0)
@@ -910,12 +762,9 @@ def churned(*, scope: Scope, period: Period) -> int | None:
     table = header()
     if not stored_period(period, table):
         return None
-    columns = load_columns(names=(), table=table, size=_universe(table))
-    try:
-        sets = _range_sets(period, (CustomerBitmap.Kind.CHURN,), columns.size)
-    except Inconsistent:
-        return None
-    return int(np.count_nonzero(_masked(scope, columns) & sets.churn))
+    columns = load_columns(names=(), table=table)
+    sets = _range_sets(period, (Kind.CHURN,), columns.size)
+    return None if sets is None else int(np.count_nonzero(_masked(scope, columns) & sets.churn))
 
 
 def cohort_month_active(*, scope: Scope, month: date, cohorts: list[date]
@@ -926,18 +775,13 @@ def cohort_month_active(*, scope: Scope, month: date, cohorts: list[date]
     period = Period(month, (month + timedelta(days=31)).replace(day=1) - timedelta(days=1))
     if not cohorts or not stored_period(period, table):
         return None
-    columns = load_columns(names=("joined",), table=table, size=_universe(table))
-    kinds = (CustomerBitmap.Kind.INBOUND, CustomerBitmap.Kind.PAID)
-    try:
-        sets = _range_sets(period, kinds, columns.size,
-                           _load_changed_buyers(table, period.start, period.end))
-    except Inconsistent:
+    columns = load_columns(names=("joined",), table=table)
+    sets = _range_sets(period, (Kind.INBOUND, Kind.PAID), columns.size,
+                       _changed_buyers(table, period.start, period.end))
+    if sets is None:
         return None
     active = _masked(scope, columns) & (sets.inbound | (sets.orders > 0))
-    result = {}
-    for cohort in cohorts:
-        following = (cohort + timedelta(days=31)).replace(day=1)
-        result[cohort] = int(np.count_nonzero(
-            active & (columns.joined >= day_number(cohort))
-            & (columns.joined < day_number(following))))
-    return result
+    return {cohort: int(np.count_nonzero(
+        active & (columns.joined >= day_number(cohort))
+        & (columns.joined < day_number((cohort + timedelta(days=31)).replace(day=1)))))
+        for cohort in cohorts}

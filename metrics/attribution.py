@@ -27,7 +27,7 @@ from metrics.periods import Period, Scope
 from metrics.selectors import money, ratio
 
 CENT = Decimal("0.01")
-RETENTION_DAYS = (30, 90)
+RETENTION_DAYS = channels.RETENTION_DAYS
 
 
 def _deleted_us_within(days: int):
@@ -67,20 +67,13 @@ def _customer_rows(*, scope: Scope, period: Period, now: datetime) -> dict:
 
 def channel_attribution(*, scope: Scope, period: Period,
                         now: datetime | None = None) -> dict[str, Any]:
-    """Per channel (and a "no channel" row) for the customers in scope who joined in the period.
-
-    Three aggregate queries: the acquired customers grouped by channel (with retention), their
-    paid orders grouped by channel, and the channels with their all-time customer count (the
-    denominator of cost per acquisition, over every owner: each customer carries an equal share
-    of the channel's recorded spend). A range within the channel days up to today (with the
-    cells stored for today) reads the first two from the join-day cells instead
-    (metrics.channels); `now` given (a test's clock) always computes them.
-    """
+    """Per channel (and a "no channel" row) for the customers in scope who joined in the
+    period: the acquired customers with their retention and their paid orders grouped by
+    channel — from the join-day cells (metrics.channels) where they hold the range, unless `now`
+    (a test's clock) is given — and the channels with their all-time customer count."""
     stored = channels.stored_range(period) if now is None else None
     now = now or timezone.now()
     if stored is not None:
-        # A range within the channel days up to today: from the join-day cells (the same
-        # figures, metrics.channels).
         def boundary(day, days):
             rows = _customer_rows(scope=scope, period=Period(day, day), now=now)
             return {ch: (row[f"eligible_{days}"], row[f"retained_{days}"])
@@ -139,12 +132,13 @@ def _row(*, code: str | None, name: str, cost: Decimal | None, customers_to_date
         "cost_per_acquisition": None if per_customer is None else money(per_customer),
         "cost": None if attributed is None else money(attributed),
         "roi": ratio(revenue - attributed, attributed) if attributed else None,
-        **{f"retention_{days}d": _retention(counts, days) for days in RETENTION_DAYS},
+        **{f"retention_{days}d": _retention(counts.get(f"eligible_{days}", 0),
+                                            counts.get(f"retained_{days}", 0))
+           for days in RETENTION_DAYS},
     }
 
 
-def _retention(counts: dict, days: int) -> dict[str, Any]:
-    eligible, retained = counts.get(f"eligible_{days}", 0), counts.get(f"retained_{days}", 0)
+def _retention(eligible: int, retained: int) -> dict[str, Any]:
     return {"eligible": eligible, "retained": retained, "rate": ratio(retained, eligible)}
 
 
@@ -161,10 +155,7 @@ def _totals(results: list[dict]) -> dict[str, Any]:
         "revenue": money(revenue), "cost": money(cost),
         "roi": ratio(costed_revenue - cost, cost) if cost else None,
     }
-    for days in RETENTION_DAYS:
-        key = f"retention_{days}d"
-        eligible = sum(r[key]["eligible"] for r in results)
-        retained = sum(r[key]["retained"] for r in results)
-        totals[key] = {"eligible": eligible, "retained": retained,
-                       "rate": ratio(retained, eligible)}
+    for key in (f"retention_{days}d" for days in RETENTION_DAYS):
+        totals[key] = _retention(sum(r[key]["eligible"] for r in results),
+                                 sum(r[key]["retained"] for r in results))
     return totals

@@ -1,12 +1,7 @@
-"""Channels: the acquired customers' purchases since joining and their deletions within 30 and
-90 days (metrics.attribution's figures) for any range within the channel days up to today,
-summed from precomputed per-customer facts and join-day cells plus today's changes instead of
-the range's joiners and their orders.
-
-PostgreSQL only; elsewhere attribution is computed live. Details: docs/METRICS.md, "Stage
-durations and channels: precomputed stage spells and channel cells" (channel join-day cells)
-and "Channel attribution".
-"""
+"""Channels: metrics.attribution's acquired customers, purchases since joining and deletions
+within 30 and 90 days for any range within the channel days up to today, summed from join-day
+cells plus today's changes (PostgreSQL; elsewhere live). docs/METRICS.md, "Stage durations and
+channels: precomputed stage spells and channel cells" and "Channel attribution"."""
 
 from __future__ import annotations
 
@@ -18,20 +13,20 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.db.models import Sum
+from django.utils import timezone
 
 from core.db import raw_rows as _raw
 from crm.models import Customer, Event, Order
 from metrics import activity
 from metrics.models import ChannelDayCell, FactsTable
-from metrics.periods import Period, Scope, day_start, local_today, stored_days
+from metrics.periods import Period, Scope, day_start, local_today, stored_days, system_tz
 
 RETENTION_DAYS = (30, 90)
 FIGURES = ("acquired", "buyers", "revenue", "deleted_30d", "deleted_90d")
 
 
 def channel_days() -> int:
-    """How many days up to today the channel join-day cells cover (METRICS_CHANNEL_DAYS,
-    default 400): any range of `channels/` starting within them is answered from the cells."""
+    """How many days up to today the channel join-day cells cover (METRICS_CHANNEL_DAYS)."""
     return stored_days("METRICS_CHANNEL_DAYS")
 
 
@@ -133,19 +128,12 @@ def refresh(today: date) -> dict[str, int]:
     return {"joiners": joiners, "channel_cells": cells}
 
 
-Cell = tuple[date, int | None, int | None]          # (join day, channel id, owner id)
-
-
-def today_delta(today: date) -> dict[Cell, dict[str, Any]]:
+def today_delta(today: date) -> dict[tuple[date, int | None, int | None], dict[str, Any]]:
     """Per (join day, channel id, owner id): each figure counted now minus as stored, over the
-    customers whose facts changed today. One statement over today's orders, deletions and
-    status changes and those customers only."""
+    customers whose facts changed today (one statement over today's changes)."""
     sql = DELTA_SQL.format(deleted_30=_deleted("cu", 30), deleted_90=_deleted("cu", 90))
-    result = {}
-    for day, channel_id, owner_id, *values in _raw(sql, _params(today)):
-        if any(values):
-            result[(day, channel_id, owner_id)] = dict(zip(FIGURES, values, strict=True))
-    return result
+    return {(day, channel_id, owner_id): dict(zip(FIGURES, values, strict=True))
+            for day, channel_id, owner_id, *values in _raw(sql, _params(today)) if any(values)}
 
 
 def refresh_today(today: date) -> dict[str, int]:
@@ -162,9 +150,8 @@ def refresh_today(today: date) -> dict[str, int]:
 # --- Answers --------------------------------------------------------------------------------
 
 def stored_range(period: Period) -> Period | None:
-    """`period` when the join-day cells answer it: a range within the channel days up to today (any
-    start and end, since a request sums the cells of its days), with the cells stored for
-    today; else None (computed live)."""
+    """`period` when the join-day cells answer it (any range within the channel days up to
+    today, the cells stored up to yesterday); else None (computed live)."""
     today = local_today()
     if period.start < today - timedelta(days=channel_days() - 1) or period.end > today:
         return None
@@ -177,39 +164,23 @@ def stored_range(period: Period) -> Period | None:
 
 def acquisition_counts(*, scope: Scope, period: Period, now: datetime,
                        boundary) -> tuple[dict, dict]:
-    """The per-channel figures of metrics.attribution — ({channel id: acquired, eligible_N,
-    retained_N}, {channel id: buyers, revenue}) — for a `stored_range`, from the cells of its
-    join days plus today's changes. `boundary(day, days)` counts {channel id: (eligible,
+    """metrics.attribution's per-channel figures — ({channel id: acquired, eligible_N,
+    retained_N}, {channel id: buyers, revenue}) — of a `stored_range` from the cells of its
+    join days plus today's changes; `boundary(day, days)` counts {channel id: (eligible,
     retained)} live for the join day in which the N-day windows end at `now`."""
-    today = local_today()
     table = FactsTable.objects.first()
     fresh = table is not None and table.today_is_fresh()
-    cells = ChannelDayCell.objects.filter(joined_on__gte=period.start,
-                                          joined_on__lte=period.end)
+    cells = ChannelDayCell.objects.filter(joined_on__gte=period.start, joined_on__lte=period.end)
+    rows = [(row["joined_on"], row["channel_id"], {n: row[f"s_{n}"] or 0 for n in FIGURES})
+            for row in scope.apply((cells if fresh else cells.filter(today=False)).order_by())
+            .values("joined_on", "channel_id").annotate(**{f"s_{n}": Sum(n) for n in FIGURES})]
     if not fresh:
-        cells = cells.filter(today=False)
-    by_day: dict[tuple[date, int | None], dict[str, Any]] = defaultdict(
-        lambda: dict.fromkeys(FIGURES, 0))
-    for row in (scope.apply(cells.order_by()).values("joined_on", "channel_id")
-                .annotate(**{f"s_{name}": Sum(name) for name in FIGURES})):
-        for name in FIGURES:
-            by_day[(row["joined_on"], row["channel_id"])][name] += row[f"s_{name}"] or 0
-    if not fresh:
-        for (day, ch, ow), values in today_delta(today).items():
-            if period.start <= day <= period.end and scope.holds(ch, ow):
-                for name in FIGURES:
-                    by_day[(day, ch)][name] += values[name]
-
+        rows += [(day, ch, values) for (day, ch, ow), values in today_delta(local_today()).items()
+                 if period.start <= day <= period.end and scope.holds(ch, ow)]
     counts: dict[int | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     orders: dict[int | None, dict[str, Any]] = defaultdict(
         lambda: {"buyers": 0, "revenue": Decimal("0")})
-    boundaries = {}
-    for days in RETENTION_DAYS:
-        cutoff = now - timedelta(days=days)
-        for day in period.each_day():
-            if day_start(day) <= cutoff < day_start(day + timedelta(days=1)):
-                boundaries[days] = day
-    for (day, channel_id), values in by_day.items():
+    for day, channel_id, values in rows:
         counts[channel_id]["acquired"] += values["acquired"]
         orders[channel_id]["buyers"] += values["buyers"]
         orders[channel_id]["revenue"] += Decimal(values["revenue"])
@@ -219,8 +190,10 @@ def acquisition_counts(*, scope: Scope, period: Period, now: datetime,
                 counts[channel_id][f"eligible_{days}"] += values["acquired"]
                 counts[channel_id][f"retained_{days}"] += (values["acquired"]
                                                            - values[f"deleted_{days}d"])
-    for days, day in boundaries.items():
-        for channel_id, (eligible, retained) in boundary(day, days).items():
+    for days in RETENTION_DAYS:
+        day = timezone.localdate(now - timedelta(days=days), timezone=system_tz())
+        for channel_id, (eligible, retained) in (boundary(day, days).items()
+                                                 if period.start <= day <= period.end else ()):
             counts[channel_id][f"eligible_{days}"] += eligible
             counts[channel_id][f"retained_{days}"] += retained
     return ({ch: dict(v) for ch, v in counts.items()},

@@ -1,11 +1,11 @@
 """SOP and campaign performance: the delivery funnel of their messages, what followed them
-(orders, deletions, stage moves) and, for SOPs with a holdout, the uplift against the control
-group (docs/METRICS.md, "SOP and campaign performance")."""
+(orders, deletions, stage moves) and, with a holdout, the uplift against the control group
+(docs/METRICS.md, "SOP and campaign performance")."""
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,8 +28,10 @@ SENT = (S.SENT, S.DELIVERED, S.READ, S.REPLIED)
 DELIVERED = (S.DELIVERED, S.READ, S.REPLIED)
 READ = (S.READ, S.REPLIED)
 PENDING = (S.QUEUED, S.SENDING)
-COUNTS = ("total", "sent", "delivered", "read", "replied", "failed", "pending", "skipped",
-          "converted", "blocked")
+COUNTS = ("total", "sent", "delivered", "read", "replied", "failed", "pending", "converted",
+          "blocked", "skipped")
+RATES = {"delivery_rate": "delivered", "read_rate": "read", "reply_rate": "replied",
+         "conversion_rate": "converted", "block_rate": "blocked"}
 
 
 def _after(ref: str, delta: timedelta) -> ExpressionWrapper:
@@ -43,8 +45,9 @@ def _paid_order_within(ref: str, days: int) -> Exists:
         placed_at__gte=OuterRef(ref), placed_at__lte=_after(ref, timedelta(days=days))))
 
 
-def _message_figures(block_hours: int) -> tuple[dict, dict]:
-    """Annotations and aggregates of the delivery funnel of a queryset of messages."""
+def _message_counts(messages, *keys: str) -> tuple[dict, dict]:
+    """The delivery funnel's counts of a queryset of messages per `keys` (a tuple of their
+    values) and the skipped ones per `keys` and reason."""
     sent = Q(status__in=SENT)
     annotations = {
         "converted": _paid_order_within("sent_at", CONVERSION_DAYS),
@@ -53,7 +56,7 @@ def _message_figures(block_hours: int) -> tuple[dict, dict]:
         "blocked": Exists(Event.objects.filter(
             customer=OuterRef("customer"), type=Event.Type.FRIEND_DELETED,
             occurred_at__gte=OuterRef("sent_at"),
-            occurred_at__lt=_after("sent_at", timedelta(hours=block_hours)))),
+            occurred_at__lt=_after("sent_at", timedelta(hours=policy().block_window_hours)))),
     }
     aggregates = {
         "total": Count("id"),
@@ -64,32 +67,24 @@ def _message_figures(block_hours: int) -> tuple[dict, dict]:
         "failed": Count("id", filter=Q(status=S.FAILED)),
         "pending": Count("id", filter=Q(status__in=PENDING)),
         "skipped": Count("id", filter=Q(status=S.SKIPPED)),
-        "converted": Count("id", filter=sent & Q(converted=True)),
-        "blocked": Count("id", filter=sent & Q(blocked=True)),
+        # (not named as the annotations they count, which Django refuses)
+        "n_converted": Count("id", filter=sent & Q(converted=True)),
+        "n_blocked": Count("id", filter=sent & Q(blocked=True)),
     }
-    # An aggregate may not share its name with an annotation: count under other names.
-    aggregates["n_converted"] = aggregates.pop("converted")
-    aggregates["n_blocked"] = aggregates.pop("blocked")
-    return annotations, aggregates
+    counts = {tuple(row[k] for k in keys): {key: row.get(f"n_{key}", row.get(key)) for key in COUNTS}
+              for row in messages.annotate(**annotations).values(*keys).annotate(**aggregates)
+              .order_by()}
+    skipped: dict[tuple, dict[str, int]] = defaultdict(dict)
+    for row in (messages.filter(status=S.SKIPPED).values(*keys, "skip_reason")
+                .annotate(n=Count("id")).order_by()):
+        skipped[tuple(row[k] for k in keys)][row["skip_reason"]] = row["n"]
+    return counts, skipped
 
 
-def _counts(row: dict | None) -> dict[str, int]:
-    row = row or {}
-    return {key: row.get(f"n_{key}", row.get(key, 0)) for key in COUNTS}
-
-
-def _funnel(counts: dict[str, int], skipped_by_reason: dict[str, int]) -> dict[str, Any]:
-    sent = counts["sent"]
-    return {
-        **{key: counts[key] for key in COUNTS if key != "skipped"},
-        "skipped": counts["skipped"],
-        "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
-        "delivery_rate": ratio(counts["delivered"], sent),
-        "read_rate": ratio(counts["read"], sent),
-        "reply_rate": ratio(counts["replied"], sent),
-        "conversion_rate": ratio(counts["converted"], sent),
-        "block_rate": ratio(counts["blocked"], sent),
-    }
+def _funnel(counts: dict[str, int] | None, skipped_by_reason: dict[str, int]) -> dict[str, Any]:
+    counts = counts or dict.fromkeys(COUNTS, 0)
+    return {**counts, "skipped_by_reason": dict(sorted(skipped_by_reason.items())),
+            **{rate: ratio(counts[key], counts["sent"]) for rate, key in RATES.items()}}
 
 
 def two_proportion_p_value(x1: int, n1: int, x2: int, n2: int) -> float | None:
@@ -107,27 +102,27 @@ def two_proportion_p_value(x1: int, n1: int, x2: int, n2: int) -> float | None:
 
 def _comparison(row: dict, what: str, window_open: int) -> dict[str, Any]:
     """Treatment against control for one outcome (`converted` / `advanced`)."""
-    control_n, treatment_n = row.get("control", 0), row.get("treatment", 0)
-    control_x, treatment_x = row.get(f"{what}_control", 0), row.get(f"{what}_treatment", 0)
-    t_rate = treatment_x / treatment_n if treatment_n else None
-    c_rate = control_x / control_n if control_n else None
-    both = t_rate is not None and c_rate is not None
+    sides = {side: {"size": row.get(side, 0), "count": row.get(f"{what}_{side}", 0)}
+             for side in ("treatment", "control")}
+    for side in sides.values():
+        side["rate"] = ratio(side["count"], side["size"])
+    treatment, control = sides["treatment"], sides["control"]
+    both = treatment["rate"] is not None and control["rate"] is not None
+    uplift = treatment["rate"] - control["rate"] if both else None
     return {
-        "treatment": {"size": treatment_n, "count": treatment_x, "rate": ratio(treatment_x,
-                                                                                treatment_n)},
-        "control": {"size": control_n, "count": control_x, "rate": ratio(control_x, control_n)},
-        "uplift_pp": (t_rate - c_rate) * 100 if both else None,
-        "relative_uplift": (t_rate - c_rate) / c_rate if both and c_rate else None,
-        "p_value": two_proportion_p_value(treatment_x, treatment_n, control_x, control_n),
+        **sides,
+        "uplift_pp": uplift * 100 if both else None,
+        "relative_uplift": uplift / control["rate"] if both and control["rate"] else None,
+        "p_value": two_proportion_p_value(treatment["count"], treatment["size"],
+                                          control["count"], control["size"]),
         "window_open": window_open,
     }
 
 
 def sop_performance(*, scope: Scope, period: Period, sop: Sop | None = None,
                     now: datetime | None = None) -> dict[str, Any]:
-    """Per SOP and per step, for the enrolments of customers in scope that entered in the
-    period, and their messages. Five queries: the SOPs, their steps, the enrolments aggregated per SOP, the
-    messages aggregated per step, the skipped messages per step and reason."""
+    """Per SOP and per step: the enrolments of customers in scope that entered in the period,
+    and their messages (five queries, docs/METRICS.md)."""
     now = now or timezone.now()
     sops = Sop.objects.select_related("model", "stage").order_by("model__order", "model__key",
                                                                  "stage__position", "name", "pk")
@@ -169,37 +164,21 @@ def sop_performance(*, scope: Scope, period: Period, sop: Sop | None = None,
         for window in ("conversion_open", "advancement_open"):
             folded[window] += row[window]
 
-    messages = Message.objects.filter(enrollment__in=enrolments.values("pk"))
-    annotations, aggregates = _message_figures(policy().block_window_hours)
-    by_step = {(row["enrollment__sop"], row["sop_step"]): row for row in messages.annotate(
-        **annotations).values("enrollment__sop", "sop_step").annotate(**aggregates).order_by()}
-    skipped = defaultdict(dict)
-    for row in (messages.filter(status=S.SKIPPED)
-                .values("enrollment__sop", "sop_step", "skip_reason")
-                .annotate(n=Count("id")).order_by()):
-        skipped[(row["enrollment__sop"], row["sop_step"])][row["skip_reason"]] = row["n"]
-
+    by_step, skipped = _message_counts(
+        Message.objects.filter(enrollment__in=enrolments.values("pk")), "enrollment__sop",
+        "sop_step")
     return {"results": [
         _sop_row(s, steps[s.pk], by_sop.get(s.pk, {}), by_step, skipped) for s in sops]}
 
 
 def _sop_row(sop: Sop, steps: list[SopStep], row: dict, by_step: dict,
              skipped: dict) -> dict[str, Any]:
-    step_rows = []
-    total = dict.fromkeys(COUNTS, 0)
-    total_skipped: dict[str, int] = defaultdict(int)
     # Messages of a deleted step (sop_step set to NULL) still count towards the SOP.
-    keys = [(step.pk, step) for step in steps] + [(None, None)]
-    for pk, step in keys:
-        counts = _counts(by_step.get((sop.pk, pk)))
-        reasons = skipped.get((sop.pk, pk), {})
-        for key in COUNTS:
-            total[key] += counts[key]
-        for reason, n in reasons.items():
-            total_skipped[reason] += n
-        if step is not None:
-            step_rows.append({"id": step.pk, "order": step.order, "channel": step.channel,
-                              "category": step.category, **_funnel(counts, reasons)})
+    keys = [(sop.pk, step.pk) for step in steps] + [(sop.pk, None)]
+    total = {key: sum(by_step[k][key] for k in keys if k in by_step) for key in COUNTS}
+    total_skipped: Counter[str] = Counter()
+    for k in keys:
+        total_skipped.update(skipped.get(k, {}))
     return {
         "id": sop.pk,
         "name": sop.name,
@@ -213,17 +192,18 @@ def _sop_row(sop: Sop, steps: list[SopStep], row: dict, by_step: dict,
         "messages": _funnel(total, total_skipped),
         "conversion": _comparison(row, "converted", row.get("conversion_open", 0)),
         "advancement": _comparison(row, "advanced", row.get("advancement_open", 0)),
-        "steps": step_rows,
+        "steps": [{"id": step.pk, "order": step.order, "channel": step.channel,
+                   "category": step.category, **_funnel(by_step.get((sop.pk, step.pk)),
+                                                        skipped.get((sop.pk, step.pk), {}))}
+                  for step in steps],
     }
 
 
 def campaign_performance(*, scope: Scope, period: Period, campaign: Campaign | None = None,
                          now: datetime | None = None) -> dict[str, Any]:
     """Per campaign started in the period: the funnel of its messages to the customers in
-    scope and, for a campaign with a holdout, its uplift: customers sent it against the
-    control group, converted = a paid order within CONVERSION_DAYS of the campaign's start.
-    Five queries: the campaigns, their messages aggregated, the skipped ones by reason, the
-    treatment and the control groups' conversions."""
+    scope and, with a holdout, the uplift of a paid order within CONVERSION_DAYS of its start
+    (customers sent it against the control group)."""
     now = now or timezone.now()
     campaigns = Campaign.objects.filter(
         started_at__gte=period.since, started_at__lt=period.until).order_by("-started_at", "-pk")
@@ -232,13 +212,7 @@ def campaign_performance(*, scope: Scope, period: Period, campaign: Campaign | N
     campaigns = list(campaigns)
     ids = [c.pk for c in campaigns]
     messages = scope.apply(Message.objects.filter(campaign__in=ids), path="customer__")
-    annotations, aggregates = _message_figures(policy().block_window_hours)
-    by_campaign = {row["campaign"]: row for row in messages.annotate(**annotations)
-                   .values("campaign").annotate(**aggregates).order_by()}
-    skipped = defaultdict(dict)
-    for row in (messages.filter(status=S.SKIPPED).values("campaign", "skip_reason")
-                .annotate(n=Count("id")).order_by()):
-        skipped[row["campaign"]][row["skip_reason"]] = row["n"]
+    by_campaign, skipped = _message_counts(messages, "campaign")
     converted = _paid_order_within("campaign__started_at", CONVERSION_DAYS)
     groups: dict[int, dict[str, int]] = defaultdict(dict)
     for row in (messages.filter(status__in=SENT).values("campaign")
@@ -252,7 +226,7 @@ def campaign_performance(*, scope: Scope, period: Period, campaign: Campaign | N
         groups[row["campaign"]].update(control=row["n"], converted_control=row["x"])
     results = []
     for c in campaigns:
-        funnel = _funnel(_counts(by_campaign.get(c.pk)), skipped.get(c.pk, {}))
+        funnel = _funnel(by_campaign.get((c.pk,)), skipped.get((c.pk,), {}))
         group = groups.get(c.pk, {})
         open_ = c.started_at + timedelta(days=CONVERSION_DAYS) > now
         results.append({
