@@ -1,10 +1,33 @@
-"""The shapes of the channel, SOP and campaign reports (metrics.reports serializes its answers
-with them; the API's schema documents them)."""
+"""The shapes of the channel, SOP and campaign reports: metrics.reports serializes its answers
+with them, the API's schema documents them."""
 
 from django.utils.translation import gettext_lazy
 from rest_framework import serializers
 
-RATE = {"allow_null": True}
+
+def _ints(*names: str) -> dict:
+    return {name: serializers.IntegerField() for name in names}
+
+
+def _rates(*names: str) -> dict:
+    """Rates: null when their denominator is 0."""
+    return {name: serializers.FloatField(allow_null=True) for name in names}
+
+
+def _money(**options) -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=16, decimal_places=2, **options)
+
+
+def _shape(name: str, fields: dict, base=serializers.Serializer) -> type:
+    """A serializer class declaring `fields` (in their order), as a class statement would."""
+    return type(name, (base,), fields)
+
+
+def _report(name: str, row: type, **more: type) -> type:
+    """A report: its range, when it was computed, its rows (and `more` parts, by name)."""
+    return _shape(name, {"start": serializers.DateField(), "end": serializers.DateField(),
+                         "computed_at": serializers.DateTimeField(), "results": row(many=True),
+                         **{part: shape() for part, shape in more.items()}})
 
 
 class ChannelRetentionSerializer(serializers.Serializer):
@@ -12,16 +35,16 @@ class ChannelRetentionSerializer(serializers.Serializer):
         "Acquired customers whose window has elapsed (joined_at + N days ≤ now)."))
     retained = serializers.IntegerField(help_text=gettext_lazy(
         "Of those, the ones who did not delete us within N days of joining."))
-    rate = serializers.FloatField(**RATE, help_text=gettext_lazy("retained ÷ eligible"))
+    rate = serializers.FloatField(allow_null=True, help_text=gettext_lazy("retained ÷ eligible"))
 
 
 class ChannelAttributionTotalsSerializer(serializers.Serializer):
     acquired = serializers.IntegerField()
     buyers = serializers.IntegerField()
-    conversion_rate = serializers.FloatField(**RATE)
-    revenue = serializers.DecimalField(max_digits=16, decimal_places=2)
-    cost = serializers.DecimalField(max_digits=16, decimal_places=2)
-    roi = serializers.FloatField(**RATE)
+    conversion_rate = serializers.FloatField(allow_null=True)
+    revenue = _money()
+    cost = _money()
+    roi = serializers.FloatField(allow_null=True)
     retention_30d = ChannelRetentionSerializer()
     retention_90d = ChannelRetentionSerializer()
 
@@ -30,62 +53,36 @@ class ChannelAttributionRowSerializer(ChannelAttributionTotalsSerializer):
     channel = serializers.CharField(allow_null=True, help_text=gettext_lazy(
         "Channel code; null for customers without a channel."))
     name = serializers.CharField()
-    channel_cost = serializers.DecimalField(max_digits=16, decimal_places=2, allow_null=True)
+    channel_cost = _money(allow_null=True)
     customers_to_date = serializers.IntegerField(allow_null=True)
-    cost_per_acquisition = serializers.DecimalField(max_digits=16, decimal_places=2,
-                                                    allow_null=True)
-    cost = serializers.DecimalField(max_digits=16, decimal_places=2, allow_null=True)
+    cost_per_acquisition = _money(allow_null=True)
+    cost = _money(allow_null=True)
 
 
-class ChannelAttributionReportSerializer(serializers.Serializer):
-    start = serializers.DateField()
-    end = serializers.DateField()
-    computed_at = serializers.DateTimeField()
-    results = ChannelAttributionRowSerializer(many=True)
-    totals = ChannelAttributionTotalsSerializer()
+ChannelAttributionReportSerializer = _report(
+    "ChannelAttributionReportSerializer", ChannelAttributionRowSerializer,
+    totals=ChannelAttributionTotalsSerializer)
 
-
-class DeliveryFunnelSerializer(serializers.Serializer):
-    sent = serializers.IntegerField()
-    delivered = serializers.IntegerField()
-    read = serializers.IntegerField()
-    replied = serializers.IntegerField()
-    failed = serializers.IntegerField()
-    pending = serializers.IntegerField()
-    skipped = serializers.IntegerField()
-    skipped_by_reason = serializers.DictField(child=serializers.IntegerField())
-    converted = serializers.IntegerField()
-    blocked = serializers.IntegerField()
-    delivery_rate = serializers.FloatField(**RATE)
-    read_rate = serializers.FloatField(**RATE)
-    reply_rate = serializers.FloatField(**RATE)
-    conversion_rate = serializers.FloatField(**RATE)
-    block_rate = serializers.FloatField(**RATE)
-
-
-class SopMessagesSerializer(DeliveryFunnelSerializer):
-    total = serializers.IntegerField()
-
-
-class SopStepPerformanceSerializer(SopMessagesSerializer):
-    id = serializers.IntegerField()
-    order = serializers.IntegerField()
-    channel = serializers.CharField()
-    category = serializers.CharField()
-
-
-class HoldoutGroupSerializer(serializers.Serializer):
-    size = serializers.IntegerField()
-    count = serializers.IntegerField()
-    rate = serializers.FloatField(**RATE)
+DeliveryFunnelSerializer = _shape("DeliveryFunnelSerializer", {
+    **_ints("sent", "delivered", "read", "replied", "failed", "pending", "skipped"),
+    "skipped_by_reason": serializers.DictField(child=serializers.IntegerField()),
+    **_ints("converted", "blocked"),
+    **_rates("delivery_rate", "read_rate", "reply_rate", "conversion_rate", "block_rate")})
+SopMessagesSerializer = _shape("SopMessagesSerializer", _ints("total"),
+                               base=DeliveryFunnelSerializer)
+SopStepPerformanceSerializer = _shape("SopStepPerformanceSerializer", {
+    **_ints("id", "order"), "channel": serializers.CharField(),
+    "category": serializers.CharField()}, base=SopMessagesSerializer)
+HoldoutGroupSerializer = _shape("HoldoutGroupSerializer",
+                                {**_ints("size", "count"), **_rates("rate")})
 
 
 class HoldoutComparisonSerializer(serializers.Serializer):
     treatment = HoldoutGroupSerializer()
     control = HoldoutGroupSerializer()
-    uplift_pp = serializers.FloatField(**RATE)
-    relative_uplift = serializers.FloatField(**RATE)
-    p_value = serializers.FloatField(**RATE)
+    uplift_pp = serializers.FloatField(allow_null=True)
+    relative_uplift = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True)
     window_open = serializers.IntegerField()
 
 
@@ -105,11 +102,8 @@ class SopPerformanceSerializer(serializers.Serializer):
     steps = SopStepPerformanceSerializer(many=True)
 
 
-class SopPerformanceReportSerializer(serializers.Serializer):
-    start = serializers.DateField()
-    end = serializers.DateField()
-    computed_at = serializers.DateTimeField()
-    results = SopPerformanceSerializer(many=True)
+SopPerformanceReportSerializer = _report("SopPerformanceReportSerializer",
+                                         SopPerformanceSerializer)
 
 
 class CampaignPerformanceSerializer(DeliveryFunnelSerializer):
@@ -129,8 +123,5 @@ class CampaignPerformanceSerializer(DeliveryFunnelSerializer):
         "of the campaign's start."))
 
 
-class CampaignPerformanceReportSerializer(serializers.Serializer):
-    start = serializers.DateField()
-    end = serializers.DateField()
-    computed_at = serializers.DateTimeField()
-    results = CampaignPerformanceSerializer(many=True)
+CampaignPerformanceReportSerializer = _report("CampaignPerformanceReportSerializer",
+                                              CampaignPerformanceSerializer)
