@@ -118,9 +118,8 @@ class Scope:
     def holds(self, channel_id: int | None, owner_id: int | None) -> bool:
         """Whether a stored (channel, owner) cell belongs to the scope (the rule of `apply`)."""
         role = self._role
-        if role not in SEES_ALL and (role != access.OPERATOR or owner_id != self.user.pk):
-            return False
-        return ((self.channel is None or channel_id == self.channel.pk)
+        return ((role in SEES_ALL or (role == access.OPERATOR and owner_id == self.user.pk))
+                and (self.channel is None or channel_id == self.channel.pk)
                 and (self.owner is None or owner_id == self.owner.pk))
 
     @property

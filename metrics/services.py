@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 
 from django.db import transaction
@@ -197,10 +197,7 @@ def facts_refresh(*, today: date | None = None) -> FactsResult:
     header.refreshed_at, header.duration_ms = timezone.now(), result.duration_ms
     header.save()
     logger.info("metrics.facts_refreshed", extra={
-        "as_of": result.as_of.isoformat(), "spells": result.spells,
-        "spells_rebuilt": result.spells_rebuilt, "spell_movers": result.spell_movers,
-        "joiners": result.joiners, "ms": result.duration_ms, "spells_ms": result.spells_ms,
-        "channels_ms": result.channels_ms})
+        **asdict(result), "as_of": result.as_of.isoformat(), "ms": result.duration_ms})
     return result
 
 
@@ -228,22 +225,12 @@ def bitmaps_refresh(*, today: date | None = None,
     return result
 
 
-def bitmaps_stored_for(today: date) -> bool:
-    """Whether the bitmaps hold every day before `today` (or cannot be stored here)."""
-    if not activity.available():
-        return True
-    header = BitmapTable.objects.first()
-    return header is not None and header.last_day == today - timedelta(days=1)
-
-
 @dataclass
 class TodayResult:
     date: date
     snapshot: SnapshotResult
     spells: int = 0
-    spell_cells: int = 0
     spells_ms: int = 0
-    channel_cells: int = 0
     channels_ms: int = 0
     changed_customers: int = 0
     bitmaps_ms: int = 0
@@ -269,10 +256,10 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
     today = today or local_today()
     yesterday = today - timedelta(days=1)
     nightly = None
-    facts = FactsTable.objects.first()
+    facts, bitmaps = FactsTable.objects.first(), BitmapTable.objects.first()
     counts = _stored_counts(yesterday)
-    if counts is None or not bitmaps_stored_for(today) or (activity.available() and (
-            facts is None or yesterday not in {facts.spells_as_of} & {facts.channels_as_of})):
+    if counts is None or (activity.available() and (facts is None or bitmaps is None or (
+            yesterday not in {facts.spells_as_of} & {facts.channels_as_of} & {bitmaps.last_day}))):
         nightly = metrics_nightly(today=today)
         counts = _stored_counts(yesterday)
     result = TodayResult(date=today, snapshot=_snapshot(today, counts), nightly=nightly)
@@ -283,13 +270,12 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
             taken_at = timezone.now()
             if header.spells_as_of == yesterday:
                 lap = time.monotonic()
-                stored = stage_durations.refresh_today(today, header)
+                result.spells = stage_durations.refresh_today(today, header)["spells"]
                 header.save(update_fields=["spells_today_on", "spells_today_cells"])
-                result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
                 result.spells_ms = _ms(lap)
             if header.channels_as_of == yesterday:
                 lap = time.monotonic()
-                result.channel_cells = channels.refresh_today(today)["channel_cells"]
+                channels.refresh_today(today)
                 result.channels_ms = _ms(lap)
             if yesterday == header.spells_as_of == header.channels_as_of:
                 header.today_at, header.today_ms = taken_at, _ms(started)

@@ -49,8 +49,6 @@ DAILY_LINES = [("new_customers", gettext_lazy("New customers")),
                ("paid_orders", gettext_lazy("Paid orders"))]
 
 
-# --- Sections ------------------------------------------------------------------------------
-
 def _width(value, largest) -> str:
     """A bar's CSS width in percent of the largest value ("." as decimal point)."""
     value, largest = abs(Decimal(str(value or 0))), abs(Decimal(str(largest or 0)))
@@ -238,8 +236,6 @@ def _charts(context: dict[str, Any]) -> dict[str, Any]:
                for name in ("funnel", "aipl", "flows", "revenue", "cohorts")}}
 
 
-# --- Pages ---------------------------------------------------------------------------------
-
 @login_required
 def dashboard(request):
     user = request.user
@@ -303,11 +299,8 @@ def workbench(request):
         overview = reports.overview(user, {})
         models = list(StageModel.objects.filter(active=True).order_by("order", "key"))
         colors = _stage_colors([model.key for model in models])
-        funnels = []
-        for model in models:
-            funnel = _funnel(reports.funnel(user, {"model": model.key}), colors.get(model.key, {}))
-            funnels.append({"model": model, "chart": funnel["chart"], "rows": funnel["rows"],
-                            "empty": funnel["empty"]})
+        funnels = [{**_funnel(reports.funnel(user, {"model": model.key}),
+                              colors.get(model.key, {})), "model": model} for model in models]
     except ApplicationError as exc:
         context["error"] = exc.message
         return render(request, "metrics/workbench.html", context, status=400)
