@@ -7,17 +7,12 @@ from __future__ import annotations
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from metrics import kpis, reports
-from metrics.serializers import (
-    CampaignPerformanceReportSerializer,
-    ChannelAttributionReportSerializer,
-    SopPerformanceReportSerializer,
-)
+from metrics import serializers as shapes
 
 
 def _p(name: str, kind, description) -> OpenApiParameter:
@@ -38,7 +33,8 @@ PERIOD_PARAMETERS = [*RANGE_PARAMETERS, *FILTER_PARAMETERS]
 MODEL_PARAMETER = _p("model", OpenApiTypes.STR, gettext_lazy(
     "Stage model key, e.g. journey, value, aipl."))
 
-# The note every KPI endpoint's description ends with (kept lazy: translated per request).
+# The notes the KPI and the performance endpoints' descriptions end with (lazy: translated per
+# request).
 CACHE_NOTE = gettext_lazy(
     " Answers are cached for 5 minutes per user scope and parameters. Bad input is a 400 whose "
     "message names the parameter.")
@@ -46,35 +42,6 @@ COMMON_NOTE = gettext_lazy(
     "Operators see their own customers, admins and analysts all. Answers are cached for five "
     "minutes per scope and parameters (`computed_at` says when). A bad parameter is a 400 whose "
     "message names it. Rates are null when their denominator is 0.")
-
-FUNNEL_OUT = inline_serializer("MetricsFunnel", {
-    "model": serializers.CharField(),
-    "date": serializers.DateField(allow_null=True),
-    "source": serializers.CharField(),
-    "stages": serializers.ListField(child=inline_serializer("MetricsFunnelStage", {
-        "stage": serializers.CharField(), "name": serializers.CharField(),
-        "count": serializers.IntegerField(), "reach": serializers.IntegerField(),
-        "rate_to_next": serializers.FloatField(allow_null=True)})),
-})
-_REVENUE_FIELDS = {
-    "start": serializers.DateField(), "end": serializers.DateField(),
-    "revenue": serializers.DecimalField(max_digits=16, decimal_places=2),
-    "traffic": serializers.IntegerField(),
-    "conversion_rate": serializers.FloatField(),
-    "average_order_value": serializers.DecimalField(max_digits=16, decimal_places=2),
-    "purchase_frequency": serializers.FloatField(),
-    "buyers": serializers.IntegerField(), "paid_orders": serializers.IntegerField(),
-}
-REVENUE_OUT = inline_serializer("MetricsRevenue", {
-    **_REVENUE_FIELDS,
-    "previous": inline_serializer("MetricsRevenuePeriod", _REVENUE_FIELDS),
-    "change": serializers.DecimalField(max_digits=16, decimal_places=2),
-    "method": serializers.ChoiceField(choices=["lmdi", "shapley"]),
-    "decomposition": inline_serializer("MetricsRevenueDecomposition", {
-        name: serializers.DecimalField(max_digits=16, decimal_places=2)
-        for name in ("traffic", "conversion_rate", "average_order_value",
-                     "purchase_frequency")}),
-})
 
 
 def _view(name: str, report, *, parameters, description, responses=OpenApiTypes.OBJECT,
@@ -100,7 +67,7 @@ OverviewView = _view(
         "Rates are null when the denominator is 0.")))
 
 FunnelView = _view(
-    "FunnelView", reports.funnel, responses=FUNNEL_OUT,
+    "FunnelView", reports.funnel, responses=shapes.MetricsFunnelSerializer,
     parameters=[MODEL_PARAMETER, _p("date", OpenApiTypes.DATE, gettext_lazy(
         "A past day: counts at its end (from its snapshot, else rebuilt from the stage "
         "transitions). Default: now.")), *FILTER_PARAMETERS],
@@ -131,7 +98,7 @@ FlowsView = _view(
         "still_in_stage = entered and not moved since."))
 
 RevenueView = _view(
-    "RevenueView", reports.revenue, responses=REVENUE_OUT,
+    "RevenueView", reports.revenue, responses=shapes.MetricsRevenueSerializer,
     parameters=[*RANGE_PARAMETERS,
                 _p("compare_start", OpenApiTypes.DATE, gettext_lazy(
                     "First day of the comparison range; default: the range of equal "
@@ -165,7 +132,7 @@ CohortsView = _view(
 
 ChannelsView = _view(
     "ChannelsView", reports.channels, parameters=PERIOD_PARAMETERS, performance=True,
-    responses=ChannelAttributionReportSerializer, description=gettext_lazy(
+    responses=shapes.ChannelAttributionReportSerializer, description=gettext_lazy(
         "Per acquisition channel, plus a row for customers without one, for the customers "
         "acquired in the period (joined_at in [start 00:00, end + 1 day 00:00)).\n\n"
         "- acquired = customers acquired in the period\n"
@@ -183,7 +150,7 @@ ChannelsView = _view(
         "- totals: the rows summed; cost and roi over the rows with a cost."))
 
 SopsView = _view(
-    "SopsView", reports.sop_performance, performance=True, responses=SopPerformanceReportSerializer,
+    "SopsView", reports.sop_performance, performance=True, responses=shapes.SopPerformanceReportSerializer,
     parameters=[*PERIOD_PARAMETERS, _p("sop", OpenApiTypes.INT, gettext_lazy(
         "Only this SOP (id)."))],
     description=gettext_lazy(
@@ -209,7 +176,7 @@ SopsView = _view(
 
 CampaignsView = _view(
     "CampaignsView", reports.campaign_performance, performance=True,
-    responses=CampaignPerformanceReportSerializer,
+    responses=shapes.CampaignPerformanceReportSerializer,
     parameters=[*PERIOD_PARAMETERS, _p("campaign", OpenApiTypes.INT, gettext_lazy(
         "Only this campaign (id)."))],
     description=gettext_lazy(

@@ -1,6 +1,6 @@
-"""The shapes of the channel, SOP and campaign reports: metrics.reports serializes its answers
-with them, the API's schema documents them. Each is declared as a serializer class would be,
-its fields in order; rates are null when their denominator is 0."""
+"""The shapes of the metrics reports: the API's schema documents them, and metrics.reports
+serializes the channel, SOP and campaign reports with theirs. Each is declared as a serializer
+class would be, its fields in order; rates are null when their denominator is 0."""
 
 from django.utils.translation import gettext_lazy
 from rest_framework import serializers
@@ -90,3 +90,18 @@ CampaignPerformanceSerializer = _shape("CampaignPerformanceSerializer", {
         "of the campaign's start."))}, base=DeliveryFunnelSerializer)
 CampaignPerformanceReportSerializer = _report("CampaignPerformanceReportSerializer",
                                               CampaignPerformanceSerializer)
+
+MetricsFunnelSerializer = _shape("MetricsFunnel", {
+    **_texts("model"), "date": serializers.DateField(allow_null=True), **_texts("source"),
+    "stages": serializers.ListField(child=_shape("MetricsFunnelStage", {
+        **_texts("stage", "name"), **_ints("count", "reach"), **_rates("rate_to_next")})())})
+_REVENUE_FIGURES = {
+    "start": serializers.DateField(), "end": serializers.DateField(), "revenue": _money(),
+    **_ints("traffic"), "conversion_rate": serializers.FloatField(),
+    "average_order_value": _money(), "purchase_frequency": serializers.FloatField(),
+    **_ints("buyers", "paid_orders")}
+MetricsRevenueSerializer = _shape("MetricsRevenue", {
+    **_REVENUE_FIGURES, "previous": _shape("MetricsRevenuePeriod", _REVENUE_FIGURES)(),
+    "change": _money(), "method": serializers.ChoiceField(choices=["lmdi", "shapley"]),
+    "decomposition": _shape("MetricsRevenueDecomposition", {name: _money() for name in (
+        "traffic", "conversion_rate", "average_order_value", "purchase_frequency")})()})
