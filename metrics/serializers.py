@@ -1,6 +1,6 @@
 """The shapes of the metrics reports: the API's schema documents them, and metrics.reports
 serializes the channel, SOP and campaign reports with theirs. Each is declared as a serializer
-class would be, its fields in order; rates are null when their denominator is 0."""
+class would be, its fields in order (`_rates`: null when their denominator is 0)."""
 
 from django.utils.translation import gettext_lazy
 from rest_framework import serializers
