@@ -1,5 +1,5 @@
-"""The metrics app; on start it registers the campaign page's results panel (metrics.views)
-and, on PostgreSQL, the touches today's stage spells follow (metrics.stage_durations)."""
+"""The metrics app; on start it registers the campaign page's results panel and, on PostgreSQL,
+the touches today's stage spells follow (metrics.stage_durations)."""
 
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
@@ -16,6 +16,5 @@ class MetricsConfig(AppConfig):
 
         campaign_extensions.campaign_panels.register("results", views.campaign_results_panel)
         if activity.available():
-            # Today's stage spells follow the touches between two frequent refreshes.
             hooks.touch_claimers.register(stage_durations.CONSUMER, "metrics.stage_durations")
             hooks.touch_skips.register(stage_durations.CONSUMER, stage_durations.touch_skips)

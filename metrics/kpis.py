@@ -1,7 +1,6 @@
-"""The KPIs' one definition: name, formula and where each figure of it lives in the overview.
-The dashboard's cards, the API's description of `metrics/overview/` and the table in
-docs/METRICS.md (`python manage.py kpi_reference --write`) are made from it; the selectors
-compute the figures (docs/DOMAIN.md says why these KPIs)."""
+"""The KPIs' one definition: name, formula and where its figures are in the overview, read by
+the dashboard's cards, the API's description of `metrics/overview/` and docs/METRICS.md's table
+(`manage.py kpi_reference --write`); docs/DOMAIN.md says why these KPIs."""
 
 from __future__ import annotations
 
@@ -62,8 +61,7 @@ KPIS: tuple[Kpi, ...] = (
           "not) ÷ customers in dormant or churn at the range's start.")),
 )
 BY_KEY = {kpi.key: kpi for kpi in KPIS}
-# Where a lifecycle KPI's figures are in the overview's `lifecycle` part.
-LIFECYCLE_PARTS = {"churn_rate": "churn", "win_back_rate": "win_back"}
+LIFECYCLE_PARTS = {"churn_rate": "churn", "win_back_rate": "win_back"}  # in `lifecycle`
 
 
 def figures(kpi: Kpi, overview: dict) -> tuple[float | None, int | None, int | None]:
@@ -78,17 +76,13 @@ def figures(kpi: Kpi, overview: dict) -> tuple[float | None, int | None, int | N
     return part[kpi.key], part[kpi.numerator], part[kpi.denominator]
 
 
-def _formulas() -> str:
-    return " ".join(f"{kpi.key} = {kpi.formula}" for kpi in KPIS)
-
-
-formulas = lazy(_formulas, str)
+# "key = formula …" of every KPI, in the language of the moment.
+formulas = lazy(lambda: " ".join(f"{kpi.key} = {kpi.formula}" for kpi in KPIS), str)
 
 
 def reference() -> str:
-    """The table of docs/METRICS.md (in English: the document's language)."""
-    rows = ["| section | KPI | formula (numerator ÷ denominator) |", "|---|---|---|"]
-    for kpi in KPIS:
-        rows.append(f"| {kpi.section} | `{kpi.key}` ({kpi.chinese}) | {kpi.formula} "
-                    f"(`{kpi.numerator}` ÷ `{kpi.denominator}`) |")
-    return "\n".join(rows) + "\n"
+    """The table of docs/METRICS.md (call in English, the document's language)."""
+    rows = [f"| {kpi.section} | `{kpi.key}` ({kpi.chinese}) | {kpi.formula} "
+            f"(`{kpi.numerator}` ÷ `{kpi.denominator}`) |" for kpi in KPIS]
+    return "\n".join(["| section | KPI | formula (numerator ÷ denominator) |", "|---|---|---|",
+                      *rows]) + "\n"

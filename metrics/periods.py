@@ -1,10 +1,6 @@
-"""Days, date ranges and who is counted: the ground rules every metric shares (docs/METRICS.md,
-"Ground rules").
-
-A day is a calendar day in the system time zone (`settings.TIME_ZONE`); a range names its first
-and last day, both included. A `Scope` is the customers a metric counts: what the user may see
-(`core.access.scope_customers`) narrowed by the `channel` and `owner` filters.
-"""
+"""Days, date ranges and who is counted, the ground rules every metric shares (docs/METRICS.md,
+"Ground rules"): a day is a calendar day of `settings.TIME_ZONE`, a range includes both its
+ends, a `Scope` is the customers the user may see narrowed by the channel and owner filters."""
 
 from __future__ import annotations
 
@@ -21,9 +17,9 @@ from core.moments import day_start, local_today, system_tz  # noqa: F401 (the me
 from crm.models import Channel, Customer
 
 MAX_RANGE_DAYS = 366
-# The standard ranges (the last 7, 30 and 90 days up to today): the dashboard's choices, and
-# the least history every stored structure keeps.
+# The last 7, 30 and 90 days: the dashboard's ranges, the least history a stored structure keeps.
 STANDARD_DAYS = (7, 30, 90)
+SEES_ALL = (access.ADMIN, access.ANALYST)
 
 
 def stored_days(setting: str) -> int:
@@ -32,8 +28,7 @@ def stored_days(setting: str) -> int:
 
 
 def today_max_age() -> int:
-    """Seconds for which the stored part of today (refreshed every few minutes) stands in for a
-    live computation (METRICS_TODAY_MAX_AGE_SECONDS)."""
+    """Seconds the stored part of today stands in for a live computation."""
     return int(getattr(settings, "METRICS_TODAY_MAX_AGE_SECONDS", 600))
 
 
@@ -55,9 +50,7 @@ def as_date(value: Any) -> date:
     """A date from what a raw query answers: a date, a datetime or ISO text (SQLite)."""
     if isinstance(value, datetime):
         return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value)[:10])
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
 @dataclass(frozen=True)
@@ -85,8 +78,7 @@ class Period:
         return Period(self.start - timedelta(days=self.days), self.start - timedelta(days=1))
 
     def each_day(self) -> Iterator[date]:
-        for offset in range(self.days):
-            yield self.start + timedelta(days=offset)
+        return (self.start + timedelta(days=offset) for offset in range(self.days))
 
     def as_dict(self) -> dict[str, str]:
         return {"start": self.start.isoformat(), "end": self.end.isoformat()}
@@ -119,30 +111,25 @@ class Scope:
             queryset = queryset.filter(**{f"{path}owner": self.owner})
         return queryset
 
+    @property
+    def _role(self) -> str | None:
+        return access.ADMIN if self.user is None else access.user_role(self.user)
+
     def holds(self, channel_id: int | None, owner_id: int | None) -> bool:
         """Whether a stored (channel, owner) cell belongs to the scope (the rule of `apply`)."""
-        if self.user is not None:
-            role = access.user_role(self.user)
-            if role == access.OPERATOR:
-                if owner_id != self.user.pk:
-                    return False
-            elif role not in (access.ADMIN, access.ANALYST):
-                return False
-        if self.channel is not None and channel_id != self.channel.pk:
-            return False
-        return self.owner is None or owner_id == self.owner.pk
+        role = self._role
+        return ((role in SEES_ALL or (role == access.OPERATOR and owner_id == self.user.pk))
+                and (self.channel is None or channel_id == self.channel.pk)
+                and (self.owner is None or owner_id == self.owner.pk))
 
     @property
     def restricted(self) -> bool:
-        return (self.channel is not None or self.owner is not None
-                or (self.user is not None
-                    and access.user_role(self.user) not in (access.ADMIN, access.ANALYST)))
+        return self.channel is not None or self.owner is not None or self._role not in SEES_ALL
 
     @property
     def key(self) -> str:
-        """What the answer depends on, for cache keys: operators see their own customers,
-        admins and analysts the same figures."""
-        role = access.user_role(self.user) if self.user is not None else access.ADMIN
-        who = "all" if role in (access.ADMIN, access.ANALYST) else f"u{self.user.pk}:{role}"
+        """What the answer depends on, for cache keys (admins and analysts share one)."""
+        role = self._role
+        who = "all" if role in SEES_ALL else f"u{self.user.pk}:{role}"
         return (f"{who}:c{self.channel.pk if self.channel else '-'}"
                 f":o{self.owner.pk if self.owner else '-'}")

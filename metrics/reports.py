@@ -1,11 +1,7 @@
-"""The metrics as plain report functions: a user and query parameters in, the answer out.
-
-Each report parses its parameters (a bad one is an ApplicationError whose message names it),
-scopes the figures to what the user may see, and answers from the cache or the selectors
-(docs/METRICS.md defines every figure; "Caching" the cache). The API views (metrics.api,
-metrics.api_performance), the dashboard's pages and the cache warmer all call these, so a
-figure is computed, cached and validated in one place and the page shows what the API answers.
-"""
+"""The metrics as report functions, a user and query parameters in, the answer out, that the API,
+the dashboard's pages and the cache warmer share: each parses its parameters (a bad one is an
+ApplicationError naming it), scopes the figures to the user and caches the answer
+(docs/METRICS.md, "Ground rules" and "Caching")."""
 
 from __future__ import annotations
 
@@ -22,7 +18,6 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone, translation
-from django.utils.translation import get_language
 from django.utils.translation import gettext as _
 
 from campaigns.models import Campaign, Sop
@@ -42,12 +37,14 @@ from metrics.serializers import (
 Params = Mapping[str, str]
 DEFAULT_DAYS = 30
 DEFAULT_CACHE_SECONDS = 300
-# The models the dashboard's Metrics page shows first.
-DEFAULT_MODEL = "journey"
+DEFAULT_MODEL = "journey"       # the models the dashboard's Metrics page shows first
 AIPL_MODEL = "aipl"
+RECENT_OPERATORS = "metrics:recent-operators"
+# While warming the cache: compute every answer afresh, and each performance report's figures
+# once by what they depend on (not the language) to shape them in each language.
+_recompute: ContextVar[bool] = ContextVar("metrics_recompute", default=False)
+_computed: ContextVar[dict | None] = ContextVar("metrics_computed", default=None)
 
-
-# --- Parameters ------------------------------------------------------------------------------
 
 def _bad(name: str, message: str) -> ApplicationError:
     return ApplicationError(f"{name}: {message}", extra={"parameter": name})
@@ -58,19 +55,16 @@ def _date(query: Params, name: str) -> date | None:
     if raw in (None, ""):
         return None
     try:
-        day = date.fromisoformat(raw)
-    except ValueError:
-        raise _bad(name, _("not a date; expected YYYY-MM-DD, got %(value)r") % {"value": raw})
-    try:
-        return moments.check_day(day)
+        return moments.check_day(date.fromisoformat(raw))
     except moments.MomentError as exc:
         raise _bad(name, str(exc))
+    except ValueError:
+        raise _bad(name, _("not a date; expected YYYY-MM-DD, got %(value)r") % {"value": raw})
 
 
 def _range(query: Params, start_name: str, end_name: str, *,
            default: Period | None) -> Period | None:
-    """Inclusive dates in the system time zone; `default` when neither is given; at most
-    366 days, the end not before the start."""
+    """The days from one parameter to the other (`default` when neither is given)."""
     start, end = _date(query, start_name), _date(query, end_name)
     if start is None and end is None:
         return default
@@ -124,7 +118,7 @@ def _model(query: Params) -> StageModel:
 
 
 def _one(query: Params, name: str, model) -> Any:
-    """The `sop` / `campaign` filter: an id of an existing row, or None when not given."""
+    """The `sop` / `campaign` filter: an existing row by id, or None when not given."""
     raw = query.get(name)
     if raw in (None, ""):
         return None
@@ -138,19 +132,10 @@ def _one(query: Params, name: str, model) -> Any:
 
 # --- The cache -------------------------------------------------------------------------------
 
-# Set while warming the cache: compute every answer afresh and store it.
-_recompute: ContextVar[bool] = ContextVar("metrics_recompute", default=False)
-# While warming: each performance report's figures by what they depend on (not the language),
-# so that a report stored per language is computed once and shaped in each.
-_computed: ContextVar[dict | None] = ContextVar("metrics_computed", default=None)
-RECENT_OPERATORS = "metrics:recent-operators"
-
-
 def cached(kind: str, scope: Scope, params: dict[str, Any], compute: Callable[[], dict],
            *, fresh: bool = False) -> dict:
-    """The answer from Django's cache (Redis in production) for METRICS_CACHE_SECONDS (default
-    300), keyed by what the user may see and the parameters; `fresh` computes it anew (and
-    stores that)."""
+    """The answer from the cache for METRICS_CACHE_SECONDS, by what the user may see and the
+    parameters; `fresh` computes it anew (and stores that)."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode(),
                           usedforsecurity=False).hexdigest()
     key = f"metrics:{kind}:{scope.key}:{digest}"
@@ -171,9 +156,8 @@ def _recent_seconds() -> int:
 
 
 def _note_operator(scope: Scope) -> None:
-    """Remember (for METRICS_WARM_RECENT_SECONDS, default an hour) that an operator asked for
-    metrics, so that `warm` keeps their default answers too. Best effort, at most once a
-    minute per operator."""
+    """Remember that an operator asked for metrics, so that `warm` keeps their answers too
+    (best effort, at most once a minute per operator)."""
     user = scope.user
     if user is None or access.user_role(user) != access.OPERATOR:
         return
@@ -231,13 +215,13 @@ def cohorts(user, params: Params) -> dict:
 
 def _performance(kind: str, user, params: Params, serializer, compute, *, fresh: bool = False,
                  per_language: bool = False, **filters) -> dict:
-    """A performance report shaped by its serializer; `per_language`: cached per language (its
-    answer names something in the user's language: "no channel")."""
+    """A performance report shaped by its serializer; `per_language`: cached per language (it
+    names something in the user's language: "no channel")."""
     period, scope = _period(params), _scope(user, params)
     key = {**period.as_dict(), **{name: row.pk for name, row in filters.items() if row}}
     shared = (kind, scope.key, json.dumps(key, sort_keys=True, default=str))
     if per_language:
-        key["language"] = get_language()
+        key["language"] = translation.get_language()
 
     def run() -> dict[str, Any]:
         computed = _computed.get()
@@ -269,35 +253,27 @@ def campaign_performance(user, params: Params, *, fresh: bool = False) -> dict:
                         campaign=_one(params, "campaign", Campaign))
 
 
-# The reports whose answers name things in the user's language (cached per language).
-PER_LANGUAGE = {channels}
+PER_LANGUAGE = {channels}       # the reports whose answers are cached per language
 
 
 # --- Warming the cache -------------------------------------------------------------------------
 
 def dashboard_loads() -> list[tuple[Callable[..., dict], dict[str, str]]]:
-    """The reports the dashboard's Metrics page and the workbench ask for by default (the last
-    30 days, every customer, the default stage model, a funnel per active model): what `warm`
-    keeps in the cache."""
-    # The workbench shows a funnel of every active model (the AIPL one is the Metrics page's).
+    """The reports the Metrics page and the workbench ask for by default (a funnel of every
+    active model, and the AIPL one): what `warm` keeps in the cache."""
     keys = list(StageModel.objects.filter(active=True).order_by("order", "key")
                 .values_list("key", flat=True))
     if AIPL_MODEL not in keys and StageModel.objects.filter(key=AIPL_MODEL).exists():
         keys.append(AIPL_MODEL)
-    funnels = [(funnel, {"model": key}) for key in keys]
-    return [(overview, {}), (revenue, {}), (cohorts, {}), *funnels,
+    return [(overview, {}), (revenue, {}), (cohorts, {}), *[(funnel, {"model": k}) for k in keys],
             (stages, {"model": DEFAULT_MODEL}), (flows, {"model": DEFAULT_MODEL}),
             (channels, {}), (sop_performance, {})]
 
 
 def warm(loads=None) -> int:
-    """Compute the dashboard's default answers afresh and store them in the cache: for admins
-    and analysts (who share one scope), and for each operator who asked for metrics in the last
-    METRICS_WARM_RECENT_SECONDS (default an hour) — in every language of the site for the
-    reports that name things in it. The frequent refresh calls this, so those loads are
-    answered from the cache even where the figure can only be computed (medians, stage-to-stage
-    conversion, channel attribution); an answer is then at most METRICS_CACHE_SECONDS old.
-    Returns the number of answers stored."""
+    """Compute the dashboard's default answers afresh into the cache, for admins and analysts
+    and each operator who asked lately, in every site language for PER_LANGUAGE reports
+    (docs/METRICS.md, "Caching"). Returns the number of answers stored."""
     users = [get_user_model()(username="metrics-warm", is_superuser=True, is_active=True)]
     now = time.time()
     recent = [pk for pk, at in (cache.get(RECENT_OPERATORS) or {}).items()

@@ -1,15 +1,13 @@
 """Writes of the metrics app: a day's snapshot, the cohort table and the precomputed facts
-(metrics.stage_durations, metrics.channels, metrics.activity) nightly, and today's part of them
-every few minutes. Each replaces what it writes under a lock on its header row, so a re-run
-replaces it and two workers at once cannot store it twice; a snapshot's facts come from the
-selectors that answer unstored days live. docs/METRICS.md, "Snapshots".
-"""
+(metrics.stage_durations, metrics.channels, metrics.activity), nightly and for today every few
+minutes, each under a lock on its header row so a re-run replaces what it wrote
+(docs/METRICS.md, "Snapshots")."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 
 from django.db import transaction
@@ -28,15 +26,20 @@ from metrics.models import (
     FactsTable,
     Snapshot,
 )
-from metrics.periods import Scope, add_months, day_start, local_today, month_start
+from metrics.periods import Period, Scope, add_months, day_start, local_today, month_start
 
 logger = logging.getLogger(__name__)
 BATCH = 2000
 
 
+def _ms(since: float) -> int:
+    """Milliseconds since the `time.monotonic()` reading `since`."""
+    return round((time.monotonic() - since) * 1000)
+
+
 class NegativeStageCount(Exception):
-    """Carrying the stage counts over from the day before left a cell below zero: a customer
-    changed channel or owner since those counts were taken. Rebuild the day's counts."""
+    """Stage counts carried over from the day before went below zero: a customer changed
+    channel or owner since. Rebuild the day's counts."""
 
 
 @dataclass
@@ -56,10 +59,9 @@ class SnapshotResult:
 
 @transaction.atomic
 def snapshot_metrics(*, day: date, counts_before: dict | None = None) -> SnapshotResult:
-    """Store (or replace) the facts of `day`: stage counts at its end, its transitions and its
-    activity, at the grain (date, channel, owner). The stage counts are rebuilt from every
-    transition, or — given the counts at the end of the day before, as a backfill of
-    consecutive days does — from those and the day's movers only."""
+    """Store (or replace) `day`'s stage counts at its end, transitions and activity by (channel,
+    owner); the counts rebuilt from every transition, or from `counts_before` (the day
+    before's) and the day's movers."""
     started = time.monotonic()
     heavy_statements()
     snapshot, _created = Snapshot.objects.select_for_update().get_or_create(
@@ -67,10 +69,8 @@ def snapshot_metrics(*, day: date, counts_before: dict | None = None) -> Snapsho
     result = SnapshotResult(date=day)
     everyone = Scope()
     model_ids = list(StageModel.objects.values_list("pk", flat=True))
-
-    DailyStageCount.objects.filter(date=day).delete()
-    DailyTransitionCount.objects.filter(date=day).delete()
-    DailyActivity.objects.filter(date=day).delete()
+    for model in (DailyStageCount, DailyTransitionCount, DailyActivity):
+        model.objects.filter(date=day).delete()
 
     transition_rows = selectors.transitions_by_day(scope=everyone, start=day, end=day,
                                                    model_ids=model_ids)
@@ -96,32 +96,30 @@ def snapshot_metrics(*, day: date, counts_before: dict | None = None) -> Snapsho
         DailyActivity(date=d, channel_id=ch, owner_id=ow, **values)
         for (d, ch, ow), values in activity_rows.items()], batch_size=BATCH))
 
-    result.duration_ms = round((time.monotonic() - started) * 1000)
-    snapshot.taken_at = timezone.now()
-    snapshot.duration_ms = result.duration_ms
+    snapshot.taken_at, snapshot.duration_ms = timezone.now(), _ms(started)
+    result.duration_ms = snapshot.duration_ms
     snapshot.save(update_fields=["taken_at", "duration_ms"])
     logger.info("metrics.snapshot_taken", extra={"date": day.isoformat(), "rows": result.rows,
                                                  "ms": result.duration_ms})
     return result
 
 
+def _snapshot(day: date, counts_before: dict | None) -> SnapshotResult:
+    """`snapshot_metrics`, rebuilding the counts when those carried over went negative."""
+    try:
+        return snapshot_metrics(day=day, counts_before=counts_before)
+    except NegativeStageCount:
+        return snapshot_metrics(day=day)
+
+
 def snapshot_metrics_range(*, start: date, end: date, progress=None) -> list[SnapshotResult]:
-    """Snapshot every day from `start` to `end` (a backfill), each day in its own transaction;
-    after the first day the stage counts carry over from the day before (see
-    `snapshot_metrics`). `progress(result)` is called after each day."""
+    """Snapshot every day from `start` to `end` (a backfill), each in its own transaction and
+    carrying the stage counts over from the day before; `progress(result)` after each."""
     results: list[SnapshotResult] = []
-    counts = None
-    day = start
-    while day <= end:
-        try:
-            result = snapshot_metrics(day=day, counts_before=counts)
-        except NegativeStageCount:
-            result = snapshot_metrics(day=day)
-        counts = result.counts
-        results.append(result)
+    for day in Period(start, end).each_day():
+        results.append(_snapshot(day, results[-1].counts if results else None))
         if progress is not None:
-            progress(result)
-        day += timedelta(days=1)
+            progress(results[-1])
     return results
 
 
@@ -138,28 +136,22 @@ def cohorts_refresh(*, today: date | None = None) -> CohortResult:
     """Rewrite the cohort table with every complete month (those before the current one)."""
     started = time.monotonic()
     heavy_statements()
-    today = today or local_today()
     header, _created = CohortTable.objects.select_for_update().get_or_create(pk=1)
-    current = month_start(today)
+    current = month_start(today or local_today())
     sizes, active = selectors.cohort_cells(scope=Scope(), joined_until=current,
                                            active_until=current)
     CohortCell.objects.all().delete()
-    cells = []
-    for (cohort, ch, ow), size in sizes.items():
-        cells.append(CohortCell(cohort=cohort, month_offset=0, channel_id=ch, owner_id=ow,
-                                customers=size, active=active.get((cohort, 0, ch, ow), 0)))
-    for (cohort, offset, ch, ow), n in active.items():
-        if offset > 0:
-            cells.append(CohortCell(cohort=cohort, month_offset=offset, channel_id=ch,
-                                    owner_id=ow, customers=sizes.get((cohort, ch, ow), 0),
-                                    active=n))
+    cells = [CohortCell(cohort=cohort, month_offset=0, channel_id=ch, owner_id=ow,
+                        customers=size, active=active.get((cohort, 0, ch, ow), 0))
+             for (cohort, ch, ow), size in sizes.items()]
+    cells += [CohortCell(cohort=cohort, month_offset=offset, channel_id=ch, owner_id=ow,
+                         customers=sizes.get((cohort, ch, ow), 0), active=n)
+              for (cohort, offset, ch, ow), n in active.items() if offset > 0]
     CohortCell.objects.bulk_create(cells, batch_size=BATCH)
     result = CohortResult(through=add_months(current, -1), cells=len(cells),
-                          cohorts={cohort for cohort, _ch, _ow in sizes})
-    result.duration_ms = round((time.monotonic() - started) * 1000)
-    header.through = result.through
+                          cohorts={cohort for cohort, _ch, _ow in sizes}, duration_ms=_ms(started))
+    header.through, header.duration_ms = result.through, result.duration_ms
     header.refreshed_at = timezone.now()
-    header.duration_ms = result.duration_ms
     header.save()
     logger.info("metrics.cohorts_refreshed", extra={"cells": result.cells,
                                                     "ms": result.duration_ms})
@@ -182,49 +174,39 @@ class FactsResult:
 
 @transaction.atomic
 def facts_refresh(*, today: date | None = None) -> FactsResult:
-    """Bring the stage spells (metrics.stage_durations) and the channel join-day cells
-    (metrics.channels) up to the day before `today` (default: today), under a lock on their
-    header row; a re-run stores the same. PostgreSQL only: elsewhere nothing is stored and
-    those reports are computed live."""
+    """Bring the stage spells and channel join-day cells up to the day before `today`. On
+    PostgreSQL only: elsewhere those reports are computed live."""
     today = today or local_today()
     if not activity.available():
         return FactsResult(as_of=None)
     started = time.monotonic()
     heavy_statements()
     header, _created = FactsTable.objects.select_for_update().get_or_create(pk=1)
-    result = FactsResult(as_of=today - timedelta(days=1))
-    stored = stage_durations.refresh(today, header)
-    result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
-    result.spells_rebuilt, result.spell_movers = stored["rebuilt"], stored["moved"]
-    result.spells_ms = round((time.monotonic() - started) * 1000)
-    lap = time.monotonic()
-    stored = channels.refresh(today)
-    result.joiners, result.channel_cells = stored["joiners"], stored["channel_cells"]
-    result.channels_ms = round((time.monotonic() - lap) * 1000)
-    result.duration_ms = round((time.monotonic() - started) * 1000)
+    spells = stage_durations.refresh(today, header)
+    spells_ms, lap = _ms(started), time.monotonic()
+    cells = channels.refresh(today)
+    result = FactsResult(
+        as_of=today - timedelta(days=1), spells=spells["spells"],
+        spell_cells=spells["spell_cells"], spells_rebuilt=spells["rebuilt"],
+        spell_movers=spells["moved"], joiners=cells["joiners"],
+        channel_cells=cells["channel_cells"], spells_ms=spells_ms, channels_ms=_ms(lap),
+        duration_ms=_ms(started))
     header.spells_as_of = header.channels_as_of = result.as_of
-    # The refreshes replaced today's part too: none stored until the next frequent refresh
-    # (the ranges ending today are computed live meanwhile).
+    # Today's part was replaced too: none stored until the next frequent refresh.
     header.today_at = None
-    header.refreshed_at = timezone.now()
-    header.duration_ms = result.duration_ms
+    header.refreshed_at, header.duration_ms = timezone.now(), result.duration_ms
     header.save()
     logger.info("metrics.facts_refreshed", extra={
-        "as_of": result.as_of.isoformat(), "spells": result.spells,
-        "spells_rebuilt": result.spells_rebuilt, "spell_movers": result.spell_movers,
-        "joiners": result.joiners, "ms": result.duration_ms, "spells_ms": result.spells_ms,
-        "channels_ms": result.channels_ms})
+        **asdict(result), "as_of": result.as_of.isoformat(), "ms": result.duration_ms})
     return result
 
 
 @transaction.atomic
 def bitmaps_refresh(*, today: date | None = None,
                     rebuild: tuple[date, date] | None = None) -> activity.RefreshResult:
-    """Bring the customer bitmaps (metrics.activity) up to the day before `today` (default:
-    today): build the days not stored yet, rebuild those with an order refunded since, their
-    blocks, and the customer columns, under a lock on the header row; a re-run stores the same.
-    `rebuild` (first and last day) reads those days again too (a backfill).
-    PostgreSQL only: elsewhere nothing is stored and the figures are computed live."""
+    """Bring the customer bitmaps up to the day before `today` (the days not stored yet, those
+    with an order refunded since; `rebuild` (first, last day): those days again). On
+    PostgreSQL only: elsewhere the figures are computed live."""
     today = today or local_today()
     if not activity.available():
         return activity.RefreshResult()
@@ -233,8 +215,7 @@ def bitmaps_refresh(*, today: date | None = None,
     read_at = timezone.now()
     result = activity.refresh(today, since=header.read_at, rebuild=rebuild)
     header.first_day, header.last_day = result.first_day, result.last_day
-    header.read_at = read_at
-    header.refreshed_at = timezone.now()
+    header.read_at, header.refreshed_at = read_at, timezone.now()
     header.duration_ms = result.duration_ms
     header.save()
     logger.info("metrics.bitmaps_refreshed", extra={
@@ -244,22 +225,12 @@ def bitmaps_refresh(*, today: date | None = None,
     return result
 
 
-def bitmaps_stored_for(today: date) -> bool:
-    """Whether the bitmaps hold every day before `today` (or cannot be stored here)."""
-    if not activity.available():
-        return True
-    header = BitmapTable.objects.first()
-    return header is not None and header.last_day == today - timedelta(days=1)
-
-
 @dataclass
 class TodayResult:
     date: date
     snapshot: SnapshotResult
     spells: int = 0
-    spell_cells: int = 0
     spells_ms: int = 0
-    channel_cells: int = 0
     channels_ms: int = 0
     changed_customers: int = 0
     bitmaps_ms: int = 0
@@ -268,8 +239,8 @@ class TodayResult:
 
 
 def _stored_counts(day: date) -> dict | None:
-    """The stage counts stored for `day` (taken after it ended), in the form a next day's
-    snapshot carries over; None when not stored so."""
+    """The stage counts stored for `day` after it ended, as a next day's snapshot carries them
+    over; None when not stored so."""
     snapshot = Snapshot.objects.filter(date=day).first()
     if snapshot is None or snapshot.taken_at < day_start(day + timedelta(days=1)):
         return None
@@ -278,27 +249,20 @@ def _stored_counts(day: date) -> dict | None:
 
 
 def metrics_today(*, today: date | None = None) -> TodayResult:
-    """The frequent refresh (beat, every few minutes): store today so far — today's snapshot
-    (its activity, transitions and stage counts, replaced each time) and today's part of the
-    stage spells, the channel cells and the customer bitmaps — so that requests read today instead of computing it. Runs the
-    nightly job first when it has not run for yesterday. Safe to run twice or concurrently:
-    each part replaces what it writes under its lock."""
+    """The frequent refresh: store today so far (its snapshot, and today's part of the stage
+    spells, channel cells and customer bitmaps), after the nightly job when that has not run
+    for yesterday. Safe to run twice or concurrently: each part replaces under its lock."""
     started = time.monotonic()
     today = today or local_today()
     yesterday = today - timedelta(days=1)
     nightly = None
-    facts = FactsTable.objects.first()
+    facts, bitmaps = FactsTable.objects.first(), BitmapTable.objects.first()
     counts = _stored_counts(yesterday)
-    if counts is None or not bitmaps_stored_for(today) or (activity.available() and (
-            facts is None or yesterday not in {facts.spells_as_of} & {facts.channels_as_of})):
+    if counts is None or (activity.available() and (facts is None or bitmaps is None or (
+            yesterday not in {facts.spells_as_of} & {facts.channels_as_of} & {bitmaps.last_day}))):
         nightly = metrics_nightly(today=today)
         counts = _stored_counts(yesterday)
-    try:
-        snapshot = snapshot_metrics(day=today, counts_before=counts)
-    except NegativeStageCount:
-        # A customer moved between channels or owners since yesterday's counts: rebuild.
-        snapshot = snapshot_metrics(day=today)
-    result = TodayResult(date=today, snapshot=snapshot, nightly=nightly)
+    result = TodayResult(date=today, snapshot=_snapshot(today, counts), nightly=nightly)
     if activity.available():
         with transaction.atomic():
             heavy_statements()
@@ -306,29 +270,25 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
             taken_at = timezone.now()
             if header.spells_as_of == yesterday:
                 lap = time.monotonic()
-                stored = stage_durations.refresh_today(today, header)
+                result.spells = stage_durations.refresh_today(today, header)["spells"]
                 header.save(update_fields=["spells_today_on", "spells_today_cells"])
-                result.spells, result.spell_cells = stored["spells"], stored["spell_cells"]
-                result.spells_ms = round((time.monotonic() - lap) * 1000)
+                result.spells_ms = _ms(lap)
             if header.channels_as_of == yesterday:
                 lap = time.monotonic()
-                result.channel_cells = channels.refresh_today(today)["channel_cells"]
-                result.channels_ms = round((time.monotonic() - lap) * 1000)
+                channels.refresh_today(today)
+                result.channels_ms = _ms(lap)
             if yesterday == header.spells_as_of == header.channels_as_of:
-                header.today_at = taken_at
-                header.today_ms = round((time.monotonic() - started) * 1000)
+                header.today_at, header.today_ms = taken_at, _ms(started)
                 header.save(update_fields=["today_at", "today_ms"])
-    if activity.available():
         lap = time.monotonic()
         with transaction.atomic():
             header = BitmapTable.objects.select_for_update().filter(pk=1).first()
             if header is not None and header.last_day == yesterday:
-                patch_at = timezone.now()
+                header.patch_at = timezone.now()
                 result.changed_customers = activity.refresh_today(header, today)
-                header.patch_at = patch_at
                 header.save(update_fields=["patch_at"])
-        result.bitmaps_ms = round((time.monotonic() - lap) * 1000)
-    result.duration_ms = round((time.monotonic() - started) * 1000)
+        result.bitmaps_ms = _ms(lap)
+    result.duration_ms = _ms(started)
     logger.info("metrics.today_refreshed", extra={"date": today.isoformat(),
                                                   "ms": result.duration_ms})
     return result

@@ -1,5 +1,5 @@
-"""Celery entry points of metrics (queue `metrics`); each calls one service (when they run:
-docs/METRICS.md, "Snapshots")."""
+"""Celery entry points of metrics (queue `metrics`), each calling its service; when beat runs
+them: docs/METRICS.md, "Snapshots"."""
 
 from celery import shared_task
 
@@ -8,8 +8,7 @@ from metrics import reports, services
 
 @shared_task(acks_late=True)
 def snapshot_metrics_nightly() -> dict:
-    """Beat, shortly after midnight (system time zone): snapshot yesterday, refresh the cohort
-    table, the stage spells and channel cells, and the customer bitmaps. Safe to run twice: each replaces what it writes, under a lock."""
+    """Beat, after midnight: the nightly job (services.metrics_nightly)."""
     done = services.metrics_nightly()
     return {"date": done.snapshot.date.isoformat(), "rows": done.snapshot.rows,
             "cohort_cells": done.cohorts.cells, "spells": done.facts.spells}
@@ -17,10 +16,7 @@ def snapshot_metrics_nightly() -> dict:
 
 @shared_task(acks_late=True)
 def metrics_today() -> dict:
-    """Beat, every 4 minutes: store today so far (today's snapshot and today's part of the
-    stored facts), so that the dashboards read it instead of computing it, then
-    warm the cache with the dashboard's default answers. Safe to run twice: each part replaces
-    what it writes, under a lock."""
+    """Beat, every 4 minutes: store today so far, then warm the dashboard's cache."""
     done = services.metrics_today()
     warmed = reports.warm()
     return {"date": done.date.isoformat(), "rows": done.snapshot.rows,

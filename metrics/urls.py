@@ -1,9 +1,9 @@
 """The metrics API (DESIGN §4: `metrics/overview/`, `funnel/`, `stages/`, `flows/`, `channels/`,
-`sops/`, `revenue/`), plus cohorts."""
+`sops/`, `revenue/`), plus cohorts and campaigns."""
 
 from django.urls import path
 
-from metrics import api, api_performance
+from metrics import api
 
 urlpatterns = [
     path("overview/", api.OverviewView.as_view(), name="metrics-overview"),
@@ -12,7 +12,7 @@ urlpatterns = [
     path("flows/", api.FlowsView.as_view(), name="metrics-flows"),
     path("revenue/", api.RevenueView.as_view(), name="metrics-revenue"),
     path("cohorts/", api.CohortsView.as_view(), name="metrics-cohorts"),
-    path("channels/", api_performance.ChannelsView.as_view(), name="metrics-channels"),
-    path("sops/", api_performance.SopsView.as_view(), name="metrics-sops"),
-    path("campaigns/", api_performance.CampaignsView.as_view(), name="metrics-campaigns"),
+    path("channels/", api.ChannelsView.as_view(), name="metrics-channels"),
+    path("sops/", api.SopsView.as_view(), name="metrics-sops"),
+    path("campaigns/", api.CampaignsView.as_view(), name="metrics-campaigns"),
 ]

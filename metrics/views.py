@@ -1,10 +1,6 @@
-"""The dashboard's Metrics page: the figures of the metrics API (docs/METRICS.md) for a date
-range, a channel and an owner, as cards, tables and bars drawn with CSS widths.
-
-Every figure is what the API answers for the same user and parameters: both call the report
-functions of metrics.reports (parsing, scope, cache, selectors), so the page and the API agree,
-and bad input shows the same message, which names the parameter.
-"""
+"""The dashboard's workbench (home), Metrics page and a campaign's results panel: the reports of
+metrics.reports (the API's own: same parameters, scope, cache and messages) as cards, tables,
+CSS bars and chart data (docs/METRICS.md)."""
 
 from __future__ import annotations
 
@@ -14,12 +10,17 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from campaigns import selectors as outreach
+from campaigns.models import Message
 from core import access
 from core.exceptions import ApplicationError
+from crm import selectors as crm_selectors
+from crm import timeline
 from crm.models import Channel
 from lifecycle.models import Stage, StageModel
 from metrics import kpis, reports
@@ -28,10 +29,9 @@ from metrics.templatetags.metrics_format import count, decimal2, money, percent
 
 TOP_FLOWS = 10
 COHORT_MONTHS = 12
+RECENT_EVENTS = 12
 FILTERS = ("start", "end", "channel", "owner")
-
-REVENUE_FACTORS = [
-    # (key, label, format)
+REVENUE_FACTORS = [  # (key, label, format)
     ("traffic", gettext_lazy("Traffic"), count),
     ("conversion_rate", gettext_lazy("Conversion rate"), percent),
     ("average_order_value", gettext_lazy("Average order value"), money),
@@ -43,24 +43,16 @@ REVENUE_METHODS = {
     "shapley": gettext_lazy("Split by Shapley values (a factor was 0 in one range); the parts "
                             "add up to the change."),
 }
+DAILY_LINES = [("new_customers", gettext_lazy("New customers")),
+               ("active_customers", gettext_lazy("Active customers")),
+               ("deleted_us", gettext_lazy("Deleted us")),
+               ("paid_orders", gettext_lazy("Paid orders"))]
 
-
-# --- Helpers -------------------------------------------------------------------------------
 
 def _width(value, largest) -> str:
-    """A bar's CSS width in percent of the largest value, "." as decimal point in any
-    language."""
+    """A bar's CSS width in percent of the largest value ("." as decimal point)."""
     value, largest = abs(Decimal(str(value or 0))), abs(Decimal(str(largest or 0)))
-    if not largest:
-        return "0"
-    return f"{min(Decimal(100), value * 100 / largest):.1f}"
-
-
-def _owner_choices() -> list[tuple[str, str]]:
-    """Staff who own customers or hold the operator role (the owner filter's choices)."""
-    from crm.selectors import staff_owner_choices
-
-    return staff_owner_choices()
+    return f"{min(Decimal(100), value * 100 / largest):.1f}" if largest else "0"
 
 
 def _kpi_cards(overview: dict[str, Any]) -> list[dict[str, Any]]:
@@ -68,24 +60,20 @@ def _kpi_cards(overview: dict[str, Any]) -> list[dict[str, Any]]:
     cards = []
     for kpi in kpis.KPIS:
         value, numerator, denominator = kpis.figures(kpi, overview)
-        card = {"key": kpi.key, "label": kpi.label, "definition": kpi.formula, "value": value,
-                "multiplier": kpi.multiplier, "warn": kpi.key == "churn_rate",
-                "numerator": numerator, "denominator": denominator}
         if numerator is None or denominator is None:
-            pass
+            detail = None
         elif kpi.multiplier:
-            card["detail"] = _("%(referred)s referred · %(referrers)s referrers") % {
+            detail = _("%(referred)s referred · %(referrers)s referrers") % {
                 "referred": count(numerator), "referrers": count(denominator)}
         elif not denominator and kpi.section == "lifecycle":
-            # No one had a stage before the range (a new install, a new model): nothing to
-            # measure against yet.
-            card["detail"] = (_("No stage history before this range; %(n)s moved in it") % {
-                "n": count(numerator)} if numerator
-                else _("No stage history before this range"))
+            # No one had a stage before the range (a new install, a new model).
+            detail = (_("No stage history before this range; %(n)s moved in it") % {
+                "n": count(numerator)} if numerator else _("No stage history before this range"))
         else:
-            card["detail"] = _("%(n)s of %(d)s") % {"n": count(numerator),
-                                                    "d": count(denominator)}
-        cards.append(card)
+            detail = _("%(n)s of %(d)s") % {"n": count(numerator), "d": count(denominator)}
+        cards.append({"key": kpi.key, "label": kpi.label, "definition": kpi.formula,
+                      "value": value, "multiplier": kpi.multiplier,
+                      "warn": kpi.key == "churn_rate", "detail": detail})
     return cards
 
 
@@ -98,42 +86,60 @@ def _revenue(report: dict[str, Any]) -> dict[str, Any]:
         "width": _width(parts[key], largest), "negative": Decimal(parts[key]) < 0,
     } for key, label, fmt in REVENUE_FACTORS]
     top = max(Decimal(report["revenue"]), Decimal(previous["revenue"]))
-    return {
-        **report, "factors": factors, "method_note": REVENUE_METHODS.get(report["method"], ""),
-        "width": _width(report["revenue"], top),
-        "previous_width": _width(previous["revenue"], top),
-        "empty": not (report["paid_orders"] or previous["paid_orders"]),
-    }
+    empty = not (report["paid_orders"] or previous["paid_orders"])
+    # The chart: a waterfall from the earlier range through each factor's part to this range.
+    chart = None if empty else {
+        "start": {"name": f"{previous['start']} – {previous['end']}",
+                  "value": float(previous["revenue"])},
+        "steps": [{"name": str(factor["label"]), "value": float(factor["part"])}
+                  for factor in factors],
+        "end": {"name": f"{report['start']} – {report['end']}", "value": float(report["revenue"])}}
+    return {**report, "factors": factors, "method_note": REVENUE_METHODS.get(report["method"], ""),
+            "width": _width(report["revenue"], top),
+            "previous_width": _width(previous["revenue"], top), "empty": empty, "chart": chart}
 
 
-def _stage_colors(model_key: str) -> dict[str, str]:
-    return dict(Stage.objects.filter(model__key=model_key).values_list("key", "color"))
+def _stage_colors(model_keys) -> dict[str, dict[str, str]]:
+    """Each model's stage colours by stage key."""
+    colors: dict[str, dict[str, str]] = {}
+    for model, key, color in Stage.objects.filter(model__key__in=model_keys).values_list(
+            "model__key", "key", "color"):
+        colors.setdefault(model, {})[key] = color
+    return colors
 
 
-def _funnel(report: dict[str, Any], colors: dict[str, str] | None = None) -> dict[str, Any]:
+def _funnel(report: dict[str, Any], colors: dict[str, str]) -> dict[str, Any]:
     stages = report["stages"]
     top = max([s["reach"] for s in stages] + [0])
-    colors = _stage_colors(report["model"]) if colors is None else colors
-    rows = []
-    for i, stage in enumerate(stages):
-        following = stages[i + 1]["name"] if i + 1 < len(stages) else None
-        rows.append({**stage, "width": _width(stage["reach"], top), "next_name": following,
-                     "color": colors.get(stage["stage"], "")})
-    return {**report, "rows": rows, "empty": top == 0}
+    following = [s["name"] for s in stages[1:]] + [None]
+    rows = [{**stage, "width": _width(stage["reach"], top), "next_name": next_name,
+             "color": colors.get(stage["stage"], "")}
+            for stage, next_name in zip(stages, following, strict=True)]
+    chart = {"stages": [{"name": row["name"], "value": row["reach"], "color": row["color"]}
+                        for row in rows]} if top else None
+    return {**report, "rows": rows, "empty": top == 0, "chart": chart}
 
 
 def _flows(report: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    flows = report["flows"][:TOP_FLOWS]
-    top = max([f["count"] for f in flows] + [0])
-    return {**report, "total": len(report["flows"]), "rows": [
-        {**flow, "from_name": names.get(flow["from"], flow["from"]) if flow["from"] else None,
-         "to_name": names.get(flow["to"], flow["to"]), "width": _width(flow["count"], top)}
-        for flow in flows]}
+    """The top flows as bars, and all in a Sankey chart: where customers came from on the left,
+    where they went on the right (so a move back and forth still draws)."""
+    flows = report["flows"]
+    top = max([f["count"] for f in flows[:TOP_FLOWS]] + [0])
+    rows = [{**flow, "from_name": names.get(flow["from"], flow["from"]) if flow["from"] else None,
+             "to_name": names.get(flow["to"], flow["to"]), "width": _width(flow["count"], top)}
+            for flow in flows]
+    nodes = {}
+    for row in rows:
+        nodes[f"from:{row['from'] or ''}"] = row["from_name"] or str(_("First placement"))
+        nodes[f"to:{row['to']}"] = row["to_name"]
+    chart = {"nodes": [{"name": key, "label": label} for key, label in nodes.items()],
+             "links": [{"source": f"from:{row['from'] or ''}", "target": f"to:{row['to']}",
+                        "value": row["count"]} for row in rows]} if rows else None
+    return {**report, "total": len(flows), "rows": rows[:TOP_FLOWS], "chart": chart}
 
 
 def _sops(report: dict[str, Any]) -> dict[str, Any]:
-    """The SOPs that enrolled someone in the range (or messaged them); the rest have no
-    figures to show. Their model and stage by name (the report gives keys)."""
+    """The SOPs that enrolled or messaged someone in the range, their model and stage named."""
     rows = [dict(sop) for sop in report["results"]
             if sop["enrolled"] or sop["messages"]["total"]]
     names = {(model, key): (model_name, name) for model, model_name, key, name in
@@ -145,22 +151,26 @@ def _sops(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "rows": rows}
 
 
+def _cohort_cell(cell: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A cell shaded by its rate (at least a tint, so 0 % still reads as a cell)."""
+    if cell is None or cell["rate"] is None:
+        return cell
+    return {**cell, "alpha": f"{0.06 + 0.84 * cell['rate']:.2f}", "dark": cell["rate"] >= 0.5}
+
+
 def _cohorts(report: dict[str, Any]) -> dict[str, Any]:
     cohorts = report["cohorts"]
     months = max([len(c["retention"]) for c in cohorts] + [0])
-    rows = []
-    for cohort in cohorts:
-        cells = []
-        for offset in range(months):
-            cell = cohort["retention"][offset] if offset < len(cohort["retention"]) else None
-            if cell is not None and cell["rate"] is not None:
-                # Background opacity by rate (at least a tint, so 0 % still reads as a cell).
-                cell = {**cell, "alpha": f"{0.06 + 0.84 * cell['rate']:.2f}",
-                        "dark": cell["rate"] >= 0.5}
-            cells.append(cell)
-        rows.append({**cohort, "cells": cells})
-    return {**report, "months": range(months), "rows": rows,
-            "empty": not any(c["customers"] for c in cohorts)}
+    rows = [{**cohort, "cells": [_cohort_cell(cell) for cell in cohort["retention"]]
+             + [None] * (months - len(cohort["retention"]))} for cohort in cohorts]
+    empty = not any(c["customers"] for c in cohorts)
+    chart = None if empty else {
+        "months": [str(_("M%(n)s") % {"n": m}) for m in range(months)],
+        "cohorts": [c["cohort"] for c in rows],
+        "cells": [[x, y, round(cell["rate"] * 100, 1)] for y, cohort in enumerate(rows)
+                  for x, cell in enumerate(cohort["cells"])
+                  if cell is not None and cell["rate"] is not None]}
+    return {**report, "months": range(months), "rows": rows, "empty": empty, "chart": chart}
 
 
 def _reports(user, filters: dict[str, str], model_key: str | None,
@@ -169,8 +179,7 @@ def _reports(user, filters: dict[str, str], model_key: str | None,
     overview = reports.overview(user, filters)
     end = date.fromisoformat(overview["end"])
     scope = {"channel": filters["channel"], "owner": filters["owner"]}
-    # Stage counts at the end of the range (now when it ends today or later).
-    day = end.isoformat() if end < local_today() else ""
+    colors = _stage_colors([model_key, reports.AIPL_MODEL])
     context: dict[str, Any] = {
         "overview": overview, "cards": _kpi_cards(overview),
         "overview_empty": not (overview["relationship"]["interaction"]["customers"]
@@ -184,25 +193,21 @@ def _reports(user, filters: dict[str, str], model_key: str | None,
         "funnel": None, "flows": None, "aipl": None,
     }
     if model_key:
-        stages = _funnel(reports.stages(user, {**filters, "model": model_key}))
+        stages = _funnel(reports.stages(user, {**filters, "model": model_key}),
+                         colors.get(model_key, {}))
         names = {row["stage"]: row["name"] for row in stages["rows"]}
         context["funnel"] = stages
         context["flows"] = _flows(reports.flows(user, {**filters, "model": model_key}), names)
     if aipl:
+        # Stage counts at the end of the range (now when it ends today or later).
+        day = end.isoformat() if end < local_today() else ""
         context["aipl"] = _funnel(reports.funnel(user, {"model": reports.AIPL_MODEL,
-                                                         "date": day, **scope}))
+                                                         "date": day, **scope}),
+                                  colors.get(reports.AIPL_MODEL, {}))
     return context
 
 
-# --- Charts ---------------------------------------------------------------------------------
-# Each chart's data, embedded with json_script and drawn by static/dashboard/charts.js (ECharts);
-# labels come translated from here, so the script holds no words of its own.
-
-DAILY_LINES = [("new_customers", gettext_lazy("New customers")),
-               ("active_customers", gettext_lazy("Active customers")),
-               ("deleted_us", gettext_lazy("Deleted us")),
-               ("paid_orders", gettext_lazy("Paid orders"))]
-
+# The charts' data goes to static/dashboard/charts.js by json_script, its labels translated here.
 
 def _daily_chart(overview: dict[str, Any]) -> dict[str, Any]:
     series = overview["series"]
@@ -211,44 +216,6 @@ def _daily_chart(overview: dict[str, Any]) -> dict[str, Any]:
                       for key, label in DAILY_LINES],
             "money": {"name": str(_("Revenue")),
                       "data": [float(day["revenue"]) for day in series]}}
-
-
-def _funnel_chart(funnel: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not funnel or funnel["empty"]:
-        return None
-    return {"stages": [{"name": row["name"], "value": row["reach"], "color": row["color"]}
-                       for row in funnel["rows"]]}
-
-
-def _flows_chart(flows: dict[str, Any] | None, names: dict[str, str]) -> dict[str, Any] | None:
-    """A Sankey of the moves: stages on the left are where customers came from, on the right
-    where they went (two columns, so a move back and forth still draws)."""
-    if not flows or not flows["flows"]:
-        return None
-    first = str(_("First placement"))
-    nodes, links = {}, []
-    for flow in flows["flows"]:
-        source = f"from:{flow['from'] or ''}"
-        target = f"to:{flow['to']}"
-        nodes[source] = names.get(flow["from"], flow["from"]) if flow["from"] else first
-        nodes[target] = names.get(flow["to"], flow["to"])
-        links.append({"source": source, "target": target, "value": flow["count"]})
-    return {"nodes": [{"name": key, "label": label} for key, label in nodes.items()],
-            "links": links}
-
-
-def _revenue_chart(revenue: dict[str, Any]) -> dict[str, Any] | None:
-    """The change in revenue as a waterfall: the earlier range, each factor's part, this
-    range."""
-    if revenue["empty"]:
-        return None
-    steps = [{"name": str(factor["label"]), "value": float(factor["part"])}
-             for factor in revenue["factors"]]
-    return {"start": {"name": f"{revenue['previous']['start']} – {revenue['previous']['end']}",
-                      "value": float(revenue["previous"]["revenue"])},
-            "steps": steps,
-            "end": {"name": f"{revenue['start']} – {revenue['end']}",
-                    "value": float(revenue["revenue"])}}
 
 
 def _channels_chart(channels: dict[str, Any]) -> dict[str, Any] | None:
@@ -262,30 +229,12 @@ def _channels_chart(channels: dict[str, Any]) -> dict[str, Any] | None:
                                for r in rows]}]}
 
 
-def _cohorts_chart(cohorts: dict[str, Any]) -> dict[str, Any] | None:
-    if cohorts["empty"]:
-        return None
-    months = list(cohorts["months"])
-    return {"months": [str(_("M%(n)s") % {"n": m}) for m in months],
-            "cohorts": [c["cohort"] for c in cohorts["rows"]],
-            "cells": [[x, y, round(cell["rate"] * 100, 1)]
-                      for y, cohort in enumerate(cohorts["rows"])
-                      for x, cell in enumerate(cohort["cells"])
-                      if cell is not None and cell["rate"] is not None]}
-
-
 def _charts(context: dict[str, Any]) -> dict[str, Any]:
-    names = {row["stage"]: row["name"] for row in (context["funnel"] or {}).get("rows", [])}
     return {"daily": _daily_chart(context["overview"]),
-            "funnel": _funnel_chart(context["funnel"]),
-            "aipl": _funnel_chart(context["aipl"]),
-            "flows": _flows_chart(context["flows"], names),
-            "revenue": _revenue_chart(context["revenue"]),
             "channels": _channels_chart(context["channels"]),
-            "cohorts": _cohorts_chart(context["cohorts"])}
+            **{name: (context[name] or {}).get("chart")
+               for name in ("funnel", "aipl", "flows", "revenue", "cohorts")}}
 
-
-# --- The page ------------------------------------------------------------------------------
 
 @login_required
 def dashboard(request):
@@ -301,84 +250,57 @@ def dashboard(request):
         "values": {**filters, "model": model_key},
         "channel_choices": list(Channel.objects.order_by("name", "code")
                                 .values_list("code", "name")),
-        "owner_choices": _owner_choices() if role in (access.ADMIN, access.ANALYST) else [],
+        "owner_choices": (crm_selectors.staff_owner_choices()
+                          if role in (access.ADMIN, access.ANALYST) else []),
         "model_choices": models,
         "error": "",
     }
-    status = 200
     try:
         context.update(_reports(user, filters, model_key, reports.AIPL_MODEL in keys))
     except ApplicationError as exc:
         context["error"] = exc.message
-        status = 400
-    else:
-        context["charts"] = _charts(context)
-        # The range the figures are for (the defaults filled in).
-        context["values"].update(start=context["overview"]["start"],
-                                 end=context["overview"]["end"])
-    return render(request, "metrics/dashboard.html", context, status=status)
+        return render(request, "metrics/dashboard.html", context, status=400)
+    context["charts"] = _charts(context)
+    # The range the figures are for (the defaults filled in).
+    context["values"].update(start=context["overview"]["start"], end=context["overview"]["end"])
+    return render(request, "metrics/dashboard.html", context)
 
 
 def campaign_results_panel(request, campaign) -> str:
-    """The results panel of a campaign's page (campaigns.extensions): its delivery funnel,
-    skips by reason and, with a holdout, the uplift over the control group — the metrics API's
-    `campaigns/` report for the day it started, within what the reader may see."""
-    from django.template.loader import render_to_string
-
-    from campaigns.models import Message
-
+    """A campaign page's results panel (campaigns.extensions): the `campaigns/` report of the
+    day it started, within what the reader may see."""
     if campaign.started_at is None:
         return ""
     day = timezone.localtime(campaign.started_at).date().isoformat()
     try:
-        report = reports.campaign_performance(request.user, {"campaign": str(campaign.pk),
-                                                             "start": day, "end": day},
-                                              fresh=True)
+        report = reports.campaign_performance(
+            request.user, {"campaign": str(campaign.pk), "start": day, "end": day}, fresh=True)
     except ApplicationError as exc:
-        return render_to_string("metrics/_campaign_results.html", {"error": exc.message},
-                                request=request)
-    row = report["results"][0] if report["results"] else None
-    reasons = dict(Message.SkipReason.choices)
-    skipped = ([{"reason": reasons.get(key, key), "count": n}
-                for key, n in row["skipped_by_reason"].items()] if row else [])
-    return render_to_string("metrics/_campaign_results.html", {
-        "row": row, "skipped": skipped, "computed_at": report.get("computed_at")},
-        request=request)
-
-
-# --- The workbench (home) --------------------------------------------------------------------
-
-RECENT_EVENTS = 12
+        context: dict[str, Any] = {"error": exc.message}
+    else:
+        row = report["results"][0] if report["results"] else None
+        reasons = dict(Message.SkipReason.choices)
+        context = {"row": row, "computed_at": report.get("computed_at"), "skipped": [
+            {"reason": reasons.get(key, key), "count": n}
+            for key, n in (row["skipped_by_reason"].items() if row else ())]}
+    return render_to_string("metrics/_campaign_results.html", context, request=request)
 
 
 @login_required
 def workbench(request):
-    """The home page: the user's figures for the last 30 days with their trend, what needs
-    attention (paused steps and campaigns, churn warnings, failed sends, bulk jobs), the to-dos
-    due, one funnel per active stage model and the latest activity. The figures are the
-    Metrics page's own (the `overview` and `funnel` reports, same parameters, same cache), so
-    a number never differs between the two pages."""
-    from campaigns import selectors as outreach
-    from crm import selectors as crm_selectors
-    from crm import timeline
-
+    """The home page: the user's figures of the last 30 days, what needs attention, the to-dos
+    due, a funnel per active stage model and the latest activity — the Metrics page's reports
+    (same parameters, same cache), so a number never differs between the two pages."""
     user = request.user
-    role = access.user_role(user)
     context: dict[str, Any] = {"error": ""}
-    if role is None:
+    if access.user_role(user) is None:
         return render(request, "metrics/workbench.html", context)
     try:
         overview = reports.overview(user, {})
         models = list(StageModel.objects.filter(active=True).order_by("order", "key"))
-        colors: dict[str, dict[str, str]] = {}
-        for model_key, key, color in Stage.objects.filter(model__in=models).values_list(
-                "model__key", "key", "color"):
-            colors.setdefault(model_key, {})[key] = color
-        funnels = []
-        for model in models:
-            funnel = _funnel(reports.funnel(user, {"model": model.key}), colors.get(model.key, {}))
-            funnels.append({"model": model, "chart": _funnel_chart(funnel), "rows": funnel["rows"],
-                            "empty": funnel["empty"]})
+        colors = _stage_colors([model.key for model in models])
+        funnels = [{**_funnel(reports.funnel(user, {"model": model.key}),
+                              colors.get(model.key, {})), "model": model} for model in models]
     except ApplicationError as exc:
         context["error"] = exc.message
         return render(request, "metrics/workbench.html", context, status=400)

@@ -43,7 +43,7 @@ class Command(BaseCommand):
                no_facts=False, **options):
         started = time.monotonic()
         today = local_today()
-        yesterday = today - timedelta(days=1)
+        first = last = today - timedelta(days=1)
         if date and (start or end):
             raise CommandError(_("Give either --date or --start/--end, not both."))
         if date:
@@ -52,14 +52,13 @@ class Command(BaseCommand):
             if not start:
                 raise CommandError(_("--start: required with --end."))
             first = _date(start, "--start")
-            last = _date(end, "--end") if end else yesterday
+            last = _date(end, "--end") if end else last
             if last < first:
                 raise CommandError(_("--end: must not be before --start."))
-        else:
-            first = last = yesterday
         if last > today:
             raise CommandError(_("Cannot snapshot a day in the future (%(day)s); today is "
                                  "%(today)s.") % {"day": last, "today": today})
+
         def report(result):
             self.stdout.write(_("%(day)s: %(stages)d stage counts, %(transitions)d transition "
                                 "counts, %(activity)d activity rows in %(ms)d ms")
@@ -68,7 +67,6 @@ class Command(BaseCommand):
                                  "activity": result.activity, "ms": result.duration_ms})
 
         results = services.snapshot_metrics_range(start=first, end=last, progress=report)
-        days, rows = len(results), sum(r.rows for r in results)
         if not no_cohorts:
             cohorts = services.cohorts_refresh(today=today)
             self.stdout.write(_("Cohort table: %(cells)d cells of %(cohorts)d join months "
@@ -79,17 +77,15 @@ class Command(BaseCommand):
         if not no_facts:
             facts = services.facts_refresh(today=today)
             if facts.as_of is not None:
-                if facts.spells_rebuilt:
-                    how = _("rebuilt")
-                else:
-                    how = _("updated for %(movers)d customers who moved") % {
-                        "movers": facts.spell_movers or 0}
+                how = (_("rebuilt") if facts.spells_rebuilt
+                       else _("updated for %(movers)d customers who moved")
+                       % {"movers": facts.spell_movers or 0})
                 self.stdout.write(_("Stage spells (%(how)s): %(spells)d spells, %(cells)d "
                                     "cells in %(ms)d ms; channel cells: %(joiners)d joiners, "
                                     "%(channel_cells)d cells in %(channel_ms)d ms")
                                   % {"how": how, "spells": facts.spells,
-                                     "cells": facts.spell_cells,
-                                     "ms": facts.spells_ms, "joiners": facts.joiners,
+                                     "cells": facts.spell_cells, "ms": facts.spells_ms,
+                                     "joiners": facts.joiners,
                                      "channel_cells": facts.channel_cells,
                                      "channel_ms": facts.channels_ms})
             done = services.bitmaps_refresh(today=today, rebuild=(first, last))
@@ -103,4 +99,6 @@ class Command(BaseCommand):
                                      "blocks": done.blocks_built,
                                      "customers": done.customers, "ms": done.duration_ms})
         self.stdout.write(_("Snapshotted %(days)d day(s), %(rows)d rows, in %(s).1f s.")
-                          % {"days": days, "rows": rows, "s": time.monotonic() - started})
+                          % {"days": len(results), "rows": sum(r.rows for r in results),
+                             "s": time.monotonic() - started})
+
