@@ -20,10 +20,11 @@ PYTHON = str(VENV_BIN / "python") if VENV_BIN.exists() else sys.executable
 
 def django_setup(**env: str) -> None:
     """Set Django up in a benchmark's own process: the project on sys.path, the benchmarks'
-    defaults (settings module, a secret key, quiet logs) and `env` over them."""
+    defaults (settings module, a secret key — production settings, on plain HTTP: a request
+    through the test client is not redirected to HTTPS —, quiet logs) and `env` over them."""
     sys.path.insert(0, str(ROOT))
-    for key, value in {"DJANGO_SETTINGS_MODULE": "config.settings",
-                       "DJANGO_SECRET_KEY": "bench", "LOG_LEVEL": "WARNING"}.items():
+    for key, value in {"DJANGO_SETTINGS_MODULE": "config.settings", "DJANGO_SECRET_KEY": "bench",
+                       "DJANGO_SECURE_COOKIES": "0", "LOG_LEVEL": "WARNING"}.items():
         os.environ.setdefault(key, value)
     os.environ.update(env)
     import django
