@@ -1,11 +1,6 @@
-"""Stage durations: `median_days_in_stage` (`stages/`) and the stage-to-stage conversion
-(`flows/`) for any range within the spell days up to today, answered from precomputed stage
-spells (a customer's stay in a stage) and their cells instead of the range's transitions.
-
-The nightly refresh updates them by the customers who moved (or rebuilds them), the frequent
-refresh stores today's part. PostgreSQL only; elsewhere, and while today's part is late, the
-reports are computed live (metrics.selectors). How: docs/METRICS.md, "Stage durations and
-channels: precomputed stage spells and channel cells".
+"""Stage durations: the medians of `stages/` and the conversion of `flows/` for any range within
+the spell days, from stored stage spells and their block cells (PostgreSQL; else, and while
+today's part is late, live in metrics.selectors). docs/METRICS.md, "Stage durations and channels".
 """
 
 from __future__ import annotations
@@ -339,12 +334,8 @@ MERGE_CELLS_SQL = [
 
 
 def _full_rebuild_needed(today: date, header: FactsTable) -> bool:
-    """Whether the nightly refresh rebuilds every spell rather than updating the stored ones: the
-    first time, after another spell-days setting or time zone, after more than `UPDATE_DAYS`
-    nights, `REBUILD_DAYS` after the last rebuild (what the update does not see — a stage model
-    deleted, transitions deleted or edited in place — is then rebuilt too), or when the spells
-    are gone (an unlogged table after a crash). The update itself rebuilds when most customers
-    moved."""
+    """Whether the nightly refresh rebuilds every spell instead of updating them (when:
+    docs/METRICS.md, "Stage durations and channels")."""
     as_of, rebuilt_on = header.spells_as_of, header.spells_rebuilt_on
     if (as_of is None or header.spells_read_id is None or rebuilt_on is None
             or header.spells_days != spell_days()
@@ -356,12 +347,9 @@ def _full_rebuild_needed(today: date, header: FactsTable) -> bool:
 
 
 def refresh(today: date, header: FactsTable) -> dict[str, Any]:
-    """Bring the spells and their cells up to today 00:00: the spells of the customers who moved
-    (or changed channel or owner) since the last refresh re-read and the block cells changed by
-    the difference, or everything rebuilt (`_full_rebuild_needed`). Call in a transaction
-    holding the `FactsTable` row `header` ; records on it what
-    the next night's update needs: the spell days, the time zone, the last transition read and
-    the day of the last rebuild."""
+    """Bring the spells and their cells up to today 00:00 (updated by the movers, or rebuilt),
+    in a transaction holding the `FactsTable` row `header`, recording on it what the next
+    night's update needs."""
     params = _params(today, today_rows=False)
     read_id = _raw("SELECT COALESCE(MAX(id), 0) FROM lifecycle_stagetransition", {})[0][0]
     if _full_rebuild_needed(today, header):
@@ -439,12 +427,9 @@ def _update(params: dict[str, Any], *, read_id: int, changed) -> dict[str, Any]:
 
 
 def refresh_today(today: date, header: FactsTable) -> dict[str, int]:
-    """Bring today's spells (those today's transitions began or ended, as they are now) and
-    today's change to the cells up to date: the first time of the day for everyone who moved
-    today, then only for the customers whose stages changed since (their touches, crm.hooks),
-    whose change is added to today's cells. Call in a transaction holding the
-    `FactsTable` row `header`, with the nightly spells of `today` stored; records on it the day
-    stored (saved by the caller)."""
+    """Bring today's spells and today's change to the cells up to date — everyone who moved
+    today the first time of the day, then the customers touched since — in a transaction
+    holding the `FactsTable` row `header` (the nightly spells of `today` stored)."""
     params = _params(today, today_rows=True)
     consumer, _created = TouchConsumer.objects.select_for_update().get_or_create(
         consumer=CONSUMER)
@@ -470,9 +455,8 @@ def refresh_today(today: date, header: FactsTable) -> dict[str, int]:
 
 def _refresh_touched(params: dict[str, Any], touched: list[int], header: FactsTable
                      ) -> dict[str, int]:
-    """Today's spells of the touched customers re-read, and their change added to today's
-    cells as rows of its own — summed back to one row per cell once today's rows are twice as
-    many as when they were last summed (so each refresh costs what it adds, on average)."""
+    """Re-read the touched customers' spells of today and add their change to today's cells
+    as rows of its own, summed back to one row per cell once twice as many."""
     if not touched:
         return {"spells": 0, "spell_cells": 0, "movers": 0}
     movers = _execute(TOUCHED_MOVERS_SQL, {**params, "touched": touched})
