@@ -23,7 +23,15 @@ from pyroaring import BitMap
 from core.db import raw_rows as _raw
 from crm.models import INBOUND_EVENT_TYPES, Customer, Event, Order
 from metrics.models import BitmapTable, CustomerBitmap, CustomerColumn
-from metrics.periods import Period, Scope, day_start, local_today, system_tz, today_max_age
+from metrics.periods import (
+    Period,
+    Scope,
+    add_months,
+    day_start,
+    local_today,
+    system_tz,
+    today_max_age,
+)
 
 Kind = CustomerBitmap.Kind
 EPOCH = date(2000, 1, 1)
@@ -457,7 +465,8 @@ def refresh(today: date, *, since: datetime | None = None,
             WHERE updated_at >= %(since)s AND placed_at >= %(first)s AND placed_at < %(until)s""",
                             _params(since=since - CHANGE_MARGIN, first=day_start(first),
                                     until=day_start(today)))
-        result.repaired = [d for (d,) in changed_days if d not in set(missing)]
+        built = set(missing)
+        result.repaired = [d for (d,) in changed_days if d not in built]
     result.days_built = _build_days(missing)
     result.days_repaired = _build_days(result.repaired)
     changed = {day_number(d) for d in [*missing, *result.repaired]}
@@ -772,7 +781,7 @@ def cohort_month_active(*, scope: Scope, month: date, cohorts: list[date]
     """Customers active (an inbound event or a paid order) in `month` so far, per join month
     of `cohorts`; None when the bitmaps do not hold the month's days before today."""
     table = header()
-    period = Period(month, (month + timedelta(days=31)).replace(day=1) - timedelta(days=1))
+    period = Period(month, add_months(month, 1) - timedelta(days=1))
     if not cohorts or not stored_period(period, table):
         return None
     columns = load_columns(names=("joined",), table=table)
@@ -783,5 +792,5 @@ def cohort_month_active(*, scope: Scope, month: date, cohorts: list[date]
     active = _masked(scope, columns) & (sets.inbound | (sets.orders > 0))
     return {cohort: int(np.count_nonzero(
         active & (columns.joined >= day_number(cohort))
-        & (columns.joined < day_number((cohort + timedelta(days=31)).replace(day=1)))))
+        & (columns.joined < day_number(add_months(cohort, 1)))))
         for cohort in cohorts}

@@ -115,12 +115,24 @@ class Scope:
     def _role(self) -> str | None:
         return access.ADMIN if self.user is None else access.user_role(self.user)
 
-    def holds(self, channel_id: int | None, owner_id: int | None) -> bool:
-        """Whether a stored (channel, owner) cell belongs to the scope (the rule of `apply`)."""
+    def cell(self) -> tuple[int | None, int | None] | None:
+        """The (channel id, owner id) a stored cell must carry to be in the scope, None for
+        "any" (the rule of `apply`); None when the scope holds nobody."""
         role = self._role
-        return ((role in SEES_ALL or (role == access.OPERATOR and owner_id == self.user.pk))
-                and (self.channel is None or channel_id == self.channel.pk)
-                and (self.owner is None or owner_id == self.owner.pk))
+        channel = self.channel.pk if self.channel is not None else None
+        owner = self.owner.pk if self.owner is not None else None
+        if role == access.OPERATOR:
+            if owner not in (None, self.user.pk):
+                return None
+            owner = self.user.pk
+        elif role not in SEES_ALL:
+            return None
+        return channel, owner
+
+    def holds(self, channel_id: int | None, owner_id: int | None) -> bool:
+        """Whether a stored (channel, owner) cell belongs to the scope."""
+        cell = self.cell()
+        return cell is not None and cell[0] in (None, channel_id) and cell[1] in (None, owner_id)
 
     @property
     def restricted(self) -> bool:

@@ -17,7 +17,7 @@ from django.db.models.functions import TruncDate, TruncMonth
 from django.utils import timezone
 
 from core.db import raw_rows
-from crm.models import INBOUND_EVENT_TYPES, Customer, Event, GroupMembership, Order
+from crm.models import Customer, Event, GroupMembership, Order
 from lifecycle.models import CustomerStage, Stage, StageModel, StageTransition
 from metrics import activity, kpis, stage_durations
 from metrics.decomposition import Factors, decompose
@@ -45,8 +45,7 @@ from metrics.periods import (
 
 logger = logging.getLogger(__name__)
 CENT = Decimal("0.01")
-FRIEND_LOSS_DAYS = 7
-INBOUND = sorted(INBOUND_EVENT_TYPES)
+FRIEND_LOSS_DAYS, INBOUND = activity.FRIEND_LOSS_DAYS, activity.INBOUND
 ACTIVITY_FIELDS = ("new_customers", "deleted_us", "removed", "paid_orders", "revenue", "refunds",
                    "refunded_amount", "buyers", "first_time_buyers", "active_customers",
                    "referrals")
@@ -738,7 +737,7 @@ def cohort_retention(*, scope: Scope, period: Period) -> dict[str, Any]:
 
 # --- Reports the API answers -----------------------------------------------------------------
 
-LIFECYCLE_MODEL = "value"
+LIFECYCLE_MODEL = activity.CHURN_MODEL     # the value lifecycle
 
 
 def overview_report(*, scope: Scope, period: Period) -> dict[str, Any]:

@@ -258,8 +258,9 @@ def metrics_today(*, today: date | None = None) -> TodayResult:
     nightly = None
     facts, bitmaps = FactsTable.objects.first(), BitmapTable.objects.first()
     counts = _stored_counts(yesterday)
-    if counts is None or (activity.available() and (facts is None or bitmaps is None or (
-            yesterday not in {facts.spells_as_of} & {facts.channels_as_of} & {bitmaps.last_day}))):
+    if counts is None or (activity.available() and (
+            facts is None or bitmaps is None
+            or not facts.spells_as_of == facts.channels_as_of == bitmaps.last_day == yesterday)):
         nightly = metrics_nightly(today=today)
         counts = _stored_counts(yesterday)
     result = TodayResult(date=today, snapshot=_snapshot(today, counts), nightly=nightly)

@@ -15,7 +15,6 @@ from typing import Any
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 
-from core import access
 from core.db import raw_rows as _raw
 from crm import hooks
 from crm.models import TouchConsumer
@@ -526,18 +525,12 @@ def stored_range(period: Period, scope: Scope) -> Period | None:
 
 
 def scope_cell(scope: Scope) -> tuple[int, int | None, int | None] | None:
-    """(grain, channel id, owner id) of the cells that answer for the scope (the rule of
-    `Scope.apply`); None when the scope holds nobody."""
-    channel = scope.channel.pk if scope.channel is not None else None
-    owner = scope.owner.pk if scope.owner is not None else None
-    if scope.user is not None:
-        role = access.user_role(scope.user)
-        if role == access.OPERATOR:
-            if owner is not None and owner != scope.user.pk:
-                return None
-            owner = scope.user.pk
-        elif role not in (access.ADMIN, access.ANALYST):
-            return None
+    """(grain, channel id, owner id) of the cells that answer for the scope (`Scope.cell`);
+    None when the scope holds nobody."""
+    cell = scope.cell()
+    if cell is None:
+        return None
+    channel, owner = cell
     grain = (Grain.CHANNEL if channel is not None else 0) | (
         Grain.OWNER if owner is not None else 0)
     return int(grain), channel, owner
