@@ -94,9 +94,10 @@ def channel_attribution(*, scope: Scope, period: Period,
     listed = Channel.objects.order_by("name", "code")
     if scope.channel is not None:
         listed = listed.filter(pk=scope.channel.pk)
-    # Grouped on the customers alone (an index-only count), not joined to the channels.
-    to_date = dict(Customer.objects.order_by().filter(channel__isnull=False)
-                   .values_list("channel").annotate(n=Count("pk")))
+    to_date = (channels.customers_to_date() if stored is not None else
+               # grouped on the customers alone (an index-only count), not joined to channels
+               dict(Customer.objects.order_by().filter(channel__isnull=False)
+                    .values_list("channel").annotate(n=Count("pk"))))
     results = [
         _row(code=c.code, name=c.name, cost=c.cost, customers_to_date=to_date.get(c.pk, 0),
              counts=customer_rows.get(c.pk, {}), orders=order_rows.get(c.pk, {}))

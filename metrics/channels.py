@@ -66,6 +66,16 @@ SELECT (joined_at AT TIME ZONE %(tz)s)::date, false, channel_id, owner_id, COUNT
 FROM metrics_joinerfacts
 GROUP BY 1, 3, 4
 """
+# The customers who joined outside the channel days (before them, or dated after today), per
+# (channel, owner), in a cell dated the day before them: in no range, it completes the count of
+# each channel's customers to date.
+OUTSIDE_SQL = """
+INSERT INTO metrics_channeldaycell (joined_on, today, channel_id, owner_id, acquired, buyers,
+                                    revenue, deleted_30d, deleted_90d)
+SELECT %(outside)s, false, channel_id, owner_id, COUNT(*), 0, 0, 0, 0
+FROM crm_customer WHERE joined_at < %(since)s OR joined_at >= %(until)s
+GROUP BY channel_id, owner_id
+"""
 
 DELTA_SQL = """
 WITH changed AS (
@@ -102,6 +112,7 @@ GROUP BY 1, 2, 3
 def _params(today: date) -> dict[str, Any]:
     window = Period(today - timedelta(days=channel_days() - 1), today)
     return {"t0": day_start(today), "since": window.since, "until": window.until,
+            "outside": window.start - timedelta(days=1),
             "tz": settings.TIME_ZONE, "paid": Order.Status.PAID,
             "friend_deleted": Event.Type.FRIEND_DELETED,
             "deleted_us": Customer.Status.DELETED_US,
@@ -125,6 +136,7 @@ def refresh(today: date) -> dict[str, int]:
         cursor.execute("ANALYZE metrics_joinerfacts")
         cursor.execute(CELLS_SQL, params)
         cells = cursor.rowcount
+        cursor.execute(OUTSIDE_SQL, params)
     return {"joiners": joiners, "channel_cells": cells}
 
 
@@ -162,21 +174,43 @@ def stored_range(period: Period) -> Period | None:
     return period
 
 
+def _cell_rows(*, scope: Scope, first: date | None = None, last: date | None = None
+               ) -> list[tuple[date, int | None, dict[str, Any]]]:
+    """(join day, channel id, figures) of the scope's join-day cells from `first` to `last`
+    (None: every cell, the outside one too) with today's changes: those the frequent
+    refresh stored when fresh, else counted now."""
+    table = FactsTable.objects.first()
+    fresh = table is not None and table.today_is_fresh()
+    cells = ChannelDayCell.objects.order_by()
+    if first is not None:
+        cells = cells.filter(joined_on__gte=first, joined_on__lte=last)
+    rows = [(row["joined_on"], row["channel_id"], {n: row[f"s_{n}"] or 0 for n in FIGURES})
+            for row in scope.apply(cells if fresh else cells.filter(today=False))
+            .values("joined_on", "channel_id").annotate(**{f"s_{n}": Sum(n) for n in FIGURES})]
+    if not fresh:
+        rows += [(day, ch, values) for (day, ch, ow), values in today_delta(local_today()).items()
+                 if (first is None or first <= day <= last) and scope.holds(ch, ow)]
+    return rows
+
+
+def customers_to_date() -> dict[int, int]:
+    """Every customer each channel has brought, from all its cells (as of the nightly refresh
+    for a customer moved to another channel since, as the cells are; new ones counted today).
+    Call for a `stored_range`."""
+    counts: dict[int, int] = defaultdict(int)
+    for _day, channel_id, values in _cell_rows(scope=Scope()):
+        if channel_id is not None:
+            counts[channel_id] += values["acquired"]
+    return dict(counts)
+
+
 def acquisition_counts(*, scope: Scope, period: Period, now: datetime,
                        boundary) -> tuple[dict, dict]:
     """metrics.attribution's per-channel figures — ({channel id: acquired, eligible_N,
     retained_N}, {channel id: buyers, revenue}) — of a `stored_range` from the cells of its
     join days plus today's changes; `boundary(day, days)` counts {channel id: (eligible,
     retained)} live for the join day in which the N-day windows end at `now`."""
-    table = FactsTable.objects.first()
-    fresh = table is not None and table.today_is_fresh()
-    cells = ChannelDayCell.objects.filter(joined_on__gte=period.start, joined_on__lte=period.end)
-    rows = [(row["joined_on"], row["channel_id"], {n: row[f"s_{n}"] or 0 for n in FIGURES})
-            for row in scope.apply((cells if fresh else cells.filter(today=False)).order_by())
-            .values("joined_on", "channel_id").annotate(**{f"s_{n}": Sum(n) for n in FIGURES})]
-    if not fresh:
-        rows += [(day, ch, values) for (day, ch, ow), values in today_delta(local_today()).items()
-                 if period.start <= day <= period.end and scope.holds(ch, ow)]
+    rows = _cell_rows(scope=scope, first=period.start, last=period.end)
     counts: dict[int | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     orders: dict[int | None, dict[str, Any]] = defaultdict(
         lambda: {"buyers": 0, "revenue": Decimal("0")})

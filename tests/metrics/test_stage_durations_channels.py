@@ -484,6 +484,10 @@ def test_channel_cells_hand_computed_and_today(data, monkeypatch):
         2, 1, "20.00")
     thirty = _by_code(stored[(Scope(), 30, "channels")])
     assert (thirty["qr-a"]["buyers"], thirty["qr-a"]["revenue"]) == (2, "160.00")   # 100 + 60
+    # Each channel's customers to date, whatever the range: Store c3, c4, "gone", the newcomer
+    # and one dated after today; QR A c1, c2, c5, c7 (before the 90 channel days), early, late.
+    assert [(seven[code]["customers_to_date"], thirty[code]["customers_to_date"])
+            for code in ("store", "qr-a")] == [(5, 5), (6, 6)]
 
 
 def test_stored_answers_read_no_transitions_or_orders(data):
@@ -502,6 +506,9 @@ def test_stored_answers_read_no_transitions_or_orders(data):
         statements = [q["sql"] for q in ctx.captured_queries]
         assert not [sql for sql in statements if "lifecycle_stagetransition" in sql]
         assert not [sql for sql in statements if "crm_order" in sql]
+        # Customers read live only for the join day whose 30/90-day windows end now; each
+        # channel's customers to date from the cells, not counted over every customer.
+        assert not [sql for sql in statements if "crm_customer" in sql and "joined_at" not in sql]
         # A fixed number of statements: the header, the cells, the exact middle values — and
         # per report a savepoint setting a short lock wait and restoring it (four).
         assert len(statements) <= 24
