@@ -132,6 +132,13 @@ if os.environ.get("DATABASE_URL"):
             os.environ["DATABASE_URL"], conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", 60))
         )
     }
+    # PostgreSQL's JIT off for every statement (DB_JIT=server keeps the server's setting): the
+    # product's statements each run once, and compiling one cost more than it saved — half of a
+    # SOP report, seconds of a rule's run (docs/PERFORMANCE.md, "JIT").
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and os.environ.get(
+            "DB_JIT", "off") == "off":
+        options = DATABASES["default"].setdefault("OPTIONS", {})
+        options["options"] = f"{options.get('options', '')} -c jit=off".strip()
 else:
     DATABASES = {
         "default": {

@@ -1,6 +1,8 @@
 """What lifecycle adds to crm's customer resource: the `stages` field, the `?stage=model:stage`
 filter and stage transitions in the timeline."""
 
+from collections import defaultdict
+
 from django.db.models import Exists, OuterRef, Prefetch
 from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
@@ -29,7 +31,19 @@ def _chips(customer) -> list[dict[str, str]]:
             for cs in getattr(customer, "_stages", [])]
 
 
-STAGES_FIELD = FieldExtension("stages", _prepare, _value, dict, _chips)
+def _many(customer_ids: list[int]) -> dict[int, dict[str, str]]:
+    from lifecycle.models import CustomerStage
+
+    found: dict[int, dict[str, str]] = defaultdict(dict)
+    for customer_id, model_key, stage_key in (
+            CustomerStage.objects.filter(customer_id__in=customer_ids)
+            .order_by("model__order", "model__key")
+            .values_list("customer_id", "model__key", "stage__key")):
+        found[customer_id][model_key] = stage_key
+    return found
+
+
+STAGES_FIELD = FieldExtension("stages", _prepare, _value, dict, _chips, _many)
 
 
 def _filter(queryset, values: list[str]):

@@ -1,6 +1,8 @@
 """What tagging adds to crm's customer resource: the `tags` field, the `?tag=` and
 `?segment=` filters, and tag changes in the timeline."""
 
+from collections import defaultdict
+
 from django.db.models import Prefetch
 from django.utils.translation import gettext as _
 
@@ -29,7 +31,18 @@ def _chips(customer) -> list[dict[str, str]]:
             for ct in getattr(customer, "_tags", [])]
 
 
-TAGS_FIELD = FieldExtension("tags", _prepare, _value, list, _chips)
+def _many(customer_ids: list[int]) -> dict[int, list[str]]:
+    from tagging.models import CustomerTag
+
+    found: dict[int, list[str]] = defaultdict(list)
+    for customer_id, name in (CustomerTag.objects.filter(customer_id__in=customer_ids)
+                              .order_by("tag__group__order", "tag__order", "tag__name")
+                              .values_list("customer_id", "tag__name")):
+        found[customer_id].append(name)
+    return found
+
+
+TAGS_FIELD = FieldExtension("tags", _prepare, _value, list, _chips, _many)
 
 
 def _filter_tags(queryset, values: list[str]):
