@@ -134,7 +134,7 @@ if os.environ.get("DATABASE_URL"):
     }
     # PostgreSQL's JIT off for every statement (DB_JIT=server keeps the server's setting): the
     # product's statements each run once, and compiling one cost more than it saved — half of a
-    # SOP report, seconds of a rule's run (docs/PERFORMANCE.md, "JIT").
+    # SOP report, seconds of a rule's run (docs/PERFORMANCE.md §6, "No JIT").
     if DATABASES["default"]["ENGINE"].endswith("postgresql") and os.environ.get(
             "DB_JIT", "off") == "off":
         options = DATABASES["default"].setdefault("OPTIONS", {})

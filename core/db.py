@@ -186,13 +186,12 @@ def update_from_values(model: type[models.Model], fields: Sequence[str],
     updated = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        rows = [[meta.pk.get_db_prep_value(key, connection)
-                 for key, _v in chunk]] + [[field.get_db_prep_save(row[i], connection)
-                                            for _k, row in chunk]
-                                           for i, field in enumerate(targets)]
+        keys = [meta.pk.get_db_prep_value(key, connection) for key, _v in chunk]
+        rows = [keys, *([field.get_db_prep_save(values_[i], connection) for _k, values_ in chunk]
+                        for i, field in enumerate(targets))]
         if connection.vendor == "postgresql":
-            arrays = ", ".join(f"%s::{field.db_type(connection)}[]"
-                               for field in [meta.pk, *targets])
+            types = [meta.pk.rel_db_type(connection), *(f.db_type(connection) for f in targets)]
+            arrays = ", ".join(f"%s::{kind}[]" for kind in types)
             names = ", ".join(f"c{i + 1}" for i in range(len(rows)))
             source, params = f"UNNEST({arrays}) AS v({names})", rows
             column = "v.c{}"

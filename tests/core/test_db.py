@@ -1,5 +1,5 @@
 """core.db.heavy_statements: room for the big set-based statements, and not for a handful of
-customers (PostgreSQL)."""
+customers; and no JIT on any connection (PostgreSQL)."""
 
 import pytest
 from django.db import connection, transaction
