@@ -132,46 +132,59 @@ def delete_returning(queryset: models.QuerySet, returning: Sequence[str]) -> lis
         return cursor.fetchall()
 
 
-def update_to_later(
-    model: type[models.Model],
-    field: str,
-    values: dict[Any, Any],
-    *,
-    also: dict[str, Any] | None = None,
-    batch_size: int = 5000,
-) -> int:
-    """Per primary key, set `field` to the later of its stored value and the given one, and the
-    `also` fields to constants: one statement joining the (pk, value) pairs (a `CASE` would cost
-    a comparison per pair for every row)."""
+def _rows_source(meta, targets: Sequence[models.Field], chunk: list[tuple[Any, Sequence[Any]]]
+                 ) -> tuple[str, list, str]:
+    """The rows (pk, values of `targets`…) of `chunk` as a FROM source `v`, its parameters and
+    the name pattern of its columns ("…{}", 1 the key, 2… the targets)."""
+    rows = [[meta.pk.get_db_prep_value(key, connection) for key, _v in chunk],
+            *([field.get_db_prep_save(values[i], connection) for _k, values in chunk]
+              for i, field in enumerate(targets))]
+    if connection.vendor == "postgresql":
+        types = [meta.pk.rel_db_type(connection), *(f.db_type(connection) for f in targets)]
+        arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+        names = ", ".join(f"c{i + 1}" for i in range(len(rows)))
+        return f"UNNEST({arrays}) AS v({names})", rows, "v.c{}"
+    # SQLite (≥ 3.33): a VALUES list; its columns are column1, column2, …
+    row = "(" + ", ".join(["%s"] * len(rows)) + ")"
+    return ("(VALUES " + ", ".join([row] * len(chunk)) + ") AS v",
+            [value for each in zip(*rows, strict=True) for value in each], "v.column{}")
+
+
+def _update_from_rows(model: type[models.Model], fields: Sequence[str],
+                      values: dict[Any, Sequence[Any]], assign, *, also: dict[str, Any],
+                      batch_size: int) -> int:
+    """UPDATE … FROM the rows (pk, values…) in batches; `assign(column, value)` is the SQL a
+    field's column is set to from its stored value and the row's."""
     meta = model._meta
     qn = connection.ops.quote_name
-    target = meta.get_field(field)
-    table, pk, col = qn(meta.db_table), qn(meta.pk.column), qn(target.column)
-    also = also or {}
-    sets = [f"{qn(meta.get_field(name).column)} = %s" for name in also]
-    set_params = [meta.get_field(name).get_db_prep_save(value, connection)
-                  for name, value in also.items()]
+    targets = [meta.get_field(name) for name in fields]
+    constants = [f"{qn(meta.get_field(name).column)} = %s" for name in also]
+    constant_params = [meta.get_field(name).get_db_prep_save(value, connection)
+                       for name, value in also.items()]
     items = list(values.items())
     updated = 0
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        keys = [meta.pk.get_db_prep_value(k, connection) for k, _v in chunk]
-        new = [target.get_db_prep_value(v, connection) for _k, v in chunk]
-        if connection.vendor == "postgresql":
-            later = f"GREATEST(COALESCE(t.{col}, v.val), v.val)"
-            source = (f"UNNEST(%s::{meta.pk.rel_db_type(connection)}[], "
-                      f"%s::{target.db_type(connection)}[]) AS v(key, val)")
-            key, params = "v.key", [keys, new]
-        else:   # SQLite (≥ 3.33): a VALUES list; its columns are column1, column2
-            later = f"MAX(COALESCE(t.{col}, v.column2), v.column2)"
-            source = "(VALUES " + ", ".join(["(%s, %s)"] * len(chunk)) + ") AS v"
-            key, params = "v.column1", [p for pair in zip(keys, new, strict=True) for p in pair]
-        sql = (f"UPDATE {table} AS t SET {', '.join([f'{col} = {later}', *sets])} "
-               f"FROM {source} WHERE t.{pk} = {key}")
+        source, params, column = _rows_source(meta, targets, items[start:start + batch_size])
+        sets = [f"{qn(field.column)} = {assign(f't.{qn(field.column)}', column.format(i + 2))}"
+                for i, field in enumerate(targets)]
         with connection.cursor() as cursor:
-            cursor.execute(sql, [*set_params, *params])
+            cursor.execute(f"UPDATE {qn(meta.db_table)} AS t SET {', '.join(sets + constants)} "
+                           f"FROM {source} WHERE t.{qn(meta.pk.column)} = {column.format(1)}",
+                           [*constant_params, *params])
             updated += cursor.rowcount
     return updated
+
+
+def update_to_later(model: type[models.Model], field: str, values: dict[Any, Any], *,
+                    also: dict[str, Any] | None = None, batch_size: int = 5000) -> int:
+    """Per primary key, set `field` to the later of its stored value and the given one, and the
+    `also` fields to constants: one statement joining the (pk, value) pairs (a `CASE` would cost
+    a comparison per pair for every row)."""
+    later = "GREATEST" if connection.vendor == "postgresql" else "MAX"
+    return _update_from_rows(
+        model, [field], {key: (value,) for key, value in values.items()},
+        lambda stored, new: f"{later}(COALESCE({stored}, {new}), {new})", also=also or {},
+        batch_size=batch_size)
 
 
 def update_from_values(model: type[models.Model], fields: Sequence[str],
@@ -179,34 +192,8 @@ def update_from_values(model: type[models.Model], fields: Sequence[str],
     """Per primary key, set `fields` to that key's values: one statement joining the rows
     (pk, values…), where `bulk_update` builds a CASE per field with a branch per row — in
     Python, most of a dispatcher batch's time."""
-    meta = model._meta
-    qn = connection.ops.quote_name
-    targets = [meta.get_field(name) for name in fields]
-    items = list(values.items())
-    updated = 0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        keys = [meta.pk.get_db_prep_value(key, connection) for key, _v in chunk]
-        rows = [keys, *([field.get_db_prep_save(values_[i], connection) for _k, values_ in chunk]
-                        for i, field in enumerate(targets))]
-        if connection.vendor == "postgresql":
-            types = [meta.pk.rel_db_type(connection), *(f.db_type(connection) for f in targets)]
-            arrays = ", ".join(f"%s::{kind}[]" for kind in types)
-            names = ", ".join(f"c{i + 1}" for i in range(len(rows)))
-            source, params = f"UNNEST({arrays}) AS v({names})", rows
-            column = "v.c{}"
-        else:   # SQLite (≥ 3.33): a VALUES list; its columns are column1, column2, …
-            row = "(" + ", ".join(["%s"] * len(rows)) + ")"
-            source = "(VALUES " + ", ".join([row] * len(chunk)) + ") AS v"
-            params = [value for each in zip(*rows, strict=True) for value in each]
-            column = "v.column{}"
-        sets = ", ".join(f"{qn(field.column)} = {column.format(i + 2)}"
-                         for i, field in enumerate(targets))
-        with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE {qn(meta.db_table)} AS t SET {sets} FROM {source} "
-                           f"WHERE t.{qn(meta.pk.column)} = {column.format(1)}", params)
-            updated += cursor.rowcount
-    return updated
+    return _update_from_rows(model, fields, values, lambda _stored, new: new, also={},
+                             batch_size=batch_size)
 
 
 # Below this many customers a transaction keeps the default work_mem (JIT still off).

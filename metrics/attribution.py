@@ -79,7 +79,7 @@ def channel_attribution(*, scope: Scope, period: Period,
             return {ch: (row[f"eligible_{days}"], row[f"retained_{days}"])
                     for ch, row in rows.items()}
 
-        customer_rows, order_rows = channels.acquisition_counts(
+        customer_rows, order_rows, to_date = channels.acquisition_counts(
             scope=scope, period=period, now=now, boundary=boundary)
     else:
         customer_rows = _customer_rows(scope=scope, period=period, now=now)
@@ -90,14 +90,13 @@ def channel_attribution(*, scope: Scope, period: Period,
             .values("customer__channel")
             .annotate(revenue=Sum("amount"), buyers=Count("customer", distinct=True))
             .order_by()}
+        # grouped on the customers alone (an index-only count), not joined to the channels
+        to_date = dict(Customer.objects.order_by().filter(channel__isnull=False)
+                       .values_list("channel").annotate(n=Count("pk")))
 
     listed = Channel.objects.order_by("name", "code")
     if scope.channel is not None:
         listed = listed.filter(pk=scope.channel.pk)
-    to_date = (channels.customers_to_date() if stored is not None else
-               # grouped on the customers alone (an index-only count), not joined to channels
-               dict(Customer.objects.order_by().filter(channel__isnull=False)
-                    .values_list("channel").annotate(n=Count("pk"))))
     results = [
         _row(code=c.code, name=c.name, cost=c.cost, customers_to_date=to_date.get(c.pk, 0),
              counts=customer_rows.get(c.pk, {}), orders=order_rows.get(c.pk, {}))

@@ -174,43 +174,37 @@ def stored_range(period: Period) -> Period | None:
     return period
 
 
-def _cell_rows(*, scope: Scope, first: date | None = None, last: date | None = None
-               ) -> list[tuple[date, int | None, dict[str, Any]]]:
+def _cell_rows(*, scope: Scope, delta: dict | None, first: date | None = None,
+               last: date | None = None) -> list[tuple[date, int | None, dict[str, Any]]]:
     """(join day, channel id, figures) of the scope's join-day cells from `first` to `last`
-    (None: every cell, the outside one too) with today's changes: those the frequent
-    refresh stored when fresh, else counted now."""
-    table = FactsTable.objects.first()
-    fresh = table is not None and table.today_is_fresh()
+    (None: every cell, the outside one too) with today's changes: the stored ones, or `delta`
+    (`today_delta`, counted by the caller while they are not fresh)."""
     cells = ChannelDayCell.objects.order_by()
     if first is not None:
         cells = cells.filter(joined_on__gte=first, joined_on__lte=last)
     rows = [(row["joined_on"], row["channel_id"], {n: row[f"s_{n}"] or 0 for n in FIGURES})
-            for row in scope.apply(cells if fresh else cells.filter(today=False))
+            for row in scope.apply(cells if delta is None else cells.filter(today=False))
             .values("joined_on", "channel_id").annotate(**{f"s_{n}": Sum(n) for n in FIGURES})]
-    if not fresh:
-        rows += [(day, ch, values) for (day, ch, ow), values in today_delta(local_today()).items()
-                 if (first is None or first <= day <= last) and scope.holds(ch, ow)]
-    return rows
-
-
-def customers_to_date() -> dict[int, int]:
-    """Every customer each channel has brought, from all its cells (as of the nightly refresh
-    for a customer moved to another channel since, as the cells are; new ones counted today).
-    Call for a `stored_range`."""
-    counts: dict[int, int] = defaultdict(int)
-    for _day, channel_id, values in _cell_rows(scope=Scope()):
-        if channel_id is not None:
-            counts[channel_id] += values["acquired"]
-    return dict(counts)
+    return rows + [(day, ch, values) for (day, ch, ow), values in (delta or {}).items()
+                   if (first is None or first <= day <= last) and scope.holds(ch, ow)]
 
 
 def acquisition_counts(*, scope: Scope, period: Period, now: datetime,
-                       boundary) -> tuple[dict, dict]:
+                       boundary) -> tuple[dict, dict, dict]:
     """metrics.attribution's per-channel figures — ({channel id: acquired, eligible_N,
-    retained_N}, {channel id: buyers, revenue}) — of a `stored_range` from the cells of its
-    join days plus today's changes; `boundary(day, days)` counts {channel id: (eligible,
-    retained)} live for the join day in which the N-day windows end at `now`."""
-    rows = _cell_rows(scope=scope, first=period.start, last=period.end)
+    retained_N}, {channel id: buyers, revenue}, {channel id: customers to date}) — of a
+    `stored_range` from the cells of its join days plus today's changes, the customers to date
+    from every cell (as of the night for a customer moved to another channel since, as the
+    cells are); `boundary(day, days)` counts {channel id: (eligible, retained)} live for the
+    join day in which the N-day windows end at `now`."""
+    table = FactsTable.objects.first()
+    delta = (None if table is not None and table.today_is_fresh()
+             else today_delta(local_today()))
+    to_date: dict[int, int] = defaultdict(int)
+    for _day, channel_id, values in _cell_rows(scope=Scope(), delta=delta):
+        if channel_id is not None:
+            to_date[channel_id] += values["acquired"]
+    rows = _cell_rows(scope=scope, delta=delta, first=period.start, last=period.end)
     counts: dict[int | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     orders: dict[int | None, dict[str, Any]] = defaultdict(
         lambda: {"buyers": 0, "revenue": Decimal("0")})
@@ -231,4 +225,4 @@ def acquisition_counts(*, scope: Scope, period: Period, now: datetime,
             counts[channel_id][f"eligible_{days}"] += eligible
             counts[channel_id][f"retained_{days}"] += retained
     return ({ch: dict(v) for ch, v in counts.items()},
-            {ch: v for ch, v in orders.items() if v["buyers"] or v["revenue"]})
+            {ch: v for ch, v in orders.items() if v["buyers"] or v["revenue"]}, dict(to_date))
