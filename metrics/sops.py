@@ -9,17 +9,21 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, DateTimeField, Exists, ExpressionWrapper, OuterRef, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignControl, Enrollment, Message, Sop, SopStep
 from campaigns.services import policy
+from core.db import materialize_ids
 from crm.models import Event, Order
 from lifecycle.models import StageTransition
 from metrics.periods import Period, Scope
 from metrics.selectors import ratio
 
 CONVERSION_DAYS = 7
+SCOPED_ENROLMENTS = "metrics_scoped_enrolments"     # a temporary table (PostgreSQL)
 ADVANCEMENT_DAYS = 30
 
 S = Message.Status
@@ -38,6 +42,12 @@ def _after(ref: str, delta: timedelta) -> ExpressionWrapper:
     return ExpressionWrapper(OuterRef(ref) + delta, output_field=DateTimeField())
 
 
+# What followed a row (an enrolment, a message) is counted by one statement per outcome that
+# filters the rows with WHERE EXISTS — a semi-join, one index probe per row, and for messages
+# only those sent — rather than an EXISTS per row in the select list of every row (two probes
+# per enrolment and per message, sent or not).
+
+
 def _paid_order_within(ref: str, days: int) -> Exists:
     """A paid (not refunded) order of the row's customer placed in [ref, ref + days]."""
     return Exists(Order.objects.filter(
@@ -45,40 +55,45 @@ def _paid_order_within(ref: str, days: int) -> Exists:
         placed_at__gte=OuterRef(ref), placed_at__lte=_after(ref, timedelta(days=days))))
 
 
+def _blocked_within(ref: str) -> Exists:
+    """The row's customer deleted us in [ref, ref + the block window): half-open like the rule
+    that pauses a step (campaigns.services.block_stats), so the two agree on every message."""
+    return Exists(Event.objects.filter(
+        customer=OuterRef("customer"), type=Event.Type.FRIEND_DELETED,
+        occurred_at__gte=OuterRef(ref),
+        occurred_at__lt=_after(ref, timedelta(hours=policy().block_window_hours))))
+
+
+def _counts(rows, keys: tuple[str, ...], **aggregates) -> dict[tuple, dict[str, Any]]:
+    """{(values of keys): {aggregate: value}} of a grouped aggregate of `rows`."""
+    return {tuple(row[k] for k in keys): row
+            for row in rows.values(*keys).annotate(**aggregates).order_by()}
+
+
 def _message_counts(messages, *keys: str) -> tuple[dict, dict]:
     """The delivery funnel's counts of a queryset of messages per `keys` (a tuple of their
     values) and the skipped ones per `keys` and reason."""
-    sent = Q(status__in=SENT)
-    annotations = {
-        "converted": _paid_order_within("sent_at", CONVERSION_DAYS),
-        # Half-open like the rule that pauses a step (campaigns.services.block_stats), so the
-        # two agree on every message.
-        "blocked": Exists(Event.objects.filter(
-            customer=OuterRef("customer"), type=Event.Type.FRIEND_DELETED,
-            occurred_at__gte=OuterRef("sent_at"),
-            occurred_at__lt=_after("sent_at", timedelta(hours=policy().block_window_hours)))),
-    }
-    aggregates = {
-        "total": Count("id"),
-        "sent": Count("id", filter=sent),
-        "delivered": Count("id", filter=Q(status__in=DELIVERED)),
-        "read": Count("id", filter=Q(status__in=READ)),
-        "replied": Count("id", filter=Q(status=S.REPLIED)),
-        "failed": Count("id", filter=Q(status=S.FAILED)),
-        "pending": Count("id", filter=Q(status__in=PENDING)),
-        "skipped": Count("id", filter=Q(status=S.SKIPPED)),
-        # (not named as the annotations they count, which Django refuses)
-        "n_converted": Count("id", filter=sent & Q(converted=True)),
-        "n_blocked": Count("id", filter=sent & Q(blocked=True)),
-    }
-    counts = {tuple(row[k] for k in keys): {key: row.get(f"n_{key}", row.get(key)) for key in COUNTS}
-              for row in messages.annotate(**annotations).values(*keys).annotate(**aggregates)
-              .order_by()}
+    counts = _counts(
+        messages, keys,
+        total=Count("id"),
+        sent=Count("id", filter=Q(status__in=SENT)),
+        delivered=Count("id", filter=Q(status__in=DELIVERED)),
+        read=Count("id", filter=Q(status__in=READ)),
+        replied=Count("id", filter=Q(status=S.REPLIED)),
+        failed=Count("id", filter=Q(status=S.FAILED)),
+        pending=Count("id", filter=Q(status__in=PENDING)),
+        skipped=Count("id", filter=Q(status=S.SKIPPED)))
+    sent = messages.filter(status__in=SENT)
+    for name, followed in (("converted", _paid_order_within("sent_at", CONVERSION_DAYS)),
+                           ("blocked", _blocked_within("sent_at"))):
+        for key, row in _counts(sent.filter(followed), keys, n=Count("id")).items():
+            counts[key][name] = row["n"]
+    funnel = {key: {name: row.get(name, 0) for name in COUNTS} for key, row in counts.items()}
     skipped: dict[tuple, dict[str, int]] = defaultdict(dict)
     for row in (messages.filter(status=S.SKIPPED).values(*keys, "skip_reason")
                 .annotate(n=Count("id")).order_by()):
         skipped[tuple(row[k] for k in keys)][row["skip_reason"]] = row["n"]
-    return counts, skipped
+    return funnel, skipped
 
 
 def _funnel(counts: dict[str, int] | None, skipped_by_reason: dict[str, int]) -> dict[str, Any]:
@@ -122,7 +137,7 @@ def _comparison(row: dict, what: str, window_open: int) -> dict[str, Any]:
 def sop_performance(*, scope: Scope, period: Period, sop: Sop | None = None,
                     now: datetime | None = None) -> dict[str, Any]:
     """Per SOP and per step: the enrolments of customers in scope that entered in the period,
-    and their messages (five queries, docs/METRICS.md)."""
+    and their messages (nine queries, docs/METRICS.md)."""
     now = now or timezone.now()
     sops = Sop.objects.select_related("model", "stage").order_by("model__order", "model__key",
                                                                  "stage__position", "name", "pk")
@@ -133,34 +148,38 @@ def sop_performance(*, scope: Scope, period: Period, sop: Sop | None = None,
     for step in SopStep.objects.filter(sop__in=[s.pk for s in sops]).order_by("sop", "order"):
         steps[step.sop_id].append(step)
 
-    enrolments = scope.apply(Enrollment.objects.filter(
-        entered_at__gte=period.since, entered_at__lt=period.until), path="customer__")
+    enrolments = Enrollment.objects.filter(entered_at__gte=period.since,
+                                           entered_at__lt=period.until)
     if sop is not None:
         enrolments = enrolments.filter(sop=sop)
-    advanced = Exists(StageTransition.objects.filter(
-        customer=OuterRef("customer"), model=OuterRef("sop__model"),
-        at__gt=OuterRef("entered_at"),
-        at__lte=_after("entered_at", timedelta(days=ADVANCEMENT_DAYS)),
-        backward=False, to_stage__position__gt=OuterRef("sop__stage__position")))
-    # Grouped by status too, so each subquery is evaluated once per enrolment; the statuses
-    # fold into the two groups below.
+    if scope.restricted and connection.in_atomic_block and materialize_ids(
+            SCOPED_ENROLMENTS, scope.apply(enrolments, path="customer__")) is not None:
+        # The scope's customers are read once, not by each statement below.
+        enrolments = Enrollment.objects.filter(
+            pk__in=RawSQL(f"SELECT id FROM {SCOPED_ENROLMENTS}", []))
+    else:
+        enrolments = scope.apply(enrolments, path="customer__")
+    keys = ("sop", "status")
+    counts = _counts(enrolments, keys, n=Count("id"), conversion_open=Count("id", filter=Q(
+        entered_at__gt=now - timedelta(days=CONVERSION_DAYS))), advancement_open=Count(
+        "id", filter=Q(entered_at__gt=now - timedelta(days=ADVANCEMENT_DAYS))))
+    for name, followed in (
+            ("converted", _paid_order_within("entered_at", CONVERSION_DAYS)),
+            ("advanced", Exists(StageTransition.objects.filter(
+                customer=OuterRef("customer"), model=OuterRef("sop__model"),
+                at__gt=OuterRef("entered_at"),
+                at__lte=_after("entered_at", timedelta(days=ADVANCEMENT_DAYS)),
+                backward=False, to_stage__position__gt=OuterRef("sop__stage__position"))))):
+        for key, row in _counts(enrolments.filter(followed), keys, n=Count("id")).items():
+            counts[key][name] = row["n"]
     by_sop: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for row in enrolments.annotate(
-            is_converted=_paid_order_within("entered_at", CONVERSION_DAYS),
-            is_advanced=advanced).values("sop", "status").annotate(
-            n=Count("id"),
-            converted=Count("id", filter=Q(is_converted=True)),
-            advanced=Count("id", filter=Q(is_advanced=True)),
-            conversion_open=Count("id", filter=Q(
-                entered_at__gt=now - timedelta(days=CONVERSION_DAYS))),
-            advancement_open=Count("id", filter=Q(
-                entered_at__gt=now - timedelta(days=ADVANCEMENT_DAYS)))).order_by():
+    for row in counts.values():
         group = "control" if row["status"] == Enrollment.Status.HOLDOUT else "treatment"
         folded = by_sop[row["sop"]]
         folded["enrolled"] += row["n"]
         folded[group] += row["n"]
         for outcome in ("converted", "advanced"):
-            folded[f"{outcome}_{group}"] += row[outcome]
+            folded[f"{outcome}_{group}"] += row.get(outcome, 0)
         for window in ("conversion_open", "advancement_open"):
             folded[window] += row[window]
 
