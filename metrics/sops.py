@@ -23,8 +23,8 @@ from metrics.periods import Period, Scope
 from metrics.selectors import ratio
 
 CONVERSION_DAYS = 7
-SCOPED_ENROLMENTS = "metrics_scoped_enrolments"     # a temporary table (PostgreSQL)
 ADVANCEMENT_DAYS = 30
+SCOPED_ENROLMENTS = "metrics_scoped_enrolments"     # a temporary table (PostgreSQL)
 
 S = Message.Status
 SENT = (S.SENT, S.DELIVERED, S.READ, S.REPLIED)
