@@ -1144,16 +1144,22 @@ def receipts_record(*, items: list[dict], actor) -> dict[str, Any]:
 
 # --- The harassment signal -----------------------------------------------------------------
 
+def message_blocked() -> Exists:
+    """Whether the message's customer deleted us within the policy's block window (48 h) of
+    its sending: [sent_at, sent_at + window), for a queryset of messages. The one definition
+    of a block — the step-pausing rule below and metrics' SOP and campaign reports."""
+    window = ExpressionWrapper(
+        OuterRef("sent_at") + timedelta(hours=policy().block_window_hours),
+        output_field=DateTimeField())
+    return Exists(Event.objects.filter(customer=OuterRef("customer"),
+                                       type=Event.Type.FRIEND_DELETED,
+                                       occurred_at__gte=OuterRef("sent_at"),
+                                       occurred_at__lt=window))
+
+
 def block_stats(*, step_ids=None, campaign_ids=None) -> dict[tuple[str, int], dict[str, int]]:
-    """Sends and blocks per SOP step and per campaign: a block is the customer deleting us
-    within the policy's window (48 h) after the message was sent."""
-    pol = policy()
-    window = ExpressionWrapper(OuterRef("sent_at") + timedelta(hours=pol.block_window_hours),
-                               output_field=DateTimeField())
-    blocked = Exists(Event.objects.filter(customer=OuterRef("customer"),
-                                          type=Event.Type.FRIEND_DELETED,
-                                          occurred_at__gte=OuterRef("sent_at"),
-                                          occurred_at__lt=window))
+    """Sends and blocks per SOP step and per campaign (a block: `message_blocked`)."""
+    blocked = message_blocked()
     sent = Message.objects.filter(sent_at__isnull=False).exclude(channel=Channel.MANUAL).filter(
         # a resumed step counts only what it sent since
         Q(sop_step__counted_since__isnull=True) | Q(sent_at__gte=F("sop_step__counted_since"))

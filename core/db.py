@@ -221,8 +221,9 @@ def heavy_statements(rows: int | None = None) -> None:
 def materialize_ids(name: str, queryset: models.QuerySet, *, indexed: bool = True) -> int | None:
     """Store the primary keys a queryset selects in a temporary table `name` (column `id`, as
     `materialize_rows`), for later statements to join instead of evaluating the queryset again;
-    the number of ids, or None where there are no such tables (SQLite)."""
-    if connection.vendor != "postgresql":
+    the number of ids, or None where there are no such tables (SQLite), or none that would
+    outlive the statement (outside a transaction: dropped at its commit)."""
+    if connection.vendor != "postgresql" or not connection.in_atomic_block:
         return None
     return materialize_rows(name, queryset.order_by().values("pk"), ["id"], indexed=indexed)
 

@@ -9,15 +9,14 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection
 from django.db.models import Count, DateTimeField, Exists, ExpressionWrapper, OuterRef, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignControl, Enrollment, Message, Sop, SopStep
-from campaigns.services import policy
+from campaigns.services import message_blocked
 from core.db import materialize_ids
-from crm.models import Event, Order
+from crm.models import Order
 from lifecycle.models import StageTransition
 from metrics.periods import Period, Scope
 from metrics.selectors import ratio
@@ -43,10 +42,9 @@ def _after(ref: str, delta: timedelta) -> ExpressionWrapper:
 
 
 # What followed a row (an enrolment, a message) is counted by one statement per outcome that
-# filters the rows with WHERE EXISTS — a semi-join, one index probe per row, and for messages
+# keeps the rows with WHERE EXISTS — a semi-join, one index probe per row, and for messages
 # only those sent — rather than an EXISTS per row in the select list of every row (two probes
 # per enrolment and per message, sent or not).
-
 
 def _paid_order_within(ref: str, days: int) -> Exists:
     """A paid (not refunded) order of the row's customer placed in [ref, ref + days]."""
@@ -55,39 +53,43 @@ def _paid_order_within(ref: str, days: int) -> Exists:
         placed_at__gte=OuterRef(ref), placed_at__lte=_after(ref, timedelta(days=days))))
 
 
-def _blocked_within(ref: str) -> Exists:
-    """The row's customer deleted us in [ref, ref + the block window): half-open like the rule
-    that pauses a step (campaigns.services.block_stats), so the two agree on every message."""
-    return Exists(Event.objects.filter(
-        customer=OuterRef("customer"), type=Event.Type.FRIEND_DELETED,
-        occurred_at__gte=OuterRef(ref),
-        occurred_at__lt=_after(ref, timedelta(hours=policy().block_window_hours))))
+def _advanced() -> Exists:
+    """The enrolment's customer moved forward past its SOP's stage, in the SOP's model, within
+    ADVANCEMENT_DAYS of entering it."""
+    return Exists(StageTransition.objects.filter(
+        customer=OuterRef("customer"), model=OuterRef("sop__model"),
+        at__gt=OuterRef("entered_at"),
+        at__lte=_after("entered_at", timedelta(days=ADVANCEMENT_DAYS)),
+        backward=False, to_stage__position__gt=OuterRef("sop__stage__position")))
 
 
-def _counts(rows, keys: tuple[str, ...], **aggregates) -> dict[tuple, dict[str, Any]]:
-    """{(values of keys): {aggregate: value}} of a grouped aggregate of `rows`."""
-    return {tuple(row[k] for k in keys): row
-            for row in rows.values(*keys).annotate(**aggregates).order_by()}
+def _counts(rows, keys: tuple[str, ...], outcomes: dict[str, tuple], **aggregates
+            ) -> dict[tuple, dict[str, Any]]:
+    """{(values of keys): {aggregate: value}} of a grouped aggregate of `rows`, with each of
+    `outcomes` (name: the filters a row must meet) counted by a statement of its own."""
+    counts = {tuple(row[k] for k in keys): row
+              for row in rows.values(*keys).annotate(**aggregates).order_by()}
+    for name, followed in outcomes.items():
+        for row in rows.filter(*followed).values(*keys).annotate(n=Count("id")).order_by():
+            counts[tuple(row[k] for k in keys)][name] = row["n"]
+    return counts
 
 
 def _message_counts(messages, *keys: str) -> tuple[dict, dict]:
     """The delivery funnel's counts of a queryset of messages per `keys` (a tuple of their
     values) and the skipped ones per `keys` and reason."""
+    sent = Q(status__in=SENT)
     counts = _counts(
-        messages, keys,
+        messages, keys, {"converted": (sent, _paid_order_within("sent_at", CONVERSION_DAYS)),
+                         "blocked": (sent, message_blocked())},
         total=Count("id"),
-        sent=Count("id", filter=Q(status__in=SENT)),
+        sent=Count("id", filter=sent),
         delivered=Count("id", filter=Q(status__in=DELIVERED)),
         read=Count("id", filter=Q(status__in=READ)),
         replied=Count("id", filter=Q(status=S.REPLIED)),
         failed=Count("id", filter=Q(status=S.FAILED)),
         pending=Count("id", filter=Q(status__in=PENDING)),
         skipped=Count("id", filter=Q(status=S.SKIPPED)))
-    sent = messages.filter(status__in=SENT)
-    for name, followed in (("converted", _paid_order_within("sent_at", CONVERSION_DAYS)),
-                           ("blocked", _blocked_within("sent_at"))):
-        for key, row in _counts(sent.filter(followed), keys, n=Count("id")).items():
-            counts[key][name] = row["n"]
     funnel = {key: {name: row.get(name, 0) for name in COUNTS} for key, row in counts.items()}
     skipped: dict[tuple, dict[str, int]] = defaultdict(dict)
     for row in (messages.filter(status=S.SKIPPED).values(*keys, "skip_reason")
@@ -152,26 +154,21 @@ def sop_performance(*, scope: Scope, period: Period, sop: Sop | None = None,
                                            entered_at__lt=period.until)
     if sop is not None:
         enrolments = enrolments.filter(sop=sop)
-    if scope.restricted and connection.in_atomic_block and materialize_ids(
+    if scope.restricted and materialize_ids(
             SCOPED_ENROLMENTS, scope.apply(enrolments, path="customer__")) is not None:
         # The scope's customers are read once, not by each statement below.
         enrolments = Enrollment.objects.filter(
             pk__in=RawSQL(f"SELECT id FROM {SCOPED_ENROLMENTS}", []))
     else:
         enrolments = scope.apply(enrolments, path="customer__")
-    keys = ("sop", "status")
-    counts = _counts(enrolments, keys, n=Count("id"), conversion_open=Count("id", filter=Q(
-        entered_at__gt=now - timedelta(days=CONVERSION_DAYS))), advancement_open=Count(
-        "id", filter=Q(entered_at__gt=now - timedelta(days=ADVANCEMENT_DAYS))))
-    for name, followed in (
-            ("converted", _paid_order_within("entered_at", CONVERSION_DAYS)),
-            ("advanced", Exists(StageTransition.objects.filter(
-                customer=OuterRef("customer"), model=OuterRef("sop__model"),
-                at__gt=OuterRef("entered_at"),
-                at__lte=_after("entered_at", timedelta(days=ADVANCEMENT_DAYS)),
-                backward=False, to_stage__position__gt=OuterRef("sop__stage__position"))))):
-        for key, row in _counts(enrolments.filter(followed), keys, n=Count("id")).items():
-            counts[key][name] = row["n"]
+    counts = _counts(
+        enrolments, ("sop", "status"),
+        {"converted": (_paid_order_within("entered_at", CONVERSION_DAYS),),
+         "advanced": (_advanced(),)},
+        n=Count("id"),
+        conversion_open=Count("id", filter=Q(entered_at__gt=now - timedelta(days=CONVERSION_DAYS))),
+        advancement_open=Count("id", filter=Q(
+            entered_at__gt=now - timedelta(days=ADVANCEMENT_DAYS))))
     by_sop: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in counts.values():
         group = "control" if row["status"] == Enrollment.Status.HOLDOUT else "treatment"
