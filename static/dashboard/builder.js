@@ -563,6 +563,9 @@
                              text: gettext("The builder could not load its fields; edit the JSON.") +
                                    " (" + err.message + ")" });
         ta.parentNode.insertBefore(note, ta.nextSibling);
+      }).finally(function () {
+        // Built (the textarea hidden behind it) or given up (the textarea left to edit).
+        ta.dataset.builderReady = "1";
       });
     });
   }

@@ -28,9 +28,9 @@ def sign_in(page, live_server, username: str) -> None:
 def set_condition(page, condition: dict) -> None:
     """Type the condition into its textarea; when the builder hides the textarea, set its value
     the way the builder does and tell it so with an `input` event."""
-    # Once the builder has mounted (it may hide the textarea as it does, which a fill already
-    # under way would wait on for ever), the textarea's visibility no longer changes.
-    textarea = page.locator("textarea[data-condition-builder][data-builder-mounted]")
+    # Once the builder is ready (built, hiding the textarea — which a fill already under way
+    # would wait on for ever — or given up) the textarea's visibility no longer changes.
+    textarea = page.locator("textarea[data-condition-builder][data-builder-ready]")
     textarea.wait_for(state="attached")
     text = json.dumps(condition, ensure_ascii=False)
     if textarea.is_visible():
